@@ -1,0 +1,1 @@
+//! The C face of the plugin: NCCL's vtables and the shims behind them.

@@ -1,0 +1,6 @@
+//! airamp: an NCCL network plugin.
+//!
+//! The C face lives in [`abi`]; everything below it is safe Rust with one
+//! internal API that every ABI version shims onto.
+
+pub mod abi;

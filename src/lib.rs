@@ -4,4 +4,7 @@
 //! internal API that every ABI version shims onto.
 
 pub mod abi;
+pub mod error;
+pub mod log;
 pub mod metrics;
+pub mod transport;

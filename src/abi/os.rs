@@ -1,0 +1,208 @@
+//! The plugin's other C boundary: the operating system calls that need raw
+//! pointers (interface enumeration, and I/O straight into NCCL's buffers).
+
+use std::ffi::CStr;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use socket2::Socket;
+
+/// One address of one network interface, as `getifaddrs(3)` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub name: String,
+    pub addr: IpAddr,
+    pub scope_id: u32,
+    pub up: bool,
+    pub loopback: bool,
+}
+
+/// All IPv4/IPv6 interface addresses of this host, in the kernel's order.
+pub fn interface_addrs() -> io::Result<Vec<InterfaceAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we own and free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: ifa_addr is non-null and points at a sockaddr whose family
+        // field tells which concrete type it is.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        let (addr, scope_id) = match family {
+            libc::AF_INET => {
+                // SAFETY: family AF_INET means the sockaddr is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                (
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                    0,
+                )
+            }
+            libc::AF_INET6 => {
+                // SAFETY: family AF_INET6 means the sockaddr is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                (
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
+                    sin6.sin6_scope_id,
+                )
+            }
+            _ => continue,
+        };
+        let flags = ifa.ifa_flags;
+        out.push(InterfaceAddr {
+            name,
+            addr,
+            scope_id,
+            up: flags & libc::IFF_UP as u32 != 0 && flags & libc::IFF_RUNNING as u32 != 0,
+            loopback: flags & libc::IFF_LOOPBACK as u32 != 0,
+        });
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// A buffer NCCL lent us for the life of one request.
+///
+/// Invariant (established by [`RawBuf::new`]'s caller at the ABI edge): the
+/// memory stays valid until the request is reported done, and the transport
+/// never hands the same byte range to two streams at once (the scheduler and
+/// the matcher give every chunk its own range, checked against `len`).
+#[derive(Clone, Copy, Debug)]
+pub struct RawBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain host memory that NCCL does not touch while the
+// request is in flight; disjoint ranges may be filled from different threads.
+unsafe impl Send for RawBuf {}
+// SAFETY: as above; all access goes through range-checked methods.
+unsafe impl Sync for RawBuf {}
+
+impl RawBuf {
+    /// # Safety
+    /// `ptr..ptr+len` must be valid host memory (or `len == 0`) until the
+    /// request using it completes, and not accessed by anyone else meanwhile.
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Self {
+        RawBuf { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn checked(&self, offset: u64, len: usize) -> io::Result<(usize, usize)> {
+        let off = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok((off, len)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside the request buffer",
+            )),
+        }
+    }
+
+    /// Writes `header` and then bytes `offset..offset+len` to `sock`.
+    pub fn send_with_header(
+        &self,
+        header: &[u8],
+        offset: u64,
+        len: usize,
+        sock: &Socket,
+    ) -> io::Result<()> {
+        let (off, len) = self.checked(offset, len)?;
+        let payload: &[u8] = if len == 0 {
+            &[]
+        } else {
+            // SAFETY: range checked against the buffer NCCL lent us (see the
+            // type's invariant); we only read it.
+            unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
+        };
+        write_all_vectored(sock, header, payload)
+    }
+
+    /// Fills bytes `offset..offset+len` from `sock`, calling `progress` after
+    /// every read that returned data.
+    pub fn recv_exact(
+        &self,
+        offset: u64,
+        len: usize,
+        sock: &Socket,
+        mut progress: impl FnMut(usize),
+    ) -> io::Result<()> {
+        let (off, len) = self.checked(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: range checked against the buffer; this chunk's range is
+        // ours alone until the matcher is told it is done.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) };
+        let mut filled = 0;
+        let mut reader = sock;
+        while filled < len {
+            match reader.read(&mut dst[filled..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    filled += n;
+                    progress(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_all_vectored(sock: &Socket, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
+    let mut writer = sock;
+    while !head.is_empty() || !body.is_empty() {
+        let n = match writer.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_loopback() {
+        let addrs = interface_addrs().unwrap();
+        assert!(addrs.iter().any(|a| a.loopback && a.addr.is_loopback()));
+    }
+
+    #[test]
+    fn raw_buf_rejects_out_of_range() {
+        let mut v = vec![0u8; 8];
+        // SAFETY: `v` outlives `b` and nothing else touches it.
+        let b = unsafe { RawBuf::new(v.as_mut_ptr(), v.len()) };
+        assert!(b.checked(4, 4).is_ok());
+        assert!(b.checked(5, 4).is_err());
+        assert!(b.checked(u64::MAX, 1).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! Typed errors of the internal API.
+//!
+//! Everything below the ABI edge returns [`NetError`]; `src/abi/` maps it to
+//! an NCCL result code exactly once (see [`NetError::nccl_class`]) and logs it.
+
+use std::fmt;
+use std::io;
+
+/// How NCCL should see a failure: the ABI edge turns this into `ncclResult_t`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The caller broke the API contract (bad argument, truncation).
+    InvalidUsage,
+    /// Bad argument value (unknown device, null pointer).
+    InvalidArgument,
+    /// The peer or the network failed (reset, EOF, timeout, protocol breach).
+    Remote,
+    /// A local system call failed.
+    System,
+    /// A bug or unsupported request inside the plugin.
+    Internal,
+}
+
+/// One failure, with enough context for a log line that names peer and cause.
+#[derive(Clone, Debug)]
+pub enum NetError {
+    InvalidArgument(String),
+    InvalidUsage(String),
+    Unsupported(&'static str),
+    /// A system call failed locally.
+    Io {
+        what: &'static str,
+        kind: io::ErrorKind,
+        errno: Option<i32>,
+    },
+    /// The connection to `peer` failed.
+    Peer {
+        peer: String,
+        cause: PeerFailure,
+    },
+}
+
+/// Why a connection to a peer is no longer usable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerFailure {
+    /// Orderly EOF while the connection was in use.
+    Closed,
+    /// RST, EPIPE or another socket error.
+    Reset(String),
+    /// Nothing arrived mid-message for longer than the configured timeout.
+    Silent { waited_ms: u64 },
+    /// TCP connect or handshake did not complete.
+    ConnectFailed(String),
+    /// The peer sent bytes that break the protocol.
+    Protocol(String),
+    /// The sender's message is larger than the posted receive buffer.
+    Truncated { message: u64, posted: u64 },
+}
+
+impl NetError {
+    pub fn io(what: &'static str, err: io::Error) -> Self {
+        NetError::Io {
+            what,
+            kind: err.kind(),
+            errno: err.raw_os_error(),
+        }
+    }
+
+    pub fn peer(peer: impl fmt::Display, cause: PeerFailure) -> Self {
+        NetError::Peer {
+            peer: peer.to_string(),
+            cause,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            NetError::InvalidArgument(_) => ErrorClass::InvalidArgument,
+            NetError::InvalidUsage(_) => ErrorClass::InvalidUsage,
+            NetError::Unsupported(_) => ErrorClass::Internal,
+            NetError::Io { .. } => ErrorClass::System,
+            NetError::Peer {
+                cause: PeerFailure::Truncated { .. },
+                ..
+            } => ErrorClass::InvalidUsage,
+            NetError::Peer { .. } => ErrorClass::Remote,
+        }
+    }
+}
+
+impl fmt::Display for PeerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerFailure::Closed => write!(f, "connection closed by peer"),
+            PeerFailure::Reset(e) => write!(f, "connection reset: {e}"),
+            PeerFailure::Silent { waited_ms } => {
+                write!(f, "peer silent mid-message for {waited_ms} ms")
+            }
+            PeerFailure::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            PeerFailure::Protocol(e) => write!(f, "protocol violation: {e}"),
+            PeerFailure::Truncated { message, posted } => write!(
+                f,
+                "message of {message} bytes does not fit the posted receive of {posted} bytes"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            NetError::InvalidUsage(m) => write!(f, "invalid usage: {m}"),
+            NetError::Unsupported(m) => write!(f, "unsupported: {m}"),
+            NetError::Io { what, kind, errno } => match errno {
+                Some(e) => write!(
+                    f,
+                    "{what}: {} (errno {e})",
+                    io::Error::from_raw_os_error(*e)
+                ),
+                None => write!(f, "{what}: {kind}"),
+            },
+            NetError::Peer { peer, cause } => write!(f, "peer {peer}: {cause}"),
+        }
+    }
+}
+
+impl std::error::Error for NetError {}
+
+pub type NetResult<T> = Result<T, NetError>;

@@ -1,0 +1,75 @@
+//! The TCP driver: several streams per connection, one I/O thread per
+//! stream, NCCL's calls never block.
+//!
+//! `isend`/`irecv` only queue work and `test` only reads atomics, so NCCL's
+//! proxy thread stays free; the stream threads block in the kernel when
+//! there is nothing to do (no spinning). A failure on any stream fails the
+//! whole connection, and every later `test` reports it.
+
+mod connect;
+mod listen;
+mod recv;
+mod send;
+mod socket;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use connect::Connecting;
+pub use listen::Listener;
+pub use recv::{RecvComm, RecvOp};
+pub use send::{SendComm, SendOp};
+
+/// Per-connection tunables, from the configuration.
+#[derive(Clone, Debug)]
+pub struct TcpSettings {
+    pub streams: usize,
+    pub chunk_bytes: u32,
+    /// SO_SNDBUF/SO_RCVBUF; 0 leaves the kernel's autotuning on.
+    pub socket_buffer: usize,
+    /// How long a peer may stay silent in the middle of a message.
+    pub peer_timeout: Duration,
+    /// How long connect and the hello exchange may take.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TcpSettings {
+    fn default() -> Self {
+        TcpSettings {
+            streams: 4,
+            chunk_bytes: 512 << 10,
+            socket_buffer: 0,
+            peer_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Most requests one comm may have in flight (NCCL_NET_MAX_REQUESTS).
+pub const MAX_REQUESTS: usize = 32;
+/// Most slots in one grouped receive that we advertise.
+pub const MAX_RECVS: usize = 8;
+
+/// A monotonic millisecond clock that fits in an atomic.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Time of the last byte seen on a connection.
+#[derive(Default)]
+struct Progress(AtomicU64);
+
+impl Progress {
+    fn touch(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! Prometheus text exposition format (0.0.4) renderer.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 
 use super::histogram::Snapshot;
@@ -50,6 +50,7 @@ fn escape(v: &str) -> String {
 }
 
 type Get = fn(&TransportMetrics) -> u64;
+type GetByCause = fn(&TransportMetrics) -> &[AtomicU64; ConnError::COUNT];
 
 pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -> String {
     let mut out = String::with_capacity(16 * 1024);
@@ -124,7 +125,7 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
         }
     }
 
-    let by_cause: [(&str, &str, fn(&TransportMetrics) -> &[_; ConnError::COUNT]); 2] = [
+    let by_cause: [(&str, &str, GetByCause); 2] = [
         (
             "airamp_connection_errors_total",
             "Failed connection attempts and broken connections, by cause.",

@@ -44,9 +44,11 @@ impl IfnameFilter {
             }
             if name
                 .chars()
-                .any(|c| c.is_whitespace() || c == '/' || c.is_control())
+                .any(|c| c.is_whitespace() || c.is_control() || "/^=".contains(c))
             {
-                return Err(format!("interface name {name:?} contains an invalid character"));
+                return Err(format!(
+                    "interface name {name:?} contains an invalid character"
+                ));
             }
             names.push(name.to_string());
         }

@@ -775,37 +775,7 @@ impl Config {
         let path = explicit
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF_PATH));
-        let text = match std::fs::read(&path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    diags.push(Diagnostic::warn(
-                        None,
-                        format!(
-                            "{} is not valid UTF-8; ignoring the file, using defaults",
-                            path.display()
-                        ),
-                    ));
-                    None
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => None,
-            Err(e) => {
-                diags.push(Diagnostic::warn(
-                    None,
-                    format!(
-                        "cannot read {}{}: {e}; using defaults",
-                        path.display(),
-                        if explicit.is_some() {
-                            format!(" (from {CONF_ENV})")
-                        } else {
-                            String::new()
-                        }
-                    ),
-                ));
-                None
-            }
-        };
+        let text = read_conf_file(&path, explicit.is_some(), &mut diags);
         let (cfg, more) = Config::from_sources(text.as_deref().map(|t| (path.as_path(), t)), env);
         diags.extend(more);
         (cfg, diags)
@@ -1002,6 +972,39 @@ impl Config {
             out.push('\n');
         }
         out
+    }
+}
+
+/// Reads the configuration file. A missing file is silent unless it was
+/// named explicitly by `AIRAMP_CONF`; any other failure is one diagnostic.
+fn read_conf_file(path: &Path, explicit: bool, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    let from = if explicit {
+        format!(" (from {CONF_ENV})")
+    } else {
+        String::new()
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                diags.push(Diagnostic::warn(
+                    None,
+                    format!(
+                        "{}{from} is not valid UTF-8; ignoring the file, using defaults",
+                        path.display()
+                    ),
+                ));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+        Err(e) => {
+            diags.push(Diagnostic::warn(
+                None,
+                format!("cannot read {}{from}: {e}; using defaults", path.display()),
+            ));
+            None
+        }
     }
 }
 

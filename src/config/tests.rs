@@ -774,3 +774,32 @@ proptest! {
         let _ = parse_bytes(&s);
     }
 }
+
+#[test]
+fn reading_the_file() {
+    let dir = std::env::temp_dir().join(format!("airamp-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut d = Vec::new();
+    assert_eq!(read_conf_file(&dir.join("missing"), false, &mut d), None);
+    assert!(d.is_empty(), "missing default file is silent");
+    assert_eq!(read_conf_file(&dir.join("missing"), true, &mut d), None);
+    assert_eq!(d.len(), 1);
+    assert!(d[0].message.contains("AIRAMP_CONF"), "{}", d[0]);
+    d.clear();
+    assert_eq!(read_conf_file(&dir, false, &mut d), None, "a directory");
+    assert_eq!(d.len(), 1);
+    d.clear();
+    let bad = dir.join("bad.conf");
+    std::fs::write(&bad, [0xff, 0xfe]).unwrap();
+    assert_eq!(read_conf_file(&bad, false, &mut d), None);
+    assert!(d[0].message.contains("UTF-8"));
+    d.clear();
+    let good = dir.join("good.conf");
+    std::fs::write(&good, "[transport]\nstreams = 2\n").unwrap();
+    assert_eq!(
+        read_conf_file(&good, true, &mut d).as_deref(),
+        Some("[transport]\nstreams = 2\n")
+    );
+    assert!(d.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

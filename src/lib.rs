@@ -1,10 +1,12 @@
 //! airamp: an NCCL network plugin.
 //!
 //! The C face lives in [`abi`]; everything below it is safe Rust with one
-//! internal API that every ABI version shims onto.
+//! internal API ([`net`]) that every ABI version shims onto.
 
 pub mod abi;
+pub mod config;
 pub mod error;
 pub mod log;
 pub mod metrics;
+pub mod net;
 pub mod transport;

@@ -1,0 +1,1111 @@
+//! One typed configuration for airamp.
+//!
+//! Sources, lowest to highest priority: built-in defaults, the TOML file
+//! (`/etc/airamp.conf`, or the path in `AIRAMP_CONF`), then `AIRAMP_*`
+//! environment variables. For a few keys NCCL's own variables
+//! (`NCCL_SOCKET_IFNAME`, `NCCL_SOCKET_FAMILY`) are used when neither the
+//! file nor an `AIRAMP_*` variable sets the key.
+//!
+//! Loading never fails and never panics: every problem becomes a
+//! [`Diagnostic`], and a bad value leaves its key at the value of the
+//! lower layer (the file's value, or the default).
+//!
+//! Every key is described once, in [`KEYS`]; validation, diagnostics,
+//! `docs/configuration.md` ([`keys_markdown`]) and `examples/airamp.conf`
+//! ([`example_conf`]) are all derived from that table.
+
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use values::{
+    format_bytes, parse_bytes, IfnameFilter, MetricsAddr, DEFAULT_METRICS_PORT, LOCAL_RANK_VARS,
+};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Env var naming the configuration file.
+pub const CONF_ENV: &str = "AIRAMP_CONF";
+/// Configuration file used when `AIRAMP_CONF` is unset or empty.
+pub const DEFAULT_CONF_PATH: &str = "/etc/airamp.conf";
+/// Values longer than this are cut in diagnostics.
+const MAX_SHOWN_VALUE: usize = 120;
+
+// ---------------------------------------------------------------------------
+// Value types
+// ---------------------------------------------------------------------------
+
+/// `transport.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// verbs when an RDMA device is usable, else TCP.
+    #[default]
+    Auto,
+    Tcp,
+    Verbs,
+}
+
+/// `transport.socket_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocketFamily {
+    #[default]
+    Auto,
+    Ipv4,
+    Ipv6,
+}
+
+/// `compression.fp8_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fp8Format {
+    #[default]
+    E4m3,
+    E5m2,
+}
+
+macro_rules! enum_names {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            /// Accepted spellings (case-insensitive).
+            pub const NAMES: &'static [&'static str] = &[$($s),+];
+            /// The config spelling of this value.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+            fn from_name(s: &str) -> Option<Self> {
+                let s = s.trim();
+                $(if s.eq_ignore_ascii_case($s) { return Some(Self::$v); })+
+                None
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+enum_names!(TransportKind { Auto => "auto", Tcp => "tcp", Verbs => "verbs" });
+enum_names!(SocketFamily { Auto => "auto", Ipv4 => "ipv4", Ipv6 => "ipv6" });
+enum_names!(Fp8Format { E4m3 => "e4m3", E5m2 => "e5m2" });
+
+// ---------------------------------------------------------------------------
+// The configuration
+// ---------------------------------------------------------------------------
+
+/// `[transport]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportConfig {
+    pub kind: TransportKind,
+    /// `None`: no filter (the transport applies its own defaults).
+    pub socket_ifname: Option<IfnameFilter>,
+    pub socket_family: SocketFamily,
+    /// TCP streams per connection, 1..=16.
+    pub streams: u32,
+    /// Bytes, 4 KiB..=16 MiB.
+    pub chunk_size: usize,
+    /// `SO_SNDBUF`/`SO_RCVBUF` bytes; 0 = kernel autotuning.
+    pub socket_buffer: usize,
+    pub peer_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+}
+
+impl TransportConfig {
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub addr: MetricsAddr,
+    pub textfile: Option<PathBuf>,
+}
+
+/// `[compression]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionConfig {
+    pub fp8_allreduce: bool,
+    pub fp8_format: Fp8Format,
+}
+
+/// `[gpu]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuConfig {
+    pub ghost_kernels: bool,
+}
+
+/// `[tuner]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunerConfig {
+    pub enabled: bool,
+    /// Fraction (0..=1) by which the compressed path must be predicted faster.
+    pub min_gain: f64,
+    /// Calibration: measured link bandwidth, Gbit/s.
+    pub link_gbps: Option<f64>,
+    /// Calibration: measured link latency, microseconds.
+    pub link_latency_us: Option<f64>,
+}
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Source {
+    #[default]
+    Default,
+    File(PathBuf),
+    /// The environment variable's name (`AIRAMP_*`, or an `NCCL_*` fallback).
+    Env(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+        }
+    }
+}
+
+/// The whole configuration, with the source of every value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub transport: TransportConfig,
+    pub metrics: MetricsConfig,
+    pub compression: CompressionConfig,
+    pub gpu: GpuConfig,
+    pub tuner: TunerConfig,
+    /// Indexed like [`KEYS`].
+    sources: Vec<Source>,
+    file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            transport: TransportConfig {
+                kind: TransportKind::Auto,
+                socket_ifname: None,
+                socket_family: SocketFamily::Auto,
+                streams: 4,
+                chunk_size: 512 << 10,
+                socket_buffer: 0,
+                peer_timeout_ms: 30_000,
+                handshake_timeout_ms: 10_000,
+            },
+            metrics: MetricsConfig {
+                enabled: true,
+                addr: MetricsAddr::default(),
+                textfile: None,
+            },
+            compression: CompressionConfig {
+                fp8_allreduce: false,
+                fp8_format: Fp8Format::E4m3,
+            },
+            gpu: GpuConfig {
+                ghost_kernels: false,
+            },
+            tuner: TunerConfig {
+                enabled: true,
+                min_gain: 0.10,
+                link_gbps: None,
+                link_latency_us: None,
+            },
+            sources: vec![Source::Default; KEYS.len()],
+            file: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Diagnostics
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Info => "info",
+            Level::Warn => "warning",
+        })
+    }
+}
+
+/// One problem found while loading the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub level: Level,
+    /// The config key (`transport.streams`) when the problem is about one.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    fn warn(key: Option<&str>, message: String) -> Self {
+        Self {
+            level: Level::Warn,
+            key: key.map(str::to_string),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "airamp config {}: {}", self.level, self.message)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Key table
+// ---------------------------------------------------------------------------
+
+/// A raw value from one source.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Toml(&'a toml::Value),
+    Str(&'a str),
+}
+
+impl<'a> Raw<'a> {
+    /// The value as shown in diagnostics: quoted, escaped, length-capped.
+    fn shown(&self) -> String {
+        let s = match self {
+            Raw::Str(s) => format!("{s:?}"),
+            Raw::Toml(v) => match v {
+                toml::Value::String(s) => format!("{s:?}"),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                toml::Value::Array(_) => "(an array)".to_string(),
+                toml::Value::Table(_) => "(a table)".to_string(),
+            },
+        };
+        if s.chars().count() > MAX_SHOWN_VALUE {
+            let cut: String = s.chars().take(MAX_SHOWN_VALUE).collect();
+            format!("{cut}...")
+        } else {
+            s
+        }
+    }
+
+    /// String content: env values, or TOML strings.
+    fn text(&self) -> Result<&'a str, String> {
+        match self {
+            Raw::Str(s) => Ok(*s),
+            Raw::Toml(toml::Value::String(s)) => Ok(s.as_str()),
+            Raw::Toml(v) => Err(format!("expected a string, got {}", v.type_str())),
+        }
+    }
+}
+
+type Apply = fn(&mut Config, Raw<'_>) -> Result<(), String>;
+type Show = fn(&Config) -> String;
+
+/// Description of one configuration key; [`KEYS`] lists them all.
+pub struct KeySpec {
+    /// TOML `section.key`.
+    pub name: &'static str,
+    /// Overriding environment variable.
+    pub env: &'static str,
+    /// Default, as shown in the docs.
+    pub default: &'static str,
+    /// Accepted values, as shown in diagnostics and the docs.
+    pub accepted: &'static str,
+    /// What the key does.
+    pub doc: &'static str,
+    /// A valid TOML value for `examples/airamp.conf` (the default when there is one).
+    pub example: &'static str,
+    apply: Apply,
+    show: Show,
+}
+
+fn want_bool(r: Raw<'_>) -> Result<bool, String> {
+    match r {
+        Raw::Toml(toml::Value::Boolean(b)) => Ok(*b),
+        Raw::Toml(toml::Value::Integer(0)) => Ok(false),
+        Raw::Toml(toml::Value::Integer(1)) => Ok(true),
+        _ => match r.text()?.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err("not a boolean".to_string()),
+        },
+    }
+}
+
+fn want_int(r: Raw<'_>, lo: i64, hi: i64) -> Result<i64, String> {
+    let n = match r {
+        Raw::Toml(toml::Value::Integer(i)) => *i,
+        _ => r
+            .text()?
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| "not an integer".to_string())?,
+    };
+    if (lo..=hi).contains(&n) {
+        Ok(n)
+    } else {
+        Err("out of range".to_string())
+    }
+}
+
+fn want_bytes(r: Raw<'_>, ok: fn(u64) -> bool) -> Result<usize, String> {
+    let n = match r {
+        Raw::Toml(toml::Value::Integer(i)) => {
+            u64::try_from(*i).map_err(|_| "negative size".to_string())?
+        }
+        _ => parse_bytes(r.text()?)?,
+    };
+    if !ok(n) {
+        return Err("out of range".to_string());
+    }
+    usize::try_from(n).map_err(|_| "out of range".to_string())
+}
+
+fn want_float(r: Raw<'_>) -> Result<f64, String> {
+    let x = match r {
+        Raw::Toml(toml::Value::Float(x)) => *x,
+        Raw::Toml(toml::Value::Integer(i)) => *i as f64,
+        _ => r
+            .text()?
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| "not a number".to_string())?,
+    };
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err("not a finite number".to_string())
+    }
+}
+
+/// `Ok(None)` for an empty / all-blank string: explicitly unset.
+fn want_opt_text(r: Raw<'_>) -> Result<Option<&str>, String> {
+    let s = r.text()?;
+    Ok(if s.trim().is_empty() { None } else { Some(s) })
+}
+
+fn want_enum<T>(r: Raw<'_>, parse: fn(&str) -> Option<T>) -> Result<T, String> {
+    parse(r.text()?).ok_or_else(|| "unknown value".to_string())
+}
+
+fn show_opt<T: fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "(unset)".to_string(), |v| v.to_string())
+}
+
+/// Every configuration key, in documentation order.
+pub static KEYS: &[KeySpec] = &[
+    KeySpec {
+        name: "transport.kind",
+        env: "AIRAMP_TRANSPORT",
+        default: "auto",
+        accepted: "one of: auto, tcp, verbs",
+        doc: "Transport: `auto` uses verbs when an RDMA device is usable, else TCP.",
+        example: "\"auto\"",
+        apply: |c, r| {
+            c.transport.kind = want_enum(r, TransportKind::from_name)?;
+            Ok(())
+        },
+        show: |c| c.transport.kind.to_string(),
+    },
+    KeySpec {
+        name: "transport.socket_ifname",
+        env: "AIRAMP_SOCKET_IFNAME",
+        default: "unset (falls back to NCCL_SOCKET_IFNAME)",
+        accepted: "comma-separated interface-name prefixes; leading ^ excludes, leading = matches exactly (e.g. eth,ens or ^docker,lo or =eth0)",
+        doc: "Network interfaces to use, NCCL_SOCKET_IFNAME syntax. An empty string means no filter.",
+        example: "\"^docker,lo\"",
+        apply: |c, r| {
+            c.transport.socket_ifname = want_opt_text(r)?.map(IfnameFilter::parse).transpose()?;
+            Ok(())
+        },
+        show: |c| show_opt(&c.transport.socket_ifname),
+    },
+    KeySpec {
+        name: "transport.socket_family",
+        env: "AIRAMP_SOCKET_FAMILY",
+        default: "auto (falls back to NCCL_SOCKET_FAMILY)",
+        accepted: "one of: auto, ipv4, ipv6",
+        doc: "Address family for sockets.",
+        example: "\"auto\"",
+        apply: |c, r| {
+            c.transport.socket_family = want_enum(r, SocketFamily::from_name)?;
+            Ok(())
+        },
+        show: |c| c.transport.socket_family.to_string(),
+    },
+    KeySpec {
+        name: "transport.streams",
+        env: "AIRAMP_NSTREAMS",
+        default: "4",
+        accepted: "integer 1..=16",
+        doc: "TCP streams per connection.",
+        example: "4",
+        apply: |c, r| {
+            c.transport.streams = want_int(r, 1, 16)? as u32;
+            Ok(())
+        },
+        show: |c| c.transport.streams.to_string(),
+    },
+    KeySpec {
+        name: "transport.chunk_size",
+        env: "AIRAMP_CHUNK_SIZE",
+        default: "524288 (512K)",
+        accepted: "bytes 4096..=16777216; plain integer or suffix K, KiB, M, MiB (e.g. 512K)",
+        doc: "Transfer chunk size.",
+        example: "\"512K\"",
+        apply: |c, r| {
+            c.transport.chunk_size = want_bytes(r, |n| (4096..=16 << 20).contains(&n))?;
+            Ok(())
+        },
+        show: |c| c.transport.chunk_size.to_string(),
+    },
+    KeySpec {
+        name: "transport.socket_buffer",
+        env: "AIRAMP_SOCKET_BUFFER",
+        default: "0",
+        accepted: "bytes: 0 (kernel autotuning) or 65536..=268435456; plain integer or suffix K, KiB, M, MiB",
+        doc: "SO_SNDBUF/SO_RCVBUF per socket; 0 leaves kernel autotuning on.",
+        example: "0",
+        apply: |c, r| {
+            c.transport.socket_buffer =
+                want_bytes(r, |n| n == 0 || (64 << 10..=256 << 20).contains(&n))?;
+            Ok(())
+        },
+        show: |c| c.transport.socket_buffer.to_string(),
+    },
+    KeySpec {
+        name: "transport.peer_timeout_ms",
+        env: "AIRAMP_PEER_TIMEOUT_MS",
+        default: "30000",
+        accepted: "integer milliseconds 100..=3600000",
+        doc: "How long a stalled peer may stay silent mid-transfer before test() reports an error.",
+        example: "30000",
+        apply: |c, r| {
+            c.transport.peer_timeout_ms = want_int(r, 100, 3_600_000)? as u64;
+            Ok(())
+        },
+        show: |c| c.transport.peer_timeout_ms.to_string(),
+    },
+    KeySpec {
+        name: "transport.handshake_timeout_ms",
+        env: "AIRAMP_HANDSHAKE_TIMEOUT_MS",
+        default: "10000",
+        accepted: "integer milliseconds 100..=600000",
+        doc: "A connection that does not present its hello and token within this time is dropped.",
+        example: "10000",
+        apply: |c, r| {
+            c.transport.handshake_timeout_ms = want_int(r, 100, 600_000)? as u64;
+            Ok(())
+        },
+        show: |c| c.transport.handshake_timeout_ms.to_string(),
+    },
+    KeySpec {
+        name: "metrics.enabled",
+        env: "AIRAMP_METRICS",
+        default: "true",
+        accepted: "boolean: true, false, 1, 0, yes, no, on, off",
+        doc: "Serve Prometheus metrics.",
+        example: "true",
+        apply: |c, r| {
+            c.metrics.enabled = want_bool(r)?;
+            Ok(())
+        },
+        show: |c| c.metrics.enabled.to_string(),
+    },
+    KeySpec {
+        name: "metrics.addr",
+        env: "AIRAMP_METRICS_ADDR",
+        default: "127.0.0.1:9090",
+        accepted: "IP, IP:PORT, [IPv6]:PORT, [IPv6] or bare IPv6 (port defaults to 9090, must not be 0)",
+        doc: "Metrics listen address; local rank n listens on port + n.",
+        example: "\"127.0.0.1:9090\"",
+        apply: |c, r| {
+            c.metrics.addr = MetricsAddr::parse(r.text()?)?;
+            Ok(())
+        },
+        show: |c| c.metrics.addr.to_string(),
+    },
+    KeySpec {
+        name: "metrics.textfile",
+        env: "AIRAMP_METRICS_TEXTFILE",
+        default: "unset",
+        accepted: "a file path (empty = unset)",
+        doc: "Also write metrics to this file (node-exporter textfile collector format).",
+        example: "\"/var/lib/node_exporter/textfile/airamp.prom\"",
+        apply: |c, r| {
+            c.metrics.textfile = want_opt_text(r)?.map(PathBuf::from);
+            Ok(())
+        },
+        show: |c| {
+            c.metrics
+                .textfile
+                .as_ref()
+                .map_or_else(|| "(unset)".to_string(), |p| p.display().to_string())
+        },
+    },
+    KeySpec {
+        name: "compression.fp8_allreduce",
+        env: "AIRAMP_ENABLE_FP8_ALLREDUCE",
+        default: "false",
+        accepted: "boolean: true, false, 1, 0, yes, no, on, off",
+        doc: "Allow FP8-compressed allreduce.",
+        example: "false",
+        apply: |c, r| {
+            c.compression.fp8_allreduce = want_bool(r)?;
+            Ok(())
+        },
+        show: |c| c.compression.fp8_allreduce.to_string(),
+    },
+    KeySpec {
+        name: "compression.fp8_format",
+        env: "AIRAMP_FP8_FORMAT",
+        default: "e4m3",
+        accepted: "one of: e4m3, e5m2",
+        doc: "FP8 encoding used by compressed allreduce.",
+        example: "\"e4m3\"",
+        apply: |c, r| {
+            c.compression.fp8_format = want_enum(r, Fp8Format::from_name)?;
+            Ok(())
+        },
+        show: |c| c.compression.fp8_format.to_string(),
+    },
+    KeySpec {
+        name: "gpu.ghost_kernels",
+        env: "AIRAMP_ENABLE_GHOST_KERNELS",
+        default: "false",
+        accepted: "boolean: true, false, 1, 0, yes, no, on, off",
+        doc: "Enable ghost kernels.",
+        example: "false",
+        apply: |c, r| {
+            c.gpu.ghost_kernels = want_bool(r)?;
+            Ok(())
+        },
+        show: |c| c.gpu.ghost_kernels.to_string(),
+    },
+    KeySpec {
+        name: "tuner.enabled",
+        env: "AIRAMP_TUNER",
+        default: "true",
+        accepted: "boolean: true, false, 1, 0, yes, no, on, off",
+        doc: "Enable the tuner plugin.",
+        example: "true",
+        apply: |c, r| {
+            c.tuner.enabled = want_bool(r)?;
+            Ok(())
+        },
+        show: |c| c.tuner.enabled.to_string(),
+    },
+    KeySpec {
+        name: "tuner.min_gain",
+        env: "AIRAMP_TUNER_MIN_GAIN",
+        default: "0.1",
+        accepted: "number 0.0..=1.0",
+        doc: "The compressed path must be predicted at least this fraction faster to be chosen.",
+        example: "0.1",
+        apply: |c, r| {
+            let x = want_float(r)?;
+            if !(0.0..=1.0).contains(&x) {
+                return Err("out of range".to_string());
+            }
+            c.tuner.min_gain = x;
+            Ok(())
+        },
+        show: |c| c.tuner.min_gain.to_string(),
+    },
+    KeySpec {
+        name: "tuner.link_gbps",
+        env: "AIRAMP_LINK_GBPS",
+        default: "unset",
+        accepted: "number > 0 (empty = unset)",
+        doc: "Calibration profile: measured link bandwidth in Gbit/s.",
+        example: "100.0",
+        apply: |c, r| {
+            if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
+                c.tuner.link_gbps = None;
+                return Ok(());
+            }
+            let x = want_float(r)?;
+            if x <= 0.0 {
+                return Err("out of range".to_string());
+            }
+            c.tuner.link_gbps = Some(x);
+            Ok(())
+        },
+        show: |c| show_opt(&c.tuner.link_gbps),
+    },
+    KeySpec {
+        name: "tuner.link_latency_us",
+        env: "AIRAMP_LINK_LATENCY_US",
+        default: "unset",
+        accepted: "number >= 0 (empty = unset)",
+        doc: "Calibration profile: measured link latency in microseconds.",
+        example: "5.0",
+        apply: |c, r| {
+            if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
+                c.tuner.link_latency_us = None;
+                return Ok(());
+            }
+            let x = want_float(r)?;
+            if x < 0.0 {
+                return Err("out of range".to_string());
+            }
+            c.tuner.link_latency_us = Some(x);
+            Ok(())
+        },
+        show: |c| show_opt(&c.tuner.link_latency_us),
+    },
+];
+
+fn key_index(name: &str) -> Option<usize> {
+    KEYS.iter().position(|k| k.name == name)
+}
+
+/// Names of the TOML sections that hold keys.
+fn sections() -> Vec<&'static str> {
+    let mut s: Vec<&'static str> = KEYS
+        .iter()
+        .map(|k| k.name.split_once('.').map_or(k.name, |(s, _)| s))
+        .collect();
+    s.dedup();
+    s
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn did_you_mean<'a>(what: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    let what = what.to_ascii_lowercase();
+    candidates
+        .map(|c| (edit_distance(&what, &c.to_ascii_lowercase()), c))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map_or_else(String::new, |(_, c)| format!(" (did you mean {c}?)"))
+}
+
+/// Whether an unknown `AIRAMP_*` name looks like a Kubernetes service link
+/// variable (injected for a Service named `airamp`).
+fn is_k8s_service_var(name: &str) -> bool {
+    let rest = &name["AIRAMP_".len()..];
+    rest == "PORT" || rest.starts_with("PORT_") || rest.starts_with("SERVICE_")
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Builds the configuration from a file (`(path, contents)`) and an
+    /// environment. Pure: touches neither the file system nor the process
+    /// environment. Never panics.
+    pub fn from_sources<I, K, V>(file: Option<(&Path, &str)>, env: I) -> (Config, Vec<Diagnostic>)
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut cfg = Config::default();
+        let mut diags = Vec::new();
+
+        if let Some((path, text)) = file {
+            cfg.file = Some(path.to_path_buf());
+            cfg.apply_file(path, text, &mut diags);
+        }
+
+        // Sorted, last duplicate wins: deterministic diagnostics.
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+            .collect();
+        cfg.apply_env(&env, &mut diags);
+        (cfg, diags)
+    }
+
+    /// Reads `AIRAMP_CONF` (or `/etc/airamp.conf`) and the process
+    /// environment. A missing default file is silent; a missing
+    /// `AIRAMP_CONF` file, an unreadable or non-UTF-8 file is one
+    /// diagnostic and the file is ignored.
+    pub fn load_from_process() -> (Config, Vec<Diagnostic>) {
+        let mut diags = Vec::new();
+        let mut env = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            match (k.into_string(), v.into_string()) {
+                (Ok(k), Ok(v)) => env.push((k, v)),
+                (Ok(k), Err(_)) if k.starts_with("AIRAMP_") || k.starts_with("NCCL_SOCKET_") => {
+                    diags.push(Diagnostic::warn(
+                        None,
+                        format!("ignoring {k}: its value is not valid UTF-8"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let explicit = env
+            .iter()
+            .find(|(k, v)| k == CONF_ENV && !v.trim().is_empty())
+            .map(|(_, v)| PathBuf::from(v.trim()));
+        let path = explicit
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONF_PATH));
+        let text = read_conf_file(&path, explicit.is_some(), &mut diags);
+        let (cfg, more) = Config::from_sources(text.as_deref().map(|t| (path.as_path(), t)), env);
+        diags.extend(more);
+        (cfg, diags)
+    }
+
+    fn apply_file(&mut self, path: &Path, text: &str, diags: &mut Vec<Diagnostic>) {
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                diags.push(Diagnostic::warn(
+                    None,
+                    format!(
+                        "{} is not valid TOML, ignoring the whole file and using defaults: {}",
+                        path.display(),
+                        msg.trim_end()
+                    ),
+                ));
+                return;
+            }
+        };
+        let sections = sections();
+        for (section, value) in &table {
+            if !sections.contains(&section.as_str()) {
+                diags.push(Diagnostic::warn(
+                    Some(section),
+                    format!(
+                        "{}: ignoring unknown key {section:?}{}",
+                        path.display(),
+                        did_you_mean(section, sections.iter().copied())
+                    ),
+                ));
+                continue;
+            }
+            let Some(inner) = value.as_table() else {
+                diags.push(Diagnostic::warn(
+                    Some(section),
+                    format!(
+                        "{}: [{section}] must be a table, got {}; ignoring it",
+                        path.display(),
+                        value.type_str()
+                    ),
+                ));
+                continue;
+            };
+            for (key, value) in inner {
+                let full = format!("{section}.{key}");
+                match key_index(&full) {
+                    Some(i) => {
+                        self.apply_one(i, Raw::Toml(value), Source::File(path.to_path_buf()), diags)
+                    }
+                    None => diags.push(Diagnostic::warn(
+                        Some(&full),
+                        format!(
+                            "{}: ignoring unknown key {full}{}",
+                            path.display(),
+                            did_you_mean(&full, KEYS.iter().map(|k| k.name))
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>, diags: &mut Vec<Diagnostic>) {
+        for (name, value) in env {
+            if !name.starts_with("AIRAMP_") || name == CONF_ENV {
+                continue;
+            }
+            match KEYS.iter().position(|k| k.env == name) {
+                Some(i) => self.apply_one(i, Raw::Str(value), Source::Env(name.clone()), diags),
+                // Never echo the value of an unknown variable: it may be a secret.
+                None if is_k8s_service_var(name) => diags.push(Diagnostic::warn(
+                    None,
+                    format!(
+                        "ignoring unknown environment variable {name}: not an airamp setting; \
+                         Kubernetes injects AIRAMP_PORT*/AIRAMP_SERVICE_* variables for a \
+                         Service named \"airamp\" (set enableServiceLinks: false to silence this)"
+                    ),
+                )),
+                None => diags.push(Diagnostic::warn(
+                    None,
+                    format!(
+                        "ignoring unknown environment variable {name}{}",
+                        did_you_mean(
+                            name,
+                            KEYS.iter().map(|k| k.env).chain(std::iter::once(CONF_ENV))
+                        )
+                    ),
+                )),
+            }
+        }
+
+        // NCCL fallbacks, only for keys neither the file nor AIRAMP_* set.
+        let ifname = key_index("transport.socket_ifname").unwrap_or(0);
+        if self.sources[ifname] == Source::Default {
+            if let Some(v) = env.get("NCCL_SOCKET_IFNAME") {
+                self.apply_one(
+                    ifname,
+                    Raw::Str(v),
+                    Source::Env("NCCL_SOCKET_IFNAME".into()),
+                    diags,
+                );
+            }
+        }
+        let family = key_index("transport.socket_family").unwrap_or(0);
+        if self.sources[family] == Source::Default {
+            if let Some(v) = env.get("NCCL_SOCKET_FAMILY") {
+                let mapped = match v.trim() {
+                    "AF_INET" => Some(SocketFamily::Ipv4),
+                    "AF_INET6" => Some(SocketFamily::Ipv6),
+                    _ => None,
+                };
+                match mapped {
+                    Some(f) => {
+                        self.transport.socket_family = f;
+                        self.sources[family] = Source::Env("NCCL_SOCKET_FAMILY".into());
+                    }
+                    None => diags.push(Diagnostic::warn(
+                        Some("transport.socket_family"),
+                        format!(
+                            "transport.socket_family: ignoring NCCL_SOCKET_FAMILY={}; accepted: \
+                             AF_INET, AF_INET6; using {}",
+                            Raw::Str(v).shown(),
+                            self.transport.socket_family
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Applies one raw value to key `i`; on error the key keeps its
+    /// current (lower-layer) value and one diagnostic is pushed.
+    fn apply_one(&mut self, i: usize, raw: Raw<'_>, src: Source, diags: &mut Vec<Diagnostic>) {
+        let spec = &KEYS[i];
+        let mut trial = self.clone();
+        match (spec.apply)(&mut trial, raw) {
+            Ok(()) => {
+                *self = trial;
+                self.sources[i] = src;
+            }
+            Err(why) => diags.push(Diagnostic::warn(
+                Some(spec.name),
+                format!(
+                    "{}: invalid value {} from {src} ({why}); accepted: {}; using {} ({})",
+                    spec.name,
+                    raw.shown(),
+                    spec.accepted,
+                    (spec.show)(self),
+                    self.sources[i],
+                ),
+            )),
+        }
+    }
+
+    /// Where key `key` (`section.name`) got its value; `None` for an unknown key.
+    pub fn source(&self, key: &str) -> Option<&Source> {
+        key_index(key).map(|i| &self.sources[i])
+    }
+
+    /// The file that was parsed, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The effective value of `key`, rendered as in [`Self::render_effective`].
+    pub fn value_string(&self, key: &str) -> Option<String> {
+        key_index(key).map(|i| (KEYS[i].show)(self))
+    }
+
+    /// A table of every key, its effective value and its source, for
+    /// `airamp config check`.
+    pub fn render_effective(&self) -> String {
+        let rows: Vec<[String; 3]> = KEYS
+            .iter()
+            .zip(&self.sources)
+            .map(|(k, s)| [k.name.to_string(), (k.show)(self), s.to_string()])
+            .collect();
+        let header = ["KEY", "VALUE", "SOURCE"].map(String::from);
+        let mut w = [0usize; 2];
+        for r in rows.iter().chain(std::iter::once(&header)) {
+            w[0] = w[0].max(r[0].chars().count());
+            w[1] = w[1].max(r[1].chars().count());
+        }
+        let mut out = String::new();
+        match &self.file {
+            Some(p) => out.push_str(&format!("config file: {}\n", p.display())),
+            None => out.push_str("config file: (none)\n"),
+        }
+        for r in std::iter::once(&header).chain(rows.iter()) {
+            let line = format!("{:w0$}  {:w1$}  {}", r[0], r[1], r[2], w0 = w[0], w1 = w[1]);
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Reads the configuration file. A missing file is silent unless it was
+/// named explicitly by `AIRAMP_CONF`; any other failure is one diagnostic.
+fn read_conf_file(path: &Path, explicit: bool, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    let from = if explicit {
+        format!(" (from {CONF_ENV})")
+    } else {
+        String::new()
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                diags.push(Diagnostic::warn(
+                    None,
+                    format!(
+                        "{}{from} is not valid UTF-8; ignoring the file, using defaults",
+                        path.display()
+                    ),
+                ));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+        Err(e) => {
+            diags.push(Diagnostic::warn(
+                None,
+                format!("cannot read {}{from}: {e}; using defaults", path.display()),
+            ));
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process-wide configuration
+// ---------------------------------------------------------------------------
+
+static GLOBAL: OnceLock<(Config, Vec<Diagnostic>)> = OnceLock::new();
+
+fn global_pair() -> &'static (Config, Vec<Diagnostic>) {
+    GLOBAL.get_or_init(Config::load_from_process)
+}
+
+/// The process-wide configuration, loaded once on first use.
+pub fn global() -> &'static Config {
+    &global_pair().0
+}
+
+/// The diagnostics produced when [`global`] loaded; the init path logs them.
+pub fn global_diagnostics() -> &'static [Diagnostic] {
+    &global_pair().1
+}
+
+// ---------------------------------------------------------------------------
+// Derived docs
+// ---------------------------------------------------------------------------
+
+/// `docs/configuration.md`, generated from [`KEYS`].
+pub fn keys_markdown() -> String {
+    let mut s = String::from(
+        "# airamp configuration\n\n\
+         <!-- Generated from src/config.rs (keys_markdown); do not edit by hand. -->\n\n\
+         airamp reads `/etc/airamp.conf` (TOML; set `AIRAMP_CONF` to use another file) once \
+         at init. Every key can be overridden by its environment variable. A bad value is \
+         reported and ignored (the key keeps the file value or the default); a missing file \
+         means defaults. Unknown keys and unknown `AIRAMP_*` variables are reported and \
+         ignored. `airamp config check [FILE]` prints the effective configuration and where \
+         each value came from. See `examples/airamp.conf`.\n\n\
+         | key | env var | default | meaning |\n\
+         |---|---|---|---|\n",
+    );
+    for k in KEYS {
+        s.push_str(&format!(
+            "| `{}` | `{}` | {} | {} Accepted: {}. |\n",
+            k.name,
+            k.env,
+            k.default,
+            k.doc,
+            k.accepted.replace('|', "\\|")
+        ));
+    }
+    s
+}
+
+/// `examples/airamp.conf`, generated from [`KEYS`]: every key, commented out.
+pub fn example_conf() -> String {
+    let mut s = String::from(
+        "# airamp configuration: /etc/airamp.conf (or the file named by AIRAMP_CONF).\n\
+         # Generated from src/config.rs (example_conf). Every key is optional and shown\n\
+         # commented out with its default (or an example value when it has none).\n\
+         # Each key can be overridden by the environment variable named above it.\n",
+    );
+    let mut section = "";
+    for k in KEYS {
+        let (sec, key) = k.name.split_once('.').unwrap_or(("", k.name));
+        if sec != section {
+            section = sec;
+            s.push_str(&format!("\n[{sec}]\n"));
+        }
+        s.push_str(&format!(
+            "\n# {}\n# env: {}; default: {}\n# accepted: {}\n#{key} = {}\n",
+            k.doc, k.env, k.default, k.accepted, k.example
+        ));
+    }
+    s
+}
+
+/// Fuzzing entry point: bytes up to the first NUL are the file, the rest
+/// is `NAME=value` lines for the environment. Never panics.
+pub fn parse_for_fuzz(bytes: &[u8]) {
+    let (file, env) = match bytes.iter().position(|&b| b == 0) {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &[][..]),
+    };
+    let file = String::from_utf8_lossy(file);
+    let env = String::from_utf8_lossy(env);
+    let env: Vec<(String, String)> = env
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    let (cfg, diags) = Config::from_sources(Some((Path::new("fuzz.conf"), &file)), env);
+    let _ = cfg.render_effective();
+    for d in &diags {
+        let _ = d.to_string();
+    }
+    let _ = MetricsAddr::local_rank_from_env([("LOCAL_RANK", &*file)]);
+    let _ = cfg.metrics.addr.for_local_rank(u16::MAX);
+    if let Some(f) = &cfg.transport.socket_ifname {
+        let _ = f.matches(&file);
+    }
+}

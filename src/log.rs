@@ -1,7 +1,7 @@
 //! Logging through NCCL's logger, so `NCCL_DEBUG=INFO` shows `NET/airamp` lines.
 //!
 //! NCCL hands its logger to `init`; until then (or in the CLI) lines go to
-//! stderr when `AIRAMP_DEBUG` or `NCCL_DEBUG` asks for them.
+//! stderr when `NCCL_DEBUG` asks for them.
 
 use std::ffi::{c_char, c_int, c_ulong, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +34,7 @@ pub fn set_logger(logger: Option<RawLogger>) {
 fn stderr_level() -> Option<Level> {
     static LEVEL: OnceLock<Option<Level>> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let v = std::env::var("AIRAMP_DEBUG")
-            .or_else(|_| std::env::var("NCCL_DEBUG"))
+        let v = std::env::var("NCCL_DEBUG")
             .unwrap_or_default()
             .to_ascii_uppercase();
         match v.as_str() {

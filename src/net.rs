@@ -1,0 +1,198 @@
+//! The one internal API behind every `ncclNet` version.
+//!
+//! `src/abi/` turns C calls into calls on [`Plugin`]; nothing here knows
+//! which ABI version is being served.
+
+use std::ffi::CString;
+use std::sync::OnceLock;
+
+use crate::config::{self, Config, SocketFamily};
+use crate::error::{NetError, NetResult};
+use crate::transport::iface::{self, Family, NetDevice};
+use crate::transport::tcp::{Connecting, Listener, TcpSettings, MAX_RECVS, MAX_REQUESTS};
+use crate::transport::wire::{ListenHandle, HANDLE_BYTES};
+use crate::{info, log, metrics, warn};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// NCCL may move at most this many bytes in one request (it reports sizes as `int`).
+pub const MAX_REQUEST_BYTES: usize = 1 << 30;
+
+/// A device as NCCL sees it.
+pub struct Device {
+    pub net: NetDevice,
+    pub name: CString,
+    pub pci_path: Option<CString>,
+    pub speed_mbps: i32,
+}
+
+/// What `getProperties` reports, independent of the ABI version.
+pub struct Properties<'a> {
+    pub device: &'a Device,
+    pub guid: u64,
+    pub max_comms: i32,
+    pub max_recvs: i32,
+    pub max_bytes: usize,
+    pub latency_us: f32,
+}
+
+pub struct Plugin {
+    pub devices: Vec<Device>,
+    pub settings: TcpSettings,
+}
+
+static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+
+/// Loads the configuration, finds devices, starts the exporter: once per
+/// process, however many times NCCL calls `init`.
+pub fn init() -> &'static Plugin {
+    PLUGIN.get_or_init(|| {
+        let cfg = config::global();
+        for d in config::global_diagnostics() {
+            match d.level {
+                config::Level::Warn => warn!("config: {d}"),
+                config::Level::Info => info!(log::SUBSYS_INIT, "config: {d}"),
+            }
+        }
+        let plugin = Plugin::from_config(cfg);
+        let metrics_addr = start_metrics(cfg);
+        let devices: Vec<String> = plugin
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("{i}:{}/{} ({} Mb/s)", d.net.ifname, d.net.addr, d.speed_mbps))
+            .collect();
+        info!(
+            log::SUBSYS_INIT | log::SUBSYS_NET,
+            "{VERSION} transport=tcp devices=[{}] streams={} chunk={} B fp8_allreduce={} metrics={}",
+            devices.join(", "),
+            plugin.settings.streams,
+            plugin.settings.chunk_bytes,
+            if cfg.compression.fp8_allreduce { "on" } else { "off" },
+            metrics_addr,
+        );
+        if plugin.devices.is_empty() {
+            warn!("no usable network interface: airamp offers no device and NCCL will use another transport");
+        }
+        metrics::set_status(!plugin.devices.is_empty());
+        plugin
+    })
+}
+
+/// The initialized plugin, or an error if NCCL skipped `init`.
+pub fn plugin() -> NetResult<&'static Plugin> {
+    PLUGIN
+        .get()
+        .ok_or_else(|| NetError::InvalidUsage("called before init".into()))
+}
+
+fn start_metrics(cfg: &Config) -> String {
+    if !cfg.metrics.enabled {
+        return "off".into();
+    }
+    let local_rank = config::MetricsAddr::local_rank_from_env(std::env::vars()).unwrap_or(0);
+    let Some(addr) = cfg.metrics.addr.checked_for_local_rank(local_rank) else {
+        warn!("metrics: port for local rank {local_rank} out of range; exporter off");
+        return "off".into();
+    };
+    let exporter = metrics::ExporterConfig {
+        addr: Some(addr),
+        textfile: cfg.metrics.textfile.clone(),
+        info: metrics::InfoLabels {
+            version: VERSION.into(),
+            git_sha: option_env!("AIRAMP_GIT_SHA").unwrap_or("unknown").into(),
+            transport: "tcp".into(),
+            nccl_abi: "net_v8-v12".into(),
+            fp8: cfg.compression.fp8_allreduce,
+        },
+    };
+    match metrics::start(exporter) {
+        Ok(Some(status)) => status
+            .addr
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_else(|| "textfile".into()),
+        Ok(None) => "off".into(),
+        Err(e) => {
+            warn!("metrics exporter not started ({e}); the job continues without it");
+            "off".into()
+        }
+    }
+}
+
+impl Plugin {
+    pub fn from_config(cfg: &Config) -> Plugin {
+        let t = &cfg.transport;
+        let family = match t.socket_family {
+            SocketFamily::Auto => Family::Auto,
+            SocketFamily::Ipv4 => Family::V4,
+            SocketFamily::Ipv6 => Family::V6,
+        };
+        let addrs = crate::abi::os::interface_addrs().unwrap_or_else(|e| {
+            warn!("cannot list network interfaces: {e}");
+            Vec::new()
+        });
+        let filter = t.socket_ifname.as_ref();
+        let matches = |name: &str| filter.is_some_and(|f| f.matches(name));
+        let found = iface::select(
+            &addrs,
+            filter.map(|_| &matches as &dyn Fn(&str) -> bool),
+            family,
+        );
+        let devices = found
+            .into_iter()
+            .map(|net| Device {
+                name: CString::new(net.ifname.clone()).unwrap_or_default(),
+                pci_path: iface::pci_path(&net.ifname)
+                    .and_then(|p| CString::new(p.to_string_lossy().into_owned()).ok()),
+                speed_mbps: iface::speed_mbps(&net.ifname),
+                net,
+            })
+            .collect();
+        Plugin {
+            devices,
+            settings: TcpSettings {
+                streams: t.streams as usize,
+                chunk_bytes: t.chunk_size as u32,
+                socket_buffer: t.socket_buffer,
+                peer_timeout: t.peer_timeout(),
+                handshake_timeout: t.handshake_timeout(),
+            },
+        }
+    }
+
+    fn device(&self, dev: i32) -> NetResult<&Device> {
+        usize::try_from(dev)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or_else(|| NetError::InvalidArgument(format!("no device {dev}")))
+    }
+
+    pub fn properties(&self, dev: i32) -> NetResult<Properties<'_>> {
+        Ok(Properties {
+            device: self.device(dev)?,
+            guid: dev as u64,
+            max_comms: 65_536,
+            max_recvs: MAX_RECVS as i32,
+            max_bytes: MAX_REQUEST_BYTES,
+            latency_us: 0.0,
+        })
+    }
+
+    /// Opens a listener on `dev` and fills NCCL's handle buffer.
+    pub fn listen(&self, dev: i32, handle: &mut [u8; HANDLE_BYTES]) -> NetResult<Listener> {
+        let (listener, h) = Listener::bind(&self.device(dev)?.net, &self.settings)?;
+        h.encode(handle);
+        Ok(listener)
+    }
+
+    /// Starts a connection to the listener described by `handle`.
+    pub fn connect(&self, dev: i32, handle: &[u8; HANDLE_BYTES]) -> NetResult<Connecting> {
+        self.device(dev)?;
+        let h = ListenHandle::decode(handle)
+            .map_err(|e| NetError::InvalidArgument(format!("listen handle: {e}")))?;
+        Connecting::start(&h, &self.settings)
+    }
+}
+
+/// Requests a comm may have in flight, as advertised to NCCL.
+pub const REQUESTS_PER_COMM: usize = MAX_REQUESTS;

@@ -1,0 +1,63 @@
+//! `ncclNetPlugin_v9` (NCCL 2.24+): `size_t` sizes, virtual-device properties.
+
+use std::ffi::{c_int, c_void};
+
+use super::bindings::{
+    ncclDebugLogger_t, ncclNetDeviceHandle_v9_t, ncclNetProperties_v9_t, ncclNet_v9_t, ncclResult_t,
+};
+use super::net::{self, fill_common_properties, fill_v9_properties, shared};
+use super::{guard, Vtable};
+use crate::error::NetError;
+
+unsafe extern "C" fn init(logger: ncclDebugLogger_t) -> ncclResult_t {
+    guard("init", || net::init(logger))
+}
+
+unsafe extern "C" fn get_properties(dev: c_int, props: *mut ncclNetProperties_v9_t) -> ncclResult_t {
+    guard("getProperties", || {
+        let p = net::properties(dev)?;
+        // SAFETY: NCCL passes a writable v9 properties struct.
+        let out = unsafe { props.as_mut() }.ok_or(NetError::InvalidArgument("props is NULL".into()))?;
+        fill_v9_properties!(out, &p, dev);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn listen(dev: c_int, handle: *mut c_void, listen_comm: *mut *mut c_void) -> ncclResult_t {
+    // SAFETY: NCCL passes a 128-byte handle buffer and an out-pointer.
+    guard("listen", || unsafe { net::listen(dev, handle, listen_comm) })
+}
+
+unsafe extern "C" fn connect(
+    dev: c_int,
+    handle: *mut c_void,
+    send_comm: *mut *mut c_void,
+    _send_dev_comm: *mut *mut ncclNetDeviceHandle_v9_t,
+) -> ncclResult_t {
+    // SAFETY: NCCL retries with the same handle buffer.
+    guard("connect", || unsafe { net::connect(dev, handle, send_comm) })
+}
+
+#[no_mangle]
+pub static ncclNetPlugin_v9: Vtable<ncclNet_v9_t> = Vtable(ncclNet_v9_t {
+    name: net::NAME.as_ptr(),
+    init: Some(init),
+    devices: Some(shared::devices),
+    getProperties: Some(get_properties),
+    listen: Some(listen),
+    connect: Some(connect),
+    accept: Some(shared::accept),
+    regMr: Some(shared::reg_mr),
+    regMrDmaBuf: Some(shared::reg_mr_dma_buf),
+    deregMr: Some(shared::dereg_mr),
+    isend: Some(shared::isend_sized),
+    irecv: Some(shared::irecv_sized),
+    iflush: Some(shared::iflush),
+    test: Some(shared::test),
+    closeSend: Some(shared::close_send),
+    closeRecv: Some(shared::close_recv),
+    closeListen: Some(shared::close_listen),
+    getDeviceMr: None,
+    irecvConsumed: None,
+    makeVDevice: None,
+});

@@ -1,0 +1,96 @@
+//! Objects handed to NCCL as `void*`: tagged boxes.
+//!
+//! NCCL gives back whatever pointer it holds; the tag catches a comm passed
+//! to the wrong call, a double close, or a comm inherited across `fork()`.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+
+use crate::error::{NetError, NetResult};
+
+/// Bumped in a forked child: objects from the parent's threads are dead there.
+static FORK_GENERATION: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Registers the fork handler once per process.
+pub fn watch_forks() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registering a handler that only touches an atomic, which
+        // is async-signal-safe as a fork child handler must be.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+pub enum Kind {
+    Listen = 0x4C53_4E31,
+    Connecting = 0x434F_4E31,
+    Send = 0x534E_4431,
+    Recv = 0x5243_5631,
+    Request = 0x5251_5431,
+    Memory = 0x4D45_4D31,
+    Context = 0x4354_5831,
+}
+
+#[repr(C)]
+struct Tagged<T> {
+    kind: u32,
+    generation: u32,
+    value: T,
+}
+
+pub fn into_raw<T>(kind: Kind, value: T) -> *mut c_void {
+    Box::into_raw(Box::new(Tagged {
+        kind: kind as u32,
+        generation: FORK_GENERATION.load(Ordering::Acquire),
+        value,
+    }))
+    .cast()
+}
+
+fn check(kind: u32, generation: u32, want: Kind) -> NetResult<()> {
+    if kind != want as u32 {
+        return Err(NetError::InvalidArgument(format!(
+            "pointer is not a live {want:?} object of this plugin"
+        )));
+    }
+    if generation != FORK_GENERATION.load(Ordering::Acquire) {
+        return Err(NetError::InvalidUsage(format!(
+            "{want:?} object was created before fork() and cannot be used in the child"
+        )));
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `p` must be null or a pointer returned by [`into_raw`] with the same `T`
+/// that has not been freed, and no other reference to it may be live.
+pub unsafe fn get_mut<'a, T>(p: *mut c_void, kind: Kind) -> NetResult<&'a mut T> {
+    if p.is_null() {
+        return Err(NetError::InvalidArgument(format!("{kind:?} pointer is NULL")));
+    }
+    // SAFETY: per the contract, `p` points at a live Tagged<T>.
+    let tagged = unsafe { &mut *p.cast::<Tagged<T>>() };
+    check(tagged.kind, tagged.generation, kind)?;
+    Ok(&mut tagged.value)
+}
+
+/// Takes the object back; its tag is cleared so a second free is caught
+/// while the memory is still ours (best effort after that).
+///
+/// # Safety
+/// As for [`get_mut`].
+pub unsafe fn take<T>(p: *mut c_void, kind: Kind) -> NetResult<T> {
+    // SAFETY: same contract as get_mut.
+    unsafe { get_mut::<T>(p, kind)? };
+    // SAFETY: `p` came from Box::into_raw of a Tagged<T> and is live.
+    let mut boxed = unsafe { Box::from_raw(p.cast::<Tagged<T>>()) };
+    boxed.kind = 0;
+    Ok(boxed.value)
+}

@@ -4,3 +4,4 @@
 //! internal API that every ABI version shims onto.
 
 pub mod abi;
+pub mod codec;

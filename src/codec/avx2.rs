@@ -219,7 +219,7 @@ impl DecK {
         };
         let place = |code: u8| ((code as u32) << (24 - shift)) as i32;
         DecK {
-            shift: _mm_cvtsi32_si128(shift as i32),
+            shift: _mm_cvtsi32_si128(shift),
             rebias: _mm256_set1_ps(pow2(127 - fmt.bias() as i32)),
             special_above: _mm256_set1_epi32(place(fmt.first_special_code()) - 1),
             inf_mag: match fmt {

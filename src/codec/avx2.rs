@@ -62,7 +62,7 @@ impl EncK {
 
 /// Eight already-scaled f32 -> eight FP8 codes in the low byte of each lane.
 #[inline(always)]
-unsafe fn round8(k: &EncK, v: __m256) -> __m256i {
+unsafe fn round8<const SPECIALS: bool>(k: &EncK, v: __m256) -> __m256i {
     let bits = _mm256_castps_si256(v);
     let a = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFF_FFFF));
     // Normal target: integer round-to-nearest-even on the mantissa.
@@ -74,10 +74,15 @@ unsafe fn round8(k: &EncK, v: __m256) -> __m256i {
     let sub = _mm256_sub_epi32(_mm256_castps_si256(sum), _mm256_castps_si256(k.magic));
     let is_sub = _mm256_cmpgt_epi32(k.min_normal, a);
     let mag = _mm256_min_epi32(_mm256_blendv_epi8(norm, sub, is_sub), k.max_code);
-    // Non-finite: Inf code for |x| == Inf, NaN code above.
-    let inf_bits = _mm256_set1_epi32(0x7F80_0000);
-    let mag = _mm256_blendv_epi8(mag, k.inf, _mm256_cmpeq_epi32(a, inf_bits));
-    let mag = _mm256_blendv_epi8(mag, k.nan, _mm256_cmpgt_epi32(a, inf_bits));
+    // Non-finite: Inf code for |x| == Inf, NaN code above. Skipped for
+    // blocks known to be all finite (the common case).
+    let mag = if SPECIALS {
+        let inf_bits = _mm256_set1_epi32(0x7F80_0000);
+        let mag = _mm256_blendv_epi8(mag, k.inf, _mm256_cmpeq_epi32(a, inf_bits));
+        _mm256_blendv_epi8(mag, k.nan, _mm256_cmpgt_epi32(a, inf_bits))
+    } else {
+        mag
+    };
     let sign = _mm256_and_si256(_mm256_srli_epi32::<24>(bits), _mm256_set1_epi32(0x80));
     _mm256_or_si256(mag, sign)
 }
@@ -89,20 +94,39 @@ unsafe fn encode_block(k: &EncK, x: [__m256; 4], out: *mut u8) -> u8 {
     let abs_mask = _mm256_set1_epi32(0x7FFF_FFFF);
     let max_finite = _mm256_set1_epi32(0x7F7F_FFFF);
     let mut m = _mm256_setzero_si256();
+    let mut any_special = _mm256_setzero_si256();
     for &xi in &x {
         let a = _mm256_and_si256(_mm256_castps_si256(xi), abs_mask);
-        let finite = _mm256_andnot_si256(_mm256_cmpgt_epi32(a, max_finite), a);
-        m = _mm256_max_epi32(m, finite);
+        let special = _mm256_cmpgt_epi32(a, max_finite);
+        any_special = _mm256_or_si256(any_special, special);
+        m = _mm256_max_epi32(m, _mm256_andnot_si256(special, a));
     }
     let m = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256::<1>(m));
     let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
     let m = _mm_max_epi32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
     let s = scale_for_max(k.fmt, _mm_cvtsi128_si32(m) as u32);
     let inv = _mm256_set1_ps(e8m0_inverse(s));
-    let c0 = round8(k, _mm256_mul_ps(x[0], inv));
-    let c1 = round8(k, _mm256_mul_ps(x[1], inv));
-    let c2 = round8(k, _mm256_mul_ps(x[2], inv));
-    let c3 = round8(k, _mm256_mul_ps(x[3], inv));
+    let (x0, x1, x2, x3) = (
+        _mm256_mul_ps(x[0], inv),
+        _mm256_mul_ps(x[1], inv),
+        _mm256_mul_ps(x[2], inv),
+        _mm256_mul_ps(x[3], inv),
+    );
+    let (c0, c1, c2, c3) = if _mm256_testz_si256(any_special, any_special) == 1 {
+        (
+            round8::<false>(k, x0),
+            round8::<false>(k, x1),
+            round8::<false>(k, x2),
+            round8::<false>(k, x3),
+        )
+    } else {
+        (
+            round8::<true>(k, x0),
+            round8::<true>(k, x1),
+            round8::<true>(k, x2),
+            round8::<true>(k, x3),
+        )
+    };
     // 4x8 i32 -> 32 u8; packs work per 128-bit lane, the permute restores
     // element order.
     let b = _mm256_packus_epi16(_mm256_packus_epi32(c0, c1), _mm256_packus_epi32(c2, c3));

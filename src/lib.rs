@@ -4,6 +4,7 @@
 //! internal API ([`net`]) that every ABI version shims onto.
 
 pub mod abi;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod log;

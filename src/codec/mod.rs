@@ -1,0 +1,350 @@
+//! Block-scaled FP8 codec for compressed allreduce.
+//!
+//! Values are cut into blocks of [`BLOCK`] = 32; each block gets one
+//! power-of-two scale (E8M0 byte) and each value one FP8 byte
+//! ([`Fp8Format::E4M3`] or [`Fp8Format::E5M2`]).
+//!
+//! # Numerics
+//! * Scale: the smallest `2^e` such that `max|finite x| / 2^e <= max_finite`
+//!   (exponent rounded up, so nothing saturates), clamped to `e in
+//!   -127..=127`; stored as `e + 127`. A block with no nonzero finite value
+//!   gets 127 (scale 1.0). 0xFF is never written; on decode it means "NaN
+//!   scale" and makes the whole block NaN (OCP MX semantics).
+//! * Encode: `x * 2^-e` (exact) rounded to nearest, ties to even, saturating
+//!   at max finite. NaN/±Inf elements are excluded from the scale and encoded
+//!   as NaN (E4M3) or the same Inf / a NaN (E5M2), so they only affect
+//!   themselves.
+//! * Decode: `fp8 * 2^e` in f32 (one rounding, only outside the f32 normal
+//!   range); f16/bf16 outputs are narrowed with round-to-nearest-even. NaN
+//!   outputs are the canonical quiet NaN `0x7FC00000` (sign not kept).
+//!   Inherent limit: a finite input within one FP8 ulp of `f32::MAX` may
+//!   round up to `2^128` and decode as ±Inf.
+//!
+//! # Wire layout
+//! For `n` values: `ceil(n / 32)` scale bytes (block order), immediately
+//! followed by `n` FP8 bytes (value order); [`encoded_len`] = `ceil(n/32) +
+//! n`. The last block holds `n % 32` values when that is nonzero. Keeping
+//! scales apart lets the SIMD paths read 32 codes as one aligned-size load.
+//! The format is not self-describing: both ends must agree on `n` and the
+//! [`Fp8Format`].
+//!
+//! Every entry point checks all lengths and returns [`CodecError`] instead
+//! of panicking, since wire bytes come from the network.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod bench;
+mod format;
+mod scalar;
+
+pub use format::{
+    bf16_to_f32, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_fp8, fp8_to_f32,
+    Fp8Format, E8M0_NAN, E8M0_ZERO_BLOCK,
+};
+
+use std::fmt;
+
+/// Values per scale block.
+pub const BLOCK: usize = 32;
+
+/// Number of scale blocks for `n` values.
+pub const fn num_blocks(n: usize) -> usize {
+    n.div_ceil(BLOCK)
+}
+
+/// Wire size in bytes for `n` values: scales then codes.
+pub const fn encoded_len(n: usize) -> usize {
+    num_blocks(n) + n
+}
+
+/// Input to encode. fp16/bf16 are raw IEEE bit patterns (no `half` dep).
+#[derive(Clone, Copy, Debug)]
+pub enum Src<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+    Bf16(&'a [u16]),
+}
+
+impl Src<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Src::F32(v) => v.len(),
+            Src::F16(v) | Src::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sub-slice `from..`; used to hand the tail block to the scalar path.
+    fn tail(self, from: usize) -> Self {
+        match self {
+            Src::F32(v) => Src::F32(&v[from..]),
+            Src::F16(v) => Src::F16(&v[from..]),
+            Src::Bf16(v) => Src::Bf16(&v[from..]),
+        }
+    }
+}
+
+/// Output of [`Codec::decode_into`].
+#[derive(Debug)]
+pub enum Dst<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [u16]),
+    Bf16(&'a mut [u16]),
+}
+
+impl Dst<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Dst::F32(v) => v.len(),
+            Dst::F16(v) | Dst::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn tail(&mut self, from: usize) -> Dst<'_> {
+        match self {
+            Dst::F32(v) => Dst::F32(&mut v[from..]),
+            Dst::F16(v) => Dst::F16(&mut v[from..]),
+            Dst::Bf16(v) => Dst::Bf16(&mut v[from..]),
+        }
+    }
+}
+
+/// Implementation choice; all backends are bit-for-bit identical.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Portable reference.
+    Scalar,
+    /// x86-64 AVX2 + F16C, chosen at run time.
+    Avx2,
+}
+
+impl Backend {
+    /// Fastest backend this CPU supports.
+    pub fn detect() -> Backend {
+        if Backend::Avx2.is_available() {
+            Backend::Avx2
+        } else {
+            Backend::Scalar
+        }
+    }
+
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Backend::Avx2 => false,
+        }
+    }
+}
+
+/// Length mismatches (the only failure: any byte content decodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodecError {
+    /// `buffer` has `actual` elements where `expected` were required.
+    Length {
+        buffer: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    /// The requested backend is not supported on this CPU.
+    BackendUnavailable(Backend),
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::Length {
+                buffer,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "codec: {buffer} has length {actual}, expected {expected}"
+            ),
+            CodecError::BackendUnavailable(b) => write!(f, "codec: backend {b:?} unavailable"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+fn check(buffer: &'static str, expected: usize, actual: usize) -> Result<(), CodecError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(CodecError::Length {
+            buffer,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Split a wire buffer for `n` values into `(scales, codes)`.
+pub fn split_wire(wire: &[u8], n: usize) -> Result<(&[u8], &[u8]), CodecError> {
+    check("wire", encoded_len(n), wire.len())?;
+    Ok(wire.split_at(num_blocks(n)))
+}
+
+/// Mutable form of [`split_wire`].
+pub fn split_wire_mut(wire: &mut [u8], n: usize) -> Result<(&mut [u8], &mut [u8]), CodecError> {
+    check("wire", encoded_len(n), wire.len())?;
+    Ok(wire.split_at_mut(num_blocks(n)))
+}
+
+/// A format plus the backend that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codec {
+    format: Fp8Format,
+    backend: Backend,
+}
+
+impl Codec {
+    /// Codec on the fastest available backend.
+    pub fn new(format: Fp8Format) -> Codec {
+        Codec {
+            format,
+            backend: Backend::detect(),
+        }
+    }
+
+    /// Codec on a specific backend (tests, benchmarks).
+    pub fn with_backend(format: Fp8Format, backend: Backend) -> Result<Codec, CodecError> {
+        if backend.is_available() {
+            Ok(Codec { format, backend })
+        } else {
+            Err(CodecError::BackendUnavailable(backend))
+        }
+    }
+
+    pub fn format(&self) -> Fp8Format {
+        self.format
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Encode `src` into `scales` (`ceil(n/32)` bytes) and `codes` (`n`).
+    pub fn encode(
+        &self,
+        src: Src<'_>,
+        scales: &mut [u8],
+        codes: &mut [u8],
+    ) -> Result<(), CodecError> {
+        let n = src.len();
+        check("codes", n, codes.len())?;
+        check("scales", num_blocks(n), scales.len())?;
+        let done = self.simd_encode(src, scales, codes);
+        scalar::encode(
+            self.format,
+            src.tail(done * BLOCK),
+            &mut scales[done..],
+            &mut codes[done * BLOCK..],
+        );
+        Ok(())
+    }
+
+    /// `acc[i] += decode(i)` for the `acc.len()` values in `scales`/`codes`.
+    pub fn decode_accumulate(
+        &self,
+        scales: &[u8],
+        codes: &[u8],
+        acc: &mut [f32],
+    ) -> Result<(), CodecError> {
+        let n = acc.len();
+        check("codes", n, codes.len())?;
+        check("scales", num_blocks(n), scales.len())?;
+        let done = self.simd_decode_accumulate(scales, codes, acc);
+        scalar::decode_accumulate(
+            self.format,
+            &scales[done..],
+            &codes[done * BLOCK..],
+            &mut acc[done * BLOCK..],
+        );
+        Ok(())
+    }
+
+    /// `dst[i] = decode(i)`, narrowed to the output type with RNE.
+    pub fn decode_into(
+        &self,
+        scales: &[u8],
+        codes: &[u8],
+        mut dst: Dst<'_>,
+    ) -> Result<(), CodecError> {
+        let n = dst.len();
+        check("codes", n, codes.len())?;
+        check("scales", num_blocks(n), scales.len())?;
+        let done = self.simd_decode_into(scales, codes, &mut dst);
+        scalar::decode_into(
+            self.format,
+            &scales[done..],
+            &codes[done * BLOCK..],
+            dst.tail(done * BLOCK),
+        );
+        Ok(())
+    }
+
+    /// [`Codec::encode`] into one wire buffer of [`encoded_len`] bytes.
+    pub fn encode_wire(&self, src: Src<'_>, wire: &mut [u8]) -> Result<(), CodecError> {
+        let (scales, codes) = split_wire_mut(wire, src.len())?;
+        self.encode(src, scales, codes)
+    }
+
+    /// [`Codec::decode_accumulate`] from one wire buffer for `acc.len()` values.
+    pub fn decode_accumulate_wire(&self, wire: &[u8], acc: &mut [f32]) -> Result<(), CodecError> {
+        let (scales, codes) = split_wire(wire, acc.len())?;
+        self.decode_accumulate(scales, codes, acc)
+    }
+
+    /// [`Codec::decode_into`] from one wire buffer for `dst.len()` values.
+    pub fn decode_into_wire(&self, wire: &[u8], dst: Dst<'_>) -> Result<(), CodecError> {
+        let (scales, codes) = split_wire(wire, dst.len())?;
+        self.decode_into(scales, codes, dst)
+    }
+
+    // SIMD hooks: process a prefix of whole blocks, return how many blocks
+    // were done; the scalar path finishes the rest (tail block included).
+
+    fn simd_encode(&self, src: Src<'_>, scales: &mut [u8], codes: &mut [u8]) -> usize {
+        match self.backend {
+            Backend::Scalar => 0,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => avx2::encode(self.format, src, scales, codes),
+            #[cfg(not(target_arch = "x86_64"))]
+            Backend::Avx2 => 0,
+        }
+    }
+
+    fn simd_decode_accumulate(&self, scales: &[u8], codes: &[u8], acc: &mut [f32]) -> usize {
+        match self.backend {
+            Backend::Scalar => 0,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => avx2::decode_accumulate(self.format, scales, codes, acc),
+            #[cfg(not(target_arch = "x86_64"))]
+            Backend::Avx2 => 0,
+        }
+    }
+
+    fn simd_decode_into(&self, scales: &[u8], codes: &[u8], dst: &mut Dst<'_>) -> usize {
+        match self.backend {
+            Backend::Scalar => 0,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => avx2::decode_into(self.format, scales, codes, dst),
+            #[cfg(not(target_arch = "x86_64"))]
+            Backend::Avx2 => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

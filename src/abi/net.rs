@@ -26,11 +26,9 @@ enum Request {
 /// handle, and we check that it only hands us host memory.
 struct Region;
 
-/// Per-communicator context of net v11+.
-pub struct Context {
-    pub comm_id: u64,
-    pub traffic_class: i32,
-}
+/// Per-communicator context of net v11+. TCP keeps no per-communicator
+/// state, so it only marks the pointer as ours.
+pub struct Context;
 
 pub fn init(logger_fn: ncclDebugLogger_t) -> NetResult<()> {
     logger::install(logger_fn);
@@ -273,12 +271,9 @@ pub unsafe fn close_listen(comm: *mut c_void) -> NetResult<()> {
 /// # Safety
 /// `ctx` must be writable.
 pub unsafe fn init_context(ctx: *mut *mut c_void, comm_id: u64, traffic_class: i32) -> NetResult<()> {
-    let c = Context {
-        comm_id,
-        traffic_class,
-    };
+    crate::trace!("context for communicator {comm_id:#x}; traffic class {traffic_class} is not used by TCP");
     // SAFETY: NCCL's out-pointer; write_out refuses null.
-    unsafe { write_out(ctx, object::into_raw(Kind::Context, c), "ctx") }
+    unsafe { write_out(ctx, object::into_raw(Kind::Context, Context), "ctx") }
 }
 
 /// # Safety

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 pub use connect::Connecting;
 pub use listen::Listener;
-pub use recv::{RecvComm, RecvOp};
-pub use send::{SendComm, SendOp};
+pub use recv::{RecvComm, RecvRequest};
+pub use send::{SendComm, SendRequest};
 
 /// Per-connection tunables, from the configuration.
 #[derive(Clone, Debug)]

@@ -1,0 +1,347 @@
+//! The other side of the C face: load a built plugin with `dlopen` and call
+//! its vtables exactly as NCCL's proxy does. Used by `plugin-tests/` and
+//! `airamp bench`, so both exercise the real exported ABI, not Rust calls.
+
+use std::ffi::{c_int, c_void, CStr, CString};
+use std::path::Path;
+
+use super::bindings::*;
+
+/// An NCCL result code other than success, as the plugin returned it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Code(pub u32);
+
+pub const INVALID_ARGUMENT: Code = Code(4);
+pub const INVALID_USAGE: Code = Code(5);
+pub const REMOTE_ERROR: Code = Code(6);
+
+fn check(r: ncclResult_t) -> Result<(), Code> {
+    if r == ncclResult_t::ncclSuccess {
+        Ok(())
+    } else {
+        Err(Code(r.0))
+    }
+}
+
+/// A `dlopen`ed plugin library.
+pub struct Library {
+    handle: *mut c_void,
+}
+
+impl Library {
+    pub fn open(path: &Path) -> Result<Library, String> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: dlopen with a valid C string; the handle is closed in Drop.
+        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if handle.is_null() {
+            // SAFETY: dlerror returns a thread-local C string or null.
+            let err = unsafe { libc::dlerror() };
+            let msg = if err.is_null() {
+                "dlopen failed".to_string()
+            } else {
+                // SAFETY: non-null dlerror result is a valid C string.
+                unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+            };
+            return Err(format!("{}: {msg}", path.display()));
+        }
+        Ok(Library { handle })
+    }
+
+    pub fn symbol(&self, name: &str) -> Option<*mut c_void> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: handle is a live dlopen handle.
+        let p = unsafe { libc::dlsym(self.handle, c.as_ptr()) };
+        (!p.is_null()).then_some(p)
+    }
+
+    /// The net vtable of `version`.
+    pub fn net(&self, version: NetVersion) -> Result<Net<'_>, String> {
+        let sym = self
+            .symbol(version.symbol())
+            .ok_or_else(|| format!("{} not exported", version.symbol()))?;
+        // SAFETY: the symbol is the plugin's vtable of exactly this version's
+        // type; it lives as long as the library (which `Net` borrows).
+        let vt = unsafe {
+            match version {
+                NetVersion::V8 => Vt::V8(&*sym.cast()),
+                NetVersion::V9 => Vt::V9(&*sym.cast()),
+                NetVersion::V10 => Vt::V10(&*sym.cast()),
+                NetVersion::V11 => Vt::V11(&*sym.cast()),
+                NetVersion::V12 => Vt::V12(&*sym.cast()),
+            }
+        };
+        Ok(Net {
+            vt,
+            ctx: std::ptr::null_mut(),
+            _lib: std::marker::PhantomData,
+        })
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        // SAFETY: handle came from dlopen and is closed once.
+        unsafe { libc::dlclose(self.handle) };
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetVersion {
+    V8,
+    V9,
+    V10,
+    V11,
+    V12,
+}
+
+impl NetVersion {
+    pub const ALL: [NetVersion; 5] = [Self::V8, Self::V9, Self::V10, Self::V11, Self::V12];
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::V8 => "ncclNetPlugin_v8",
+            Self::V9 => "ncclNetPlugin_v9",
+            Self::V10 => "ncclNetPlugin_v10",
+            Self::V11 => "ncclNetPlugin_v11",
+            Self::V12 => "ncclNetPlugin_v12",
+        }
+    }
+}
+
+enum Vt<'a> {
+    V8(&'a ncclNet_v8_t),
+    V9(&'a ncclNet_v9_t),
+    V10(&'a ncclNet_v10_t),
+    V11(&'a ncclNet_v11_t),
+    V12(&'a ncclNet_v12_t),
+}
+
+/// Opaque pointers the plugin hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Comm(pub *mut c_void);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request(pub *mut c_void);
+
+// SAFETY: plugin objects may be used from any thread (NCCL's proxy does).
+unsafe impl Send for Comm {}
+// SAFETY: as above.
+unsafe impl Send for Request {}
+
+/// What `getProperties` said, in the fields every version shares.
+#[derive(Clone, Debug)]
+pub struct Props {
+    pub name: String,
+    pub pci_path: Option<String>,
+    pub ptr_support: i32,
+    pub speed: i32,
+    pub max_comms: i32,
+    pub max_recvs: i32,
+    pub max_p2p_bytes: Option<usize>,
+}
+
+pub struct Net<'a> {
+    vt: Vt<'a>,
+    ctx: *mut c_void,
+    _lib: std::marker::PhantomData<&'a Library>,
+}
+
+/// Calls one vtable member; a missing one is an error, not a crash.
+macro_rules! call {
+    ($vt:expr, $f:ident ( $($arg:expr),* )) => {
+        match $vt.$f {
+            // SAFETY: calling the plugin's exported function with arguments
+            // that follow NCCL's contract for it.
+            Some(f) => check(unsafe { f($($arg),*) }),
+            None => Err(Code(ncclResult_t::ncclInternalError.0)),
+        }
+    };
+}
+
+/// Same call on every version whose signature matches.
+macro_rules! each {
+    ($self:expr, $f:ident ( $($arg:expr),* )) => {
+        match &$self.vt {
+            Vt::V8(v) => call!(v, $f($($arg),*)),
+            Vt::V9(v) => call!(v, $f($($arg),*)),
+            Vt::V10(v) => call!(v, $f($($arg),*)),
+            Vt::V11(v) => call!(v, $f($($arg),*)),
+            Vt::V12(v) => call!(v, $f($($arg),*)),
+        }
+    };
+}
+
+fn cstr(p: *const std::ffi::c_char) -> Option<String> {
+    // SAFETY: the plugin returns NUL-terminated strings that live as long as it.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+impl Net<'_> {
+    pub fn name(&self) -> String {
+        let p = match &self.vt {
+            Vt::V8(v) => v.name,
+            Vt::V9(v) => v.name,
+            Vt::V10(v) => v.name,
+            Vt::V11(v) => v.name,
+            Vt::V12(v) => v.name,
+        };
+        cstr(p).unwrap_or_default()
+    }
+
+    pub fn init(&mut self, logger: ncclDebugLogger_t) -> Result<(), Code> {
+        let mut ctx = std::ptr::null_mut();
+        let mut config = ncclNetCommConfig_v12_t { trafficClass: -1 };
+        let r = match &self.vt {
+            Vt::V8(v) => call!(v, init(logger)),
+            Vt::V9(v) => call!(v, init(logger)),
+            Vt::V10(v) => call!(v, init(logger, None)),
+            Vt::V11(v) => call!(v, init(&mut ctx, 42, (&mut config as *mut ncclNetCommConfig_v12_t).cast(), logger, None)),
+            Vt::V12(v) => call!(v, init(&mut ctx, 42, &mut config, logger, None)),
+        };
+        self.ctx = ctx;
+        r
+    }
+
+    pub fn finalize(&mut self) -> Result<(), Code> {
+        match &self.vt {
+            Vt::V11(v) => call!(v, finalize(self.ctx)),
+            Vt::V12(v) => call!(v, finalize(self.ctx)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn devices(&self) -> Result<i32, Code> {
+        let mut n: c_int = 0;
+        each!(self, devices(&mut n))?;
+        Ok(n)
+    }
+
+    pub fn properties(&self, dev: i32) -> Result<Props, Code> {
+        macro_rules! props {
+            ($v:expr, $t:ty, $p2p:expr) => {{
+                let mut p = <$t>::default();
+                call!($v, getProperties(dev, &mut p))?;
+                Props {
+                    name: cstr(p.name).unwrap_or_default(),
+                    pci_path: cstr(p.pciPath),
+                    ptr_support: p.ptrSupport,
+                    speed: p.speed,
+                    max_comms: p.maxComms,
+                    max_recvs: p.maxRecvs,
+                    max_p2p_bytes: $p2p(&p),
+                }
+            }};
+        }
+        Ok(match &self.vt {
+            Vt::V8(v) => props!(v, ncclNetProperties_v8_t, |_: &ncclNetProperties_v8_t| None),
+            Vt::V9(v) => props!(v, ncclNetProperties_v9_t, |p: &ncclNetProperties_v9_t| Some(p.maxP2pBytes)),
+            Vt::V10(v) => props!(v, ncclNetProperties_v10_t, |p: &ncclNetProperties_v10_t| Some(p.maxP2pBytes)),
+            Vt::V11(v) => props!(v, ncclNetProperties_v11_t, |p: &ncclNetProperties_v11_t| Some(p.maxP2pBytes)),
+            Vt::V12(v) => props!(v, ncclNetProperties_v12_t, |p: &ncclNetProperties_v12_t| Some(p.maxP2pBytes)),
+        })
+    }
+
+    pub fn listen(&self, dev: i32) -> Result<([u8; 128], Comm), Code> {
+        let mut handle = [0u8; 128];
+        let h = handle.as_mut_ptr().cast::<c_void>();
+        let mut comm = std::ptr::null_mut();
+        match &self.vt {
+            Vt::V8(v) => call!(v, listen(dev, h, &mut comm)),
+            Vt::V9(v) => call!(v, listen(dev, h, &mut comm)),
+            Vt::V10(v) => call!(v, listen(dev, h, &mut comm)),
+            Vt::V11(v) => call!(v, listen(self.ctx, dev, h, &mut comm)),
+            Vt::V12(v) => call!(v, listen(self.ctx, dev, h, &mut comm)),
+        }?;
+        Ok((handle, Comm(comm)))
+    }
+
+    /// One non-blocking connect attempt; call again with the same handle.
+    pub fn connect(&self, dev: i32, handle: &mut [u8; 128]) -> Result<Option<Comm>, Code> {
+        let h = handle.as_mut_ptr().cast::<c_void>();
+        let mut comm = std::ptr::null_mut();
+        let mut dev_comm = std::ptr::null_mut();
+        let mut config = ncclNetCommConfig_v10_t { trafficClass: -1 };
+        match &self.vt {
+            Vt::V8(v) => call!(v, connect(dev, h, &mut comm, &mut dev_comm)),
+            Vt::V9(v) => call!(v, connect(dev, h, &mut comm, &mut dev_comm)),
+            Vt::V10(v) => call!(v, connect(dev, &mut config, h, &mut comm, &mut dev_comm)),
+            Vt::V11(v) => call!(v, connect(self.ctx, dev, h, &mut comm, &mut dev_comm)),
+            Vt::V12(v) => call!(v, connect(self.ctx, dev, h, &mut comm, &mut dev_comm)),
+        }?;
+        Ok((!comm.is_null()).then_some(Comm(comm)))
+    }
+
+    pub fn accept(&self, listen: Comm) -> Result<Option<Comm>, Code> {
+        let mut comm = std::ptr::null_mut();
+        let mut dev_comm = std::ptr::null_mut();
+        each!(self, accept(listen.0, &mut comm, &mut dev_comm))?;
+        Ok((!comm.is_null()).then_some(Comm(comm)))
+    }
+
+    pub fn reg_mr(&self, comm: Comm, data: *mut u8, size: usize, ptr_type: i32) -> Result<*mut c_void, Code> {
+        let mut mh = std::ptr::null_mut();
+        each!(self, regMr(comm.0, data.cast(), size, ptr_type, &mut mh))?;
+        Ok(mh)
+    }
+
+    pub fn dereg_mr(&self, comm: Comm, mh: *mut c_void) -> Result<(), Code> {
+        each!(self, deregMr(comm.0, mh))
+    }
+
+    /// `Ok(None)`: the plugin has no free request right now.
+    pub fn isend(&self, comm: Comm, data: *const u8, size: usize, tag: i32, mh: *mut c_void) -> Result<Option<Request>, Code> {
+        let mut req = std::ptr::null_mut();
+        let d = data.cast_mut().cast::<c_void>();
+        let null = std::ptr::null_mut();
+        match &self.vt {
+            Vt::V8(v) => {
+                let size = c_int::try_from(size).map_err(|_| INVALID_ARGUMENT)?;
+                call!(v, isend(comm.0, d, size, tag, mh, &mut req))
+            }
+            Vt::V9(v) => call!(v, isend(comm.0, d, size, tag, mh, &mut req)),
+            Vt::V10(v) => call!(v, isend(comm.0, d, size, tag, mh, null, &mut req)),
+            Vt::V11(v) => call!(v, isend(comm.0, d, size, tag, mh, null, &mut req)),
+            Vt::V12(v) => call!(v, isend(comm.0, d, size, tag, mh, null, &mut req)),
+        }?;
+        Ok((!req.is_null()).then_some(Request(req)))
+    }
+
+    /// A grouped receive of `(buffer, capacity, tag)` slots.
+    pub fn irecv(&self, comm: Comm, slots: &[(*mut u8, usize, i32)], mhs: &mut [*mut c_void]) -> Result<Option<Request>, Code> {
+        let mut req = std::ptr::null_mut();
+        let mut data: Vec<*mut c_void> = slots.iter().map(|s| s.0.cast()).collect();
+        let mut tags: Vec<c_int> = slots.iter().map(|s| s.2).collect();
+        let mut sizes: Vec<usize> = slots.iter().map(|s| s.1).collect();
+        let mut int_sizes: Vec<c_int> = sizes.iter().map(|&s| s as c_int).collect();
+        let mut phandles: Vec<*mut c_void> = vec![std::ptr::null_mut(); slots.len()];
+        let n = slots.len() as c_int;
+        let (d, t, m, p) = (data.as_mut_ptr(), tags.as_mut_ptr(), mhs.as_mut_ptr(), phandles.as_mut_ptr());
+        match &self.vt {
+            Vt::V8(v) => call!(v, irecv(comm.0, n, d, int_sizes.as_mut_ptr(), t, m, &mut req)),
+            Vt::V9(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, &mut req)),
+            Vt::V10(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)),
+            Vt::V11(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)),
+            Vt::V12(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)),
+        }?;
+        Ok((!req.is_null()).then_some(Request(req)))
+    }
+
+    /// `Ok(Some(sizes))` once done (`slots` entries; 1 for a send).
+    pub fn test(&self, req: Request, slots: usize) -> Result<Option<Vec<i32>>, Code> {
+        let mut done: c_int = 0;
+        let mut sizes = vec![-1 as c_int; slots.max(1)];
+        each!(self, test(req.0, &mut done, sizes.as_mut_ptr()))?;
+        Ok((done != 0).then_some(sizes))
+    }
+
+    pub fn close_send(&self, comm: Comm) -> Result<(), Code> {
+        each!(self, closeSend(comm.0))
+    }
+
+    pub fn close_recv(&self, comm: Comm) -> Result<(), Code> {
+        each!(self, closeRecv(comm.0))
+    }
+
+    pub fn close_listen(&self, comm: Comm) -> Result<(), Code> {
+        each!(self, closeListen(comm.0))
+    }
+}

@@ -40,7 +40,9 @@ impl Library {
                 "dlopen failed".to_string()
             } else {
                 // SAFETY: non-null dlerror result is a valid C string.
-                unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+                unsafe { CStr::from_ptr(err) }
+                    .to_string_lossy()
+                    .into_owned()
             };
             return Err(format!("{}: {msg}", path.display()));
         }
@@ -194,7 +196,16 @@ impl Net<'_> {
             Vt::V8(v) => call!(v, init(logger)),
             Vt::V9(v) => call!(v, init(logger)),
             Vt::V10(v) => call!(v, init(logger, None)),
-            Vt::V11(v) => call!(v, init(&mut ctx, 42, (&mut config as *mut ncclNetCommConfig_v12_t).cast(), logger, None)),
+            Vt::V11(v) => call!(
+                v,
+                init(
+                    &mut ctx,
+                    42,
+                    (&mut config as *mut ncclNetCommConfig_v12_t).cast(),
+                    logger,
+                    None
+                )
+            ),
             Vt::V12(v) => call!(v, init(&mut ctx, 42, &mut config, logger, None)),
         };
         self.ctx = ctx;
@@ -233,10 +244,20 @@ impl Net<'_> {
         }
         Ok(match &self.vt {
             Vt::V8(v) => props!(v, ncclNetProperties_v8_t, |_: &ncclNetProperties_v8_t| None),
-            Vt::V9(v) => props!(v, ncclNetProperties_v9_t, |p: &ncclNetProperties_v9_t| Some(p.maxP2pBytes)),
-            Vt::V10(v) => props!(v, ncclNetProperties_v10_t, |p: &ncclNetProperties_v10_t| Some(p.maxP2pBytes)),
-            Vt::V11(v) => props!(v, ncclNetProperties_v11_t, |p: &ncclNetProperties_v11_t| Some(p.maxP2pBytes)),
-            Vt::V12(v) => props!(v, ncclNetProperties_v12_t, |p: &ncclNetProperties_v12_t| Some(p.maxP2pBytes)),
+            Vt::V9(v) => props!(
+                v,
+                ncclNetProperties_v9_t,
+                |p: &ncclNetProperties_v9_t| Some(p.maxP2pBytes)
+            ),
+            Vt::V10(v) => props!(v, ncclNetProperties_v10_t, |p: &ncclNetProperties_v10_t| {
+                Some(p.maxP2pBytes)
+            }),
+            Vt::V11(v) => props!(v, ncclNetProperties_v11_t, |p: &ncclNetProperties_v11_t| {
+                Some(p.maxP2pBytes)
+            }),
+            Vt::V12(v) => props!(v, ncclNetProperties_v12_t, |p: &ncclNetProperties_v12_t| {
+                Some(p.maxP2pBytes)
+            }),
         })
     }
 
@@ -277,7 +298,13 @@ impl Net<'_> {
         Ok((!comm.is_null()).then_some(Comm(comm)))
     }
 
-    pub fn reg_mr(&self, comm: Comm, data: *mut u8, size: usize, ptr_type: i32) -> Result<*mut c_void, Code> {
+    pub fn reg_mr(
+        &self,
+        comm: Comm,
+        data: *mut u8,
+        size: usize,
+        ptr_type: i32,
+    ) -> Result<*mut c_void, Code> {
         let mut mh = std::ptr::null_mut();
         each!(self, regMr(comm.0, data.cast(), size, ptr_type, &mut mh))?;
         Ok(mh)
@@ -288,7 +315,14 @@ impl Net<'_> {
     }
 
     /// `Ok(None)`: the plugin has no free request right now.
-    pub fn isend(&self, comm: Comm, data: *const u8, size: usize, tag: i32, mh: *mut c_void) -> Result<Option<Request>, Code> {
+    pub fn isend(
+        &self,
+        comm: Comm,
+        data: *const u8,
+        size: usize,
+        tag: i32,
+        mh: *mut c_void,
+    ) -> Result<Option<Request>, Code> {
         let mut req = std::ptr::null_mut();
         let d = data.cast_mut().cast::<c_void>();
         let null = std::ptr::null_mut();
@@ -306,7 +340,12 @@ impl Net<'_> {
     }
 
     /// A grouped receive of `(buffer, capacity, tag)` slots.
-    pub fn irecv(&self, comm: Comm, slots: &[(*mut u8, usize, i32)], mhs: &mut [*mut c_void]) -> Result<Option<Request>, Code> {
+    pub fn irecv(
+        &self,
+        comm: Comm,
+        slots: &[(*mut u8, usize, i32)],
+        mhs: &mut [*mut c_void],
+    ) -> Result<Option<Request>, Code> {
         let mut req = std::ptr::null_mut();
         let mut data: Vec<*mut c_void> = slots.iter().map(|s| s.0.cast()).collect();
         let mut tags: Vec<c_int> = slots.iter().map(|s| s.2).collect();
@@ -314,13 +353,30 @@ impl Net<'_> {
         let mut int_sizes: Vec<c_int> = sizes.iter().map(|&s| s as c_int).collect();
         let mut phandles: Vec<*mut c_void> = vec![std::ptr::null_mut(); slots.len()];
         let n = slots.len() as c_int;
-        let (d, t, m, p) = (data.as_mut_ptr(), tags.as_mut_ptr(), mhs.as_mut_ptr(), phandles.as_mut_ptr());
+        let (d, t, m, p) = (
+            data.as_mut_ptr(),
+            tags.as_mut_ptr(),
+            mhs.as_mut_ptr(),
+            phandles.as_mut_ptr(),
+        );
         match &self.vt {
-            Vt::V8(v) => call!(v, irecv(comm.0, n, d, int_sizes.as_mut_ptr(), t, m, &mut req)),
+            Vt::V8(v) => call!(
+                v,
+                irecv(comm.0, n, d, int_sizes.as_mut_ptr(), t, m, &mut req)
+            ),
             Vt::V9(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, &mut req)),
-            Vt::V10(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)),
-            Vt::V11(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)),
-            Vt::V12(v) => call!(v, irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)),
+            Vt::V10(v) => call!(
+                v,
+                irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)
+            ),
+            Vt::V11(v) => call!(
+                v,
+                irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)
+            ),
+            Vt::V12(v) => call!(
+                v,
+                irecv(comm.0, n, d, sizes.as_mut_ptr(), t, m, p, &mut req)
+            ),
         }?;
         Ok((!req.is_null()).then_some(Request(req)))
     }

@@ -49,7 +49,11 @@ pub fn properties(dev: c_int) -> NetResult<Properties<'static>> {
 
 /// # Safety
 /// `handle` must point at NCCL_NET_HANDLE_MAXSIZE writable bytes.
-pub unsafe fn listen(dev: c_int, handle: *mut c_void, listen_comm: *mut *mut c_void) -> NetResult<()> {
+pub unsafe fn listen(
+    dev: c_int,
+    handle: *mut c_void,
+    listen_comm: *mut *mut c_void,
+) -> NetResult<()> {
     if handle.is_null() {
         return Err(NetError::InvalidArgument("listen handle is NULL".into()));
     }
@@ -57,7 +61,13 @@ pub unsafe fn listen(dev: c_int, handle: *mut c_void, listen_comm: *mut *mut c_v
     let handle = unsafe { &mut *handle.cast::<[u8; HANDLE_BYTES]>() };
     let listener = net::plugin()?.listen(dev, handle)?;
     // SAFETY: out-pointer from NCCL.
-    unsafe { write_out(listen_comm, object::into_raw(Kind::Listen, listener), "listenComm") }
+    unsafe {
+        write_out(
+            listen_comm,
+            object::into_raw(Kind::Listen, listener),
+            "listenComm",
+        )
+    }
 }
 
 fn stage_of(handle: &[u8; HANDLE_BYTES]) -> *mut c_void {
@@ -76,9 +86,15 @@ fn set_stage(handle: &mut [u8; HANDLE_BYTES], p: *mut c_void) {
 /// # Safety
 /// `handle` must point at the 128-byte handle NCCL got from the peer's
 /// listen, and stay the same buffer across retries.
-pub unsafe fn connect(dev: c_int, handle: *mut c_void, send_comm: *mut *mut c_void) -> NetResult<()> {
+pub unsafe fn connect(
+    dev: c_int,
+    handle: *mut c_void,
+    send_comm: *mut *mut c_void,
+) -> NetResult<()> {
     if handle.is_null() || send_comm.is_null() {
-        return Err(NetError::InvalidArgument("connect handle or sendComm is NULL".into()));
+        return Err(NetError::InvalidArgument(
+            "connect handle or sendComm is NULL".into(),
+        ));
     }
     // SAFETY: the handle buffer is 128 bytes and ours to update (see above).
     let handle = unsafe { &mut *handle.cast::<[u8; HANDLE_BYTES]>() };
@@ -193,7 +209,9 @@ pub unsafe fn irecv(
         let (ptr, tag) = unsafe { (*data.add(i), *tags.add(i)) };
         let size = size_of(i).min(MAX_REQUEST_BYTES);
         if ptr.is_null() && size > 0 {
-            return Err(NetError::InvalidArgument(format!("irecv buffer {i} is NULL")));
+            return Err(NetError::InvalidArgument(format!(
+                "irecv buffer {i} is NULL"
+            )));
         }
         // SAFETY: NCCL keeps each buffer valid until test() says done.
         slots.push((unsafe { RawBuf::new(ptr.cast(), size) }, tag));
@@ -270,8 +288,14 @@ pub unsafe fn close_listen(comm: *mut c_void) -> NetResult<()> {
 ///
 /// # Safety
 /// `ctx` must be writable.
-pub unsafe fn init_context(ctx: *mut *mut c_void, comm_id: u64, traffic_class: i32) -> NetResult<()> {
-    crate::trace!("context for communicator {comm_id:#x}; traffic class {traffic_class} is not used by TCP");
+pub unsafe fn init_context(
+    ctx: *mut *mut c_void,
+    comm_id: u64,
+    traffic_class: i32,
+) -> NetResult<()> {
+    crate::trace!(
+        "context for communicator {comm_id:#x}; traffic class {traffic_class} is not used by TCP"
+    );
     // SAFETY: NCCL's out-pointer; write_out refuses null.
     unsafe { write_out(ctx, object::into_raw(Kind::Context, Context), "ctx") }
 }
@@ -340,7 +364,9 @@ pub mod shared {
         _recv_dev_comm: *mut *mut ncclNetDeviceHandle_v8_t,
     ) -> ncclResult_t {
         // SAFETY: arguments as NCCL's accept contract describes.
-        guard("accept", || unsafe { super::accept(listen_comm, recv_comm) })
+        guard("accept", || unsafe {
+            super::accept(listen_comm, recv_comm)
+        })
     }
 
     pub unsafe extern "C" fn reg_mr(
@@ -364,7 +390,9 @@ pub mod shared {
         _mhandle: *mut *mut c_void,
     ) -> ncclResult_t {
         guard("regMrDmaBuf", || {
-            Err(NetError::Unsupported("DMA-BUF registration (TCP transport serves host memory only)"))
+            Err(NetError::Unsupported(
+                "DMA-BUF registration (TCP transport serves host memory only)",
+            ))
         })
     }
 
@@ -385,7 +413,11 @@ pub mod shared {
         guard("iflush", || unsafe { super::iflush(request) })
     }
 
-    pub unsafe extern "C" fn test(request: *mut c_void, done: *mut c_int, sizes: *mut c_int) -> ncclResult_t {
+    pub unsafe extern "C" fn test(
+        request: *mut c_void,
+        done: *mut c_int,
+        sizes: *mut c_int,
+    ) -> ncclResult_t {
         // SAFETY: arguments as NCCL's test contract describes.
         guard("test", || unsafe { super::test(request, done, sizes) })
     }
@@ -420,7 +452,9 @@ pub mod shared {
         request: *mut *mut c_void,
     ) -> ncclResult_t {
         // SAFETY: NCCL's isend contract.
-        guard("isend", || unsafe { super::isend(comm, data, size, tag, request) })
+        guard("isend", || unsafe {
+            super::isend(comm, data, size, tag, request)
+        })
     }
 
     /// isend with a profiler handle, which we accept and do not use (v10+).

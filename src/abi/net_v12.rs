@@ -27,11 +27,15 @@ unsafe extern "C" fn init(
     })
 }
 
-unsafe extern "C" fn get_properties(dev: c_int, props: *mut ncclNetProperties_v12_t) -> ncclResult_t {
+unsafe extern "C" fn get_properties(
+    dev: c_int,
+    props: *mut ncclNetProperties_v12_t,
+) -> ncclResult_t {
     guard("getProperties", || {
         let p = net::properties(dev)?;
         // SAFETY: NCCL passes a writable v12 properties struct.
-        let out = unsafe { props.as_mut() }.ok_or(NetError::InvalidArgument("props is NULL".into()))?;
+        let out =
+            unsafe { props.as_mut() }.ok_or(NetError::InvalidArgument("props is NULL".into()))?;
         fill_v9_properties!(&mut *out, &p, dev);
         out.maxMultiRequestSize = 1;
         // Not part of a rail or plane topology.
@@ -48,7 +52,9 @@ unsafe extern "C" fn listen(
     listen_comm: *mut *mut c_void,
 ) -> ncclResult_t {
     // SAFETY: NCCL passes a 128-byte handle buffer and an out-pointer.
-    guard("listen", || unsafe { net::listen(dev, handle, listen_comm) })
+    guard("listen", || unsafe {
+        net::listen(dev, handle, listen_comm)
+    })
 }
 
 unsafe extern "C" fn connect(
@@ -59,7 +65,9 @@ unsafe extern "C" fn connect(
     _send_dev_comm: *mut *mut ncclNetDeviceHandle_v12_t,
 ) -> ncclResult_t {
     // SAFETY: NCCL retries with the same handle buffer.
-    guard("connect", || unsafe { net::connect(dev, handle, send_comm) })
+    guard("connect", || unsafe {
+        net::connect(dev, handle, send_comm)
+    })
 }
 
 #[no_mangle]

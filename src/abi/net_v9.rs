@@ -13,19 +13,29 @@ unsafe extern "C" fn init(logger: ncclDebugLogger_t) -> ncclResult_t {
     guard("init", || net::init(logger))
 }
 
-unsafe extern "C" fn get_properties(dev: c_int, props: *mut ncclNetProperties_v9_t) -> ncclResult_t {
+unsafe extern "C" fn get_properties(
+    dev: c_int,
+    props: *mut ncclNetProperties_v9_t,
+) -> ncclResult_t {
     guard("getProperties", || {
         let p = net::properties(dev)?;
         // SAFETY: NCCL passes a writable v9 properties struct.
-        let out = unsafe { props.as_mut() }.ok_or(NetError::InvalidArgument("props is NULL".into()))?;
+        let out =
+            unsafe { props.as_mut() }.ok_or(NetError::InvalidArgument("props is NULL".into()))?;
         fill_v9_properties!(out, &p, dev);
         Ok(())
     })
 }
 
-unsafe extern "C" fn listen(dev: c_int, handle: *mut c_void, listen_comm: *mut *mut c_void) -> ncclResult_t {
+unsafe extern "C" fn listen(
+    dev: c_int,
+    handle: *mut c_void,
+    listen_comm: *mut *mut c_void,
+) -> ncclResult_t {
     // SAFETY: NCCL passes a 128-byte handle buffer and an out-pointer.
-    guard("listen", || unsafe { net::listen(dev, handle, listen_comm) })
+    guard("listen", || unsafe {
+        net::listen(dev, handle, listen_comm)
+    })
 }
 
 unsafe extern "C" fn connect(
@@ -35,7 +45,9 @@ unsafe extern "C" fn connect(
     _send_dev_comm: *mut *mut ncclNetDeviceHandle_v9_t,
 ) -> ncclResult_t {
     // SAFETY: NCCL retries with the same handle buffer.
-    guard("connect", || unsafe { net::connect(dev, handle, send_comm) })
+    guard("connect", || unsafe {
+        net::connect(dev, handle, send_comm)
+    })
 }
 
 #[no_mangle]

@@ -73,7 +73,9 @@ fn check(kind: u32, generation: u32, want: Kind) -> NetResult<()> {
 /// that has not been freed, and no other reference to it may be live.
 pub unsafe fn get_mut<'a, T>(p: *mut c_void, kind: Kind) -> NetResult<&'a mut T> {
     if p.is_null() {
-        return Err(NetError::InvalidArgument(format!("{kind:?} pointer is NULL")));
+        return Err(NetError::InvalidArgument(format!(
+            "{kind:?} pointer is NULL"
+        )));
     }
     // SAFETY: per the contract, `p` points at a live Tagged<T>.
     let tagged = unsafe { &mut *p.cast::<Tagged<T>>() };

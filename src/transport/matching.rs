@@ -117,11 +117,10 @@ impl RecvMatcher {
         });
     }
 
-    /// True while a message is partly received: the peer owes us bytes.
+    /// True while a matched message is not complete: its header arrived,
+    /// so the peer owes us the rest of it.
     pub fn mid_message(&self) -> bool {
-        self.active
-            .iter()
-            .any(|a| a.received > 0 && a.received < a.total)
+        !self.active.is_empty()
     }
 
     pub fn on_header(&mut self, h: &FrameHeader) -> Result<HeaderOutcome, MatchError> {
@@ -287,7 +286,9 @@ mod tests {
     fn chunks_in_any_order_complete_the_message() {
         let mut m = RecvMatcher::new();
         m.post(1, &[(0, 300)]);
+        assert!(!m.mid_message());
         assert_eq!(deliver(&mut m, hdr(0, 0, 300, 200, 100)).offset, 200);
+        assert!(m.mid_message());
         assert!(m.on_chunk_done(0, 100).unwrap().is_none());
         assert!(m.mid_message());
         assert_eq!(deliver(&mut m, hdr(0, 0, 300, 0, 200)).offset, 0);

@@ -39,6 +39,8 @@ struct Shared {
     failure: OnceLock<NetError>,
     closing: AtomicBool,
     socks: Vec<Arc<Socket>>,
+    /// Streams the peer has closed cleanly; the connection ends with the last.
+    closed_streams: AtomicUsize,
     in_flight: AtomicUsize,
     progress: Progress,
     peer_timeout: Duration,
@@ -75,6 +77,18 @@ impl Shared {
         self.wake.notify_all();
     }
 
+    /// A clean EOF between frames: this stream has nothing more to say. The
+    /// others may still hold frames, so only the last one ends the connection.
+    fn stream_closed(&self) {
+        if self.closed_streams.fetch_add(1, Ordering::AcqRel) + 1 == self.socks.len() {
+            self.fail(
+                NetError::peer(self.peer, PeerFailure::Closed),
+                ConnError::Eof,
+                false,
+            );
+        }
+    }
+
     fn stopped(&self) -> bool {
         self.closing.load(Ordering::Acquire) || self.failure.get().is_some()
     }
@@ -89,7 +103,7 @@ impl Shared {
         self.fail(NetError::peer(self.peer, cause), ConnError::Protocol, true);
     }
 
-    fn io_error(&self, e: io::Error, mid_frame: bool) {
+    fn io_error(&self, e: io::Error) {
         if self.closing.load(Ordering::Acquire) {
             return self.fail(
                 NetError::peer(self.peer, PeerFailure::Closed),
@@ -98,11 +112,6 @@ impl Shared {
             );
         }
         match e.kind() {
-            io::ErrorKind::UnexpectedEof if !mid_frame => self.fail(
-                NetError::peer(self.peer, PeerFailure::Closed),
-                ConnError::Eof,
-                false,
-            ),
             io::ErrorKind::UnexpectedEof => self.fail(
                 NetError::peer(
                     self.peer,
@@ -149,8 +158,8 @@ fn stream_worker(shared: Arc<Shared>, stream: usize) {
     loop {
         let raw = match read_header(&sock, &shared.progress) {
             Ok(Some(raw)) => raw,
-            Ok(None) => return shared.io_error(io::ErrorKind::UnexpectedEof.into(), false),
-            Err(e) => return shared.io_error(e, true),
+            Ok(None) => return shared.stream_closed(),
+            Err(e) => return shared.io_error(e),
         };
         let h = match FrameHeader::decode(&raw) {
             Ok(h) => h,
@@ -186,7 +195,7 @@ fn stream_worker(shared: Arc<Shared>, stream: usize) {
             m.bytes_received(n as u64);
         });
         if let Err(e) = read {
-            return shared.io_error(e, true);
+            return shared.io_error(e);
         }
         let mut state = shared.lock();
         match state.matcher.on_chunk_done(h.seq, h.len) {
@@ -210,6 +219,7 @@ impl RecvComm {
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
             socks: socks.into_iter().map(Arc::new).collect(),
+            closed_streams: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             progress: Progress::default(),
             peer_timeout: s.peer_timeout,

@@ -1,0 +1,748 @@
+//! The scenarios. Each returns `Err(reason)` on failure; every payload is
+//! checked byte for byte, and every error code is the exact one expected.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use airamp::abi::client::{
+    Comm, Library, Net, NetVersion, Request, INVALID_ARGUMENT, INVALID_USAGE, REMOTE_ERROR,
+};
+use airamp::transport::wire::{FrameHeader, Hello, ListenHandle};
+
+use crate::support::*;
+
+type Scenario = fn() -> TestResult;
+
+pub const ALL: &[(&str, Scenario)] = &[
+    ("exports_and_properties", exports_and_properties),
+    ("transfer_sizes_every_version", transfer_sizes_every_version),
+    ("grouped_receives", grouped_receives),
+    ("truncation_is_invalid_usage", truncation_is_invalid_usage),
+    ("request_pool_is_bounded", request_pool_is_bounded),
+    ("many_comms", many_comms),
+    ("close_during_traffic", close_during_traffic),
+    ("peer_killed_is_remote_error", peer_killed_is_remote_error),
+    ("silent_peer_times_out", silent_peer_times_out),
+    (
+        "hostile_connections_are_harmless",
+        hostile_connections_are_harmless,
+    ),
+    ("ipv6_loopback", ipv6_loopback),
+    ("dlclose_and_reopen", dlclose_and_reopen),
+    ("forked_child_gets_errors", forked_child_gets_errors),
+    ("bad_config_never_fails_init", bad_config_never_fails_init),
+];
+
+/// Child roles, dispatched from `--child ROLE ARGS...`.
+pub fn child(args: &[String]) -> TestResult {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    match arg(0) {
+        "send-sizes" => child_send_sizes(parse_version(arg(1))),
+        "send-grouped" => child_send_grouped(),
+        "send-n" => child_send_n(arg(1).parse().unwrap_or(1), arg(2).parse().unwrap_or(0)),
+        "send-forever" => child_send_forever(),
+        "send-one-then-sleep" => child_send_one_then_sleep(),
+        "recv-expect-silence" => child_recv_expect_silence(),
+        "send-many-comms" => child_send_many_comms(arg(1).parse().unwrap_or(1)),
+        "recv-one" => child_recv_one(),
+        "dlclose" => child_dlclose(),
+        "fork" => child_fork(),
+        "bad-config" => child_bad_config(),
+        other => Err(format!("unknown role {other}")),
+    }
+}
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> TestResult {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// Listens, hands the handle to a child running `role`, accepts.
+fn accept_from_child(
+    net: &Net,
+    role: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(Peer, Comm, Comm), String> {
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    let mut peer = spawn(role, args, env);
+    peer.send_line(&hex(&handle));
+    let recv = accept(net, listen)?;
+    Ok((peer, recv, listen))
+}
+
+/// Child side: connect to the parent's handle with `version`.
+fn connect_to_parent(lib: &Library, version: NetVersion) -> Result<(Net<'_>, Comm), String> {
+    let net = init(lib, version);
+    let mut handle = unhex(&read_parent_line());
+    let send = connect(&net, 0, &mut handle)?;
+    Ok((net, send))
+}
+
+/// Receives `sizes` with up to `window` receives in flight, each buffer
+/// larger than its message with a guard band, and checks every byte.
+fn receive_and_check(
+    net: &Net,
+    recv: Comm,
+    sizes: &[usize],
+    seed: u64,
+    window: usize,
+) -> TestResult {
+    const SLACK: usize = 4096;
+    const GUARD: u8 = 0xA5;
+    let mut inflight: std::collections::VecDeque<(usize, Vec<u8>, Request)> = Default::default();
+    let mut next = 0;
+    while next < sizes.len() || !inflight.is_empty() {
+        while next < sizes.len() && inflight.len() < window {
+            let mut buf = vec![GUARD; sizes[next] + SLACK];
+            let cap = sizes[next] + SLACK / 2;
+            let req = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), cap, 7)], &mut [null()]))
+                .map_err(|e| format!("irecv: {e:?}"))?;
+            inflight.push_back((next, buf, req));
+            next += 1;
+        }
+        let (i, buf, req) = inflight.pop_front().expect("non-empty");
+        let got = wait(net, req, 1).map_err(|e| format!("recv #{i} ({} B): {e:?}", sizes[i]))?;
+        ensure(got[0] as usize == sizes[i], || {
+            format!("recv #{i}: size {} reported, {} sent", got[0], sizes[i])
+        })?;
+        ensure(
+            buf[..sizes[i]] == pattern(seed + i as u64, sizes[i])[..],
+            || format!("recv #{i}: payload differs"),
+        )?;
+        ensure(
+            buf[sizes[i] + SLACK / 2..].iter().all(|&b| b == GUARD),
+            || format!("recv #{i}: wrote past the posted buffer"),
+        )?;
+    }
+    Ok(())
+}
+
+fn send_all(net: &Net, send: Comm, sizes: &[usize], seed: u64, window: usize) -> TestResult {
+    let bufs: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| pattern(seed + i as u64, n))
+        .collect();
+    let mut inflight = std::collections::VecDeque::new();
+    for (i, b) in bufs.iter().enumerate() {
+        if inflight.len() == window {
+            let (j, r): (usize, Request) = inflight.pop_front().expect("non-empty");
+            let got = wait(net, r, 1).map_err(|e| format!("send #{j}: {e:?}"))?;
+            ensure(got[0] as usize == sizes[j], || {
+                format!("send #{j}: size {} reported", got[0])
+            })?;
+        }
+        let r = post(|| net.isend(send, b.as_ptr(), b.len(), 7, null()))
+            .map_err(|e| format!("isend #{i}: {e:?}"))?;
+        inflight.push_back((i, r));
+    }
+    for (j, r) in inflight {
+        wait(net, r, 1).map_err(|e| format!("send #{j}: {e:?}"))?;
+    }
+    Ok(())
+}
+
+const SIZES: &[usize] = &[
+    0,
+    1,
+    3,
+    8,
+    4095,
+    4096,
+    65_537,
+    1 << 20,
+    (3 << 20) + 5,
+    0,
+    64 << 20,
+    12_345,
+];
+
+fn exports_and_properties() -> TestResult {
+    let lib = open();
+    for v in NetVersion::ALL {
+        ensure(lib.symbol(v.symbol()).is_some(), || {
+            format!("{} missing", v.symbol())
+        })?;
+    }
+    for absent in [
+        "ncclCollNetPlugin_v8",
+        "ncclTunerPlugin_v2",
+        "ncclNetPlugin_v7",
+    ] {
+        ensure(lib.symbol(absent).is_none(), || {
+            format!("{absent} exported but not implemented")
+        })?;
+    }
+    for v in NetVersion::ALL {
+        let net = init(&lib, v);
+        ensure(net.name() == "airamp", || format!("name {}", net.name()))?;
+        let n = net.devices().map_err(|e| format!("devices: {e:?}"))?;
+        ensure(n >= 1, || "no device on loopback".into())?;
+        for dev in 0..n {
+            let p = net
+                .properties(dev)
+                .map_err(|e| format!("{v:?} getProperties({dev}): {e:?}"))?;
+            ensure(p.name == "lo", || format!("device name {}", p.name))?;
+            ensure(
+                p.ptr_support == 1 && p.max_recvs == 8 && p.speed > 0 && p.max_comms > 0,
+                || format!("{v:?}: {p:?}"),
+            )?;
+            ensure(
+                v == NetVersion::V8 || p.max_p2p_bytes == Some(1 << 30),
+                || format!("{v:?}: {p:?}"),
+            )?;
+        }
+        ensure(
+            matches!(net.properties(n), Err(c) if c == INVALID_ARGUMENT),
+            || "getProperties(bad dev) is not ncclInvalidArgument".into(),
+        )?;
+    }
+    let log = captured_log();
+    ensure(
+        log.lines().any(|l| {
+            l.starts_with("3 NET/airamp 0.")
+                && l.contains("transport=tcp")
+                && l.contains("devices=[0:lo/")
+        }),
+        || format!("no INFO init line through NCCL's logger in:\n{log}"),
+    )
+}
+
+fn transfer_sizes_every_version() -> TestResult {
+    let lib = open();
+    for v in NetVersion::ALL {
+        let net = init(&lib, v);
+        let (peer, recv, listen) = accept_from_child(&net, "send-sizes", &[version_name(v)], &[])?;
+        receive_and_check(&net, recv, SIZES, 1000, 8).map_err(|e| format!("{v:?}: {e}"))?;
+        peer.finish()?;
+        net.close_recv(recv)
+            .map_err(|e| format!("closeRecv: {e:?}"))?;
+        net.close_listen(listen)
+            .map_err(|e| format!("closeListen: {e:?}"))?;
+    }
+    Ok(())
+}
+
+fn child_send_sizes(v: NetVersion) -> TestResult {
+    let lib = open();
+    let (net, send) = connect_to_parent(&lib, v)?;
+    send_all(&net, send, SIZES, 1000, 8)?;
+    net.close_send(send)
+        .map_err(|e| format!("closeSend: {e:?}"))
+}
+
+fn grouped_receives() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V11);
+    let (peer, recv, _listen) = accept_from_child(&net, "send-grouped", &[], &[])?;
+    for round in 0..10u64 {
+        let mut bufs: Vec<Vec<u8>> = (0..4).map(|_| vec![0u8; 300_000]).collect();
+        let slots: Vec<(*mut u8, usize, i32)> = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| (b.as_mut_ptr(), b.len(), i as i32 + 1))
+            .collect();
+        let req = post(|| net.irecv(recv, &slots, &mut [null(); 4]))
+            .map_err(|e| format!("irecv: {e:?}"))?;
+        let sizes = wait(&net, req, 4).map_err(|e| format!("grouped recv: {e:?}"))?;
+        for (i, b) in bufs.iter().enumerate() {
+            let tag = i as u64 + 1;
+            let want = pattern(round * 10 + tag, grouped_size(round, tag));
+            ensure(sizes[i] as usize == want.len(), || {
+                format!("round {round} tag {tag}: size {}", sizes[i])
+            })?;
+            ensure(b[..want.len()] == want[..], || {
+                format!("round {round} tag {tag}: payload differs")
+            })?;
+        }
+    }
+    peer.finish()
+}
+
+fn grouped_size(round: u64, tag: u64) -> usize {
+    ((round * 7919 + tag * 104_729) % 250_000) as usize
+}
+
+fn child_send_grouped() -> TestResult {
+    let lib = open();
+    let (net, send) = connect_to_parent(&lib, NetVersion::V11)?;
+    for round in 0..10u64 {
+        let order = [3u64, 1, 4, 2];
+        let bufs: Vec<Vec<u8>> = order
+            .iter()
+            .map(|&t| pattern(round * 10 + t, grouped_size(round, t)))
+            .collect();
+        let reqs: Vec<Request> = order
+            .iter()
+            .zip(&bufs)
+            .map(|(&t, b)| post(|| net.isend(send, b.as_ptr(), b.len(), t as i32, null())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("isend: {e:?}"))?;
+        for r in reqs {
+            wait(&net, r, 1).map_err(|e| format!("send: {e:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn truncation_is_invalid_usage() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V9);
+    let (peer, recv, _l) = accept_from_child(&net, "send-n", &["1", "200"], &[])?;
+    let mut buf = vec![0xEEu8; 164];
+    let req = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), 100, 7)], &mut [null()]))
+        .map_err(|e| format!("irecv: {e:?}"))?;
+    let got = wait(&net, req, 1);
+    ensure(got == Err(INVALID_USAGE), || {
+        format!("expected ncclInvalidUsage, got {got:?}")
+    })?;
+    ensure(buf[100..].iter().all(|&b| b == 0xEE), || {
+        "bytes written past the 100-byte receive".into()
+    })?;
+    let _ = peer.finish();
+    Ok(())
+}
+
+fn child_send_n(count: usize, size: usize) -> TestResult {
+    let lib = open();
+    let (net, send) = connect_to_parent(&lib, NetVersion::V9)?;
+    let sizes = vec![size; count];
+    // The receiver may fail the connection on purpose (truncation): a send
+    // error is then expected, so only report, don't fail.
+    if let Err(e) = send_all(&net, send, &sizes, 5000, 8) {
+        eprintln!("send-n: {e}");
+    }
+    // Wait for the parent to finish reading before closing.
+    let _ = read_parent_line();
+    Ok(())
+}
+
+fn request_pool_is_bounded() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V12);
+    let (mut peer, recv, _l) = accept_from_child(&net, "send-n", &["33", "1000"], &[])?;
+    let mut bufs: Vec<Vec<u8>> = (0..33).map(|_| vec![0u8; 1000]).collect();
+    let mut reqs = Vec::new();
+    for b in bufs.iter_mut().take(32) {
+        let r = net
+            .irecv(recv, &[(b.as_mut_ptr(), 1000, 7)], &mut [null()])
+            .map_err(|e| format!("irecv: {e:?}"))?;
+        reqs.push(r.ok_or("pool full before 32 requests")?);
+    }
+    let extra = net
+        .irecv(recv, &[(bufs[32].as_mut_ptr(), 1000, 7)], &mut [null()])
+        .map_err(|e| format!("irecv: {e:?}"))?;
+    ensure(extra.is_none(), || {
+        "33rd request accepted: pool unbounded".into()
+    })?;
+    for (i, r) in reqs.into_iter().enumerate() {
+        wait(&net, r, 1).map_err(|e| format!("recv {i}: {e:?}"))?;
+        ensure(bufs[i] == pattern(5000 + i as u64, 1000), || {
+            format!("recv {i} payload")
+        })?;
+    }
+    let r = post(|| net.irecv(recv, &[(bufs[32].as_mut_ptr(), 1000, 7)], &mut [null()]))
+        .map_err(|e| format!("irecv: {e:?}"))?;
+    wait(&net, r, 1).map_err(|e| format!("recv 32: {e:?}"))?;
+    ensure(bufs[32] == pattern(5032, 1000), || "recv 32 payload".into())?;
+    peer.send_line("done");
+    peer.finish()
+}
+
+fn many_comms() -> TestResult {
+    const N: usize = 16;
+    let lib = open();
+    let net = init(&lib, NetVersion::V10);
+    let mut handles = Vec::new();
+    let mut listens = Vec::new();
+    for _ in 0..N {
+        let (h, l) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+        handles.push(hex(&h));
+        listens.push(l);
+    }
+    let mut peer = spawn("send-many-comms", &[&N.to_string()], &[]);
+    for h in &handles {
+        peer.send_line(h);
+    }
+    let recvs: Vec<Comm> = listens
+        .iter()
+        .map(|&l| accept(&net, l))
+        .collect::<Result<_, _>>()?;
+    for (i, &r) in recvs.iter().enumerate() {
+        receive_and_check(&net, r, &[100_000, 5, 2_000_000], 9000 + i as u64 * 10, 3)
+            .map_err(|e| format!("comm {i}: {e}"))?;
+    }
+    peer.finish()
+}
+
+fn child_send_many_comms(n: usize) -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V10);
+    let mut handles: Vec<[u8; 128]> = (0..n).map(|_| unhex(&read_parent_line())).collect();
+    let sends: Vec<Comm> = handles
+        .iter_mut()
+        .map(|h| connect(&net, 0, h))
+        .collect::<Result<_, _>>()?;
+    // Interleave: start every comm's traffic before finishing any.
+    let bufs: Vec<Vec<Vec<u8>>> = (0..n)
+        .map(|i| {
+            [100_000, 5, 2_000_000]
+                .iter()
+                .enumerate()
+                .map(|(k, &s)| pattern(9000 + i as u64 * 10 + k as u64, s))
+                .collect()
+        })
+        .collect();
+    let mut reqs = Vec::new();
+    for (i, &s) in sends.iter().enumerate() {
+        for b in &bufs[i] {
+            reqs.push(
+                post(|| net.isend(s, b.as_ptr(), b.len(), 7, null()))
+                    .map_err(|e| format!("isend: {e:?}"))?,
+            );
+        }
+    }
+    for r in reqs {
+        wait(&net, r, 1).map_err(|e| format!("send: {e:?}"))?;
+    }
+    Ok(())
+}
+
+fn close_during_traffic() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V8);
+    let (peer, recv, _l) = accept_from_child(&net, "send-forever", &[], &[])?;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..10 {
+        let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
+            .map_err(|e| format!("irecv: {e:?}"))?;
+        wait(&net, r, 1).map_err(|e| format!("recv: {e:?}"))?;
+    }
+    // Leave one receive posted, then close under the sender's feet.
+    let _pending = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]));
+    let start = Instant::now();
+    net.close_recv(recv)
+        .map_err(|e| format!("closeRecv: {e:?}"))?;
+    ensure(start.elapsed() < Duration::from_secs(5), || {
+        format!("closeRecv took {:?}", start.elapsed())
+    })?;
+    peer.finish()
+        .map_err(|e| format!("sender did not see an error after close: {e}"))
+}
+
+fn child_send_forever() -> TestResult {
+    let lib = open();
+    let (net, send) = connect_to_parent(&lib, NetVersion::V8)?;
+    let buf = pattern(1, 1 << 20);
+    let start = Instant::now();
+    loop {
+        let r = match post(|| net.isend(send, buf.as_ptr(), buf.len(), 7, null())) {
+            Ok(r) => r,
+            Err(c) if c == REMOTE_ERROR => return Ok(()),
+            Err(c) => return Err(format!("isend: {c:?}")),
+        };
+        match wait(&net, r, 1) {
+            Ok(_) => {}
+            Err(c) if c == REMOTE_ERROR => {
+                eprintln!(
+                    "send-forever: peer close seen as ncclRemoteError after {:?}",
+                    start.elapsed()
+                );
+                return Ok(());
+            }
+            Err(c) => return Err(format!("unexpected {c:?}")),
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("no error 30 s after the receiver closed".into());
+        }
+    }
+}
+
+fn peer_killed_is_remote_error() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V12);
+    let (mut peer, recv, _l) = accept_from_child(&net, "send-one-then-sleep", &[], &[])?;
+    let mut buf = vec![0u8; 4096];
+    let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
+        .map_err(|e| format!("irecv: {e:?}"))?;
+    wait(&net, r, 1).map_err(|e| format!("first recv: {e:?}"))?;
+    let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
+        .map_err(|e| format!("irecv: {e:?}"))?;
+    peer.child.kill().map_err(|e| e.to_string())?;
+    let killed = Instant::now();
+    let got = wait(&net, r, 1);
+    let detected = killed.elapsed();
+    let _ = peer.child.wait();
+    ensure(got == Err(REMOTE_ERROR), || {
+        format!("expected ncclRemoteError, got {got:?}")
+    })?;
+    println!("    peer death (SIGKILL) detected after {detected:.2?}");
+    Ok(())
+}
+
+fn child_send_one_then_sleep() -> TestResult {
+    let lib = open();
+    let (net, send) = connect_to_parent(&lib, NetVersion::V12)?;
+    let b = [1u8; 16];
+    let r = post(|| net.isend(send, b.as_ptr(), b.len(), 7, null()))
+        .map_err(|e| format!("isend: {e:?}"))?;
+    wait(&net, r, 1).map_err(|e| format!("send: {e:?}"))?;
+    std::thread::sleep(Duration::from_secs(60));
+    Ok(())
+}
+
+/// A peer that announces a message, sends part of it, then goes silent:
+/// the receiver must fail within its peer timeout instead of hanging.
+fn silent_peer_times_out() -> TestResult {
+    let mut peer = spawn(
+        "recv-expect-silence",
+        &[],
+        &[("AIRAMP_PEER_TIMEOUT_MS", "1500"), ("AIRAMP_NSTREAMS", "1")],
+    );
+    let handle = ListenHandle::decode(&unhex(&peer.read_line())).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect(handle.addr).map_err(|e| e.to_string())?;
+    let hello = Hello {
+        token: handle.token,
+        connection: 1,
+        stream: 0,
+        streams: 1,
+    };
+    s.write_all(&hello.encode()).map_err(|e| e.to_string())?;
+    let h = FrameHeader {
+        seq: 0,
+        total: 1 << 20,
+        offset: 0,
+        len: 1 << 20,
+        tag: 7,
+    };
+    s.write_all(&h.encode()).map_err(|e| e.to_string())?;
+    s.write_all(&[0u8; 1000]).map_err(|e| e.to_string())?;
+    let verdict = peer.read_line();
+    drop(s);
+    peer.finish()?;
+    ensure(verdict.starts_with("remote-error after"), || {
+        format!("receiver said: {verdict}")
+    })?;
+    println!("    silent peer: {verdict} (timeout 1.5 s)");
+    Ok(())
+}
+
+fn child_recv_expect_silence() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V11);
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    tell_parent(&hex(&handle));
+    let recv = accept(&net, listen)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
+        .map_err(|e| format!("irecv: {e:?}"))?;
+    let start = Instant::now();
+    match wait(&net, r, 1) {
+        Err(c) if c == REMOTE_ERROR => {
+            tell_parent(&format!("remote-error after {:.2?}", start.elapsed()));
+            Ok(())
+        }
+        other => {
+            tell_parent(&format!("unexpected {other:?}"));
+            Err(format!("unexpected {other:?}"))
+        }
+    }
+}
+
+fn hostile_connections_are_harmless() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V11);
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    let addr: SocketAddr = ListenHandle::decode(&handle)
+        .map_err(|e| e.to_string())?
+        .addr;
+    let mut hostile = Vec::new();
+    // Garbage, a well-formed hello with the wrong token, a silent socket,
+    // one that closes at once, and a megabyte of noise.
+    let mut garbage = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    garbage
+        .write_all(&pattern(66, 40))
+        .map_err(|e| e.to_string())?;
+    hostile.push(garbage);
+    let mut wrong = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    wrong
+        .write_all(
+            &Hello {
+                token: [0x55; 16],
+                connection: 7,
+                stream: 0,
+                streams: 4,
+            }
+            .encode(),
+        )
+        .map_err(|e| e.to_string())?;
+    hostile.push(wrong);
+    hostile.push(TcpStream::connect(addr).map_err(|e| e.to_string())?);
+    drop(TcpStream::connect(addr).map_err(|e| e.to_string())?);
+    let mut noise = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let _ = noise.write_all(&pattern(77, 1 << 20));
+    hostile.push(noise);
+    let mut peer = spawn("send-n", &["3", "70000"], &[]);
+    peer.send_line(&hex(&handle));
+    let recv = accept(&net, listen)?;
+    receive_and_check(&net, recv, &[70_000; 3], 5000, 3)?;
+    peer.send_line("done");
+    peer.finish()?;
+    // The garbage and wrong-token sockets were dropped by the plugin.
+    for (i, s) in hostile.iter_mut().take(2).enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        let closed = matches!(s.read(&mut b), Ok(0) | Err(_));
+        ensure(closed, || format!("hostile connection {i} still open"))?;
+    }
+    let log = captured_log();
+    ensure(log.contains("wrong token"), || {
+        "no WARN line for the wrong token".into()
+    })
+}
+
+fn ipv6_loopback() -> TestResult {
+    let has_v6 = std::fs::read_to_string("/proc/net/if_inet6")
+        .is_ok_and(|s| s.lines().any(|l| l.ends_with(" lo")));
+    if !has_v6 {
+        println!("    skipped: no IPv6 address on lo");
+        return Ok(());
+    }
+    let mut peer = spawn("recv-one", &[], &[("AIRAMP_SOCKET_FAMILY", "ipv6")]);
+    let line = peer.read_line();
+    let mut handle = unhex(&line);
+    let addr = ListenHandle::decode(&handle)
+        .map_err(|e| e.to_string())?
+        .addr;
+    ensure(addr.is_ipv6(), || format!("child listened on {addr}"))?;
+    let lib = open();
+    let net = init(&lib, NetVersion::V12);
+    let send = connect(&net, 0, &mut handle)?;
+    send_all(&net, send, &[1 << 20], 4242, 1)?;
+    peer.finish()
+}
+
+fn child_recv_one() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V12);
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    tell_parent(&hex(&handle));
+    let recv = accept(&net, listen)?;
+    receive_and_check(&net, recv, &[1 << 20], 4242, 1)
+}
+
+fn dlclose_and_reopen() -> TestResult {
+    spawn("dlclose", &[], &[]).finish()
+}
+
+fn child_dlclose() -> TestResult {
+    for round in 0..3 {
+        let lib = open();
+        let net = init(&lib, NetVersion::V11);
+        let (send, recv, listen) = local_pair(&net)?;
+        let src = pattern(round, 3 << 20);
+        let mut dst = vec![0u8; 3 << 20];
+        let r = post(|| net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]))
+            .map_err(|e| format!("{e:?}"))?;
+        let s = post(|| net.isend(send, src.as_ptr(), src.len(), 1, null()))
+            .map_err(|e| format!("{e:?}"))?;
+        wait(&net, s, 1).map_err(|e| format!("{e:?}"))?;
+        wait(&net, r, 1).map_err(|e| format!("{e:?}"))?;
+        ensure(dst == src, || format!("round {round}: payload"))?;
+        net.close_send(send)
+            .map_err(|e| format!("closeSend: {e:?}"))?;
+        net.close_recv(recv)
+            .map_err(|e| format!("closeRecv: {e:?}"))?;
+        net.close_listen(listen)
+            .map_err(|e| format!("closeListen: {e:?}"))?;
+        let mut net = net;
+        net.finalize().map_err(|e| format!("finalize: {e:?}"))?;
+        drop(net);
+        drop(lib);
+    }
+    Ok(())
+}
+
+fn forked_child_gets_errors() -> TestResult {
+    spawn("fork", &[], &[]).finish()
+}
+
+fn child_fork() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V12);
+    let (send, recv, _listen) = local_pair(&net)?;
+    let mut dst = vec![0u8; 64];
+    let r = post(|| net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]))
+        .map_err(|e| format!("{e:?}"))?;
+    // SAFETY: test-only fork; the child only calls the plugin and _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let b = [0u8; 8];
+        let isend = net.isend(send, b.as_ptr(), b.len(), 1, null());
+        let test = net.test(r, 1);
+        let ok = matches!(isend, Err(c) if c == INVALID_USAGE)
+            && matches!(test, Err(c) if c == INVALID_USAGE);
+        // SAFETY: leave the forked child without running destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    ensure(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        || "inherited comm did not fail cleanly in the forked child".into(),
+    )?;
+    let b = pattern(3, 64);
+    let s =
+        post(|| net.isend(send, b.as_ptr(), b.len(), 1, null())).map_err(|e| format!("{e:?}"))?;
+    wait(&net, s, 1).map_err(|e| format!("{e:?}"))?;
+    wait(&net, r, 1).map_err(|e| format!("{e:?}"))?;
+    ensure(dst == b, || "parent's comm broken by the fork".into())
+}
+
+fn bad_config_never_fails_init() -> TestResult {
+    spawn(
+        "bad-config",
+        &[],
+        &[
+            ("AIRAMP_NSTREAMS", "banana"),
+            ("AIRAMP_PORT", "tcp://10.0.0.1:80"),
+            ("AIRAMP_CONF", "/nonexistent/airamp.conf"),
+            ("AIRAMP_CHUNK_SIZE", "1T"),
+        ],
+    )
+    .finish()
+}
+
+fn child_bad_config() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V8);
+    let (send, recv, _l) = local_pair(&net)?;
+    let src = pattern(9, 100_000);
+    let mut dst = vec![0u8; 100_000];
+    let r = post(|| net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]))
+        .map_err(|e| format!("{e:?}"))?;
+    let s = post(|| net.isend(send, src.as_ptr(), src.len(), 1, null()))
+        .map_err(|e| format!("{e:?}"))?;
+    wait(&net, s, 1).map_err(|e| format!("{e:?}"))?;
+    wait(&net, r, 1).map_err(|e| format!("{e:?}"))?;
+    ensure(dst == src, || "payload".into())?;
+    let log = captured_log();
+    for needle in [
+        "AIRAMP_NSTREAMS",
+        "AIRAMP_PORT",
+        "AIRAMP_CHUNK_SIZE",
+        "streams=4",
+    ] {
+        ensure(log.contains(needle), || {
+            format!("log does not mention {needle}:\n{log}")
+        })?;
+    }
+    Ok(())
+}

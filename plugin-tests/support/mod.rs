@@ -54,9 +54,9 @@ pub fn captured_log() -> String {
 }
 
 /// The built plugin: `libairamp.so` beside the `airamp` binary, or
-/// `AIRAMP_PLUGIN` if set.
+/// `PLUGIN_TESTS_LIB` if set.
 pub fn plugin_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("AIRAMP_PLUGIN") {
+    if let Some(p) = std::env::var_os("PLUGIN_TESTS_LIB") {
         return p.into();
     }
     PathBuf::from(env!("CARGO_BIN_EXE_airamp")).with_file_name("libairamp.so")

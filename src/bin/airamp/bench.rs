@@ -1,0 +1,306 @@
+//! Benchmarks that go through the plugin's C ABI, with a reference measured
+//! in the same run on the same link (iperf3, memcpy), printed as ratios.
+
+use std::collections::VecDeque;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use airamp::abi::client::{post, Library, Net, NetVersion};
+
+use crate::peer::{self, from_parent, hex, to_parent, unhex};
+use crate::Opts;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn open(opts: &Opts) -> Result<Library, String> {
+    Library::open(&opts.plugin()?)
+}
+
+fn init(lib: &Library) -> Result<Net<'_>, String> {
+    let mut net = lib.net(NetVersion::V12)?;
+    net.init(None).map_err(|e| format!("init: {e:?}"))?;
+    if net.devices().map_err(|e| format!("devices: {e:?}"))? < 1 {
+        return Err("the plugin found no network device".into());
+    }
+    Ok(net)
+}
+
+struct NetParams {
+    size: usize,
+    total: u64,
+    window: usize,
+}
+
+fn net_params(o: &Opts) -> Result<NetParams, String> {
+    Ok(NetParams {
+        size: o.bytes("size", 1 << 20)? as usize,
+        total: o.bytes("total", 8 << 30)?,
+        window: o.num("window", 8)?.clamp(1, 32),
+    })
+}
+
+fn forward(o: &Opts, p: &NetParams) -> Result<Vec<String>, String> {
+    Ok(vec![
+        "--plugin".into(),
+        o.plugin()?.display().to_string(),
+        "--size".into(),
+        p.size.to_string(),
+        "--total".into(),
+        p.total.to_string(),
+        "--window".into(),
+        p.window.to_string(),
+    ])
+}
+
+/// Receiver side (this process) of `bench net`; the sender is a child.
+fn plugin_throughput(o: &Opts, p: &NetParams) -> Result<(f64, String), String> {
+    let lib = open(o)?;
+    let net = init(&lib)?;
+    let props = net
+        .properties(0)
+        .map_err(|e| format!("getProperties: {e:?}"))?;
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    let mut sender = peer::spawn("net-send", &forward(o, p)?)?;
+    sender.send(&hex(&handle))?;
+    let recv = net.accept_wait(listen, TIMEOUT)?;
+    let count = p.total.div_ceil(p.size as u64) as usize;
+    let mut bufs: Vec<Vec<u8>> = (0..p.window).map(|_| vec![0u8; p.size]).collect();
+    let mut inflight = VecDeque::new();
+    let mut posted = 0;
+    let mut done = 0;
+    let mut first: Option<Instant> = None;
+    let mut bytes_after_first = 0u64;
+    while done < count {
+        while posted < count && inflight.len() < p.window {
+            let b = &mut bufs[posted % p.window];
+            let r = post(TIMEOUT, || {
+                net.irecv(
+                    recv,
+                    &[(b.as_mut_ptr(), b.len(), 0)],
+                    &mut [std::ptr::null_mut()],
+                )
+            })
+            .map_err(|e| format!("irecv: {e:?}"))?;
+            inflight.push_back(r);
+            posted += 1;
+        }
+        let r = inflight.pop_front().expect("posted above");
+        let got = net
+            .wait(r, 1, TIMEOUT)
+            .map_err(|e| format!("receive: {e:?}"))?;
+        match first {
+            None => first = Some(Instant::now()),
+            Some(_) => bytes_after_first += got[0] as u64,
+        }
+        done += 1;
+    }
+    let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    sender.finish()?;
+    net.close_recv(recv)
+        .map_err(|e| format!("closeRecv: {e:?}"))?;
+    net.close_listen(listen)
+        .map_err(|e| format!("closeListen: {e:?}"))?;
+    Ok((bytes_after_first as f64 * 8.0 / secs / 1e9, props.name))
+}
+
+/// The child of `bench net`: connects and streams `total` bytes.
+pub fn net_sender(o: &Opts) -> Result<(), String> {
+    let p = net_params(o)?;
+    let lib = open(o)?;
+    let net = init(&lib)?;
+    let mut handle = unhex(&from_parent()?)?;
+    let send = net.connect_wait(0, &mut handle, TIMEOUT)?;
+    let buf = vec![0x5Au8; p.size];
+    let count = p.total.div_ceil(p.size as u64) as usize;
+    let mut inflight = VecDeque::new();
+    for _ in 0..count {
+        if inflight.len() == p.window {
+            net.wait(inflight.pop_front().expect("full"), 1, TIMEOUT)
+                .map_err(|e| format!("send: {e:?}"))?;
+        }
+        inflight.push_back(
+            post(TIMEOUT, || {
+                net.isend(send, buf.as_ptr(), buf.len(), 0, std::ptr::null_mut())
+            })
+            .map_err(|e| format!("isend: {e:?}"))?,
+        );
+    }
+    for r in inflight {
+        net.wait(r, 1, TIMEOUT)
+            .map_err(|e| format!("send: {e:?}"))?;
+    }
+    net.close_send(send)
+        .map_err(|e| format!("closeSend: {e:?}"))
+}
+
+/// iperf3 on the same address and link, `-l 1M`, `streams` parallel flows.
+fn iperf3(addr: &str, streams: usize, seconds: u32) -> Result<f64, String> {
+    let port = 5201 + (std::process::id() % 2000) as u16;
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-B", addr, "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 not available ({e}); install it or pass --no-iperf"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("iperf3")
+        .args([
+            "-c",
+            addr,
+            "-p",
+            &port.to_string(),
+            "-l",
+            "1M",
+            "-P",
+            &streams.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ])
+        .output()
+        .map_err(|e| format!("iperf3 client: {e}"))?;
+    let _ = server.wait();
+    let json = String::from_utf8_lossy(&out.stdout);
+    let tail = json
+        .split("\"sum_received\"")
+        .nth(1)
+        .ok_or("iperf3 printed no sum_received")?;
+    let value = tail
+        .split("\"bits_per_second\":")
+        .nth(1)
+        .ok_or("no bits_per_second")?;
+    let num: String = value
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    num.parse::<f64>()
+        .map(|b| b / 1e9)
+        .map_err(|e| format!("iperf3 output: {e}"))
+}
+
+pub fn net(o: &Opts) -> Result<ExitCode, String> {
+    let p = net_params(o)?;
+    let cfg = airamp::config::global();
+    let plugin = airamp::net::Plugin::from_config(cfg);
+    let dev = plugin.devices.first().ok_or("no network device")?;
+    println!(
+        "airamp bench net: {} {} | streams={} chunk={} B | messages of {} B, window {}, {} MiB total",
+        dev.net.ifname,
+        dev.net.addr,
+        plugin.settings.streams,
+        plugin.settings.chunk_bytes,
+        p.size,
+        p.window,
+        p.total >> 20
+    );
+    let mut best_ref: Option<f64> = None;
+    if !o.flag("no-iperf") {
+        for streams in [1, 4] {
+            let gbps = iperf3(&dev.net.addr.to_string(), streams, 5)?;
+            println!("  iperf3 -l 1M -P {streams}        {gbps:8.2} Gbit/s");
+            best_ref = Some(best_ref.map_or(gbps, |b: f64| b.max(gbps)));
+        }
+    }
+    let (gbps, name) = plugin_throughput(o, &p)?;
+    print!("  airamp through the C ABI ({name}) {gbps:8.2} Gbit/s");
+    match best_ref {
+        Some(r) => println!("   = {:.2}x the better iperf3", gbps / r),
+        None => println!(),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Round trips of an 8-byte message through the C ABI, one connection each way.
+pub fn latency(o: &Opts) -> Result<ExitCode, String> {
+    let iters = o.num("iters", 5000)?;
+    let lib = open(o)?;
+    let net = init(&lib)?;
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    let mut echo = peer::spawn(
+        "latency-echo",
+        &[
+            "--plugin".into(),
+            o.plugin()?.display().to_string(),
+            "--iters".into(),
+            iters.to_string(),
+        ],
+    )?;
+    echo.send(&hex(&handle))?;
+    let mut back = unhex(&echo.recv()?)?;
+    let recv = net.accept_wait(listen, TIMEOUT)?;
+    let send = net.connect_wait(0, &mut back, TIMEOUT)?;
+    let out = 42u64.to_le_bytes();
+    let mut inb = [0u8; 8];
+    let mut rtts = Vec::with_capacity(iters);
+    for i in 0..iters + 100 {
+        let t = Instant::now();
+        let r = post(TIMEOUT, || {
+            net.irecv(
+                recv,
+                &[(inb.as_mut_ptr(), 8, 1)],
+                &mut [std::ptr::null_mut()],
+            )
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        let s = post(TIMEOUT, || {
+            net.isend(send, out.as_ptr(), 8, 1, std::ptr::null_mut())
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        net.wait(s, 1, TIMEOUT)
+            .map_err(|e| format!("send: {e:?}"))?;
+        net.wait(r, 1, TIMEOUT)
+            .map_err(|e| format!("recv: {e:?}"))?;
+        if i >= 100 {
+            rtts.push(t.elapsed());
+        }
+    }
+    echo.finish()?;
+    rtts.sort();
+    let pct = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
+    println!(
+        "airamp bench latency: 8-byte round trip through the C ABI over {iters} iterations: p50 {:.1?}  p90 {:.1?}  p99 {:.1?}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The far end of `bench latency`: echoes every message back.
+pub fn latency_echo(o: &Opts) -> Result<(), String> {
+    let iters = o.num("iters", 5000)? + 100;
+    let lib = open(o)?;
+    let net = init(&lib)?;
+    let mut handle = unhex(&from_parent()?)?;
+    let (mine, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    to_parent(&hex(&mine))?;
+    let send = net.connect_wait(0, &mut handle, TIMEOUT)?;
+    let recv = net.accept_wait(listen, TIMEOUT)?;
+    let mut buf = [0u8; 8];
+    for _ in 0..iters {
+        let r = post(TIMEOUT, || {
+            net.irecv(
+                recv,
+                &[(buf.as_mut_ptr(), 8, 1)],
+                &mut [std::ptr::null_mut()],
+            )
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        net.wait(r, 1, TIMEOUT)
+            .map_err(|e| format!("recv: {e:?}"))?;
+        let s = post(TIMEOUT, || {
+            net.isend(send, buf.as_ptr(), 8, 1, std::ptr::null_mut())
+        })
+        .map_err(|e| format!("{e:?}"))?;
+        net.wait(s, 1, TIMEOUT)
+            .map_err(|e| format!("send: {e:?}"))?;
+    }
+    Ok(())
+}
+
+pub fn codec(values: Option<usize>) -> Result<ExitCode, String> {
+    let n = values.unwrap_or(1 << 20);
+    println!("{}", airamp::codec::bench::bench(n));
+    Ok(ExitCode::SUCCESS)
+}

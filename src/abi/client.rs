@@ -4,6 +4,7 @@
 
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::bindings::*;
 
@@ -399,5 +400,98 @@ impl Net<'_> {
 
     pub fn close_listen(&self, comm: Comm) -> Result<(), Code> {
         each!(self, closeListen(comm.0))
+    }
+}
+
+/// Blocking helpers that poll like NCCL's proxy thread: call, and yield
+/// the CPU between attempts, until done or `timeout`.
+impl Net<'_> {
+    pub fn connect_wait(
+        &self,
+        dev: i32,
+        handle: &mut [u8; 128],
+        timeout: Duration,
+    ) -> Result<Comm, String> {
+        poll(timeout, "connect", || {
+            self.connect(dev, handle)
+                .map_err(|e| format!("connect: {e:?}"))
+        })
+    }
+
+    pub fn accept_wait(&self, listen: Comm, timeout: Duration) -> Result<Comm, String> {
+        poll(timeout, "accept", || {
+            self.accept(listen).map_err(|e| format!("accept: {e:?}"))
+        })
+    }
+
+    /// Tests until the request completes; the sizes, or the plugin's error.
+    pub fn wait(&self, req: Request, slots: usize, timeout: Duration) -> Result<Vec<i32>, Code> {
+        let start = Instant::now();
+        loop {
+            if let Some(sizes) = self.test(req, slots)? {
+                return Ok(sizes);
+            }
+            if start.elapsed() > timeout {
+                return Err(Code(ncclResult_t::ncclInternalError.0));
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Both ends of one connection inside this process.
+    pub fn local_pair(&self, dev: i32, timeout: Duration) -> Result<(Comm, Comm, Comm), String> {
+        let (mut handle, listen) = self.listen(dev).map_err(|e| format!("listen: {e:?}"))?;
+        let start = Instant::now();
+        let (mut send, mut recv) = (None, None);
+        while send.is_none() || recv.is_none() {
+            if start.elapsed() > timeout {
+                return Err("connect/accept did not complete".into());
+            }
+            if send.is_none() {
+                send = self
+                    .connect(dev, &mut handle)
+                    .map_err(|e| format!("connect: {e:?}"))?;
+            }
+            if recv.is_none() {
+                recv = self.accept(listen).map_err(|e| format!("accept: {e:?}"))?;
+            }
+        }
+        Ok((send.expect("set"), recv.expect("set"), listen))
+    }
+}
+
+/// Retries `f` while it reports "not yet" (`Ok(None)`), like NCCL does for
+/// connect and accept.
+pub fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("{what} did not complete within {timeout:?}"));
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Posts a request, retrying while the plugin's request pool is full.
+pub fn post(
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<Request>, Code>,
+) -> Result<Request, Code> {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = f()? {
+            return Ok(r);
+        }
+        if start.elapsed() > timeout {
+            return Err(Code(ncclResult_t::ncclInternalError.0));
+        }
+        std::thread::yield_now();
     }
 }

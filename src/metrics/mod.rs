@@ -17,6 +17,8 @@ mod histogram;
 mod render;
 
 #[cfg(test)]
+mod dashboard_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};

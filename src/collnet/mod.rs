@@ -18,3 +18,6 @@ pub use algo::{
     choose_path, fp8_supported, CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Spec,
 };
 pub use plan::{shard_range, Plan};
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,7 @@
 
 pub mod abi;
 pub mod codec;
+pub mod collnet;
 pub mod config;
 pub mod error;
 pub mod log;

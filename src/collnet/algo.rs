@@ -1,0 +1,815 @@
+//! One allreduce segment as a sans-IO state machine per member.
+//!
+//! Member `r` of `n` owns shard `r` ([`shard_range`]). The protocol is two
+//! message kinds ([`Msg`]):
+//!
+//! 1. **Reduce-scatter.** At start every member sends shard `s` of its input
+//!    to owner `s` as a [`Msg::Contribution`] (its own shard goes to itself
+//!    without a message). On the FP8 path the payload is the block-scaled
+//!    encoding of that shard, computed once.
+//! 2. The owner folds the `n` contributions **in member order 0, 1, …, n-1**
+//!    whatever order they arrive in (an early one waits for its
+//!    predecessors), which makes the reduced value independent of the
+//!    network.
+//! 3. **All-gather.** The owner turns the reduced shard into wire bytes
+//!    (exact: the reduced values; FP8: the reduced f32 shard quantized once),
+//!    applies those bytes to its own output exactly as a receiver does, and
+//!    sends them to every other member as a [`Msg::Reduced`].
+//!
+//! Every member, owner included, therefore derives each output element from
+//! the same bytes: results are bit-identical on all members.
+//!
+//! # Exact path
+//! Any supported dtype and op. Bytes are native-endian elements. f32/f64 and
+//! integers are folded in their own type (integers wrap, as on the GPU);
+//! **f16/bf16 are accumulated in f32 and rounded once** (round to nearest
+//! even) when the shard is complete. Float min/max use IEEE `maxNum`/`minNum`
+//! (`f32::max`), i.e. a NaN operand is ignored, as CUDA's `fmaxf` does.
+//!
+//! # FP8 path
+//! f32/f16/bf16 with sum only ([`fp8_supported`]). Contributions are decoded
+//! and accumulated into f32 (the owner's own contribution is also quantized
+//! and decoded, so all contributions are treated alike), the f32 sum is
+//! quantized once, and everyone decodes those bytes into the input dtype.
+//! Each element is thus quantized exactly twice, whatever `n`.
+//!
+//! Everything arriving from the network is validated (member/shard index,
+//! direction, duplicates, exact byte length) and rejected with a
+//! [`CollError`] without changing state; nothing here panics on bad input.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::plan::shard_range;
+use crate::codec::{
+    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, CodecError, Dst,
+    Fp8Format, Src,
+};
+
+/// Element types the collective supports (NCCL's numbering in
+/// [`DataType::from_nccl`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataType {
+    I8,
+    U8,
+    I32,
+    U32,
+    I64,
+    U64,
+    F16,
+    F32,
+    F64,
+    Bf16,
+}
+
+impl DataType {
+    pub const ALL: [DataType; 10] = [
+        DataType::I8,
+        DataType::U8,
+        DataType::I32,
+        DataType::U32,
+        DataType::I64,
+        DataType::U64,
+        DataType::F16,
+        DataType::F32,
+        DataType::F64,
+        DataType::Bf16,
+    ];
+
+    /// From `ncclDataType_t`; `None` for types we do not handle (fp8 ones).
+    pub fn from_nccl(code: i32) -> Option<DataType> {
+        Some(match code {
+            0 => DataType::I8,
+            1 => DataType::U8,
+            2 => DataType::I32,
+            3 => DataType::U32,
+            4 => DataType::I64,
+            5 => DataType::U64,
+            6 => DataType::F16,
+            7 => DataType::F32,
+            8 => DataType::F64,
+            9 => DataType::Bf16,
+            _ => return None,
+        })
+    }
+
+    /// The `ncclDataType_t` value.
+    pub fn to_nccl(self) -> i32 {
+        match self {
+            DataType::I8 => 0,
+            DataType::U8 => 1,
+            DataType::I32 => 2,
+            DataType::U32 => 3,
+            DataType::I64 => 4,
+            DataType::U64 => 5,
+            DataType::F16 => 6,
+            DataType::F32 => 7,
+            DataType::F64 => 8,
+            DataType::Bf16 => 9,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DataType::I8 | DataType::U8 => 1,
+            DataType::F16 | DataType::Bf16 => 2,
+            DataType::I32 | DataType::U32 | DataType::F32 => 4,
+            DataType::I64 | DataType::U64 | DataType::F64 => 8,
+        }
+    }
+}
+
+/// Reduction operators.
+///
+/// `ncclAvg` (4) maps to `None`: NCCL lowers avg to a sum with pre/post
+/// scaling before the collective network sees it; should it ever arrive as
+/// avg we refuse it (NCCL then does not use the CollNet) rather than
+/// silently return a sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RedOp {
+    Sum,
+    Prod,
+    Max,
+    Min,
+}
+
+impl RedOp {
+    pub const ALL: [RedOp; 4] = [RedOp::Sum, RedOp::Prod, RedOp::Max, RedOp::Min];
+
+    /// From `ncclRedOp_t`; `None` for avg, PreMulSum and user ops.
+    pub fn from_nccl(code: i32) -> Option<RedOp> {
+        Some(match code {
+            0 => RedOp::Sum,
+            1 => RedOp::Prod,
+            2 => RedOp::Max,
+            3 => RedOp::Min,
+            _ => return None,
+        })
+    }
+
+    pub fn to_nccl(self) -> i32 {
+        match self {
+            RedOp::Sum => 0,
+            RedOp::Prod => 1,
+            RedOp::Max => 2,
+            RedOp::Min => 3,
+        }
+    }
+}
+
+/// Which algorithm a segment runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// Bit-exact reduction.
+    Exact,
+    /// Block-scaled FP8 compression (lossy; opt-in).
+    Fp8(Fp8Format),
+}
+
+/// Whether the lossy path is allowed for this dtype/op (brief F4).
+pub fn fp8_supported(dtype: DataType, op: RedOp) -> bool {
+    op == RedOp::Sum && matches!(dtype, DataType::F32 | DataType::F16 | DataType::Bf16)
+}
+
+/// The path to run: FP8 only where the user opted in and it is safe.
+/// Depends only on arguments that are identical on every rank.
+pub fn choose_path(dtype: DataType, op: RedOp, fp8: Option<Fp8Format>) -> Path {
+    match fp8 {
+        Some(f) if fp8_supported(dtype, op) => Path::Fp8(f),
+        _ => Path::Exact,
+    }
+}
+
+/// Everything that must be identical on all members for one segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Spec {
+    /// Number of members.
+    pub n: usize,
+    pub dtype: DataType,
+    pub op: RedOp,
+    pub path: Path,
+    /// Elements in this segment.
+    pub count: usize,
+}
+
+impl Spec {
+    pub fn validate(&self) -> Result<(), CollError> {
+        if self.n == 0 {
+            return Err(CollError::NoMembers);
+        }
+        if let Path::Fp8(_) = self.path {
+            if !fp8_supported(self.dtype, self.op) {
+                return Err(CollError::Fp8Unsupported {
+                    dtype: self.dtype,
+                    op: self.op,
+                });
+            }
+        }
+        if self.count.checked_mul(self.dtype.size()).is_none() {
+            return Err(CollError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// Elements owned by member `s`.
+    pub fn shard(&self, s: usize) -> Range<usize> {
+        shard_range(self.count, self.n, s)
+    }
+
+    /// Byte length of a payload (contribution or reduced) for shard `s`;
+    /// both directions have the same size.
+    pub fn payload_len(&self, s: usize) -> usize {
+        let len = self.shard(s).len();
+        match self.path {
+            Path::Exact => len * self.dtype.size(),
+            Path::Fp8(_) => encoded_len(len),
+        }
+    }
+
+    pub fn input_bytes(&self) -> usize {
+        self.count * self.dtype.size()
+    }
+}
+
+/// A protocol message. The transport adds the collective/segment id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// Member `from`'s share of shard `shard`, sent to its owner.
+    Contribution {
+        from: usize,
+        shard: usize,
+        bytes: Vec<u8>,
+    },
+    /// The final bytes of shard `shard`, sent by its owner to every other
+    /// member (one shared buffer for all destinations).
+    Reduced { shard: usize, bytes: Arc<[u8]> },
+}
+
+/// A message to deliver to member `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: usize,
+    pub msg: Msg,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CollError {
+    NoMembers,
+    TooLarge,
+    Fp8Unsupported {
+        dtype: DataType,
+        op: RedOp,
+    },
+    /// `rank` is not below `n`.
+    BadRank {
+        rank: usize,
+        n: usize,
+    },
+    /// The local input buffer has the wrong size.
+    InputLength {
+        expected: usize,
+        actual: usize,
+    },
+    /// A message names a member index that does not exist.
+    UnknownMember(usize),
+    /// A message names a shard that does not exist or is empty.
+    UnknownShard(usize),
+    /// A contribution for a shard this member does not own.
+    NotOwner {
+        shard: usize,
+    },
+    /// A reduced shard sent back to its own owner.
+    OwnShardReduced {
+        shard: usize,
+    },
+    DuplicateContribution {
+        from: usize,
+        shard: usize,
+    },
+    DuplicateReduced {
+        shard: usize,
+    },
+    /// Payload byte length does not match the spec.
+    WrongLength {
+        shard: usize,
+        expected: usize,
+        actual: usize,
+    },
+    Codec(CodecError),
+}
+
+impl fmt::Display for CollError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CollError::NoMembers => write!(f, "collnet: zero members"),
+            CollError::TooLarge => write!(f, "collnet: size overflows"),
+            CollError::Fp8Unsupported { dtype, op } => {
+                write!(f, "collnet: FP8 path not allowed for {dtype:?}/{op:?}")
+            }
+            CollError::BadRank { rank, n } => write!(f, "collnet: rank {rank} of {n}"),
+            CollError::InputLength { expected, actual } => {
+                write!(f, "collnet: input has {actual} bytes, expected {expected}")
+            }
+            CollError::UnknownMember(m) => write!(f, "collnet: unknown member {m}"),
+            CollError::UnknownShard(s) => write!(f, "collnet: unknown or empty shard {s}"),
+            CollError::NotOwner { shard } => {
+                write!(
+                    f,
+                    "collnet: contribution for shard {shard} sent to a non-owner"
+                )
+            }
+            CollError::OwnShardReduced { shard } => {
+                write!(f, "collnet: reduced shard {shard} sent to its owner")
+            }
+            CollError::DuplicateContribution { from, shard } => {
+                write!(
+                    f,
+                    "collnet: duplicate contribution from {from} for shard {shard}"
+                )
+            }
+            CollError::DuplicateReduced { shard } => {
+                write!(f, "collnet: duplicate reduced shard {shard}")
+            }
+            CollError::WrongLength {
+                shard,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "collnet: shard {shard} payload has {actual} bytes, expected {expected}"
+            ),
+            CollError::Codec(e) => write!(f, "collnet: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CollError {}
+
+impl From<CodecError> for CollError {
+    fn from(e: CodecError) -> Self {
+        CollError::Codec(e)
+    }
+}
+
+// ---------- element arithmetic ----------
+
+trait Elem: Copy {
+    const SIZE: usize;
+    fn read(b: &[u8]) -> Self;
+    fn write(self, b: &mut [u8]);
+    fn apply(op: RedOp, a: Self, b: Self) -> Self;
+}
+
+macro_rules! int_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn read(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(b);
+                <$t>::from_ne_bytes(a)
+            }
+            fn write(self, b: &mut [u8]) {
+                b.copy_from_slice(&self.to_ne_bytes());
+            }
+            fn apply(op: RedOp, a: Self, b: Self) -> Self {
+                match op {
+                    RedOp::Sum => a.wrapping_add(b),
+                    RedOp::Prod => a.wrapping_mul(b),
+                    RedOp::Max => a.max(b),
+                    RedOp::Min => a.min(b),
+                }
+            }
+        }
+    )*};
+}
+int_elem!(i8, u8, i32, u32, i64, u64);
+
+macro_rules! float_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn read(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(b);
+                <$t>::from_ne_bytes(a)
+            }
+            fn write(self, b: &mut [u8]) {
+                b.copy_from_slice(&self.to_ne_bytes());
+            }
+            fn apply(op: RedOp, a: Self, b: Self) -> Self {
+                match op {
+                    RedOp::Sum => a + b,
+                    RedOp::Prod => a * b,
+                    RedOp::Max => a.max(b),
+                    RedOp::Min => a.min(b),
+                }
+            }
+        }
+    )*};
+}
+float_elem!(f32, f64);
+
+fn fold_native<T: Elem>(op: RedOp, acc: &mut [u8], src: &[u8]) {
+    for (a, s) in acc.chunks_exact_mut(T::SIZE).zip(src.chunks_exact(T::SIZE)) {
+        T::apply(op, T::read(a), T::read(s)).write(a);
+    }
+}
+
+/// `acc = op(acc, src)` elementwise, both native-endian `dtype` bytes
+/// (not f16/bf16, which fold into f32).
+fn fold_bytes(dtype: DataType, op: RedOp, acc: &mut [u8], src: &[u8]) {
+    match dtype {
+        DataType::I8 => fold_native::<i8>(op, acc, src),
+        DataType::U8 => fold_native::<u8>(op, acc, src),
+        DataType::I32 => fold_native::<i32>(op, acc, src),
+        DataType::U32 => fold_native::<u32>(op, acc, src),
+        DataType::I64 => fold_native::<i64>(op, acc, src),
+        DataType::U64 => fold_native::<u64>(op, acc, src),
+        DataType::F32 => fold_native::<f32>(op, acc, src),
+        DataType::F64 => fold_native::<f64>(op, acc, src),
+        DataType::F16 | DataType::Bf16 => {}
+    }
+}
+
+fn half_to_f32(dtype: DataType, h: u16) -> f32 {
+    if dtype == DataType::F16 {
+        f16_to_f32(h)
+    } else {
+        bf16_to_f32(h)
+    }
+}
+
+fn f32_to_half(dtype: DataType, x: f32) -> u16 {
+    if dtype == DataType::F16 {
+        f32_to_f16(x)
+    } else {
+        f32_to_bf16(x)
+    }
+}
+
+fn read_u16s(b: &[u8]) -> Vec<u16> {
+    b.chunks_exact(2)
+        .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+        .collect()
+}
+
+fn read_f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Quantize `count` elements of `dtype` (native bytes) into FP8 wire bytes.
+fn fp8_encode(codec: &Codec, dtype: DataType, input: &[u8]) -> Result<Vec<u8>, CollError> {
+    let n = input.len() / dtype.size();
+    let mut wire = vec![0u8; encoded_len(n)];
+    match dtype {
+        DataType::F32 => codec.encode_wire(Src::F32(&read_f32s(input)), &mut wire)?,
+        DataType::F16 => codec.encode_wire(Src::F16(&read_u16s(input)), &mut wire)?,
+        DataType::Bf16 => codec.encode_wire(Src::Bf16(&read_u16s(input)), &mut wire)?,
+        _ => {
+            return Err(CollError::Fp8Unsupported {
+                dtype,
+                op: RedOp::Sum,
+            })
+        }
+    }
+    Ok(wire)
+}
+
+/// Decode FP8 wire bytes into `out` (native bytes of `dtype`).
+fn fp8_decode(
+    codec: &Codec,
+    dtype: DataType,
+    wire: &[u8],
+    out: &mut [u8],
+) -> Result<(), CollError> {
+    let n = out.len() / dtype.size();
+    match dtype {
+        DataType::F32 => {
+            let mut v = vec![0f32; n];
+            codec.decode_into_wire(wire, Dst::F32(&mut v))?;
+            for (o, x) in out.chunks_exact_mut(4).zip(v) {
+                o.copy_from_slice(&x.to_ne_bytes());
+            }
+        }
+        DataType::F16 | DataType::Bf16 => {
+            let mut v = vec![0u16; n];
+            let dst = if dtype == DataType::F16 {
+                Dst::F16(&mut v)
+            } else {
+                Dst::Bf16(&mut v)
+            };
+            codec.decode_into_wire(wire, dst)?;
+            for (o, x) in out.chunks_exact_mut(2).zip(v) {
+                o.copy_from_slice(&x.to_ne_bytes());
+            }
+        }
+        _ => {
+            return Err(CollError::Fp8Unsupported {
+                dtype,
+                op: RedOp::Sum,
+            })
+        }
+    }
+    Ok(())
+}
+
+// ---------- the member state machine ----------
+
+/// Running reduction of the owned shard.
+enum Acc {
+    /// Nothing folded yet.
+    Empty,
+    /// Exact path, dtype other than f16/bf16: native bytes.
+    Native(Vec<u8>),
+    /// f16/bf16 exact path, and every FP8 path: f32 accumulator.
+    Wide(Vec<f32>),
+}
+
+/// One member's state for one allreduce segment.
+pub struct Member {
+    spec: Spec,
+    rank: usize,
+    codec: Option<Codec>,
+    own: Range<usize>,
+    /// Contributions received for the owned shard, by member.
+    received: Vec<bool>,
+    /// Contributions waiting for their predecessors to be folded.
+    pending: Vec<Option<Vec<u8>>>,
+    /// Next member whose contribution gets folded.
+    next_fold: usize,
+    acc: Acc,
+    /// Shards whose final bytes are in `output`.
+    have: Vec<bool>,
+    remaining: usize,
+    output: Vec<u8>,
+}
+
+impl Member {
+    /// Starts member `rank` on `input` (`spec.count` native-endian elements).
+    /// Returns the contributions to send; its own contribution is applied
+    /// locally (and, for `n == 1`, the call is already done).
+    pub fn new(
+        spec: Spec,
+        rank: usize,
+        input: &[u8],
+    ) -> Result<(Member, Vec<Outgoing>), CollError> {
+        let codec = match spec.path {
+            Path::Exact => None,
+            Path::Fp8(f) => Some(Codec::new(f)),
+        };
+        Member::with_codec(spec, rank, input, codec)
+    }
+
+    /// As [`Member::new`] with an explicit codec (tests pin the backend).
+    pub fn with_codec(
+        spec: Spec,
+        rank: usize,
+        input: &[u8],
+        codec: Option<Codec>,
+    ) -> Result<(Member, Vec<Outgoing>), CollError> {
+        spec.validate()?;
+        if rank >= spec.n {
+            return Err(CollError::BadRank { rank, n: spec.n });
+        }
+        if input.len() != spec.input_bytes() {
+            return Err(CollError::InputLength {
+                expected: spec.input_bytes(),
+                actual: input.len(),
+            });
+        }
+        let codec = match (spec.path, codec) {
+            (Path::Exact, _) => None,
+            (Path::Fp8(f), Some(c)) if c.format() == f => Some(c),
+            (Path::Fp8(f), _) => Some(Codec::new(f)),
+        };
+        let n = spec.n;
+        let size = spec.dtype.size();
+        let mut m = Member {
+            spec,
+            rank,
+            codec,
+            own: spec.shard(rank),
+            received: vec![false; n],
+            pending: vec![None; n],
+            next_fold: 0,
+            acc: Acc::Empty,
+            have: vec![false; n],
+            remaining: (0..n).filter(|&s| !spec.shard(s).is_empty()).count(),
+            output: vec![0u8; spec.input_bytes()],
+        };
+        let mut out = Vec::new();
+        let mut mine = None;
+        for s in 0..n {
+            let r = spec.shard(s);
+            if r.is_empty() {
+                continue;
+            }
+            let raw = &input[r.start * size..r.end * size];
+            let bytes = match &m.codec {
+                None => raw.to_vec(),
+                Some(c) => fp8_encode(c, spec.dtype, raw)?,
+            };
+            if s == rank {
+                mine = Some(bytes);
+            } else {
+                out.push(Outgoing {
+                    to: s,
+                    msg: Msg::Contribution {
+                        from: rank,
+                        shard: s,
+                        bytes,
+                    },
+                });
+            }
+        }
+        if let Some(bytes) = mine {
+            out.extend(m.accept_contribution(rank, bytes)?);
+        }
+        Ok((m, out))
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// Every non-empty shard of the output is final.
+    pub fn is_done(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// The result (native-endian `spec.count` elements); only complete when
+    /// [`Member::is_done`].
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// Consumes the member, returning the output buffer.
+    pub fn into_output(self) -> Vec<u8> {
+        self.output
+    }
+
+    /// Handles one message from the network. On error nothing changed.
+    pub fn on_message(&mut self, msg: Msg) -> Result<Vec<Outgoing>, CollError> {
+        match msg {
+            Msg::Contribution { from, shard, bytes } => {
+                self.check_shard(shard)?;
+                if shard != self.rank {
+                    return Err(CollError::NotOwner { shard });
+                }
+                if from >= self.spec.n {
+                    return Err(CollError::UnknownMember(from));
+                }
+                self.accept_contribution(from, bytes)
+            }
+            Msg::Reduced { shard, bytes } => {
+                self.check_shard(shard)?;
+                if shard == self.rank {
+                    return Err(CollError::OwnShardReduced { shard });
+                }
+                if self.have[shard] {
+                    return Err(CollError::DuplicateReduced { shard });
+                }
+                self.check_len(shard, bytes.len())?;
+                self.apply_reduced(shard, &bytes)?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn check_shard(&self, shard: usize) -> Result<(), CollError> {
+        if shard >= self.spec.n || self.spec.shard(shard).is_empty() {
+            return Err(CollError::UnknownShard(shard));
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, shard: usize, actual: usize) -> Result<(), CollError> {
+        let expected = self.spec.payload_len(shard);
+        if actual != expected {
+            return Err(CollError::WrongLength {
+                shard,
+                expected,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    fn accept_contribution(
+        &mut self,
+        from: usize,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<Outgoing>, CollError> {
+        if self.received[from] {
+            return Err(CollError::DuplicateContribution {
+                from,
+                shard: self.rank,
+            });
+        }
+        self.check_len(self.rank, bytes.len())?;
+        self.received[from] = true;
+        self.pending[from] = Some(bytes);
+        // Fold in member order; an early arrival waits for its predecessors.
+        while self.next_fold < self.spec.n {
+            let Some(b) = self.pending[self.next_fold].take() else {
+                break;
+            };
+            self.fold(&b)?;
+            self.next_fold += 1;
+        }
+        if self.next_fold == self.spec.n {
+            return self.finish();
+        }
+        Ok(Vec::new())
+    }
+
+    fn fold(&mut self, bytes: &[u8]) -> Result<(), CollError> {
+        let dtype = self.spec.dtype;
+        let op = self.spec.op;
+        let len = self.own.len();
+        if let Some(codec) = &self.codec {
+            if let Acc::Empty = self.acc {
+                self.acc = Acc::Wide(vec![0.0; len]);
+            }
+            if let Acc::Wide(acc) = &mut self.acc {
+                codec.decode_accumulate_wire(bytes, acc)?;
+            }
+            return Ok(());
+        }
+        let half = matches!(dtype, DataType::F16 | DataType::Bf16);
+        match &mut self.acc {
+            Acc::Empty if half => {
+                let v = bytes
+                    .chunks_exact(2)
+                    .map(|c| half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]])))
+                    .collect();
+                self.acc = Acc::Wide(v);
+            }
+            Acc::Empty => self.acc = Acc::Native(bytes.to_vec()),
+            Acc::Wide(acc) => {
+                for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(2)) {
+                    let x = half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]]));
+                    *a = f32::apply(op, *a, x);
+                }
+            }
+            Acc::Native(acc) => fold_bytes(dtype, op, acc, bytes),
+        }
+        Ok(())
+    }
+
+    /// All contributions folded: produce the reduced bytes, apply them
+    /// locally exactly as receivers will, and broadcast them.
+    fn finish(&mut self) -> Result<Vec<Outgoing>, CollError> {
+        let dtype = self.spec.dtype;
+        let acc = std::mem::replace(&mut self.acc, Acc::Empty);
+        let bytes: Vec<u8> = match (&self.codec, acc) {
+            (Some(codec), Acc::Wide(acc)) => {
+                let mut wire = vec![0u8; encoded_len(acc.len())];
+                codec.encode_wire(Src::F32(&acc), &mut wire)?;
+                wire
+            }
+            (None, Acc::Wide(acc)) => acc
+                .iter()
+                .flat_map(|&x| f32_to_half(dtype, x).to_ne_bytes())
+                .collect(),
+            (_, Acc::Native(v)) => v,
+            // Unreachable: a non-empty shard folds at least one contribution.
+            (_, Acc::Empty) => return Err(CollError::UnknownShard(self.rank)),
+        };
+        let bytes: Arc<[u8]> = bytes.into();
+        self.apply_reduced(self.rank, &bytes)?;
+        let shard = self.rank;
+        Ok((0..self.spec.n)
+            .filter(|&to| to != shard)
+            .map(|to| Outgoing {
+                to,
+                msg: Msg::Reduced {
+                    shard,
+                    bytes: Arc::clone(&bytes),
+                },
+            })
+            .collect())
+    }
+
+    fn apply_reduced(&mut self, shard: usize, bytes: &[u8]) -> Result<(), CollError> {
+        let size = self.spec.dtype.size();
+        let r = self.spec.shard(shard);
+        let out = &mut self.output[r.start * size..r.end * size];
+        match &self.codec {
+            None => out.copy_from_slice(bytes),
+            Some(c) => fp8_decode(c, self.spec.dtype, bytes, out)?,
+        }
+        self.have[shard] = true;
+        self.remaining -= 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! Collective-network allreduce algorithms, without I/O.
+//!
+//! * [`plan`]: which member owns which elements, and segmentation of a
+//!   large call for pipelining.
+//! * [`algo`]: the per-member state machine of one segment (reduce-scatter
+//!   to shard owners, fixed-order reduction, all-gather of the owner's
+//!   bytes), exact or FP8-compressed.
+//! * [`sim`]: an in-process simulation with seeded random delivery orders,
+//!   the error measurements and the re-round-every-hop baseline.
+//!
+//! See `docs/collnet.md`.
+
+pub mod algo;
+pub mod plan;
+pub mod sim;
+
+pub use algo::{
+    choose_path, fp8_supported, CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Spec,
+};
+pub use plan::{shard_range, Plan};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,561 @@
+//! Deterministic tests of the collective algorithms (no I/O).
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::algo::*;
+use super::sim::*;
+use crate::codec::{
+    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, Dst, Fp8Format, Src,
+};
+
+const E4M3: Path = Path::Fp8(Fp8Format::E4M3);
+
+/// Random native-endian inputs; floats are finite and moderate so that
+/// products stay meaningful.
+fn random_inputs(dtype: DataType, n: usize, count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = SplitMix::new(seed);
+    (0..n)
+        .map(|_| {
+            (0..count)
+                .flat_map(|_| {
+                    let g = rng.gaussian() as f32 * 2.0;
+                    let r = rng.next_u64();
+                    match dtype {
+                        DataType::F32 => g.to_ne_bytes().to_vec(),
+                        DataType::F64 => (g as f64 * 1.000_000_1).to_ne_bytes().to_vec(),
+                        DataType::F16 => f32_to_f16(g).to_ne_bytes().to_vec(),
+                        DataType::Bf16 => f32_to_bf16(g).to_ne_bytes().to_vec(),
+                        _ => r.to_ne_bytes()[..dtype.size()].to_vec(),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Independent reference: per element, fold members 0..n in order.
+/// Integers via i128 (truncation == wrapping), halves via f32 + one rounding.
+fn reference(dtype: DataType, op: RedOp, inputs: &[Vec<u8>]) -> Vec<u8> {
+    let size = dtype.size();
+    let count = inputs[0].len() / size;
+    let mut out = Vec::with_capacity(count * size);
+    for i in 0..count {
+        let el = |m: usize| &inputs[m][i * size..(i + 1) * size];
+        match dtype {
+            DataType::F32 | DataType::F64 | DataType::F16 | DataType::Bf16 => {
+                let val = |m: usize| -> f64 {
+                    let b = el(m);
+                    match dtype {
+                        DataType::F32 => f32::from_ne_bytes(b.try_into().unwrap()) as f64,
+                        DataType::F64 => f64::from_ne_bytes(b.try_into().unwrap()),
+                        DataType::F16 => {
+                            f16_to_f32(u16::from_ne_bytes(b.try_into().unwrap())) as f64
+                        }
+                        _ => bf16_to_f32(u16::from_ne_bytes(b.try_into().unwrap())) as f64,
+                    }
+                };
+                if dtype == DataType::F64 {
+                    let mut a = val(0);
+                    for m in 1..inputs.len() {
+                        a = fop(op, a, val(m));
+                    }
+                    out.extend(a.to_ne_bytes());
+                } else {
+                    let mut a = val(0) as f32;
+                    for m in 1..inputs.len() {
+                        // f64 has more than 2*24+2 bits, so rounding the
+                        // f64 result equals the f32 operation.
+                        a = fop(op, a as f64, val(m)) as f32;
+                    }
+                    match dtype {
+                        DataType::F32 => out.extend(a.to_ne_bytes()),
+                        DataType::F16 => out.extend(f32_to_f16(a).to_ne_bytes()),
+                        _ => out.extend(f32_to_bf16(a).to_ne_bytes()),
+                    }
+                }
+            }
+            _ => {
+                let signed = matches!(dtype, DataType::I8 | DataType::I32 | DataType::I64);
+                let val = |m: usize| -> i128 {
+                    let mut b = [0u8; 16];
+                    b[..size].copy_from_slice(el(m));
+                    let u = u128::from_le_bytes(b);
+                    let bits = 8 * size as u32;
+                    if signed && (u >> (bits - 1)) & 1 == 1 {
+                        (u as i128) - (1i128 << bits)
+                    } else {
+                        u as i128
+                    }
+                };
+                let mut a = val(0);
+                for m in 1..inputs.len() {
+                    let b = val(m);
+                    a = match op {
+                        RedOp::Sum => a.wrapping_add(b),
+                        RedOp::Prod => a.wrapping_mul(b),
+                        RedOp::Max => a.max(b),
+                        RedOp::Min => a.min(b),
+                    };
+                    // Keep in range by truncating to the width (mod 2^bits).
+                    let bits = 8 * size as u32;
+                    let t = (a as u128) & ((1u128 << bits) - 1);
+                    a = if signed && (t >> (bits - 1)) & 1 == 1 {
+                        t as i128 - (1i128 << bits)
+                    } else {
+                        t as i128
+                    };
+                }
+                out.extend(&(a as u128).to_le_bytes()[..size]);
+            }
+        }
+    }
+    out
+}
+
+fn fop(op: RedOp, a: f64, b: f64) -> f64 {
+    match op {
+        RedOp::Sum => a + b,
+        RedOp::Prod => a * b,
+        RedOp::Max => a.max(b),
+        RedOp::Min => a.min(b),
+    }
+}
+
+fn exact_call(n: usize, dtype: DataType, op: RedOp, count: usize, seg: usize) -> Call {
+    Call {
+        n,
+        dtype,
+        op,
+        path: Path::Exact,
+        count,
+        segment_elems: seg,
+    }
+}
+
+#[test]
+fn nccl_codes() {
+    for d in DataType::ALL {
+        assert_eq!(DataType::from_nccl(d.to_nccl()), Some(d));
+    }
+    for o in RedOp::ALL {
+        assert_eq!(RedOp::from_nccl(o.to_nccl()), Some(o));
+    }
+    assert_eq!(DataType::from_nccl(10), None);
+    assert_eq!(DataType::from_nccl(-1), None);
+    assert_eq!(RedOp::from_nccl(4), None); // avg arrives as sum
+    assert_eq!(RedOp::from_nccl(5), None);
+    assert_eq!(
+        choose_path(DataType::Bf16, RedOp::Sum, Some(Fp8Format::E4M3)),
+        E4M3
+    );
+    assert_eq!(choose_path(DataType::Bf16, RedOp::Sum, None), Path::Exact);
+    assert_eq!(
+        choose_path(DataType::Bf16, RedOp::Max, Some(Fp8Format::E4M3)),
+        Path::Exact
+    );
+    assert_eq!(
+        choose_path(DataType::I32, RedOp::Sum, Some(Fp8Format::E4M3)),
+        Path::Exact
+    );
+    assert_eq!(
+        choose_path(DataType::F64, RedOp::Sum, Some(Fp8Format::E4M3)),
+        Path::Exact
+    );
+}
+
+#[test]
+fn exact_path_matches_fixed_order_reference() {
+    for dtype in DataType::ALL {
+        for op in RedOp::ALL {
+            for (n, count, seg) in [
+                (1, 5, 64),
+                (2, 33, 32),
+                (3, 100, 64),
+                (5, 257, 1 << 20),
+                (4, 0, 64),
+            ] {
+                let inputs = random_inputs(dtype, n, count, (n * 1000 + count) as u64);
+                let want = reference(dtype, op, &inputs);
+                let call = exact_call(n, dtype, op, count, seg);
+                for seed in 0..2 {
+                    let outs = run(&call, &inputs, seed).unwrap();
+                    for (r, o) in outs.iter().enumerate() {
+                        assert_eq!(o, &want, "{dtype:?} {op:?} n={n} count={count} rank {r}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int32_sum_is_the_wrapping_arithmetic_sum() {
+    let n = 7;
+    let count = 1000;
+    let mut rng = SplitMix::new(9);
+    let vals: Vec<Vec<i32>> = (0..n)
+        .map(|_| (0..count).map(|_| rng.next_u64() as i32).collect())
+        .collect();
+    let inputs: Vec<Vec<u8>> = vals
+        .iter()
+        .map(|v| v.iter().flat_map(|x| x.to_ne_bytes()).collect())
+        .collect();
+    let outs = run(
+        &exact_call(n, DataType::I32, RedOp::Sum, count, 256),
+        &inputs,
+        3,
+    )
+    .unwrap();
+    for o in &outs {
+        for i in 0..count {
+            let sum: i64 = vals.iter().map(|v| i64::from(v[i])).sum();
+            let got = i32::from_ne_bytes(o[4 * i..4 * i + 4].try_into().unwrap());
+            assert_eq!(got, sum as i32);
+        }
+    }
+}
+
+/// Model of the FP8 algorithm written directly with the codec:
+/// `q2(sum_m deq(q(x_m)))` per shard, then decoded to the dtype.
+fn fp8_model(dtype: DataType, n: usize, count: usize, inputs: &[Vec<u8>]) -> Vec<u8> {
+    let codec = Codec::new(Fp8Format::E4M3);
+    let size = dtype.size();
+    let mut out = vec![0u8; count * size];
+    for s in 0..n {
+        let r = super::plan::shard_range(count, n, s);
+        let mut acc = vec![0f32; r.len()];
+        for inp in inputs {
+            let raw = &inp[r.start * size..r.end * size];
+            let mut wire = vec![0u8; encoded_len(r.len())];
+            let h: Vec<u16> = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+                .collect();
+            let f: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_ne_bytes(c.try_into().unwrap()))
+                .collect();
+            let src = match dtype {
+                DataType::F32 => Src::F32(&f),
+                DataType::F16 => Src::F16(&h),
+                _ => Src::Bf16(&h),
+            };
+            codec.encode_wire(src, &mut wire).unwrap();
+            codec.decode_accumulate_wire(&wire, &mut acc).unwrap();
+        }
+        let mut wire = vec![0u8; encoded_len(r.len())];
+        codec.encode_wire(Src::F32(&acc), &mut wire).unwrap();
+        let o = &mut out[r.start * size..r.end * size];
+        if dtype == DataType::F32 {
+            let mut v = vec![0f32; r.len()];
+            codec.decode_into_wire(&wire, Dst::F32(&mut v)).unwrap();
+            o.copy_from_slice(&v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<_>>());
+        } else {
+            let mut v = vec![0u16; r.len()];
+            let d = if dtype == DataType::F16 {
+                Dst::F16(&mut v)
+            } else {
+                Dst::Bf16(&mut v)
+            };
+            codec.decode_into_wire(&wire, d).unwrap();
+            o.copy_from_slice(&v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<_>>());
+        }
+    }
+    out
+}
+
+#[test]
+fn fp8_path_is_quantize_once_reduce_quantize_once_and_identical() {
+    for dtype in [DataType::Bf16, DataType::F16, DataType::F32] {
+        for (n, count) in [(1, 70), (2, 64), (3, 100), (6, 1000), (9, 31)] {
+            let inputs = random_inputs(dtype, n, count, 77 + n as u64);
+            let want = fp8_model(dtype, n, count, &inputs);
+            let call = Call {
+                n,
+                dtype,
+                op: RedOp::Sum,
+                path: E4M3,
+                count,
+                segment_elems: 1 << 20,
+            };
+            for seed in 0..3 {
+                let outs = run(&call, &inputs, seed).unwrap();
+                for o in &outs {
+                    assert_eq!(o, &want, "{dtype:?} n={n} count={count}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fp8_error_bounds_and_bit_identical() {
+    for n in [2, 3, 8, 64] {
+        for dist in [Dist::Gaussian, Dist::StudentT3, Dist::GaussianOutliers] {
+            let r = simulate_error(n, 8192, dist, 42);
+            assert!(r.bit_identical, "{r:?}");
+            // See docs/collnet.md: two independent E4M3 roundings of iid
+            // data cost ~sqrt(2) x the single-rounding error (~2.7%), so
+            // the floor is ~3.8% at every N; the brief's 3% is below it.
+            assert!(r.rel_l2 <= FP8_BOUND, "n={n} {dist:?}: {r:?}");
+        }
+    }
+}
+
+/// Relative L2 bound asserted for the FP8 path (see the floor test).
+const FP8_BOUND: f64 = 0.04;
+
+/// n = 1 is a single effective rounding (q(q(x)) == q(x)): the floor of
+/// one E4M3 block rounding on this data.
+#[test]
+fn single_rounding_floor() {
+    for dist in [Dist::Gaussian, Dist::StudentT3, Dist::GaussianOutliers] {
+        let r = simulate_error(1, 8192, dist, 42);
+        println!("single rounding {dist:?}: {:.3}%", 100.0 * r.rel_l2);
+        assert!(r.rel_l2 > 0.02 && r.rel_l2 < 0.03, "{dist:?} {r:?}");
+    }
+}
+
+#[test]
+fn fp8_error_256_members() {
+    let r = simulate_error(256, 4096, Dist::Gaussian, 7);
+    assert!(r.bit_identical, "{r:?}");
+    assert!(r.rel_l2 <= FP8_BOUND, "{r:?}");
+}
+
+#[test]
+fn reround_baseline_is_visibly_worse() {
+    let a = simulate_error(32, 4096, Dist::Gaussian, 5);
+    let b = simulate_ring_reround_error(32, 4096, Dist::Gaussian, 5, Reround::PerBlock);
+    let t = simulate_ring_reround_error(32, 4096, Dist::Gaussian, 5, Reround::PerTensor);
+    assert!(b.rel_l2 > 1.5 * a.rel_l2, "{a:?} {b:?}");
+    assert!(t.rel_l2 > 1.5 * a.rel_l2, "{a:?} {t:?}");
+    let table = error_table(&[2, 4], 1024, 1);
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("| 2 |") || l.starts_with("| 4 |"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+#[ignore = "prints the error table; run with --release -- --ignored --nocapture"]
+fn print_error_table() {
+    println!(
+        "{}",
+        error_table(&[2, 4, 8, 16, 32, 64, 128, 256], 64 << 10, 1)
+    );
+}
+
+#[test]
+fn nan_stays_at_its_element() {
+    // Member 3's element 40 is NaN; everyone's element 40 is otherwise 0 so
+    // that the NaN-free comparison run has the same block scales.
+    let (n, count, k) = (5, 100, 40);
+    for dtype in [DataType::Bf16, DataType::F16, DataType::F32] {
+        for path in [E4M3, Path::Exact] {
+            let size = dtype.size();
+            let mut clean = random_inputs(dtype, n, count, 11);
+            for inp in &mut clean {
+                inp[k * size..(k + 1) * size].fill(0);
+            }
+            let mut dirty = clean.clone();
+            let nan: Vec<u8> = match dtype {
+                DataType::F32 => f32::NAN.to_ne_bytes().to_vec(),
+                DataType::F16 => 0x7E00u16.to_ne_bytes().to_vec(),
+                _ => 0x7FC0u16.to_ne_bytes().to_vec(),
+            };
+            dirty[3][k * size..(k + 1) * size].copy_from_slice(&nan);
+            let call = Call {
+                n,
+                dtype,
+                op: RedOp::Sum,
+                path,
+                count,
+                segment_elems: 64,
+            };
+            let a = run(&call, &dirty, 1).unwrap();
+            let b = run(&call, &clean, 1).unwrap();
+            for o in &a {
+                assert_eq!(o, &a[0], "bit-identical");
+                for i in 0..count {
+                    let e = &o[i * size..(i + 1) * size];
+                    let is_nan = match dtype {
+                        DataType::F32 => f32::from_ne_bytes(e.try_into().unwrap()).is_nan(),
+                        DataType::F16 => {
+                            f16_to_f32(u16::from_ne_bytes(e.try_into().unwrap())).is_nan()
+                        }
+                        _ => bf16_to_f32(u16::from_ne_bytes(e.try_into().unwrap())).is_nan(),
+                    };
+                    assert_eq!(is_nan, i == k, "{dtype:?} {path:?} element {i}");
+                    if i != k {
+                        assert_eq!(e, &b[0][i * size..(i + 1) * size], "element {i} changed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spec(n: usize, count: usize, path: Path) -> Spec {
+    Spec {
+        n,
+        dtype: DataType::Bf16,
+        op: RedOp::Sum,
+        path,
+        count,
+    }
+}
+
+#[test]
+fn rejects_bad_messages_without_changing_state() {
+    for path in [Path::Exact, E4M3] {
+        let sp = spec(3, 100, path); // shards 0..64, 64..96, 96..100
+        let input = vec![0u8; 200];
+        let (mut m, out) = Member::new(sp, 1, &input).unwrap();
+        assert_eq!(out.len(), 2);
+        let good = sp.payload_len(1);
+        let contrib = |from, shard, len| Msg::Contribution {
+            from,
+            shard,
+            bytes: vec![0; len],
+        };
+        let reduced = |shard, len: usize| Msg::Reduced {
+            shard,
+            bytes: Arc::from(vec![0u8; len]),
+        };
+        use CollError::*;
+        assert_eq!(m.on_message(contrib(0, 7, good)), Err(UnknownShard(7)));
+        assert_eq!(
+            m.on_message(contrib(0, 0, good)),
+            Err(NotOwner { shard: 0 })
+        );
+        assert_eq!(m.on_message(contrib(9, 1, good)), Err(UnknownMember(9)));
+        assert_eq!(
+            m.on_message(contrib(1, 1, good)),
+            Err(DuplicateContribution { from: 1, shard: 1 })
+        );
+        assert!(matches!(
+            m.on_message(contrib(0, 1, good + 1)),
+            Err(WrongLength { .. })
+        ));
+        assert!(matches!(
+            m.on_message(reduced(0, 3)),
+            Err(WrongLength { .. })
+        ));
+        assert_eq!(
+            m.on_message(reduced(1, good)),
+            Err(OwnShardReduced { shard: 1 })
+        );
+        assert_eq!(m.on_message(reduced(5, 1)), Err(UnknownShard(5)));
+        // Still works after the rejected messages.
+        assert!(m.on_message(contrib(0, 1, good)).unwrap().is_empty());
+        assert_eq!(m.on_message(contrib(2, 1, good)).unwrap().len(), 2);
+        assert_eq!(
+            m.on_message(contrib(2, 1, good)),
+            Err(DuplicateContribution { from: 2, shard: 1 })
+        );
+        m.on_message(reduced(0, sp.payload_len(0))).unwrap();
+        assert_eq!(
+            m.on_message(reduced(0, sp.payload_len(0))),
+            Err(DuplicateReduced { shard: 0 })
+        );
+        assert!(!m.is_done());
+        m.on_message(reduced(2, sp.payload_len(2))).unwrap();
+        assert!(m.is_done());
+    }
+    // Empty shards (fewer blocks than members) are unknown.
+    let sp = spec(4, 40, Path::Exact);
+    let (mut m, out) = Member::new(sp, 3, &[0u8; 80]).unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(!m.is_done());
+    assert_eq!(
+        m.on_message(Msg::Reduced {
+            shard: 2,
+            bytes: Arc::from(vec![])
+        }),
+        Err(CollError::UnknownShard(2))
+    );
+    assert_eq!(
+        m.on_message(Msg::Contribution {
+            from: 0,
+            shard: 3,
+            bytes: vec![]
+        }),
+        Err(CollError::UnknownShard(3))
+    );
+    // Construction errors.
+    assert_eq!(
+        Member::new(sp, 4, &[0u8; 80]).err(),
+        Some(CollError::BadRank { rank: 4, n: 4 })
+    );
+    assert_eq!(
+        Member::new(sp, 0, &[0u8; 81]).err(),
+        Some(CollError::InputLength {
+            expected: 80,
+            actual: 81
+        })
+    );
+    assert_eq!(
+        Member::new(spec(0, 1, Path::Exact), 0, &[0u8; 2]).err(),
+        Some(CollError::NoMembers)
+    );
+    let bad = Spec {
+        dtype: DataType::I32,
+        ..spec(2, 1, E4M3)
+    };
+    assert!(matches!(
+        Member::new(bad, 0, &[0u8; 4]),
+        Err(CollError::Fp8Unsupported { .. })
+    ));
+}
+
+#[test]
+fn empty_call_is_done_at_once() {
+    for path in [Path::Exact, E4M3] {
+        let (m, out) = Member::new(spec(3, 0, path), 2, &[]).unwrap();
+        assert!(out.is_empty() && m.is_done() && m.output().is_empty());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn garbage_never_panics(
+        fp8 in any::<bool>(),
+        n in 1usize..6,
+        count in 0usize..200,
+        msgs in proptest::collection::vec((any::<bool>(), 0usize..8, 0usize..8, 0usize..420), 0..40),
+    ) {
+        let path = if fp8 { E4M3 } else { Path::Exact };
+        let sp = spec(n, count, path);
+        let (mut m, _) = Member::new(sp, 0, &vec![0x3Fu8; count * 2]).unwrap();
+        for (c, a, b, len) in msgs {
+            let msg = if c {
+                Msg::Contribution { from: a, shard: b, bytes: vec![0x55; len] }
+            } else {
+                Msg::Reduced { shard: a, bytes: Arc::from(vec![0xAA; len]) }
+            };
+            let _ = m.on_message(msg);
+        }
+    }
+
+    #[test]
+    fn random_orders_agree(n in 1usize..7, count in 0usize..300, seg in 1usize..200, seed in any::<u64>()) {
+        let inputs = random_inputs(DataType::F32, n, count, seed);
+        for path in [Path::Exact, E4M3] {
+            let call = Call { n, dtype: DataType::F32, op: RedOp::Sum, path, count, segment_elems: seg };
+            let a = run(&call, &inputs, seed).unwrap();
+            let b = run(&call, &inputs, seed.wrapping_add(1)).unwrap();
+            prop_assert!(a.iter().chain(&b).all(|o| *o == a[0]));
+            if path == Path::Exact {
+                prop_assert_eq!(&a[0], &reference(DataType::F32, RedOp::Sum, &inputs));
+            }
+        }
+    }
+}

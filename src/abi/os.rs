@@ -2,7 +2,7 @@
 //! pointers (interface enumeration, and I/O straight into NCCL's buffers).
 
 use std::ffi::CStr;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use socket2::Socket;
@@ -118,14 +118,17 @@ impl RawBuf {
         }
     }
 
-    /// Writes `header` and then bytes `offset..offset+len` to `sock`.
-    pub fn send_with_header(
+    /// Sends what it can without blocking of `header` followed by bytes
+    /// `offset..offset+len`, skipping the first `done` bytes of that
+    /// sequence (already sent). Returns how many more bytes went out.
+    pub fn try_send(
         &self,
         header: &[u8],
         offset: u64,
         len: usize,
+        done: usize,
         sock: &Socket,
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
         let (off, len) = self.checked(offset, len)?;
         let payload: &[u8] = if len == 0 {
             &[]
@@ -134,56 +137,53 @@ impl RawBuf {
             // type's invariant); we only read it.
             unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
         };
-        write_all_vectored(sock, header, payload)
+        let head = header.get(done..).unwrap_or(&[]);
+        let body = &payload[done.saturating_sub(header.len()).min(len)..];
+        sock.send_vectored_with_flags(
+            &[IoSlice::new(head), IoSlice::new(body)],
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
     }
 
-    /// Fills bytes `offset..offset+len` from `sock`, calling `progress` after
-    /// every read that returned data.
-    pub fn recv_exact(
-        &self,
-        offset: u64,
-        len: usize,
-        sock: &Socket,
-        mut progress: impl FnMut(usize),
-    ) -> io::Result<()> {
+    /// Reads what is available without blocking into bytes
+    /// `offset..offset+len`; `Ok(0)` means the peer closed.
+    pub fn try_recv(&self, offset: u64, len: usize, sock: &Socket) -> io::Result<usize> {
         let (off, len) = self.checked(offset, len)?;
         if len == 0 {
-            return Ok(());
+            return Ok(0);
         }
         // SAFETY: range checked against the buffer; this chunk's range is
         // ours alone until the matcher is told it is done.
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) };
-        let mut filled = 0;
-        let mut reader = sock;
-        while filled < len {
-            match reader.read(&mut dst[filled..]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    filled += n;
-                    progress(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        try_recv_into(sock, dst)
     }
 }
 
-fn write_all_vectored(sock: &Socket, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
-    let mut writer = sock;
-    while !head.is_empty() || !body.is_empty() {
-        let n = match writer.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        body = &body[n - from_head..];
+/// A non-blocking read into initialized memory; `Ok(0)` means EOF.
+pub fn try_recv_into(sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: initialized bytes are valid MaybeUninit<u8>; recv only writes.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    sock.recv_with_flags(uninit, libc::MSG_DONTWAIT)
+}
+
+/// Blocks until `sock` is readable (or writable), hung up, or `timeout`.
+pub fn wait_ready(sock: &Socket, writable: bool, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: if writable {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN
+        },
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

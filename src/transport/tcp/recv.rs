@@ -1,7 +1,13 @@
 //! The receiving end of a connection.
+//!
+//! Like the sending end, each stream is a state machine behind a mutex —
+//! reading a frame header, waiting for the matching receive, or filling its
+//! payload — driven with non-blocking reads by the stream's own thread
+//! (asleep in poll(2) or on a condvar when stuck) or by NCCL's proxy thread
+//! inside `test`, which only `try_lock`s.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -11,12 +17,14 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use super::{Progress, TcpSettings, MAX_RECVS, MAX_REQUESTS};
-use crate::abi::os::RawBuf;
+use crate::abi::os::{self, RawBuf};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
-use crate::transport::matching::{HeaderOutcome, MatchError, RecvMatcher};
+use crate::transport::matching::{HeaderOutcome, MatchError, Placement, RecvMatcher};
 use crate::transport::wire::{FrameHeader, FRAME_HEADER_BYTES};
 use crate::warn;
+
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One (possibly grouped) irecv.
 pub struct RecvOp {
@@ -30,15 +38,54 @@ struct State {
     matcher: RecvMatcher,
     ops: HashMap<u64, Arc<RecvOp>>,
     next_id: u64,
+    /// Bumped by every post and every match: a stream waiting for its
+    /// message to be matched sleeps until this changes.
+    generation: u64,
+}
+
+enum Phase {
+    Header {
+        buf: [u8; FRAME_HEADER_BYTES],
+        got: usize,
+    },
+    Matching(FrameHeader),
+    Payload {
+        header: FrameHeader,
+        at: Placement,
+        buf: RawBuf,
+        got: usize,
+    },
+    Closed,
+}
+
+struct Stream {
+    sock: Arc<Socket>,
+    phase: Phase,
+}
+
+/// Why a stream stopped making progress.
+enum Blocked {
+    NoData,
+    /// Its next message has no posted receive yet (seen at this generation).
+    NoPost(u64),
+    Closed,
+}
+
+/// A failure found while pumping a stream.
+enum Fault {
+    Io(io::Error),
+    Protocol(String),
+    Match(MatchError),
 }
 
 struct Shared {
     peer: SocketAddr,
     state: Mutex<State>,
     wake: Condvar,
+    streams: Vec<Mutex<Stream>>,
+    socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
-    socks: Vec<Arc<Socket>>,
     /// Streams the peer has closed cleanly; the connection ends with the last.
     closed_streams: AtomicUsize,
     in_flight: AtomicUsize,
@@ -74,6 +121,7 @@ impl Shared {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
+        let _guard = self.lock();
         self.wake.notify_all();
     }
 
@@ -89,21 +137,7 @@ impl Shared {
         }
     }
 
-    fn stopped(&self) -> bool {
-        self.closing.load(Ordering::Acquire) || self.failure.get().is_some()
-    }
-
-    fn match_error(&self, e: MatchError) {
-        let cause = match e {
-            MatchError::Truncated {
-                message, posted, ..
-            } => PeerFailure::Truncated { message, posted },
-            other => PeerFailure::Protocol(other.to_string()),
-        };
-        self.fail(NetError::peer(self.peer, cause), ConnError::Protocol, true);
-    }
-
-    fn io_error(&self, e: io::Error) {
+    fn fault(&self, f: Fault) {
         if self.closing.load(Ordering::Acquire) {
             return self.fail(
                 NetError::peer(self.peer, PeerFailure::Closed),
@@ -111,114 +145,188 @@ impl Shared {
                 false,
             );
         }
-        match e.kind() {
-            io::ErrorKind::UnexpectedEof => self.fail(
-                NetError::peer(
-                    self.peer,
-                    PeerFailure::Reset("EOF in the middle of a frame".into()),
-                ),
+        let (cause, conn) = match f {
+            Fault::Match(MatchError::Truncated {
+                message, posted, ..
+            }) => (
+                PeerFailure::Truncated { message, posted },
+                ConnError::Protocol,
+            ),
+            Fault::Match(other) => (
+                PeerFailure::Protocol(other.to_string()),
+                ConnError::Protocol,
+            ),
+            Fault::Protocol(e) => (PeerFailure::Protocol(e), ConnError::Protocol),
+            Fault::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => (
+                PeerFailure::Reset("EOF in the middle of a frame".into()),
                 ConnError::Eof,
-                true,
             ),
-            io::ErrorKind::TimedOut => self.fail(
-                NetError::peer(self.peer, PeerFailure::Reset(e.to_string())),
-                ConnError::Timeout,
-                true,
-            ),
-            _ => self.fail(
-                NetError::peer(self.peer, PeerFailure::Reset(e.to_string())),
-                ConnError::Reset,
-                true,
-            ),
-        }
-    }
-}
-
-/// Reads one frame header; `Ok(None)` on a clean EOF between frames.
-fn read_header(sock: &Socket, progress: &Progress) -> io::Result<Option<[u8; FRAME_HEADER_BYTES]>> {
-    let mut buf = [0u8; FRAME_HEADER_BYTES];
-    let mut got = 0;
-    let mut reader = sock;
-    while got < FRAME_HEADER_BYTES {
-        match reader.read(&mut buf[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    progress.touch();
-    Ok(Some(buf))
-}
-
-fn stream_worker(shared: Arc<Shared>, stream: usize) {
-    let sock = Arc::clone(&shared.socks[stream]);
-    let m = metrics::transport(TransportKind::Tcp);
-    loop {
-        let raw = match read_header(&sock, &shared.progress) {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return shared.stream_closed(),
-            Err(e) => return shared.io_error(e),
-        };
-        let h = match FrameHeader::decode(&raw) {
-            Ok(h) => h,
-            Err(e) => {
-                return shared.fail(
-                    NetError::peer(shared.peer, PeerFailure::Protocol(e.to_string())),
-                    ConnError::Protocol,
-                    true,
-                )
+            Fault::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                (PeerFailure::Reset(e.to_string()), ConnError::Timeout)
             }
+            Fault::Io(e) => (PeerFailure::Reset(e.to_string()), ConnError::Reset),
         };
-        let (placement, buf) = {
-            let mut state = shared.lock();
-            let placement = loop {
-                if shared.stopped() {
-                    return;
-                }
-                match state.matcher.on_header(&h) {
-                    Ok(HeaderOutcome::Deliver(p)) => break p,
-                    Ok(HeaderOutcome::Wait) => {
-                        state = shared.wake.wait(state).expect("recv state lock")
+        self.fail(NetError::peer(self.peer, cause), conn, true);
+    }
+
+    fn stopped(&self) -> bool {
+        self.closing.load(Ordering::Acquire) || self.failure.get().is_some()
+    }
+
+    /// Reads on `stream` until it runs out of data or of posted receives.
+    fn pump(&self, stream: &mut Stream) -> Result<Blocked, Fault> {
+        let m = metrics::transport(TransportKind::Tcp);
+        loop {
+            if self.stopped() {
+                return Ok(Blocked::Closed);
+            }
+            match &mut stream.phase {
+                Phase::Closed => return Ok(Blocked::Closed),
+                Phase::Header { buf, got } => {
+                    match os::try_recv_into(&stream.sock, &mut buf[*got..]) {
+                        Ok(0) if *got == 0 => {
+                            stream.phase = Phase::Closed;
+                            self.stream_closed();
+                            return Ok(Blocked::Closed);
+                        }
+                        Ok(0) => return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into())),
+                        Ok(n) => {
+                            *got += n;
+                            self.progress.touch();
+                            if *got == FRAME_HEADER_BYTES {
+                                let h = FrameHeader::decode(buf)
+                                    .map_err(|e| Fault::Protocol(e.to_string()))?;
+                                stream.phase = Phase::Matching(h);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Blocked::NoData)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Fault::Io(e)),
                     }
-                    Err(e) => return shared.match_error(e),
                 }
-            };
-            let buf = state.ops[&placement.request].slots[placement.slot];
-            (placement, buf)
-        };
-        // A new match may be what another stream is waiting for.
-        shared.wake.notify_all();
-        let read = buf.recv_exact(placement.offset, h.len as usize, &sock, |n| {
-            shared.progress.touch();
-            m.bytes_received(n as u64);
-        });
-        if let Err(e) = read {
-            return shared.io_error(e);
-        }
-        let mut state = shared.lock();
-        match state.matcher.on_chunk_done(h.seq, h.len) {
-            Ok(Some(done)) => {
-                if let Some(op) = state.ops.remove(&done.request) {
-                    let _ = op.sizes.set(done.sizes);
+                Phase::Matching(h) => {
+                    let header = *h;
+                    let mut state = self.lock();
+                    match state.matcher.on_header(&header).map_err(Fault::Match)? {
+                        HeaderOutcome::Wait => return Ok(Blocked::NoPost(state.generation)),
+                        HeaderOutcome::Deliver(at) => {
+                            let buf = state.ops[&at.request].slots[at.slot];
+                            state.generation += 1;
+                            drop(state);
+                            // A new match may be what another stream waits for.
+                            self.wake.notify_all();
+                            stream.phase = Phase::Payload {
+                                header,
+                                at,
+                                buf,
+                                got: 0,
+                            };
+                        }
+                    }
+                }
+                Phase::Payload {
+                    header,
+                    at,
+                    buf,
+                    got,
+                } => {
+                    let len = header.len as usize;
+                    if *got < len {
+                        match buf.try_recv(at.offset + *got as u64, len - *got, &stream.sock) {
+                            Ok(0) => return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into())),
+                            Ok(n) => {
+                                *got += n;
+                                self.progress.touch();
+                                m.bytes_received(n as u64);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                return Ok(Blocked::NoData)
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(Fault::Io(e)),
+                        }
+                        continue;
+                    }
+                    let seq = header.seq;
+                    let mut state = self.lock();
+                    if let Some(done) = state
+                        .matcher
+                        .on_chunk_done(seq, header.len)
+                        .map_err(Fault::Match)?
+                    {
+                        if let Some(op) = state.ops.remove(&done.request) {
+                            let _ = op.sizes.set(done.sizes);
+                        }
+                    }
+                    drop(state);
+                    stream.phase = Phase::Header {
+                        buf: [0; FRAME_HEADER_BYTES],
+                        got: 0,
+                    };
                 }
             }
-            Ok(None) => {}
-            Err(e) => return shared.match_error(e),
+        }
+    }
+
+    /// The proxy thread's share of the work: every stream nobody else holds.
+    fn assist(&self) {
+        for s in &self.streams {
+            if let Ok(mut stream) = s.try_lock() {
+                if let Err(f) = self.pump(&mut stream) {
+                    self.fault(f);
+                }
+            }
+        }
+    }
+}
+
+fn stream_worker(shared: Arc<Shared>, index: usize) {
+    let sock = Arc::clone(&shared.socks[index]);
+    loop {
+        let blocked = shared.pump(&mut shared.streams[index].lock().expect("stream lock"));
+        match blocked {
+            Err(f) => return shared.fault(f),
+            Ok(Blocked::Closed) => return,
+            Ok(Blocked::NoData) => {
+                if let Err(e) = os::wait_ready(&sock, false, POLL_INTERVAL) {
+                    return shared.fault(Fault::Io(e));
+                }
+            }
+            Ok(Blocked::NoPost(seen)) => {
+                let state = shared.lock();
+                let _woken = shared
+                    .wake
+                    .wait_while(state, |s| s.generation == seen && !shared.stopped())
+                    .expect("recv state lock");
+            }
         }
     }
 }
 
 impl RecvComm {
     pub(super) fn start(socks: Vec<Socket>, peer: SocketAddr, s: &TcpSettings) -> NetResult<Self> {
+        let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
             peer,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            streams: socks
+                .iter()
+                .map(|sock| {
+                    Mutex::new(Stream {
+                        sock: Arc::clone(sock),
+                        phase: Phase::Header {
+                            buf: [0; FRAME_HEADER_BYTES],
+                            got: 0,
+                        },
+                    })
+                })
+                .collect(),
+            socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
-            socks: socks.into_iter().map(Arc::new).collect(),
             closed_streams: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             progress: Progress::default(),
@@ -274,6 +382,7 @@ impl RecvComm {
             let mut state = self.shared.lock();
             let id = state.next_id;
             state.next_id += 1;
+            state.generation += 1;
             state.matcher.post(id, &shape);
             state.ops.insert(id, Arc::clone(&op));
         }
@@ -290,6 +399,9 @@ impl RecvComm {
 impl RecvRequest {
     /// The received size of every slot, once all of them are complete.
     pub fn test(&self) -> NetResult<Option<&[u64]>> {
+        if self.op.sizes.get().is_none() {
+            self.shared.assist();
+        }
         if let Some(sizes) = self.op.sizes.get() {
             let m = metrics::transport(TransportKind::Tcp);
             for &s in sizes {

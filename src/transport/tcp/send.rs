@@ -1,19 +1,32 @@
 //! The sending end of a connection.
+//!
+//! Each stream is a small state machine (the chunk in flight and how much of
+//! it is out) behind a mutex, driven with non-blocking writes by whoever
+//! holds it: the stream's own thread, which sleeps in poll(2) or on a
+//! condvar when it cannot progress, or NCCL's proxy thread inside
+//! `isend`/`test`, which only ever `try_lock`s. On a busy many-core host the
+//! stream threads move the bytes in parallel; on a small host the proxy
+//! thread's polling does useful work instead of competing with them.
 
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
 use super::{TcpSettings, MAX_REQUESTS};
-use crate::abi::os::RawBuf;
+use crate::abi::os::{self, RawBuf};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
 use crate::transport::sched::{Chunk, SendScheduler};
+use crate::transport::wire::FRAME_HEADER_BYTES;
 use crate::warn;
+
+/// How long a stream thread sleeps in poll(2) before looking again.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One isend: done when all its chunks are in the kernel's hands.
 pub struct SendOp {
@@ -23,13 +36,34 @@ pub struct SendOp {
     posted: Instant,
 }
 
+/// The chunk a stream is writing and how many of its bytes are out.
+struct InFlight {
+    chunk: Chunk<Arc<SendOp>>,
+    header: [u8; FRAME_HEADER_BYTES],
+    sent: usize,
+}
+
+struct Stream {
+    sock: Arc<Socket>,
+    current: Option<InFlight>,
+}
+
+/// Why a stream stopped making progress.
+enum Blocked {
+    /// No chunk is waiting to be sent.
+    NoWork,
+    /// The socket's send buffer is full.
+    Full,
+}
+
 struct Shared {
     peer: SocketAddr,
     queue: Mutex<SendScheduler<Arc<SendOp>>>,
     wake: Condvar,
+    streams: Vec<Mutex<Stream>>,
+    socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
-    socks: Vec<Arc<Socket>>,
     in_flight: AtomicUsize,
 }
 
@@ -56,60 +90,116 @@ impl Shared {
         self.wake.notify_all();
     }
 
+    fn io_failure(&self, e: io::Error) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let cause = match e.kind() {
+            io::ErrorKind::TimedOut => ConnError::Timeout,
+            _ => ConnError::Reset,
+        };
+        self.fail(
+            NetError::peer(self.peer, PeerFailure::Reset(e.to_string())),
+            cause,
+        );
+    }
+
     fn stopped(&self) -> bool {
         self.closing.load(Ordering::Acquire) || self.failure.get().is_some()
     }
 
-    fn next_chunk(&self) -> Option<Chunk<Arc<SendOp>>> {
-        let mut queue = self.queue.lock().expect("send queue lock");
+    /// Writes on `stream` until it has nothing to send or the socket is full.
+    fn pump(&self, stream: &mut Stream) -> io::Result<Blocked> {
         loop {
-            if self.stopped() {
-                return None;
+            if stream.current.is_none() {
+                if self.stopped() {
+                    return Ok(Blocked::NoWork);
+                }
+                let Some(chunk) = self.queue.lock().expect("send queue lock").next_chunk() else {
+                    return Ok(Blocked::NoWork);
+                };
+                stream.current = Some(InFlight {
+                    header: chunk.header.encode(),
+                    chunk,
+                    sent: 0,
+                });
             }
-            if let Some(c) = queue.next_chunk() {
-                return Some(c);
+            let cur = stream.current.as_mut().expect("set above");
+            let h = cur.chunk.header;
+            let total = FRAME_HEADER_BYTES + h.len as usize;
+            while cur.sent < total {
+                match cur.chunk.op.buf.try_send(
+                    &cur.header,
+                    h.offset,
+                    h.len as usize,
+                    cur.sent,
+                    &stream.sock,
+                ) {
+                    Ok(n) => cur.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Blocked::Full),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
-            queue = self.wake.wait(queue).expect("send queue lock");
+            metrics::transport(TransportKind::Tcp).bytes_sent(u64::from(h.len));
+            cur.chunk.op.chunks_left.fetch_sub(1, Ordering::AcqRel);
+            stream.current = None;
+        }
+    }
+
+    /// The proxy thread's share of the work: every stream nobody else holds.
+    fn assist(&self) {
+        for s in &self.streams {
+            if let Ok(mut stream) = s.try_lock() {
+                if let Err(e) = self.pump(&mut stream) {
+                    self.io_failure(e);
+                }
+            }
         }
     }
 }
 
-fn stream_worker(shared: Arc<Shared>, stream: usize) {
-    let sock = Arc::clone(&shared.socks[stream]);
-    let m = metrics::transport(TransportKind::Tcp);
-    while let Some(chunk) = shared.next_chunk() {
-        let h = chunk.header;
-        let result = chunk
-            .op
-            .buf
-            .send_with_header(&h.encode(), h.offset, h.len as usize, &sock);
-        if let Err(e) = result {
-            if !shared.closing.load(Ordering::Acquire) {
-                let cause = match e.kind() {
-                    std::io::ErrorKind::TimedOut => ConnError::Timeout,
-                    _ => ConnError::Reset,
-                };
-                shared.fail(
-                    NetError::peer(shared.peer, PeerFailure::Reset(e.to_string())),
-                    cause,
-                );
+fn stream_worker(shared: Arc<Shared>, index: usize) {
+    let sock = Arc::clone(&shared.socks[index]);
+    while !shared.stopped() {
+        let blocked = shared.pump(&mut shared.streams[index].lock().expect("stream lock"));
+        match blocked {
+            Err(e) => return shared.io_failure(e),
+            Ok(Blocked::Full) => {
+                if let Err(e) = os::wait_ready(&sock, true, POLL_INTERVAL) {
+                    return shared.io_failure(e);
+                }
             }
-            return;
+            Ok(Blocked::NoWork) => {
+                let queue = shared.queue.lock().expect("send queue lock");
+                let _idle = shared
+                    .wake
+                    .wait_while(queue, |q| q.is_empty() && !shared.stopped())
+                    .expect("send queue lock");
+            }
         }
-        m.bytes_sent(u64::from(h.len));
-        chunk.op.chunks_left.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl SendComm {
     pub(super) fn start(socks: Vec<Socket>, peer: SocketAddr, s: &TcpSettings) -> NetResult<Self> {
+        let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
             peer,
             queue: Mutex::new(SendScheduler::new(s.chunk_bytes, socks.len())),
             wake: Condvar::new(),
+            streams: socks
+                .iter()
+                .map(|sock| {
+                    Mutex::new(Stream {
+                        sock: Arc::clone(sock),
+                        current: None,
+                    })
+                })
+                .collect(),
+            socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
-            socks: socks.into_iter().map(Arc::new).collect(),
             in_flight: AtomicUsize::new(0),
         });
         let mut comm = SendComm {
@@ -151,16 +241,13 @@ impl SendComm {
         {
             let mut queue = self.shared.queue.lock().expect("send queue lock");
             let (_, chunks) = queue.push(Arc::clone(&op), tag, size);
-            // Set before any worker can see the op: workers need the lock.
+            // Set before anyone can take a chunk: that needs this lock.
             op.chunks_left.store(chunks, Ordering::Release);
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.shared.wake.notify_one();
-        if size > 0 {
-            // More than one chunk: let the other streams join in.
-            self.shared.wake.notify_all();
-        }
+        self.shared.wake.notify_all();
         metrics::transport(TransportKind::Tcp).request_started();
+        self.shared.assist();
         Ok(Some(SendRequest {
             shared: Arc::clone(&self.shared),
             op,
@@ -169,14 +256,22 @@ impl SendComm {
 }
 
 impl SendRequest {
+    fn done(&self) -> Option<u64> {
+        (self.op.chunks_left.load(Ordering::Acquire) == 0).then_some(self.op.size)
+    }
+
     /// `Some(size)` once every byte has been handed to the kernel.
     pub fn test(&self) -> NetResult<Option<u64>> {
-        if self.op.chunks_left.load(Ordering::Acquire) == 0 {
+        let done = self.done().or_else(|| {
+            self.shared.assist();
+            self.done()
+        });
+        if let Some(size) = done {
             let m = metrics::transport(TransportKind::Tcp);
             m.message_sent();
-            m.message_size(self.op.size);
+            m.message_size(size);
             m.request_latency(self.op.posted.elapsed());
-            return Ok(Some(self.op.size));
+            return Ok(Some(size));
         }
         match self.shared.failure.get() {
             Some(e) => Err(e.clone()),

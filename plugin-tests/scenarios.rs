@@ -738,7 +738,7 @@ fn child_bad_config() -> TestResult {
         "AIRAMP_NSTREAMS",
         "AIRAMP_PORT",
         "AIRAMP_CHUNK_SIZE",
-        "streams=4",
+        "streams=2",
     ] {
         ensure(log.contains(needle), || {
             format!("log does not mention {needle}:\n{log}")

@@ -196,7 +196,7 @@ impl Default for Config {
                 kind: TransportKind::Auto,
                 socket_ifname: None,
                 socket_family: SocketFamily::Auto,
-                streams: 4,
+                streams: 2,
                 chunk_size: 512 << 10,
                 socket_buffer: 0,
                 peer_timeout_ms: 30_000,
@@ -453,10 +453,10 @@ pub static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "transport.streams",
         env: "AIRAMP_NSTREAMS",
-        default: "4",
+        default: "2",
         accepted: "integer 1..=16",
-        doc: "TCP streams per connection.",
-        example: "4",
+        doc: "TCP streams per connection; chunks of each message are spread over them dynamically.",
+        example: "2",
         apply: |c, r| {
             c.transport.streams = want_int(r, 1, 16)? as u32;
             Ok(())

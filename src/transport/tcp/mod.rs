@@ -37,7 +37,7 @@ pub struct TcpSettings {
 impl Default for TcpSettings {
     fn default() -> Self {
         TcpSettings {
-            streams: 4,
+            streams: 2,
             chunk_bytes: 512 << 10,
             socket_buffer: 0,
             peer_timeout: Duration::from_secs(30),

@@ -32,6 +32,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("dlclose_and_reopen", dlclose_and_reopen),
     ("forked_child_gets_errors", forked_child_gets_errors),
     ("bad_config_never_fails_init", bad_config_never_fails_init),
+    ("memory_registration", memory_registration),
 ];
 
 /// Child roles, dispatched from `--child ROLE ARGS...`.
@@ -100,8 +101,10 @@ fn receive_and_check(
         while next < sizes.len() && inflight.len() < window {
             let mut buf = vec![GUARD; sizes[next] + SLACK];
             let cap = sizes[next] + SLACK / 2;
-            let req = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), cap, 7)], &mut [null()]))
-                .map_err(|e| format!("irecv: {e:?}"))?;
+            // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+            let req =
+                post(|| unsafe { net.irecv(recv, &[(buf.as_mut_ptr(), cap, 7)], &mut [null()]) })
+                    .map_err(|e| format!("irecv: {e:?}"))?;
             inflight.push_back((next, buf, req));
             next += 1;
         }
@@ -137,7 +140,8 @@ fn send_all(net: &Net, send: Comm, sizes: &[usize], seed: u64, window: usize) ->
                 format!("send #{j}: size {} reported", got[0])
             })?;
         }
-        let r = post(|| net.isend(send, b.as_ptr(), b.len(), 7, null()))
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let r = post(|| unsafe { net.isend(send, b.as_ptr(), b.len(), 7, null()) })
             .map_err(|e| format!("isend #{i}: {e:?}"))?;
         inflight.push_back((i, r));
     }
@@ -247,7 +251,8 @@ fn grouped_receives() -> TestResult {
             .enumerate()
             .map(|(i, b)| (b.as_mut_ptr(), b.len(), i as i32 + 1))
             .collect();
-        let req = post(|| net.irecv(recv, &slots, &mut [null(); 4]))
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let req = post(|| unsafe { net.irecv(recv, &slots, &mut [null(); 4]) })
             .map_err(|e| format!("irecv: {e:?}"))?;
         let sizes = wait(&net, req, 4).map_err(|e| format!("grouped recv: {e:?}"))?;
         for (i, b) in bufs.iter().enumerate() {
@@ -280,7 +285,10 @@ fn child_send_grouped() -> TestResult {
         let reqs: Vec<Request> = order
             .iter()
             .zip(&bufs)
-            .map(|(&t, b)| post(|| net.isend(send, b.as_ptr(), b.len(), t as i32, null())))
+            // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+            .map(|(&t, b)| {
+                post(|| unsafe { net.isend(send, b.as_ptr(), b.len(), t as i32, null()) })
+            })
             .collect::<Result<_, _>>()
             .map_err(|e| format!("isend: {e:?}"))?;
         for r in reqs {
@@ -295,7 +303,8 @@ fn truncation_is_invalid_usage() -> TestResult {
     let net = init(&lib, NetVersion::V9);
     let (peer, recv, _l) = accept_from_child(&net, "send-n", &["1", "200"], &[])?;
     let mut buf = vec![0xEEu8; 164];
-    let req = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), 100, 7)], &mut [null()]))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let req = post(|| unsafe { net.irecv(recv, &[(buf.as_mut_ptr(), 100, 7)], &mut [null()]) })
         .map_err(|e| format!("irecv: {e:?}"))?;
     let got = wait(&net, req, 1);
     ensure(got == Err(INVALID_USAGE), || {
@@ -329,13 +338,13 @@ fn request_pool_is_bounded() -> TestResult {
     let mut bufs: Vec<Vec<u8>> = (0..33).map(|_| vec![0u8; 1000]).collect();
     let mut reqs = Vec::new();
     for b in bufs.iter_mut().take(32) {
-        let r = net
-            .irecv(recv, &[(b.as_mut_ptr(), 1000, 7)], &mut [null()])
+        // SAFETY: `bufs` outlives every request; all are waited for below.
+        let r = unsafe { net.irecv(recv, &[(b.as_mut_ptr(), 1000, 7)], &mut [null()]) }
             .map_err(|e| format!("irecv: {e:?}"))?;
         reqs.push(r.ok_or("pool full before 32 requests")?);
     }
-    let extra = net
-        .irecv(recv, &[(bufs[32].as_mut_ptr(), 1000, 7)], &mut [null()])
+    // SAFETY: the pool is full, so no request is created for this buffer.
+    let extra = unsafe { net.irecv(recv, &[(bufs[32].as_mut_ptr(), 1000, 7)], &mut [null()]) }
         .map_err(|e| format!("irecv: {e:?}"))?;
     ensure(extra.is_none(), || {
         "33rd request accepted: pool unbounded".into()
@@ -346,7 +355,8 @@ fn request_pool_is_bounded() -> TestResult {
             format!("recv {i} payload")
         })?;
     }
-    let r = post(|| net.irecv(recv, &[(bufs[32].as_mut_ptr(), 1000, 7)], &mut [null()]))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let r = post(|| unsafe { net.irecv(recv, &[(bufs[32].as_mut_ptr(), 1000, 7)], &mut [null()]) })
         .map_err(|e| format!("irecv: {e:?}"))?;
     wait(&net, r, 1).map_err(|e| format!("recv 32: {e:?}"))?;
     ensure(bufs[32] == pattern(5032, 1000), || "recv 32 payload".into())?;
@@ -402,7 +412,8 @@ fn child_send_many_comms(n: usize) -> TestResult {
     for (i, &s) in sends.iter().enumerate() {
         for b in &bufs[i] {
             reqs.push(
-                post(|| net.isend(s, b.as_ptr(), b.len(), 7, null()))
+                // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+                post(|| unsafe { net.isend(s, b.as_ptr(), b.len(), 7, null()) })
                     .map_err(|e| format!("isend: {e:?}"))?,
             );
         }
@@ -419,12 +430,16 @@ fn close_during_traffic() -> TestResult {
     let (peer, recv, _l) = accept_from_child(&net, "send-forever", &[], &[])?;
     let mut buf = vec![0u8; 1 << 20];
     for _ in 0..10 {
-        let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
-            .map_err(|e| format!("irecv: {e:?}"))?;
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let r =
+            post(|| unsafe { net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]) })
+                .map_err(|e| format!("irecv: {e:?}"))?;
         wait(&net, r, 1).map_err(|e| format!("recv: {e:?}"))?;
     }
     // Leave one receive posted, then close under the sender's feet.
-    let _pending = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]));
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let _pending =
+        post(|| unsafe { net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]) });
     let start = Instant::now();
     net.close_recv(recv)
         .map_err(|e| format!("closeRecv: {e:?}"))?;
@@ -441,7 +456,8 @@ fn child_send_forever() -> TestResult {
     let buf = pattern(1, 1 << 20);
     let start = Instant::now();
     loop {
-        let r = match post(|| net.isend(send, buf.as_ptr(), buf.len(), 7, null())) {
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let r = match post(|| unsafe { net.isend(send, buf.as_ptr(), buf.len(), 7, null()) }) {
             Ok(r) => r,
             Err(c) if c == REMOTE_ERROR => return Ok(()),
             Err(c) => return Err(format!("isend: {c:?}")),
@@ -468,10 +484,12 @@ fn peer_killed_is_remote_error() -> TestResult {
     let net = init(&lib, NetVersion::V12);
     let (mut peer, recv, _l) = accept_from_child(&net, "send-one-then-sleep", &[], &[])?;
     let mut buf = vec![0u8; 4096];
-    let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let r = post(|| unsafe { net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]) })
         .map_err(|e| format!("irecv: {e:?}"))?;
     wait(&net, r, 1).map_err(|e| format!("first recv: {e:?}"))?;
-    let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let r = post(|| unsafe { net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]) })
         .map_err(|e| format!("irecv: {e:?}"))?;
     peer.child.kill().map_err(|e| e.to_string())?;
     let killed = Instant::now();
@@ -489,7 +507,8 @@ fn child_send_one_then_sleep() -> TestResult {
     let lib = open();
     let (net, send) = connect_to_parent(&lib, NetVersion::V12)?;
     let b = [1u8; 16];
-    let r = post(|| net.isend(send, b.as_ptr(), b.len(), 7, null()))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let r = post(|| unsafe { net.isend(send, b.as_ptr(), b.len(), 7, null()) })
         .map_err(|e| format!("isend: {e:?}"))?;
     wait(&net, r, 1).map_err(|e| format!("send: {e:?}"))?;
     std::thread::sleep(Duration::from_secs(60));
@@ -539,7 +558,8 @@ fn child_recv_expect_silence() -> TestResult {
     tell_parent(&hex(&handle));
     let recv = accept(&net, listen)?;
     let mut buf = vec![0u8; 1 << 20];
-    let r = post(|| net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let r = post(|| unsafe { net.irecv(recv, &[(buf.as_mut_ptr(), buf.len(), 7)], &mut [null()]) })
         .map_err(|e| format!("irecv: {e:?}"))?;
     let start = Instant::now();
     match wait(&net, r, 1) {
@@ -648,9 +668,12 @@ fn child_dlclose() -> TestResult {
         let (send, recv, listen) = local_pair(&net)?;
         let src = pattern(round, 3 << 20);
         let mut dst = vec![0u8; 3 << 20];
-        let r = post(|| net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]))
-            .map_err(|e| format!("{e:?}"))?;
-        let s = post(|| net.isend(send, src.as_ptr(), src.len(), 1, null()))
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let r =
+            post(|| unsafe { net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]) })
+                .map_err(|e| format!("{e:?}"))?;
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let s = post(|| unsafe { net.isend(send, src.as_ptr(), src.len(), 1, null()) })
             .map_err(|e| format!("{e:?}"))?;
         wait(&net, s, 1).map_err(|e| format!("{e:?}"))?;
         wait(&net, r, 1).map_err(|e| format!("{e:?}"))?;
@@ -663,7 +686,7 @@ fn child_dlclose() -> TestResult {
             .map_err(|e| format!("closeListen: {e:?}"))?;
         let mut net = net;
         net.finalize().map_err(|e| format!("finalize: {e:?}"))?;
-        drop(net);
+        // Unload (dlclose) before the next round loads the library again.
         drop(lib);
     }
     Ok(())
@@ -678,13 +701,15 @@ fn child_fork() -> TestResult {
     let net = init(&lib, NetVersion::V12);
     let (send, recv, _listen) = local_pair(&net)?;
     let mut dst = vec![0u8; 64];
-    let r = post(|| net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let r = post(|| unsafe { net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]) })
         .map_err(|e| format!("{e:?}"))?;
     // SAFETY: test-only fork; the child only calls the plugin and _exit.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         let b = [0u8; 8];
-        let isend = net.isend(send, b.as_ptr(), b.len(), 1, null());
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let isend = unsafe { net.isend(send, b.as_ptr(), b.len(), 1, null()) };
         let test = net.test(r, 1);
         let ok = matches!(isend, Err(c) if c == INVALID_USAGE)
             && matches!(test, Err(c) if c == INVALID_USAGE);
@@ -700,7 +725,8 @@ fn child_fork() -> TestResult {
     )?;
     let b = pattern(3, 64);
     let s =
-        post(|| net.isend(send, b.as_ptr(), b.len(), 1, null())).map_err(|e| format!("{e:?}"))?;
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        post(|| unsafe { net.isend(send, b.as_ptr(), b.len(), 1, null()) }).map_err(|e| format!("{e:?}"))?;
     wait(&net, s, 1).map_err(|e| format!("{e:?}"))?;
     wait(&net, r, 1).map_err(|e| format!("{e:?}"))?;
     ensure(dst == b, || "parent's comm broken by the fork".into())
@@ -726,9 +752,11 @@ fn child_bad_config() -> TestResult {
     let (send, recv, _l) = local_pair(&net)?;
     let src = pattern(9, 100_000);
     let mut dst = vec![0u8; 100_000];
-    let r = post(|| net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let r = post(|| unsafe { net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 1)], &mut [null()]) })
         .map_err(|e| format!("{e:?}"))?;
-    let s = post(|| net.isend(send, src.as_ptr(), src.len(), 1, null()))
+    // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+    let s = post(|| unsafe { net.isend(send, src.as_ptr(), src.len(), 1, null()) })
         .map_err(|e| format!("{e:?}"))?;
     wait(&net, s, 1).map_err(|e| format!("{e:?}"))?;
     wait(&net, r, 1).map_err(|e| format!("{e:?}"))?;
@@ -742,6 +770,34 @@ fn child_bad_config() -> TestResult {
     ] {
         ensure(log.contains(needle), || {
             format!("log does not mention {needle}:\n{log}")
+        })?;
+    }
+    Ok(())
+}
+
+fn memory_registration() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V9);
+    let (send, recv, _listen) = net.local_pair(0, DEADLINE)?;
+    let mut buf = vec![0u8; 1 << 16];
+    for comm in [send, recv] {
+        // SAFETY: `buf` outlives the registration, which is released below.
+        let mh = unsafe { net.reg_mr(comm, buf.as_mut_ptr(), buf.len(), 1) }
+            .map_err(|e| format!("regMr host: {e:?}"))?;
+        ensure(!mh.is_null(), || "regMr returned a NULL handle".into())?;
+        // SAFETY: `mh` came from reg_mr above.
+        unsafe { net.dereg_mr(comm, mh) }.map_err(|e| format!("deregMr: {e:?}"))?;
+        // SAFETY: as above; CUDA memory must be refused (we advertise host only).
+        let cuda = unsafe { net.reg_mr(comm, buf.as_mut_ptr(), buf.len(), 2) };
+        ensure(cuda == Err(INVALID_ARGUMENT), || {
+            format!("regMr of CUDA memory: {cuda:?}")
+        })?;
+        let mut bogus = 0u64;
+        // SAFETY: a pointer to plain memory that is not a handle: the plugin
+        // must recognise it is not one of its objects.
+        let r = unsafe { net.dereg_mr(comm, (&mut bogus as *mut u64).cast()) };
+        ensure(r == Err(INVALID_ARGUMENT), || {
+            format!("deregMr of a foreign pointer: {r:?}")
         })?;
     }
     Ok(())

@@ -299,7 +299,9 @@ impl Net<'_> {
         Ok((!comm.is_null()).then_some(Comm(comm)))
     }
 
-    pub fn reg_mr(
+    /// # Safety
+    /// `data..data+size` must stay valid until `dereg_mr`.
+    pub unsafe fn reg_mr(
         &self,
         comm: Comm,
         data: *mut u8,
@@ -311,12 +313,18 @@ impl Net<'_> {
         Ok(mh)
     }
 
-    pub fn dereg_mr(&self, comm: Comm, mh: *mut c_void) -> Result<(), Code> {
+    /// # Safety
+    /// `mh` must be a handle from `reg_mr` on this plugin, not yet deregistered
+    /// (or a pointer the plugin is expected to reject).
+    pub unsafe fn dereg_mr(&self, comm: Comm, mh: *mut c_void) -> Result<(), Code> {
         each!(self, deregMr(comm.0, mh))
     }
 
     /// `Ok(None)`: the plugin has no free request right now.
-    pub fn isend(
+    ///
+    /// # Safety
+    /// `data..data+size` must stay valid and unchanged until the request completes.
+    pub unsafe fn isend(
         &self,
         comm: Comm,
         data: *const u8,
@@ -341,7 +349,11 @@ impl Net<'_> {
     }
 
     /// A grouped receive of `(buffer, capacity, tag)` slots.
-    pub fn irecv(
+    ///
+    /// # Safety
+    /// Every buffer must stay valid, and untouched by anyone else, until the
+    /// request completes.
+    pub unsafe fn irecv(
         &self,
         comm: Comm,
         slots: &[(*mut u8, usize, i32)],

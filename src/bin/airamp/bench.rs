@@ -74,11 +74,14 @@ fn plugin_throughput(o: &Opts, p: &NetParams) -> Result<(f64, String), String> {
         while posted < count && inflight.len() < p.window {
             let b = &mut bufs[posted % p.window];
             let r = post(TIMEOUT, || {
-                net.irecv(
-                    recv,
-                    &[(b.as_mut_ptr(), b.len(), 0)],
-                    &mut [std::ptr::null_mut()],
-                )
+                // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+                unsafe {
+                    net.irecv(
+                        recv,
+                        &[(b.as_mut_ptr(), b.len(), 0)],
+                        &mut [std::ptr::null_mut()],
+                    )
+                }
             })
             .map_err(|e| format!("irecv: {e:?}"))?;
             inflight.push_back(r);
@@ -120,7 +123,8 @@ pub fn net_sender(o: &Opts) -> Result<(), String> {
         }
         inflight.push_back(
             post(TIMEOUT, || {
-                net.isend(send, buf.as_ptr(), buf.len(), 0, std::ptr::null_mut())
+                // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+                unsafe { net.isend(send, buf.as_ptr(), buf.len(), 0, std::ptr::null_mut()) }
             })
             .map_err(|e| format!("isend: {e:?}"))?,
         );
@@ -236,15 +240,19 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     for i in 0..iters + 100 {
         let t = Instant::now();
         let r = post(TIMEOUT, || {
-            net.irecv(
-                recv,
-                &[(inb.as_mut_ptr(), 8, 1)],
-                &mut [std::ptr::null_mut()],
-            )
+            // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+            unsafe {
+                net.irecv(
+                    recv,
+                    &[(inb.as_mut_ptr(), 8, 1)],
+                    &mut [std::ptr::null_mut()],
+                )
+            }
         })
         .map_err(|e| format!("{e:?}"))?;
         let s = post(TIMEOUT, || {
-            net.isend(send, out.as_ptr(), 8, 1, std::ptr::null_mut())
+            // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+            unsafe { net.isend(send, out.as_ptr(), 8, 1, std::ptr::null_mut()) }
         })
         .map_err(|e| format!("{e:?}"))?;
         net.wait(s, 1, TIMEOUT)
@@ -280,17 +288,21 @@ pub fn latency_echo(o: &Opts) -> Result<(), String> {
     let mut buf = [0u8; 8];
     for _ in 0..iters {
         let r = post(TIMEOUT, || {
-            net.irecv(
-                recv,
-                &[(buf.as_mut_ptr(), 8, 1)],
-                &mut [std::ptr::null_mut()],
-            )
+            // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+            unsafe {
+                net.irecv(
+                    recv,
+                    &[(buf.as_mut_ptr(), 8, 1)],
+                    &mut [std::ptr::null_mut()],
+                )
+            }
         })
         .map_err(|e| format!("{e:?}"))?;
         net.wait(r, 1, TIMEOUT)
             .map_err(|e| format!("recv: {e:?}"))?;
         let s = post(TIMEOUT, || {
-            net.isend(send, buf.as_ptr(), 8, 1, std::ptr::null_mut())
+            // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+            unsafe { net.isend(send, buf.as_ptr(), 8, 1, std::ptr::null_mut()) }
         })
         .map_err(|e| format!("{e:?}"))?;
         net.wait(s, 1, TIMEOUT)

@@ -54,7 +54,8 @@ fn exchange(
         // SAFETY: `off + len <= dst.1`, inside the destination slice.
         let p = unsafe { dst.0.add(off) };
         let r = post(TIMEOUT, || {
-            net.irecv(recv, &[(p, len, 0)], &mut [std::ptr::null_mut()])
+            // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+            unsafe { net.irecv(recv, &[(p, len, 0)], &mut [std::ptr::null_mut()]) }
         })
         .map_err(|e| format!("irecv: {e:?}"))?;
         reqs.push((r, "receive"));
@@ -63,8 +64,11 @@ fn exchange(
         let len = SEGMENT.min(src.1 - off);
         // SAFETY: `off + len <= src.1`, inside the source slice.
         let p = unsafe { src.0.add(off) };
-        let r = post(TIMEOUT, || net.isend(send, p, len, 0, std::ptr::null_mut()))
-            .map_err(|e| format!("isend: {e:?}"))?;
+        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+        let r = post(TIMEOUT, || unsafe {
+            net.isend(send, p, len, 0, std::ptr::null_mut())
+        })
+        .map_err(|e| format!("isend: {e:?}"))?;
         reqs.push((r, "send"));
     }
     for (r, what) in reqs {
@@ -136,11 +140,11 @@ fn run_rank(
     Ok((max_err, hash, total / p.iters as f64))
 }
 
-fn join_ring<'a>(lib: &'a Library) -> Result<(Net<'a>, Comm, [u8; 128], Comm), String> {
+fn join_ring(lib: &Library) -> Result<(Net<'_>, Comm, [u8; 128]), String> {
     let mut net = lib.net(NetVersion::V12)?;
     net.init(None).map_err(|e| format!("init: {e:?}"))?;
     let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
-    Ok((net, listen, handle, Comm(std::ptr::null_mut())))
+    Ok((net, listen, handle))
 }
 
 pub fn run(o: &Opts) -> Result<ExitCode, String> {
@@ -149,12 +153,12 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     println!(
         "airamp demo: ring allreduce of {} fp32 values ({} MiB) across {} processes through {}",
         p.count,
-        p.count * 4 >> 20,
+        (p.count * 4) >> 20,
         p.ranks,
         plugin.display()
     );
     let lib = Library::open(&plugin)?;
-    let (net, listen, my_handle, _) = join_ring(&lib)?;
+    let (net, listen, my_handle) = join_ring(&lib)?;
     let mut peers = Vec::new();
     let mut handles = vec![hex(&my_handle)];
     for r in 1..p.ranks {
@@ -223,7 +227,7 @@ pub fn rank_process(o: &Opts) -> Result<(), String> {
     let p = params(o)?;
     let rank = o.num("rank", 1)?;
     let lib = Library::open(&o.plugin()?)?;
-    let (net, listen, my_handle, _) = join_ring(&lib)?;
+    let (net, listen, my_handle) = join_ring(&lib)?;
     to_parent(&hex(&my_handle))?;
     let mut next = unhex(&from_parent()?)?;
     let send = net.connect_wait(0, &mut next, TIMEOUT)?;

@@ -153,7 +153,7 @@ fn grouped_receive_matches_tags() {
 fn oversized_message_is_invalid_usage_not_an_overrun() {
     let (send, recv) = pair(&settings(1));
     let mut src = pattern(100, 0);
-    let mut dst = vec![0xEEu8; 64];
+    let mut dst = [0xEEu8; 64];
     let r = recv.irecv(vec![(buf(&mut dst[..50]), 0)]).unwrap().unwrap();
     let _t = send.isend(buf(&mut src), 0).unwrap().unwrap();
     let err = wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap_err();

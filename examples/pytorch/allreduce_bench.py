@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""all_reduce through NCCL with N ranks on ONE GPU, forced over the network.
+
+Each rank gets its own NCCL_HOSTID, so NCCL believes the ranks are on
+different nodes and moves every byte through the network plugin (airamp, or
+NCCL's own Socket transport for the baseline). Checks every result exactly
+and prints bus bandwidth per size and dtype; rank 0 writes JSON with --out.
+
+  NCCL_NET_PLUGIN=/abs/path/libnccl-net-airamp.so python3 allreduce_bench.py --out airamp.json
+  NCCL_NET=Socket python3 allreduce_bench.py --out socket.json
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sizes_from(spec):
+    lo, hi = (int(x) for x in spec.split(":"))
+    s, out = lo, []
+    while s <= hi:
+        out.append(s)
+        s *= 4
+    return out
+
+
+def run(rank, world, args):
+    # Separate "hosts": NCCL must use the network, not shared memory or P2P.
+    os.environ["NCCL_HOSTID"] = f"airamp-node{rank}"
+    os.environ.setdefault("LOCAL_RANK", str(rank))
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
+    torch.cuda.set_device(0)
+    results = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = DTYPES[dtype_name]
+        elem = torch.tensor([], dtype=dtype).element_size()
+        for nbytes in sizes_from(args.sizes):
+            n = max(1, nbytes // elem)
+            # Small integers: every sum is exact in every dtype, so any
+            # difference from the expected tensor is a transport error.
+            base = (torch.arange(n, device="cuda") % 7).to(dtype)
+            expect = base * world + sum(range(world))
+            iters = args.iters if n * elem >= (16 << 20) else args.iters * 4
+            ok = True
+            for _ in range(args.warmup):
+                x = base + rank
+                dist.all_reduce(x)
+                ok &= bool(torch.equal(x, expect))
+            torch.cuda.synchronize()
+            dist.barrier()
+            xs = [base + rank for _ in range(2)]
+            start = time.perf_counter()
+            for i in range(iters):
+                dist.all_reduce(xs[i % 2])
+            torch.cuda.synchronize()
+            secs = (time.perf_counter() - start) / iters
+            # Verify one more fresh run after timing.
+            x = base + rank
+            dist.all_reduce(x)
+            ok &= bool(torch.equal(x, expect))
+            ok_all = torch.tensor([1 if ok else 0], device="cuda")
+            dist.all_reduce(ok_all, op=dist.ReduceOp.MIN)
+            bytes_ = n * elem
+            busbw = bytes_ * 2 * (world - 1) / world / secs / 1e9
+            row = {"dtype": dtype_name, "bytes": bytes_, "time_us": secs * 1e6, "busbw_GBps": busbw, "correct": bool(ok_all.item())}
+            results.append(row)
+            if rank == 0:
+                print(f"{dtype_name:9} {bytes_:>11} B  {secs * 1e6:10.1f} us  busbw {busbw:8.3f} GB/s  {'ok' if row['correct'] else 'WRONG'}", flush=True)
+    if rank == 0 and args.out:
+        with open(args.out, "w") as f:
+            json.dump({"world": world, "results": results, "nccl": ".".join(map(str, torch.cuda.nccl.version()))}, f, indent=1)
+    dist.destroy_process_group()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--world", type=int, default=2)
+    p.add_argument("--sizes", default="8:268435456", help="min:max bytes, x4 steps")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--port", type=int, default=29533)
+    p.add_argument("--out")
+    args = p.parse_args()
+    mp.spawn(run, args=(args.world, args), nprocs=args.world, join=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -305,6 +305,26 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
     }
 }
 
+/// A panic on a stream thread must fail the connection, not leave NCCL
+/// polling a request nobody will finish.
+fn guarded_worker(shared: Arc<Shared>, index: usize) {
+    let watch = Arc::clone(&shared);
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stream_worker(shared, index)
+    }))
+    .is_err()
+    {
+        watch.fail(
+            NetError::peer(
+                watch.peer,
+                PeerFailure::Protocol("internal error on a stream thread".into()),
+            ),
+            ConnError::Other,
+            true,
+        );
+    }
+}
+
 impl RecvComm {
     pub(super) fn start(socks: Vec<Socket>, peer: SocketAddr, s: &TcpSettings) -> NetResult<Self> {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
@@ -342,7 +362,7 @@ impl RecvComm {
             let worker = std::thread::Builder::new()
                 .name(format!("airamp-rx{i}"))
                 .stack_size(256 << 10)
-                .spawn(move || stream_worker(shared, i))
+                .spawn(move || guarded_worker(shared, i))
                 .map_err(|e| NetError::io("spawn receive thread", e))?;
             comm.workers.push(worker);
         }

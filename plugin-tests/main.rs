@@ -10,11 +10,13 @@ mod support;
 use std::time::Instant;
 
 fn main() {
-    // The harness's own plugin instance serves on loopback (children inherit).
-    if std::env::var_os("AIRAMP_SOCKET_IFNAME").is_none() {
-        std::env::set_var("AIRAMP_SOCKET_IFNAME", "lo");
+    // Plugin instances serve on loopback and export no metrics unless a
+    // scenario's child asks otherwise (children inherit these).
+    for (key, value) in [("AIRAMP_SOCKET_IFNAME", "lo"), ("AIRAMP_METRICS", "0")] {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, value);
+        }
     }
-    std::env::set_var("AIRAMP_METRICS", "0");
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
         let code = match scenarios::child(&args[1..]) {

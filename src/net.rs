@@ -4,7 +4,7 @@
 //! which ABI version is being served.
 
 use std::ffi::CString;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use crate::config::{self, Config, SocketFamily};
 use crate::error::{NetError, NetResult};
@@ -79,6 +79,29 @@ pub fn init() -> &'static Plugin {
     })
 }
 
+/// Live per-communicator contexts (net v11+).
+static CONTEXTS: Mutex<usize> = Mutex::new(0);
+
+/// A communicator opened a context: the exporter runs while any is open.
+pub fn context_opened() {
+    let mut open = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    *open += 1;
+    if *open == 1 {
+        // A no-op when init already started it; restarts it after a finalize.
+        start_metrics(config::global());
+    }
+}
+
+/// The last context closing stops and joins the exporter thread, so
+/// nothing of ours runs once NCCL has finalized every communicator.
+pub fn context_closed() {
+    let mut open = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    *open = open.saturating_sub(1);
+    if *open == 0 {
+        metrics::shutdown();
+    }
+}
+
 /// The initialized plugin, or an error if NCCL skipped `init`.
 pub fn plugin() -> NetResult<&'static Plugin> {
     PLUGIN
@@ -90,7 +113,9 @@ fn start_metrics(cfg: &Config) -> String {
     if !cfg.metrics.enabled {
         return "off".into();
     }
-    let local_rank = config::MetricsAddr::local_rank_from_env(std::env::vars()).unwrap_or(0);
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let local_rank = config::MetricsAddr::local_rank_from_env(env).unwrap_or(0);
     let Some(addr) = cfg.metrics.addr.checked_for_local_rank(local_rank) else {
         warn!("metrics: port for local rank {local_rank} out of range; exporter off");
         return "off".into();

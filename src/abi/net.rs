@@ -297,14 +297,18 @@ pub unsafe fn init_context(
         "context for communicator {comm_id:#x}; traffic class {traffic_class} is not used by TCP"
     );
     // SAFETY: NCCL's out-pointer; write_out refuses null.
-    unsafe { write_out(ctx, object::into_raw(Kind::Context, Context), "ctx") }
+    unsafe { write_out(ctx, object::into_raw(Kind::Context, Context), "ctx") }?;
+    net::context_opened();
+    Ok(())
 }
 
 /// # Safety
 /// `ctx` must come from [`init_context`].
 pub unsafe fn finalize_context(ctx: *mut c_void) -> NetResult<()> {
     // SAFETY: NCCL passes back our context, once.
-    unsafe { object::take::<Context>(ctx, Kind::Context) }.map(drop)
+    unsafe { object::take::<Context>(ctx, Kind::Context) }?;
+    net::context_closed();
+    Ok(())
 }
 
 /// Fills the fields every properties version shares.

@@ -416,7 +416,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TRANSPORT",
         default: "auto",
         accepted: "one of: auto, tcp, verbs",
-        doc: "Transport: `auto` uses verbs when an RDMA device is usable, else TCP.",
+        doc: "Transport: `auto` uses verbs when an RDMA device is usable, else TCP. Not built yet: verbs (every value runs TCP today).",
         example: "\"auto\"",
         apply: |c, r| {
             c.transport.kind = want_enum(r, TransportKind::from_name)?;
@@ -565,7 +565,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_ENABLE_FP8_ALLREDUCE",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Allow FP8-compressed allreduce.",
+        doc: "Allow FP8-compressed allreduce. Not built yet: needs the collective network (accepted, has no effect today).",
         example: "false",
         apply: |c, r| {
             c.compression.fp8_allreduce = want_bool(r)?;
@@ -578,7 +578,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_FP8_FORMAT",
         default: "e4m3",
         accepted: "one of: e4m3, e5m2",
-        doc: "FP8 encoding used by compressed allreduce.",
+        doc: "FP8 encoding used by compressed allreduce (not built yet, see above).",
         example: "\"e4m3\"",
         apply: |c, r| {
             c.compression.fp8_format = want_enum(r, Fp8Format::from_name)?;
@@ -591,7 +591,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_ENABLE_GHOST_KERNELS",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Enable ghost kernels.",
+        doc: "Enable ghost kernels. Not built yet (accepted, has no effect today).",
         example: "false",
         apply: |c, r| {
             c.gpu.ghost_kernels = want_bool(r)?;
@@ -604,7 +604,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER",
         default: "true",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Enable the tuner plugin.",
+        doc: "Enable the tuner plugin. Not built yet (accepted, has no effect today).",
         example: "true",
         apply: |c, r| {
             c.tuner.enabled = want_bool(r)?;

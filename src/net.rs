@@ -68,9 +68,18 @@ pub fn init() -> &'static Plugin {
             devices.join(", "),
             plugin.settings.streams,
             plugin.settings.chunk_bytes,
-            if cfg.compression.fp8_allreduce { "on" } else { "off" },
+            "off",
             metrics_addr,
         );
+        for (asked, what) in [
+            (cfg.transport.kind == config::TransportKind::Verbs, "AIRAMP_TRANSPORT=verbs: the verbs transport is not in this build; using TCP"),
+            (cfg.compression.fp8_allreduce, "AIRAMP_ENABLE_FP8_ALLREDUCE=1: the collective network is not in this build; allreduce stays exact"),
+            (cfg.gpu.ghost_kernels, "AIRAMP_ENABLE_GHOST_KERNELS=1: ghost kernels are not in this build; ignored"),
+        ] {
+            if asked {
+                warn!("{what}");
+            }
+        }
         if plugin.devices.is_empty() {
             warn!("no usable network interface: airamp offers no device and NCCL will use another transport");
         }
@@ -128,7 +137,8 @@ fn start_metrics(cfg: &Config) -> String {
             git_sha: option_env!("AIRAMP_GIT_SHA").unwrap_or("unknown").into(),
             transport: "tcp".into(),
             nccl_abi: "net_v8-v12".into(),
-            fp8: cfg.compression.fp8_allreduce,
+            // Compression is not in this build, whatever the config asks.
+            fp8: false,
         },
     };
     match metrics::start(exporter) {

@@ -316,3 +316,35 @@ pub fn codec(values: Option<usize>) -> Result<ExitCode, String> {
     println!("{}", airamp::codec::bench::bench(n));
     Ok(ExitCode::SUCCESS)
 }
+
+/// CPU used by an idle process holding an open connection (both ends) and
+/// the metrics exporter: what airamp costs between collectives.
+pub fn idle(o: &Opts) -> Result<ExitCode, String> {
+    let secs = o.num("seconds", 10)? as u64;
+    let lib = open(o)?;
+    let net = init(&lib)?;
+    let (send, recv, _listen) = net.local_pair(0, TIMEOUT)?;
+    let cpu = || -> Result<f64, String> {
+        let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| e.to_string())?;
+        let after_comm = stat.rsplit_once(')').ok_or("bad /proc/self/stat")?.1;
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>().map_err(|e| e.to_string())?
+            + f[12].parse::<f64>().map_err(|e| e.to_string())?;
+        Ok(ticks / 100.0)
+    };
+    let before = cpu()?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let used = cpu()? - before;
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    println!(
+        "airamp bench idle: {threads} threads, one open connection, {:.1} s idle: {used:.3} s CPU = {:.3}% of one core",
+        start.elapsed().as_secs_f64(),
+        100.0 * used / start.elapsed().as_secs_f64()
+    );
+    net.close_send(send).map_err(|e| format!("{e:?}"))?;
+    net.close_recv(recv).map_err(|e| format!("{e:?}"))?;
+    Ok(ExitCode::SUCCESS)
+}

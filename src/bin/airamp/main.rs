@@ -6,6 +6,7 @@
 //! airamp bench net [OPTS]      plugin throughput through the C ABI next to iperf3
 //! airamp bench latency [OPTS]  8-byte round trip through the C ABI
 //! airamp bench codec [N]       FP8 codec speed on this core next to memcpy
+//! airamp bench idle            CPU used while a connection sits idle
 //! airamp demo [OPTS]           ring allreduce across processes through the C ABI
 //! ```
 
@@ -20,7 +21,7 @@ use airamp::config::{self, Config};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]"
+        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]"
     );
     ExitCode::from(2)
 }
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         ["devices"] => devices(),
         ["bench", "net", rest @ ..] => bench::net(&Opts::parse(rest)),
         ["bench", "latency", rest @ ..] => bench::latency(&Opts::parse(rest)),
+        ["bench", "idle", rest @ ..] => bench::idle(&Opts::parse(rest)),
         ["bench", "codec", rest @ ..] => bench::codec(rest.first().and_then(|s| s.parse().ok())),
         ["demo", rest @ ..] => demo::run(&Opts::parse(rest)),
         [peer::ROLE_FLAG, rest @ ..] => peer::run_role(rest),

@@ -12,9 +12,13 @@ mod recv;
 mod send;
 mod socket;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::error::{NetError, NetResult};
 
 pub use connect::Connecting;
 pub use listen::Listener;
@@ -50,6 +54,33 @@ impl Default for TcpSettings {
 pub const MAX_REQUESTS: usize = 32;
 /// Most slots in one grouped receive that we advertise.
 pub const MAX_RECVS: usize = 8;
+
+/// Starts one thread per stream running `work(shared, stream)`. A panic in
+/// one is handed to `on_panic` (which fails the connection) rather than
+/// leaving NCCL polling requests nobody will finish.
+fn spawn_stream_threads<S: Send + Sync + 'static>(
+    shared: &Arc<S>,
+    streams: usize,
+    role: &str,
+    work: fn(Arc<S>, usize),
+    on_panic: fn(&S),
+) -> NetResult<Vec<JoinHandle<()>>> {
+    (0..streams)
+        .map(|i| {
+            let shared = Arc::clone(shared);
+            std::thread::Builder::new()
+                .name(format!("airamp-{role}{i}"))
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let watch = Arc::clone(&shared);
+                    if catch_unwind(AssertUnwindSafe(|| work(shared, i))).is_err() {
+                        on_panic(&watch);
+                    }
+                })
+                .map_err(|e| NetError::io("spawn stream thread", e))
+        })
+        .collect()
+}
 
 /// A monotonic millisecond clock that fits in an atomic.
 fn now_ms() -> u64 {

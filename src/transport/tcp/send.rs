@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use super::{TcpSettings, MAX_REQUESTS};
+use super::{spawn_stream_threads, TcpSettings, MAX_REQUESTS};
 use crate::abi::os::{self, RawBuf};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
@@ -181,25 +181,6 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
     }
 }
 
-/// A panic on a stream thread must fail the connection, not leave NCCL
-/// polling a request nobody will finish.
-fn guarded_worker(shared: Arc<Shared>, index: usize) {
-    let watch = Arc::clone(&shared);
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        stream_worker(shared, index)
-    }))
-    .is_err()
-    {
-        watch.fail(
-            NetError::peer(
-                watch.peer,
-                PeerFailure::Protocol("internal error on a stream thread".into()),
-            ),
-            ConnError::Other,
-        );
-    }
-}
-
 impl SendComm {
     pub(super) fn start(socks: Vec<Socket>, peer: SocketAddr, s: &TcpSettings) -> NetResult<Self> {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
@@ -225,15 +206,21 @@ impl SendComm {
             shared,
             workers: Vec::new(),
         };
-        for i in 0..comm.shared.socks.len() {
-            let shared = Arc::clone(&comm.shared);
-            let worker = std::thread::Builder::new()
-                .name(format!("airamp-tx{i}"))
-                .stack_size(256 << 10)
-                .spawn(move || guarded_worker(shared, i))
-                .map_err(|e| NetError::io("spawn send thread", e))?;
-            comm.workers.push(worker);
-        }
+        comm.workers = spawn_stream_threads(
+            &comm.shared,
+            comm.shared.socks.len(),
+            "tx",
+            stream_worker,
+            |s: &Shared| {
+                s.fail(
+                    NetError::peer(
+                        s.peer,
+                        PeerFailure::Protocol("internal error on a stream thread".into()),
+                    ),
+                    ConnError::Other,
+                )
+            },
+        )?;
         metrics::transport(TransportKind::Tcp).connection_opened();
         Ok(comm)
     }

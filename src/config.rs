@@ -104,7 +104,7 @@ pub struct TransportConfig {
     /// `None`: no filter (the transport applies its own defaults).
     pub socket_ifname: Option<IfnameFilter>,
     pub socket_family: SocketFamily,
-    /// TCP streams per connection, 1..=16.
+    /// TCP streams per connection, 1..=16; 0 means auto ([`TransportConfig::streams`]).
     pub streams: u32,
     /// Bytes, 4 KiB..=16 MiB.
     pub chunk_size: usize,
@@ -115,6 +115,17 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
+    /// Streams per connection; `auto` takes one per 4 cores, between 2 and 8:
+    /// enough parallel copies on big hosts, few threads on small ones.
+    pub fn streams(&self) -> usize {
+        match self.streams {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                (cores / 4).clamp(2, 8)
+            }
+            n => n as usize,
+        }
+    }
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
     }
@@ -196,7 +207,7 @@ impl Default for Config {
                 kind: TransportKind::Auto,
                 socket_ifname: None,
                 socket_family: SocketFamily::Auto,
-                streams: 2,
+                streams: 0,
                 chunk_size: 512 << 10,
                 socket_buffer: 0,
                 peer_timeout_ms: 30_000,
@@ -453,15 +464,22 @@ pub static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "transport.streams",
         env: "AIRAMP_NSTREAMS",
-        default: "2",
-        accepted: "integer 1..=16",
-        doc: "TCP streams per connection; chunks of each message are spread over them dynamically.",
-        example: "2",
+        default: "auto",
+        accepted: "auto, or integer 1..=16",
+        doc: "TCP streams per connection; chunks of each message are spread over them dynamically. `auto`: one per 4 CPU cores, 2..=8 (2 on a 2-core box, 4 on 16 cores).",
+        example: "\"auto\"",
         apply: |c, r| {
-            c.transport.streams = want_int(r, 1, 16)? as u32;
+            c.transport.streams = match r {
+                Raw::Str(s) if s.trim().eq_ignore_ascii_case("auto") => 0,
+                Raw::Toml(toml::Value::String(s)) if s.trim().eq_ignore_ascii_case("auto") => 0,
+                _ => want_int(r, 1, 16)? as u32,
+            };
             Ok(())
         },
-        show: |c| c.transport.streams.to_string(),
+        show: |c| match c.transport.streams {
+            0 => "auto".to_string(),
+            n => n.to_string(),
+        },
     },
     KeySpec {
         name: "transport.chunk_size",

@@ -186,7 +186,7 @@ impl Plugin {
         Plugin {
             devices,
             settings: TcpSettings {
-                streams: t.streams as usize,
+                streams: t.streams(),
                 chunk_bytes: t.chunk_size as u32,
                 socket_buffer: t.socket_buffer,
                 peer_timeout: t.peer_timeout(),

@@ -103,7 +103,7 @@ fn defaults() {
     assert_eq!(c, Config::default());
     assert_eq!(c.transport.kind, TransportKind::Auto);
     assert_eq!(c.transport.socket_ifname, None);
-    assert_eq!(c.transport.streams, 2);
+    assert_eq!(c.transport.streams, 0);
     assert_eq!(c.transport.chunk_size, 524288);
     assert_eq!(c.transport.socket_buffer, 0);
     assert_eq!(c.transport.peer_timeout(), Duration::from_secs(30));
@@ -200,7 +200,7 @@ fn diagnostic_message_shape() {
     assert_eq!(
         d[0].to_string(),
         "airamp config warning: transport.streams: invalid value \"17\" from env \
-         AIRAMP_NSTREAMS (out of range); accepted: integer 1..=16; using 2 (default)"
+         AIRAMP_NSTREAMS (out of range); accepted: auto, or integer 1..=16; using auto (default)"
     );
 }
 
@@ -245,7 +245,7 @@ fn bad_env_keeps_file_value() {
 fn bad_value_affects_only_its_key() {
     let (c, d) = file("[transport]\nstreams = \"many\"\nkind = \"tcp\"\nchunk_size = \"64K\"\n");
     assert_eq!(d.len(), 1);
-    assert_eq!(c.transport.streams, 2);
+    assert_eq!(c.transport.streams, 0);
     assert_eq!(c.transport.kind, TransportKind::Tcp);
     assert_eq!(c.transport.chunk_size, 65536);
 }

@@ -61,6 +61,9 @@ struct Shared {
     queue: Mutex<SendScheduler<Arc<SendOp>>>,
     wake: Condvar,
     streams: Vec<Mutex<Stream>>,
+    /// Whether each stream holds a partly written chunk (readable without
+    /// its lock, so an idle stream thread knows it has work).
+    stream_busy: Vec<AtomicBool>,
     socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
@@ -148,13 +151,23 @@ impl Shared {
     }
 
     /// The proxy thread's share of the work: every stream nobody else holds.
+    /// Stream threads are woken only when work is left that they must
+    /// finish: chunks still queued, or a chunk stuck on a full socket.
     fn assist(&self) {
-        for s in &self.streams {
+        let mut stuck = false;
+        for (s, busy) in self.streams.iter().zip(&self.stream_busy) {
             if let Ok(mut stream) = s.try_lock() {
-                if let Err(e) = self.pump(&mut stream) {
-                    self.io_failure(e);
+                match self.pump(&mut stream) {
+                    Err(e) => self.io_failure(e),
+                    Ok(Blocked::Full) => stuck = true,
+                    Ok(Blocked::NoWork) => {}
                 }
+                busy.store(stream.current.is_some(), Ordering::Release);
             }
+        }
+        let queue = self.queue.lock().expect("send queue lock");
+        if stuck || !queue.is_empty() {
+            self.wake.notify_all();
         }
     }
 }
@@ -162,7 +175,12 @@ impl Shared {
 fn stream_worker(shared: Arc<Shared>, index: usize) {
     let sock = Arc::clone(&shared.socks[index]);
     while !shared.stopped() {
-        let blocked = shared.pump(&mut shared.streams[index].lock().expect("stream lock"));
+        let blocked = {
+            let mut stream = shared.streams[index].lock().expect("stream lock");
+            let blocked = shared.pump(&mut stream);
+            shared.stream_busy[index].store(stream.current.is_some(), Ordering::Release);
+            blocked
+        };
         match blocked {
             Err(e) => return shared.io_failure(e),
             Ok(Blocked::Full) => {
@@ -172,9 +190,12 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
             }
             Ok(Blocked::NoWork) => {
                 let queue = shared.queue.lock().expect("send queue lock");
+                let busy = &shared.stream_busy[index];
                 let _idle = shared
                     .wake
-                    .wait_while(queue, |q| q.is_empty() && !shared.stopped())
+                    .wait_while(queue, |q| {
+                        q.is_empty() && !busy.load(Ordering::Acquire) && !shared.stopped()
+                    })
                     .expect("send queue lock");
             }
         }
@@ -197,6 +218,7 @@ impl SendComm {
                     })
                 })
                 .collect(),
+            stream_busy: socks.iter().map(|_| AtomicBool::new(false)).collect(),
             socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
@@ -251,8 +273,9 @@ impl SendComm {
             op.chunks_left.store(chunks, Ordering::Release);
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.shared.wake.notify_all();
         metrics::transport(TransportKind::Tcp).request_started();
+        // Send what fits right away from this thread (a small message
+        // wakes no stream thread).
         self.shared.assist();
         Ok(Some(SendRequest {
             shared: Arc::clone(&self.shared),

@@ -266,16 +266,21 @@ impl SendComm {
             buf,
             posted: Instant::now(),
         });
-        {
+        let chunks = {
             let mut queue = self.shared.queue.lock().expect("send queue lock");
             let (_, chunks) = queue.push(Arc::clone(&op), tag, size);
             // Set before anyone can take a chunk: that needs this lock.
             op.chunks_left.store(chunks, Ordering::Release);
-        }
+            chunks
+        };
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         metrics::transport(TransportKind::Tcp).request_started();
-        // Send what fits right away from this thread (a small message
-        // wakes no stream thread).
+        if chunks > 1 {
+            // Spread over several streams: their threads copy in parallel.
+            self.shared.wake.notify_all();
+        }
+        // This thread sends what it can right away; a one-chunk message
+        // usually needs no other thread at all (latency).
         self.shared.assist();
         Ok(Some(SendRequest {
             shared: Arc::clone(&self.shared),

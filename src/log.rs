@@ -15,7 +15,6 @@ pub enum Level {
 /// NCCL's subsystem flags for the lines we emit.
 pub const SUBSYS_INIT: u64 = 0x1;
 pub const SUBSYS_NET: u64 = 0x10;
-pub const SUBSYS_TUNING: u64 = 0x40;
 
 /// Where lines go once NCCL has handed us its logger (see `abi::logger`).
 pub type Sink = fn(Level, u64, &'static str, u32, &str);

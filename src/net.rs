@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use crate::config::{self, Config, SocketFamily};
 use crate::error::{NetError, NetResult};
 use crate::transport::iface::{self, Family, NetDevice};
-use crate::transport::tcp::{Connecting, Listener, TcpSettings, MAX_RECVS, MAX_REQUESTS};
+use crate::transport::tcp::{Connecting, Listener, TcpSettings, MAX_RECVS};
 use crate::transport::wire::{ListenHandle, HANDLE_BYTES};
 use crate::{info, log, metrics, warn};
 
@@ -228,6 +228,3 @@ impl Plugin {
         Connecting::start(&h, &self.settings)
     }
 }
-
-/// Requests a comm may have in flight, as advertised to NCCL.
-pub const REQUESTS_PER_COMM: usize = MAX_REQUESTS;

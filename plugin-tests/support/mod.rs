@@ -5,10 +5,10 @@ use std::ffi::{c_char, c_void};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airamp::abi::bindings::ncclDebugLogger_t;
-use airamp::abi::client::{Code, Comm, Library, Net, NetVersion, Request};
+use airamp::abi::client::{self, Code, Comm, Library, Net, NetVersion, Request};
 
 extern "C" {
     fn airamp_test_log(out: *mut c_char, cap: usize) -> usize;
@@ -75,74 +75,26 @@ pub fn init(lib: &Library, v: NetVersion) -> Net<'_> {
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub fn connect(net: &Net, dev: i32, handle: &mut [u8; 128]) -> Result<Comm, String> {
-    let start = Instant::now();
-    loop {
-        match net.connect(dev, handle) {
-            Ok(Some(c)) => return Ok(c),
-            Ok(None) if start.elapsed() < DEADLINE => std::thread::yield_now(),
-            Ok(None) => return Err("connect never completed".into()),
-            Err(e) => return Err(format!("connect failed: {e:?}")),
-        }
-    }
+    net.connect_wait(dev, handle, DEADLINE)
 }
 
 pub fn accept(net: &Net, listen: Comm) -> Result<Comm, String> {
-    let start = Instant::now();
-    loop {
-        match net.accept(listen) {
-            Ok(Some(c)) => return Ok(c),
-            Ok(None) if start.elapsed() < DEADLINE => {
-                std::thread::sleep(Duration::from_micros(200))
-            }
-            Ok(None) => return Err("accept never completed".into()),
-            Err(e) => return Err(format!("accept failed: {e:?}")),
-        }
-    }
+    net.accept_wait(listen, DEADLINE)
 }
 
-/// Polls like NCCL's proxy: test until done or error, yielding between polls.
+/// Polls like NCCL's proxy: test until done or error.
 pub fn wait(net: &Net, req: Request, slots: usize) -> Result<Vec<i32>, Code> {
-    let start = Instant::now();
-    loop {
-        if let Some(sizes) = net.test(req, slots)? {
-            return Ok(sizes);
-        }
-        assert!(start.elapsed() < DEADLINE, "request never completed");
-        std::thread::yield_now();
-    }
+    net.wait(req, slots, DEADLINE)
 }
 
 /// Retries a post while the plugin's request pool is full.
-pub fn post(mut f: impl FnMut() -> Result<Option<Request>, Code>) -> Result<Request, Code> {
-    let start = Instant::now();
-    loop {
-        if let Some(r) = f()? {
-            return Ok(r);
-        }
-        assert!(start.elapsed() < DEADLINE, "request pool never freed");
-        std::thread::yield_now();
-    }
+pub fn post(f: impl FnMut() -> Result<Option<Request>, Code>) -> Result<Request, Code> {
+    client::post(DEADLINE, f)
 }
 
 /// Both ends of a connection inside this process.
 pub fn local_pair(net: &Net) -> Result<(Comm, Comm, Comm), String> {
-    let (mut handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
-    let start = Instant::now();
-    let (mut send, mut recv) = (None, None);
-    while send.is_none() || recv.is_none() {
-        if start.elapsed() > DEADLINE {
-            return Err("local connect/accept never completed".into());
-        }
-        if send.is_none() {
-            send = net
-                .connect(0, &mut handle)
-                .map_err(|e| format!("connect: {e:?}"))?;
-        }
-        if recv.is_none() {
-            recv = net.accept(listen).map_err(|e| format!("accept: {e:?}"))?;
-        }
-    }
-    Ok((send.unwrap(), recv.unwrap(), listen))
+    net.local_pair(0, DEADLINE)
 }
 
 /// Deterministic payload: both processes derive the same bytes from a seed.
@@ -158,16 +110,12 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+pub fn hex(b: &[u8; 128]) -> String {
+    client::handle_to_hex(b)
 }
 
 pub fn unhex(s: &str) -> [u8; 128] {
-    let mut out = [0u8; 128];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex handle");
-    }
-    out
+    client::handle_from_hex(s).expect("hex handle")
 }
 
 pub fn version_name(v: NetVersion) -> &'static str {

@@ -507,3 +507,19 @@ pub fn post(
         std::thread::yield_now();
     }
 }
+
+/// A listen handle as one line of hex, for handing it to another process.
+pub fn handle_to_hex(handle: &[u8; 128]) -> String {
+    handle.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn handle_from_hex(s: &str) -> Result<[u8; 128], String> {
+    let mut out = [0u8; 128];
+    if s.len() != 256 {
+        return Err(format!("bad handle line ({} chars)", s.len()));
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}

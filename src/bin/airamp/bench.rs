@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use airamp::abi::client::{post, Library, Net, NetVersion};
+use airamp::abi::client::{handle_from_hex, handle_to_hex, post, Library, Net, NetVersion};
 
-use crate::peer::{self, from_parent, hex, to_parent, unhex};
+use crate::peer::{self, from_parent, to_parent};
 use crate::Opts;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -61,7 +61,7 @@ fn plugin_throughput(o: &Opts, p: &NetParams) -> Result<(f64, String), String> {
         .map_err(|e| format!("getProperties: {e:?}"))?;
     let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
     let mut sender = peer::spawn("net-send", &forward(o, p)?)?;
-    sender.send(&hex(&handle))?;
+    sender.send(&handle_to_hex(&handle))?;
     let recv = net.accept_wait(listen, TIMEOUT)?;
     let count = p.total.div_ceil(p.size as u64) as usize;
     let mut bufs: Vec<Vec<u8>> = (0..p.window).map(|_| vec![0u8; p.size]).collect();
@@ -111,7 +111,7 @@ pub fn net_sender(o: &Opts) -> Result<(), String> {
     let p = net_params(o)?;
     let lib = open(o)?;
     let net = init(&lib)?;
-    let mut handle = unhex(&from_parent()?)?;
+    let mut handle = handle_from_hex(&from_parent()?)?;
     let send = net.connect_wait(0, &mut handle, TIMEOUT)?;
     let buf = vec![0x5Au8; p.size];
     let count = p.total.div_ceil(p.size as u64) as usize;
@@ -230,8 +230,8 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
             iters.to_string(),
         ],
     )?;
-    echo.send(&hex(&handle))?;
-    let mut back = unhex(&echo.recv()?)?;
+    echo.send(&handle_to_hex(&handle))?;
+    let mut back = handle_from_hex(&echo.recv()?)?;
     let recv = net.accept_wait(listen, TIMEOUT)?;
     let send = net.connect_wait(0, &mut back, TIMEOUT)?;
     let out = 42u64.to_le_bytes();
@@ -280,9 +280,9 @@ pub fn latency_echo(o: &Opts) -> Result<(), String> {
     let iters = o.num("iters", 5000)? + 100;
     let lib = open(o)?;
     let net = init(&lib)?;
-    let mut handle = unhex(&from_parent()?)?;
+    let mut handle = handle_from_hex(&from_parent()?)?;
     let (mine, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
-    to_parent(&hex(&mine))?;
+    to_parent(&handle_to_hex(&mine))?;
     let send = net.connect_wait(0, &mut handle, TIMEOUT)?;
     let recv = net.accept_wait(listen, TIMEOUT)?;
     let mut buf = [0u8; 8];

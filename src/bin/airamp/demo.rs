@@ -6,9 +6,11 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use airamp::abi::client::{post, Comm, Library, Net, NetVersion, Request};
+use airamp::abi::client::{
+    handle_from_hex, handle_to_hex, post, Comm, Library, Net, NetVersion, Request,
+};
 
-use crate::peer::{self, from_parent, hex, to_parent, unhex};
+use crate::peer::{self, from_parent, to_parent};
 use crate::Opts;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -160,7 +162,7 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     let lib = Library::open(&plugin)?;
     let (net, listen, my_handle) = join_ring(&lib)?;
     let mut peers = Vec::new();
-    let mut handles = vec![hex(&my_handle)];
+    let mut handles = vec![handle_to_hex(&my_handle)];
     for r in 1..p.ranks {
         let args: Vec<String> = [
             "--plugin",
@@ -184,7 +186,7 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     for (i, peer) in peers.iter_mut().enumerate() {
         peer.send(&handles[(i + 2) % p.ranks])?;
     }
-    let mut next = unhex(&handles[1])?;
+    let mut next = handle_from_hex(&handles[1])?;
     let send = net.connect_wait(0, &mut next, TIMEOUT)?;
     let recv = net.accept_wait(listen, TIMEOUT)?;
     let mut results = vec![run_rank(&net, send, recv, 0, &p)?];
@@ -228,8 +230,8 @@ pub fn rank_process(o: &Opts) -> Result<(), String> {
     let rank = o.num("rank", 1)?;
     let lib = Library::open(&o.plugin()?)?;
     let (net, listen, my_handle) = join_ring(&lib)?;
-    to_parent(&hex(&my_handle))?;
-    let mut next = unhex(&from_parent()?)?;
+    to_parent(&handle_to_hex(&my_handle))?;
+    let mut next = handle_from_hex(&from_parent()?)?;
     let send = net.connect_wait(0, &mut next, TIMEOUT)?;
     let recv = net.accept_wait(listen, TIMEOUT)?;
     let (err, hash, secs) = run_rank(&net, send, recv, rank, &p)?;

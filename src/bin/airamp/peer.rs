@@ -73,21 +73,6 @@ pub fn to_parent(line: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub fn unhex(s: &str) -> Result<[u8; 128], String> {
-    let mut out = [0u8; 128];
-    if s.len() != 256 {
-        return Err(format!("bad handle line ({} chars)", s.len()));
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
-}
-
 pub fn run_role(args: &[&str]) -> Result<ExitCode, String> {
     let opts = crate::Opts::parse(args.get(1..).unwrap_or(&[]));
     match args.first().copied() {

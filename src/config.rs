@@ -165,6 +165,12 @@ pub struct TunerConfig {
     pub link_gbps: Option<f64>,
     /// Calibration: measured link latency, microseconds.
     pub link_latency_us: Option<f64>,
+    /// Calibration: FP8 encode speed of one core, G values/s.
+    pub encode_gvps: Option<f64>,
+    /// Calibration: FP8 decode-and-accumulate speed of one core, G values/s.
+    pub decode_gvps: Option<f64>,
+    /// Fixed cost of one collective-network call, microseconds.
+    pub call_overhead_us: f64,
 }
 
 /// Where an effective value came from.
@@ -230,6 +236,9 @@ impl Default for Config {
                 min_gain: 0.10,
                 link_gbps: None,
                 link_latency_us: None,
+                encode_gvps: None,
+                decode_gvps: None,
+                call_overhead_us: 30.0,
             },
             sources: vec![Source::Default; KEYS.len()],
             file: None,
@@ -622,7 +631,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER",
         default: "true",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Enable the tuner plugin. Not built yet (accepted, has no effect today).",
+        doc: "Enable the tuner (`ncclTunerPlugin_v2`..`v6`, see docs/tuner.md). It only decides collective network versus NCCL's own algorithms for allreduce; off, it leaves every NCCL choice alone.",
         example: "true",
         apply: |c, r| {
             c.tuner.enabled = want_bool(r)?;
@@ -635,7 +644,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_MIN_GAIN",
         default: "0.1",
         accepted: "number 0.0..=1.0",
-        doc: "The compressed path must be predicted at least this fraction faster to be chosen.",
+        doc: "The compressed collective network is chosen only when predicted at least this fraction faster than NCCL's best raw algorithm.",
         example: "0.1",
         apply: |c, r| {
             let x = want_float(r)?;
@@ -652,7 +661,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_LINK_GBPS",
         default: "unset",
         accepted: "number > 0 (empty = unset)",
-        doc: "Calibration profile: measured link bandwidth in Gbit/s.",
+        doc: "Calibration profile (`airamp calibrate`): link bandwidth in Gbit/s. Unset: the tuner assumes 100 Gbit/s, where compression rarely pays. Must be the same on every host.",
         example: "100.0",
         apply: |c, r| {
             if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
@@ -673,7 +682,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_LINK_LATENCY_US",
         default: "unset",
         accepted: "number >= 0 (empty = unset)",
-        doc: "Calibration profile: measured link latency in microseconds.",
+        doc: "Calibration profile (`airamp calibrate`): one-way link latency in microseconds. Unset: 10 us. Must be the same on every host.",
         example: "5.0",
         apply: |c, r| {
             if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
@@ -689,7 +698,62 @@ pub static KEYS: &[KeySpec] = &[
         },
         show: |c| show_opt(&c.tuner.link_latency_us),
     },
+    KeySpec {
+        name: "tuner.encode_gvps",
+        env: "AIRAMP_TUNER_ENCODE_GVPS",
+        default: "unset",
+        accepted: "number > 0 (empty = unset)",
+        doc: "Calibration profile (`airamp calibrate`): FP8 encode speed of one core, G values/s. Unset: 1.9 (AVX2). Must be the same on every host.",
+        example: "1.9",
+        apply: |c, r| {
+            c.tuner.encode_gvps = want_opt_positive(r)?;
+            Ok(())
+        },
+        show: |c| show_opt(&c.tuner.encode_gvps),
+    },
+    KeySpec {
+        name: "tuner.decode_gvps",
+        env: "AIRAMP_TUNER_DECODE_GVPS",
+        default: "unset",
+        accepted: "number > 0 (empty = unset)",
+        doc: "Calibration profile (`airamp calibrate`): FP8 decode-and-accumulate speed of one core, G values/s. Unset: 6.9 (AVX2). Must be the same on every host.",
+        example: "6.9",
+        apply: |c, r| {
+            c.tuner.decode_gvps = want_opt_positive(r)?;
+            Ok(())
+        },
+        show: |c| show_opt(&c.tuner.decode_gvps),
+    },
+    KeySpec {
+        name: "tuner.call_overhead_us",
+        env: "AIRAMP_TUNER_CALL_OVERHEAD_US",
+        default: "30",
+        accepted: "number 0..=100000",
+        doc: "Fixed cost of one collective-network allreduce (proxy hand-off, scheduling), microseconds; keeps small messages on NCCL's own algorithms.",
+        example: "30.0",
+        apply: |c, r| {
+            let x = want_float(r)?;
+            if !(0.0..=100_000.0).contains(&x) {
+                return Err("out of range".to_string());
+            }
+            c.tuner.call_overhead_us = x;
+            Ok(())
+        },
+        show: |c| c.tuner.call_overhead_us.to_string(),
+    },
 ];
+
+/// A positive number, or `None` for an empty env value (explicitly unset).
+fn want_opt_positive(r: Raw<'_>) -> Result<Option<f64>, String> {
+    if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
+        return Ok(None);
+    }
+    let x = want_float(r)?;
+    if x <= 0.0 {
+        return Err("out of range".to_string());
+    }
+    Ok(Some(x))
+}
 
 fn key_index(name: &str) -> Option<usize> {
     KEYS.iter().position(|k| k.name == name)

@@ -12,3 +12,4 @@ pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod transport;
+pub mod tuner;

@@ -16,6 +16,12 @@ mod net_v8;
 mod net_v9;
 mod object;
 pub mod os;
+mod tuner;
+mod tuner_v2;
+mod tuner_v3;
+mod tuner_v4;
+mod tuner_v5;
+mod tuner_v6;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

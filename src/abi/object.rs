@@ -36,6 +36,7 @@ pub enum Kind {
     Request = 0x5251_5431,
     Memory = 0x4D45_4D31,
     Context = 0x4354_5831,
+    Tuner = 0x5455_4E31,
 }
 
 #[repr(C)]

@@ -56,6 +56,9 @@ const VALID: &[(&str, &str, &str, &str)] = &[
     ("tuner.min_gain", "0.5", "1", "0.5"),
     ("tuner.link_gbps", "400", "400.0", "400"),
     ("tuner.link_latency_us", "0", "2.5", "0"),
+    ("tuner.encode_gvps", "2.5", "3", "2.5"),
+    ("tuner.decode_gvps", "7", "6.5", "7"),
+    ("tuner.call_overhead_us", "0", "12.5", "0"),
 ];
 
 /// (key, invalid env value, invalid TOML literal)
@@ -78,6 +81,9 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("tuner.min_gain", "1.5", "-0.1"),
     ("tuner.link_gbps", "0", "-5"),
     ("tuner.link_latency_us", "-1", "\"NaN\""),
+    ("tuner.encode_gvps", "0", "-1"),
+    ("tuner.decode_gvps", "fast", "\"inf\""),
+    ("tuner.call_overhead_us", "-1", "100001"),
 ];
 
 #[test]
@@ -117,6 +123,9 @@ fn defaults() {
     assert_eq!(c.tuner.min_gain, 0.10);
     assert_eq!(c.tuner.link_gbps, None);
     assert_eq!(c.tuner.link_latency_us, None);
+    assert_eq!(c.tuner.encode_gvps, None);
+    assert_eq!(c.tuner.decode_gvps, None);
+    assert_eq!(c.tuner.call_overhead_us, 30.0);
     for k in KEYS {
         assert_eq!(c.source(k.name), Some(&Source::Default));
     }

@@ -15,6 +15,7 @@
 mod exporter;
 mod histogram;
 mod render;
+mod tuner;
 
 #[cfg(test)]
 mod dashboard_tests;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 pub use exporter::{shutdown, start, ExporterConfig, ExporterStatus, InfoLabels, MetricsError};
 pub use render::render;
+pub use tuner::tuner_decision;
 
 use histogram::Histogram;
 

@@ -311,7 +311,7 @@ fn buckets_match_spec() {
     assert!(LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
 }
 
-const FAMILIES: [&str; 13] = [
+const FAMILIES: [&str; 14] = [
     "airamp_status",
     "airamp_info",
     "airamp_bytes_sent_total",
@@ -325,6 +325,7 @@ const FAMILIES: [&str; 13] = [
     "airamp_request_errors_total",
     "airamp_request_duration_seconds",
     "airamp_message_size_bytes",
+    "airamp_tuner_decisions_total",
 ];
 
 #[test]

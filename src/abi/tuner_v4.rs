@@ -1,0 +1,57 @@
+//! `ncclTunerPlugin_v4` (NCCL 2.24 .. 2.27): v3 plus `regBuff` (ignored: the
+//! model does not depend on buffer registration).
+
+use std::ffi::{c_int, c_void};
+
+use super::bindings::{ncclDebugLogger_t, ncclFunc_t, ncclResult_t, ncclTuner_v4_t};
+use super::tuner;
+use super::Vtable;
+
+unsafe extern "C" fn init(
+    n_ranks: usize,
+    n_nodes: usize,
+    logger: ncclDebugLogger_t,
+    context: *mut *mut c_void,
+) -> ncclResult_t {
+    // SAFETY: NCCL passes a writable context pointer.
+    unsafe { tuner::init_guarded(4, context, n_ranks, n_nodes, logger, "") }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn get_coll_info(
+    context: *mut c_void,
+    coll_type: ncclFunc_t,
+    n_bytes: usize,
+    num_pipe_ops: c_int,
+    coll_cost_table: *mut *mut f32,
+    num_algo: c_int,
+    num_proto: c_int,
+    _reg_buff: c_int,
+    _n_channels: *mut c_int,
+) -> ncclResult_t {
+    // SAFETY: NCCL passes our context and its float[numAlgo][numProto] table.
+    unsafe {
+        tuner::coll_info_table(
+            context,
+            coll_type.0 as i32,
+            n_bytes,
+            num_pipe_ops,
+            coll_cost_table,
+            num_algo,
+            num_proto,
+        )
+    }
+}
+
+unsafe extern "C" fn destroy(context: *mut c_void) -> ncclResult_t {
+    // SAFETY: NCCL passes the context our init wrote.
+    unsafe { tuner::finalize_guarded(context) }
+}
+
+#[no_mangle]
+pub static ncclTunerPlugin_v4: Vtable<ncclTuner_v4_t> = Vtable(ncclTuner_v4_t {
+    name: tuner::NAME.as_ptr(),
+    init: Some(init),
+    getCollInfo: Some(get_coll_info),
+    destroy: Some(destroy),
+});

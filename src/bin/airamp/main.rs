@@ -8,11 +8,15 @@
 //! airamp bench codec [N]       FP8 codec speed on this core next to memcpy
 //! airamp bench idle            CPU used while a connection sits idle
 //! airamp demo [OPTS]           ring allreduce across processes through the C ABI
+//! airamp calibrate [OPTS]      measure link + codec, print the [tuner] profile
+//! airamp tuner show [OPTS]     the tuner's allreduce decisions for a job shape
 //! ```
 
 mod bench;
+mod calibrate;
 mod demo;
 mod peer;
+mod tuner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +25,7 @@ use airamp::config::{self, Config};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]"
+        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8]"
     );
     ExitCode::from(2)
 }
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         ["bench", "idle", rest @ ..] => bench::idle(&Opts::parse(rest)),
         ["bench", "codec", rest @ ..] => bench::codec(rest.first().and_then(|s| s.parse().ok())),
         ["demo", rest @ ..] => demo::run(&Opts::parse(rest)),
+        ["calibrate", rest @ ..] => calibrate::run(&Opts::parse(rest)),
+        ["tuner", "show", rest @ ..] => tuner::show(&Opts::parse(rest)),
         [peer::ROLE_FLAG, rest @ ..] => peer::run_role(rest),
         _ => return usage(),
     };

@@ -7,6 +7,8 @@
 
 pub mod bindings;
 pub mod client;
+mod collnet;
+pub mod lend;
 mod logger;
 mod net;
 mod net_v10;

@@ -2,9 +2,11 @@
 
 use std::ffi::{c_int, c_void};
 
+use super::bindings::{ncclCollNet_v8_t, ncclNetSGE_v8_t};
 use super::bindings::{
     ncclDebugLogger_t, ncclNetDeviceHandle_v8_t, ncclNetProperties_v8_t, ncclNet_v8_t, ncclResult_t,
 };
+use super::collnet;
 use super::net::{self, fill_common_properties, shared};
 use super::{guard, Vtable};
 
@@ -109,4 +111,27 @@ pub static ncclNetPlugin_v8: Vtable<ncclNet_v8_t> = Vtable(ncclNet_v8_t {
     closeListen: Some(shared::close_listen),
     getDeviceMr: None,
     irecvConsumed: None,
+});
+
+/// The collective network of the same ABI version: devices, properties,
+/// listen and memory registration are the net plugin's.
+#[no_mangle]
+pub static ncclCollNetPlugin_v8: Vtable<ncclCollNet_v8_t> = Vtable(ncclCollNet_v8_t {
+    name: net::NAME.as_ptr(),
+    init: Some(collnet::shared::init),
+    devices: Some(shared::devices),
+    getProperties: Some(get_properties),
+    listen: Some(listen),
+    connect: Some(collnet::shared::connect),
+    reduceSupport: Some(collnet::shared::reduce_support),
+    regMr: Some(shared::reg_mr),
+    regMrDmaBuf: Some(shared::reg_mr_dma_buf),
+    deregMr: Some(shared::dereg_mr),
+    iallreduce: Some(collnet::shared::iallreduce_int),
+    iallgather: Some(collnet::shared::iallgather::<ncclNetSGE_v8_t>),
+    ireducescatter: Some(collnet::shared::ireducescatter::<ncclNetSGE_v8_t>),
+    iflush: Some(collnet::shared::iflush),
+    test: Some(collnet::shared::test),
+    closeColl: Some(collnet::shared::close_coll),
+    closeListen: Some(shared::close_listen),
 });

@@ -2,9 +2,11 @@
 
 use std::ffi::{c_int, c_void};
 
+use super::bindings::{ncclCollNet_v9_t, ncclNetSGE_v9_t};
 use super::bindings::{
     ncclDebugLogger_t, ncclNetDeviceHandle_v9_t, ncclNetProperties_v9_t, ncclNet_v9_t, ncclResult_t,
 };
+use super::collnet;
 use super::net::{self, fill_common_properties, fill_v9_properties, shared};
 use super::{guard, Vtable};
 use crate::error::NetError;
@@ -71,5 +73,29 @@ pub static ncclNetPlugin_v9: Vtable<ncclNet_v9_t> = Vtable(ncclNet_v9_t {
     closeListen: Some(shared::close_listen),
     getDeviceMr: None,
     irecvConsumed: None,
+    makeVDevice: None,
+});
+
+/// The collective network of the same ABI version: devices, properties,
+/// listen and memory registration are the net plugin's.
+#[no_mangle]
+pub static ncclCollNetPlugin_v9: Vtable<ncclCollNet_v9_t> = Vtable(ncclCollNet_v9_t {
+    name: net::NAME.as_ptr(),
+    init: Some(collnet::shared::init),
+    devices: Some(shared::devices),
+    getProperties: Some(get_properties),
+    listen: Some(listen),
+    connect: Some(collnet::shared::connect),
+    reduceSupport: Some(collnet::shared::reduce_support),
+    regMr: Some(shared::reg_mr),
+    regMrDmaBuf: Some(shared::reg_mr_dma_buf),
+    deregMr: Some(shared::dereg_mr),
+    iallreduce: Some(collnet::shared::iallreduce_sized),
+    iallgather: Some(collnet::shared::iallgather::<ncclNetSGE_v9_t>),
+    ireducescatter: Some(collnet::shared::ireducescatter::<ncclNetSGE_v9_t>),
+    iflush: Some(collnet::shared::iflush),
+    test: Some(collnet::shared::test),
+    closeColl: Some(collnet::shared::close_coll),
+    closeListen: Some(shared::close_listen),
     makeVDevice: None,
 });

@@ -36,6 +36,8 @@ pub enum Kind {
     Request = 0x5251_5431,
     Memory = 0x4D45_4D31,
     Context = 0x4354_5831,
+    Coll = 0x434F_4C31,
+    CollRequest = 0x4352_5131,
     Tuner = 0x5455_4E31,
 }
 

@@ -118,6 +118,38 @@ impl RawBuf {
         }
     }
 
+    /// The first `len` bytes (all of them if `len` is larger).
+    pub fn prefix(&self, len: usize) -> RawBuf {
+        RawBuf {
+            ptr: self.ptr,
+            len: len.min(self.len),
+        }
+    }
+
+    /// Copies bytes `offset..offset+dst.len()` out of the buffer.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
+        let (off, len) = self.checked(offset as u64, dst.len())?;
+        if len > 0 {
+            // SAFETY: range checked against the buffer NCCL lent us (see the
+            // type's invariant); we only read it.
+            let src = unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) };
+            dst.copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into the buffer at `offset`.
+    pub fn write_at(&self, offset: usize, src: &[u8]) -> io::Result<()> {
+        let (off, len) = self.checked(offset as u64, src.len())?;
+        if len > 0 {
+            // SAFETY: range checked; the buffer is ours to fill until the
+            // request completes (the type's invariant).
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) };
+            dst.copy_from_slice(src);
+        }
+        Ok(())
+    }
+
     /// Sends what it can without blocking of `header` followed by bytes
     /// `offset..offset+len`, skipping the first `done` bytes of that
     /// sequence (already sent). Returns how many more bytes went out.

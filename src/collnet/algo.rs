@@ -518,9 +518,9 @@ fn fp8_decode(
     Ok(())
 }
 
-// ---------- the member state machine ----------
+// ---------- fixed-order reduction ----------
 
-/// Running reduction of the owned shard.
+/// Running reduction of one shard.
 enum Acc {
     /// Nothing folded yet.
     Empty,
@@ -530,19 +530,191 @@ enum Acc {
     Wide(Vec<f32>),
 }
 
+/// Folds the `n` contributions to one shard **in member order 0..n-1**,
+/// whatever order they arrive in, and produces the shard's final bytes.
+/// Shared by the allreduce [`Member`] and by reduce-scatter.
+pub struct Reducer {
+    dtype: DataType,
+    op: RedOp,
+    codec: Option<Codec>,
+    shard: usize,
+    /// Elements in the shard.
+    len: usize,
+    /// Byte length every contribution must have.
+    payload_len: usize,
+    received: Vec<bool>,
+    /// Contributions waiting for their predecessors to be folded.
+    pending: Vec<Option<Vec<u8>>>,
+    next_fold: usize,
+    acc: Acc,
+    /// Relative L2 error of quantizing the first block of the reduced
+    /// shard (FP8 path): a cheap sample for the metrics.
+    sampled_error: Option<f64>,
+}
+
+impl Reducer {
+    /// A reducer of `len` elements of shard `shard` over `n` members;
+    /// with a codec, contributions are FP8 wire bytes.
+    pub fn new(
+        dtype: DataType,
+        op: RedOp,
+        codec: Option<Codec>,
+        n: usize,
+        shard: usize,
+        len: usize,
+    ) -> Reducer {
+        let payload_len = match codec {
+            None => len * dtype.size(),
+            Some(_) => encoded_len(len),
+        };
+        Reducer {
+            dtype,
+            op,
+            codec,
+            shard,
+            len,
+            payload_len,
+            received: vec![false; n],
+            pending: vec![None; n],
+            next_fold: 0,
+            acc: Acc::Empty,
+            sampled_error: None,
+        }
+    }
+
+    /// The sampled FP8 quantization error of the reduced shard, once done.
+    pub fn sampled_error(&self) -> Option<f64> {
+        self.sampled_error
+    }
+
+    /// Byte length every contribution must have.
+    pub fn payload_len(&self) -> usize {
+        self.payload_len
+    }
+
+    /// All contributions folded.
+    pub fn is_done(&self) -> bool {
+        self.next_fold == self.received.len()
+    }
+
+    /// Takes member `from`'s contribution. Returns the shard's final bytes
+    /// (exact: native elements; FP8: the reduced shard quantized once) when
+    /// this was the last one. On error nothing changed.
+    pub fn accept(&mut self, from: usize, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, CollError> {
+        let shard = self.shard;
+        if from >= self.received.len() {
+            return Err(CollError::UnknownMember(from));
+        }
+        if self.received[from] {
+            return Err(CollError::DuplicateContribution { from, shard });
+        }
+        if bytes.len() != self.payload_len {
+            return Err(CollError::WrongLength {
+                shard,
+                expected: self.payload_len,
+                actual: bytes.len(),
+            });
+        }
+        self.received[from] = true;
+        self.pending[from] = Some(bytes);
+        // Fold in member order; an early arrival waits for its predecessors.
+        while self.next_fold < self.received.len() {
+            let Some(b) = self.pending[self.next_fold].take() else {
+                break;
+            };
+            self.fold(&b)?;
+            self.next_fold += 1;
+        }
+        if self.is_done() {
+            return self.finish().map(Some);
+        }
+        Ok(None)
+    }
+
+    fn fold(&mut self, bytes: &[u8]) -> Result<(), CollError> {
+        let dtype = self.dtype;
+        let op = self.op;
+        if let Some(codec) = &self.codec {
+            if let Acc::Empty = self.acc {
+                self.acc = Acc::Wide(vec![0.0; self.len]);
+            }
+            if let Acc::Wide(acc) = &mut self.acc {
+                codec.decode_accumulate_wire(bytes, acc)?;
+            }
+            return Ok(());
+        }
+        let half = matches!(dtype, DataType::F16 | DataType::Bf16);
+        match &mut self.acc {
+            Acc::Empty if half => {
+                let v = bytes
+                    .chunks_exact(2)
+                    .map(|c| half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]])))
+                    .collect();
+                self.acc = Acc::Wide(v);
+            }
+            Acc::Empty => self.acc = Acc::Native(bytes.to_vec()),
+            Acc::Wide(acc) => {
+                for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(2)) {
+                    let x = half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]]));
+                    *a = f32::apply(op, *a, x);
+                }
+            }
+            Acc::Native(acc) => fold_bytes(dtype, op, acc, bytes),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, CollError> {
+        let dtype = self.dtype;
+        let acc = std::mem::replace(&mut self.acc, Acc::Empty);
+        Ok(match (&self.codec, acc) {
+            (Some(codec), Acc::Wide(acc)) => {
+                let mut wire = vec![0u8; encoded_len(acc.len())];
+                codec.encode_wire(Src::F32(&acc), &mut wire)?;
+                self.sampled_error = sample_error(codec, &acc);
+                wire
+            }
+            (None, Acc::Wide(acc)) => acc
+                .iter()
+                .flat_map(|&x| f32_to_half(dtype, x).to_ne_bytes())
+                .collect(),
+            (_, Acc::Native(v)) => v,
+            // A shard of zero elements with n >= 1 folds to nothing.
+            (Some(_), Acc::Empty) => vec![0u8; encoded_len(0)],
+            (None, Acc::Empty) => Vec::new(),
+        })
+    }
+}
+
+/// Relative L2 error of quantizing the first block of `acc`.
+fn sample_error(codec: &Codec, acc: &[f32]) -> Option<f64> {
+    let n = acc.len().min(crate::codec::BLOCK);
+    if n == 0 {
+        return None;
+    }
+    let mut block = vec![0u8; encoded_len(n)];
+    codec.encode_wire(Src::F32(&acc[..n]), &mut block).ok()?;
+    // Blocks are independent: the first block encodes alone exactly as it
+    // did inside the shard.
+    let mut back = vec![0f32; n];
+    codec.decode_into_wire(&block, Dst::F32(&mut back)).ok()?;
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in acc[..n].iter().zip(&back) {
+        num += (f64::from(*a) - f64::from(*b)).powi(2);
+        den += f64::from(*a).powi(2);
+    }
+    (den > 0.0).then(|| (num / den).sqrt())
+}
+
+// ---------- the member state machine ----------
+
 /// One member's state for one allreduce segment.
 pub struct Member {
     spec: Spec,
     rank: usize,
     codec: Option<Codec>,
-    own: Range<usize>,
-    /// Contributions received for the owned shard, by member.
-    received: Vec<bool>,
-    /// Contributions waiting for their predecessors to be folded.
-    pending: Vec<Option<Vec<u8>>>,
-    /// Next member whose contribution gets folded.
-    next_fold: usize,
-    acc: Acc,
+    /// Reduction of the owned shard; `None` when it is empty.
+    reducer: Option<Reducer>,
     /// Shards whose final bytes are in `output`.
     have: Vec<bool>,
     remaining: usize,
@@ -589,15 +761,13 @@ impl Member {
         };
         let n = spec.n;
         let size = spec.dtype.size();
+        let own = spec.shard(rank);
         let mut m = Member {
             spec,
             rank,
             codec,
-            own: spec.shard(rank),
-            received: vec![false; n],
-            pending: vec![None; n],
-            next_fold: 0,
-            acc: Acc::Empty,
+            reducer: (!own.is_empty())
+                .then(|| Reducer::new(spec.dtype, spec.op, codec, n, rank, own.len())),
             have: vec![false; n],
             remaining: (0..n).filter(|&s| !spec.shard(s).is_empty()).count(),
             output: vec![0u8; spec.input_bytes()],
@@ -644,6 +814,17 @@ impl Member {
     /// Every non-empty shard of the output is final.
     pub fn is_done(&self) -> bool {
         self.remaining == 0
+    }
+
+    /// The owned shard is reduced and its bytes were handed out (or it is
+    /// empty): this member sends nothing more.
+    pub fn sent_everything(&self) -> bool {
+        self.reducer.as_ref().map_or(true, Reducer::is_done)
+    }
+
+    /// The sampled FP8 error of the owned shard's reduction, once reduced.
+    pub fn sampled_error(&self) -> Option<f64> {
+        self.reducer.as_ref().and_then(Reducer::sampled_error)
     }
 
     /// The result (native-endian `spec.count` elements); only complete when
@@ -704,86 +885,19 @@ impl Member {
         Ok(())
     }
 
+    /// Folds a contribution to the owned shard; once all are in, applies the
+    /// reduced bytes locally exactly as receivers will, and broadcasts them.
     fn accept_contribution(
         &mut self,
         from: usize,
         bytes: Vec<u8>,
     ) -> Result<Vec<Outgoing>, CollError> {
-        if self.received[from] {
-            return Err(CollError::DuplicateContribution {
-                from,
-                shard: self.rank,
-            });
-        }
-        self.check_len(self.rank, bytes.len())?;
-        self.received[from] = true;
-        self.pending[from] = Some(bytes);
-        // Fold in member order; an early arrival waits for its predecessors.
-        while self.next_fold < self.spec.n {
-            let Some(b) = self.pending[self.next_fold].take() else {
-                break;
-            };
-            self.fold(&b)?;
-            self.next_fold += 1;
-        }
-        if self.next_fold == self.spec.n {
-            return self.finish();
-        }
-        Ok(Vec::new())
-    }
-
-    fn fold(&mut self, bytes: &[u8]) -> Result<(), CollError> {
-        let dtype = self.spec.dtype;
-        let op = self.spec.op;
-        let len = self.own.len();
-        if let Some(codec) = &self.codec {
-            if let Acc::Empty = self.acc {
-                self.acc = Acc::Wide(vec![0.0; len]);
-            }
-            if let Acc::Wide(acc) = &mut self.acc {
-                codec.decode_accumulate_wire(bytes, acc)?;
-            }
-            return Ok(());
-        }
-        let half = matches!(dtype, DataType::F16 | DataType::Bf16);
-        match &mut self.acc {
-            Acc::Empty if half => {
-                let v = bytes
-                    .chunks_exact(2)
-                    .map(|c| half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]])))
-                    .collect();
-                self.acc = Acc::Wide(v);
-            }
-            Acc::Empty => self.acc = Acc::Native(bytes.to_vec()),
-            Acc::Wide(acc) => {
-                for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(2)) {
-                    let x = half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]]));
-                    *a = f32::apply(op, *a, x);
-                }
-            }
-            Acc::Native(acc) => fold_bytes(dtype, op, acc, bytes),
-        }
-        Ok(())
-    }
-
-    /// All contributions folded: produce the reduced bytes, apply them
-    /// locally exactly as receivers will, and broadcast them.
-    fn finish(&mut self) -> Result<Vec<Outgoing>, CollError> {
-        let dtype = self.spec.dtype;
-        let acc = std::mem::replace(&mut self.acc, Acc::Empty);
-        let bytes: Vec<u8> = match (&self.codec, acc) {
-            (Some(codec), Acc::Wide(acc)) => {
-                let mut wire = vec![0u8; encoded_len(acc.len())];
-                codec.encode_wire(Src::F32(&acc), &mut wire)?;
-                wire
-            }
-            (None, Acc::Wide(acc)) => acc
-                .iter()
-                .flat_map(|&x| f32_to_half(dtype, x).to_ne_bytes())
-                .collect(),
-            (_, Acc::Native(v)) => v,
-            // Unreachable: a non-empty shard folds at least one contribution.
-            (_, Acc::Empty) => return Err(CollError::UnknownShard(self.rank)),
+        let reducer = self
+            .reducer
+            .as_mut()
+            .ok_or(CollError::UnknownShard(self.rank))?;
+        let Some(bytes) = reducer.accept(from, bytes)? else {
+            return Ok(Vec::new());
         };
         let bytes: Arc<[u8]> = bytes.into();
         self.apply_reduced(self.rank, &bytes)?;

@@ -11,11 +11,15 @@
 //! See `docs/collnet.md`.
 
 pub mod algo;
+pub mod group;
+pub mod join;
 pub mod plan;
 pub mod sim;
+pub mod steps;
 
 pub use algo::{
-    choose_path, fp8_supported, CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Spec,
+    choose_path, fp8_supported, CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Reducer,
+    Spec,
 };
 pub use plan::{shard_range, Plan};
 

@@ -182,7 +182,7 @@ fn ident_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b':'
 }
 
-/// Every `airamp_[a-z_]+` identifier (whole identifiers only) in `s`.
+/// Every `airamp_[a-z0-9_]+` identifier (whole identifiers only) in `s`.
 fn airamp_idents(s: &str) -> Vec<&str> {
     let b = s.as_bytes();
     let mut out = Vec::new();
@@ -190,7 +190,9 @@ fn airamp_idents(s: &str) -> Vec<&str> {
     while let Some(p) = s[from..].find("airamp_") {
         let start = from + p;
         let mut end = start + "airamp_".len();
-        while end < b.len() && (b[end].is_ascii_lowercase() || b[end] == b'_') {
+        while end < b.len()
+            && (b[end].is_ascii_lowercase() || b[end].is_ascii_digit() || b[end] == b'_')
+        {
             end += 1;
         }
         let whole = (start == 0 || !ident_byte(b[start - 1]))
@@ -280,8 +282,8 @@ fn mini_json_reader_accepts_and_rejects() {
         assert!(parse(bad).is_err(), "{bad}");
     }
     assert_eq!(
-        airamp_idents("rate(airamp_x_total{a=\"b\"}[1m]) / xairamp_y + airamp_z2"),
-        ["airamp_x_total"]
+        airamp_idents("rate(airamp_x_total{a=\"b\"}[1m]) / xairamp_y + airamp_fp8_z2"),
+        ["airamp_x_total", "airamp_fp8_z2"]
     );
     assert_eq!(
         grouping_labels("sum by (instance, le) (x) + sum without(cause) (y) + bytes"),

@@ -12,6 +12,7 @@
 //! `metrics` recorder is installed: the host process may have its own.
 //! See `docs/metrics.md` for the metric list and the design rationale.
 
+mod collnet;
 mod exporter;
 mod histogram;
 mod render;
@@ -25,6 +26,7 @@ mod tests;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub use collnet::{collnet, CollnetMetrics};
 pub use exporter::{shutdown, start, ExporterConfig, ExporterStatus, InfoLabels, MetricsError};
 pub use render::render;
 pub use tuner::tuner_decision;

@@ -152,7 +152,11 @@ fn check_exposition(text: &str) -> Result<HashMap<String, f64>, String> {
             ["_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
-                .filter(|b| types.get(*b).is_some_and(|t| t == "histogram"))
+                .filter(|b| {
+                    types.get(*b).is_some_and(|t| {
+                        t == "histogram" || (t == "summary" && !name.ends_with("_bucket"))
+                    })
+                })
                 .ok_or_else(|| format!("sample {name} of an undeclared metric"))?
                 .to_string()
         };
@@ -311,7 +315,7 @@ fn buckets_match_spec() {
     assert!(LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
 }
 
-const FAMILIES: [&str; 14] = [
+const FAMILIES: [&str; 21] = [
     "airamp_status",
     "airamp_info",
     "airamp_bytes_sent_total",
@@ -326,6 +330,13 @@ const FAMILIES: [&str; 14] = [
     "airamp_request_duration_seconds",
     "airamp_message_size_bytes",
     "airamp_tuner_decisions_total",
+    "airamp_collnet_ops_total",
+    "airamp_collnet_input_bytes_total",
+    "airamp_collnet_wire_bytes_total",
+    "airamp_collnet_fp8_relative_error",
+    "airamp_collnet_pool_lookups_total",
+    "airamp_collnet_pool_bytes",
+    "airamp_collnet_op_duration_seconds",
 ];
 
 #[test]

@@ -1,0 +1,544 @@
+//! The version-independent body of every `ncclCollNet` call. Each
+//! `collnet_vN.rs` adapts its signatures and structs to these.
+//!
+//! The collective network shares the net plugin's devices, listener and
+//! memory registration; a collective comm is a [`Group`] behind a mutex
+//! (NCCL calls it from its proxy thread; requests keep it alive).
+
+use std::ffi::{c_int, c_void};
+use std::sync::{Arc, Mutex};
+
+use super::object::{self, Kind};
+use super::os::RawBuf;
+use super::write_out;
+use crate::codec::Fp8Format;
+use crate::collnet::group::{Buffers, Group};
+use crate::collnet::{DataType, RedOp};
+use crate::config::{self, Fp8Format as ConfigFp8};
+use crate::error::{NetError, NetResult};
+use crate::net;
+use crate::transport::tcp::Listener;
+use crate::transport::wire::{ListenHandle, HANDLE_BYTES};
+
+type SharedGroup = Arc<Mutex<Group>>;
+
+enum CollRequest {
+    Op {
+        group: SharedGroup,
+        op: u64,
+    },
+    /// iflush of host memory: nothing to do.
+    Done,
+}
+
+fn lock(g: &SharedGroup) -> std::sync::MutexGuard<'_, Group> {
+    // A panic while holding the lock already failed that call; the group's
+    // own failure state is what matters afterwards.
+    g.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The FP8 format this member proposes (the group agrees at connect).
+fn configured_fp8() -> Option<Fp8Format> {
+    let c = &config::global().compression;
+    c.fp8_allreduce.then_some(match c.fp8_format {
+        ConfigFp8::E4m3 => Fp8Format::E4M3,
+        ConfigFp8::E5m2 => Fp8Format::E5M2,
+    })
+}
+
+/// # Safety
+/// `handles` must hold `nranks` pointers to 128-byte handles; `listen_comm`
+/// must come from listen; `coll_comm` must be writable.
+pub unsafe fn connect(
+    handles: *mut *mut c_void,
+    nranks: c_int,
+    rank: c_int,
+    listen_comm: *mut c_void,
+    coll_comm: *mut *mut c_void,
+) -> NetResult<()> {
+    let n = usize::try_from(nranks).unwrap_or(0);
+    let rank = usize::try_from(rank).unwrap_or(usize::MAX);
+    if handles.is_null() || n == 0 || rank >= n {
+        return Err(NetError::InvalidArgument(format!(
+            "collnet connect: rank {rank} of {nranks}, handles {handles:?}"
+        )));
+    }
+    let mut decoded = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: NCCL passes `nranks` handle pointers.
+        let h = unsafe { *handles.add(i) };
+        if h.is_null() {
+            return Err(NetError::InvalidArgument(format!(
+                "collnet handle {i} is NULL"
+            )));
+        }
+        // SAFETY: each handle is NCCL_NET_HANDLE_MAXSIZE (128) bytes.
+        let bytes = unsafe { &*h.cast::<[u8; HANDLE_BYTES]>() };
+        decoded.push(ListenHandle::decode(bytes).map_err(|e| {
+            NetError::InvalidArgument(format!("collnet handle of member {i}: {e}"))
+        })?);
+    }
+    // SAFETY: NCCL passes back our listen object.
+    let listener = unsafe { object::get_mut::<Listener>(listen_comm, Kind::Listen)? };
+    let settings = &net::plugin()?.settings;
+    let timeout = settings.peer_timeout.max(settings.handshake_timeout);
+    let group = Group::join(
+        listener,
+        &decoded,
+        rank,
+        settings,
+        configured_fp8(),
+        timeout,
+    )?;
+    let shared: SharedGroup = Arc::new(Mutex::new(group));
+    // SAFETY: NCCL's out-pointer; write_out refuses null.
+    unsafe { write_out(coll_comm, object::into_raw(Kind::Coll, shared), "collComm") }
+}
+
+/// Whether `(dtype, op)` (NCCL's codes) can be reduced by the group.
+pub fn reduce_support(dtype: c_int, op: c_int) -> bool {
+    DataType::from_nccl(dtype).is_some() && RedOp::from_nccl(op).is_some()
+}
+
+/// # Safety
+/// `supported` must be writable.
+pub unsafe fn write_reduce_support(
+    dtype: c_int,
+    op: c_int,
+    supported: *mut c_int,
+) -> NetResult<()> {
+    // SAFETY: NCCL's out-pointer; write_out refuses null.
+    unsafe {
+        write_out(
+            supported,
+            c_int::from(reduce_support(dtype, op)),
+            "supported",
+        )
+    }
+}
+
+fn group_of<'a>(coll_comm: *mut c_void) -> NetResult<&'a SharedGroup> {
+    // SAFETY: NCCL passes back our collective comm (checked by its tag).
+    unsafe { object::get_mut::<SharedGroup>(coll_comm, Kind::Coll) }.map(|g| &*g)
+}
+
+fn finish_post(group: &SharedGroup, op: u64, request: *mut *mut c_void) -> NetResult<()> {
+    let req = CollRequest::Op {
+        group: Arc::clone(group),
+        op,
+    };
+    // SAFETY: NCCL's out-pointer; write_out refuses null.
+    unsafe { write_out(request, object::into_raw(Kind::CollRequest, req), "request") }
+}
+
+/// # Safety
+/// `send`/`recv` must be valid for `count` elements of `dtype` until the
+/// request completes; `request` writable.
+pub unsafe fn iallreduce(
+    coll_comm: *mut c_void,
+    send: *mut c_void,
+    recv: *mut c_void,
+    count: usize,
+    dtype: c_int,
+    op: c_int,
+    request: *mut *mut c_void,
+) -> NetResult<()> {
+    let group = group_of(coll_comm)?;
+    let (Some(dt), Some(rop)) = (DataType::from_nccl(dtype), RedOp::from_nccl(op)) else {
+        return Err(NetError::InvalidArgument(format!(
+            "iallreduce of datatype {dtype} with op {op}, which reduceSupport declined"
+        )));
+    };
+    let bytes = count
+        .checked_mul(dt.size())
+        .ok_or_else(|| NetError::InvalidArgument(format!("iallreduce of {count} elements")))?;
+    if bytes > 0 && (send.is_null() || recv.is_null()) {
+        return Err(NetError::InvalidArgument(
+            "iallreduce buffer is NULL".into(),
+        ));
+    }
+    // SAFETY: NCCL keeps both buffers valid for the call's bytes until test()
+    // reports the request done.
+    let (input, output) = unsafe {
+        (
+            RawBuf::new(send.cast(), bytes),
+            RawBuf::new(recv.cast(), bytes),
+        )
+    };
+    let id = lock(group).all_reduce(input, output, count, dt, rop)?;
+    finish_post(group, id, request)
+}
+
+/// One scatter-gather element, whatever its version's size type.
+pub struct Sge {
+    pub address: *mut c_void,
+    pub size: usize,
+}
+
+fn sge_buffers(parts: &[Sge], what: &str) -> NetResult<Buffers> {
+    let mut bufs = Vec::with_capacity(parts.len());
+    for p in parts {
+        if p.address.is_null() && p.size > 0 {
+            return Err(NetError::InvalidArgument(format!("{what} part is NULL")));
+        }
+        // SAFETY: NCCL keeps each part valid until test() reports the
+        // request done.
+        bufs.push(unsafe { RawBuf::new(p.address.cast(), p.size) });
+    }
+    Ok(Buffers(bufs))
+}
+
+/// # Safety
+/// `send` valid for this member's piece of the window, `parts` valid until
+/// the request completes; `request` writable.
+pub unsafe fn iallgather(
+    coll_comm: *mut c_void,
+    send: *mut c_void,
+    parts: &[Sge],
+    bytes_per_rank: usize,
+    window_offset: usize,
+    window_bytes: usize,
+    request: *mut *mut c_void,
+) -> NetResult<()> {
+    let group = group_of(coll_comm)?;
+    let output = sge_buffers(parts, "iallgather receive")?;
+    let mut g = lock(group);
+    let rank = g.params().rank;
+    let piece =
+        crate::collnet::steps::window_piece(rank, bytes_per_rank, window_offset, window_bytes);
+    if send.is_null() && !piece.is_empty() {
+        return Err(NetError::InvalidArgument(
+            "iallgather send buffer is NULL".into(),
+        ));
+    }
+    // SAFETY: NCCL passes this member's data for its piece of the window.
+    let input = unsafe { RawBuf::new(send.cast(), piece.len()) };
+    let id = g.all_gather(input, output, bytes_per_rank, window_offset, window_bytes)?;
+    drop(g);
+    finish_post(group, id, request)
+}
+
+/// # Safety
+/// `parts` valid for the window, `recv` for this member's piece, until the
+/// request completes; `request` writable.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn ireducescatter(
+    coll_comm: *mut c_void,
+    parts: &[Sge],
+    recv: *mut c_void,
+    bytes_per_rank: usize,
+    window_offset: usize,
+    window_bytes: usize,
+    dtype: c_int,
+    op: c_int,
+    request: *mut *mut c_void,
+) -> NetResult<()> {
+    let group = group_of(coll_comm)?;
+    let (Some(dt), Some(rop)) = (DataType::from_nccl(dtype), RedOp::from_nccl(op)) else {
+        return Err(NetError::InvalidArgument(format!(
+            "ireducescatter of datatype {dtype} with op {op}, which reduceSupport declined"
+        )));
+    };
+    let input = sge_buffers(parts, "ireducescatter send")?;
+    let mut g = lock(group);
+    let rank = g.params().rank;
+    let piece =
+        crate::collnet::steps::window_piece(rank, bytes_per_rank, window_offset, window_bytes);
+    if recv.is_null() && !piece.is_empty() {
+        return Err(NetError::InvalidArgument(
+            "ireducescatter receive buffer is NULL".into(),
+        ));
+    }
+    // SAFETY: NCCL passes room for this member's piece of the window.
+    let output = unsafe { RawBuf::new(recv.cast(), piece.len()) };
+    let id = g.reduce_scatter(
+        input,
+        output,
+        bytes_per_rank,
+        window_offset,
+        window_bytes,
+        dt,
+        rop,
+    )?;
+    drop(g);
+    finish_post(group, id, request)
+}
+
+/// Host memory needs no flush: a request that is already complete.
+///
+/// # Safety
+/// `request` must be writable.
+pub unsafe fn iflush(request: *mut *mut c_void) -> NetResult<()> {
+    let req = object::into_raw(Kind::CollRequest, CollRequest::Done);
+    // SAFETY: NCCL's out-pointer; write_out refuses null.
+    unsafe { write_out(request, req, "request") }
+}
+
+/// # Safety
+/// `request` must come from a collective call and not be completed yet;
+/// `done` writable; `size` null or writable.
+pub unsafe fn test(request: *mut c_void, done: *mut c_int, size: *mut c_int) -> NetResult<()> {
+    // SAFETY: NCCL passes back our request object.
+    let req = unsafe { object::get_mut::<CollRequest>(request, Kind::CollRequest)? };
+    let finished = match req {
+        CollRequest::Done => Some(0),
+        CollRequest::Op { group, op } => lock(group).test(*op)?,
+    };
+    if let Some(bytes) = finished {
+        if !size.is_null() {
+            // SAFETY: non-null out-pointer from NCCL.
+            unsafe { size.write(c_int::try_from(bytes).unwrap_or(c_int::MAX)) };
+        }
+        // SAFETY: done with the request; NCCL will not pass it again.
+        drop(unsafe { object::take::<CollRequest>(request, Kind::CollRequest)? });
+    }
+    // SAFETY: NCCL's out-pointer; write_out refuses null.
+    unsafe { write_out(done, c_int::from(finished.is_some()), "done") }
+}
+
+/// # Safety
+/// `coll_comm` must come from connect.
+pub unsafe fn close_coll(coll_comm: *mut c_void) -> NetResult<()> {
+    // SAFETY: NCCL passes back our collective comm, once.
+    unsafe { object::take::<SharedGroup>(coll_comm, Kind::Coll) }.map(drop)
+}
+
+/// `extern "C"` entry points whose signature is the same in every version.
+pub mod shared {
+    use std::ffi::{c_int, c_void};
+
+    use super::super::bindings::{
+        ncclDataType_t, ncclDebugLogger_t, ncclNetSGE_v10_t, ncclNetSGE_v11_t, ncclNetSGE_v12_t,
+        ncclNetSGE_v8_t, ncclNetSGE_v9_t, ncclRedOp_t, ncclResult_t,
+    };
+    use super::super::guard;
+    use super::Sge;
+    use crate::error::NetError;
+
+    /// NCCL's per-version scatter-gather element.
+    pub trait NcclSge {
+        fn sge(&self) -> Sge;
+    }
+
+    macro_rules! sge_impl {
+        ($($t:ty),*) => {$(
+            impl NcclSge for $t {
+                fn sge(&self) -> Sge {
+                    Sge { address: self.address, size: self.size as usize }
+                }
+            }
+        )*};
+    }
+    sge_impl!(
+        ncclNetSGE_v8_t,
+        ncclNetSGE_v9_t,
+        ncclNetSGE_v10_t,
+        ncclNetSGE_v11_t,
+        ncclNetSGE_v12_t
+    );
+
+    /// # Safety
+    /// `parts` must hold `n` elements.
+    unsafe fn read_sges<S: NcclSge>(
+        parts: *const S,
+        n: c_int,
+        what: &str,
+    ) -> Result<Vec<Sge>, NetError> {
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 || parts.is_null() {
+            return Err(NetError::InvalidArgument(format!(
+                "{what}: {n} parts at {parts:?}"
+            )));
+        }
+        // SAFETY: NCCL passes `n` elements.
+        Ok((0..n).map(|i| unsafe { &*parts.add(i) }.sge()).collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe extern "C" fn iallgather<S: NcclSge>(
+        coll_comm: *mut c_void,
+        send: *mut c_void,
+        n_parts: c_int,
+        parts: *mut S,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+        _send_mh: *mut c_void,
+        request: *mut *mut c_void,
+    ) -> ncclResult_t {
+        guard("collnet iallgather", || {
+            // SAFETY: NCCL passes `n_parts` elements.
+            let parts = unsafe { read_sges(parts, n_parts, "iallgather") }?;
+            // SAFETY: NCCL's iallgather contract.
+            unsafe {
+                super::iallgather(
+                    coll_comm,
+                    send,
+                    &parts,
+                    bytes_per_rank,
+                    window_offset,
+                    window_bytes,
+                    request,
+                )
+            }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe extern "C" fn ireducescatter<S: NcclSge>(
+        coll_comm: *mut c_void,
+        n_parts: c_int,
+        parts: *mut S,
+        recv: *mut c_void,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+        dtype: ncclDataType_t,
+        op: ncclRedOp_t,
+        _recv_mh: *mut c_void,
+        request: *mut *mut c_void,
+    ) -> ncclResult_t {
+        guard("collnet ireducescatter", || {
+            // SAFETY: NCCL passes `n_parts` elements.
+            let parts = unsafe { read_sges(parts, n_parts, "ireducescatter") }?;
+            // SAFETY: NCCL's ireducescatter contract.
+            unsafe {
+                super::ireducescatter(
+                    coll_comm,
+                    &parts,
+                    recv,
+                    bytes_per_rank,
+                    window_offset,
+                    window_bytes,
+                    dtype.0 as c_int,
+                    op.0 as c_int,
+                    request,
+                )
+            }
+        })
+    }
+
+    pub unsafe extern "C" fn connect(
+        handles: *mut *mut c_void,
+        nranks: c_int,
+        rank: c_int,
+        listen_comm: *mut c_void,
+        coll_comm: *mut *mut c_void,
+    ) -> ncclResult_t {
+        // SAFETY: arguments as NCCL's CollNet connect contract describes.
+        guard("collnet connect", || unsafe {
+            super::connect(handles, nranks, rank, listen_comm, coll_comm)
+        })
+    }
+
+    pub unsafe extern "C" fn reduce_support(
+        dtype: ncclDataType_t,
+        op: ncclRedOp_t,
+        supported: *mut c_int,
+    ) -> ncclResult_t {
+        // SAFETY: NCCL passes a writable int.
+        guard("collnet reduceSupport", || unsafe {
+            super::write_reduce_support(dtype.0 as c_int, op.0 as c_int, supported)
+        })
+    }
+
+    pub unsafe extern "C" fn init(logger: ncclDebugLogger_t) -> ncclResult_t {
+        guard("collnet init", || crate::abi::net::init(logger))
+    }
+
+    /// v11+: one context per NCCL communicator.
+    pub unsafe extern "C" fn init_context(
+        ctx: *mut *mut c_void,
+        comm_id: u64,
+        logger: ncclDebugLogger_t,
+    ) -> ncclResult_t {
+        guard("collnet init", || {
+            crate::abi::net::init(logger)?;
+            // SAFETY: NCCL passes a writable context pointer.
+            unsafe { crate::abi::net::init_context(ctx, comm_id, -1) }
+        })
+    }
+
+    /// v8: `int` element count.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe extern "C" fn iallreduce_int(
+        coll_comm: *mut c_void,
+        send: *mut c_void,
+        recv: *mut c_void,
+        count: c_int,
+        dtype: ncclDataType_t,
+        op: ncclRedOp_t,
+        send_mh: *mut c_void,
+        recv_mh: *mut c_void,
+        request: *mut *mut c_void,
+    ) -> ncclResult_t {
+        let Ok(count) = usize::try_from(count) else {
+            return guard("collnet iallreduce", || {
+                Err(crate::error::NetError::InvalidArgument(format!(
+                    "count {count}"
+                )))
+            });
+        };
+        // SAFETY: same contract as the size_t version.
+        unsafe {
+            iallreduce_sized(
+                coll_comm, send, recv, count, dtype, op, send_mh, recv_mh, request,
+            )
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe extern "C" fn iallreduce_sized(
+        coll_comm: *mut c_void,
+        send: *mut c_void,
+        recv: *mut c_void,
+        count: usize,
+        dtype: ncclDataType_t,
+        op: ncclRedOp_t,
+        _send_mh: *mut c_void,
+        _recv_mh: *mut c_void,
+        request: *mut *mut c_void,
+    ) -> ncclResult_t {
+        // SAFETY: NCCL's iallreduce contract.
+        guard("collnet iallreduce", || unsafe {
+            super::iallreduce(
+                coll_comm,
+                send,
+                recv,
+                count,
+                dtype.0 as c_int,
+                op.0 as c_int,
+                request,
+            )
+        })
+    }
+
+    pub unsafe extern "C" fn iflush(
+        _coll_comm: *mut c_void,
+        _data: *mut c_void,
+        _size: c_int,
+        _mhandle: *mut c_void,
+        request: *mut *mut c_void,
+    ) -> ncclResult_t {
+        // SAFETY: NCCL passes a writable request pointer.
+        guard("collnet iflush", || unsafe { super::iflush(request) })
+    }
+
+    pub unsafe extern "C" fn test(
+        request: *mut c_void,
+        done: *mut c_int,
+        size: *mut c_int,
+    ) -> ncclResult_t {
+        // SAFETY: NCCL's test contract.
+        guard("collnet test", || unsafe {
+            super::test(request, done, size)
+        })
+    }
+
+    pub unsafe extern "C" fn close_coll(coll_comm: *mut c_void) -> ncclResult_t {
+        // SAFETY: NCCL passes back a collective comm, once.
+        guard("collnet closeColl", || unsafe {
+            super::close_coll(coll_comm)
+        })
+    }
+}

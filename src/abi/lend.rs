@@ -1,0 +1,125 @@
+//! Lending the plugin's own heap buffers to the transport.
+//!
+//! NCCL's buffers reach the transport as [`RawBuf`]s whose lifetime NCCL
+//! guarantees. The collective network also sends and receives from memory
+//! it owns (staging, encoded shards); these wrappers tie that memory to the
+//! request, so safe code cannot free or read it while the transport may
+//! still use it. A request dropped before it completes (a failed or closed
+//! group) leaks its buffer rather than risk a late write into freed memory.
+
+use std::sync::Arc;
+
+use super::os::RawBuf;
+use crate::error::NetResult;
+use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
+
+/// A send of bytes the plugin owns.
+pub struct OwnedSend {
+    request: Option<SendRequest>,
+    bytes: Option<Arc<[u8]>>,
+}
+
+impl OwnedSend {
+    /// Queues `bytes` on `comm`; gives them back when the request pool is full.
+    pub fn start(
+        comm: &SendComm,
+        bytes: Arc<[u8]>,
+        tag: i32,
+    ) -> NetResult<Result<OwnedSend, Arc<[u8]>>> {
+        // SAFETY: the Arc keeps the bytes alive and unmodified (Arc<[u8]>
+        // has no interior mutability) until this request completes or is
+        // leaked by Drop; the transport only reads send buffers.
+        let buf = unsafe { RawBuf::new(bytes.as_ptr().cast_mut(), bytes.len()) };
+        Ok(match comm.isend(buf, tag)? {
+            Some(request) => Ok(OwnedSend {
+                request: Some(request),
+                bytes: Some(bytes),
+            }),
+            None => Err(bytes),
+        })
+    }
+
+    /// True once every byte has been handed to the kernel.
+    pub fn test(&mut self) -> NetResult<bool> {
+        let Some(request) = &self.request else {
+            return Ok(true);
+        };
+        if request.test()?.is_none() {
+            return Ok(false);
+        }
+        self.request = None;
+        self.bytes = None;
+        Ok(true)
+    }
+}
+
+impl Drop for OwnedSend {
+    fn drop(&mut self) {
+        if self.request.is_some() {
+            // The stream threads may still read the bytes.
+            std::mem::forget(self.bytes.take());
+        }
+    }
+}
+
+/// A receive into a buffer the plugin owns.
+pub struct OwnedRecv {
+    request: Option<RecvRequest>,
+    buf: Option<Vec<u8>>,
+    received: usize,
+}
+
+impl OwnedRecv {
+    /// Posts a receive of up to `buf.len()` bytes with `tag`; gives the
+    /// buffer back when the request pool is full.
+    pub fn start(
+        comm: &RecvComm,
+        mut buf: Vec<u8>,
+        tag: i32,
+    ) -> NetResult<Result<OwnedRecv, Vec<u8>>> {
+        // SAFETY: the Vec's heap memory does not move when the Vec is moved
+        // into `self`, and nothing reads or frees it until the request
+        // completes (`take` checks) or Drop leaks it.
+        let raw = unsafe { RawBuf::new(buf.as_mut_ptr(), buf.len()) };
+        Ok(match comm.irecv(vec![(raw, tag)])? {
+            Some(request) => Ok(OwnedRecv {
+                request: Some(request),
+                buf: Some(buf),
+                received: 0,
+            }),
+            None => Err(buf),
+        })
+    }
+
+    /// True once the message has arrived.
+    pub fn test(&mut self) -> NetResult<bool> {
+        let Some(request) = &self.request else {
+            return Ok(true);
+        };
+        let Some(sizes) = request.test()? else {
+            return Ok(false);
+        };
+        self.received = sizes.first().copied().unwrap_or(0) as usize;
+        self.request = None;
+        Ok(true)
+    }
+
+    /// The received bytes, once [`OwnedRecv::test`] said true.
+    pub fn take(mut self) -> Option<Vec<u8>> {
+        if self.request.is_some() {
+            return None;
+        }
+        let mut buf = self.buf.take()?;
+        buf.truncate(self.received);
+        Some(buf)
+    }
+}
+
+impl Drop for OwnedRecv {
+    fn drop(&mut self) {
+        if self.request.is_some() {
+            // The stream threads may still write into the buffer.
+            std::mem::forget(self.buf.take());
+        }
+    }
+}

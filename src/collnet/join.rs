@@ -1,0 +1,203 @@
+//! Joining a collective group, without I/O: the hello every member sends
+//! on each of its links, and the parameters the group agrees on.
+//!
+//! Every member receives a hello from every other member and knows its own,
+//! so each computes [`agree`] over the same `n` hellos and all reach the
+//! same answer, with no extra round trip. A parameter that could make
+//! members disagree about the bytes on the wire (the FP8 format) is agreed
+//! this way, never taken from the local config alone.
+
+use super::steps::Lane;
+use crate::codec::Fp8Format;
+
+pub const MEMBER_HELLO_BYTES: usize = 32;
+const MAGIC: &[u8; 8] = b"AIRCOLL1";
+/// Bumped whenever the collective protocol changes incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Sent on every contribution link once a member holds all its links.
+pub const READY_BYTES: usize = 8;
+pub const READY: &[u8; READY_BYTES] = b"AIRREADY";
+
+/// What one member says about itself on each link it opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberHello {
+    pub rank: u32,
+    pub nranks: u32,
+    pub lane: Lane,
+    /// The FP8 format this member would use, `None` when it has FP8 off.
+    pub fp8: Option<Fp8Format>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinError {
+    BadMagic,
+    Version(u32),
+    /// The peer counts a different number of members.
+    GroupSize {
+        ours: u32,
+        theirs: u32,
+    },
+    BadRank(u32),
+    BadLane(u32),
+    BadFormat(u32),
+    /// Two links claim the same (member, lane).
+    Duplicate {
+        rank: u32,
+        lane: Lane,
+    },
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::BadMagic => write!(f, "not an airamp collective hello"),
+            JoinError::Version(v) => write!(
+                f,
+                "collective protocol version {v}, this build speaks {PROTOCOL_VERSION}"
+            ),
+            JoinError::GroupSize { ours, theirs } => {
+                write!(f, "peer counts {theirs} members, we count {ours}")
+            }
+            JoinError::BadRank(r) => write!(f, "member index {r} out of range"),
+            JoinError::BadLane(l) => write!(f, "unknown link kind {l}"),
+            JoinError::BadFormat(c) => write!(f, "unknown FP8 format code {c}"),
+            JoinError::Duplicate { rank, lane } => {
+                write!(f, "member {rank} opened two {lane:?} links")
+            }
+        }
+    }
+}
+
+fn format_code(f: Option<Fp8Format>) -> u32 {
+    match f {
+        None => 0,
+        Some(Fp8Format::E4M3) => 1,
+        Some(Fp8Format::E5M2) => 2,
+    }
+}
+
+impl MemberHello {
+    pub fn encode(&self) -> [u8; MEMBER_HELLO_BYTES] {
+        let mut b = [0u8; MEMBER_HELLO_BYTES];
+        b[..8].copy_from_slice(MAGIC);
+        let words = [
+            PROTOCOL_VERSION,
+            self.rank,
+            self.nranks,
+            self.lane as u32,
+            format_code(self.fp8),
+        ];
+        for (i, w) in words.iter().enumerate() {
+            b[8 + 4 * i..12 + 4 * i].copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+
+    /// Decodes and checks a hello from a peer of a group of `nranks`
+    /// in which we are `rank`.
+    pub fn decode(b: &[u8], nranks: u32, rank: u32) -> Result<MemberHello, JoinError> {
+        if b.len() != MEMBER_HELLO_BYTES || &b[..8] != MAGIC {
+            return Err(JoinError::BadMagic);
+        }
+        let word = |i: usize| u32::from_le_bytes(b[8 + 4 * i..12 + 4 * i].try_into().unwrap());
+        if word(0) != PROTOCOL_VERSION {
+            return Err(JoinError::Version(word(0)));
+        }
+        let (from, theirs) = (word(1), word(2));
+        if theirs != nranks {
+            return Err(JoinError::GroupSize {
+                ours: nranks,
+                theirs,
+            });
+        }
+        if from >= nranks || from == rank {
+            return Err(JoinError::BadRank(from));
+        }
+        let lane = match word(3) {
+            0 => Lane::Contrib,
+            1 => Lane::Result,
+            l => return Err(JoinError::BadLane(l)),
+        };
+        let fp8 = match word(4) {
+            0 => None,
+            1 => Some(Fp8Format::E4M3),
+            2 => Some(Fp8Format::E5M2),
+            c => return Err(JoinError::BadFormat(c)),
+        };
+        Ok(MemberHello {
+            rank: from,
+            nranks,
+            lane,
+            fp8,
+        })
+    }
+}
+
+/// The FP8 format the whole group uses: a format only when every member
+/// enabled FP8 with that same format; otherwise the exact path for all.
+pub fn agree(fp8_of_each_member: &[Option<Fp8Format>]) -> Option<Fp8Format> {
+    let first = *fp8_of_each_member.first()?;
+    fp8_of_each_member
+        .iter()
+        .all(|f| *f == first)
+        .then_some(first)
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hello_round_trips_and_is_checked() {
+        let h = MemberHello {
+            rank: 2,
+            nranks: 4,
+            lane: Lane::Result,
+            fp8: Some(Fp8Format::E5M2),
+        };
+        let b = h.encode();
+        assert_eq!(MemberHello::decode(&b, 4, 0), Ok(h));
+        assert_eq!(
+            MemberHello::decode(&b, 5, 0),
+            Err(JoinError::GroupSize { ours: 5, theirs: 4 })
+        );
+        assert_eq!(MemberHello::decode(&b, 4, 2), Err(JoinError::BadRank(2)));
+        let mut bad = b;
+        bad[0] ^= 1;
+        assert_eq!(MemberHello::decode(&bad, 4, 0), Err(JoinError::BadMagic));
+        let mut bad = b;
+        bad[20] = 7;
+        assert_eq!(MemberHello::decode(&bad, 4, 0), Err(JoinError::BadLane(7)));
+        assert!(MemberHello::decode(&b[..31], 4, 0).is_err());
+    }
+
+    #[test]
+    fn agreement_needs_everyone() {
+        let e4 = Some(Fp8Format::E4M3);
+        assert_eq!(agree(&[e4, e4, e4]), e4);
+        assert_eq!(agree(&[e4, None, e4]), None);
+        assert_eq!(agree(&[e4, Some(Fp8Format::E5M2)]), None);
+        assert_eq!(agree(&[None, None]), None);
+        assert_eq!(agree(&[]), None);
+    }
+
+    proptest! {
+        /// Every member sees the same multiset of hellos in its own order
+        /// (its own first, then peers in arrival order): all agree.
+        #[test]
+        fn agreement_ignores_order(codes in prop::collection::vec(0u8..3, 1..16), rot in 0usize..16) {
+            let of = |c: u8| match c { 0 => None, 1 => Some(Fp8Format::E4M3), _ => Some(Fp8Format::E5M2) };
+            let v: Vec<_> = codes.iter().map(|&c| of(c)).collect();
+            let mut w = v.clone();
+            w.rotate_left(rot % v.len());
+            prop_assert_eq!(agree(&v), agree(&w));
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..40), n in 1u32..300, r in 0u32..300) {
+            let _ = MemberHello::decode(&bytes, n, r);
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The unit of work the group driver schedules: one *step* of a collective,
+//! without I/O.
+//!
+//! A step knows, before it starts, every message it will receive (so the
+//! driver can post receives early), turns its input into messages when it
+//! starts, and turns each arriving message into more messages and output
+//! writes. Messages travel on one of two [`Lane`]s per ordered pair of
+//! members; the driver keeps each lane in step order, which is what lets a
+//! receiver post its receives in that order:
+//!
+//! * [`Lane::Contrib`] carries what a member sends at the start of a step
+//!   (allreduce and reduce-scatter contributions);
+//! * [`Lane::Result`] carries what is only known later (an owner's reduced
+//!   shard) and allgather pieces.
+//!
+//! Steps: [`Step::AllReduce`] wraps one [`Member`] segment;
+//! [`Step::AllGather`] and [`Step::ReduceScatter`] implement NCCL's windowed
+//! `iallgather`/`ireducescatter` (exact only), see [`window_pieces`].
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::algo::{CollError, DataType, Member, Msg, Outgoing, RedOp, Reducer, Spec};
+
+/// Which of the two links from one member to another a message uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Contrib = 0,
+    Result = 1,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Contrib, Lane::Result];
+}
+
+/// A message for member `to`.
+#[derive(Clone, Debug)]
+pub struct Send {
+    pub to: usize,
+    pub lane: Lane,
+    pub bytes: Arc<[u8]>,
+}
+
+/// A message this step will receive from `from`, of exactly `len` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect {
+    pub from: usize,
+    pub lane: Lane,
+    pub len: usize,
+}
+
+/// Bytes to write at `offset` of the call's output.
+#[derive(Debug)]
+pub struct Write {
+    pub offset: usize,
+    pub bytes: Arc<[u8]>,
+}
+
+/// What handling an event produced.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub sends: Vec<Send>,
+    pub writes: Vec<Write>,
+}
+
+/// The part of a `windowBytes` window at `windowOffset` of the logical
+/// `n * bytes_per_rank` buffer that belongs to member `r`, relative to the
+/// window start. Empty when member `r`'s slot does not meet the window.
+pub fn window_piece(
+    r: usize,
+    bytes_per_rank: usize,
+    window_offset: usize,
+    window_bytes: usize,
+) -> Range<usize> {
+    let slot_start = r.saturating_mul(bytes_per_rank);
+    let slot_end = slot_start.saturating_add(bytes_per_rank);
+    let win_end = window_offset.saturating_add(window_bytes);
+    let start = slot_start.max(window_offset);
+    let end = slot_end.min(win_end);
+    if start >= end {
+        return 0..0;
+    }
+    start - window_offset..end - window_offset
+}
+
+/// Every member's piece of the window.
+pub fn window_pieces(
+    n: usize,
+    bytes_per_rank: usize,
+    window_offset: usize,
+    window_bytes: usize,
+) -> Vec<Range<usize>> {
+    (0..n)
+        .map(|r| window_piece(r, bytes_per_rank, window_offset, window_bytes))
+        .collect()
+}
+
+/// One allreduce segment: `count` elements starting at byte `offset` of the
+/// call's buffers.
+pub struct AllReduceStep {
+    spec: Spec,
+    rank: usize,
+    offset: usize,
+    member: Option<Member>,
+    wrote: bool,
+}
+
+/// One windowed allgather: member `r` contributes `pieces[r]` (window
+/// relative) and everyone ends with the whole window.
+pub struct AllGatherStep {
+    rank: usize,
+    pieces: Vec<Range<usize>>,
+}
+
+/// One windowed reduce-scatter: the input is the window; member `r` ends
+/// with the reduction of `pieces[r]` written at offset 0 of its output.
+pub struct ReduceScatterStep {
+    rank: usize,
+    window_bytes: usize,
+    pieces: Vec<Range<usize>>,
+    reducer: Option<Reducer>,
+}
+
+pub enum Step {
+    AllReduce(AllReduceStep),
+    AllGather(AllGatherStep),
+    ReduceScatter(ReduceScatterStep),
+}
+
+fn map_outgoing(out: Vec<Outgoing>) -> Vec<Send> {
+    out.into_iter()
+        .map(|o| match o.msg {
+            Msg::Contribution { bytes, .. } => Send {
+                to: o.to,
+                lane: Lane::Contrib,
+                bytes: bytes.into(),
+            },
+            Msg::Reduced { bytes, .. } => Send {
+                to: o.to,
+                lane: Lane::Result,
+                bytes,
+            },
+        })
+        .collect()
+}
+
+impl Step {
+    /// A segment of an allreduce; `offset` is in bytes.
+    pub fn all_reduce(spec: Spec, rank: usize, offset: usize) -> Result<Step, CollError> {
+        spec.validate()?;
+        if rank >= spec.n {
+            return Err(CollError::BadRank { rank, n: spec.n });
+        }
+        Ok(Step::AllReduce(AllReduceStep {
+            spec,
+            rank,
+            offset,
+            member: None,
+            wrote: false,
+        }))
+    }
+
+    pub fn all_gather(
+        n: usize,
+        rank: usize,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+    ) -> Result<Step, CollError> {
+        if rank >= n {
+            return Err(CollError::BadRank { rank, n });
+        }
+        Ok(Step::AllGather(AllGatherStep {
+            rank,
+            pieces: window_pieces(n, bytes_per_rank, window_offset, window_bytes),
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn reduce_scatter(
+        n: usize,
+        rank: usize,
+        dtype: DataType,
+        op: RedOp,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+    ) -> Result<Step, CollError> {
+        if rank >= n {
+            return Err(CollError::BadRank { rank, n });
+        }
+        let pieces = window_pieces(n, bytes_per_rank, window_offset, window_bytes);
+        let size = dtype.size();
+        if pieces
+            .iter()
+            .any(|p| p.start % size != 0 || p.len() % size != 0)
+        {
+            return Err(CollError::InputLength {
+                expected: size,
+                actual: window_offset % size + window_bytes % size + bytes_per_rank % size,
+            });
+        }
+        let own = &pieces[rank];
+        let reducer =
+            (!own.is_empty()).then(|| Reducer::new(dtype, op, None, n, rank, own.len() / size));
+        Ok(Step::ReduceScatter(ReduceScatterStep {
+            rank,
+            window_bytes,
+            pieces,
+            reducer,
+        }))
+    }
+
+    /// Bytes of the caller's input this step reads at start:
+    /// `(offset, len)` in the call's send buffer.
+    pub fn input_range(&self) -> Range<usize> {
+        match self {
+            Step::AllReduce(s) => s.offset..s.offset + s.spec.input_bytes(),
+            Step::AllGather(s) => 0..s.pieces[s.rank].len(),
+            Step::ReduceScatter(s) => 0..s.window_bytes,
+        }
+    }
+
+    /// Every message this step will receive, known before it starts.
+    pub fn expects(&self) -> Vec<Expect> {
+        let mut out = Vec::new();
+        match self {
+            Step::AllReduce(s) => {
+                let own = s.spec.payload_len(s.rank);
+                for j in (0..s.spec.n).filter(|&j| j != s.rank) {
+                    if !s.spec.shard(s.rank).is_empty() {
+                        out.push(Expect {
+                            from: j,
+                            lane: Lane::Contrib,
+                            len: own,
+                        });
+                    }
+                    if !s.spec.shard(j).is_empty() {
+                        out.push(Expect {
+                            from: j,
+                            lane: Lane::Result,
+                            len: s.spec.payload_len(j),
+                        });
+                    }
+                }
+            }
+            Step::AllGather(s) => {
+                for (j, p) in s.pieces.iter().enumerate() {
+                    if j != s.rank && !p.is_empty() {
+                        out.push(Expect {
+                            from: j,
+                            lane: Lane::Result,
+                            len: p.len(),
+                        });
+                    }
+                }
+            }
+            Step::ReduceScatter(s) => {
+                let own = s.pieces[s.rank].len();
+                if own > 0 {
+                    for j in (0..s.pieces.len()).filter(|&j| j != s.rank) {
+                        out.push(Expect {
+                            from: j,
+                            lane: Lane::Contrib,
+                            len: own,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts the step on the bytes of [`Step::input_range`].
+    pub fn start(&mut self, input: &[u8]) -> Result<Effects, CollError> {
+        let mut fx = Effects::default();
+        match self {
+            Step::AllReduce(s) => {
+                let (member, out) = Member::new(s.spec, s.rank, input)?;
+                s.member = Some(member);
+                fx.sends = map_outgoing(out);
+                s.collect_output(&mut fx);
+            }
+            Step::AllGather(s) => {
+                let own = &s.pieces[s.rank];
+                if input.len() != own.len() {
+                    return Err(CollError::InputLength {
+                        expected: own.len(),
+                        actual: input.len(),
+                    });
+                }
+                if !own.is_empty() {
+                    let bytes: Arc<[u8]> = input.into();
+                    for to in (0..s.pieces.len()).filter(|&to| to != s.rank) {
+                        fx.sends.push(Send {
+                            to,
+                            lane: Lane::Result,
+                            bytes: Arc::clone(&bytes),
+                        });
+                    }
+                    fx.writes.push(Write {
+                        offset: own.start,
+                        bytes,
+                    });
+                }
+            }
+            Step::ReduceScatter(s) => {
+                for (to, p) in s.pieces.iter().enumerate() {
+                    let Some(chunk) = input.get(p.clone()) else {
+                        return Err(CollError::InputLength {
+                            expected: p.end,
+                            actual: input.len(),
+                        });
+                    };
+                    if to != s.rank && !p.is_empty() {
+                        fx.sends.push(Send {
+                            to,
+                            lane: Lane::Contrib,
+                            bytes: chunk.into(),
+                        });
+                    }
+                }
+                let own = s.pieces[s.rank].clone();
+                if !own.is_empty() {
+                    let mine = input[own].to_vec();
+                    s.fold(s.rank, mine, &mut fx)?;
+                }
+            }
+        }
+        Ok(fx)
+    }
+
+    /// Handles the message this step expected from `from` on `lane`.
+    pub fn on_message(
+        &mut self,
+        from: usize,
+        lane: Lane,
+        bytes: Vec<u8>,
+    ) -> Result<Effects, CollError> {
+        let mut fx = Effects::default();
+        match self {
+            Step::AllReduce(s) => {
+                let member = s.member.as_mut().ok_or(CollError::UnknownMember(from))?;
+                let msg = match lane {
+                    Lane::Contrib => Msg::Contribution {
+                        from,
+                        shard: s.rank,
+                        bytes,
+                    },
+                    Lane::Result => Msg::Reduced {
+                        shard: from,
+                        bytes: bytes.into(),
+                    },
+                };
+                fx.sends = map_outgoing(member.on_message(msg)?);
+                s.collect_output(&mut fx);
+            }
+            Step::AllGather(s) => {
+                let piece = s
+                    .pieces
+                    .get(from)
+                    .filter(|p| lane == Lane::Result && from != s.rank && !p.is_empty())
+                    .ok_or(CollError::UnknownMember(from))?;
+                if bytes.len() != piece.len() {
+                    return Err(CollError::WrongLength {
+                        shard: from,
+                        expected: piece.len(),
+                        actual: bytes.len(),
+                    });
+                }
+                fx.writes.push(Write {
+                    offset: piece.start,
+                    bytes: bytes.into(),
+                });
+            }
+            Step::ReduceScatter(s) => {
+                if lane != Lane::Contrib {
+                    return Err(CollError::UnknownMember(from));
+                }
+                s.fold(from, bytes, &mut fx)?;
+            }
+        }
+        Ok(fx)
+    }
+
+    /// Every output byte of this step has been written.
+    pub fn is_done(&self) -> bool {
+        match self {
+            Step::AllReduce(s) => s.wrote,
+            // Done once every expected piece arrived: the driver counts them.
+            Step::AllGather(_) => true,
+            Step::ReduceScatter(s) => s.reducer.as_ref().map_or(true, Reducer::is_done),
+        }
+    }
+
+    /// The sampled FP8 quantization error of this member's reduction.
+    pub fn sampled_error(&self) -> Option<f64> {
+        match self {
+            Step::AllReduce(s) => s.member.as_ref().and_then(Member::sampled_error),
+            _ => None,
+        }
+    }
+
+    /// This step will produce no more [`Lane::Result`] messages, so later
+    /// steps may use that lane.
+    pub fn result_lane_closed(&self) -> bool {
+        match self {
+            Step::AllReduce(s) => s.member.as_ref().is_some_and(Member::sent_everything),
+            Step::AllGather(_) | Step::ReduceScatter(_) => true,
+        }
+    }
+}
+
+impl AllReduceStep {
+    fn collect_output(&mut self, fx: &mut Effects) {
+        if let Some(m) = &self.member {
+            if m.is_done() && !self.wrote {
+                self.wrote = true;
+                fx.writes.push(Write {
+                    offset: self.offset,
+                    bytes: m.output().into(),
+                });
+            }
+        }
+    }
+}
+
+impl ReduceScatterStep {
+    fn fold(&mut self, from: usize, bytes: Vec<u8>, fx: &mut Effects) -> Result<(), CollError> {
+        let Some(reducer) = self.reducer.as_mut() else {
+            return Err(CollError::UnknownShard(self.rank));
+        };
+        if let Some(out) = reducer.accept(from, bytes)? {
+            fx.writes.push(Write {
+                offset: 0,
+                bytes: out.into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! Collective-network metrics: calls by dtype and path, bytes before and
+//! after compression, a sampled FP8 error, call latency, and the staging
+//! buffer pool. Lock-free, allocation-free recording like the rest.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::histogram::Histogram;
+use super::{LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
+use crate::collnet::{DataType, Path};
+
+const DTYPES: [&str; 10] = [
+    "int8", "uint8", "int32", "uint32", "int64", "uint64", "float16", "float32", "float64",
+    "bfloat16",
+];
+const PATHS: [&str; 2] = ["exact", "fp8"];
+
+fn dtype_index(d: DataType) -> usize {
+    match d {
+        DataType::I8 => 0,
+        DataType::U8 => 1,
+        DataType::I32 => 2,
+        DataType::U32 => 3,
+        DataType::I64 => 4,
+        DataType::U64 => 5,
+        DataType::F16 => 6,
+        DataType::F32 => 7,
+        DataType::F64 => 8,
+        DataType::Bf16 => 9,
+    }
+}
+
+fn path_index(p: Path) -> usize {
+    match p {
+        Path::Exact => 0,
+        Path::Fp8(_) => 1,
+    }
+}
+
+pub struct CollnetMetrics {
+    ops: [[AtomicU64; PATHS.len()]; DTYPES.len()],
+    bytes_in: [AtomicU64; PATHS.len()],
+    wire_bytes: [AtomicU64; PATHS.len()],
+    latency: [Histogram<LATENCY_BUCKETS>; PATHS.len()],
+    /// Sum of sampled relative errors, in parts per billion, and samples.
+    error_ppb_sum: AtomicU64,
+    error_samples: AtomicU64,
+    pool_hits: AtomicU64,
+    pool_misses: AtomicU64,
+    pool_bytes: AtomicU64,
+}
+
+static COLLNET: CollnetMetrics = CollnetMetrics {
+    ops: [const { [const { AtomicU64::new(0) }; PATHS.len()] }; DTYPES.len()],
+    bytes_in: [const { AtomicU64::new(0) }; PATHS.len()],
+    wire_bytes: [const { AtomicU64::new(0) }; PATHS.len()],
+    latency: [const { Histogram::new() }; PATHS.len()],
+    error_ppb_sum: AtomicU64::new(0),
+    error_samples: AtomicU64::new(0),
+    pool_hits: AtomicU64::new(0),
+    pool_misses: AtomicU64::new(0),
+    pool_bytes: AtomicU64::new(0),
+};
+
+pub fn collnet() -> &'static CollnetMetrics {
+    &COLLNET
+}
+
+impl CollnetMetrics {
+    /// A call finished: `bytes` of user data, `wire` bytes this member sent.
+    pub fn op_done(&self, dtype: DataType, path: Path, bytes: usize, wire: u64, took: Duration) {
+        let p = path_index(path);
+        self.ops[dtype_index(dtype)][p].fetch_add(1, Relaxed);
+        self.bytes_in[p].fetch_add(bytes as u64, Relaxed);
+        self.wire_bytes[p].fetch_add(wire, Relaxed);
+        self.latency[p].observe(&LATENCY_BOUNDS_NS, took.as_nanos() as u64);
+    }
+
+    /// One sampled relative L2 error of an FP8 quantization.
+    pub fn fp8_error_sample(&self, rel: f64) {
+        if rel.is_finite() {
+            self.error_ppb_sum.fetch_add((rel * 1e9) as u64, Relaxed);
+            self.error_samples.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A staging buffer request was served from the pool (or not).
+    pub fn pool_lookup(&self, hit: bool) {
+        if hit {
+            self.pool_hits.fetch_add(1, Relaxed);
+        } else {
+            self.pool_misses.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Bytes held by staging pools changed by `delta`.
+    pub fn pool_bytes_add(&self, delta: i64) {
+        if delta >= 0 {
+            self.pool_bytes.fetch_add(delta as u64, Relaxed);
+        } else {
+            self.pool_bytes.fetch_sub(delta.unsigned_abs(), Relaxed);
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+pub(crate) fn render(out: &mut String) {
+    let m = &COLLNET;
+    header(
+        out,
+        "airamp_collnet_ops_total",
+        "counter",
+        "Collective-network calls completed, by datatype and path (exact or fp8).",
+    );
+    for (d, by_path) in m.ops.iter().enumerate() {
+        for (p, n) in by_path.iter().enumerate() {
+            let n = n.load(Relaxed);
+            // The float series always exist, so dashboards see zero, not
+            // "no data"; integer series appear once they count.
+            if n > 0 || matches!(DTYPES[d], "float16" | "float32" | "bfloat16") {
+                let _ = writeln!(
+                    out,
+                    "airamp_collnet_ops_total{{dtype=\"{}\",path=\"{}\"}} {n}",
+                    DTYPES[d], PATHS[p]
+                );
+            }
+        }
+    }
+    header(
+        out,
+        "airamp_collnet_input_bytes_total",
+        "counter",
+        "User bytes reduced or gathered by collective-network calls (before compression).",
+    );
+    for (p, name) in PATHS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "airamp_collnet_input_bytes_total{{path=\"{name}\"}} {}",
+            m.bytes_in[p].load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "airamp_collnet_wire_bytes_total",
+        "counter",
+        "Bytes this member sent for collective-network calls (after compression).",
+    );
+    for (p, name) in PATHS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "airamp_collnet_wire_bytes_total{{path=\"{name}\"}} {}",
+            m.wire_bytes[p].load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "airamp_collnet_fp8_relative_error",
+        "summary",
+        "Relative L2 error of sampled FP8 blocks (one block per reduced shard); mean = sum / count.",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_fp8_relative_error_sum {}",
+        m.error_ppb_sum.load(Relaxed) as f64 / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_fp8_relative_error_count {}",
+        m.error_samples.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_pool_lookups_total",
+        "counter",
+        "Staging buffer requests, served from the pool (hit) or allocated (miss).",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_pool_lookups_total{{result=\"hit\"}} {}",
+        m.pool_hits.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_pool_lookups_total{{result=\"miss\"}} {}",
+        m.pool_misses.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_pool_bytes",
+        "gauge",
+        "Bytes of staging buffers kept in collective-network pools.",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_pool_bytes {}",
+        m.pool_bytes.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_op_duration_seconds",
+        "histogram",
+        "Time from a collective-network call to its completion, by path.",
+    );
+    for (p, name) in PATHS.iter().enumerate() {
+        let s = m.latency[p].snapshot();
+        for (i, b) in LATENCY_BOUNDS_NS.iter().enumerate() {
+            let cum = s.cumulative[i];
+            let _ = writeln!(
+                out,
+                "airamp_collnet_op_duration_seconds_bucket{{path=\"{name}\",le=\"{}\"}} {cum}",
+                *b as f64 / 1e9
+            );
+        }
+        let total = s.cumulative[LATENCY_BOUNDS_NS.len()];
+        let _ = writeln!(
+            out,
+            "airamp_collnet_op_duration_seconds_bucket{{path=\"{name}\",le=\"+Inf\"}} {total}"
+        );
+        let _ = writeln!(
+            out,
+            "airamp_collnet_op_duration_seconds_sum{{path=\"{name}\"}} {}",
+            s.sum as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "airamp_collnet_op_duration_seconds_count{{path=\"{name}\"}} {total}"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Collective-network metrics: calls by dtype and path, bytes before and
-//! after compression, a sampled FP8 error, call latency, and the staging
-//! buffer pool. Lock-free, allocation-free recording like the rest.
+//! after compression, a sampled FP8 error and call latency. Lock-free,
+//! allocation-free recording like the rest.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -46,9 +46,6 @@ pub struct CollnetMetrics {
     /// Sum of sampled relative errors, in parts per billion, and samples.
     error_ppb_sum: AtomicU64,
     error_samples: AtomicU64,
-    pool_hits: AtomicU64,
-    pool_misses: AtomicU64,
-    pool_bytes: AtomicU64,
 }
 
 static COLLNET: CollnetMetrics = CollnetMetrics {
@@ -58,9 +55,6 @@ static COLLNET: CollnetMetrics = CollnetMetrics {
     latency: [const { Histogram::new() }; PATHS.len()],
     error_ppb_sum: AtomicU64::new(0),
     error_samples: AtomicU64::new(0),
-    pool_hits: AtomicU64::new(0),
-    pool_misses: AtomicU64::new(0),
-    pool_bytes: AtomicU64::new(0),
 };
 
 pub fn collnet() -> &'static CollnetMetrics {
@@ -82,24 +76,6 @@ impl CollnetMetrics {
         if rel.is_finite() {
             self.error_ppb_sum.fetch_add((rel * 1e9) as u64, Relaxed);
             self.error_samples.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// A staging buffer request was served from the pool (or not).
-    pub fn pool_lookup(&self, hit: bool) {
-        if hit {
-            self.pool_hits.fetch_add(1, Relaxed);
-        } else {
-            self.pool_misses.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Bytes held by staging pools changed by `delta`.
-    pub fn pool_bytes_add(&self, delta: i64) {
-        if delta >= 0 {
-            self.pool_bytes.fetch_add(delta as u64, Relaxed);
-        } else {
-            self.pool_bytes.fetch_sub(delta.unsigned_abs(), Relaxed);
         }
     }
 }
@@ -172,33 +148,6 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_fp8_relative_error_count {}",
         m.error_samples.load(Relaxed)
-    );
-    header(
-        out,
-        "airamp_collnet_pool_lookups_total",
-        "counter",
-        "Staging buffer requests, served from the pool (hit) or allocated (miss).",
-    );
-    let _ = writeln!(
-        out,
-        "airamp_collnet_pool_lookups_total{{result=\"hit\"}} {}",
-        m.pool_hits.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "airamp_collnet_pool_lookups_total{{result=\"miss\"}} {}",
-        m.pool_misses.load(Relaxed)
-    );
-    header(
-        out,
-        "airamp_collnet_pool_bytes",
-        "gauge",
-        "Bytes of staging buffers kept in collective-network pools.",
-    );
-    let _ = writeln!(
-        out,
-        "airamp_collnet_pool_bytes {}",
-        m.pool_bytes.load(Relaxed)
     );
     header(
         out,

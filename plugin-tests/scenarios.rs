@@ -10,6 +10,7 @@ use airamp::abi::client::{
 };
 use airamp::transport::wire::{FrameHeader, Hello, ListenHandle};
 
+use crate::collnet;
 use crate::support::*;
 
 type Scenario = fn() -> TestResult;
@@ -37,6 +38,22 @@ pub const ALL: &[(&str, Scenario)] = &[
         "metrics_scrape_counts_exactly",
         metrics_scrape_counts_exactly,
     ),
+    (
+        "collnet_exact_bit_identical",
+        collnet::collnet_exact_bit_identical,
+    ),
+    (
+        "collnet_fp8_error_and_nan",
+        collnet::collnet_fp8_error_and_nan,
+    ),
+    (
+        "collnet_fp8_needs_every_member",
+        collnet::collnet_fp8_needs_every_member,
+    ),
+    (
+        "collnet_failed_member_fails_everyone",
+        collnet::collnet_failed_member_fails_everyone,
+    ),
 ];
 
 /// Child roles, dispatched from `--child ROLE ARGS...`.
@@ -56,11 +73,24 @@ pub fn child(args: &[String]) -> TestResult {
         "bad-config" => child_bad_config(),
         "metrics" => child_metrics(arg(1).parse().unwrap_or(0)),
         "metrics-port-taken" => child_metrics_port_taken(),
+        role @ ("coll-exact" | "coll-fp8" | "coll-mixed" | "coll-quitter") => {
+            let (rank, n, v) = (
+                arg(1).parse().unwrap_or(0),
+                arg(2).parse().unwrap_or(1),
+                arg(3).parse().unwrap_or(12),
+            );
+            match role {
+                "coll-exact" => collnet::child_exact(rank, n, v),
+                "coll-fp8" => collnet::child_fp8(rank, n, v),
+                "coll-mixed" => collnet::child_mixed(rank, n, v),
+                _ => collnet::child_quitter(rank, n, v),
+            }
+        }
         other => Err(format!("unknown role {other}")),
     }
 }
 
-fn ensure(cond: bool, what: impl FnOnce() -> String) -> TestResult {
+pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> TestResult {
     if cond {
         Ok(())
     } else {

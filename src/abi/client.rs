@@ -523,3 +523,364 @@ pub fn handle_from_hex(s: &str) -> Result<[u8; 128], String> {
     }
     Ok(out)
 }
+
+/// The collective-network vtable of one version, driven as NCCL's proxy
+/// drives it.
+pub struct CollNet<'a> {
+    vt: CollVt<'a>,
+    ctx: *mut c_void,
+    _lib: std::marker::PhantomData<&'a Library>,
+}
+
+enum CollVt<'a> {
+    V8(&'a ncclCollNet_v8_t),
+    V9(&'a ncclCollNet_v9_t),
+    V10(&'a ncclCollNet_v10_t),
+    V11(&'a ncclCollNet_v11_t),
+    V12(&'a ncclCollNet_v12_t),
+}
+
+impl NetVersion {
+    pub fn collnet_symbol(self) -> &'static str {
+        match self {
+            Self::V8 => "ncclCollNetPlugin_v8",
+            Self::V9 => "ncclCollNetPlugin_v9",
+            Self::V10 => "ncclCollNetPlugin_v10",
+            Self::V11 => "ncclCollNetPlugin_v11",
+            Self::V12 => "ncclCollNetPlugin_v12",
+        }
+    }
+
+    pub fn from_number(v: u32) -> Option<NetVersion> {
+        Some(match v {
+            8 => Self::V8,
+            9 => Self::V9,
+            10 => Self::V10,
+            11 => Self::V11,
+            12 => Self::V12,
+            _ => return None,
+        })
+    }
+}
+
+impl Library {
+    /// The collective-network vtable of `version`.
+    pub fn collnet(&self, version: NetVersion) -> Result<CollNet<'_>, String> {
+        let name = version.collnet_symbol();
+        let sym = self
+            .symbol(name)
+            .ok_or_else(|| format!("{name} not exported"))?;
+        // SAFETY: the symbol is the plugin's vtable of exactly this version's
+        // type; it lives as long as the library (which `CollNet` borrows).
+        let vt = unsafe {
+            match version {
+                NetVersion::V8 => CollVt::V8(&*sym.cast()),
+                NetVersion::V9 => CollVt::V9(&*sym.cast()),
+                NetVersion::V10 => CollVt::V10(&*sym.cast()),
+                NetVersion::V11 => CollVt::V11(&*sym.cast()),
+                NetVersion::V12 => CollVt::V12(&*sym.cast()),
+            }
+        };
+        Ok(CollNet {
+            vt,
+            ctx: std::ptr::null_mut(),
+            _lib: std::marker::PhantomData,
+        })
+    }
+}
+
+macro_rules! each_coll {
+    ($self:expr, $f:ident ( $($arg:expr),* )) => {
+        match &$self.vt {
+            CollVt::V8(v) => call!(v, $f($($arg),*)),
+            CollVt::V9(v) => call!(v, $f($($arg),*)),
+            CollVt::V10(v) => call!(v, $f($($arg),*)),
+            CollVt::V11(v) => call!(v, $f($($arg),*)),
+            CollVt::V12(v) => call!(v, $f($($arg),*)),
+        }
+    };
+}
+
+/// A buffer part for iallgather / ireducescatter.
+#[derive(Clone, Copy, Debug)]
+pub struct Part {
+    pub address: *mut c_void,
+    pub size: usize,
+}
+
+impl CollNet<'_> {
+    pub fn init(&mut self, logger: ncclDebugLogger_t) -> Result<(), Code> {
+        let mut ctx = std::ptr::null_mut();
+        let r = match &self.vt {
+            CollVt::V8(v) => call!(v, init(logger)),
+            CollVt::V9(v) => call!(v, init(logger)),
+            CollVt::V10(v) => call!(v, init(logger)),
+            CollVt::V11(v) => call!(v, init(&mut ctx, 7, logger)),
+            CollVt::V12(v) => call!(v, init(&mut ctx, 7, logger)),
+        };
+        self.ctx = ctx;
+        r
+    }
+
+    pub fn finalize(&mut self) -> Result<(), Code> {
+        match &self.vt {
+            CollVt::V11(v) => call!(v, finalize(self.ctx)),
+            CollVt::V12(v) => call!(v, finalize(self.ctx)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn devices(&self) -> Result<i32, Code> {
+        let mut n: c_int = 0;
+        each_coll!(self, devices(&mut n))?;
+        Ok(n)
+    }
+
+    pub fn listen(&self, dev: i32) -> Result<([u8; 128], Comm), Code> {
+        let mut handle = [0u8; 128];
+        let h = handle.as_mut_ptr().cast::<c_void>();
+        let mut comm = std::ptr::null_mut();
+        match &self.vt {
+            CollVt::V8(v) => call!(v, listen(dev, h, &mut comm)),
+            CollVt::V9(v) => call!(v, listen(dev, h, &mut comm)),
+            CollVt::V10(v) => call!(v, listen(dev, h, &mut comm)),
+            CollVt::V11(v) => call!(v, listen(self.ctx, dev, h, &mut comm)),
+            CollVt::V12(v) => call!(v, listen(self.ctx, dev, h, &mut comm)),
+        }?;
+        Ok((handle, Comm(comm)))
+    }
+
+    /// Joins the group (blocking, as NCCL calls it).
+    pub fn connect(
+        &self,
+        handles: &mut [[u8; 128]],
+        rank: i32,
+        listen: Comm,
+    ) -> Result<Comm, Code> {
+        let mut ptrs: Vec<*mut c_void> =
+            handles.iter_mut().map(|h| h.as_mut_ptr().cast()).collect();
+        let n = ptrs.len() as c_int;
+        let mut comm = std::ptr::null_mut();
+        each_coll!(
+            self,
+            connect(ptrs.as_mut_ptr(), n, rank, listen.0, &mut comm)
+        )?;
+        Ok(Comm(comm))
+    }
+
+    pub fn reduce_support(&self, dtype: u32, op: u32) -> Result<bool, Code> {
+        let mut s: c_int = 0;
+        each_coll!(
+            self,
+            reduceSupport(ncclDataType_t(dtype), ncclRedOp_t(op), &mut s)
+        )?;
+        Ok(s != 0)
+    }
+
+    /// # Safety
+    /// `data` must be valid for `size` bytes while registered.
+    pub unsafe fn reg_mr(
+        &self,
+        comm: Comm,
+        data: *mut c_void,
+        size: usize,
+    ) -> Result<*mut c_void, Code> {
+        let mut mh = std::ptr::null_mut();
+        each_coll!(self, regMr(comm.0, data, size, 1, &mut mh))?;
+        Ok(mh)
+    }
+
+    /// # Safety
+    /// Buffers must hold `count` elements of `dtype` until the request
+    /// completes.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn iallreduce(
+        &self,
+        comm: Comm,
+        send: *mut c_void,
+        recv: *mut c_void,
+        count: usize,
+        dtype: u32,
+        op: u32,
+        mh: *mut c_void,
+    ) -> Result<Option<Request>, Code> {
+        let mut req = std::ptr::null_mut();
+        let (d, o) = (ncclDataType_t(dtype), ncclRedOp_t(op));
+        match &self.vt {
+            CollVt::V8(v) => call!(
+                v,
+                iallreduce(comm.0, send, recv, count as c_int, d, o, mh, mh, &mut req)
+            ),
+            CollVt::V9(v) => call!(
+                v,
+                iallreduce(comm.0, send, recv, count, d, o, mh, mh, &mut req)
+            ),
+            CollVt::V10(v) => call!(
+                v,
+                iallreduce(comm.0, send, recv, count, d, o, mh, mh, &mut req)
+            ),
+            CollVt::V11(v) => call!(
+                v,
+                iallreduce(comm.0, send, recv, count, d, o, mh, mh, &mut req)
+            ),
+            CollVt::V12(v) => call!(
+                v,
+                iallreduce(comm.0, send, recv, count, d, o, mh, mh, &mut req)
+            ),
+        }?;
+        Ok((!req.is_null()).then_some(Request(req)))
+    }
+
+    /// # Safety
+    /// `send` valid for this member's piece, `parts` for the window, until
+    /// the request completes.
+    pub unsafe fn iallgather(
+        &self,
+        comm: Comm,
+        send: *mut c_void,
+        parts: &[Part],
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+    ) -> Result<Option<Request>, Code> {
+        let mut req = std::ptr::null_mut();
+        let mh = std::ptr::null_mut();
+        let n = parts.len() as c_int;
+        macro_rules! go {
+            ($v:expr, $t:ident, $sz:ty) => {{
+                let mut sg: Vec<$t> = parts
+                    .iter()
+                    .map(|p| $t {
+                        mhandle: mh,
+                        address: p.address,
+                        size: p.size as $sz,
+                    })
+                    .collect();
+                call!(
+                    $v,
+                    iallgather(
+                        comm.0,
+                        send,
+                        n,
+                        sg.as_mut_ptr(),
+                        bytes_per_rank,
+                        window_offset,
+                        window_bytes,
+                        mh,
+                        &mut req
+                    )
+                )
+            }};
+        }
+        match &self.vt {
+            CollVt::V8(v) => go!(v, ncclNetSGE_v8_t, u32),
+            CollVt::V9(v) => go!(v, ncclNetSGE_v9_t, usize),
+            CollVt::V10(v) => go!(v, ncclNetSGE_v10_t, usize),
+            CollVt::V11(v) => go!(v, ncclNetSGE_v11_t, usize),
+            CollVt::V12(v) => go!(v, ncclNetSGE_v12_t, usize),
+        }?;
+        Ok((!req.is_null()).then_some(Request(req)))
+    }
+
+    /// # Safety
+    /// `parts` valid for the window, `recv` for this member's piece, until
+    /// the request completes.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn ireducescatter(
+        &self,
+        comm: Comm,
+        parts: &[Part],
+        recv: *mut c_void,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+        dtype: u32,
+        op: u32,
+    ) -> Result<Option<Request>, Code> {
+        let mut req = std::ptr::null_mut();
+        let mh = std::ptr::null_mut();
+        let n = parts.len() as c_int;
+        let (d, o) = (ncclDataType_t(dtype), ncclRedOp_t(op));
+        macro_rules! go {
+            ($v:expr, $t:ident, $sz:ty) => {{
+                let mut sg: Vec<$t> = parts
+                    .iter()
+                    .map(|p| $t {
+                        mhandle: mh,
+                        address: p.address,
+                        size: p.size as $sz,
+                    })
+                    .collect();
+                call!(
+                    $v,
+                    ireducescatter(
+                        comm.0,
+                        n,
+                        sg.as_mut_ptr(),
+                        recv,
+                        bytes_per_rank,
+                        window_offset,
+                        window_bytes,
+                        d,
+                        o,
+                        mh,
+                        &mut req
+                    )
+                )
+            }};
+        }
+        match &self.vt {
+            CollVt::V8(v) => go!(v, ncclNetSGE_v8_t, u32),
+            CollVt::V9(v) => go!(v, ncclNetSGE_v9_t, usize),
+            CollVt::V10(v) => go!(v, ncclNetSGE_v10_t, usize),
+            CollVt::V11(v) => go!(v, ncclNetSGE_v11_t, usize),
+            CollVt::V12(v) => go!(v, ncclNetSGE_v12_t, usize),
+        }?;
+        Ok((!req.is_null()).then_some(Request(req)))
+    }
+
+    pub fn iflush(&self, comm: Comm) -> Result<Option<Request>, Code> {
+        let mut req = std::ptr::null_mut();
+        each_coll!(
+            self,
+            iflush(
+                comm.0,
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null_mut(),
+                &mut req
+            )
+        )?;
+        Ok((!req.is_null()).then_some(Request(req)))
+    }
+
+    /// `Some(size)` once done.
+    pub fn test(&self, req: Request) -> Result<Option<i32>, Code> {
+        let mut done: c_int = 0;
+        let mut size: c_int = 0;
+        each_coll!(self, test(req.0, &mut done, &mut size))?;
+        Ok((done != 0).then_some(size))
+    }
+
+    /// Polls until done or `timeout`.
+    pub fn wait(&self, req: Request, timeout: Duration) -> Result<i32, Code> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.test(req)? {
+                return Ok(s);
+            }
+            if start.elapsed() > timeout {
+                return Err(Code(ncclResult_t::ncclInternalError.0));
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn close_coll(&self, comm: Comm) -> Result<(), Code> {
+        each_coll!(self, closeColl(comm.0))
+    }
+
+    pub fn close_listen(&self, comm: Comm) -> Result<(), Code> {
+        each_coll!(self, closeListen(comm.0))
+    }
+}

@@ -6,6 +6,7 @@
 //! airamp bench net [OPTS]      plugin throughput through the C ABI next to iperf3
 //! airamp bench latency [OPTS]  8-byte round trip through the C ABI
 //! airamp bench codec [N]       FP8 codec speed on this core next to memcpy
+//! airamp bench collnet [OPTS]  allreduce through the collective network: exact vs FP8, tuner pick
 //! airamp bench idle            CPU used while a connection sits idle
 //! airamp demo [OPTS]           ring allreduce across processes through the C ABI
 //! airamp calibrate [OPTS]      measure link + codec, print the [tuner] profile
@@ -14,6 +15,7 @@
 
 mod bench;
 mod calibrate;
+mod collbench;
 mod demo;
 mod peer;
 mod tuner;
@@ -25,7 +27,7 @@ use airamp::config::{self, Config};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8]"
+        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8]"
     );
     ExitCode::from(2)
 }
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         ["bench", "net", rest @ ..] => bench::net(&Opts::parse(rest)),
         ["bench", "latency", rest @ ..] => bench::latency(&Opts::parse(rest)),
         ["bench", "idle", rest @ ..] => bench::idle(&Opts::parse(rest)),
+        ["bench", "collnet", rest @ ..] => collbench::run(&Opts::parse(rest)),
         ["bench", "codec", rest @ ..] => bench::codec(rest.first().and_then(|s| s.parse().ok())),
         ["demo", rest @ ..] => demo::run(&Opts::parse(rest)),
         ["calibrate", rest @ ..] => calibrate::run(&Opts::parse(rest)),

@@ -79,6 +79,7 @@ pub fn run_role(args: &[&str]) -> Result<ExitCode, String> {
         Some("net-send") => crate::bench::net_sender(&opts),
         Some("latency-echo") => crate::bench::latency_echo(&opts),
         Some("demo-rank") => crate::demo::rank_process(&opts),
+        Some("collnet-member") => crate::collbench::member(&opts),
         other => Err(format!("unknown role {other:?}")),
     }
     .map(|()| ExitCode::SUCCESS)

@@ -80,6 +80,9 @@ enum Fault {
 
 struct Shared {
     peer: SocketAddr,
+    /// Whether the caller's thread (NCCL's proxy) does I/O itself in
+    /// `isend`/`irecv`/`test`; see `set_caller_assists`.
+    caller_assists: AtomicBool,
     state: Mutex<State>,
     wake: Condvar,
     streams: Vec<Mutex<Stream>>,
@@ -272,6 +275,9 @@ impl Shared {
 
     /// The proxy thread's share of the work: every stream nobody else holds.
     fn assist(&self) {
+        if !self.caller_assists.load(Ordering::Relaxed) {
+            return;
+        }
         for s in &self.streams {
             if let Ok(mut stream) = s.try_lock() {
                 if let Err(f) = self.pump(&mut stream) {
@@ -310,6 +316,7 @@ impl RecvComm {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
             peer,
+            caller_assists: AtomicBool::new(true),
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             streams: socks
@@ -359,6 +366,11 @@ impl RecvComm {
 
     pub fn peer(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// See `SendComm::set_caller_assists`.
+    pub fn set_caller_assists(&self, on: bool) {
+        self.shared.caller_assists.store(on, Ordering::Relaxed);
     }
 
     /// Posts a grouped receive of `(buffer, tag)` slots; `Ok(None)` when the

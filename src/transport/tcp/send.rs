@@ -58,6 +58,9 @@ enum Blocked {
 
 struct Shared {
     peer: SocketAddr,
+    /// Whether the caller's thread (NCCL's proxy) does I/O itself in
+    /// `isend`/`irecv`/`test`; see `set_caller_assists`.
+    caller_assists: AtomicBool,
     queue: Mutex<SendScheduler<Arc<SendOp>>>,
     wake: Condvar,
     streams: Vec<Mutex<Stream>>,
@@ -155,7 +158,12 @@ impl Shared {
     /// finish: chunks still queued, or a chunk stuck on a full socket.
     fn assist(&self) {
         let mut stuck = false;
-        for (s, busy) in self.streams.iter().zip(&self.stream_busy) {
+        let streams = if self.caller_assists.load(Ordering::Relaxed) {
+            &self.streams[..]
+        } else {
+            &[]
+        };
+        for (s, busy) in streams.iter().zip(&self.stream_busy) {
             if let Ok(mut stream) = s.try_lock() {
                 match self.pump(&mut stream) {
                     Err(e) => self.io_failure(e),
@@ -207,6 +215,7 @@ impl SendComm {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
             peer,
+            caller_assists: AtomicBool::new(true),
             queue: Mutex::new(SendScheduler::new(s.chunk_bytes, socks.len())),
             wake: Condvar::new(),
             streams: socks
@@ -249,6 +258,17 @@ impl SendComm {
 
     pub fn peer(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// By default the caller's thread also moves bytes in `isend`/`test`
+    /// (lowest latency when the caller polls anyway). A caller with heavy
+    /// work of its own (the collective network's codec) turns that off and
+    /// leaves all I/O to the stream threads, on other cores.
+    pub fn set_caller_assists(&self, on: bool) {
+        self.shared.caller_assists.store(on, Ordering::Relaxed);
+        if !on {
+            self.shared.wake.notify_all();
+        }
     }
 
     /// Queues a message; `Ok(None)` when the request pool is full.

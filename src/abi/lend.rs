@@ -7,28 +7,23 @@
 //! still use it. A request dropped before it completes (a failed or closed
 //! group) leaks its buffer rather than risk a late write into freed memory.
 
-use std::sync::Arc;
-
 use super::os::RawBuf;
+use crate::collnet::pool::{self, Shared};
 use crate::error::NetResult;
 use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 
 /// A send of bytes the plugin owns.
 pub struct OwnedSend {
     request: Option<SendRequest>,
-    bytes: Option<Arc<[u8]>>,
+    bytes: Option<Shared>,
 }
 
 impl OwnedSend {
     /// Queues `bytes` on `comm`; gives them back when the request pool is full.
-    pub fn start(
-        comm: &SendComm,
-        bytes: Arc<[u8]>,
-        tag: i32,
-    ) -> NetResult<Result<OwnedSend, Arc<[u8]>>> {
-        // SAFETY: the Arc keeps the bytes alive and unmodified (Arc<[u8]>
-        // has no interior mutability) until this request completes or is
-        // leaked by Drop; the transport only reads send buffers.
+    pub fn start(comm: &SendComm, bytes: Shared, tag: i32) -> NetResult<Result<OwnedSend, Shared>> {
+        // SAFETY: the Arc keeps the bytes alive and unmodified (no one can
+        // get `&mut` through a shared Arc) until this request completes or
+        // is leaked by Drop; the transport only reads send buffers.
         let buf = unsafe { RawBuf::new(bytes.as_ptr().cast_mut(), bytes.len()) };
         Ok(match comm.isend(buf, tag)? {
             Some(request) => Ok(OwnedSend {
@@ -48,7 +43,9 @@ impl OwnedSend {
             return Ok(false);
         }
         self.request = None;
-        self.bytes = None;
+        if let Some(b) = self.bytes.take() {
+            pool::give_shared(b);
+        }
         Ok(true)
     }
 }

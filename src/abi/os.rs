@@ -126,6 +126,26 @@ impl RawBuf {
         }
     }
 
+    /// Runs `f` on bytes `offset..offset+len` of a buffer this plugin only
+    /// reads (a send buffer: NCCL does not write it while the call is in
+    /// flight, and the transport only reads send buffers).
+    pub fn with_bytes<R>(
+        &self,
+        offset: usize,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        let (off, len) = self.checked(offset as u64, len)?;
+        if len == 0 {
+            return Ok(f(&[]));
+        }
+        // SAFETY: range checked against the buffer NCCL lent us; per the
+        // type's invariant nobody writes it while the request is in flight.
+        Ok(f(unsafe {
+            std::slice::from_raw_parts(self.ptr.add(off), len)
+        }))
+    }
+
     /// Copies bytes `offset..offset+dst.len()` out of the buffer.
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
         let (off, len) = self.checked(offset as u64, dst.len())?;

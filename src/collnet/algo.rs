@@ -42,6 +42,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::plan::shard_range;
+use super::pool::{self, Shared};
 use crate::codec::{
     bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, CodecError, Dst,
     Fp8Format, Src,
@@ -244,7 +245,7 @@ pub enum Msg {
     },
     /// The final bytes of shard `shard`, sent by its owner to every other
     /// member (one shared buffer for all destinations).
-    Reduced { shard: usize, bytes: Arc<[u8]> },
+    Reduced { shard: usize, bytes: Shared },
 }
 
 /// A message to deliver to member `to`.
@@ -434,11 +435,18 @@ fn fold_bytes(dtype: DataType, op: RedOp, acc: &mut [u8], src: &[u8]) {
     }
 }
 
-fn half_to_f32(dtype: DataType, h: u16) -> f32 {
-    if dtype == DataType::F16 {
-        f16_to_f32(h)
+/// `acc[i] = f(acc[i], half(bytes[i]))`, with the dtype dispatch hoisted
+/// out of the loop so it vectorizes.
+fn widen_half(dtype: DataType, bytes: &[u8], acc: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    let pairs = acc.iter_mut().zip(bytes.chunks_exact(2));
+    if dtype == DataType::Bf16 {
+        for (a, c) in pairs {
+            *a = f(*a, bf16_to_f32(u16::from_ne_bytes([c[0], c[1]])));
+        }
     } else {
-        bf16_to_f32(h)
+        for (a, c) in pairs {
+            *a = f(*a, f16_to_f32(u16::from_ne_bytes([c[0], c[1]])));
+        }
     }
 }
 
@@ -450,32 +458,51 @@ fn f32_to_half(dtype: DataType, x: f32) -> u16 {
     }
 }
 
-fn read_u16s(b: &[u8]) -> Vec<u16> {
-    b.chunks_exact(2)
-        .map(|c| u16::from_ne_bytes([c[0], c[1]]))
-        .collect()
-}
-
-fn read_f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
+/// Values converted per pass: a multiple of the FP8 block, small enough
+/// that the typed copy stays in L1/L2 instead of a whole-shard temporary.
+const CHUNK_VALUES: usize = 8 * 1024;
 
 /// Quantize `count` elements of `dtype` (native bytes) into FP8 wire bytes.
 fn fp8_encode(codec: &Codec, dtype: DataType, input: &[u8]) -> Result<Vec<u8>, CollError> {
-    let n = input.len() / dtype.size();
-    let mut wire = vec![0u8; encoded_len(n)];
-    match dtype {
-        DataType::F32 => codec.encode_wire(Src::F32(&read_f32s(input)), &mut wire)?,
-        DataType::F16 => codec.encode_wire(Src::F16(&read_u16s(input)), &mut wire)?,
-        DataType::Bf16 => codec.encode_wire(Src::Bf16(&read_u16s(input)), &mut wire)?,
-        _ => {
-            return Err(CollError::Fp8Unsupported {
-                dtype,
-                op: RedOp::Sum,
-            })
-        }
+    let size = dtype.size();
+    let n = input.len() / size;
+    let mut wire = pool::take(encoded_len(n));
+    let (scales, codes) = crate::codec::split_wire_mut(&mut wire, n)?;
+    let mut halves = [0u16; CHUNK_VALUES];
+    let mut floats = [0f32; CHUNK_VALUES];
+    for (i, chunk) in input.chunks(CHUNK_VALUES * size).enumerate() {
+        let m = chunk.len() / size;
+        let v0 = i * CHUNK_VALUES;
+        let b0 = v0 / crate::codec::BLOCK;
+        let (sc, co) = (
+            &mut scales[b0..b0 + m.div_ceil(crate::codec::BLOCK)],
+            &mut codes[v0..v0 + m],
+        );
+        let src = match dtype {
+            DataType::F32 => {
+                for (d, c) in floats.iter_mut().zip(chunk.chunks_exact(4)) {
+                    *d = f32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                }
+                Src::F32(&floats[..m])
+            }
+            DataType::F16 | DataType::Bf16 => {
+                for (d, c) in halves.iter_mut().zip(chunk.chunks_exact(2)) {
+                    *d = u16::from_ne_bytes([c[0], c[1]]);
+                }
+                if dtype == DataType::F16 {
+                    Src::F16(&halves[..m])
+                } else {
+                    Src::Bf16(&halves[..m])
+                }
+            }
+            _ => {
+                return Err(CollError::Fp8Unsupported {
+                    dtype,
+                    op: RedOp::Sum,
+                })
+            }
+        };
+        codec.encode(src, sc, co)?;
     }
     Ok(wire)
 }
@@ -487,32 +514,43 @@ fn fp8_decode(
     wire: &[u8],
     out: &mut [u8],
 ) -> Result<(), CollError> {
-    let n = out.len() / dtype.size();
-    match dtype {
-        DataType::F32 => {
-            let mut v = vec![0f32; n];
-            codec.decode_into_wire(wire, Dst::F32(&mut v))?;
-            for (o, x) in out.chunks_exact_mut(4).zip(v) {
-                o.copy_from_slice(&x.to_ne_bytes());
+    let size = dtype.size();
+    let n = out.len() / size;
+    let (scales, codes) = crate::codec::split_wire(wire, n)?;
+    let mut halves = [0u16; CHUNK_VALUES];
+    let mut floats = [0f32; CHUNK_VALUES];
+    for (i, chunk) in out.chunks_mut(CHUNK_VALUES * size).enumerate() {
+        let m = chunk.len() / size;
+        let v0 = i * CHUNK_VALUES;
+        let b0 = v0 / crate::codec::BLOCK;
+        let (sc, co) = (
+            &scales[b0..b0 + m.div_ceil(crate::codec::BLOCK)],
+            &codes[v0..v0 + m],
+        );
+        match dtype {
+            DataType::F32 => {
+                codec.decode_into(sc, co, Dst::F32(&mut floats[..m]))?;
+                for (o, x) in chunk.chunks_exact_mut(4).zip(&floats) {
+                    o.copy_from_slice(&x.to_ne_bytes());
+                }
             }
-        }
-        DataType::F16 | DataType::Bf16 => {
-            let mut v = vec![0u16; n];
-            let dst = if dtype == DataType::F16 {
-                Dst::F16(&mut v)
-            } else {
-                Dst::Bf16(&mut v)
-            };
-            codec.decode_into_wire(wire, dst)?;
-            for (o, x) in out.chunks_exact_mut(2).zip(v) {
-                o.copy_from_slice(&x.to_ne_bytes());
+            DataType::F16 | DataType::Bf16 => {
+                let dst = if dtype == DataType::F16 {
+                    Dst::F16(&mut halves[..m])
+                } else {
+                    Dst::Bf16(&mut halves[..m])
+                };
+                codec.decode_into(sc, co, dst)?;
+                for (o, x) in chunk.chunks_exact_mut(2).zip(&halves) {
+                    o.copy_from_slice(&x.to_ne_bytes());
+                }
             }
-        }
-        _ => {
-            return Err(CollError::Fp8Unsupported {
-                dtype,
-                op: RedOp::Sum,
-            })
+            _ => {
+                return Err(CollError::Fp8Unsupported {
+                    dtype,
+                    op: RedOp::Sum,
+                })
+            }
         }
     }
     Ok(())
@@ -622,7 +660,7 @@ impl Reducer {
             let Some(b) = self.pending[self.next_fold].take() else {
                 break;
             };
-            self.fold(&b)?;
+            self.fold(b)?;
             self.next_fold += 1;
         }
         if self.is_done() {
@@ -631,7 +669,8 @@ impl Reducer {
         Ok(None)
     }
 
-    fn fold(&mut self, bytes: &[u8]) -> Result<(), CollError> {
+    /// Folds one contribution; its buffer goes back to the pool.
+    fn fold(&mut self, bytes: Vec<u8>) -> Result<(), CollError> {
         let dtype = self.dtype;
         let op = self.op;
         if let Some(codec) = &self.codec {
@@ -639,27 +678,31 @@ impl Reducer {
                 self.acc = Acc::Wide(vec![0.0; self.len]);
             }
             if let Acc::Wide(acc) = &mut self.acc {
-                codec.decode_accumulate_wire(bytes, acc)?;
+                codec.decode_accumulate_wire(&bytes, acc)?;
             }
+            pool::give(bytes);
             return Ok(());
         }
         let half = matches!(dtype, DataType::F16 | DataType::Bf16);
         match &mut self.acc {
             Acc::Empty if half => {
-                let v = bytes
-                    .chunks_exact(2)
-                    .map(|c| half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]])))
-                    .collect();
+                let mut v = vec![0f32; self.len];
+                widen_half(dtype, &bytes, &mut v, |_, x| x);
                 self.acc = Acc::Wide(v);
+                pool::give(bytes);
             }
-            Acc::Empty => self.acc = Acc::Native(bytes.to_vec()),
+            Acc::Empty => self.acc = Acc::Native(bytes),
             Acc::Wide(acc) => {
-                for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(2)) {
-                    let x = half_to_f32(dtype, u16::from_ne_bytes([c[0], c[1]]));
-                    *a = f32::apply(op, *a, x);
+                match op {
+                    RedOp::Sum => widen_half(dtype, &bytes, acc, |a, x| a + x),
+                    _ => widen_half(dtype, &bytes, acc, |a, x| f32::apply(op, a, x)),
                 }
+                pool::give(bytes);
             }
-            Acc::Native(acc) => fold_bytes(dtype, op, acc, bytes),
+            Acc::Native(acc) => {
+                fold_bytes(dtype, op, acc, &bytes);
+                pool::give(bytes);
+            }
         }
         Ok(())
     }
@@ -669,15 +712,18 @@ impl Reducer {
         let acc = std::mem::replace(&mut self.acc, Acc::Empty);
         Ok(match (&self.codec, acc) {
             (Some(codec), Acc::Wide(acc)) => {
-                let mut wire = vec![0u8; encoded_len(acc.len())];
+                let mut wire = pool::take(encoded_len(acc.len()));
                 codec.encode_wire(Src::F32(&acc), &mut wire)?;
                 self.sampled_error = sample_error(codec, &acc);
                 wire
             }
-            (None, Acc::Wide(acc)) => acc
-                .iter()
-                .flat_map(|&x| f32_to_half(dtype, x).to_ne_bytes())
-                .collect(),
+            (None, Acc::Wide(acc)) => {
+                let mut out = pool::take(acc.len() * 2);
+                for (o, &x) in out.chunks_exact_mut(2).zip(&acc) {
+                    o.copy_from_slice(&f32_to_half(dtype, x).to_ne_bytes());
+                }
+                out
+            }
             (_, Acc::Native(v)) => v,
             // A shard of zero elements with n >= 1 folds to nothing.
             (Some(_), Acc::Empty) => vec![0u8; encoded_len(0)],
@@ -770,7 +816,7 @@ impl Member {
                 .then(|| Reducer::new(spec.dtype, spec.op, codec, n, rank, own.len())),
             have: vec![false; n],
             remaining: (0..n).filter(|&s| !spec.shard(s).is_empty()).count(),
-            output: vec![0u8; spec.input_bytes()],
+            output: pool::take(spec.input_bytes()),
         };
         let mut out = Vec::new();
         let mut mine = None;
@@ -781,7 +827,7 @@ impl Member {
             }
             let raw = &input[r.start * size..r.end * size];
             let bytes = match &m.codec {
-                None => raw.to_vec(),
+                None => pool::copy_of(raw),
                 Some(c) => fp8_encode(c, spec.dtype, raw)?,
             };
             if s == rank {
@@ -836,6 +882,11 @@ impl Member {
     /// Consumes the member, returning the output buffer.
     pub fn into_output(self) -> Vec<u8> {
         self.output
+    }
+
+    /// Moves the output out (leaving it empty), for a complete member.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
     }
 
     /// Handles one message from the network. On error nothing changed.
@@ -899,7 +950,7 @@ impl Member {
         let Some(bytes) = reducer.accept(from, bytes)? else {
             return Ok(Vec::new());
         };
-        let bytes: Arc<[u8]> = bytes.into();
+        let bytes: Shared = Arc::new(bytes);
         self.apply_reduced(self.rank, &bytes)?;
         let shard = self.rank;
         Ok((0..self.spec.n)

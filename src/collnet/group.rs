@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
 use super::plan::Plan;
+use super::pool::{self, Shared};
 use super::steps::{Effects, Lane, Send, Step};
 use crate::abi::lend::{OwnedRecv, OwnedSend};
 use crate::abi::os::RawBuf;
@@ -46,10 +47,17 @@ pub struct GroupParams {
     pub fp8: Option<Fp8Format>,
 }
 
+/// A message waiting for, or in, the transport, and the call it belongs to.
+struct Outgoing {
+    op: u64,
+    bytes: Shared,
+    tag: i32,
+}
+
 struct TxLink {
     comm: SendComm,
-    queue: VecDeque<(Arc<[u8]>, i32)>,
-    inflight: VecDeque<OwnedSend>,
+    queue: VecDeque<Outgoing>,
+    inflight: VecDeque<(u64, OwnedSend)>,
 }
 
 struct RxLink {
@@ -103,9 +111,36 @@ impl Buffers {
         Ok(())
     }
 
-    fn read(&self, offset: usize, dst: &mut [u8]) -> NetResult<()> {
-        let len = dst.len();
-        self.visit(offset, len, |part, off, r| part.read_at(off, &mut dst[r]))
+    /// Runs `f` on input bytes `range`: in place when they lie in one part
+    /// (always, for NCCL's calls), else on a pooled copy.
+    fn with_bytes<R>(
+        &self,
+        range: std::ops::Range<usize>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> NetResult<R> {
+        if range.is_empty() {
+            return Ok(f(&[]));
+        }
+        let mut offset = range.start;
+        for part in &self.0 {
+            if offset < part.len() {
+                if offset + range.len() <= part.len() {
+                    return part
+                        .with_bytes(offset, range.len(), f)
+                        .map_err(|e| NetError::io("collnet input", e));
+                }
+                break;
+            }
+            offset -= part.len();
+        }
+        let mut copy = pool::take(range.len());
+        let len = copy.len();
+        self.visit(range.start, len, |part, off, r| {
+            part.read_at(off, &mut copy[r])
+        })?;
+        let out = f(&copy);
+        pool::give(copy);
+        Ok(out)
     }
 
     fn write(&self, offset: usize, src: &[u8]) -> NetResult<()> {
@@ -129,6 +164,9 @@ struct OpState {
     input: Buffers,
     output: Buffers,
     steps_left: usize,
+    /// Messages of this call not yet handed to the kernel: the call is not
+    /// complete before they are (NCCL may close the group right after).
+    sends_left: usize,
     bytes: usize,
     /// Bytes this member queued for sending.
     wire: u64,
@@ -219,7 +257,7 @@ impl Group {
                         lane,
                         fp8,
                     };
-                    let bytes: Arc<[u8]> = hello.encode().to_vec().into();
+                    let bytes: Shared = Arc::new(hello.encode().to_vec());
                     match OwnedSend::start(&comm, bytes, 0)? {
                         Ok(s) => hello_sends.push(s),
                         Err(_) => return Err(NetError::Unsupported("request pool full at join")),
@@ -303,7 +341,7 @@ impl Group {
         let mut ready_sends = Vec::new();
         let mut ready_recvs = Vec::new();
         for p in peers.iter().flatten() {
-            let bytes: Arc<[u8]> = READY.to_vec().into();
+            let bytes: Shared = Arc::new(READY.to_vec());
             ready_sends.push(
                 OwnedSend::start(&p.tx[0].comm, bytes, 0)?
                     .map_err(|_| NetError::Unsupported("request pool full at join"))?,
@@ -335,6 +373,16 @@ impl Group {
                     format_args!("collnet group member {rank}"),
                     PeerFailure::Protocol("bad ready message".into()),
                 ));
+            }
+        }
+        // From here on the proxy thread does the codec work; the stream
+        // threads do all socket I/O, on other cores.
+        for p in peers.iter().flatten() {
+            for l in &p.tx {
+                l.comm.set_caller_assists(false);
+            }
+            for l in &p.rx {
+                l.comm.set_caller_assists(false);
             }
         }
         let path = match agreed {
@@ -388,6 +436,7 @@ impl Group {
                 input,
                 output,
                 steps_left: steps.len(),
+                sends_left: 0,
                 bytes,
                 wire: 0,
                 started: Instant::now(),
@@ -539,7 +588,7 @@ impl Group {
                 "collnet request {op} is not in flight"
             )));
         };
-        if state.steps_left > 0 {
+        if state.steps_left > 0 || state.sends_left > 0 {
             return Ok(None);
         }
         let state = self.ops.remove(&op).expect("present");
@@ -599,14 +648,12 @@ impl Group {
                     .push_back((seq, e.len));
             }
             let range = step.input_range();
-            let mut input = vec![0u8; range.len()];
-            self.ops
+            let fx = self
+                .ops
                 .get(&op)
                 .expect("op of a waiting step")
                 .input
-                .read(range.start, &mut input)?;
-            let fx = step
-                .start(&input)
+                .with_bytes(range, |input| step.start(input))?
                 .map_err(|e| collnet_error(self.params.rank, e))?;
             let mut active = Active {
                 seq,
@@ -617,6 +664,9 @@ impl Group {
             };
             self.apply(&mut active, fx)?;
             self.active.push_back(active);
+            // Put this step's contributions on the wire before encoding the
+            // next one: the stream threads send while this thread encodes.
+            self.pump_sends()?;
         }
         Ok(())
     }
@@ -627,12 +677,18 @@ impl Group {
         let op = self.ops.get_mut(&active.op).expect("op of an active step");
         for w in fx.writes {
             op.output.write(w.offset, &w.bytes)?;
+            pool::give_shared(w.bytes);
         }
         op.wire += fx.sends.iter().map(|s| s.bytes.len() as u64).sum::<u64>();
+        op.sends_left += fx.sends.len();
         let tag = tag_of(active.seq);
         for s in fx.sends {
             match s.lane {
-                Lane::Contrib => self.peer(s.to)?.tx[0].queue.push_back((s.bytes, tag)),
+                Lane::Contrib => self.peer(s.to)?.tx[0].queue.push_back(Outgoing {
+                    op: active.op,
+                    bytes: s.bytes,
+                    tag,
+                }),
                 Lane::Result => active.result_queue.push(s),
             }
         }
@@ -650,7 +706,7 @@ impl Group {
                 loop {
                     let link = &mut self.peer(j)?.rx[lane as usize];
                     if let Some(&(seq, len)) = link.queue.front() {
-                        if let Ok(r) = OwnedRecv::start(&link.comm, vec![0u8; len], tag_of(seq))? {
+                        if let Ok(r) = OwnedRecv::start(&link.comm, pool::take(len), tag_of(seq))? {
                             link.queue.pop_front();
                             link.inflight.push_back((seq, r));
                             continue;
@@ -700,17 +756,21 @@ impl Group {
     /// Result-lane messages go out in step order: a step's wait until every
     /// earlier step has produced all of its own.
     fn release_results(&mut self) {
-        let mut pending: Vec<(Send, i32)> = Vec::new();
+        let mut pending: Vec<(Send, u64, i32)> = Vec::new();
         for a in &mut self.active {
-            let tag = tag_of(a.seq);
-            pending.extend(a.result_queue.drain(..).map(|s| (s, tag)));
+            let (op, tag) = (a.op, tag_of(a.seq));
+            pending.extend(a.result_queue.drain(..).map(|s| (s, op, tag)));
             if !a.step.result_lane_closed() {
                 break;
             }
         }
-        for (s, tag) in pending {
+        for (s, op, tag) in pending {
             if let Some(Some(p)) = self.peers.get_mut(s.to) {
-                p.tx[1].queue.push_back((s.bytes, tag));
+                p.tx[1].queue.push_back(Outgoing {
+                    op,
+                    bytes: s.bytes,
+                    tag,
+                });
             }
         }
     }
@@ -738,18 +798,21 @@ impl Group {
     fn pump_sends(&mut self) -> NetResult<()> {
         for p in self.peers.iter_mut().flatten() {
             for link in &mut p.tx {
-                while let Some((bytes, tag)) = link.queue.pop_front() {
-                    match OwnedSend::start(&link.comm, bytes, tag)? {
-                        Ok(s) => link.inflight.push_back(s),
+                while let Some(m) = link.queue.pop_front() {
+                    match OwnedSend::start(&link.comm, m.bytes, m.tag)? {
+                        Ok(s) => link.inflight.push_back((m.op, s)),
                         Err(bytes) => {
-                            link.queue.push_front((bytes, tag));
+                            link.queue.push_front(Outgoing { bytes, ..m });
                             break;
                         }
                     }
                 }
-                while let Some(front) = link.inflight.front_mut() {
+                while let Some((op, front)) = link.inflight.front_mut() {
                     if !front.test()? {
                         break;
+                    }
+                    if let Some(state) = self.ops.get_mut(op) {
+                        state.sends_left -= 1;
                     }
                     link.inflight.pop_front();
                 }

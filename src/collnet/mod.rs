@@ -14,6 +14,7 @@ pub mod algo;
 pub mod group;
 pub mod join;
 pub mod plan;
+pub mod pool;
 pub mod sim;
 pub mod steps;
 

@@ -21,6 +21,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::algo::{CollError, DataType, Member, Msg, Outgoing, RedOp, Reducer, Spec};
+use super::pool::{self, Shared};
 
 /// Which of the two links from one member to another a message uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,7 +39,7 @@ impl Lane {
 pub struct Send {
     pub to: usize,
     pub lane: Lane,
-    pub bytes: Arc<[u8]>,
+    pub bytes: Shared,
 }
 
 /// A message this step will receive from `from`, of exactly `len` bytes.
@@ -53,7 +54,7 @@ pub struct Expect {
 #[derive(Debug)]
 pub struct Write {
     pub offset: usize,
-    pub bytes: Arc<[u8]>,
+    pub bytes: Shared,
 }
 
 /// What handling an event produced.
@@ -133,7 +134,7 @@ fn map_outgoing(out: Vec<Outgoing>) -> Vec<Send> {
             Msg::Contribution { bytes, .. } => Send {
                 to: o.to,
                 lane: Lane::Contrib,
-                bytes: bytes.into(),
+                bytes: Arc::new(bytes),
             },
             Msg::Reduced { bytes, .. } => Send {
                 to: o.to,
@@ -290,7 +291,7 @@ impl Step {
                     });
                 }
                 if !own.is_empty() {
-                    let bytes: Arc<[u8]> = input.into();
+                    let bytes: Shared = Arc::new(pool::copy_of(input));
                     for to in (0..s.pieces.len()).filter(|&to| to != s.rank) {
                         fx.sends.push(Send {
                             to,
@@ -316,13 +317,13 @@ impl Step {
                         fx.sends.push(Send {
                             to,
                             lane: Lane::Contrib,
-                            bytes: chunk.into(),
+                            bytes: Arc::new(pool::copy_of(chunk)),
                         });
                     }
                 }
                 let own = s.pieces[s.rank].clone();
                 if !own.is_empty() {
-                    let mine = input[own].to_vec();
+                    let mine = pool::copy_of(&input[own]);
                     s.fold(s.rank, mine, &mut fx)?;
                 }
             }
@@ -349,7 +350,7 @@ impl Step {
                     },
                     Lane::Result => Msg::Reduced {
                         shard: from,
-                        bytes: bytes.into(),
+                        bytes: Arc::new(bytes),
                     },
                 };
                 fx.sends = map_outgoing(member.on_message(msg)?);
@@ -370,7 +371,7 @@ impl Step {
                 }
                 fx.writes.push(Write {
                     offset: piece.start,
-                    bytes: bytes.into(),
+                    bytes: Arc::new(bytes),
                 });
             }
             Step::ReduceScatter(s) => {
@@ -413,12 +414,12 @@ impl Step {
 
 impl AllReduceStep {
     fn collect_output(&mut self, fx: &mut Effects) {
-        if let Some(m) = &self.member {
+        if let Some(m) = &mut self.member {
             if m.is_done() && !self.wrote {
                 self.wrote = true;
                 fx.writes.push(Write {
                     offset: self.offset,
-                    bytes: m.output().into(),
+                    bytes: Arc::new(m.take_output()),
                 });
             }
         }
@@ -433,7 +434,7 @@ impl ReduceScatterStep {
         if let Some(out) = reducer.accept(from, bytes)? {
             fx.writes.push(Write {
                 offset: 0,
-                bytes: out.into(),
+                bytes: Arc::new(out),
             });
         }
         Ok(())

@@ -46,6 +46,9 @@ pub struct CollnetMetrics {
     /// Sum of sampled relative errors, in parts per billion, and samples.
     error_ppb_sum: AtomicU64,
     error_samples: AtomicU64,
+    pool_hits: AtomicU64,
+    pool_misses: AtomicU64,
+    pool_held: AtomicU64,
 }
 
 static COLLNET: CollnetMetrics = CollnetMetrics {
@@ -55,6 +58,9 @@ static COLLNET: CollnetMetrics = CollnetMetrics {
     latency: [const { Histogram::new() }; PATHS.len()],
     error_ppb_sum: AtomicU64::new(0),
     error_samples: AtomicU64::new(0),
+    pool_hits: AtomicU64::new(0),
+    pool_misses: AtomicU64::new(0),
+    pool_held: AtomicU64::new(0),
 };
 
 pub fn collnet() -> &'static CollnetMetrics {
@@ -77,6 +83,22 @@ impl CollnetMetrics {
             self.error_ppb_sum.fetch_add((rel * 1e9) as u64, Relaxed);
             self.error_samples.fetch_add(1, Relaxed);
         }
+    }
+}
+
+impl CollnetMetrics {
+    /// A staging buffer was served from the pool (hit) or allocated.
+    pub fn pool_lookup(&self, hit: bool) {
+        if hit {
+            self.pool_hits.fetch_add(1, Relaxed);
+        } else {
+            self.pool_misses.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Bytes the pool now holds.
+    pub fn pool_held(&self, bytes: usize) {
+        self.pool_held.store(bytes as u64, Relaxed);
     }
 }
 
@@ -148,6 +170,30 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_fp8_relative_error_count {}",
         m.error_samples.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_pool_lookups_total",
+        "counter",
+        "Staging buffer requests served from the pool (hit) or newly allocated (miss).",
+    );
+    for (result, n) in [("hit", &m.pool_hits), ("miss", &m.pool_misses)] {
+        let _ = writeln!(
+            out,
+            "airamp_collnet_pool_lookups_total{{result=\"{result}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "airamp_collnet_pool_bytes",
+        "gauge",
+        "Bytes of staging buffers the pool holds for reuse.",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_pool_bytes {}",
+        m.pool_held.load(Relaxed)
     );
     header(
         out,

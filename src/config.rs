@@ -592,7 +592,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_ENABLE_FP8_ALLREDUCE",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Allow FP8-compressed allreduce. Not built yet: needs the collective network (accepted, has no effect today).",
+        doc: "Allow FP8-compressed allreduce on the collective network (fp32/fp16/bf16 sum only; every other dtype/op stays exact). Used only when every member of the group enables it with the same format.",
         example: "false",
         apply: |c, r| {
             c.compression.fp8_allreduce = want_bool(r)?;
@@ -605,7 +605,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_FP8_FORMAT",
         default: "e4m3",
         accepted: "one of: e4m3, e5m2",
-        doc: "FP8 encoding used by compressed allreduce (not built yet, see above).",
+        doc: "FP8 encoding of compressed allreduce: e4m3 (more precision) or e5m2 (more range).",
         example: "\"e4m3\"",
         apply: |c, r| {
             c.compression.fp8_format = want_enum(r, Fp8Format::from_name)?;

@@ -68,12 +68,15 @@ pub fn init() -> &'static Plugin {
             devices.join(", "),
             plugin.settings.streams,
             plugin.settings.chunk_bytes,
-            "off",
+            if cfg.compression.fp8_allreduce {
+                format!("{} (collective network, where every member enables it)", cfg.compression.fp8_format)
+            } else {
+                "off".to_string()
+            },
             metrics_addr,
         );
         for (asked, what) in [
             (cfg.transport.kind == config::TransportKind::Verbs, "AIRAMP_TRANSPORT=verbs: the verbs transport is not in this build; using TCP"),
-            (cfg.compression.fp8_allreduce, "AIRAMP_ENABLE_FP8_ALLREDUCE=1: the collective network is not in this build; allreduce stays exact"),
             (cfg.gpu.ghost_kernels, "AIRAMP_ENABLE_GHOST_KERNELS=1: ghost kernels are not in this build; ignored"),
         ] {
             if asked {
@@ -136,9 +139,8 @@ fn start_metrics(cfg: &Config) -> String {
             version: VERSION.into(),
             git_sha: option_env!("AIRAMP_GIT_SHA").unwrap_or("unknown").into(),
             transport: "tcp".into(),
-            nccl_abi: "net_v8-v12".into(),
-            // Compression is not in this build, whatever the config asks.
-            fp8: false,
+            nccl_abi: "net_v8-v12,collnet_v8-v12,tuner_v2-v6".into(),
+            fp8: cfg.compression.fp8_allreduce,
         },
     };
     match metrics::start(exporter) {

@@ -205,13 +205,17 @@ const SIZES: &[usize] = &[
 fn exports_and_properties() -> TestResult {
     let lib = open();
     for v in NetVersion::ALL {
-        ensure(lib.symbol(v.symbol()).is_some(), || {
-            format!("{} missing", v.symbol())
-        })?;
+        for sym in [v.symbol(), v.collnet_symbol()] {
+            ensure(lib.symbol(sym).is_some(), || format!("{sym} missing"))?;
+        }
+    }
+    for t in 2..=6 {
+        let sym = format!("ncclTunerPlugin_v{t}");
+        ensure(lib.symbol(&sym).is_some(), || format!("{sym} missing"))?;
     }
     for absent in [
-        "ncclCollNetPlugin_v8",
-        "ncclTunerPlugin_v2",
+        "ncclCollNetPlugin_v7",
+        "ncclTunerPlugin_v7",
         "ncclNetPlugin_v7",
     ] {
         ensure(lib.symbol(absent).is_none(), || {

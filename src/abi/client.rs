@@ -862,18 +862,25 @@ impl CollNet<'_> {
         Ok((done != 0).then_some(size))
     }
 
-    /// Polls until done or `timeout`.
+    /// Polls until done or `timeout`: spins briefly (latency), then naps
+    /// between polls so that on a small machine the poller does not starve
+    /// the stream threads that move the bytes.
     pub fn wait(&self, req: Request, timeout: Duration) -> Result<i32, Code> {
         let start = Instant::now();
-        loop {
+        for spins in 0u32.. {
             if let Some(s) = self.test(req)? {
                 return Ok(s);
             }
             if start.elapsed() > timeout {
                 return Err(Code(ncclResult_t::ncclInternalError.0));
             }
-            std::thread::yield_now();
+            if spins < 200 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
         }
+        unreachable!("the loop returns")
     }
 
     pub fn close_coll(&self, comm: Comm) -> Result<(), Code> {

@@ -203,7 +203,7 @@ pub fn member(o: &Opts) -> Result<(), String> {
     let mut rng = SplitMix::new(rank as u64 + 1);
     let max = sizes.iter().copied().max().unwrap_or(0);
     let input: Vec<u8> = (0..max / 2)
-        .flat_map(|_| f32_to_bf16(rng.gaussian() as f32).to_ne_bytes())
+        .flat_map(|_| f32_to_bf16((rng.unit() - 0.5) as f32).to_ne_bytes())
         .collect();
     let mut output = vec![0u8; input.len()];
     let mut times = Vec::new();

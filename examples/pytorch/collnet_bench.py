@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""bf16 all_reduce through NCCL with N ranks on ONE GPU, forced over the
+network (one NCCL_HOSTID per rank), for comparing Ring over airamp, airamp's
+collective network (exact and FP8) and the tuner's choice.
+
+The mode is entirely in the environment (NCCL_ALGO, NCCL_COLLNET_ENABLE,
+AIRAMP_ENABLE_FP8_ALLREDUCE, ...); see collnet_compare.sh. Per size this
+prints bus bandwidth, the relative L2 error against an fp64 reference, and
+whether every rank holds bit-identical bytes; rank 0 writes JSON with --out
+(including a hash of the result, to compare modes with each other).
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def sizes_from(spec):
+    lo, hi = (int(x) for x in spec.split(":"))
+    s, out = lo, []
+    while s <= hi:
+        out.append(s)
+        s *= 4
+    return out
+
+
+def inputs_of(rank, n):
+    g = torch.Generator(device="cuda").manual_seed(1000 + rank)
+    return torch.randn(n, generator=g, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+
+
+def run(rank, world, args):
+    os.environ["NCCL_HOSTID"] = f"airamp-node{rank}"
+    os.environ.setdefault("LOCAL_RANK", str(rank))
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
+    torch.cuda.set_device(0)
+    results = []
+    for nbytes in sizes_from(args.sizes):
+        n = max(1, nbytes // 2)
+        x = inputs_of(rank, n)
+        ref = sum(inputs_of(r, n).double() for r in range(world))
+        buf = torch.empty_like(x)
+        iters = max(3, min(args.iters, (256 << 20) // max(nbytes, 1)))
+        for _ in range(args.warmup):
+            buf.copy_(x)
+            dist.all_reduce(buf)
+        torch.cuda.synchronize()
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(iters):
+            buf.copy_(x)
+            dist.all_reduce(buf)
+        torch.cuda.synchronize()
+        secs = (time.perf_counter() - start) / iters
+        # Accuracy and agreement on one more call.
+        buf.copy_(x)
+        dist.all_reduce(buf)
+        out = buf.double()
+        err = (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
+        gathered = torch.empty(world * n, dtype=torch.bfloat16, device="cuda")
+        dist.all_gather_into_tensor(gathered, buf)
+        parts = gathered.view(world, n)
+        identical = all(torch.equal(parts[0], parts[r]) for r in range(1, world))
+        w = (torch.arange(n, device="cuda", dtype=torch.int64) % 1000003) + 1
+        digest = int((buf.view(torch.int16).to(torch.int64) * w).sum().item())
+        busbw = nbytes * 2 * (world - 1) / world / secs / 1e9
+        row = {"bytes": nbytes, "time_us": secs * 1e6, "busbw_GBps": busbw, "rel_err": err,
+               "identical": identical, "digest": digest}
+        results.append(row)
+        if rank == 0:
+            print(f"{nbytes:>11} B {secs * 1e6:10.1f} us busbw {busbw:8.3f} GB/s err {err:.5f} "
+                  f"{'identical' if identical else 'DIFFERENT'} digest {digest}", flush=True)
+    if rank == 0 and args.out:
+        with open(args.out, "w") as f:
+            json.dump({"world": world, "results": results,
+                       "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+                       "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "AIRAMP_"))}},
+                      f, indent=1)
+    dist.destroy_process_group()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--world", type=int, default=2)
+    p.add_argument("--sizes", default="4096:268435456", help="min:max bytes, x4 steps")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--port", type=int, default=29544)
+    p.add_argument("--out")
+    args = p.parse_args()
+    mp.spawn(run, args=(args.world, args), nprocs=args.world, join=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# bf16 all_reduce, 2 ranks on one GPU (one NCCL_HOSTID each), in one run:
+#   ring     Ring over airamp's net plugin (CollNet off)
+#   cn_exact NCCL's CollNet Chain over airamp's collective network, exact
+#   cn_fp8   the same with AIRAMP_ENABLE_FP8_ALLREDUCE=1
+#   tuner    CollNet enabled, FP8 on, no NCCL_ALGO: airamp's tuner decides
+# Every mode runs twice, the second pass in reverse order (ABBA), and the
+# summary keeps each mode's best: runs on a shared GPU are noisy.
+# Usage: collnet_compare.sh /abs/path/libnccl-net-airamp.so OUTDIR [TUNER_PROFILE.toml]
+# Run it inside `ip netns exec NS` for a shaped link (see scripts/bench).
+set -uo pipefail
+plugin=$(realpath "$1"); out=${2:-.}; profile=${3:-}; here=$(dirname "$0")
+mkdir -p "$out"
+common=(NCCL_NET_PLUGIN="$plugin" NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_DEBUG=INFO
+        NCCL_DEBUG_SUBSYS=INIT,NET,TUNING AIRAMP_SOCKET_IFNAME=lo AIRAMP_METRICS=0)
+[ -n "$profile" ] && common+=(AIRAMP_CONF="$(realpath "$profile")")
+run() {
+    local name=$1; shift
+    [ -e "$out/$name.json" ] && name=$name-2
+    echo "== $name"
+    env "${common[@]}" "$@" python3 "$here/collnet_bench.py" --out "$out/$name.json" ${BENCH_ARGS:-} >"$out/$name.log" 2>&1
+    echo "exit $?"
+    grep -hoE "Using network [A-Za-z]+|Loaded collnet plugin [^ ]+ \(v[0-9]+\)|Loaded tuner plugin [^ ]+|NET/airamp collnet: member [0-9]+ of [0-9]+ joined; allreduce [A-Za-z0-9 ]+|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" "$out/$name.log" | sort | uniq -c | sort -k3 -n | head -40
+    grep -E "busbw" "$out/$name.log" | tail -3
+}
+# NCCL_ALGO per collective: the harness's all_gather must stay on Ring.
+ring() { run ring NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_exact() { run cn_exact NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_fp8() { run cn_fp8 NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain" AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+tuner() { run tuner NCCL_COLLNET_ENABLE=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+ring; cn_exact; cn_fp8; tuner
+tuner; cn_fp8; cn_exact; ring
+python3 "$here/collnet_summarize.py" "$out"

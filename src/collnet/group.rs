@@ -36,7 +36,7 @@ const WINDOW: usize = 16;
 /// Input bytes per allreduce step: small enough that encoding one step
 /// overlaps sending the previous ones, large enough to amortise per-message
 /// costs.
-const SEGMENT_BYTES: usize = 1 << 20;
+pub const SEGMENT_BYTES: usize = 1 << 20;
 
 /// Parameters of one group, identical on all members once joined.
 #[derive(Clone, Debug)]

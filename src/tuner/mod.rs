@@ -139,7 +139,7 @@ impl Default for LinkProfile {
             latency_us: DEFAULT_LINK_LATENCY_US,
             encode_gvps: DEFAULT_ENCODE_GVPS,
             decode_gvps: DEFAULT_DECODE_GVPS,
-            call_overhead_us: 30.0,
+            call_overhead_us: 60.0,
         }
     }
 }

@@ -54,10 +54,12 @@ pub fn ring_allreduce_us(bytes: u64, nodes: usize, p: &LinkProfile) -> f64 {
 /// decodes and accumulates the n shard contributions (E values in all),
 /// quantizes its reduced shard once (E / n) and every member decodes the
 /// gathered result (E): encode E(1 + 1/n), decode 2E, on one core. The
-/// collective network cuts a call into segments and encodes the next while
-/// the stream threads send the previous ones, so codec and network overlap:
-/// the call takes the longer of the two (measured on the shaped link, see
-/// docs/collnet.md). Values assume bf16.
+/// collective network cuts a call into segments of
+/// [`SEGMENT_BYTES`](crate::collnet::group::SEGMENT_BYTES) and encodes the
+/// next while the stream threads send the previous ones, so codec and
+/// network overlap like a pipeline: the longer of the two, plus one
+/// segment's worth of the shorter (fill and drain). A one-segment call pays
+/// both in full. Values assume bf16.
 pub fn collnet_allreduce_us(
     bytes: u64,
     nodes: usize,
@@ -81,5 +83,8 @@ pub fn collnet_allreduce_us(
             values * (1.0 + 1.0 / n) / (p.encode_gvps * 1e3) + 2.0 * values / (p.decode_gvps * 1e3)
         }
     };
-    network.max(codec) + fixed
+    let segments = (bytes as f64 / crate::collnet::group::SEGMENT_BYTES as f64)
+        .ceil()
+        .max(1.0);
+    network.max(codec) + network.min(codec) / segments + fixed
 }

@@ -5,25 +5,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// `ncclFunc_t` values 0..=14, then `other`.
-const COLLECTIVES: [&str; 16] = [
-    "broadcast",
-    "reduce",
-    "allgather",
-    "reducescatter",
-    "allreduce",
-    "sendrecv",
-    "send",
-    "recv",
-    "alltoall",
-    "scatter",
-    "gather",
-    "allgatherv",
-    "putsignal",
-    "signal",
-    "waitsignal",
-    "other",
-];
+/// `ncclFunc_t` values 0..=14 (`tuner::COLLECTIVE_NAMES`), then `other`.
+const COLLECTIVES: usize = crate::tuner::COLLECTIVE_NAMES.len() + 1;
 /// NCCL's algorithm indices 0..=6, then `nccl`: NCCL decides after us and
 /// the tuner cannot tell what (tuner v2 when it leaves the choice alone).
 const ALGORITHMS: [&str; 8] = [
@@ -39,9 +22,9 @@ const ALGORITHMS: [&str; 8] = [
 /// NCCL's protocol indices 0..=2, then `nccl`.
 const PROTOCOLS: [&str; 4] = ["ll", "ll128", "simple", "nccl"];
 
-static DECISIONS: [[[AtomicU64; PROTOCOLS.len()]; ALGORITHMS.len()]; COLLECTIVES.len()] =
+static DECISIONS: [[[AtomicU64; PROTOCOLS.len()]; ALGORITHMS.len()]; COLLECTIVES] =
     [const { [const { [const { AtomicU64::new(0) }; PROTOCOLS.len()] }; ALGORITHMS.len()] };
-        COLLECTIVES.len()];
+        COLLECTIVES];
 
 fn index(i: Option<usize>, len: usize) -> usize {
     i.filter(|&i| i < len - 1).unwrap_or(len - 1)
@@ -50,7 +33,7 @@ fn index(i: Option<usize>, len: usize) -> usize {
 /// Count one tuner decision: `func` is the `ncclFunc_t`, `algo`/`proto` the
 /// pair NCCL will run, `None` when NCCL decides after the tuner.
 pub fn tuner_decision(func: i32, algo: Option<usize>, proto: Option<usize>) {
-    let f = index(usize::try_from(func).ok(), COLLECTIVES.len());
+    let f = index(usize::try_from(func).ok(), COLLECTIVES);
     let a = index(algo, ALGORITHMS.len());
     let p = index(proto, PROTOCOLS.len());
     DECISIONS[f][a][p].fetch_add(1, Relaxed);
@@ -90,7 +73,9 @@ pub(crate) fn render(out: &mut String) {
                     let _ = writeln!(
                         out,
                         "{name}{{collective=\"{}\",algorithm=\"{}\",protocol=\"{}\"}} {n}",
-                        COLLECTIVES[f], ALGORITHMS[a], PROTOCOLS[p]
+                        crate::tuner::collective_name(f as i32),
+                        ALGORITHMS[a],
+                        PROTOCOLS[p]
                     );
                 }
             }

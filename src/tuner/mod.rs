@@ -61,28 +61,30 @@ pub const ALGO_NAMES: [&str; 7] = [
 /// Names of NCCL's protocols, indexed like the cost table.
 pub const PROTO_NAMES: [&str; 3] = ["ll", "ll128", "simple"];
 
-/// Lower-case name of an `ncclFunc_t` value.
+/// Lower-case names of `ncclFunc_t` values 0..=14.
+pub const COLLECTIVE_NAMES: [&str; 15] = [
+    "broadcast",
+    "reduce",
+    "allgather",
+    "reducescatter",
+    "allreduce",
+    "sendrecv",
+    "send",
+    "recv",
+    "alltoall",
+    "scatter",
+    "gather",
+    "allgatherv",
+    "putsignal",
+    "signal",
+    "waitsignal",
+];
+
+/// Lower-case name of an `ncclFunc_t` value (`other` past the known ones).
 pub fn collective_name(func: i32) -> &'static str {
-    const NAMES: [&str; 15] = [
-        "broadcast",
-        "reduce",
-        "allgather",
-        "reducescatter",
-        "allreduce",
-        "sendrecv",
-        "send",
-        "recv",
-        "alltoall",
-        "scatter",
-        "gather",
-        "allgatherv",
-        "putsignal",
-        "signal",
-        "waitsignal",
-    ];
     usize::try_from(func)
         .ok()
-        .and_then(|i| NAMES.get(i).copied())
+        .and_then(|i| COLLECTIVE_NAMES.get(i).copied())
         .unwrap_or("other")
 }
 

@@ -1,0 +1,30 @@
+//! Everything a collective-network member reads from its peers: the join
+//! hello, and step messages of any member, lane and length. Each must be
+//! accepted or rejected with an error, never panic or corrupt the step.
+#![no_main]
+
+use airamp::codec::Fp8Format;
+use airamp::collnet::join::MemberHello;
+use airamp::collnet::steps::{Lane, Step};
+use airamp::collnet::{DataType, Path, RedOp, Spec};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&head, rest)) = data.split_first() else { return };
+    let _ = MemberHello::decode(rest, u32::from(head % 9) + 1, u32::from(head >> 4));
+    let n = usize::from(head % 4) + 2;
+    let path = if head & 0x40 != 0 { Path::Fp8(Fp8Format::E4M3) } else { Path::Exact };
+    let spec = Spec { n, dtype: DataType::Bf16, op: RedOp::Sum, path, count: 100 };
+    let Ok(mut step) = Step::all_reduce(spec, 0, 0) else { return };
+    if step.start(&[0u8; 200]).is_err() {
+        return;
+    }
+    // Chop the rest into messages: [from, lane, len] + payload.
+    let mut msgs = rest;
+    while let [from, lane, len, tail @ ..] = msgs {
+        let take = usize::from(*len).min(tail.len());
+        let lane = if lane & 1 == 0 { Lane::Contrib } else { Lane::Result };
+        let _ = step.on_message(usize::from(*from % 8), lane, tail[..take].to_vec());
+        msgs = &tail[take..];
+    }
+});

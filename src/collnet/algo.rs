@@ -27,11 +27,11 @@
 //! (`f32::max`), i.e. a NaN operand is ignored, as CUDA's `fmaxf` does.
 //!
 //! # FP8 path
-//! f32/f16/bf16 with sum only ([`fp8_supported`]). Contributions are decoded
-//! and accumulated into f32 (the owner's own contribution is also quantized
-//! and decoded, so all contributions are treated alike), the f32 sum is
-//! quantized once, and everyone decodes those bytes into the input dtype.
-//! Each element is thus quantized exactly twice, whatever `n`.
+//! f32/f16/bf16 with sum only ([`fp8_supported`]). The other members'
+//! contributions arrive quantized and are decoded and accumulated into f32;
+//! the owner's own shard never crosses the wire and is folded exactly. The
+//! f32 sum is quantized once, and everyone decodes those bytes into the
+//! input dtype. Each element is thus quantized at most twice, whatever `n`.
 //!
 //! Everything arriving from the network is validated (member/shard index,
 //! direction, duplicates, exact byte length) and rejected with a
@@ -581,8 +581,9 @@ pub struct Reducer {
     /// Byte length every contribution must have.
     payload_len: usize,
     received: Vec<bool>,
-    /// Contributions waiting for their predecessors to be folded.
-    pending: Vec<Option<Vec<u8>>>,
+    /// Contributions waiting for their predecessors to be folded, and
+    /// whether each is native elements rather than FP8 wire bytes.
+    pending: Vec<Option<(Vec<u8>, bool)>>,
     next_fold: usize,
     acc: Acc,
     /// Relative L2 error of quantizing the first block of the reduced
@@ -639,28 +640,54 @@ impl Reducer {
     /// (exact: native elements; FP8: the reduced shard quantized once) when
     /// this was the last one. On error nothing changed.
     pub fn accept(&mut self, from: usize, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, CollError> {
+        self.accept_as(from, bytes, false)
+    }
+
+    /// As [`Reducer::accept`] for a contribution of native elements that was
+    /// never quantized: the owner's own shard on the FP8 path, which never
+    /// crosses the wire, is folded exactly (one rounding fewer than the
+    /// others, and no encode/decode work).
+    pub fn accept_native(
+        &mut self,
+        from: usize,
+        bytes: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, CollError> {
+        self.accept_as(from, bytes, true)
+    }
+
+    fn accept_as(
+        &mut self,
+        from: usize,
+        bytes: Vec<u8>,
+        native: bool,
+    ) -> Result<Option<Vec<u8>>, CollError> {
         let shard = self.shard;
+        let expected = if native && self.codec.is_some() {
+            self.len * self.dtype.size()
+        } else {
+            self.payload_len
+        };
         if from >= self.received.len() {
             return Err(CollError::UnknownMember(from));
         }
         if self.received[from] {
             return Err(CollError::DuplicateContribution { from, shard });
         }
-        if bytes.len() != self.payload_len {
+        if bytes.len() != expected {
             return Err(CollError::WrongLength {
                 shard,
-                expected: self.payload_len,
+                expected,
                 actual: bytes.len(),
             });
         }
         self.received[from] = true;
-        self.pending[from] = Some(bytes);
+        self.pending[from] = Some((bytes, native));
         // Fold in member order; an early arrival waits for its predecessors.
         while self.next_fold < self.received.len() {
-            let Some(b) = self.pending[self.next_fold].take() else {
+            let Some((b, native)) = self.pending[self.next_fold].take() else {
                 break;
             };
-            self.fold(b)?;
+            self.fold(b, native)?;
             self.next_fold += 1;
         }
         if self.is_done() {
@@ -670,7 +697,7 @@ impl Reducer {
     }
 
     /// Folds one contribution; its buffer goes back to the pool.
-    fn fold(&mut self, bytes: Vec<u8>) -> Result<(), CollError> {
+    fn fold(&mut self, bytes: Vec<u8>, native: bool) -> Result<(), CollError> {
         let dtype = self.dtype;
         let op = self.op;
         if let Some(codec) = &self.codec {
@@ -678,7 +705,15 @@ impl Reducer {
                 self.acc = Acc::Wide(vec![0.0; self.len]);
             }
             if let Acc::Wide(acc) = &mut self.acc {
-                codec.decode_accumulate_wire(&bytes, acc)?;
+                match (native, dtype) {
+                    (false, _) => codec.decode_accumulate_wire(&bytes, acc)?,
+                    (true, DataType::F32) => {
+                        for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(4)) {
+                            *a += f32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                        }
+                    }
+                    (true, _) => widen_half(dtype, &bytes, acc, |a, x| a + x),
+                }
             }
             pool::give(bytes);
             return Ok(());
@@ -826,25 +861,26 @@ impl Member {
                 continue;
             }
             let raw = &input[r.start * size..r.end * size];
+            if s == rank {
+                // Never on the wire: kept exact (see Reducer::accept_native).
+                mine = Some(pool::copy_of(raw));
+                continue;
+            }
             let bytes = match &m.codec {
                 None => pool::copy_of(raw),
                 Some(c) => fp8_encode(c, spec.dtype, raw)?,
             };
-            if s == rank {
-                mine = Some(bytes);
-            } else {
-                out.push(Outgoing {
-                    to: s,
-                    msg: Msg::Contribution {
-                        from: rank,
-                        shard: s,
-                        bytes,
-                    },
-                });
-            }
+            out.push(Outgoing {
+                to: s,
+                msg: Msg::Contribution {
+                    from: rank,
+                    shard: s,
+                    bytes,
+                },
+            });
         }
         if let Some(bytes) = mine {
-            out.extend(m.accept_contribution(rank, bytes)?);
+            out.extend(m.accept_contribution(rank, bytes, true)?);
         }
         Ok((m, out))
     }
@@ -900,7 +936,7 @@ impl Member {
                 if from >= self.spec.n {
                     return Err(CollError::UnknownMember(from));
                 }
-                self.accept_contribution(from, bytes)
+                self.accept_contribution(from, bytes, false)
             }
             Msg::Reduced { shard, bytes } => {
                 self.check_shard(shard)?;
@@ -942,12 +978,18 @@ impl Member {
         &mut self,
         from: usize,
         bytes: Vec<u8>,
+        native: bool,
     ) -> Result<Vec<Outgoing>, CollError> {
         let reducer = self
             .reducer
             .as_mut()
             .ok_or(CollError::UnknownShard(self.rank))?;
-        let Some(bytes) = reducer.accept(from, bytes)? else {
+        let accepted = if native {
+            reducer.accept_native(from, bytes)?
+        } else {
+            reducer.accept(from, bytes)?
+        };
+        let Some(bytes) = accepted else {
             return Ok(Vec::new());
         };
         let bytes: Shared = Arc::new(bytes);

@@ -50,10 +50,11 @@ pub fn ring_allreduce_us(bytes: u64, nodes: usize, p: &LinkProfile) -> f64 {
 /// sends each shard to its owner) then an all-gather of the reduced shards,
 /// two latency-bound steps, plus a fixed cost per call (`pipe_ops` calls).
 ///
-/// With `fp8`, every member quantizes its input once (E values), the owner
-/// decodes and accumulates the n shard contributions (E values in all),
-/// quantizes its reduced shard once (E / n) and every member decodes the
-/// gathered result (E): encode E(1 + 1/n), decode 2E, on one core. The
+/// With `fp8`, every member quantizes the shards it sends (E(n-1)/n
+/// values; its own stays exact) and its reduced shard (E/n), decodes and
+/// accumulates the others' contributions to its shard (E(n-1)/n) and
+/// decodes the gathered result (E): encode E, decode E(2 - 1/n), on one
+/// core. The
 /// collective network cuts a call into segments of
 /// [`SEGMENT_BYTES`](crate::collnet::group::SEGMENT_BYTES) and encodes the
 /// next while the stream threads send the previous ones, so codec and
@@ -80,7 +81,7 @@ pub fn collnet_allreduce_us(
         Some(_) => {
             let values = bytes as f64 / BF16_BYTES;
             // G values/s = 1e3 values/us.
-            values * (1.0 + 1.0 / n) / (p.encode_gvps * 1e3) + 2.0 * values / (p.decode_gvps * 1e3)
+            values / (p.encode_gvps * 1e3) + values * (2.0 - 1.0 / n) / (p.decode_gvps * 1e3)
         }
     };
     let segments = (bytes as f64 / crate::collnet::group::SEGMENT_BYTES as f64)

@@ -482,7 +482,15 @@ impl Tuner {
                 Some((_, _, b)) if b <= v => best,
                 _ => Some((a, p, v)),
             });
-        let raw_us = raw_min.map_or(f64::INFINITY, f64::from);
+        // NCCL's raw estimate comes from the NIC speed the net plugin
+        // reports, which can be far from the calibrated link (loopback
+        // reports 10 Gbit/s and carries 120 on the H100 host). Compare
+        // against the more optimistic of NCCL's estimate and the ring model
+        // on the calibrated link, so compression is chosen only where it
+        // beats both.
+        let raw_us = raw_min
+            .map_or(f64::INFINITY, f64::from)
+            .min(ring_allreduce_us(call.bytes, self.nodes, &self.profile));
         let mut choice = decide_against(
             call.bytes,
             self.nodes,

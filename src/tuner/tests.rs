@@ -192,6 +192,23 @@ fn table_raises_collnet_that_nccl_would_wrongly_pick() {
 }
 
 #[test]
+fn pessimistic_nccl_raw_estimate_does_not_buy_compression() {
+    // Seen on the H100 host: NCCL's ring estimate used the 10 Gbit/s the
+    // plugin reports for loopback, the calibrated link is 120 Gbit/s.
+    // Against NCCL's estimate compression looked 5x faster; against the
+    // calibrated ring it loses. The tuner must keep NCCL on Ring.
+    let p = profile(120.0);
+    let t = Tuner::new(2, 2, p, fp8_on());
+    let bytes = 64 * MIB;
+    let nccl_ring = ring_allreduce_us(bytes, 2, &profile(10.0)) as f32;
+    let mut cells = nccl_like(nccl_ring, nccl_ring * 0.5);
+    let mut table = CostTable::new(&mut cells, 7, 3).unwrap();
+    let (edit, choice) = t.edit_cost_table(allreduce(bytes), &mut table);
+    assert_eq!(choice.path, Path::Raw, "{edit:?} {choice:?}");
+    assert_eq!(table.nccl_pick(), Some((ALGO_RING, PROTO_SIMPLE)));
+}
+
+#[test]
 fn table_untouched_without_collnet_or_when_foreign() {
     let t = Tuner::new(2, 2, profile(5.0), fp8_on());
     let mut cells = nccl_like(1000.0, IGNORE);

@@ -1,8 +1,10 @@
 //! `airamp bench collnet`: allreduce through the exported collective
-//! network, exact against FP8, by size, with the tuner's pick beside them.
+//! network, exact against FP8, by size, next to the raw path NCCL would
+//! otherwise run (a ring allreduce over the plugin's net API, as NCCL's
+//! Ring does), with the tuner's pick between raw and FP8.
 //!
 //! N member processes join a group through `ncclCollNetPlugin_v12` exactly
-//! as NCCL's proxy does. The whole size sweep runs once with FP8 off and
+//! as NCCL's proxy does, and a ring through `ncclNetPlugin_v12`. The whole size sweep runs once with FP8 off and
 //! once with it on, alternating the order over rounds (ABBA) so drift on a
 //! noisy machine does not favour either; each cell is the best round.
 //! The tuner column is `tuner::decide_allreduce` with the profile and policy
@@ -37,8 +39,14 @@ fn sizes(o: &Opts) -> Result<Vec<u64>, String> {
     Ok(v)
 }
 
-/// Seconds per allreduce of each size, as member 0 measured them.
-fn run_group(o: &Opts, ranks: usize, fp8: bool, sizes: &[u64]) -> Result<Vec<f64>, String> {
+/// Seconds per allreduce of each size through the collective network and
+/// through the ring, the slowest member's.
+fn run_group(
+    o: &Opts,
+    ranks: usize,
+    fp8: bool,
+    sizes: &[u64],
+) -> Result<(Vec<f64>, Vec<f64>), String> {
     std::env::set_var("AIRAMP_ENABLE_FP8_ALLREDUCE", if fp8 { "1" } else { "0" });
     let plugin = o.plugin()?.display().to_string();
     let list = sizes
@@ -63,30 +71,37 @@ fn run_group(o: &Opts, ranks: usize, fp8: bool, sizes: &[u64]) -> Result<Vec<f64
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let handles = members
-        .iter_mut()
-        .map(|m| m.recv())
-        .collect::<Result<Vec<_>, _>>()?;
-    let line = handles.join(" ");
+    let mut coll_handles = Vec::new();
+    let mut ring_handles = Vec::new();
     for m in &mut members {
-        m.send(&line)?;
+        coll_handles.push(m.recv()?);
+        ring_handles.push(m.recv()?);
     }
-    let mut times = Vec::new();
+    let line = coll_handles.join(" ");
+    for (r, m) in members.iter_mut().enumerate() {
+        m.send(&line)?;
+        m.send(&ring_handles[(r + 1) % ranks])?;
+    }
+    let parse = |line: &str| -> Result<Vec<f64>, String> {
+        line.split(',')
+            .map(|t| t.parse::<f64>().map_err(|e| format!("{line}: {e}")))
+            .collect()
+    };
+    let (mut coll, mut ring) = (Vec::new(), Vec::new());
     for m in &mut members {
-        let line = m.recv()?;
-        times.push(
-            line.split(',')
-                .map(|t| t.parse::<f64>().map_err(|e| format!("{line}: {e}")))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        coll.push(parse(&m.recv()?)?);
+        ring.push(parse(&m.recv()?)?);
     }
     for m in members {
         m.finish()?;
     }
     // The slowest member bounds the collective.
-    Ok((0..sizes.len())
-        .map(|i| times.iter().map(|t| t[i]).fold(0.0, f64::max))
-        .collect())
+    let slowest = |t: &[Vec<f64>]| -> Vec<f64> {
+        (0..sizes.len())
+            .map(|i| t.iter().map(|m| m[i]).fold(0.0, f64::max))
+            .collect()
+    };
+    Ok((slowest(&coll), slowest(&ring)))
 }
 
 fn gbps(bytes: u64, secs: f64) -> f64 {
@@ -110,6 +125,7 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
         vec![f64::INFINITY; sizes.len()],
         vec![f64::INFINITY; sizes.len()],
     ];
+    let mut ring_best = vec![f64::INFINITY; sizes.len()];
     for round in 0..rounds {
         let order = if round % 2 == 0 {
             [false, true]
@@ -117,8 +133,11 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
             [true, false]
         };
         for fp8 in order {
-            let t = run_group(o, ranks, fp8, &sizes)?;
+            let (t, ring) = run_group(o, ranks, fp8, &sizes)?;
             for (b, t) in best[usize::from(fp8)].iter_mut().zip(t) {
+                *b = b.min(t);
+            }
+            for (b, t) in ring_best.iter_mut().zip(ring) {
                 *b = b.min(t);
             }
         }
@@ -130,34 +149,35 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     // FP8 enabled (the format the config names).
     policy.fp8 = Some(cfg.compression.fp8_format);
     let bus = 2.0 * (ranks as f64 - 1.0) / ranks as f64;
+    println!("{ranks} members, bf16 sum, best of {rounds} rounds (ABBA); bus bandwidth in Gbit/s");
     println!(
-        "collective network, {ranks} members, bf16 sum, best of {rounds} rounds (ABBA); bus bandwidth in Gbit/s"
+        "raw = ring allreduce over the net API (what NCCL's Ring does); exact / fp8 = the collective network"
     );
     println!("tuner profile: {profile} ({source})");
     println!(
-        "{:>9} {:>10} {:>10} {:>9} {:>7} {:>12}",
-        "size", "exact", "fp8", "fp8/exact", "tuner", "picked/best"
+        "{:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>12}",
+        "size", "raw", "exact", "fp8", "fp8/raw", "tuner", "picked/best"
     );
     let mut worst: f64 = 1.0;
     for (i, &s) in sizes.iter().enumerate() {
-        let (te, tf) = (best[0][i], best[1][i]);
-        let (be, bf) = (gbps(s, te) * bus, gbps(s, tf) * bus);
+        let (tr, te, tf) = (ring_best[i], best[0][i], best[1][i]);
         let choice = tuner::decide_allreduce(s, ranks, ranks, &profile, &policy);
         let picked = match choice.path {
             Path::CompressedCollNet => tf,
-            Path::Raw => te,
+            Path::Raw => tr,
         };
-        let ratio = te.min(tf) / picked;
+        let ratio = tr.min(tf) / picked;
         worst = worst.min(ratio);
         println!(
-            "{:>9} {:>10.2} {:>10.2} {:>8.2}x {:>7} {:>11.3}",
+            "{:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7} {:>11.3}",
             human(s),
-            be,
-            bf,
-            bf / be,
+            gbps(s, tr) * bus,
+            gbps(s, te) * bus,
+            gbps(s, tf) * bus,
+            tr / tf,
             match choice.path {
                 Path::CompressedCollNet => "fp8",
-                Path::Raw => "exact",
+                Path::Raw => "raw",
             },
             ratio
         );
@@ -166,12 +186,18 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn join<'a>(lib: &'a Library, rank: usize, n: usize) -> Result<(CollNet<'a>, Comm), String> {
+fn join<'a>(
+    lib: &'a Library,
+    rank: usize,
+    n: usize,
+    ring_handle: &[u8; 128],
+) -> Result<(CollNet<'a>, Comm), String> {
     let mut coll = lib.collnet(NetVersion::V12)?;
     coll.init(None)
         .map_err(|c| format!("collnet init: {c:?}"))?;
     let (handle, listen) = coll.listen(0).map_err(|c| format!("listen: {c:?}"))?;
     to_parent(&handle_to_hex(&handle))?;
+    to_parent(&handle_to_hex(ring_handle))?;
     let mut handles = from_parent()?
         .split(' ')
         .map(handle_from_hex)
@@ -199,15 +225,33 @@ pub fn member(o: &Opts) -> Result<(), String> {
         .map(|s| s.parse().map_err(|e| format!("{s}: {e}")))
         .collect::<Result<_, _>>()?;
     let lib = Library::open(&o.plugin()?)?;
-    let (coll, comm) = join(&lib, rank, n)?;
+    let (net, ring_listen, ring_handle) = crate::demo::join_ring(&lib)?;
+    let (coll, comm) = join(&lib, rank, n, &ring_handle)?;
+    let mut next = handle_from_hex(&from_parent()?)?;
+    let ring_send = net.connect_wait(0, &mut next, TIMEOUT)?;
+    let ring_recv = net.accept_wait(ring_listen, TIMEOUT)?;
     let mut rng = SplitMix::new(rank as u64 + 1);
     let max = sizes.iter().copied().max().unwrap_or(0);
     let input: Vec<u8> = (0..max / 2)
         .flat_map(|_| f32_to_bf16((rng.unit() - 0.5) as f32).to_ne_bytes())
         .collect();
     let mut output = vec![0u8; input.len()];
+    let mut ring_data = vec![0f32; max / 4 + 1];
     let mut times = Vec::new();
+    let mut ring_times = Vec::new();
     for &size in &sizes {
+        // The raw path on the same bytes: fp32 (NCCL's Ring moves bytes;
+        // the element type only changes the cheap local add).
+        let ring_count = (size / 4).max(1);
+        let iters = (((256u64 << 20) / size.max(1) as u64) as usize).clamp(3, 2000);
+        let ring = &mut ring_data[..ring_count];
+        crate::demo::ring_allreduce(&net, ring_send, ring_recv, ring, rank, n)?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            ring.fill(0.5);
+            crate::demo::ring_allreduce(&net, ring_send, ring_recv, ring, rank, n)?;
+        }
+        ring_times.push(start.elapsed().as_secs_f64() / iters as f64);
         let count = size / 2;
         let mut once = || -> Result<(), String> {
             // SAFETY: both buffers outlive the request, awaited right here.
@@ -238,13 +282,16 @@ pub fn member(o: &Opts) -> Result<(), String> {
         }
         times.push(start.elapsed().as_secs_f64() / iters as f64);
     }
-    to_parent(
-        &times
-            .iter()
+    let line = |t: &[f64]| {
+        t.iter()
             .map(|t| format!("{t:e}"))
             .collect::<Vec<_>>()
-            .join(","),
-    )?;
+            .join(",")
+    };
+    to_parent(&line(&times))?;
+    to_parent(&line(&ring_times))?;
+    net.close_send(ring_send).map_err(|e| format!("{e:?}"))?;
+    net.close_recv(ring_recv).map_err(|e| format!("{e:?}"))?;
     coll.close_coll(comm)
         .map_err(|c| format!("closeColl: {c:?}"))?;
     Ok(())

@@ -80,7 +80,7 @@ fn exchange(
     Ok(())
 }
 
-fn ring_allreduce(
+pub(crate) fn ring_allreduce(
     net: &Net,
     send: Comm,
     recv: Comm,
@@ -142,7 +142,7 @@ fn run_rank(
     Ok((max_err, hash, total / p.iters as f64))
 }
 
-fn join_ring(lib: &Library) -> Result<(Net<'_>, Comm, [u8; 128]), String> {
+pub(crate) fn join_ring(lib: &Library) -> Result<(Net<'_>, Comm, [u8; 128]), String> {
     let mut net = lib.net(NetVersion::V12)?;
     net.init(None).map_err(|e| format!("init: {e:?}"))?;
     let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;

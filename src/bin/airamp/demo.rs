@@ -41,7 +41,8 @@ fn chunk(count: usize, ranks: usize, c: usize) -> std::ops::Range<usize> {
 }
 
 /// Moves `src` to the next rank and fills `dst` from the previous one, in
-/// segments so several requests are in flight on each connection.
+/// segments, with a sliding window of them in flight on each connection
+/// (the plugin's request pool is bounded; a message of any size must pass).
 fn exchange(
     net: &Net,
     send: Comm,
@@ -50,28 +51,39 @@ fn exchange(
     dst: (*mut u8, usize),
 ) -> Result<(), String> {
     const SEGMENT: usize = 1 << 20;
-    let mut reqs: Vec<(Request, &str)> = Vec::new();
-    for off in (0..dst.1).step_by(SEGMENT) {
-        let len = SEGMENT.min(dst.1 - off);
-        // SAFETY: `off + len <= dst.1`, inside the destination slice.
-        let p = unsafe { dst.0.add(off) };
-        let r = post(TIMEOUT, || {
+    const WINDOW: usize = 16;
+    let total = src.1.div_ceil(SEGMENT).max(dst.1.div_ceil(SEGMENT));
+    let mut reqs: std::collections::VecDeque<(Request, &str)> = Default::default();
+    for i in 0..total {
+        let off = i * SEGMENT;
+        if off < dst.1 {
+            let len = SEGMENT.min(dst.1 - off);
+            // SAFETY: `off + len <= dst.1`, inside the destination slice.
+            let p = unsafe { dst.0.add(off) };
+            let r = post(TIMEOUT, || {
+                // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
+                unsafe { net.irecv(recv, &[(p, len, 0)], &mut [std::ptr::null_mut()]) }
+            })
+            .map_err(|e| format!("irecv: {e:?}"))?;
+            reqs.push_back((r, "receive"));
+        }
+        if off < src.1 {
+            let len = SEGMENT.min(src.1 - off);
+            // SAFETY: `off + len <= src.1`, inside the source slice.
+            let p = unsafe { src.0.add(off) };
             // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
-            unsafe { net.irecv(recv, &[(p, len, 0)], &mut [std::ptr::null_mut()]) }
-        })
-        .map_err(|e| format!("irecv: {e:?}"))?;
-        reqs.push((r, "receive"));
-    }
-    for off in (0..src.1).step_by(SEGMENT) {
-        let len = SEGMENT.min(src.1 - off);
-        // SAFETY: `off + len <= src.1`, inside the source slice.
-        let p = unsafe { src.0.add(off) };
-        // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
-        let r = post(TIMEOUT, || unsafe {
-            net.isend(send, p, len, 0, std::ptr::null_mut())
-        })
-        .map_err(|e| format!("isend: {e:?}"))?;
-        reqs.push((r, "send"));
+            let r = post(TIMEOUT, || unsafe {
+                net.isend(send, p, len, 0, std::ptr::null_mut())
+            })
+            .map_err(|e| format!("isend: {e:?}"))?;
+            reqs.push_back((r, "send"));
+        }
+        // Each segment adds at most one request per connection.
+        while reqs.len() > 2 * WINDOW {
+            let (r, what) = reqs.pop_front().expect("non-empty");
+            net.wait(r, 1, TIMEOUT)
+                .map_err(|e| format!("{what}: {e:?}"))?;
+        }
     }
     for (r, what) in reqs {
         net.wait(r, 1, TIMEOUT)

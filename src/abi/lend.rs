@@ -7,20 +7,25 @@
 //! still use it. A request dropped before it completes (a failed or closed
 //! group) leaks its buffer rather than risk a late write into freed memory.
 
+use std::sync::Arc;
+
 use super::os::RawBuf;
-use crate::collnet::pool::{self, Shared};
 use crate::error::NetResult;
 use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 
 /// A send of bytes the plugin owns.
 pub struct OwnedSend {
     request: Option<SendRequest>,
-    bytes: Option<Shared>,
+    bytes: Option<Arc<Vec<u8>>>,
 }
 
 impl OwnedSend {
     /// Queues `bytes` on `comm`; gives them back when the request pool is full.
-    pub fn start(comm: &SendComm, bytes: Shared, tag: i32) -> NetResult<Result<OwnedSend, Shared>> {
+    pub fn start(
+        comm: &SendComm,
+        bytes: Arc<Vec<u8>>,
+        tag: i32,
+    ) -> NetResult<Result<OwnedSend, Arc<Vec<u8>>>> {
         // SAFETY: the Arc keeps the bytes alive and unmodified (no one can
         // get `&mut` through a shared Arc) until this request completes or
         // is leaked by Drop; the transport only reads send buffers.
@@ -43,10 +48,15 @@ impl OwnedSend {
             return Ok(false);
         }
         self.request = None;
-        if let Some(b) = self.bytes.take() {
-            pool::give_shared(b);
-        }
         Ok(true)
+    }
+
+    /// The bytes back, once [`OwnedSend::test`] said true.
+    pub fn take(mut self) -> Option<Arc<Vec<u8>>> {
+        if self.request.is_some() {
+            return None;
+        }
+        self.bytes.take()
     }
 }
 

@@ -814,7 +814,10 @@ impl Group {
                     if let Some(state) = self.ops.get_mut(op) {
                         state.sends_left -= 1;
                     }
-                    link.inflight.pop_front();
+                    let (_, sent) = link.inflight.pop_front().expect("front");
+                    if let Some(bytes) = sent.take() {
+                        pool::give_shared(bytes);
+                    }
                 }
             }
         }

@@ -188,6 +188,28 @@ fn sge_buffers(parts: &[Sge], what: &str) -> NetResult<Buffers> {
     Ok(Buffers(bufs))
 }
 
+/// This member's piece of a window (`window_piece`) as a buffer at `ptr`.
+///
+/// # Safety
+/// `ptr` must be valid for the piece's length until the request completes.
+unsafe fn own_piece(
+    g: &Group,
+    ptr: *mut c_void,
+    bytes_per_rank: usize,
+    window_offset: usize,
+    window_bytes: usize,
+    what: &str,
+) -> NetResult<RawBuf> {
+    let rank = g.params().rank;
+    let piece =
+        crate::collnet::steps::window_piece(rank, bytes_per_rank, window_offset, window_bytes);
+    if ptr.is_null() && !piece.is_empty() {
+        return Err(NetError::InvalidArgument(format!("{what} buffer is NULL")));
+    }
+    // SAFETY: per this function's contract.
+    Ok(unsafe { RawBuf::new(ptr.cast(), piece.len()) })
+}
+
 /// # Safety
 /// `send` valid for this member's piece of the window, `parts` valid until
 /// the request completes; `request` writable.
@@ -203,16 +225,17 @@ pub unsafe fn iallgather(
     let group = group_of(coll_comm)?;
     let output = sge_buffers(parts, "iallgather receive")?;
     let mut g = lock(group);
-    let rank = g.params().rank;
-    let piece =
-        crate::collnet::steps::window_piece(rank, bytes_per_rank, window_offset, window_bytes);
-    if send.is_null() && !piece.is_empty() {
-        return Err(NetError::InvalidArgument(
-            "iallgather send buffer is NULL".into(),
-        ));
-    }
     // SAFETY: NCCL passes this member's data for its piece of the window.
-    let input = unsafe { RawBuf::new(send.cast(), piece.len()) };
+    let input = unsafe {
+        own_piece(
+            &g,
+            send,
+            bytes_per_rank,
+            window_offset,
+            window_bytes,
+            "iallgather send",
+        )
+    }?;
     let id = g.all_gather(input, output, bytes_per_rank, window_offset, window_bytes)?;
     drop(g);
     finish_post(group, id, request)
@@ -241,16 +264,17 @@ pub unsafe fn ireducescatter(
     };
     let input = sge_buffers(parts, "ireducescatter send")?;
     let mut g = lock(group);
-    let rank = g.params().rank;
-    let piece =
-        crate::collnet::steps::window_piece(rank, bytes_per_rank, window_offset, window_bytes);
-    if recv.is_null() && !piece.is_empty() {
-        return Err(NetError::InvalidArgument(
-            "ireducescatter receive buffer is NULL".into(),
-        ));
-    }
     // SAFETY: NCCL passes room for this member's piece of the window.
-    let output = unsafe { RawBuf::new(recv.cast(), piece.len()) };
+    let output = unsafe {
+        own_piece(
+            &g,
+            recv,
+            bytes_per_rank,
+            window_offset,
+            window_bytes,
+            "ireducescatter receive",
+        )
+    }?;
     let id = g.reduce_scatter(
         input,
         output,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::histogram::Histogram;
+use super::render::header;
 use super::{LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
 use crate::collnet::{DataType, Path};
 
@@ -100,11 +101,6 @@ impl CollnetMetrics {
     pub fn pool_held(&self, bytes: usize) {
         self.pool_held.store(bytes as u64, Relaxed);
     }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 pub(crate) fn render(out: &mut String) {

@@ -601,6 +601,20 @@ macro_rules! each_coll {
     };
 }
 
+/// `parts` as NCCL's scatter-gather elements of one ABI version.
+macro_rules! sges {
+    ($parts:expr, $mh:expr, $t:ident, $sz:ty) => {
+        $parts
+            .iter()
+            .map(|p| $t {
+                mhandle: $mh,
+                address: p.address,
+                size: p.size as $sz,
+            })
+            .collect::<Vec<$t>>()
+    };
+}
+
 /// A buffer part for iallgather / ireducescatter.
 #[derive(Clone, Copy, Debug)]
 pub struct Part {
@@ -748,14 +762,7 @@ impl CollNet<'_> {
         let n = parts.len() as c_int;
         macro_rules! go {
             ($v:expr, $t:ident, $sz:ty) => {{
-                let mut sg: Vec<$t> = parts
-                    .iter()
-                    .map(|p| $t {
-                        mhandle: mh,
-                        address: p.address,
-                        size: p.size as $sz,
-                    })
-                    .collect();
+                let mut sg = sges!(parts, mh, $t, $sz);
                 call!(
                     $v,
                     iallgather(
@@ -803,14 +810,7 @@ impl CollNet<'_> {
         let (d, o) = (ncclDataType_t(dtype), ncclRedOp_t(op));
         macro_rules! go {
             ($v:expr, $t:ident, $sz:ty) => {{
-                let mut sg: Vec<$t> = parts
-                    .iter()
-                    .map(|p| $t {
-                        mhandle: mh,
-                        address: p.address,
-                        size: p.size as $sz,
-                    })
-                    .collect();
+                let mut sg = sges!(parts, mh, $t, $sz);
                 call!(
                     $v,
                     ireducescatter(

@@ -2,7 +2,15 @@
 //!
 //! The C face lives in [`abi`]; everything below it is safe Rust with one
 //! internal API ([`net`]) that every ABI version shims onto.
+//!
+//! `unsafe` is denied everywhere except the modules that must have it:
+//! the C face ([`abi`]), the OS calls on raw memory ([`sys`]), the SIMD
+//! codec kernels, the collective network's buffer lending, and the
+//! exporter's fork handler. Each such block carries a `// SAFETY:` line.
 
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)] // the C face: vtables, NCCL's pointers
 pub mod abi;
 pub mod codec;
 pub mod collnet;
@@ -11,5 +19,7 @@ pub mod error;
 pub mod log;
 pub mod metrics;
 pub mod net;
+#[allow(unsafe_code)] // OS calls on raw memory: getifaddrs, poll, I/O into NCCL's buffers
+pub mod sys;
 pub mod transport;
 pub mod tuner;

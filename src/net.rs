@@ -164,7 +164,7 @@ impl Plugin {
             SocketFamily::Ipv4 => Family::V4,
             SocketFamily::Ipv6 => Family::V6,
         };
-        let addrs = crate::abi::os::interface_addrs().unwrap_or_else(|e| {
+        let addrs = crate::sys::interface_addrs().unwrap_or_else(|e| {
             warn!("cannot list network interfaces: {e}");
             Vec::new()
         });

@@ -9,7 +9,6 @@ use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
 use super::object::{self, Kind};
-use super::os::RawBuf;
 use super::write_out;
 use crate::codec::Fp8Format;
 use crate::collnet::group::{Buffers, Group};
@@ -17,6 +16,7 @@ use crate::collnet::{DataType, RedOp};
 use crate::config::{self, Fp8Format as ConfigFp8};
 use crate::error::{NetError, NetResult};
 use crate::net;
+use crate::sys::RawBuf;
 use crate::transport::tcp::Listener;
 use crate::transport::wire::{ListenHandle, HANDLE_BYTES};
 

@@ -8,7 +8,6 @@
 pub mod bindings;
 pub mod client;
 mod collnet;
-pub mod lend;
 mod logger;
 mod net;
 mod net_v10;
@@ -17,7 +16,6 @@ mod net_v12;
 mod net_v8;
 mod net_v9;
 mod object;
-pub mod os;
 mod tuner;
 mod tuner_v2;
 mod tuner_v3;

@@ -5,10 +5,10 @@ use std::ffi::{c_int, c_void};
 
 use super::bindings::ncclDebugLogger_t;
 use super::object::{self, Kind};
-use super::os::RawBuf;
 use super::{logger, write_out};
 use crate::error::{NetError, NetResult};
 use crate::net::{self, Properties, MAX_REQUEST_BYTES};
+use crate::sys::RawBuf;
 use crate::transport::tcp::{
     Connecting, Listener, RecvComm, RecvRequest, SendComm, SendRequest, MAX_RECVS,
 };

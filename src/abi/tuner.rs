@@ -334,6 +334,28 @@ mod tests {
         IGNORE, PROTO_LL, PROTO_SIMPLE,
     };
 
+    /// The tuner's own copies of NCCL's indices match the ABI headers.
+    #[test]
+    fn nccl_indices_and_ignore_value() {
+        use super::super::bindings as b;
+        use crate::tuner::*;
+        assert_eq!(ALGO_TREE as i32, b::NCCL_ALGO_TREE);
+        assert_eq!(ALGO_RING as i32, b::NCCL_ALGO_RING);
+        assert_eq!(ALGO_COLLNET_DIRECT as i32, b::NCCL_ALGO_COLLNET_DIRECT);
+        assert_eq!(ALGO_COLLNET_CHAIN as i32, b::NCCL_ALGO_COLLNET_CHAIN);
+        assert_eq!(ALGO_NVLS as i32, b::NCCL_ALGO_NVLS);
+        assert_eq!(ALGO_NVLS_TREE as i32, b::NCCL_ALGO_NVLS_TREE);
+        assert_eq!(ALGO_PAT as i32, b::NCCL_ALGO_PAT);
+        assert_eq!(PROTO_LL as i32, b::NCCL_PROTO_LL);
+        assert_eq!(PROTO_LL128 as i32, b::NCCL_PROTO_LL128);
+        assert_eq!(PROTO_SIMPLE as i32, b::NCCL_PROTO_SIMPLE);
+        assert_eq!(IGNORE as f64, b::NCCL_ALGO_PROTO_IGNORE);
+        assert_eq!(FUNC_ALLREDUCE, b::ncclFunc_t::ncclFuncAllReduce.0 as i32);
+        assert_eq!(collective_name(FUNC_ALLREDUCE), "allreduce");
+        assert_eq!(collective_name(-3), "other");
+        assert_eq!(collective_name(99), "other");
+    }
+
     const OK: ncclResult_t = ncclResult_t::ncclSuccess;
     const ALLREDUCE: ncclFunc_t = ncclFunc_t::ncclFuncAllReduce;
     const BIG: usize = 256 << 20;

@@ -32,6 +32,7 @@
 //! of panicking, since wire bytes come from the network.
 
 #[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // AVX2/F16C intrinsics behind runtime feature detection
 mod avx2;
 pub mod bench;
 mod format;

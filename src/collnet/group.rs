@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 
 use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
+use super::lend::{OwnedRecv, OwnedSend};
 use super::plan::Plan;
 use super::pool::{self, Shared};
 use super::steps::{Effects, Lane, Send, Step};
-use crate::abi::lend::{OwnedRecv, OwnedSend};
-use crate::abi::os::RawBuf;
 use crate::codec::Fp8Format;
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics;
+use crate::sys::RawBuf;
 use crate::transport::tcp::{Connecting, Listener, RecvComm, SendComm, TcpSettings};
 use crate::transport::wire::ListenHandle;
 

@@ -13,6 +13,8 @@
 pub mod algo;
 pub mod group;
 pub mod join;
+#[allow(unsafe_code)] // lends owned buffers to the transport as RawBufs
+pub mod lend;
 pub mod plan;
 pub mod pool;
 pub mod sim;

@@ -13,6 +13,7 @@
 //! See `docs/metrics.md` for the metric list and the design rationale.
 
 mod collnet;
+#[allow(unsafe_code)] // pthread_atfork child handler
 mod exporter;
 mod histogram;
 mod render;

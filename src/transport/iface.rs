@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::abi::os::InterfaceAddr;
+use crate::sys::InterfaceAddr;
 
 /// Address family preference (`AIRAMP_SOCKET_FAMILY`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

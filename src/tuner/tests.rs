@@ -46,26 +46,6 @@ fn nccl_like(ring_simple: f32, collnet: f32) -> Vec<f32> {
 }
 
 #[test]
-fn nccl_indices_and_ignore_value() {
-    use crate::abi::bindings as b;
-    assert_eq!(ALGO_TREE as i32, b::NCCL_ALGO_TREE);
-    assert_eq!(ALGO_RING as i32, b::NCCL_ALGO_RING);
-    assert_eq!(ALGO_COLLNET_DIRECT as i32, b::NCCL_ALGO_COLLNET_DIRECT);
-    assert_eq!(ALGO_COLLNET_CHAIN as i32, b::NCCL_ALGO_COLLNET_CHAIN);
-    assert_eq!(ALGO_NVLS as i32, b::NCCL_ALGO_NVLS);
-    assert_eq!(ALGO_NVLS_TREE as i32, b::NCCL_ALGO_NVLS_TREE);
-    assert_eq!(ALGO_PAT as i32, b::NCCL_ALGO_PAT);
-    assert_eq!(PROTO_LL as i32, b::NCCL_PROTO_LL);
-    assert_eq!(PROTO_LL128 as i32, b::NCCL_PROTO_LL128);
-    assert_eq!(PROTO_SIMPLE as i32, b::NCCL_PROTO_SIMPLE);
-    assert_eq!(IGNORE as f64, b::NCCL_ALGO_PROTO_IGNORE);
-    assert_eq!(FUNC_ALLREDUCE, b::ncclFunc_t::ncclFuncAllReduce.0 as i32);
-    assert_eq!(collective_name(FUNC_ALLREDUCE), "allreduce");
-    assert_eq!(collective_name(-3), "other");
-    assert_eq!(collective_name(99), "other");
-}
-
-#[test]
 fn wire_ratio_is_33_over_64() {
     assert_eq!(wire_ratio(Fp8Format::E4m3), 33.0 / 64.0);
     assert_eq!(wire_ratio(Fp8Format::E5m2), 33.0 / 64.0);

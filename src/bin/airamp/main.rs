@@ -158,7 +158,7 @@ fn config_check(file: Option<&str>) -> Result<ExitCode, String> {
 
 fn devices() -> Result<ExitCode, String> {
     let cfg = config::global();
-    let all = airamp::abi::os::interface_addrs().map_err(|e| e.to_string())?;
+    let all = airamp::sys::interface_addrs().map_err(|e| e.to_string())?;
     println!(
         "{:<16} {:<40} {:>5} {:>9} {:>8}",
         "interface", "address", "up", "speed", "loopback"

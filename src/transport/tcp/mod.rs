@@ -103,4 +103,5 @@ impl Progress {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // tests lend stack buffers as RawBufs
 mod tests;

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use super::{spawn_stream_threads, Progress, TcpSettings, MAX_RECVS, MAX_REQUESTS};
-use crate::abi::os::{self, RawBuf};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
+use crate::sys::{self, RawBuf};
 use crate::transport::matching::{HeaderOutcome, MatchError, Placement, RecvMatcher};
 use crate::transport::wire::{FrameHeader, FRAME_HEADER_BYTES};
 use crate::warn;
@@ -186,7 +186,7 @@ impl Shared {
             match &mut stream.phase {
                 Phase::Closed => return Ok(Blocked::Closed),
                 Phase::Header { buf, got } => {
-                    match os::try_recv_into(&stream.sock, &mut buf[*got..]) {
+                    match sys::try_recv_into(&stream.sock, &mut buf[*got..]) {
                         Ok(0) if *got == 0 => {
                             stream.phase = Phase::Closed;
                             self.stream_closed();
@@ -296,7 +296,7 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
             Err(f) => return shared.fault(f),
             Ok(Blocked::Closed) => return,
             Ok(Blocked::NoData) => {
-                if let Err(e) = os::wait_ready(&sock, false, POLL_INTERVAL) {
+                if let Err(e) = sys::wait_ready(&sock, false, POLL_INTERVAL) {
                     return shared.fault(Fault::Io(e));
                 }
             }

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use super::{spawn_stream_threads, TcpSettings, MAX_REQUESTS};
-use crate::abi::os::{self, RawBuf};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
+use crate::sys::{self, RawBuf};
 use crate::transport::sched::{Chunk, SendScheduler};
 use crate::transport::wire::FRAME_HEADER_BYTES;
 use crate::warn;
@@ -192,7 +192,7 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
         match blocked {
             Err(e) => return shared.io_failure(e),
             Ok(Blocked::Full) => {
-                if let Err(e) = os::wait_ready(&sock, true, POLL_INTERVAL) {
+                if let Err(e) = sys::wait_ready(&sock, true, POLL_INTERVAL) {
                     return shared.io_failure(e);
                 }
             }

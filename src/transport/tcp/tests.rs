@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::abi::os::RawBuf;
 use crate::error::{ErrorClass, NetError};
+use crate::sys::RawBuf;
 use crate::transport::iface::NetDevice;
 
 fn lo() -> NetDevice {

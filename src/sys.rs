@@ -1,5 +1,6 @@
-//! The plugin's other C boundary: the operating system calls that need raw
-//! pointers (interface enumeration, and I/O straight into NCCL's buffers).
+//! The operating system calls that need raw pointers: interface
+//! enumeration, readiness polling, and I/O straight into NCCL's buffers.
+//! Kept out of `abi/` (the C face) so the transport below it can use them.
 
 use std::ffi::CStr;
 use std::io::{self, IoSlice};

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use super::os::RawBuf;
 use crate::error::NetResult;
+use crate::sys::RawBuf;
 use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 
 /// A send of bytes the plugin owns.

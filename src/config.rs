@@ -149,10 +149,35 @@ pub struct CompressionConfig {
     pub fp8_format: Fp8Format,
 }
 
+/// `[collnet]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollnetConfig {
+    /// Codec/fold worker threads per collective group; `None` means auto
+    /// ([`CollnetConfig::workers`]), 0 runs everything on NCCL's proxy thread.
+    pub workers: Option<u32>,
+}
+
+impl CollnetConfig {
+    /// Worker threads; `auto` takes one per 4 cores, between 1 and 8, so
+    /// two ranks on a 16-core host keep cores for their TCP streams.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            None => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                (cores / 4).clamp(1, 8)
+            }
+            Some(n) => n as usize,
+        }
+    }
+}
+
 /// `[gpu]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuConfig {
     pub ghost_kernels: bool,
+    /// Let the collective network take NCCL's GPU buffers and run its codec
+    /// on the GPU (when a CUDA driver and NVRTC load).
+    pub collnet: bool,
 }
 
 /// `[tuner]`.
@@ -199,6 +224,7 @@ pub struct Config {
     pub transport: TransportConfig,
     pub metrics: MetricsConfig,
     pub compression: CompressionConfig,
+    pub collnet: CollnetConfig,
     pub gpu: GpuConfig,
     pub tuner: TunerConfig,
     /// Indexed like [`KEYS`].
@@ -228,8 +254,10 @@ impl Default for Config {
                 fp8_allreduce: false,
                 fp8_format: Fp8Format::E4m3,
             },
+            collnet: CollnetConfig { workers: None },
             gpu: GpuConfig {
                 ghost_kernels: false,
+                collnet: true,
             },
             tuner: TunerConfig {
                 enabled: true,
@@ -612,6 +640,36 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         show: |c| c.compression.fp8_format.to_string(),
+    },
+    KeySpec {
+        name: "collnet.workers",
+        env: "AIRAMP_COLLNET_WORKERS",
+        default: "auto",
+        accepted: "auto, or integer 0..=64",
+        doc: "Threads per collective group that run the host path's codec and reduction work off NCCL's proxy thread; 0 runs it on the proxy thread. `auto`: one per 4 CPU cores, 1..=8.",
+        example: "\"auto\"",
+        apply: |c, r| {
+            c.collnet.workers = match r {
+                Raw::Str(s) if s.trim().eq_ignore_ascii_case("auto") => None,
+                Raw::Toml(toml::Value::String(s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                _ => Some(want_int(r, 0, 64)? as u32),
+            };
+            Ok(())
+        },
+        show: |c| c.collnet.workers.map_or_else(|| "auto".to_string(), |n| n.to_string()),
+    },
+    KeySpec {
+        name: "gpu.collnet",
+        env: "AIRAMP_GPU_COLLNET",
+        default: "true",
+        accepted: "boolean: true, false, 1, 0, yes, no, on, off",
+        doc: "Offer NCCL GPU buffers for the collective network (NCCL_PTR_CUDA) and run its codec on the GPU, when a CUDA driver and NVRTC load; false keeps it on host buffers.",
+        example: "true",
+        apply: |c, r| {
+            c.gpu.collnet = want_bool(r)?;
+            Ok(())
+        },
+        show: |c| c.gpu.collnet.to_string(),
     },
     KeySpec {
         name: "gpu.ghost_kernels",

@@ -27,6 +27,8 @@ pub enum NetError {
     InvalidArgument(String),
     InvalidUsage(String),
     Unsupported(&'static str),
+    /// A bug caught inside the plugin (a panic on a worker thread).
+    Internal(String),
     /// A system call failed locally.
     Io {
         what: &'static str,
@@ -77,7 +79,7 @@ impl NetError {
         match self {
             NetError::InvalidArgument(_) => ErrorClass::InvalidArgument,
             NetError::InvalidUsage(_) => ErrorClass::InvalidUsage,
-            NetError::Unsupported(_) => ErrorClass::Internal,
+            NetError::Unsupported(_) | NetError::Internal(_) => ErrorClass::Internal,
             NetError::Io { .. } => ErrorClass::System,
             NetError::Peer {
                 cause: PeerFailure::Truncated { .. },
@@ -112,6 +114,7 @@ impl fmt::Display for NetError {
             NetError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             NetError::InvalidUsage(m) => write!(f, "invalid usage: {m}"),
             NetError::Unsupported(m) => write!(f, "unsupported: {m}"),
+            NetError::Internal(m) => write!(f, "internal error: {m}"),
             NetError::Io { what, kind, errno } => match errno {
                 Some(e) => write!(
                     f,

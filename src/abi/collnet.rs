@@ -8,13 +8,16 @@
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
+use super::net::{PTR_CUDA, PTR_HOST};
 use super::object::{self, Kind};
 use super::write_out;
 use crate::codec::Fp8Format;
-use crate::collnet::group::{Buffers, Group};
+use crate::collnet::device::Place;
+use crate::collnet::group::Group;
 use crate::collnet::{DataType, RedOp};
 use crate::config::{self, Fp8Format as ConfigFp8};
 use crate::error::{NetError, NetResult};
+use crate::gpu;
 use crate::net;
 use crate::sys::RawBuf;
 use crate::transport::tcp::Listener;
@@ -89,6 +92,7 @@ pub unsafe fn connect(
         settings,
         configured_fp8(),
         timeout,
+        config::global().collnet.workers(),
     )?;
     let shared: SharedGroup = Arc::new(Mutex::new(group));
     // SAFETY: NCCL's out-pointer; write_out refuses null.
@@ -157,15 +161,12 @@ pub unsafe fn iallreduce(
             "iallreduce buffer is NULL".into(),
         ));
     }
+    let mut g = lock(group);
     // SAFETY: NCCL keeps both buffers valid for the call's bytes until test()
     // reports the request done.
-    let (input, output) = unsafe {
-        (
-            RawBuf::new(send.cast(), bytes),
-            RawBuf::new(recv.cast(), bytes),
-        )
-    };
-    let id = lock(group).all_reduce(input, output, count, dt, rop)?;
+    let (input, output) = unsafe { (place(&g, send, bytes)?, place(&g, recv, bytes)?) };
+    let id = g.all_reduce(input, output, count, dt, rop)?;
+    drop(g);
     finish_post(group, id, request)
 }
 
@@ -175,17 +176,37 @@ pub struct Sge {
     pub size: usize,
 }
 
-fn sge_buffers(parts: &[Sge], what: &str) -> NetResult<Buffers> {
-    let mut bufs = Vec::with_capacity(parts.len());
+/// Where NCCL's buffer `ptr..ptr+len` lies: in a device region the group
+/// registered (then the group stages it through its mirror), or in host
+/// memory. Identified by pointer, not by the handle NCCL passes.
+///
+/// # Safety
+/// `ptr` must be valid for `len` bytes until the request completes.
+unsafe fn place(g: &Group, ptr: *mut c_void, len: usize) -> NetResult<Place> {
+    if let Some(range) = g.device_range(ptr as usize, len) {
+        return Ok(Place::Device(range));
+    }
+    if len > 0 && gpu::is_device_pointer(ptr as usize) {
+        return Err(NetError::InvalidUsage(format!(
+            "collnet buffer {ptr:?} (+{len} bytes) is device memory outside every region registered with regMr"
+        )));
+    }
+    // SAFETY: host memory, valid per this function's contract.
+    Ok(Place::Host(unsafe { RawBuf::new(ptr.cast(), len) }))
+}
+
+/// # Safety
+/// Each part must be valid until the request completes.
+unsafe fn sge_places(g: &Group, parts: &[Sge], what: &str) -> NetResult<Vec<Place>> {
+    let mut places = Vec::with_capacity(parts.len());
     for p in parts {
         if p.address.is_null() && p.size > 0 {
             return Err(NetError::InvalidArgument(format!("{what} part is NULL")));
         }
-        // SAFETY: NCCL keeps each part valid until test() reports the
-        // request done.
-        bufs.push(unsafe { RawBuf::new(p.address.cast(), p.size) });
+        // SAFETY: per this function's contract.
+        places.push(unsafe { place(g, p.address, p.size) }?);
     }
-    Ok(Buffers(bufs))
+    Ok(places)
 }
 
 /// This member's piece of a window (`window_piece`) as a buffer at `ptr`.
@@ -199,7 +220,7 @@ unsafe fn own_piece(
     window_offset: usize,
     window_bytes: usize,
     what: &str,
-) -> NetResult<RawBuf> {
+) -> NetResult<Place> {
     let rank = g.params().rank;
     let piece =
         crate::collnet::steps::window_piece(rank, bytes_per_rank, window_offset, window_bytes);
@@ -207,7 +228,7 @@ unsafe fn own_piece(
         return Err(NetError::InvalidArgument(format!("{what} buffer is NULL")));
     }
     // SAFETY: per this function's contract.
-    Ok(unsafe { RawBuf::new(ptr.cast(), piece.len()) })
+    unsafe { place(g, ptr, piece.len()) }
 }
 
 /// # Safety
@@ -223,8 +244,9 @@ pub unsafe fn iallgather(
     request: *mut *mut c_void,
 ) -> NetResult<()> {
     let group = group_of(coll_comm)?;
-    let output = sge_buffers(parts, "iallgather receive")?;
     let mut g = lock(group);
+    // SAFETY: NCCL keeps the parts valid until the request completes.
+    let output = unsafe { sge_places(&g, parts, "iallgather receive") }?;
     // SAFETY: NCCL passes this member's data for its piece of the window.
     let input = unsafe {
         own_piece(
@@ -262,8 +284,9 @@ pub unsafe fn ireducescatter(
             "ireducescatter of datatype {dtype} with op {op}, which reduceSupport declined"
         )));
     };
-    let input = sge_buffers(parts, "ireducescatter send")?;
     let mut g = lock(group);
+    // SAFETY: NCCL keeps the parts valid until the request completes.
+    let input = unsafe { sge_places(&g, parts, "ireducescatter send") }?;
     // SAFETY: NCCL passes room for this member's piece of the window.
     let output = unsafe {
         own_piece(
@@ -326,6 +349,98 @@ pub unsafe fn close_coll(coll_comm: *mut c_void) -> NetResult<()> {
     // SAFETY: NCCL passes back our collective comm, once.
     unsafe { object::take::<SharedGroup>(coll_comm, Kind::Coll) }.map(drop)
 }
+
+/// A collective-network registration: host memory needs nothing; a GPU
+/// buffer gets a mirror and stream in its group.
+enum CollRegion {
+    Host,
+    Device { base: usize },
+}
+
+/// Whether the collective network offers NCCL GPU buffers: configured on,
+/// and a CUDA driver and the kernels' compiler load in this process.
+pub fn offers_gpu_buffers() -> bool {
+    config::global().gpu.collnet && gpu::available()
+}
+
+/// `ptrSupport` of the collective network's devices.
+pub fn ptr_support() -> c_int {
+    if offers_gpu_buffers() {
+        PTR_HOST | PTR_CUDA
+    } else {
+        PTR_HOST
+    }
+}
+
+/// # Safety
+/// `coll_comm` must come from connect; `data` valid for `size` bytes while
+/// registered; `mhandle` writable.
+pub unsafe fn reg_mr(
+    coll_comm: *mut c_void,
+    data: *mut c_void,
+    size: usize,
+    ptr_type: c_int,
+    mhandle: *mut *mut c_void,
+) -> NetResult<()> {
+    let region = if ptr_type & PTR_CUDA != 0 {
+        if !offers_gpu_buffers() {
+            return Err(NetError::InvalidArgument(format!(
+                "collnet regMr of GPU memory {data:?}, but GPU buffers were not offered"
+            )));
+        }
+        let base = lock(group_of(coll_comm)?).register_device(data as usize, size)?;
+        crate::info!(
+            crate::log::SUBSYS_NET,
+            "NET/airamp collnet: registered GPU buffer {data:?} ({size} bytes) with a pinned host mirror"
+        );
+        CollRegion::Device { base }
+    } else if ptr_type & PTR_HOST != 0 {
+        CollRegion::Host
+    } else {
+        return Err(NetError::InvalidArgument(format!(
+            "collnet regMr of memory type {ptr_type:#x}"
+        )));
+    };
+    // SAFETY: NCCL's out-pointer; write_out refuses null.
+    unsafe {
+        write_out(
+            mhandle,
+            object::into_raw(Kind::CollMemory, region),
+            "mhandle",
+        )
+    }
+}
+
+/// # Safety
+/// `coll_comm` must come from connect, `mhandle` from [`reg_mr`] on it.
+pub unsafe fn dereg_mr(coll_comm: *mut c_void, mhandle: *mut c_void) -> NetResult<()> {
+    // SAFETY: NCCL passes back our registration object, once.
+    let region = unsafe { object::take::<CollRegion>(mhandle, Kind::CollMemory) }?;
+    if let CollRegion::Device { base } = region {
+        lock(group_of(coll_comm)?).deregister_device(base);
+    }
+    Ok(())
+}
+
+/// The collective network's `getProperties` for one ABI version: the net
+/// plugin's, plus GPU buffers when offered.
+macro_rules! collnet_get_properties {
+    ($props:ty) => {
+        unsafe extern "C" fn collnet_get_properties(
+            dev: std::ffi::c_int,
+            props: *mut $props,
+        ) -> $crate::abi::bindings::ncclResult_t {
+            // SAFETY: NCCL's getProperties contract, forwarded.
+            let rc = unsafe { get_properties(dev, props) };
+            // SAFETY: non-null, and filled by the call above.
+            if let Some(p) = unsafe { props.as_mut() } {
+                p.ptrSupport = $crate::abi::collnet::ptr_support();
+            }
+            rc
+        }
+    };
+}
+pub(crate) use collnet_get_properties;
 
 /// `extern "C"` entry points whose signature is the same in every version.
 pub mod shared {
@@ -452,6 +567,29 @@ pub mod shared {
         // SAFETY: arguments as NCCL's CollNet connect contract describes.
         guard("collnet connect", || unsafe {
             super::connect(handles, nranks, rank, listen_comm, coll_comm)
+        })
+    }
+
+    pub unsafe extern "C" fn reg_mr(
+        coll_comm: *mut c_void,
+        data: *mut c_void,
+        size: usize,
+        ptr_type: c_int,
+        mhandle: *mut *mut c_void,
+    ) -> ncclResult_t {
+        // SAFETY: arguments as NCCL's regMr contract describes.
+        guard("collnet regMr", || unsafe {
+            super::reg_mr(coll_comm, data, size, ptr_type, mhandle)
+        })
+    }
+
+    pub unsafe extern "C" fn dereg_mr(
+        coll_comm: *mut c_void,
+        mhandle: *mut c_void,
+    ) -> ncclResult_t {
+        // SAFETY: NCCL passes back a handle from regMr on this comm.
+        guard("collnet deregMr", || unsafe {
+            super::dereg_mr(coll_comm, mhandle)
         })
     }
 

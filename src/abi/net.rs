@@ -16,6 +16,8 @@ use crate::transport::wire::{HANDLE_BYTES, HANDLE_STAGE_OFFSET};
 
 pub const NAME: &std::ffi::CStr = c"airamp";
 pub const PTR_HOST: c_int = 0x1;
+/// `NCCL_PTR_CUDA`: device memory (the collective network, with GPUDirect).
+pub const PTR_CUDA: c_int = 0x2;
 
 enum Request {
     Send(SendRequest),

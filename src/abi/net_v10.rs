@@ -82,20 +82,23 @@ pub static ncclNetPlugin_v10: Vtable<ncclNet_v10_t> = Vtable(ncclNet_v10_t {
     makeVDevice: None,
 });
 
-/// The collective network of the same ABI version: devices, properties,
-/// listen and memory registration are the net plugin's.
+collnet::collnet_get_properties!(ncclNetProperties_v10_t);
+
+/// The collective network of the same ABI version: devices and listen are
+/// the net plugin's; properties add GPU buffers when offered, and memory
+/// registration accepts them.
 #[no_mangle]
 pub static ncclCollNetPlugin_v10: Vtable<ncclCollNet_v10_t> = Vtable(ncclCollNet_v10_t {
     name: net::NAME.as_ptr(),
     init: Some(collnet::shared::init),
     devices: Some(shared::devices),
-    getProperties: Some(get_properties),
+    getProperties: Some(collnet_get_properties),
     listen: Some(listen),
     connect: Some(collnet::shared::connect),
     reduceSupport: Some(collnet::shared::reduce_support),
-    regMr: Some(shared::reg_mr),
+    regMr: Some(collnet::shared::reg_mr),
     regMrDmaBuf: Some(shared::reg_mr_dma_buf),
-    deregMr: Some(shared::dereg_mr),
+    deregMr: Some(collnet::shared::dereg_mr),
     iallreduce: Some(collnet::shared::iallreduce_sized),
     iallgather: Some(collnet::shared::iallgather::<ncclNetSGE_v10_t>),
     ireducescatter: Some(collnet::shared::ireducescatter::<ncclNetSGE_v10_t>),

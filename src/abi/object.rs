@@ -38,6 +38,7 @@ pub enum Kind {
     Context = 0x4354_5831,
     Coll = 0x434F_4C31,
     CollRequest = 0x4352_5131,
+    CollMemory = 0x434D_5231,
     Tuner = 0x5455_4E31,
 }
 

@@ -19,15 +19,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
+use super::buffers::Buffers;
+use super::device::{DeviceMemory, DeviceRange, Place};
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
 use super::lend::{OwnedRecv, OwnedSend};
+use super::link::tcp::{TcpRx, TcpTx};
+use super::link::{RxLink, TxLink};
 use super::plan::Plan;
 use super::pool::{self, Shared};
-use super::steps::{Effects, Lane, Send, Step};
+use super::steps::{Lane, Send, Step};
+use super::workers::{Done, Event, Job, Workers};
 use crate::codec::Fp8Format;
 use crate::error::{NetError, NetResult, PeerFailure};
+use crate::gpu::Fence;
 use crate::metrics;
-use crate::sys::RawBuf;
 use crate::transport::tcp::{Connecting, Listener, RecvComm, SendComm, TcpSettings};
 use crate::transport::wire::ListenHandle;
 
@@ -54,108 +59,45 @@ struct Outgoing {
     tag: i32,
 }
 
-struct TxLink {
-    comm: SendComm,
+struct Tx {
+    link: Box<dyn TxLink>,
     queue: VecDeque<Outgoing>,
-    inflight: VecDeque<(u64, OwnedSend)>,
+    /// Calls of the sends in the link, oldest first.
+    inflight: VecDeque<u64>,
 }
 
-struct RxLink {
-    comm: RecvComm,
+struct Rx {
+    link: Box<dyn RxLink>,
     /// Receives to post: (step, length).
     queue: VecDeque<(u64, usize)>,
-    inflight: VecDeque<(u64, OwnedRecv)>,
+    /// Steps of the receives in the link, oldest first.
+    inflight: VecDeque<u64>,
+}
+
+/// The links to one other member, indexed by [`Lane`].
+pub struct PeerLinks {
+    pub tx: [Box<dyn TxLink>; 2],
+    pub rx: [Box<dyn RxLink>; 2],
 }
 
 struct Peer {
-    tx: [TxLink; 2],
-    rx: [RxLink; 2],
-}
-
-/// Where a call's bytes live: one or more NCCL buffers, concatenated.
-#[derive(Clone)]
-pub struct Buffers(pub Vec<RawBuf>);
-
-impl Buffers {
-    fn len(&self) -> usize {
-        self.0.iter().map(RawBuf::len).sum()
-    }
-
-    fn visit(
-        &self,
-        mut offset: usize,
-        len: usize,
-        mut f: impl FnMut(&RawBuf, usize, std::ops::Range<usize>) -> std::io::Result<()>,
-    ) -> NetResult<()> {
-        if offset.checked_add(len).map_or(true, |end| end > self.len()) {
-            return Err(NetError::InvalidArgument(format!(
-                "collnet buffer range {offset}+{len} exceeds {} bytes",
-                self.len()
-            )));
-        }
-        let mut done = 0;
-        for part in &self.0 {
-            if done == len {
-                break;
-            }
-            if offset >= part.len() {
-                offset -= part.len();
-                continue;
-            }
-            let take = (part.len() - offset).min(len - done);
-            f(part, offset, done..done + take)
-                .map_err(|e| NetError::io("collnet buffer copy", e))?;
-            done += take;
-            offset = 0;
-        }
-        Ok(())
-    }
-
-    /// Runs `f` on input bytes `range`: in place when they lie in one part
-    /// (always, for NCCL's calls), else on a pooled copy.
-    fn with_bytes<R>(
-        &self,
-        range: std::ops::Range<usize>,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> NetResult<R> {
-        if range.is_empty() {
-            return Ok(f(&[]));
-        }
-        let mut offset = range.start;
-        for part in &self.0 {
-            if offset < part.len() {
-                if offset + range.len() <= part.len() {
-                    return part
-                        .with_bytes(offset, range.len(), f)
-                        .map_err(|e| NetError::io("collnet input", e));
-                }
-                break;
-            }
-            offset -= part.len();
-        }
-        let mut copy = pool::take(range.len());
-        let len = copy.len();
-        self.visit(range.start, len, |part, off, r| {
-            part.read_at(off, &mut copy[r])
-        })?;
-        let out = f(&copy);
-        pool::give(copy);
-        Ok(out)
-    }
-
-    fn write(&self, offset: usize, src: &[u8]) -> NetResult<()> {
-        self.visit(offset, src.len(), |part, off, r| {
-            part.write_at(off, &src[r])
-        })
-    }
+    tx: [Tx; 2],
+    rx: [Rx; 2],
 }
 
 struct Active {
     seq: u64,
     op: u64,
-    step: Step,
+    /// `None` while a worker runs it.
+    step: Option<Step>,
+    /// Events that arrived for the step, not yet handed to it.
+    events: Vec<Event>,
     /// Expected messages not yet delivered.
     outstanding: usize,
+    /// The step's start has run: it has produced every contribution.
+    started: bool,
+    /// Contributions waiting for earlier steps to produce theirs.
+    contrib_queue: Vec<Send>,
     /// Result-lane messages waiting for earlier steps to close that lane.
     result_queue: Vec<Send>,
 }
@@ -163,6 +105,13 @@ struct Active {
 struct OpState {
     input: Buffers,
     output: Buffers,
+    /// Copies of device inputs to their mirrors: no step starts before
+    /// they complete.
+    staging_in: Vec<Fence>,
+    /// Device outputs, copied back from their mirrors once every step is
+    /// done; then the copies' fences.
+    staging_out: Vec<DeviceRange>,
+    out_fences: Vec<Fence>,
     steps_left: usize,
     /// Messages of this call not yet handed to the kernel: the call is not
     /// complete before they are (NCCL may close the group right after).
@@ -183,6 +132,9 @@ struct OpKind {
 pub struct Group {
     params: GroupParams,
     peers: Vec<Option<Peer>>,
+    workers: Workers,
+    /// NCCL's registered GPU buffers, once it registers one.
+    device: Option<DeviceMemory>,
     waiting: VecDeque<(u64, Step)>,
     active: VecDeque<Active>,
     ops: HashMap<u64, OpState>,
@@ -215,6 +167,7 @@ impl Group {
         settings: &TcpSettings,
         fp8: Option<Fp8Format>,
         timeout: Duration,
+        workers: usize,
     ) -> NetResult<Group> {
         let n = handles.len();
         if rank >= n {
@@ -319,35 +272,24 @@ impl Group {
         }
         // 2. Everyone holds all links: confirm, so that a member that failed
         //    above makes every other member fail too (its links close).
-        let mut peers: Vec<Option<Peer>> = (0..n).map(|_| None).collect();
-        for (j, slot) in peers.iter_mut().enumerate().filter(|(j, _)| *j != rank) {
+        let mut comms: Vec<(usize, [SendComm; 2], [RecvComm; 2])> = Vec::new();
+        for j in (0..n).filter(|&j| j != rank) {
             let mut take_tx = |lane| tx.remove(&(j, lane)).expect("all links present");
             let tx_links = [take_tx(Lane::Contrib), take_tx(Lane::Result)];
             let mut take_rx = |lane| rx.remove(&(j, lane)).expect("all links present");
             let rx_links = [take_rx(Lane::Contrib), take_rx(Lane::Result)];
-            *slot = Some(Peer {
-                tx: tx_links.map(|comm| TxLink {
-                    comm,
-                    queue: VecDeque::new(),
-                    inflight: VecDeque::new(),
-                }),
-                rx: rx_links.map(|comm| RxLink {
-                    comm,
-                    queue: VecDeque::new(),
-                    inflight: VecDeque::new(),
-                }),
-            });
+            comms.push((j, tx_links, rx_links));
         }
         let mut ready_sends = Vec::new();
         let mut ready_recvs = Vec::new();
-        for p in peers.iter().flatten() {
+        for (_, tx, rx) in &comms {
             let bytes: Shared = Arc::new(READY.to_vec());
             ready_sends.push(
-                OwnedSend::start(&p.tx[0].comm, bytes, 0)?
+                OwnedSend::start(&tx[0], bytes, 0)?
                     .map_err(|_| NetError::Unsupported("request pool full at join"))?,
             );
             ready_recvs.push(
-                OwnedRecv::start(&p.rx[0].comm, vec![0u8; READY_BYTES], 0)?
+                OwnedRecv::start(&rx[0], vec![0u8; READY_BYTES], 0)?
                     .map_err(|_| NetError::Unsupported("request pool full at join"))?,
             );
         }
@@ -375,15 +317,20 @@ impl Group {
                 ));
             }
         }
-        // From here on the proxy thread does the codec work; the stream
-        // threads do all socket I/O, on other cores.
-        for p in peers.iter().flatten() {
-            for l in &p.tx {
-                l.comm.set_caller_assists(false);
+        // From here on the stream threads do all socket I/O, on other cores;
+        // the proxy thread schedules and the workers run codec work.
+        let mut links: Vec<Option<PeerLinks>> = (0..n).map(|_| None).collect();
+        for (j, tx, rx) in comms {
+            for c in &tx {
+                c.set_caller_assists(false);
             }
-            for l in &p.rx {
-                l.comm.set_caller_assists(false);
+            for c in &rx {
+                c.set_caller_assists(false);
             }
+            links[j] = Some(PeerLinks {
+                tx: tx.map(|c| Box::new(TcpTx::new(c)) as Box<dyn TxLink>),
+                rx: rx.map(|c| Box::new(TcpRx::new(c)) as Box<dyn RxLink>),
+            });
         }
         let path = match agreed {
             Some(f) => format!("FP8 {f:?} where dtype/op allow (float sum), exact otherwise"),
@@ -391,14 +338,53 @@ impl Group {
         };
         crate::info!(
             crate::log::SUBSYS_NET,
-            "NET/airamp collnet: member {rank} of {n} joined; allreduce {path}"
+            "NET/airamp collnet: member {rank} of {n} joined; allreduce {path}; {workers} worker thread(s)"
         );
-        Ok(Group {
-            params: GroupParams {
+        Group::from_links(
+            GroupParams {
                 rank,
                 n,
                 fp8: agreed,
             },
+            links,
+            workers,
+        )
+    }
+
+    /// A group over links that are already up (`links[rank]` is `None`),
+    /// with `workers` threads for codec work (0: all on the caller's thread).
+    pub fn from_links(
+        params: GroupParams,
+        links: Vec<Option<PeerLinks>>,
+        workers: usize,
+    ) -> NetResult<Group> {
+        let peers = links
+            .into_iter()
+            .map(|l| {
+                l.map(|l| {
+                    let [tx0, tx1] = l.tx;
+                    let [rx0, rx1] = l.rx;
+                    let tx = |link| Tx {
+                        link,
+                        queue: VecDeque::new(),
+                        inflight: VecDeque::new(),
+                    };
+                    let rx = |link| Rx {
+                        link,
+                        queue: VecDeque::new(),
+                        inflight: VecDeque::new(),
+                    };
+                    Peer {
+                        tx: [tx(tx0), tx(tx1)],
+                        rx: [rx(rx0), rx(rx1)],
+                    }
+                })
+            })
+            .collect();
+        Ok(Group {
+            workers: Workers::start(workers, params.rank)?,
+            device: None,
+            params,
             peers,
             waiting: VecDeque::new(),
             active: VecDeque::new(),
@@ -420,21 +406,63 @@ impl Group {
         }
     }
 
+    /// Registers NCCL's device buffer `ptr..ptr+len` (at regMr time, on
+    /// NCCL's setup thread with its device current); returns its base.
+    pub fn register_device(&mut self, ptr: usize, len: usize) -> NetResult<usize> {
+        if self.device.is_none() {
+            self.device = Some(DeviceMemory::new()?);
+        }
+        self.device
+            .as_mut()
+            .expect("created above")
+            .register(ptr, len)
+    }
+
+    pub fn deregister_device(&mut self, base: usize) {
+        if let Some(d) = &mut self.device {
+            d.deregister(base);
+        }
+    }
+
+    /// The registered device range holding `ptr..ptr+len`, if any.
+    pub fn device_range(&self, ptr: usize, len: usize) -> Option<DeviceRange> {
+        self.device.as_ref()?.find(ptr, len)
+    }
+
     fn add_op(
         &mut self,
-        input: Buffers,
-        output: Buffers,
+        input: Vec<Place>,
+        output: Vec<Place>,
         steps: Vec<Step>,
         kind: OpKind,
     ) -> NetResult<u64> {
         let id = self.next_op;
         self.next_op += 1;
-        let bytes = output.len();
+        let bytes = output.iter().map(Place::len).sum();
+        let mut staging_in = Vec::new();
+        let mut staging_out = Vec::new();
+        for place in &input {
+            if let Place::Device(r) = place {
+                let device = self
+                    .device
+                    .as_ref()
+                    .expect("a device range has its group's device");
+                staging_in.push(device.stage_in(r)?);
+            }
+        }
+        for place in &output {
+            if let Place::Device(r) = place {
+                staging_out.push(r.clone());
+            }
+        }
         self.ops.insert(
             id,
             OpState {
-                input,
-                output,
+                input: Buffers(input.iter().map(Place::host_view).collect()),
+                output: Buffers(output.iter().map(Place::host_view).collect()),
+                staging_in,
+                staging_out,
+                out_fences: Vec::new(),
                 steps_left: steps.len(),
                 sends_left: 0,
                 bytes,
@@ -452,8 +480,8 @@ impl Group {
     /// Starts an allreduce of `count` elements from `input` into `output`.
     pub fn all_reduce(
         &mut self,
-        input: RawBuf,
-        output: RawBuf,
+        input: Place,
+        output: Place,
         count: usize,
         dtype: DataType,
         op: RedOp,
@@ -485,28 +513,23 @@ impl Group {
             .map_err(|e| collnet_error(self.params.rank, e))?;
         let input = input.prefix(bytes);
         let output = output.prefix(bytes);
-        self.add_op(
-            Buffers(vec![input]),
-            Buffers(vec![output]),
-            steps,
-            OpKind { dtype, path },
-        )
+        self.add_op(vec![input], vec![output], steps, OpKind { dtype, path })
     }
 
     /// Starts NCCL's windowed allgather (exact).
     pub fn all_gather(
         &mut self,
-        input: RawBuf,
-        output: Buffers,
+        input: Place,
+        output: Vec<Place>,
         bytes_per_rank: usize,
         window_offset: usize,
         window_bytes: usize,
     ) -> NetResult<u64> {
         self.check()?;
-        if output.len() < window_bytes {
+        let room: usize = output.iter().map(Place::len).sum();
+        if room < window_bytes {
             return Err(NetError::InvalidArgument(format!(
-                "iallgather window of {window_bytes} bytes into {} bytes",
-                output.len()
+                "iallgather window of {window_bytes} bytes into {room} bytes"
             )));
         }
         let step = Step::all_gather(
@@ -523,7 +546,7 @@ impl Group {
             vec![step]
         };
         self.add_op(
-            Buffers(vec![input]),
+            vec![input],
             output,
             steps,
             OpKind {
@@ -537,8 +560,8 @@ impl Group {
     #[allow(clippy::too_many_arguments)]
     pub fn reduce_scatter(
         &mut self,
-        input: Buffers,
-        output: RawBuf,
+        input: Vec<Place>,
+        output: Place,
         bytes_per_rank: usize,
         window_offset: usize,
         window_bytes: usize,
@@ -546,10 +569,10 @@ impl Group {
         op: RedOp,
     ) -> NetResult<u64> {
         self.check()?;
-        if input.len() < window_bytes {
+        let have: usize = input.iter().map(Place::len).sum();
+        if have < window_bytes {
             return Err(NetError::InvalidArgument(format!(
-                "ireducescatter window of {window_bytes} bytes from {} bytes",
-                input.len()
+                "ireducescatter window of {window_bytes} bytes from {have} bytes"
             )));
         }
         let step = Step::reduce_scatter(
@@ -569,7 +592,7 @@ impl Group {
         };
         self.add_op(
             input,
-            Buffers(vec![output]),
+            vec![output],
             steps,
             OpKind {
                 dtype,
@@ -591,6 +614,9 @@ impl Group {
         if state.steps_left > 0 || state.sends_left > 0 {
             return Ok(None);
         }
+        if !self.staged_out(op)? {
+            return Ok(None);
+        }
         let state = self.ops.remove(&op).expect("present");
         metrics::collnet().op_done(
             state.kind.dtype,
@@ -600,6 +626,28 @@ impl Group {
             state.started.elapsed(),
         );
         Ok(Some(state.bytes))
+    }
+
+    /// Copies a finished call's device outputs back (once) and says whether
+    /// those copies are complete.
+    fn staged_out(&mut self, op: u64) -> NetResult<bool> {
+        let state = self.ops.get_mut(&op).expect("present");
+        if !state.staging_out.is_empty() {
+            let device = self
+                .device
+                .as_ref()
+                .expect("a device range has its group's device");
+            for r in state.staging_out.drain(..) {
+                state.out_fences.push(device.stage_out(&r)?);
+            }
+        }
+        while let Some(f) = state.out_fences.last() {
+            if !f.is_complete()? {
+                return Ok(false);
+            }
+            state.out_fences.pop();
+        }
+        Ok(true)
     }
 
     /// One pass over everything; a failure is sticky and fails every call.
@@ -620,7 +668,8 @@ impl Group {
     fn try_progress(&mut self) -> NetResult<()> {
         self.admit()?;
         self.receive()?;
-        self.release_results();
+        self.collect()?;
+        self.release();
         self.retire();
         self.pump_sends()?;
         Ok(())
@@ -636,9 +685,13 @@ impl Group {
     /// Starts waiting steps while the window has room.
     fn admit(&mut self) -> NetResult<()> {
         while self.active.len() < WINDOW {
-            let Some((op, mut step)) = self.waiting.pop_front() else {
+            let Some(&(op, _)) = self.waiting.front() else {
                 break;
             };
+            if !self.staged_in(op)? {
+                break;
+            }
+            let (op, step) = self.waiting.pop_front().expect("front");
             let seq = self.next_seq;
             self.next_seq += 1;
             let expects = step.expects();
@@ -647,55 +700,60 @@ impl Group {
                     .queue
                     .push_back((seq, e.len));
             }
-            let range = step.input_range();
-            let fx = self
-                .ops
-                .get(&op)
-                .expect("op of a waiting step")
-                .input
-                .with_bytes(range, |input| step.start(input))?
-                .map_err(|e| collnet_error(self.params.rank, e))?;
-            let mut active = Active {
+            self.active.push_back(Active {
                 seq,
                 op,
-                step,
+                step: Some(step),
+                events: vec![Event::Start],
                 outstanding: expects.len(),
+                started: false,
+                contrib_queue: Vec::new(),
                 result_queue: Vec::new(),
-            };
-            self.apply(&mut active, fx)?;
-            self.active.push_back(active);
-            // Put this step's contributions on the wire before encoding the
-            // next one: the stream threads send while this thread encodes.
-            self.pump_sends()?;
+            });
+            self.dispatch(self.active.len() - 1);
         }
         Ok(())
     }
 
-    /// Routes a step's effects: contributions go out now, result-lane
-    /// messages wait for their turn, writes land in the call's output.
-    fn apply(&mut self, active: &mut Active, fx: Effects) -> NetResult<()> {
-        let op = self.ops.get_mut(&active.op).expect("op of an active step");
-        for w in fx.writes {
-            op.output.write(w.offset, &w.bytes)?;
-            pool::give_shared(w.bytes);
-        }
-        op.wire += fx.sends.iter().map(|s| s.bytes.len() as u64).sum::<u64>();
-        op.sends_left += fx.sends.len();
-        let tag = tag_of(active.seq);
-        for s in fx.sends {
-            match s.lane {
-                Lane::Contrib => self.peer(s.to)?.tx[0].queue.push_back(Outgoing {
-                    op: active.op,
-                    bytes: s.bytes,
-                    tag,
-                }),
-                Lane::Result => active.result_queue.push(s),
+    /// Whether call `op`'s device inputs have reached their mirrors.
+    fn staged_in(&mut self, op: u64) -> NetResult<bool> {
+        let state = self.ops.get_mut(&op).expect("op of a waiting step");
+        while let Some(f) = state.staging_in.last() {
+            if !f.is_complete()? {
+                return Ok(false);
             }
+            state.staging_in.pop();
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Posts queued receives and delivers completed ones to their steps.
+    /// Hands the step at `idx` to a worker if it has events and is not
+    /// already on one.
+    fn dispatch(&mut self, idx: usize) {
+        let a = &mut self.active[idx];
+        if a.events.is_empty() || a.step.is_none() {
+            return;
+        }
+        let op = self.ops.get(&a.op).expect("op of an active step");
+        let job = Job {
+            seq: a.seq,
+            rank: self.params.rank,
+            step: a.step.take().expect("checked"),
+            events: std::mem::take(&mut a.events),
+            input: op.input.clone(),
+            output: op.output.clone(),
+        };
+        self.workers.submit(job);
+    }
+
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        let front = self.active.front()?.seq;
+        seq.checked_sub(front)
+            .map(|i| i as usize)
+            .filter(|&i| i < self.active.len())
+    }
+
+    /// Posts queued receives and hands completed ones to their steps.
     fn receive(&mut self) -> NetResult<()> {
         let rank = self.params.rank;
         for j in 0..self.params.n {
@@ -706,20 +764,16 @@ impl Group {
                 loop {
                     let link = &mut self.peer(j)?.rx[lane as usize];
                     if let Some(&(seq, len)) = link.queue.front() {
-                        if let Ok(r) = OwnedRecv::start(&link.comm, pool::take(len), tag_of(seq))? {
+                        if let Ok(()) = link.link.post(pool::take(len), tag_of(seq))? {
                             link.queue.pop_front();
-                            link.inflight.push_back((seq, r));
+                            link.inflight.push_back(seq);
                             continue;
                         }
                     }
-                    let Some((_, front)) = link.inflight.front_mut() else {
+                    let Some(bytes) = link.link.poll_received()? else {
                         break;
                     };
-                    if !front.test()? {
-                        break;
-                    }
-                    let (seq, r) = link.inflight.pop_front().expect("front");
-                    let bytes = r.take().unwrap_or_default();
+                    let seq = link.inflight.pop_front().expect("a posted receive");
                     self.deliver(seq, j, lane, bytes)?;
                 }
             }
@@ -728,45 +782,68 @@ impl Group {
     }
 
     fn deliver(&mut self, seq: u64, from: usize, lane: Lane, bytes: Vec<u8>) -> NetResult<()> {
-        let rank = self.params.rank;
-        let front = self.active.front().map_or(0, |a| a.seq);
-        let idx = seq
-            .checked_sub(front)
-            .map(|i| i as usize)
-            .filter(|&i| i < self.active.len())
-            .ok_or_else(|| {
-                NetError::peer(
-                    format_args!("collnet member {from}"),
-                    PeerFailure::Protocol(format!(
-                        "message for step {seq}, which is not in flight"
-                    )),
-                )
-            })?;
-        let mut active = self.active.remove(idx).expect("index checked");
-        let fx = active
-            .step
-            .on_message(from, lane, bytes)
-            .map_err(|e| collnet_error(rank, e));
-        active.outstanding = active.outstanding.saturating_sub(1);
-        let res = fx.and_then(|fx| self.apply(&mut active, fx));
-        self.active.insert(idx, active);
-        res
+        let idx = self.index_of(seq).ok_or_else(|| {
+            NetError::peer(
+                format_args!("collnet member {from}"),
+                PeerFailure::Protocol(format!("message for step {seq}, which is not in flight")),
+            )
+        })?;
+        let a = &mut self.active[idx];
+        a.outstanding = a.outstanding.saturating_sub(1);
+        a.events.push(Event::Message { from, lane, bytes });
+        self.dispatch(idx);
+        Ok(())
     }
 
-    /// Result-lane messages go out in step order: a step's wait until every
-    /// earlier step has produced all of its own.
-    fn release_results(&mut self) {
+    /// Takes finished jobs back: their steps return to the window and
+    /// their messages wait for their lane's turn.
+    fn collect(&mut self) -> NetResult<()> {
+        while let Some(Done { seq, step, sends }) = self.workers.poll() {
+            let idx = self
+                .index_of(seq)
+                .expect("a step on a worker stays in the window");
+            let sends = sends?;
+            let a = &mut self.active[idx];
+            a.step = step;
+            // Every job of a step begins with its start, if not yet run.
+            a.started = true;
+            let op = self.ops.get_mut(&a.op).expect("op of an active step");
+            op.wire += sends.iter().map(|s| s.bytes.len() as u64).sum::<u64>();
+            op.sends_left += sends.len();
+            for s in sends {
+                match s.lane {
+                    Lane::Contrib => a.contrib_queue.push(s),
+                    Lane::Result => a.result_queue.push(s),
+                }
+            }
+            self.dispatch(idx);
+        }
+        Ok(())
+    }
+
+    /// Each lane carries its messages in step order (receivers post in that
+    /// order): a step's messages wait until every earlier step has produced
+    /// all of its own on that lane. Steps run on workers in parallel, so
+    /// they finish out of order.
+    fn release(&mut self) {
         let mut pending: Vec<(Send, u64, i32)> = Vec::new();
         for a in &mut self.active {
             let (op, tag) = (a.op, tag_of(a.seq));
+            pending.extend(a.contrib_queue.drain(..).map(|s| (s, op, tag)));
+            if !a.started {
+                break;
+            }
+        }
+        for a in &mut self.active {
+            let (op, tag) = (a.op, tag_of(a.seq));
             pending.extend(a.result_queue.drain(..).map(|s| (s, op, tag)));
-            if !a.step.result_lane_closed() {
+            if !a.step.as_ref().is_some_and(Step::result_lane_closed) {
                 break;
             }
         }
         for (s, op, tag) in pending {
             if let Some(Some(p)) = self.peers.get_mut(s.to) {
-                p.tx[1].queue.push_back(Outgoing {
+                p.tx[s.lane as usize].queue.push_back(Outgoing {
                     op,
                     bytes: s.bytes,
                     tag,
@@ -779,14 +856,17 @@ impl Group {
     fn retire(&mut self) {
         while let Some(a) = self.active.front() {
             let finished = a.outstanding == 0
-                && a.step.is_done()
-                && a.step.result_lane_closed()
-                && a.result_queue.is_empty();
+                && a.events.is_empty()
+                && a.contrib_queue.is_empty()
+                && a.result_queue.is_empty()
+                && a.step
+                    .as_ref()
+                    .is_some_and(|s| s.is_done() && s.result_lane_closed());
             if !finished {
                 break;
             }
             let a = self.active.pop_front().expect("front");
-            if let Some(e) = a.step.sampled_error() {
+            if let Some(e) = a.step.as_ref().and_then(Step::sampled_error) {
                 metrics::collnet().fp8_error_sample(e);
             }
             if let Some(op) = self.ops.get_mut(&a.op) {
@@ -799,25 +879,20 @@ impl Group {
         for p in self.peers.iter_mut().flatten() {
             for link in &mut p.tx {
                 while let Some(m) = link.queue.pop_front() {
-                    match OwnedSend::start(&link.comm, m.bytes, m.tag)? {
-                        Ok(s) => link.inflight.push_back((m.op, s)),
+                    match link.link.send(m.bytes, m.tag)? {
+                        Ok(()) => link.inflight.push_back(m.op),
                         Err(bytes) => {
                             link.queue.push_front(Outgoing { bytes, ..m });
                             break;
                         }
                     }
                 }
-                while let Some((op, front)) = link.inflight.front_mut() {
-                    if !front.test()? {
-                        break;
-                    }
-                    if let Some(state) = self.ops.get_mut(op) {
+                while let Some(bytes) = link.link.poll_sent()? {
+                    let op = link.inflight.pop_front().expect("a queued send");
+                    if let Some(state) = self.ops.get_mut(&op) {
                         state.sends_left -= 1;
                     }
-                    let (_, sent) = link.inflight.pop_front().expect("front");
-                    if let Some(bytes) = sent.take() {
-                        pool::give_shared(bytes);
-                    }
+                    pool::give_shared(bytes);
                 }
             }
         }

@@ -11,14 +11,19 @@
 //! See `docs/collnet.md`.
 
 pub mod algo;
+pub mod buffers;
+#[allow(unsafe_code)] // host views of pinned mirrors
+pub mod device;
 pub mod group;
 pub mod join;
 #[allow(unsafe_code)] // lends owned buffers to the transport as RawBufs
 pub mod lend;
+pub mod link;
 pub mod plan;
 pub mod pool;
 pub mod sim;
 pub mod steps;
+pub mod workers;
 
 pub use algo::{
     choose_path, fp8_supported, CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Reducer,
@@ -26,5 +31,8 @@ pub use algo::{
 };
 pub use plan::{shard_range, Plan};
 
+#[cfg(test)]
+#[allow(unsafe_code)] // lends the test's vectors to the group as RawBufs
+mod group_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,86 @@
+//! Where a call's bytes live: one or more of NCCL's buffers, concatenated
+//! (a scatter-gather list for allgather/reduce-scatter windows, one buffer
+//! otherwise). Steps read and write them through range-checked copies, from
+//! whichever thread runs the step.
+
+use super::pool;
+use crate::error::{NetError, NetResult};
+use crate::sys::RawBuf;
+
+/// A call's input or output.
+#[derive(Clone)]
+pub struct Buffers(pub Vec<RawBuf>);
+
+impl Buffers {
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().map(RawBuf::len).sum()
+    }
+
+    fn visit(
+        &self,
+        mut offset: usize,
+        len: usize,
+        mut f: impl FnMut(&RawBuf, usize, std::ops::Range<usize>) -> std::io::Result<()>,
+    ) -> NetResult<()> {
+        if offset.checked_add(len).map_or(true, |end| end > self.len()) {
+            return Err(NetError::InvalidArgument(format!(
+                "collnet buffer range {offset}+{len} exceeds {} bytes",
+                self.len()
+            )));
+        }
+        let mut done = 0;
+        for part in &self.0 {
+            if done == len {
+                break;
+            }
+            if offset >= part.len() {
+                offset -= part.len();
+                continue;
+            }
+            let take = (part.len() - offset).min(len - done);
+            f(part, offset, done..done + take)
+                .map_err(|e| NetError::io("collnet buffer copy", e))?;
+            done += take;
+            offset = 0;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on input bytes `range`: in place when they lie in one part
+    /// (always, for NCCL's calls), else on a pooled copy.
+    pub fn with_bytes<R>(
+        &self,
+        range: std::ops::Range<usize>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> NetResult<R> {
+        if range.is_empty() {
+            return Ok(f(&[]));
+        }
+        let mut offset = range.start;
+        for part in &self.0 {
+            if offset < part.len() {
+                if offset + range.len() <= part.len() {
+                    return part
+                        .with_bytes(offset, range.len(), f)
+                        .map_err(|e| NetError::io("collnet input", e));
+                }
+                break;
+            }
+            offset -= part.len();
+        }
+        let mut copy = pool::take(range.len());
+        let len = copy.len();
+        self.visit(range.start, len, |part, off, r| {
+            part.read_at(off, &mut copy[r])
+        })?;
+        let out = f(&copy);
+        pool::give(copy);
+        Ok(out)
+    }
+
+    pub fn write(&self, offset: usize, src: &[u8]) -> NetResult<()> {
+        self.visit(offset, src.len(), |part, off, r| {
+            part.write_at(off, &src[r])
+        })
+    }
+}

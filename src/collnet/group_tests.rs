@@ -1,0 +1,258 @@
+//! The group driver end to end in one process: N members over in-memory
+//! links with seeded random delivery timing, several calls in flight, with
+//! and without worker threads. Every member's output must equal the
+//! sans-IO model's ([`super::sim::run`]) bit for bit.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::algo::{DataType, Path, RedOp};
+use super::device::Place;
+use super::group::{Group, GroupParams, PeerLinks, SEGMENT_BYTES};
+use super::link::mem::{pipe, Breaker};
+use super::link::{RxLink, TxLink};
+use super::sim::{self, Call, SplitMix};
+use crate::codec::{f32_to_bf16, Fp8Format};
+use crate::error::NetResult;
+use crate::sys::RawBuf;
+
+/// `n` groups joined by in-memory links, delivery timing drawn from
+/// `seed`, and a breaker for every pipe (member i's receive from j on a
+/// lane is `breakers[(i * n + j) * 2 + lane]`).
+fn mesh(n: usize, fp8: Option<Fp8Format>, workers: usize, seed: u64) -> (Vec<Group>, Vec<Breaker>) {
+    let mut seeds = SplitMix::new(seed);
+    let mut tx: Vec<Vec<Vec<Box<dyn TxLink>>>> = (0..n)
+        .map(|_| (0..n).map(|_| Vec::new()).collect())
+        .collect();
+    let mut rx: Vec<Vec<Vec<Box<dyn RxLink>>>> = (0..n)
+        .map(|_| (0..n).map(|_| Vec::new()).collect())
+        .collect();
+    let mut breakers = Vec::new();
+    for i in 0..n {
+        for j in 0..n {
+            for lane in 0..2 {
+                let (t, r) = pipe(format!("{j}->{i} lane {lane}"), seeds.next_u64());
+                breakers.push(r.breaker());
+                if i != j {
+                    tx[j][i].push(Box::new(t));
+                    rx[i][j].push(Box::new(r));
+                }
+            }
+        }
+    }
+    let groups = (0..n)
+        .map(|rank| {
+            let links = (0..n)
+                .map(|j| {
+                    (j != rank).then(|| {
+                        let Ok(tx) = std::mem::take(&mut tx[rank][j]).try_into() else {
+                            unreachable!("two lanes")
+                        };
+                        let Ok(rx) = std::mem::take(&mut rx[rank][j]).try_into() else {
+                            unreachable!("two lanes")
+                        };
+                        PeerLinks { tx, rx }
+                    })
+                })
+                .collect();
+            Group::from_links(GroupParams { rank, n, fp8 }, links, workers).expect("group")
+        })
+        .collect();
+    (groups, breakers)
+}
+
+fn raw(v: &mut [u8]) -> Place {
+    // SAFETY: the vectors outlive every call of the test and are not
+    // touched by the test while the groups run.
+    Place::Host(unsafe { RawBuf::new(v.as_mut_ptr(), v.len()) })
+}
+
+/// Runs `calls` allreduces of `count` elements on every member at once
+/// and returns each member's outputs, call by call.
+fn run_calls(
+    groups: &mut [Group],
+    inputs: &mut [Vec<Vec<u8>>],
+    dtype: DataType,
+    op: RedOp,
+    count: usize,
+) -> NetResult<Vec<Vec<Vec<u8>>>> {
+    let n = groups.len();
+    let calls = inputs[0].len();
+    let mut outputs: Vec<Vec<Vec<u8>>> = (0..n)
+        .map(|_| {
+            (0..calls)
+                .map(|_| vec![0xAA; count * dtype.size()])
+                .collect()
+        })
+        .collect();
+    let mut ids = vec![vec![]; n];
+    for c in 0..calls {
+        for (m, g) in groups.iter_mut().enumerate() {
+            let input = raw(&mut inputs[m][c]);
+            let output = raw(&mut outputs[m][c]);
+            ids[m].push(Some(g.all_reduce(input, output, count, dtype, op)?));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ids.iter().flatten().any(Option::is_some) {
+        assert!(Instant::now() < deadline, "group made no progress for 60 s");
+        for (m, g) in groups.iter_mut().enumerate() {
+            for slot in &mut ids[m] {
+                if let Some(id) = *slot {
+                    if g.test(id)?.is_some() {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        std::thread::yield_now();
+    }
+    Ok(outputs)
+}
+
+fn bf16_inputs(n: usize, calls: usize, count: usize, seed: u64) -> Vec<Vec<Vec<u8>>> {
+    let mut rng = SplitMix::new(seed);
+    (0..n)
+        .map(|_| {
+            (0..calls)
+                .map(|_| {
+                    (0..count)
+                        .flat_map(|_| f32_to_bf16(rng.gaussian() as f32).to_ne_bytes())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn check(n: usize, fp8: Option<Fp8Format>, workers: usize, count: usize, seed: u64) {
+    let dtype = DataType::Bf16;
+    let calls = 2;
+    let mut inputs = bf16_inputs(n, calls, count, seed);
+    let (mut groups, _) = mesh(n, fp8, workers, seed);
+    let outputs = run_calls(&mut groups, &mut inputs, dtype, RedOp::Sum, count).expect("calls");
+    let call = Call {
+        n,
+        dtype,
+        op: RedOp::Sum,
+        path: fp8.map_or(Path::Exact, Path::Fp8),
+        count,
+        segment_elems: SEGMENT_BYTES / dtype.size(),
+    };
+    for c in 0..calls {
+        let per_member: Vec<Vec<u8>> = inputs.iter().map(|m| m[c].clone()).collect();
+        let want = sim::run(&call, &per_member, seed).expect("model");
+        for m in 0..n {
+            assert!(
+                outputs[m][c] == want[m],
+                "member {m} call {c}: output differs from the model (n={n}, fp8={fp8:?}, workers={workers}, count={count})"
+            );
+        }
+    }
+}
+
+#[test]
+fn exact_and_fp8_match_the_model_with_and_without_workers() {
+    for n in [2, 3, 4] {
+        for fp8 in [None, Some(Fp8Format::E4M3)] {
+            for workers in [0, 2] {
+                // A segment and a tail, so steps of one call overlap.
+                check(n, fp8, workers, SEGMENT_BYTES / 2 + 77, 7 + n as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn eight_members_small_calls() {
+    check(8, Some(Fp8Format::E4M3), 2, 1000, 3);
+    check(8, None, 0, 33, 4);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn any_delivery_order_gives_the_model_bytes(
+        n in 2usize..6,
+        count in 0usize..5000,
+        fp8 in any::<bool>(),
+        workers in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        check(n, fp8.then_some(Fp8Format::E4M3), workers, count, seed);
+    }
+}
+
+/// Starts one bf16 allreduce on every member.
+fn start_all(
+    groups: &mut [Group],
+    inputs: &mut [Vec<Vec<u8>>],
+    outputs: &mut [Vec<u8>],
+) -> Vec<u64> {
+    let count = outputs[0].len() / 2;
+    groups
+        .iter_mut()
+        .enumerate()
+        .map(|(m, g)| {
+            let (input, output) = (raw(&mut inputs[m][0]), raw(&mut outputs[m]));
+            g.all_reduce(input, output, count, DataType::Bf16, RedOp::Sum)
+                .expect("start")
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_member_is_waited_for_not_failed() {
+    let (n, count) = (3, 4096);
+    let (mut groups, _) = mesh(n, None, 1, 11);
+    let mut inputs = bf16_inputs(n, 1, count, 11);
+    let mut outputs = vec![vec![0u8; count * 2]; n];
+    let ids = start_all(&mut groups, &mut inputs, &mut outputs);
+    // Member 0 is never driven for 200 ms: the others keep waiting.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        for m in 1..n {
+            assert_eq!(groups[m].test(ids[m]).expect("no error"), None);
+        }
+    }
+    let mut done = vec![false; n];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.iter().any(|d| !d) {
+        assert!(Instant::now() < deadline, "no progress once member 0 runs");
+        for m in 0..n {
+            if !done[m] {
+                done[m] = groups[m].test(ids[m]).expect("no error").is_some();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_broken_link_fails_its_member_and_closing_that_member_fails_the_rest() {
+    let (n, count) = (3, 4096);
+    let (mut groups, breakers) = mesh(n, Some(Fp8Format::E4M3), 1, 12);
+    let mut inputs = bf16_inputs(n, 1, count, 12);
+    let mut outputs = vec![vec![0u8; count * 2]; n];
+    let ids = start_all(&mut groups, &mut inputs, &mut outputs);
+    // Member 1's contribution lane from member 0 goes down: member 1
+    // fails; once it is closed (as NCCL does after an error), the members
+    // waiting for it fail too.
+    breakers[n * 2].break_pipe();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while groups[1].test(ids[1]).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "member 1 did not see its broken link"
+        );
+    }
+    drop(groups.remove(1));
+    for m in [0, 1] {
+        while groups[m].test(ids[if m == 0 { 0 } else { 2 }]).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "a closed member was not reported"
+            );
+        }
+    }
+}

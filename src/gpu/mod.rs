@@ -1,0 +1,78 @@
+//! The CUDA layer (placeholder until the driver bindings land): reports no
+//! GPU, so the collective network offers host buffers only.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A CUDA failure.
+#[derive(Clone, Debug)]
+pub struct GpuError(pub String);
+
+impl fmt::Display for GpuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<GpuError> for crate::error::NetError {
+    fn from(e: GpuError) -> Self {
+        crate::error::NetError::Internal(format!("CUDA: {e}"))
+    }
+}
+
+/// A device (or UVA) address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevAddr(pub u64);
+
+pub fn available() -> bool {
+    false
+}
+
+pub struct GpuContext;
+pub struct GpuQueue;
+pub struct PinnedBuf;
+pub struct Fence;
+
+fn none() -> GpuError {
+    GpuError("no CUDA driver in this build".into())
+}
+
+impl GpuContext {
+    pub fn current() -> Result<Arc<GpuContext>, GpuError> {
+        Err(none())
+    }
+    pub fn queue(&self) -> Result<GpuQueue, GpuError> {
+        Err(none())
+    }
+    pub fn alloc_pinned(&self, _bytes: usize) -> Result<PinnedBuf, GpuError> {
+        Err(none())
+    }
+}
+
+impl GpuQueue {
+    pub fn copy_async(&self, _dst: DevAddr, _src: DevAddr, _bytes: usize) -> Result<(), GpuError> {
+        Err(none())
+    }
+    pub fn record(&self) -> Result<Fence, GpuError> {
+        Err(none())
+    }
+}
+
+impl PinnedBuf {
+    pub fn as_ptr(&self) -> *mut u8 {
+        std::ptr::null_mut()
+    }
+    pub fn device_addr(&self, _offset: usize) -> DevAddr {
+        DevAddr(0)
+    }
+}
+
+impl Fence {
+    pub fn is_complete(&self) -> Result<bool, GpuError> {
+        Err(none())
+    }
+}
+
+pub fn is_device_pointer(_ptr: usize) -> bool {
+    false
+}

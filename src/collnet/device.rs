@@ -13,7 +13,8 @@
 //! Memory is identified by pointer (the registered ranges), not by the
 //! handle NCCL passes along, which may come from the other side's view.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use crate::error::NetResult;
 use crate::gpu::{DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
@@ -52,7 +53,7 @@ impl DeviceRange {
         self.len == 0
     }
 
-    fn device(&self) -> DevAddr {
+    pub fn device(&self) -> DevAddr {
         DevAddr(self.region.base as u64 + self.offset as u64)
     }
 
@@ -71,24 +72,154 @@ impl DeviceRange {
     }
 }
 
-/// The GPU side of one collective group: its context, stream and regions.
+/// A fixed-size piece of the group's pinned staging arena: where GPU
+/// kernels write compressed bytes for the wire and read received ones.
+/// It goes back to the pool when dropped.
+pub struct PinnedSlot {
+    arena: Arc<PinnedBuf>,
+    offset: usize,
+    len: usize,
+    free: Arc<Mutex<Vec<usize>>>,
+}
+
+impl PinnedSlot {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.arena.as_ptr().wrapping_add(self.offset)
+    }
+
+    /// The address kernels use for this slot.
+    pub fn device_addr(&self) -> DevAddr {
+        self.arena.device_addr(self.offset)
+    }
+
+    /// Shortens the slot to its first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Writes `values` at the start of the slot (a kernel's pointer table);
+    /// no kernel may be using the slot.
+    pub fn write_u64s(&mut self, values: &[u64]) {
+        assert!(
+            values.len() * 8 <= self.len,
+            "pointer table larger than its slot"
+        );
+        for (i, v) in values.iter().enumerate() {
+            // SAFETY: in bounds (asserted), pinned host memory owned by this
+            // slot, which no kernel uses until the caller launches one.
+            unsafe { self.as_ptr().add(i * 8).cast::<u64>().write_unaligned(*v) };
+        }
+    }
+}
+
+impl fmt::Debug for PinnedSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PinnedSlot(+{}, {} bytes)", self.offset, self.len)
+    }
+}
+
+impl Drop for PinnedSlot {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.free.lock() {
+            free.push(self.offset);
+        }
+    }
+}
+
+/// The group's pinned staging arena, cut into equal slots. Allocated once
+/// (at the first GPU registration), so the data path never allocates or
+/// registers memory.
+pub struct SlotPool {
+    arena: Arc<PinnedBuf>,
+    slot_bytes: usize,
+    free: Arc<Mutex<Vec<usize>>>,
+}
+
+impl SlotPool {
+    fn new(ctx: &GpuContext, slot_bytes: usize, slots: usize) -> NetResult<SlotPool> {
+        let arena = Arc::new(ctx.alloc_pinned(slot_bytes * slots)?);
+        Ok(SlotPool {
+            arena,
+            slot_bytes,
+            free: Arc::new(Mutex::new(
+                (0..slots).rev().map(|i| i * slot_bytes).collect(),
+            )),
+        })
+    }
+
+    /// Largest message a slot holds.
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    fn arena_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Free slots now.
+    pub fn available(&self) -> usize {
+        self.free.lock().map_or(0, |f| f.len())
+    }
+
+    /// A slot of `len` bytes (`len <= slot_bytes`), if one is free.
+    pub fn take(&self, len: usize) -> Option<PinnedSlot> {
+        if len > self.slot_bytes {
+            return None;
+        }
+        let offset = self.free.lock().ok()?.pop()?;
+        Some(PinnedSlot {
+            arena: Arc::clone(&self.arena),
+            offset,
+            len,
+            free: Arc::clone(&self.free),
+        })
+    }
+}
+
+/// The GPU side of one collective group: its context, stream, regions and
+/// pinned staging slots.
 pub struct DeviceMemory {
     ctx: Arc<GpuContext>,
     queue: GpuQueue,
     regions: Vec<Arc<DeviceRegion>>,
+    slots: SlotPool,
 }
 
 impl DeviceMemory {
     /// Captures the calling thread's current CUDA context (NCCL has made
-    /// its device current) and creates this group's stream.
-    pub fn new() -> NetResult<DeviceMemory> {
+    /// its device current), creates this group's stream and its staging
+    /// slots: `slots` of `slot_bytes` each.
+    pub fn new(slot_bytes: usize, slots: usize) -> NetResult<DeviceMemory> {
         let ctx = GpuContext::current()?;
         let queue = ctx.queue()?;
+        let slots = SlotPool::new(&ctx, slot_bytes, slots)?;
         Ok(DeviceMemory {
             ctx,
             queue,
             regions: Vec::new(),
+            slots,
         })
+    }
+
+    pub fn queue(&self) -> &GpuQueue {
+        &self.queue
+    }
+
+    pub fn slots(&self) -> &SlotPool {
+        &self.slots
+    }
+
+    /// Pinned host bytes this group holds: mirrors and staging slots.
+    pub fn pinned_bytes(&self) -> usize {
+        self.regions.iter().map(|r| r.len).sum::<usize>() + self.slots.arena_len()
     }
 
     /// Registers `len` bytes of device memory at `ptr` and allocates its

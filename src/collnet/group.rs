@@ -21,17 +21,18 @@ use std::time::{Duration, Instant};
 use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
 use super::buffers::Buffers;
 use super::device::{DeviceMemory, DeviceRange, Place};
+use super::gpu_step::GpuStep;
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
-use super::lend::{OwnedRecv, OwnedSend};
+use super::lend::{OwnedRecv, OwnedSend, Payload, RecvBuf};
 use super::link::tcp::{TcpRx, TcpTx};
 use super::link::{RxLink, TxLink};
 use super::plan::Plan;
 use super::pool::{self, Shared};
-use super::steps::{Lane, Send, Step};
+use super::steps::{Lane, Step};
 use super::workers::{Done, Event, Job, Workers};
 use crate::codec::Fp8Format;
 use crate::error::{NetError, NetResult, PeerFailure};
-use crate::gpu::Fence;
+use crate::gpu::{DevAddr, Elem, Fence};
 use crate::metrics;
 use crate::transport::tcp::{Connecting, Listener, RecvComm, SendComm, TcpSettings};
 use crate::transport::wire::ListenHandle;
@@ -55,8 +56,37 @@ pub struct GroupParams {
 /// A message waiting for, or in, the transport, and the call it belongs to.
 struct Outgoing {
     op: u64,
-    bytes: Shared,
+    bytes: Payload,
     tag: i32,
+}
+
+/// A message a step produced, waiting for its lane's turn.
+struct Queued {
+    to: usize,
+    lane: Lane,
+    bytes: Payload,
+}
+
+/// A step not yet admitted into the window.
+enum Pending {
+    Cpu(Box<Step>),
+    /// An FP8 allreduce segment on device memory, run by kernels.
+    Gpu(GpuSegment),
+}
+
+struct GpuSegment {
+    spec: Spec,
+    fmt: Fp8Format,
+    elem: Elem,
+    input: DevAddr,
+    output: DevAddr,
+}
+
+/// Who runs an admitted step.
+enum Exec {
+    /// The host executor; `None` while a worker has the step.
+    Cpu(Option<Box<Step>>),
+    Gpu(Box<GpuStep>),
 }
 
 struct Tx {
@@ -68,8 +98,8 @@ struct Tx {
 
 struct Rx {
     link: Box<dyn RxLink>,
-    /// Receives to post: (step, length).
-    queue: VecDeque<(u64, usize)>,
+    /// Receives to post: (step, buffer).
+    queue: VecDeque<(u64, RecvBuf)>,
     /// Steps of the receives in the link, oldest first.
     inflight: VecDeque<u64>,
 }
@@ -88,8 +118,7 @@ struct Peer {
 struct Active {
     seq: u64,
     op: u64,
-    /// `None` while a worker runs it.
-    step: Option<Step>,
+    exec: Exec,
     /// Events that arrived for the step, not yet handed to it.
     events: Vec<Event>,
     /// Expected messages not yet delivered.
@@ -97,9 +126,27 @@ struct Active {
     /// The step's start has run: it has produced every contribution.
     started: bool,
     /// Contributions waiting for earlier steps to produce theirs.
-    contrib_queue: Vec<Send>,
+    contrib_queue: Vec<Queued>,
     /// Result-lane messages waiting for earlier steps to close that lane.
-    result_queue: Vec<Send>,
+    result_queue: Vec<Queued>,
+}
+
+impl Active {
+    fn result_lane_closed(&self) -> bool {
+        match &self.exec {
+            Exec::Cpu(step) => step.as_ref().is_some_and(|s| s.result_lane_closed()),
+            Exec::Gpu(step) => step.result_lane_closed(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match &self.exec {
+            Exec::Cpu(step) => step
+                .as_ref()
+                .is_some_and(|s| s.is_done() && s.result_lane_closed()),
+            Exec::Gpu(step) => step.is_done(),
+        }
+    }
 }
 
 struct OpState {
@@ -135,7 +182,7 @@ pub struct Group {
     workers: Workers,
     /// NCCL's registered GPU buffers, once it registers one.
     device: Option<DeviceMemory>,
-    waiting: VecDeque<(u64, Step)>,
+    waiting: VecDeque<(u64, Pending)>,
     active: VecDeque<Active>,
     ops: HashMap<u64, OpState>,
     next_op: u64,
@@ -211,7 +258,7 @@ impl Group {
                         fp8,
                     };
                     let bytes: Shared = Arc::new(hello.encode().to_vec());
-                    match OwnedSend::start(&comm, bytes, 0)? {
+                    match OwnedSend::start(&comm, Payload::Heap(bytes), 0)? {
                         Ok(s) => hello_sends.push(s),
                         Err(_) => return Err(NetError::Unsupported("request pool full at join")),
                     }
@@ -222,7 +269,8 @@ impl Group {
             }
             if tx.len() + rx.len() + rx_pending.len() < 2 * links {
                 if let Some(comm) = listener.accept()? {
-                    match OwnedRecv::start(&comm, vec![0u8; MEMBER_HELLO_BYTES], 0)? {
+                    match OwnedRecv::start(&comm, RecvBuf::Heap(vec![0u8; MEMBER_HELLO_BYTES]), 0)?
+                    {
                         Ok(r) => rx_pending.push((comm, r)),
                         Err(_) => return Err(NetError::Unsupported("request pool full at join")),
                     }
@@ -232,7 +280,7 @@ impl Group {
             while i < rx_pending.len() {
                 if rx_pending[i].1.test()? {
                     let (comm, r) = rx_pending.swap_remove(i);
-                    let bytes = r.take().unwrap_or_default();
+                    let bytes = r.take().and_then(RecvBuf::into_heap).unwrap_or_default();
                     let hello =
                         MemberHello::decode(&bytes, n as u32, rank as u32).map_err(|e| {
                             NetError::peer(comm.peer(), PeerFailure::Protocol(e.to_string()))
@@ -285,11 +333,11 @@ impl Group {
         for (_, tx, rx) in &comms {
             let bytes: Shared = Arc::new(READY.to_vec());
             ready_sends.push(
-                OwnedSend::start(&tx[0], bytes, 0)?
+                OwnedSend::start(&tx[0], Payload::Heap(bytes), 0)?
                     .map_err(|_| NetError::Unsupported("request pool full at join"))?,
             );
             ready_recvs.push(
-                OwnedRecv::start(&rx[0], vec![0u8; READY_BYTES], 0)?
+                OwnedRecv::start(&rx[0], RecvBuf::Heap(vec![0u8; READY_BYTES]), 0)?
                     .map_err(|_| NetError::Unsupported("request pool full at join"))?,
             );
         }
@@ -310,7 +358,7 @@ impl Group {
             std::thread::sleep(Duration::from_micros(200));
         }
         for r in ready_recvs {
-            if r.take().as_deref() != Some(READY.as_slice()) {
+            if r.take().and_then(RecvBuf::into_heap).as_deref() != Some(READY.as_slice()) {
                 return Err(NetError::peer(
                     format_args!("collnet group member {rank}"),
                     PeerFailure::Protocol("bad ready message".into()),
@@ -410,7 +458,8 @@ impl Group {
     /// NCCL's setup thread with its device current); returns its base.
     pub fn register_device(&mut self, ptr: usize, len: usize) -> NetResult<usize> {
         if self.device.is_none() {
-            self.device = Some(DeviceMemory::new()?);
+            let (slot_bytes, slots) = gpu_staging_layout(self.params.n);
+            self.device = Some(DeviceMemory::new(slot_bytes, slots)?);
         }
         self.device
             .as_mut()
@@ -433,12 +482,12 @@ impl Group {
         &mut self,
         input: Vec<Place>,
         output: Vec<Place>,
-        steps: Vec<Step>,
+        bytes: usize,
+        steps: Vec<Pending>,
         kind: OpKind,
     ) -> NetResult<u64> {
         let id = self.next_op;
         self.next_op += 1;
-        let bytes = output.iter().map(Place::len).sum();
         let mut staging_in = Vec::new();
         let mut staging_out = Vec::new();
         for place in &input {
@@ -497,23 +546,51 @@ impl Group {
             })?;
         let path = choose_path(dtype, op, self.params.fp8);
         let plan = Plan::with_segment_bytes(count, self.params.n, dtype.size(), SEGMENT_BYTES);
-        let steps = plan
-            .segments()
-            .map(|seg| {
-                let spec = Spec {
+        let specs = plan.segments().map(|seg| {
+            (
+                seg.start * dtype.size(),
+                Spec {
                     n: self.params.n,
                     dtype,
                     op,
                     path,
                     count: seg.len(),
-                };
-                Step::all_reduce(spec, self.params.rank, seg.start * dtype.size())
+                },
+            )
+        });
+        let input = input.prefix(bytes);
+        let output = output.prefix(bytes);
+        // FP8 on device buffers: kernels encode, fold and decode in place;
+        // only compressed bytes cross PCIe and the wire.
+        if let (Path::Fp8(fmt), Some(elem), Place::Device(i), Place::Device(o)) =
+            (path, gpu_elem(dtype), &input, &output)
+        {
+            let steps = specs
+                .map(|(offset, spec)| {
+                    Pending::Gpu(GpuSegment {
+                        spec,
+                        fmt,
+                        elem,
+                        input: DevAddr(i.device().0 + offset as u64),
+                        output: DevAddr(o.device().0 + offset as u64),
+                    })
+                })
+                .collect();
+            return self.add_op(vec![], vec![], bytes, steps, OpKind { dtype, path });
+        }
+        let steps = specs
+            .map(|(offset, spec)| {
+                Step::all_reduce(spec, self.params.rank, offset).map(|s| Pending::Cpu(Box::new(s)))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| collnet_error(self.params.rank, e))?;
-        let input = input.prefix(bytes);
-        let output = output.prefix(bytes);
-        self.add_op(vec![input], vec![output], steps, OpKind { dtype, path })
+        self.add_op(
+            vec![input],
+            vec![output],
+            bytes,
+            steps,
+            OpKind { dtype, path },
+        )
     }
 
     /// Starts NCCL's windowed allgather (exact).
@@ -543,11 +620,12 @@ impl Group {
         let steps = if window_bytes == 0 {
             vec![]
         } else {
-            vec![step]
+            vec![Pending::Cpu(Box::new(step))]
         };
         self.add_op(
             vec![input],
             output,
+            window_bytes,
             steps,
             OpKind {
                 dtype: DataType::U8,
@@ -588,11 +666,13 @@ impl Group {
         let steps = if window_bytes == 0 {
             vec![]
         } else {
-            vec![step]
+            vec![Pending::Cpu(Box::new(step))]
         };
+        let piece = output.len();
         self.add_op(
             input,
             vec![output],
+            piece,
             steps,
             OpKind {
                 dtype,
@@ -669,6 +749,7 @@ impl Group {
         self.admit()?;
         self.receive()?;
         self.collect()?;
+        self.poll_gpu()?;
         self.release();
         self.retire();
         self.pump_sends()?;
@@ -682,30 +763,69 @@ impl Group {
             .ok_or_else(|| collnet_error(self.params.rank, CollError::UnknownMember(j)))
     }
 
-    /// Starts waiting steps while the window has room.
+    /// Starts waiting steps while the window has room (and, for GPU steps,
+    /// staging slots are free).
     fn admit(&mut self) -> NetResult<()> {
         while self.active.len() < WINDOW {
-            let Some(&(op, _)) = self.waiting.front() else {
+            let Some((op, pending)) = self.waiting.front() else {
                 break;
             };
+            let op = *op;
+            if let Pending::Gpu(seg) = pending {
+                let free = self.device.as_ref().map_or(0, |d| d.slots().available());
+                if free < GpuStep::slots_needed(&seg.spec, self.params.rank) {
+                    break;
+                }
+            }
             if !self.staged_in(op)? {
                 break;
             }
-            let (op, step) = self.waiting.pop_front().expect("front");
+            let (op, pending) = self.waiting.pop_front().expect("front");
             let seq = self.next_seq;
             self.next_seq += 1;
-            let expects = step.expects();
-            for e in &expects {
-                self.peer(e.from)?.rx[e.lane as usize]
+            let (exec, receives, events) = match pending {
+                Pending::Cpu(step) => {
+                    let receives: Vec<_> = step
+                        .expects()
+                        .into_iter()
+                        .map(|e| (e.from, e.lane, RecvBuf::Heap(pool::take(e.len))))
+                        .collect();
+                    (Exec::Cpu(Some(step)), receives, vec![Event::Start])
+                }
+                Pending::Gpu(seg) => {
+                    let device = self
+                        .device
+                        .as_ref()
+                        .expect("GPU steps need the group's device");
+                    let (mut step, expects) = GpuStep::new(
+                        seg.spec,
+                        self.params.rank,
+                        seg.fmt,
+                        seg.elem,
+                        seg.input,
+                        seg.output,
+                        device.slots(),
+                    )?;
+                    step.start(device.queue())?;
+                    let receives = expects
+                        .into_iter()
+                        .map(|e| (e.from, e.lane, e.buf))
+                        .collect();
+                    (Exec::Gpu(Box::new(step)), receives, Vec::new())
+                }
+            };
+            let outstanding = receives.len();
+            for (from, lane, buf) in receives {
+                self.peer(from)?.rx[lane as usize]
                     .queue
-                    .push_back((seq, e.len));
+                    .push_back((seq, buf));
             }
             self.active.push_back(Active {
                 seq,
                 op,
-                step: Some(step),
-                events: vec![Event::Start],
-                outstanding: expects.len(),
+                exec,
+                events,
+                outstanding,
                 started: false,
                 contrib_queue: Vec::new(),
                 result_queue: Vec::new(),
@@ -727,18 +847,21 @@ impl Group {
         Ok(true)
     }
 
-    /// Hands the step at `idx` to a worker if it has events and is not
-    /// already on one.
+    /// Hands the host step at `idx` to a worker if it has events and is
+    /// not already on one.
     fn dispatch(&mut self, idx: usize) {
         let a = &mut self.active[idx];
-        if a.events.is_empty() || a.step.is_none() {
+        let Exec::Cpu(slot) = &mut a.exec else {
+            return;
+        };
+        if a.events.is_empty() || slot.is_none() {
             return;
         }
         let op = self.ops.get(&a.op).expect("op of an active step");
         let job = Job {
             seq: a.seq,
             rank: self.params.rank,
-            step: a.step.take().expect("checked"),
+            step: slot.take().expect("checked"),
             events: std::mem::take(&mut a.events),
             input: op.input.clone(),
             output: op.output.clone(),
@@ -763,25 +886,27 @@ impl Group {
             for lane in Lane::ALL {
                 loop {
                     let link = &mut self.peer(j)?.rx[lane as usize];
-                    if let Some(&(seq, len)) = link.queue.front() {
-                        if let Ok(()) = link.link.post(pool::take(len), tag_of(seq))? {
-                            link.queue.pop_front();
-                            link.inflight.push_back(seq);
-                            continue;
+                    if let Some((seq, buf)) = link.queue.pop_front() {
+                        match link.link.post(buf, tag_of(seq))? {
+                            Ok(()) => {
+                                link.inflight.push_back(seq);
+                                continue;
+                            }
+                            Err(buf) => link.queue.push_front((seq, buf)),
                         }
                     }
-                    let Some(bytes) = link.link.poll_received()? else {
+                    let Some(buf) = link.link.poll_received()? else {
                         break;
                     };
                     let seq = link.inflight.pop_front().expect("a posted receive");
-                    self.deliver(seq, j, lane, bytes)?;
+                    self.deliver(seq, j, lane, buf)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn deliver(&mut self, seq: u64, from: usize, lane: Lane, bytes: Vec<u8>) -> NetResult<()> {
+    fn deliver(&mut self, seq: u64, from: usize, lane: Lane, buf: RecvBuf) -> NetResult<()> {
         let idx = self.index_of(seq).ok_or_else(|| {
             NetError::peer(
                 format_args!("collnet member {from}"),
@@ -790,9 +915,36 @@ impl Group {
         })?;
         let a = &mut self.active[idx];
         a.outstanding = a.outstanding.saturating_sub(1);
-        a.events.push(Event::Message { from, lane, bytes });
-        self.dispatch(idx);
+        match &mut a.exec {
+            Exec::Cpu(_) => {
+                let bytes = buf
+                    .into_heap()
+                    .expect("host steps receive into heap buffers");
+                a.events.push(Event::Message { from, lane, bytes });
+                self.dispatch(idx);
+            }
+            Exec::Gpu(step) => {
+                let device = self
+                    .device
+                    .as_ref()
+                    .expect("GPU steps need the group's device");
+                step.on_message(device.queue(), from, lane, buf)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Queues a step's message for its lane; counted against its call.
+    fn queue_send(&mut self, idx: usize, to: usize, lane: Lane, bytes: Payload) {
+        let a = &mut self.active[idx];
+        let op = self.ops.get_mut(&a.op).expect("op of an active step");
+        op.wire += bytes.len() as u64;
+        op.sends_left += 1;
+        let q = Queued { to, lane, bytes };
+        match lane {
+            Lane::Contrib => a.contrib_queue.push(q),
+            Lane::Result => a.result_queue.push(q),
+        }
     }
 
     /// Takes finished jobs back: their steps return to the window and
@@ -804,29 +956,39 @@ impl Group {
                 .expect("a step on a worker stays in the window");
             let sends = sends?;
             let a = &mut self.active[idx];
-            a.step = step;
+            a.exec = Exec::Cpu(step);
             // Every job of a step begins with its start, if not yet run.
             a.started = true;
-            let op = self.ops.get_mut(&a.op).expect("op of an active step");
-            op.wire += sends.iter().map(|s| s.bytes.len() as u64).sum::<u64>();
-            op.sends_left += sends.len();
             for s in sends {
-                match s.lane {
-                    Lane::Contrib => a.contrib_queue.push(s),
-                    Lane::Result => a.result_queue.push(s),
-                }
+                self.queue_send(idx, s.to, s.lane, Payload::Heap(s.bytes));
             }
             self.dispatch(idx);
         }
         Ok(())
     }
 
+    /// Collects the messages of GPU steps whose kernels have completed.
+    fn poll_gpu(&mut self) -> NetResult<()> {
+        for idx in 0..self.active.len() {
+            let Exec::Gpu(step) = &mut self.active[idx].exec else {
+                continue;
+            };
+            let sends = step.poll()?;
+            let started = step.started();
+            self.active[idx].started = started;
+            for s in sends {
+                self.queue_send(idx, s.to, s.lane, s.bytes);
+            }
+        }
+        Ok(())
+    }
+
     /// Each lane carries its messages in step order (receivers post in that
     /// order): a step's messages wait until every earlier step has produced
-    /// all of its own on that lane. Steps run on workers in parallel, so
-    /// they finish out of order.
+    /// all of its own on that lane. Steps run on workers and GPU streams in
+    /// parallel, so they finish out of order.
     fn release(&mut self) {
-        let mut pending: Vec<(Send, u64, i32)> = Vec::new();
+        let mut pending: Vec<(Queued, u64, i32)> = Vec::new();
         for a in &mut self.active {
             let (op, tag) = (a.op, tag_of(a.seq));
             pending.extend(a.contrib_queue.drain(..).map(|s| (s, op, tag)));
@@ -837,7 +999,7 @@ impl Group {
         for a in &mut self.active {
             let (op, tag) = (a.op, tag_of(a.seq));
             pending.extend(a.result_queue.drain(..).map(|s| (s, op, tag)));
-            if !a.step.as_ref().is_some_and(Step::result_lane_closed) {
+            if !a.result_lane_closed() {
                 break;
             }
         }
@@ -859,15 +1021,15 @@ impl Group {
                 && a.events.is_empty()
                 && a.contrib_queue.is_empty()
                 && a.result_queue.is_empty()
-                && a.step
-                    .as_ref()
-                    .is_some_and(|s| s.is_done() && s.result_lane_closed());
+                && a.is_done();
             if !finished {
                 break;
             }
             let a = self.active.pop_front().expect("front");
-            if let Some(e) = a.step.as_ref().and_then(Step::sampled_error) {
-                metrics::collnet().fp8_error_sample(e);
+            if let Exec::Cpu(Some(step)) = &a.exec {
+                if let Some(e) = step.sampled_error() {
+                    metrics::collnet().fp8_error_sample(e);
+                }
             }
             if let Some(op) = self.ops.get_mut(&a.op) {
                 op.steps_left -= 1;
@@ -892,10 +1054,34 @@ impl Group {
                     if let Some(state) = self.ops.get_mut(&op) {
                         state.sends_left -= 1;
                     }
-                    pool::give_shared(bytes);
+                    if let Payload::Heap(bytes) = bytes {
+                        pool::give_shared(bytes);
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The kernels' element type for `dtype`, if they take it.
+fn gpu_elem(dtype: DataType) -> Option<Elem> {
+    match dtype {
+        DataType::F32 => Some(Elem::F32),
+        DataType::F16 => Some(Elem::F16),
+        DataType::Bf16 => Some(Elem::Bf16),
+        _ => None,
+    }
+}
+
+/// Pinned staging for GPU steps: slots as large as the largest compressed
+/// shard of a segment (2-byte elements, the smallest shard count), and
+/// enough for a full window of steps, each taking at most `3n - 1`.
+fn gpu_staging_layout(n: usize) -> (usize, usize) {
+    let elems = SEGMENT_BYTES / 2;
+    let shard = crate::codec::num_blocks(elems).div_ceil(n.max(1)) * crate::codec::BLOCK;
+    let slot_bytes = crate::codec::encoded_len(shard)
+        .max(n * 8)
+        .next_multiple_of(4096);
+    (slot_bytes, WINDOW * (3 * n.max(1) - 1))
 }

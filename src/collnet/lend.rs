@@ -1,4 +1,5 @@
-//! Lending the plugin's own heap buffers to the transport.
+//! Lending the plugin's own buffers (heap, or pinned host staging that
+//! GPU kernels read and write) to the transport.
 //!
 //! NCCL's buffers reach the transport as [`RawBuf`]s whose lifetime NCCL
 //! guarantees. The collective network also sends and receives from memory
@@ -9,26 +10,101 @@
 
 use std::sync::Arc;
 
+use super::device::PinnedSlot;
 use crate::error::NetResult;
 use crate::sys::RawBuf;
 use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 
+/// Bytes to send: shared heap bytes, or a pinned staging slot a kernel
+/// filled (its fence completed before the send was queued).
+#[derive(Clone, Debug)]
+pub enum Payload {
+    Heap(Arc<Vec<u8>>),
+    Pinned(Arc<PinnedSlot>),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Heap(b) => b.len(),
+            Payload::Pinned(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            Payload::Heap(b) => b.as_ptr(),
+            Payload::Pinned(s) => s.as_ptr(),
+        }
+    }
+}
+
+/// Where a message is received: a heap buffer, or a pinned staging slot a
+/// kernel will read.
+#[derive(Debug)]
+pub enum RecvBuf {
+    Heap(Vec<u8>),
+    Pinned(PinnedSlot),
+}
+
+impl RecvBuf {
+    pub fn len(&self) -> usize {
+        match self {
+            RecvBuf::Heap(b) => b.len(),
+            RecvBuf::Pinned(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of a heap buffer (`None` for a pinned slot).
+    pub fn into_heap(self) -> Option<Vec<u8>> {
+        match self {
+            RecvBuf::Heap(b) => Some(b),
+            RecvBuf::Pinned(_) => None,
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        match self {
+            RecvBuf::Heap(b) => b.as_mut_ptr(),
+            RecvBuf::Pinned(s) => s.as_ptr(),
+        }
+    }
+
+    /// Shortens the buffer to the `len` bytes that arrived.
+    fn truncate(&mut self, len: usize) {
+        match self {
+            RecvBuf::Heap(b) => b.truncate(len),
+            RecvBuf::Pinned(s) => s.truncate(len),
+        }
+    }
+}
+
 /// A send of bytes the plugin owns.
 pub struct OwnedSend {
     request: Option<SendRequest>,
-    bytes: Option<Arc<Vec<u8>>>,
+    bytes: Option<Payload>,
 }
 
 impl OwnedSend {
     /// Queues `bytes` on `comm`; gives them back when the request pool is full.
     pub fn start(
         comm: &SendComm,
-        bytes: Arc<Vec<u8>>,
+        bytes: Payload,
         tag: i32,
-    ) -> NetResult<Result<OwnedSend, Arc<Vec<u8>>>> {
+    ) -> NetResult<Result<OwnedSend, Payload>> {
         // SAFETY: the Arc keeps the bytes alive and unmodified (no one can
-        // get `&mut` through a shared Arc) until this request completes or
-        // is leaked by Drop; the transport only reads send buffers.
+        // get `&mut` through a shared Arc, and a pinned slot is only written
+        // by a kernel whose fence completed before it was sent) until this
+        // request completes or is leaked by Drop; the transport only reads
+        // send buffers.
         let buf = unsafe { RawBuf::new(bytes.as_ptr().cast_mut(), bytes.len()) };
         Ok(match comm.isend(buf, tag)? {
             Some(request) => Ok(OwnedSend {
@@ -52,7 +128,7 @@ impl OwnedSend {
     }
 
     /// The bytes back, once [`OwnedSend::test`] said true.
-    pub fn take(mut self) -> Option<Arc<Vec<u8>>> {
+    pub fn take(mut self) -> Option<Payload> {
         if self.request.is_some() {
             return None;
         }
@@ -72,7 +148,7 @@ impl Drop for OwnedSend {
 /// A receive into a buffer the plugin owns.
 pub struct OwnedRecv {
     request: Option<RecvRequest>,
-    buf: Option<Vec<u8>>,
+    buf: Option<RecvBuf>,
     received: usize,
 }
 
@@ -81,12 +157,12 @@ impl OwnedRecv {
     /// buffer back when the request pool is full.
     pub fn start(
         comm: &RecvComm,
-        mut buf: Vec<u8>,
+        mut buf: RecvBuf,
         tag: i32,
-    ) -> NetResult<Result<OwnedRecv, Vec<u8>>> {
-        // SAFETY: the Vec's heap memory does not move when the Vec is moved
-        // into `self`, and nothing reads or frees it until the request
-        // completes (`take` checks) or Drop leaks it.
+    ) -> NetResult<Result<OwnedRecv, RecvBuf>> {
+        // SAFETY: neither a Vec's heap memory nor a pinned slot moves when
+        // its owner is moved into `self`, and nothing reads or frees it
+        // until the request completes (`take` checks) or Drop leaks it.
         let raw = unsafe { RawBuf::new(buf.as_mut_ptr(), buf.len()) };
         Ok(match comm.irecv(vec![(raw, tag)])? {
             Some(request) => Ok(OwnedRecv {
@@ -112,7 +188,7 @@ impl OwnedRecv {
     }
 
     /// The received bytes, once [`OwnedRecv::test`] said true.
-    pub fn take(mut self) -> Option<Vec<u8>> {
+    pub fn take(mut self) -> Option<RecvBuf> {
         if self.request.is_some() {
             return None;
         }

@@ -10,8 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::lend::{OwnedRecv, OwnedSend};
-use super::pool::Shared;
+use super::lend::{OwnedRecv, OwnedSend, Payload, RecvBuf};
 use crate::error::NetResult;
 use crate::transport::tcp::{RecvComm, SendComm};
 
@@ -19,20 +18,20 @@ use crate::transport::tcp::{RecvComm, SendComm};
 pub trait TxLink: Send {
     /// Queues `bytes` with `tag`; gives them back when the link cannot take
     /// another message now (its request pool is full).
-    fn send(&mut self, bytes: Shared, tag: i32) -> NetResult<Result<(), Shared>>;
+    fn send(&mut self, bytes: Payload, tag: i32) -> NetResult<Result<(), Payload>>;
     /// The bytes of the oldest queued send once all of them have left this
     /// process (handed to the kernel), else `None`.
-    fn poll_sent(&mut self) -> NetResult<Option<Shared>>;
+    fn poll_sent(&mut self) -> NetResult<Option<Payload>>;
 }
 
 /// The receiving end of one lane from one member.
 pub trait RxLink: Send {
     /// Posts a receive of exactly `buf.len()` bytes with `tag`; gives the
     /// buffer back when the link cannot take another receive now.
-    fn post(&mut self, buf: Vec<u8>, tag: i32) -> NetResult<Result<(), Vec<u8>>>;
+    fn post(&mut self, buf: RecvBuf, tag: i32) -> NetResult<Result<(), RecvBuf>>;
     /// The oldest posted receive once its message has arrived (truncated to
     /// the message's length), else `None`.
-    fn poll_received(&mut self) -> NetResult<Option<Vec<u8>>>;
+    fn poll_received(&mut self) -> NetResult<Option<RecvBuf>>;
 }
 
 /// Links over airamp's TCP transport (the production path).
@@ -54,11 +53,11 @@ pub mod tcp {
     }
 
     impl TxLink for TcpTx {
-        fn send(&mut self, bytes: Shared, tag: i32) -> NetResult<Result<(), Shared>> {
+        fn send(&mut self, bytes: Payload, tag: i32) -> NetResult<Result<(), Payload>> {
             Ok(OwnedSend::start(&self.comm, bytes, tag)?.map(|s| self.inflight.push_back(s)))
         }
 
-        fn poll_sent(&mut self) -> NetResult<Option<Shared>> {
+        fn poll_sent(&mut self) -> NetResult<Option<Payload>> {
             let Some(front) = self.inflight.front_mut() else {
                 return Ok(None);
             };
@@ -84,23 +83,18 @@ pub mod tcp {
     }
 
     impl RxLink for TcpRx {
-        fn post(&mut self, buf: Vec<u8>, tag: i32) -> NetResult<Result<(), Vec<u8>>> {
+        fn post(&mut self, buf: RecvBuf, tag: i32) -> NetResult<Result<(), RecvBuf>> {
             Ok(OwnedRecv::start(&self.comm, buf, tag)?.map(|r| self.inflight.push_back(r)))
         }
 
-        fn poll_received(&mut self) -> NetResult<Option<Vec<u8>>> {
+        fn poll_received(&mut self) -> NetResult<Option<RecvBuf>> {
             let Some(front) = self.inflight.front_mut() else {
                 return Ok(None);
             };
             if !front.test()? {
                 return Ok(None);
             }
-            Ok(Some(
-                self.inflight
-                    .pop_front()
-                    .and_then(OwnedRecv::take)
-                    .unwrap_or_default(),
-            ))
+            Ok(self.inflight.pop_front().and_then(OwnedRecv::take))
         }
     }
 }
@@ -110,7 +104,8 @@ pub mod tcp {
 /// A pipe delivers its messages in order, but only when its seeded
 /// generator says so on each poll, so across the links of a group messages
 /// arrive in a random (reproducible) interleaving. A bounded number of
-/// requests per end mirrors the transport's request pool.
+/// requests per end mirrors the transport's request pool. Pipes carry heap
+/// buffers only (the GPU path's pinned slots need a GPU).
 pub mod mem {
     use std::sync::{Arc, Mutex};
 
@@ -132,7 +127,7 @@ pub mod mem {
 
     pub struct MemTx {
         pipe: Arc<Mutex<Pipe>>,
-        inflight: VecDeque<(u64, Shared)>,
+        inflight: VecDeque<(u64, Payload)>,
         sent: u64,
     }
 
@@ -201,12 +196,19 @@ pub mod mem {
         }
     }
 
+    fn pinned_unsupported() -> NetError {
+        NetError::InvalidUsage("in-memory links carry heap buffers only".into())
+    }
+
     fn closed() -> NetError {
         NetError::peer("mem link", PeerFailure::Closed)
     }
 
     impl TxLink for MemTx {
-        fn send(&mut self, bytes: Shared, tag: i32) -> NetResult<Result<(), Shared>> {
+        fn send(&mut self, bytes: Payload, tag: i32) -> NetResult<Result<(), Payload>> {
+            let Payload::Heap(heap) = &bytes else {
+                return Err(pinned_unsupported());
+            };
             let mut p = self.pipe.lock().expect("pipe lock");
             if p.broken {
                 return Err(closed());
@@ -214,13 +216,13 @@ pub mod mem {
             if self.inflight.len() >= REQUESTS {
                 return Ok(Err(bytes));
             }
-            p.wire.push_back((tag, bytes.as_ref().clone()));
+            p.wire.push_back((tag, heap.as_ref().clone()));
             self.sent += 1;
             self.inflight.push_back((self.sent, bytes));
             Ok(Ok(()))
         }
 
-        fn poll_sent(&mut self) -> NetResult<Option<Shared>> {
+        fn poll_sent(&mut self) -> NetResult<Option<Payload>> {
             let p = self.pipe.lock().expect("pipe lock");
             if p.broken {
                 return Err(closed());
@@ -235,15 +237,18 @@ pub mod mem {
     }
 
     impl RxLink for MemRx {
-        fn post(&mut self, buf: Vec<u8>, tag: i32) -> NetResult<Result<(), Vec<u8>>> {
+        fn post(&mut self, buf: RecvBuf, tag: i32) -> NetResult<Result<(), RecvBuf>> {
+            let RecvBuf::Heap(heap) = buf else {
+                return Err(pinned_unsupported());
+            };
             if self.posted.len() >= REQUESTS {
-                return Ok(Err(buf));
+                return Ok(Err(RecvBuf::Heap(heap)));
             }
-            self.posted.push_back((tag, buf));
+            self.posted.push_back((tag, heap));
             Ok(Ok(()))
         }
 
-        fn poll_received(&mut self) -> NetResult<Option<Vec<u8>>> {
+        fn poll_received(&mut self) -> NetResult<Option<RecvBuf>> {
             if self.posted.is_empty() || self.rng.next_u64() % 3 == 0 {
                 return Ok(None);
             }
@@ -269,7 +274,7 @@ pub mod mem {
             }
             buf.truncate(bytes.len());
             buf.copy_from_slice(&bytes);
-            Ok(Some(buf))
+            Ok(Some(RecvBuf::Heap(buf)))
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod algo;
 pub mod buffers;
 #[allow(unsafe_code)] // host views of pinned mirrors
 pub mod device;
+pub mod gpu_step;
 pub mod group;
 pub mod join;
 #[allow(unsafe_code)] // lends owned buffers to the transport as RawBufs

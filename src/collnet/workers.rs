@@ -38,7 +38,7 @@ pub enum Event {
 pub struct Job {
     pub seq: u64,
     pub rank: usize,
-    pub step: Step,
+    pub step: Box<Step>,
     pub events: Vec<Event>,
     pub input: Buffers,
     pub output: Buffers,
@@ -48,7 +48,7 @@ pub struct Job {
 /// The step is lost only when its job panicked.
 pub struct Done {
     pub seq: u64,
-    pub step: Option<Step>,
+    pub step: Option<Box<Step>>,
     pub sends: NetResult<Vec<Send>>,
 }
 

@@ -1,7 +1,9 @@
-//! The one system call the exporter needs that std does not wrap: `poll(2)`.
+//! The system calls the exporter needs that std does not wrap: `poll(2)`
+//! and one socket option.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 pub(super) use libc::{POLLIN, POLLOUT};
@@ -38,6 +40,28 @@ pub(super) fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     }
 }
 
+/// Sets `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept` only
+/// once its first data has arrived (or after about `secs`), so an accepted
+/// client has normally sent its request already.
+pub(super) fn defer_accept(listener: &TcpListener, secs: i32) -> io::Result<()> {
+    // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from a
+    // live local; the fd is a socket owned by `listener` for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const i32).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +88,22 @@ mod tests {
         // Only a guard against a hung test: the byte is already on its way.
         assert_eq!(poll(&mut fds, Duration::from_secs(30)).unwrap(), 1);
         assert_ne!(fds[0].revents & POLLIN, 0);
+    }
+
+    #[test]
+    fn deferred_accept_waits_for_data() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        defer_accept(&l, 1).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _silent = TcpStream::connect(addr).unwrap();
+        // The kernel holds the silent connection back for about a second.
+        let mut fds = [poll_fd(l.as_raw_fd(), POLLIN)];
+        assert_eq!(poll(&mut fds, Duration::from_millis(100)).unwrap(), 0);
+        let mut speaker = TcpStream::connect(addr).unwrap();
+        speaker.write_all(b"GET").unwrap();
+        assert_eq!(poll(&mut fds, Duration::from_secs(30)).unwrap(), 1);
+        let (_, peer) = l.accept().unwrap();
+        assert_eq!(peer, speaker.local_addr().unwrap());
     }
 
     #[test]

@@ -1017,6 +1017,32 @@ fn threads_and_rss(pid: u32) -> Result<(u64, u64), String> {
     Ok((field("Threads:")?, field("VmRSS:")?))
 }
 
+/// CPU time (user + system) the exporter thread of process `pid` has used.
+fn exporter_cpu(pid: u32) -> Result<Duration, String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "airamp-metrics" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).map_err(|e| e.to_string())?;
+        // utime and stime: fields 14 and 15, counted after the "(comm)".
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+            .split(' ')
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // SAFETY: sysconf only reads a system constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        return Ok(Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz));
+    }
+    Err(format!("no airamp-metrics thread in process {pid}"))
+}
+
 /// Opens a connection that sends the start of a request and then nothing.
 fn open_slow(addr: SocketAddr) -> Option<TcpStream> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
@@ -1074,6 +1100,8 @@ fn metrics_scrapes_survive_slow_clients() -> TestResult {
     let pid = peer.child.id();
     let (_, first) = timed_scrape(addr)?;
     let (threads_before, rss_before) = threads_and_rss(pid)?;
+    let cpu_before = exporter_cpu(pid)?;
+    let siege_start = Instant::now();
 
     let stop = AtomicBool::new(false);
     let reopened = AtomicU64::new(0);
@@ -1111,6 +1139,8 @@ fn metrics_scrapes_survive_slow_clients() -> TestResult {
         stop.store(true, Ordering::SeqCst);
         result.map(|()| (latencies, threads_max, rss_max, last_page))
     });
+    let siege_time = siege_start.elapsed();
+    let exporter_busy = exporter_cpu(pid).map(|t| t.saturating_sub(cpu_before));
     peer.send_line("stop");
     let traffic = peer.finish();
     let (mut latencies, threads_max, rss_max, last_page) = siege?;
@@ -1119,12 +1149,13 @@ fn metrics_scrapes_survive_slow_clients() -> TestResult {
     latencies.sort_unstable();
     let rank = |p: usize| latencies[(p * latencies.len()).div_ceil(100).max(1) - 1];
     eprintln!(
-        "    {SCRAPES} scrapes under {SLOW_CLIENTS} slow clients ({} reopened): \
+        "    {SCRAPES} scrapes under {SLOW_CLIENTS} slow clients ({} reopened in {siege_time:.1?}): \
          p50 {:.1?}, p99 {:.1?}; threads {threads_before} -> max {threads_max}, \
-         VmRSS {rss_before} -> max {rss_max} KiB",
+         VmRSS {rss_before} -> max {rss_max} KiB; exporter thread CPU {:?}",
         reopened.load(Ordering::Relaxed),
         rank(50),
         rank(99),
+        exporter_busy?,
     );
     ensure(rank(100) < SCRAPE_BAR, || {
         format!("slowest scrape took {:?} (bar {SCRAPE_BAR:?})", rank(100))

@@ -1,5 +1,7 @@
 //! The exporter thread: HTTP on a `std::net::TcpListener` and/or a textfile
-//! for node_exporter, rendered from the lock-free registry.
+//! for node_exporter, rendered from the lock-free registry. The HTTP side is
+//! one `poll(2)` loop over non-blocking sockets, with a cap on clients, a
+//! deadline per client and bounded buffers, so that no client can hold it.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -206,6 +208,7 @@ pub fn shutdown() {
     }
 }
 
+/// The thread's body: serve and rewrite the textfile until `stop`.
 fn run(listener: Option<TcpListener>, textfile: Option<PathBuf>, stop: &AtomicBool) {
     let mut server = listener.map(|l| Server::new(l, Limits::DEFAULT));
     let mut next_write = Instant::now() + TEXTFILE_PERIOD;

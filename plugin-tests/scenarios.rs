@@ -1099,6 +1099,9 @@ fn metrics_scrapes_survive_slow_clients() -> TestResult {
     ensure(peer.read_line() == "ready", || "child not ready".into())?;
     let pid = peer.child.id();
     let (_, first) = timed_scrape(addr)?;
+    ensure(first.starts_with("HTTP/1.1 200 OK\r\n"), || {
+        format!("first scrape answered {:?}", first.lines().next())
+    })?;
     let (threads_before, rss_before) = threads_and_rss(pid)?;
     let cpu_before = exporter_cpu(pid)?;
     let siege_start = Instant::now();
@@ -1112,7 +1115,9 @@ fn metrics_scrapes_survive_slow_clients() -> TestResult {
                 for conn in slow.iter_mut() {
                     if conn.as_mut().map_or(true, dropped_by_server) {
                         *conn = open_slow(addr);
-                        reopened.fetch_add(1, Ordering::Relaxed);
+                        if conn.is_some() {
+                            reopened.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));

@@ -39,6 +39,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         metrics_scrape_counts_exactly,
     ),
     (
+        "metrics_scrapes_survive_slow_clients",
+        metrics_scrapes_survive_slow_clients,
+    ),
+    (
         "collnet_exact_bit_identical",
         collnet::collnet_exact_bit_identical,
     ),
@@ -73,6 +77,7 @@ pub fn child(args: &[String]) -> TestResult {
         "bad-config" => child_bad_config(),
         "metrics" => child_metrics(arg(1).parse().unwrap_or(0)),
         "metrics-port-taken" => child_metrics_port_taken(),
+        "metrics-busy" => child_metrics_busy(),
         role @ ("coll-exact" | "coll-fp8" | "coll-mixed" | "coll-quitter") => {
             let (rank, n, v) = (
                 arg(1).parse().unwrap_or(0),
@@ -985,4 +990,238 @@ fn child_metrics_port_taken() -> TestResult {
     ensure(log.contains("metrics exporter not started"), || {
         format!("no warning about the taken port in:\n{log}")
     })
+}
+
+/// Slow connections the siege holds open.
+const SLOW_CLIENTS: usize = 64;
+/// Scrapes made during the siege, and the bar each must meet.
+const SCRAPES: usize = 20;
+const SCRAPE_BAR: Duration = Duration::from_secs(1);
+/// Growth of the resident set allowed during the siege: the exporter holds
+/// at most 32 clients of at most 8 KiB head or one page (~15 KiB) each; the
+/// rest is slack for the allocator and the traffic.
+const RSS_SLACK_KIB: u64 = 8 * 1024;
+
+/// `Threads` and `VmRSS` (KiB) of process `pid`.
+fn threads_and_rss(pid: u32) -> Result<(u64, u64), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("Threads:")?, field("VmRSS:")?))
+}
+
+/// CPU time (user + system) the exporter thread of process `pid` has used.
+fn exporter_cpu(pid: u32) -> Result<Duration, String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "airamp-metrics" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).map_err(|e| e.to_string())?;
+        // utime and stime: fields 14 and 15, counted after the "(comm)".
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+            .split(' ')
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // SAFETY: sysconf only reads a system constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        return Ok(Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz));
+    }
+    Err(format!("no airamp-metrics thread in process {pid}"))
+}
+
+/// Opens a connection that sends the start of a request and then nothing.
+fn open_slow(addr: SocketAddr) -> Option<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.write_all(b"GET /metr").ok()?;
+    s.set_nonblocking(true).ok()?;
+    Some(s)
+}
+
+/// True once the server has closed (or reset) `s`.
+fn dropped_by_server(s: &mut TcpStream) -> bool {
+    match s.read(&mut [0; 64]) {
+        Ok(0) => true,
+        // A reply to half a request line: not expected, but done with too.
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// One scrape: its latency and the page.
+fn timed_scrape(addr: SocketAddr) -> Result<(Duration, String), String> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| format!("connect: {e}"))?;
+    // Only a guard against a hung test; the bar is checked below.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut page = String::new();
+    s.read_to_string(&mut page)
+        .map_err(|e| format!("read after {:?}: {e}", start.elapsed()))?;
+    Ok((start.elapsed(), page))
+}
+
+/// Issue 17: a plugin moving traffic, its exporter on loopback, 64 slow
+/// connections held open (each sends `GET /metr`, then nothing) by a client
+/// that reopens every one the exporter drops; meanwhile 20 scrapes. Every
+/// scrape must be answered within 1 s, and the process's thread count and
+/// resident memory must stay flat.
+fn metrics_scrapes_survive_slow_clients() -> TestResult {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut peer = spawn(
+        "metrics-busy",
+        &[],
+        &[
+            ("AIRAMP_METRICS", "1"),
+            ("AIRAMP_METRICS_ADDR", &format!("127.0.0.1:{port}")),
+            ("LOCAL_RANK", "0"),
+        ],
+    );
+    ensure(peer.read_line() == "ready", || "child not ready".into())?;
+    let pid = peer.child.id();
+    let (_, first) = timed_scrape(addr)?;
+    ensure(first.starts_with("HTTP/1.1 200 OK\r\n"), || {
+        format!("first scrape answered {:?}", first.lines().next())
+    })?;
+    let (threads_before, rss_before) = threads_and_rss(pid)?;
+    let cpu_before = exporter_cpu(pid)?;
+    let siege_start = Instant::now();
+
+    let stop = AtomicBool::new(false);
+    let reopened = AtomicU64::new(0);
+    let mut slow: Vec<Option<TcpStream>> = (0..SLOW_CLIENTS).map(|_| open_slow(addr)).collect();
+    let siege = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                for conn in slow.iter_mut() {
+                    if conn.as_mut().map_or(true, dropped_by_server) {
+                        *conn = open_slow(addr);
+                        if conn.is_some() {
+                            reopened.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let mut latencies = Vec::with_capacity(SCRAPES);
+        let (mut threads_max, mut rss_max) = (threads_before, rss_before);
+        let mut last_page = String::new();
+        let result: TestResult = (|| {
+            for _ in 0..SCRAPES {
+                std::thread::sleep(Duration::from_millis(100));
+                let (latency, page) = timed_scrape(addr)?;
+                ensure(page.starts_with("HTTP/1.1 200 OK\r\n"), || {
+                    format!("scrape answered {:?}", page.lines().next())
+                })?;
+                latencies.push(latency);
+                last_page = page;
+                let (threads, rss) = threads_and_rss(pid)?;
+                threads_max = threads_max.max(threads);
+                rss_max = rss_max.max(rss);
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::SeqCst);
+        result.map(|()| (latencies, threads_max, rss_max, last_page))
+    });
+    let siege_time = siege_start.elapsed();
+    let exporter_busy = exporter_cpu(pid).map(|t| t.saturating_sub(cpu_before));
+    peer.send_line("stop");
+    let traffic = peer.finish();
+    let (mut latencies, threads_max, rss_max, last_page) = siege?;
+    traffic?;
+
+    latencies.sort_unstable();
+    let rank = |p: usize| latencies[(p * latencies.len()).div_ceil(100).max(1) - 1];
+    eprintln!(
+        "    {SCRAPES} scrapes under {SLOW_CLIENTS} slow clients ({} reopened in {siege_time:.1?}): \
+         p50 {:.1?}, p99 {:.1?}; threads {threads_before} -> max {threads_max}, \
+         VmRSS {rss_before} -> max {rss_max} KiB; exporter thread CPU {:?}",
+        reopened.load(Ordering::Relaxed),
+        rank(50),
+        rank(99),
+        exporter_busy?,
+    );
+    ensure(rank(100) < SCRAPE_BAR, || {
+        format!("slowest scrape took {:?} (bar {SCRAPE_BAR:?})", rank(100))
+    })?;
+    ensure(threads_max == threads_before, || {
+        format!("threads grew from {threads_before} to {threads_max}")
+    })?;
+    ensure(rss_max <= rss_before + RSS_SLACK_KIB, || {
+        format!("VmRSS grew from {rss_before} to {rss_max} KiB")
+    })?;
+    // The traffic really moved while the exporter was under siege.
+    let sent = |page: &str| sample(page, "airamp_bytes_sent_total{transport=\"tcp\"}");
+    ensure(sent(&last_page) > sent(&first), || {
+        format!(
+            "bytes sent did not grow: {:?} then {:?}",
+            sent(&first),
+            sent(&last_page)
+        )
+    })
+}
+
+/// Moves 64 KiB messages over a local pair, checking each, until the parent
+/// sends a line; the metrics exporter runs meanwhile.
+fn child_metrics_busy() -> TestResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let lib = open();
+    let net = init(&lib, NetVersion::V12);
+    let (send, recv, _l) = net.local_pair(0, DEADLINE)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            read_parent_line();
+            stop.store(true, Ordering::SeqCst);
+        }
+    });
+    let src = pattern(17, 1 << 16);
+    let mut dst = vec![0u8; src.len()];
+    let mut rounds = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        dst.fill(0);
+        // SAFETY: both buffers outlive their requests, waited for just below.
+        let r =
+            post(|| unsafe { net.irecv(recv, &[(dst.as_mut_ptr(), dst.len(), 9)], &mut [null()]) })
+                .map_err(|e| format!("irecv: {e:?}"))?;
+        // SAFETY: as above.
+        let s = post(|| unsafe { net.isend(send, src.as_ptr(), src.len(), 9, null()) })
+            .map_err(|e| format!("isend: {e:?}"))?;
+        wait(&net, s, 1).map_err(|e| format!("send: {e:?}"))?;
+        wait(&net, r, 1).map_err(|e| format!("recv: {e:?}"))?;
+        ensure(dst == src, || {
+            format!("payload corrupted in round {rounds}")
+        })?;
+        rounds += 1;
+        if rounds == 1 {
+            tell_parent("ready");
+        }
+        // Steady traffic without hogging a shared 2-core box.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }

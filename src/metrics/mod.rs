@@ -17,10 +17,13 @@ mod collnet;
 mod exporter;
 mod histogram;
 mod render;
+mod sys;
 mod tuner;
 
 #[cfg(test)]
 mod dashboard_tests;
+#[cfg(test)]
+mod exporter_tests;
 #[cfg(test)]
 mod tests;
 

@@ -16,7 +16,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::render::{render, set_info};
-use super::sys::{self, poll_fd, PollFd, POLLIN, POLLOUT};
+use crate::sys::poll::{self as os, poll_fd, PollFd, POLLIN, POLLOUT};
 
 /// Content type of text exposition format 0.0.4; accepted by Prometheus 2
 /// and 3 (the latter needs an explicit version in the header).
@@ -286,7 +286,7 @@ impl Server {
         // at accept and answered before anyone is evicted, and connections
         // that never send wait in the kernel, not in a slot, for about a
         // second. Best effort: without the option the server still works.
-        let _ = sys::defer_accept(&listener, 1);
+        let _ = os::defer_accept(&listener, 1);
         Server {
             listener,
             limits,
@@ -321,7 +321,7 @@ impl Server {
         if listening {
             self.fds.push(poll_fd(self.listener.as_raw_fd(), POLLIN));
         }
-        if let Err(e) = sys::poll(&mut self.fds, wake.saturating_duration_since(now)) {
+        if let Err(e) = os::poll(&mut self.fds, wake.saturating_duration_since(now)) {
             if e.kind() != io::ErrorKind::Interrupted {
                 // ENOMEM, the only error possible here: wait instead of spinning.
                 thread::sleep(wake.saturating_duration_since(Instant::now()));

@@ -17,12 +17,12 @@ mod collnet;
 mod exporter;
 mod histogram;
 mod render;
-mod sys;
 mod tuner;
 
 #[cfg(test)]
 mod dashboard_tests;
 #[cfg(test)]
+#[allow(unsafe_code)] // sysconf for the CPU-time check
 mod exporter_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! The system calls the exporter needs that std does not wrap: `poll(2)`
+//! Readiness polling over many sockets (the metrics exporter): `poll(2)`
 //! and one socket option.
 
 use std::io;
@@ -6,13 +6,13 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-pub(super) use libc::{POLLIN, POLLOUT};
+pub use libc::{POLLIN, POLLOUT};
 
 /// One descriptor to watch, as `poll(2)` takes it.
-pub(super) type PollFd = libc::pollfd;
+pub type PollFd = libc::pollfd;
 
 /// A `PollFd` waiting for `events` on `fd`.
-pub(super) fn poll_fd(fd: RawFd, events: i16) -> PollFd {
+pub fn poll_fd(fd: RawFd, events: i16) -> PollFd {
     libc::pollfd {
         fd,
         events,
@@ -24,7 +24,7 @@ pub(super) fn poll_fd(fd: RawFd, events: i16) -> PollFd {
 /// a whole millisecond, so a short timeout never degenerates into a busy
 /// loop of zero-length waits). Fills each `revents`; returns how many are
 /// non-zero. An empty slice just sleeps.
-pub(super) fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
+pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     let nfds = libc::nfds_t::try_from(fds.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"))?;
@@ -43,7 +43,7 @@ pub(super) fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
 /// Sets `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept` only
 /// once its first data has arrived (or after about `secs`), so an accepted
 /// client has normally sent its request already.
-pub(super) fn defer_accept(listener: &TcpListener, secs: i32) -> io::Result<()> {
+pub fn defer_accept(listener: &TcpListener, secs: i32) -> io::Result<()> {
     // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from a
     // live local; the fd is a socket owned by `listener` for the call.
     let rc = unsafe {

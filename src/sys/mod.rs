@@ -2,6 +2,8 @@
 //! enumeration, readiness polling, and I/O straight into NCCL's buffers.
 //! Kept out of `abi/` (the C face) so the transport below it can use them.
 
+pub mod poll;
+
 use std::ffi::CStr;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

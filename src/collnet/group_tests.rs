@@ -235,10 +235,11 @@ fn a_broken_link_fails_its_member_and_closing_that_member_fails_the_rest() {
     let mut inputs = bf16_inputs(n, 1, count, 12);
     let mut outputs = vec![vec![0u8; count * 2]; n];
     let ids = start_all(&mut groups, &mut inputs, &mut outputs);
-    // Member 1's contribution lane from member 0 goes down: member 1
-    // fails; once it is closed (as NCCL does after an error), the members
-    // waiting for it fail too.
-    breakers[n * 2].break_pipe();
+    // Member 1's result lane from member 0 goes down before member 0 can
+    // have reduced anything (nobody has been driven since the start), so
+    // member 1 still waits on it and fails; once it is closed (as NCCL
+    // does after an error), the members waiting for it fail too.
+    breakers[n * 2 + 1].break_pipe();
     let deadline = Instant::now() + Duration::from_secs(10);
     while groups[1].test(ids[1]).is_ok() {
         assert!(

@@ -12,6 +12,8 @@ whether every rank holds bit-identical bytes; rank 0 writes JSON with --out
 import argparse
 import json
 import os
+import resource
+import subprocess
 import time
 
 import torch
@@ -33,6 +35,26 @@ def inputs_of(rank, n):
     return torch.randn(n, generator=g, device="cuda", dtype=torch.float32).to(torch.bfloat16)
 
 
+def cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def gpu_mem_mib():
+    """This process's GPU memory as NVML reports it (nvidia-smi), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(os.getpid()) and parts[1].isdigit():
+            return int(parts[1])
+    return None
+
+
 def run(rank, world, args):
     os.environ["NCCL_HOSTID"] = f"airamp-node{rank}"
     os.environ.setdefault("LOCAL_RANK", str(rank))
@@ -50,12 +72,15 @@ def run(rank, world, args):
             dist.all_reduce(buf)
         torch.cuda.synchronize()
         dist.barrier()
+        cpu0 = cpu_seconds()
         start = time.perf_counter()
         for _ in range(iters):
             buf.copy_(x)
             dist.all_reduce(buf)
         torch.cuda.synchronize()
         secs = (time.perf_counter() - start) / iters
+        # CPU time of this process (all its threads) per GB reduced.
+        cpu_per_gb = (cpu_seconds() - cpu0) / (nbytes * iters / 1e9)
         # Accuracy and agreement on one more call.
         buf.copy_(x)
         dist.all_reduce(buf)
@@ -69,14 +94,18 @@ def run(rank, world, args):
         digest = int((buf.view(torch.int16).to(torch.int64) * w).sum().item())
         busbw = nbytes * 2 * (world - 1) / world / secs / 1e9
         row = {"bytes": nbytes, "time_us": secs * 1e6, "busbw_GBps": busbw, "rel_err": err,
-               "identical": identical, "digest": digest}
+               "identical": identical, "digest": digest, "cpu_s_per_GB": cpu_per_gb}
         results.append(row)
         if rank == 0:
             print(f"{nbytes:>11} B {secs * 1e6:10.1f} us busbw {busbw:8.3f} GB/s err {err:.5f} "
-                  f"{'identical' if identical else 'DIFFERENT'} digest {digest}", flush=True)
+                  f"{'identical' if identical else 'DIFFERENT'} digest {digest} "
+                  f"cpu {cpu_per_gb:.3f} s/GB", flush=True)
+    mem = gpu_mem_mib()
+    mems = [None] * world
+    dist.all_gather_object(mems, mem)
     if rank == 0 and args.out:
         with open(args.out, "w") as f:
-            json.dump({"world": world, "results": results,
+            json.dump({"world": world, "results": results, "gpu_mem_MiB": mems,
                        "nccl": ".".join(map(str, torch.cuda.nccl.version())),
                        "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "AIRAMP_"))}},
                       f, indent=1)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The collective network's GPU path against Ring and against its host path:
+# bf16 all_reduce, 2 ranks on one GPU (one NCCL_HOSTID each, CUDA MPS), in
+# one run, ABBA order:
+#   ring           Ring over airamp's net plugin (CollNet off)
+#   cn_exact_gpu   CollNet Chain on NCCL's GPU buffers (NCCL_NET_GDR_LEVEL=PHB)
+#   cn_fp8_gpu     the same with AIRAMP_ENABLE_FP8_ALLREDUCE=1: GPU kernels
+#   cn_exact_host  CollNet on host buffers (AIRAMP_GPU_COLLNET=0)
+#   cn_fp8_host    the same with FP8: the CPU worker pool runs the codec
+# Usage: gpu_path_compare.sh /abs/libnccl-net-airamp.so OUTDIR [RATE]
+#   RATE (e.g. 25gbit) runs every rank in a network namespace whose
+#   loopback is shaped with tc tbf; needs ip/tc on PATH (as root).
+# Env: SIZES (min:max bytes, x4 steps; default 4 MiB..256 MiB), MODES.
+set -uo pipefail
+plugin=$(realpath "$1"); out=${2:-.}; rate=${3:-}; here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$out"
+modes=${MODES:-"ring cn_exact_gpu cn_fp8_gpu cn_exact_host cn_fp8_host"}
+prefix=()
+if [ -n "$rate" ]; then
+    ns=airamp-shaped
+    ip netns del $ns 2>/dev/null
+    ip netns add $ns && ip netns exec $ns ip link set lo up &&
+        ip netns exec $ns tc qdisc add dev lo root tbf rate "$rate" burst 4mb latency 50ms || exit 1
+    trap 'ip netns del $ns' EXIT
+    prefix=(ip netns exec $ns)
+fi
+common=(NCCL_NET_PLUGIN="$plugin" NCCL_NET=airamp NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
+        NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,TUNING AIRAMP_SOCKET_IFNAME=lo AIRAMP_METRICS=0)
+collnet=(NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain")
+run() {
+    local name=$1; shift
+    [ -e "$out/$name.json" ] && name=$name-2
+    echo "== $name"
+    "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
+        --sizes "${SIZES:-4194304:268435456}" --out "$out/$name.json" >"$out/$name.log" 2>&1
+    echo "exit $?"
+    grep -hoE "via COLLNET/[^ ]+|registered GPU buffer|NET/airamp collnet: member [0-9]+ of [0-9]+ joined[^;]*; allreduce [A-Za-z0-9 ]+|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" \
+        "$out/$name.log" | sort | uniq -c | sort -k2 | head -12
+    grep -E " busbw " "$out/$name.log" | tail -4
+}
+ring() { run ring NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_exact_gpu() { run cn_exact_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_fp8_gpu() { run cn_fp8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+cn_exact_host() { run cn_exact_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_fp8_host() { run cn_fp8_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+for m in $modes; do $m; done
+for m in $(echo $modes | tr ' ' '\n' | tac); do $m; done
+python3 "$here/gpu_path_summarize.py" "$out" | tee "$out/summary.md"

@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Table of gpu_path_compare.sh results: each mode's best bus bandwidth per
+size (ABBA passes), the ratios against Ring the GPU-path issue asks for,
+FP8 error and agreement, exact == Ring bit for bit, GPU memory per process
+and CPU time per GB."""
+import json
+import os
+import sys
+
+out = sys.argv[1]
+modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host"]
+data, mem = {}, {}
+for m in modes:
+    for p in (os.path.join(out, m + ".json"), os.path.join(out, m + "-2.json")):
+        if not os.path.exists(p):
+            continue
+        doc = json.load(open(p))
+        mem.setdefault(m, []).extend(v for v in doc.get("gpu_mem_MiB", []) if v is not None)
+        for r in doc["results"]:
+            old = data.setdefault(m, {}).get(r["bytes"])
+            if old is not None:
+                r = dict(max(old, r, key=lambda x: x["busbw_GBps"]),
+                         identical=old["identical"] and r["identical"],
+                         rel_err=max(old["rel_err"], r["rel_err"]),
+                         cpu_s_per_GB=min(old["cpu_s_per_GB"], r["cpu_s_per_GB"]),
+                         digest=r["digest"] if old["digest"] == r["digest"] else "differs")
+            data[m][r["bytes"]] = r
+sizes = sorted(set().union(*[d.keys() for d in data.values()])) if data else []
+g = lambda m, s, k: data.get(m, {}).get(s, {}).get(k)
+f = lambda v: f"{v:.2f}" if isinstance(v, float) else "-"
+ratio = lambda a, b: f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) and b > 0 else "-"
+print("Bus bandwidth, GB/s (best of the ABBA passes)\n")
+print("| size | ring | exact GPU | FP8 GPU | exact host | FP8 host | FP8 GPU / ring | exact GPU / ring | exact host / ring | FP8 host / ring |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for s in sizes:
+    bw = {m: g(m, s, "busbw_GBps") for m in modes}
+    print(f"| {s >> 20} MiB | " + " | ".join(f(bw[m]) for m in modes) + " | "
+          + " | ".join(ratio(bw[m], bw["ring"]) for m in ["cn_fp8_gpu", "cn_exact_gpu", "cn_exact_host", "cn_fp8_host"]) + " |")
+print("\nCorrectness\n")
+print("| size | FP8 GPU err | FP8 host err | every mode identical on all ranks | exact GPU == ring | exact host == ring | FP8 GPU == FP8 host |")
+print("|---|---|---|---|---|---|---|")
+e = lambda v: f"{100 * v:.2f}%" if isinstance(v, float) else "-"
+for s in sizes:
+    ident = all(g(m, s, "identical") for m in data if g(m, s, "identical") is not None)
+    same = lambda a, b: (g(a, s, "digest") == g(b, s, "digest")) if g(a, s, "digest") is not None and g(b, s, "digest") is not None else "-"
+    print(f"| {s >> 20} MiB | {e(g('cn_fp8_gpu', s, 'rel_err'))} | {e(g('cn_fp8_host', s, 'rel_err'))} | {ident} | "
+          f"{same('cn_exact_gpu', 'ring')} | {same('cn_exact_host', 'ring')} | {same('cn_fp8_gpu', 'cn_fp8_host')} |")
+print("\nOverheads (GPU memory per process from NVML at the end of the run; CPU seconds of the process per GB reduced, best pass)\n")
+print("| mode | GPU MiB per process | " + " | ".join(f"CPU s/GB at {s >> 20} MiB" for s in sizes) + " |")
+print("|---|---|" + "---|" * len(sizes))
+for m in modes:
+    if m not in data:
+        continue
+    mm = f"{min(mem[m])}–{max(mem[m])}" if mem.get(m) else "-"
+    print(f"| {m} | {mm} | " + " | ".join(f(g(m, s, "cpu_s_per_GB")) for s in sizes) + " |")

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::NetResult;
 use crate::gpu::{DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
+use crate::metrics;
 use crate::sys::RawBuf;
 
 /// One registered device range and its host mirror.
@@ -201,6 +202,7 @@ impl DeviceMemory {
         let ctx = GpuContext::current()?;
         let queue = ctx.queue()?;
         let slots = SlotPool::new(&ctx, slot_bytes, slots)?;
+        metrics::collnet().gpu_pinned(slots.arena_len() as i64);
         Ok(DeviceMemory {
             ctx,
             queue,
@@ -226,6 +228,7 @@ impl DeviceMemory {
     /// mirror. Returns the region's base, which identifies it.
     pub fn register(&mut self, ptr: usize, len: usize) -> NetResult<usize> {
         let mirror = self.ctx.alloc_pinned(len)?;
+        metrics::collnet().gpu_pinned(len as i64);
         self.regions.push(Arc::new(DeviceRegion {
             base: ptr,
             len,
@@ -237,7 +240,8 @@ impl DeviceMemory {
     /// Forgets a region; calls still using it keep its mirror alive.
     pub fn deregister(&mut self, base: usize) {
         if let Some(i) = self.regions.iter().position(|r| r.base == base) {
-            self.regions.swap_remove(i);
+            let r = self.regions.swap_remove(i);
+            metrics::collnet().gpu_pinned(-(r.len as i64));
         }
     }
 
@@ -306,5 +310,11 @@ impl Place {
                 ..r.clone()
             }),
         }
+    }
+}
+
+impl Drop for DeviceMemory {
+    fn drop(&mut self) {
+        metrics::collnet().gpu_pinned(-(self.pinned_bytes() as i64));
     }
 }

@@ -33,7 +33,7 @@ use super::workers::{Done, Event, Job, Workers};
 use crate::codec::Fp8Format;
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::gpu::{DevAddr, Elem, Fence};
-use crate::metrics;
+use crate::metrics::{self, GpuCall};
 use crate::transport::tcp::{Connecting, Listener, RecvComm, SendComm, TcpSettings};
 use crate::transport::wire::ListenHandle;
 
@@ -490,6 +490,13 @@ impl Group {
         self.next_op += 1;
         let mut staging_in = Vec::new();
         let mut staging_out = Vec::new();
+        if input
+            .iter()
+            .chain(&output)
+            .any(|p| matches!(p, Place::Device(_)))
+        {
+            metrics::collnet().gpu_call(GpuCall::Staged);
+        }
         for place in &input {
             if let Place::Device(r) = place {
                 let device = self
@@ -576,6 +583,7 @@ impl Group {
                     })
                 })
                 .collect();
+            metrics::collnet().gpu_call(GpuCall::Kernels);
             return self.add_op(vec![], vec![], bytes, steps, OpKind { dtype, path });
         }
         let steps = specs

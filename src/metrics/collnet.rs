@@ -50,6 +50,9 @@ pub struct CollnetMetrics {
     pool_hits: AtomicU64,
     pool_misses: AtomicU64,
     pool_held: AtomicU64,
+    /// Calls on GPU buffers: run by kernels, or staged through mirrors.
+    gpu_calls: [AtomicU64; 2],
+    gpu_pinned: AtomicU64,
 }
 
 static COLLNET: CollnetMetrics = CollnetMetrics {
@@ -62,7 +65,20 @@ static COLLNET: CollnetMetrics = CollnetMetrics {
     pool_hits: AtomicU64::new(0),
     pool_misses: AtomicU64::new(0),
     pool_held: AtomicU64::new(0),
+    gpu_calls: [const { AtomicU64::new(0) }; 2],
+    gpu_pinned: AtomicU64::new(0),
 };
+
+/// How a call on GPU buffers runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuCall {
+    /// FP8 allreduce by the codec kernels.
+    Kernels = 0,
+    /// Copied to pinned mirrors, run by the host executor, copied back.
+    Staged = 1,
+}
+
+const GPU_CALLS: [&str; 2] = ["kernels", "staged"];
 
 pub fn collnet() -> &'static CollnetMetrics {
     &COLLNET
@@ -100,6 +116,21 @@ impl CollnetMetrics {
     /// Bytes the pool now holds.
     pub fn pool_held(&self, bytes: usize) {
         self.pool_held.store(bytes as u64, Relaxed);
+    }
+
+    /// A call on GPU buffers started.
+    pub fn gpu_call(&self, how: GpuCall) {
+        self.gpu_calls[how as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Pinned host memory for GPU buffers (mirrors, staging slots) was
+    /// allocated (`delta > 0`) or freed.
+    pub fn gpu_pinned(&self, delta: i64) {
+        if delta >= 0 {
+            self.gpu_pinned.fetch_add(delta as u64, Relaxed);
+        } else {
+            self.gpu_pinned.fetch_sub(delta.unsigned_abs(), Relaxed);
+        }
     }
 }
 
@@ -190,6 +221,30 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_pool_bytes {}",
         m.pool_held.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_gpu_calls_total",
+        "counter",
+        "Collective-network calls on NCCL's GPU buffers: FP8 allreduce run by the codec kernels, or staged through pinned mirrors (everything else).",
+    );
+    for (i, how) in GPU_CALLS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "airamp_collnet_gpu_calls_total{{how=\"{how}\"}} {}",
+            m.gpu_calls[i].load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "airamp_collnet_gpu_pinned_bytes",
+        "gauge",
+        "Pinned host memory held for NCCL's GPU buffers (mirrors and staging slots); the GPU path allocates no device memory.",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_gpu_pinned_bytes {}",
+        m.gpu_pinned.load(Relaxed)
     );
     header(
         out,

@@ -30,7 +30,7 @@ mod tests;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-pub use collnet::{collnet, CollnetMetrics};
+pub use collnet::{collnet, CollnetMetrics, GpuCall};
 pub use exporter::{shutdown, start, ExporterConfig, ExporterStatus, InfoLabels, MetricsError};
 pub use render::render;
 pub use tuner::tuner_decision;

@@ -24,7 +24,7 @@ use super::algo::Spec;
 use super::device::{PinnedSlot, SlotPool};
 use super::lend::{Payload, RecvBuf};
 use super::steps::Lane;
-use crate::codec::{encoded_len, Fp8Format};
+use crate::codec::{encoded_len, WireFormat};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::gpu::{DevAddr, Elem, Fence, GpuQueue};
 
@@ -45,7 +45,7 @@ pub struct GpuExpect {
 pub struct GpuStep {
     spec: Spec,
     rank: usize,
-    fmt: Fp8Format,
+    fmt: WireFormat,
     elem: Elem,
     /// Device address of this segment's input and output.
     input: DevAddr,
@@ -95,7 +95,7 @@ impl GpuStep {
     pub fn new(
         spec: Spec,
         rank: usize,
-        fmt: Fp8Format,
+        fmt: WireFormat,
         elem: Elem,
         input: DevAddr,
         output: DevAddr,

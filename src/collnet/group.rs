@@ -30,7 +30,7 @@ use super::plan::Plan;
 use super::pool::{self, Shared};
 use super::steps::{Lane, Step};
 use super::workers::{Done, Event, Job, Workers};
-use crate::codec::Fp8Format;
+use crate::codec::WireFormat;
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::gpu::{DevAddr, Elem, Fence};
 use crate::metrics::{self, GpuCall};
@@ -50,7 +50,7 @@ pub struct GroupParams {
     pub rank: usize,
     pub n: usize,
     /// The agreed FP8 format; `None` runs every allreduce exactly.
-    pub fp8: Option<Fp8Format>,
+    pub fp8: Option<WireFormat>,
 }
 
 /// A message waiting for, or in, the transport, and the call it belongs to.
@@ -76,7 +76,7 @@ enum Pending {
 
 struct GpuSegment {
     spec: Spec,
-    fmt: Fp8Format,
+    fmt: WireFormat,
     elem: Elem,
     input: DevAddr,
     output: DevAddr,
@@ -212,7 +212,7 @@ impl Group {
         handles: &[ListenHandle],
         rank: usize,
         settings: &TcpSettings,
-        fp8: Option<Fp8Format>,
+        fp8: Option<WireFormat>,
         timeout: Duration,
         workers: usize,
     ) -> NetResult<Group> {
@@ -569,7 +569,7 @@ impl Group {
         let output = output.prefix(bytes);
         // FP8 on device buffers: kernels encode, fold and decode in place;
         // only compressed bytes cross PCIe and the wire.
-        if let (Path::Fp8(fmt), Some(elem), Place::Device(i), Place::Device(o)) =
+        if let (Path::Compressed(fmt), Some(elem), Place::Device(i), Place::Device(o)) =
             (path, gpu_elem(dtype), &input, &output)
         {
             let steps = specs

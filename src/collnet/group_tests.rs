@@ -13,14 +13,19 @@ use super::group::{Group, GroupParams, PeerLinks, SEGMENT_BYTES};
 use super::link::mem::{pipe, Breaker};
 use super::link::{RxLink, TxLink};
 use super::sim::{self, Call, SplitMix};
-use crate::codec::{f32_to_bf16, Fp8Format};
+use crate::codec::{f32_to_bf16, WireFormat};
 use crate::error::NetResult;
 use crate::sys::RawBuf;
 
 /// `n` groups joined by in-memory links, delivery timing drawn from
 /// `seed`, and a breaker for every pipe (member i's receive from j on a
 /// lane is `breakers[(i * n + j) * 2 + lane]`).
-fn mesh(n: usize, fp8: Option<Fp8Format>, workers: usize, seed: u64) -> (Vec<Group>, Vec<Breaker>) {
+fn mesh(
+    n: usize,
+    fp8: Option<WireFormat>,
+    workers: usize,
+    seed: u64,
+) -> (Vec<Group>, Vec<Breaker>) {
     let mut seeds = SplitMix::new(seed);
     let mut tx: Vec<Vec<Vec<Box<dyn TxLink>>>> = (0..n)
         .map(|_| (0..n).map(|_| Vec::new()).collect())
@@ -126,7 +131,7 @@ fn bf16_inputs(n: usize, calls: usize, count: usize, seed: u64) -> Vec<Vec<Vec<u
         .collect()
 }
 
-fn check(n: usize, fp8: Option<Fp8Format>, workers: usize, count: usize, seed: u64) {
+fn check(n: usize, fp8: Option<WireFormat>, workers: usize, count: usize, seed: u64) {
     let dtype = DataType::Bf16;
     let calls = 2;
     let mut inputs = bf16_inputs(n, calls, count, seed);
@@ -136,7 +141,7 @@ fn check(n: usize, fp8: Option<Fp8Format>, workers: usize, count: usize, seed: u
         n,
         dtype,
         op: RedOp::Sum,
-        path: fp8.map_or(Path::Exact, Path::Fp8),
+        path: fp8.map_or(Path::Exact, Path::Compressed),
         count,
         segment_elems: SEGMENT_BYTES / dtype.size(),
     };
@@ -155,7 +160,7 @@ fn check(n: usize, fp8: Option<Fp8Format>, workers: usize, count: usize, seed: u
 #[test]
 fn exact_and_fp8_match_the_model_with_and_without_workers() {
     for n in [2, 3, 4] {
-        for fp8 in [None, Some(Fp8Format::E4M3)] {
+        for fp8 in [None, Some(WireFormat::E4M3)] {
             for workers in [0, 2] {
                 // A segment and a tail, so steps of one call overlap.
                 check(n, fp8, workers, SEGMENT_BYTES / 2 + 77, 7 + n as u64);
@@ -166,7 +171,7 @@ fn exact_and_fp8_match_the_model_with_and_without_workers() {
 
 #[test]
 fn eight_members_small_calls() {
-    check(8, Some(Fp8Format::E4M3), 2, 1000, 3);
+    check(8, Some(WireFormat::E4M3), 2, 1000, 3);
     check(8, None, 0, 33, 4);
 }
 
@@ -180,7 +185,7 @@ proptest! {
         workers in 0usize..3,
         seed in any::<u64>(),
     ) {
-        check(n, fp8.then_some(Fp8Format::E4M3), workers, count, seed);
+        check(n, fp8.then_some(WireFormat::E4M3), workers, count, seed);
     }
 }
 
@@ -231,7 +236,7 @@ fn a_slow_member_is_waited_for_not_failed() {
 #[test]
 fn a_broken_link_fails_its_member_and_closing_that_member_fails_the_rest() {
     let (n, count) = (3, 4096);
-    let (mut groups, breakers) = mesh(n, Some(Fp8Format::E4M3), 1, 12);
+    let (mut groups, breakers) = mesh(n, Some(WireFormat::E4M3), 1, 12);
     let mut inputs = bf16_inputs(n, 1, count, 12);
     let mut outputs = vec![vec![0u8; count * 2]; n];
     let ids = start_all(&mut groups, &mut inputs, &mut outputs);

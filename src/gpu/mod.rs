@@ -60,7 +60,7 @@ pub enum Elem {
 impl GpuQueue {
     pub fn encode(
         &self,
-        _fmt: crate::codec::Fp8Format,
+        _fmt: crate::codec::WireFormat,
         _elem: Elem,
         _src: DevAddr,
         _n: usize,
@@ -70,7 +70,7 @@ impl GpuQueue {
     }
     pub fn decode(
         &self,
-        _fmt: crate::codec::Fp8Format,
+        _fmt: crate::codec::WireFormat,
         _elem: Elem,
         _wire: DevAddr,
         _n: usize,
@@ -81,7 +81,7 @@ impl GpuQueue {
     #[allow(clippy::too_many_arguments)]
     pub fn reduce_encode(
         &self,
-        _fmt: crate::codec::Fp8Format,
+        _fmt: crate::codec::WireFormat,
         _elem: Elem,
         _members: usize,
         _own_index: usize,

@@ -12,7 +12,7 @@ fn profile(gbps: f64) -> LinkProfile {
 
 fn fp8_on() -> Policy {
     Policy {
-        fp8: Some(Fp8Format::E4m3),
+        fp8: Some(WireFormat::E4m3),
         min_gain: 0.1,
         owns_collnet: true,
     }
@@ -47,8 +47,8 @@ fn nccl_like(ring_simple: f32, collnet: f32) -> Vec<f32> {
 
 #[test]
 fn wire_ratio_is_33_over_64() {
-    assert_eq!(wire_ratio(Fp8Format::E4m3), 33.0 / 64.0);
-    assert_eq!(wire_ratio(Fp8Format::E5m2), 33.0 / 64.0);
+    assert_eq!(wire_ratio(WireFormat::E4m3), 33.0 / 64.0);
+    assert_eq!(wire_ratio(WireFormat::E5m2), 33.0 / 64.0);
 }
 
 #[test]
@@ -298,8 +298,8 @@ fn any_policy() -> impl Strategy<Value = Policy> {
     (
         prop_oneof![
             Just(None),
-            Just(Some(Fp8Format::E4m3)),
-            Just(Some(Fp8Format::E5m2))
+            Just(Some(WireFormat::E4m3)),
+            Just(Some(WireFormat::E5m2))
         ],
         0.0f64..=1.0,
         any::<bool>(),

@@ -61,7 +61,7 @@ pub enum SocketFamily {
 
 /// `compression.fp8_format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Fp8Format {
+pub enum WireFormat {
     #[default]
     E4m3,
     E5m2,
@@ -91,7 +91,7 @@ macro_rules! enum_names {
 }
 enum_names!(TransportKind { Auto => "auto", Tcp => "tcp", Verbs => "verbs" });
 enum_names!(SocketFamily { Auto => "auto", Ipv4 => "ipv4", Ipv6 => "ipv6" });
-enum_names!(Fp8Format { E4m3 => "e4m3", E5m2 => "e5m2" });
+enum_names!(WireFormat { E4m3 => "e4m3", E5m2 => "e5m2" });
 
 // ---------------------------------------------------------------------------
 // The configuration
@@ -146,7 +146,7 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressionConfig {
     pub fp8_allreduce: bool,
-    pub fp8_format: Fp8Format,
+    pub fp8_format: WireFormat,
 }
 
 /// `[gpu]`.
@@ -226,7 +226,7 @@ impl Default for Config {
             },
             compression: CompressionConfig {
                 fp8_allreduce: false,
-                fp8_format: Fp8Format::E4m3,
+                fp8_format: WireFormat::E4m3,
             },
             gpu: GpuConfig {
                 ghost_kernels: false,
@@ -608,7 +608,7 @@ pub static KEYS: &[KeySpec] = &[
         doc: "FP8 encoding of compressed allreduce: e4m3 (more precision) or e5m2 (more range).",
         example: "\"e4m3\"",
         apply: |c, r| {
-            c.compression.fp8_format = want_enum(r, Fp8Format::from_name)?;
+            c.compression.fp8_format = want_enum(r, WireFormat::from_name)?;
             Ok(())
         },
         show: |c| c.compression.fp8_format.to_string(),

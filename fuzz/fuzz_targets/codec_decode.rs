@@ -2,13 +2,13 @@
 //! either works or returns an error.
 #![no_main]
 
-use airamp::codec::{encoded_len, Codec, Fp8Format};
+use airamp::codec::{encoded_len, Codec, WireFormat};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&n, wire)) = data.split_first() else { return };
     let n = usize::from(n);
-    for format in [Fp8Format::E4M3, Fp8Format::E5M2] {
+    for format in [WireFormat::E4M3, WireFormat::E5M2] {
         let codec = Codec::new(format);
         let mut acc = vec![0f32; n];
         let r = codec.decode_accumulate_wire(wire, &mut acc);

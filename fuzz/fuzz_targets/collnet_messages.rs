@@ -3,7 +3,7 @@
 //! accepted or rejected with an error, never panic or corrupt the step.
 #![no_main]
 
-use airamp::codec::Fp8Format;
+use airamp::codec::WireFormat;
 use airamp::collnet::join::MemberHello;
 use airamp::collnet::steps::{Lane, Step};
 use airamp::collnet::{DataType, Path, RedOp, Spec};
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&head, rest)) = data.split_first() else { return };
     let _ = MemberHello::decode(rest, u32::from(head % 9) + 1, u32::from(head >> 4));
     let n = usize::from(head % 4) + 2;
-    let path = if head & 0x40 != 0 { Path::Fp8(Fp8Format::E4M3) } else { Path::Exact };
+    let path = if head & 0x40 != 0 { Path::Compressed(WireFormat::E4M3) } else { Path::Exact };
     let spec = Spec { n, dtype: DataType::Bf16, op: RedOp::Sum, path, count: 100 };
     let Ok(mut step) = Step::all_reduce(spec, 0, 0) else { return };
     if step.start(&[0u8; 200]).is_err() {

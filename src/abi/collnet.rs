@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use super::object::{self, Kind};
 use super::os::RawBuf;
 use super::write_out;
-use crate::codec::Fp8Format;
+use crate::codec::WireFormat;
 use crate::collnet::group::{Buffers, Group};
 use crate::collnet::{DataType, RedOp};
-use crate::config::{self, Fp8Format as ConfigFp8};
+use crate::config::{self, WireFormat as ConfigFp8};
 use crate::error::{NetError, NetResult};
 use crate::net;
 use crate::transport::tcp::Listener;
@@ -38,11 +38,11 @@ fn lock(g: &SharedGroup) -> std::sync::MutexGuard<'_, Group> {
 }
 
 /// The FP8 format this member proposes (the group agrees at connect).
-fn configured_fp8() -> Option<Fp8Format> {
+fn configured_fp8() -> Option<WireFormat> {
     let c = &config::global().compression;
     c.fp8_allreduce.then_some(match c.fp8_format {
-        ConfigFp8::E4m3 => Fp8Format::E4M3,
-        ConfigFp8::E5m2 => Fp8Format::E5M2,
+        ConfigFp8::E4m3 => WireFormat::E4M3,
+        ConfigFp8::E5m2 => WireFormat::E5M2,
     })
 }
 

@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::format::{
-    e8m0_inverse, e8m0_to_f32, pow2, scale_for_max, Fp8Format, CANONICAL_NAN_BITS,
+    e8m0_inverse, e8m0_to_f32, pow2, scale_for_max, WireFormat, CANONICAL_NAN_BITS,
 };
 use super::{Dst, Src, BLOCK};
 
@@ -28,7 +28,7 @@ fn features_ok() -> bool {
 /// `format::round_magnitude`).
 #[derive(Clone, Copy)]
 struct EncK {
-    fmt: Fp8Format,
+    fmt: WireFormat,
     shift: __m128i,
     round: __m256i,
     expadj: __m256i,
@@ -41,7 +41,7 @@ struct EncK {
 
 impl EncK {
     #[inline(always)]
-    unsafe fn new(fmt: Fp8Format) -> EncK {
+    unsafe fn new(fmt: WireFormat) -> EncK {
         let (m, bias) = (fmt.man_bits(), fmt.bias());
         let shift = 23 - m;
         EncK {
@@ -156,7 +156,7 @@ unsafe fn ld_f16(p: *const u16) -> __m256 {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn encode_f32(fmt: Fp8Format, src: *const f32, scales: &mut [u8], codes: *mut u8) {
+unsafe fn encode_f32(fmt: WireFormat, src: *const f32, scales: &mut [u8], codes: *mut u8) {
     let k = EncK::new(fmt);
     for (b, s) in scales.iter_mut().enumerate() {
         let p = src.add(b * BLOCK);
@@ -171,7 +171,7 @@ unsafe fn encode_f32(fmt: Fp8Format, src: *const f32, scales: &mut [u8], codes: 
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn encode_bf16(fmt: Fp8Format, src: *const u16, scales: &mut [u8], codes: *mut u8) {
+unsafe fn encode_bf16(fmt: WireFormat, src: *const u16, scales: &mut [u8], codes: *mut u8) {
     let k = EncK::new(fmt);
     for (b, s) in scales.iter_mut().enumerate() {
         let p = src.add(b * BLOCK);
@@ -186,7 +186,7 @@ unsafe fn encode_bf16(fmt: Fp8Format, src: *const u16, scales: &mut [u8], codes:
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn encode_f16(fmt: Fp8Format, src: *const u16, scales: &mut [u8], codes: *mut u8) {
+unsafe fn encode_f16(fmt: WireFormat, src: *const u16, scales: &mut [u8], codes: *mut u8) {
     let k = EncK::new(fmt);
     for (b, s) in scales.iter_mut().enumerate() {
         let p = src.add(b * BLOCK);
@@ -201,7 +201,7 @@ unsafe fn encode_f16(fmt: Fp8Format, src: *const u16, scales: &mut [u8], codes: 
 }
 
 /// Encode the whole blocks of `src`; returns the number of blocks done.
-pub fn encode(fmt: Fp8Format, src: Src<'_>, scales: &mut [u8], codes: &mut [u8]) -> usize {
+pub fn encode(fmt: WireFormat, src: Src<'_>, scales: &mut [u8], codes: &mut [u8]) -> usize {
     let blocks = whole_blocks(src.len(), scales.len(), codes.len());
     if !features_ok() {
         return 0;
@@ -233,13 +233,13 @@ struct DecK {
 
 impl DecK {
     #[inline(always)]
-    unsafe fn new(fmt: Fp8Format) -> DecK {
+    unsafe fn new(fmt: WireFormat) -> DecK {
         // Magnitude bits placed so the FP8 mantissa sits at the top of the
         // f32 mantissa: the f32 then equals the FP8 value * 2^(bias-127)
         // (FP8 subnormals become f32 subnormals), fixed by one exact multiply.
         let shift = match fmt {
-            Fp8Format::E4M3 => 4,
-            Fp8Format::E5M2 => 3,
+            WireFormat::E4M3 => 4,
+            WireFormat::E5M2 => 3,
         };
         let place = |code: u8| ((code as u32) << (24 - shift)) as i32;
         DecK {
@@ -247,8 +247,8 @@ impl DecK {
             rebias: _mm256_set1_ps(pow2(127 - fmt.bias() as i32)),
             special_above: _mm256_set1_epi32(place(fmt.first_special_code()) - 1),
             inf_mag: match fmt {
-                Fp8Format::E4M3 => _mm256_set1_epi32(-1), // never matches
-                Fp8Format::E5M2 => _mm256_set1_epi32(place(0x7C)),
+                WireFormat::E4M3 => _mm256_set1_epi32(-1), // never matches
+                WireFormat::E5M2 => _mm256_set1_epi32(place(0x7C)),
             },
         }
     }
@@ -280,7 +280,7 @@ unsafe fn decode8(k: &DecK, p: *const u8, scale: __m256) -> __m256 {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn decode_acc_kernel(fmt: Fp8Format, scales: &[u8], codes: *const u8, acc: *mut f32) {
+unsafe fn decode_acc_kernel(fmt: WireFormat, scales: &[u8], codes: *const u8, acc: *mut f32) {
     let k = DecK::new(fmt);
     for (b, &s) in scales.iter().enumerate() {
         let scale = _mm256_set1_ps(e8m0_to_f32(s));
@@ -327,7 +327,7 @@ unsafe fn store8(kind: Narrow, v: __m256, out: *mut u8) {
 
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn decode_into_kernel(
-    fmt: Fp8Format,
+    fmt: WireFormat,
     scales: &[u8],
     codes: *const u8,
     out: *mut u8,
@@ -348,7 +348,7 @@ unsafe fn decode_into_kernel(
 }
 
 /// `acc[i] += decode(i)` over whole blocks; returns the number done.
-pub fn decode_accumulate(fmt: Fp8Format, scales: &[u8], codes: &[u8], acc: &mut [f32]) -> usize {
+pub fn decode_accumulate(fmt: WireFormat, scales: &[u8], codes: &[u8], acc: &mut [f32]) -> usize {
     let blocks = whole_blocks(acc.len(), scales.len(), codes.len());
     if !features_ok() {
         return 0;
@@ -361,7 +361,7 @@ pub fn decode_accumulate(fmt: Fp8Format, scales: &[u8], codes: &[u8], acc: &mut 
 }
 
 /// `dst[i] = decode(i)` over whole blocks; returns the number done.
-pub fn decode_into(fmt: Fp8Format, scales: &[u8], codes: &[u8], dst: &mut Dst<'_>) -> usize {
+pub fn decode_into(fmt: WireFormat, scales: &[u8], codes: &[u8], dst: &mut Dst<'_>) -> usize {
     let blocks = whole_blocks(dst.len(), scales.len(), codes.len());
     if !features_ok() {
         return 0;

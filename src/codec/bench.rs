@@ -7,7 +7,7 @@ use std::fmt;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use super::{encoded_len, Backend, Codec, Fp8Format, Src};
+use super::{encoded_len, Backend, Codec, Src, WireFormat};
 
 /// One measured operation.
 #[derive(Clone, Debug)]
@@ -71,7 +71,7 @@ pub fn bench(n_values: usize) -> CodecBench {
         })
     };
     for &b in &backends {
-        let c = Codec::with_backend(Fp8Format::E4M3, b).expect("detected backend");
+        let c = Codec::with_backend(WireFormat::E4M3, b).expect("detected backend");
         let t = time(|| {
             c.encode_wire(Src::Bf16(black_box(&bf16s)), &mut wire)
                 .expect("lengths match");

@@ -4,7 +4,7 @@
 
 /// The two OCP FP8 encodings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Fp8Format {
+pub enum WireFormat {
     /// 4 exponent bits (bias 7), 3 mantissa bits, max 448, no infinities;
     /// NaN is only `S.1111.111` (0x7F / 0xFF).
     E4M3,
@@ -22,68 +22,68 @@ pub const E8M0_NAN: u8 = 0xFF;
 /// E8M0 byte written for a block with no nonzero finite value (scale 1.0).
 pub const E8M0_ZERO_BLOCK: u8 = 127;
 
-impl Fp8Format {
+impl WireFormat {
     /// Mantissa (fraction) bits.
     pub const fn man_bits(self) -> u32 {
         match self {
-            Fp8Format::E4M3 => 3,
-            Fp8Format::E5M2 => 2,
+            WireFormat::E4M3 => 3,
+            WireFormat::E5M2 => 2,
         }
     }
 
     /// Exponent bias.
     pub const fn bias(self) -> u32 {
         match self {
-            Fp8Format::E4M3 => 7,
-            Fp8Format::E5M2 => 15,
+            WireFormat::E4M3 => 7,
+            WireFormat::E5M2 => 15,
         }
     }
 
     /// Unbiased exponent of the largest finite value (both are 1.75 * 2^emax).
     pub const fn emax(self) -> i32 {
         match self {
-            Fp8Format::E4M3 => 8,
-            Fp8Format::E5M2 => 15,
+            WireFormat::E4M3 => 8,
+            WireFormat::E5M2 => 15,
         }
     }
 
     /// Largest finite magnitude.
     pub const fn max_finite(self) -> f32 {
         match self {
-            Fp8Format::E4M3 => 448.0,
-            Fp8Format::E5M2 => 57344.0,
+            WireFormat::E4M3 => 448.0,
+            WireFormat::E5M2 => 57344.0,
         }
     }
 
     /// Magnitude code (sign bit clear) of the largest finite value.
     pub const fn max_code(self) -> u8 {
         match self {
-            Fp8Format::E4M3 => 0x7E,
-            Fp8Format::E5M2 => 0x7B,
+            WireFormat::E4M3 => 0x7E,
+            WireFormat::E5M2 => 0x7B,
         }
     }
 
     /// Magnitude code written for a NaN input (and, in E4M3, for ±Inf).
     pub const fn nan_code(self) -> u8 {
         match self {
-            Fp8Format::E4M3 => 0x7F,
-            Fp8Format::E5M2 => 0x7E,
+            WireFormat::E4M3 => 0x7F,
+            WireFormat::E5M2 => 0x7E,
         }
     }
 
     /// Magnitude code written for ±Inf (E4M3 has no infinity: NaN).
     pub const fn inf_code(self) -> u8 {
         match self {
-            Fp8Format::E4M3 => 0x7F,
-            Fp8Format::E5M2 => 0x7C,
+            WireFormat::E4M3 => 0x7F,
+            WireFormat::E5M2 => 0x7C,
         }
     }
 
     /// Smallest magnitude code that is not finite.
     pub const fn first_special_code(self) -> u8 {
         match self {
-            Fp8Format::E4M3 => 0x7F,
-            Fp8Format::E5M2 => 0x7C,
+            WireFormat::E4M3 => 0x7F,
+            WireFormat::E5M2 => 0x7C,
         }
     }
 }
@@ -118,7 +118,7 @@ pub fn e8m0_inverse(s: u8) -> f32 {
 /// `max_abs_bits`: the smallest `2^e` with `max / 2^e <= max_finite`
 /// (exponent rounded up, so the block never saturates), clamped to the E8M0
 /// range. A block without any nonzero finite value gets scale 1.0.
-pub fn scale_for_max(fmt: Fp8Format, max_abs_bits: u32) -> u8 {
+pub fn scale_for_max(fmt: WireFormat, max_abs_bits: u32) -> u8 {
     debug_assert!(max_abs_bits <= 0x7F7F_FFFF);
     if max_abs_bits == 0 {
         return E8M0_ZERO_BLOCK;
@@ -155,7 +155,7 @@ fn round_magnitude(abs_bits: u32, m: u32, bias: u32) -> u32 {
 
 /// f32 -> FP8, round to nearest even, saturating finite values to the
 /// format's max; NaN -> NaN code, ±Inf -> Inf code (E4M3: NaN), sign kept.
-pub fn f32_to_fp8(x: f32, fmt: Fp8Format) -> u8 {
+pub fn f32_to_fp8(x: f32, fmt: WireFormat) -> u8 {
     let bits = x.to_bits();
     let sign = ((bits >> 24) & 0x80) as u8;
     let abs = bits & 0x7FFF_FFFF;
@@ -170,12 +170,12 @@ pub fn f32_to_fp8(x: f32, fmt: Fp8Format) -> u8 {
 }
 
 /// FP8 -> f32, exact. Every NaN code gives [`CANONICAL_NAN_BITS`].
-pub fn fp8_to_f32(code: u8, fmt: Fp8Format) -> f32 {
+pub fn fp8_to_f32(code: u8, fmt: WireFormat) -> f32 {
     let negative = code & 0x80 != 0;
     let mag = code & 0x7F;
     let m = fmt.man_bits();
     if mag >= fmt.first_special_code() {
-        if fmt == Fp8Format::E5M2 && mag == 0x7C {
+        if fmt == WireFormat::E5M2 && mag == 0x7C {
             return if negative {
                 f32::NEG_INFINITY
             } else {

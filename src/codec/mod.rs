@@ -2,7 +2,7 @@
 //!
 //! Values are cut into blocks of [`BLOCK`] = 32; each block gets one
 //! power-of-two scale (E8M0 byte) and each value one FP8 byte
-//! ([`Fp8Format::E4M3`] or [`Fp8Format::E5M2`]).
+//! ([`WireFormat::E4M3`] or [`WireFormat::E5M2`]).
 //!
 //! # Numerics
 //! * Scale: the smallest `2^e` such that `max|finite x| / 2^e <= max_finite`
@@ -26,7 +26,7 @@
 //! n`. The last block holds `n % 32` values when that is nonzero. Keeping
 //! scales apart lets the SIMD paths read 32 codes as one aligned-size load.
 //! The format is not self-describing: both ends must agree on `n` and the
-//! [`Fp8Format`].
+//! [`WireFormat`].
 //!
 //! Every entry point checks all lengths and returns [`CodecError`] instead
 //! of panicking, since wire bytes come from the network.
@@ -39,7 +39,7 @@ mod scalar;
 
 pub use format::{
     bf16_to_f32, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_fp8, fp8_to_f32,
-    Fp8Format, E8M0_NAN, E8M0_ZERO_BLOCK,
+    WireFormat, E8M0_NAN, E8M0_ZERO_BLOCK,
 };
 
 use std::fmt;
@@ -204,13 +204,13 @@ pub fn split_wire_mut(wire: &mut [u8], n: usize) -> Result<(&mut [u8], &mut [u8]
 /// A format plus the backend that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Codec {
-    format: Fp8Format,
+    format: WireFormat,
     backend: Backend,
 }
 
 impl Codec {
     /// Codec on the fastest available backend.
-    pub fn new(format: Fp8Format) -> Codec {
+    pub fn new(format: WireFormat) -> Codec {
         Codec {
             format,
             backend: Backend::detect(),
@@ -218,7 +218,7 @@ impl Codec {
     }
 
     /// Codec on a specific backend (tests, benchmarks).
-    pub fn with_backend(format: Fp8Format, backend: Backend) -> Result<Codec, CodecError> {
+    pub fn with_backend(format: WireFormat, backend: Backend) -> Result<Codec, CodecError> {
         if backend.is_available() {
             Ok(Codec { format, backend })
         } else {
@@ -226,7 +226,7 @@ impl Codec {
         }
     }
 
-    pub fn format(&self) -> Fp8Format {
+    pub fn format(&self) -> WireFormat {
         self.format
     }
 

@@ -6,13 +6,13 @@ use std::sync::OnceLock;
 
 use super::format::{
     bf16_to_f32, e8m0_inverse, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_fp8,
-    fp8_to_f32, scale_for_max, Fp8Format,
+    fp8_to_f32, scale_for_max, WireFormat,
 };
 use super::{Dst, Src, BLOCK};
 
 /// Encode one block (1..=32 values): pick the scale from the finite values
 /// only, so a NaN/Inf element cannot poison its neighbours.
-pub fn encode_block(fmt: Fp8Format, xs: &[f32], codes: &mut [u8]) -> u8 {
+pub fn encode_block(fmt: WireFormat, xs: &[f32], codes: &mut [u8]) -> u8 {
     let max_abs = xs
         .iter()
         .map(|x| x.to_bits() & 0x7FFF_FFFF)
@@ -30,7 +30,7 @@ pub fn encode_block(fmt: Fp8Format, xs: &[f32], codes: &mut [u8]) -> u8 {
 }
 
 /// Encode all of `src` (any length; the last block may be short).
-pub fn encode(fmt: Fp8Format, src: Src<'_>, scales: &mut [u8], codes: &mut [u8]) {
+pub fn encode(fmt: WireFormat, src: Src<'_>, scales: &mut [u8], codes: &mut [u8]) {
     let mut buf = [0f32; BLOCK];
     for (b, (s, c)) in scales.iter_mut().zip(codes.chunks_mut(BLOCK)).enumerate() {
         let range = b * BLOCK..b * BLOCK + c.len();
@@ -51,12 +51,12 @@ pub fn encode(fmt: Fp8Format, src: Src<'_>, scales: &mut [u8], codes: &mut [u8])
 }
 
 /// Exact FP8 -> f32 table per format (NaN codes give the canonical NaN).
-pub fn lut(fmt: Fp8Format) -> &'static [f32; 256] {
+pub fn lut(fmt: WireFormat) -> &'static [f32; 256] {
     static E4M3: OnceLock<[f32; 256]> = OnceLock::new();
     static E5M2: OnceLock<[f32; 256]> = OnceLock::new();
     let cell = match fmt {
-        Fp8Format::E4M3 => &E4M3,
-        Fp8Format::E5M2 => &E5M2,
+        WireFormat::E4M3 => &E4M3,
+        WireFormat::E5M2 => &E5M2,
     };
     cell.get_or_init(|| std::array::from_fn(|c| fp8_to_f32(c as u8, fmt)))
 }
@@ -69,7 +69,7 @@ fn element(lut: &[f32; 256], code: u8, scale: f32) -> f32 {
 }
 
 /// `acc[i] += decode(codes[i])`.
-pub fn decode_accumulate(fmt: Fp8Format, scales: &[u8], codes: &[u8], acc: &mut [f32]) {
+pub fn decode_accumulate(fmt: WireFormat, scales: &[u8], codes: &[u8], acc: &mut [f32]) {
     let lut = lut(fmt);
     for (&s, (c, a)) in scales
         .iter()
@@ -83,7 +83,7 @@ pub fn decode_accumulate(fmt: Fp8Format, scales: &[u8], codes: &[u8], acc: &mut 
 }
 
 /// `out[i] = decode(codes[i])`, narrowed with round-to-nearest-even.
-pub fn decode_into(fmt: Fp8Format, scales: &[u8], codes: &[u8], dst: Dst<'_>) {
+pub fn decode_into(fmt: WireFormat, scales: &[u8], codes: &[u8], dst: Dst<'_>) {
     match dst {
         Dst::F32(out) => decode_map(fmt, scales, codes, out, |v| v),
         Dst::F16(out) => decode_map(fmt, scales, codes, out, f32_to_f16),
@@ -92,7 +92,7 @@ pub fn decode_into(fmt: Fp8Format, scales: &[u8], codes: &[u8], dst: Dst<'_>) {
 }
 
 fn decode_map<T>(
-    fmt: Fp8Format,
+    fmt: WireFormat,
     scales: &[u8],
     codes: &[u8],
     out: &mut [T],

@@ -5,15 +5,15 @@ use super::format::{pow2, scale_for_max, CANONICAL_NAN_BITS};
 use super::*;
 use proptest::prelude::*;
 
-const FORMATS: [Fp8Format; 2] = [Fp8Format::E4M3, Fp8Format::E5M2];
+const FORMATS: [WireFormat; 2] = [WireFormat::E4M3, WireFormat::E5M2];
 
 // ---------- independent slow reference ----------
 
 /// Exact value of a finite FP8 magnitude code, from the field definitions.
-fn ref_fp8_mag(code: u8, fmt: Fp8Format) -> f64 {
+fn ref_fp8_mag(code: u8, fmt: WireFormat) -> f64 {
     let (e_bits, m_bits, bias) = match fmt {
-        Fp8Format::E4M3 => (4, 3, 7),
-        Fp8Format::E5M2 => (5, 2, 15),
+        WireFormat::E4M3 => (4, 3, 7),
+        WireFormat::E5M2 => (5, 2, 15),
     };
     let e = ((code >> m_bits) & ((1 << e_bits) - 1)) as i32;
     let m = (code & ((1 << m_bits) - 1)) as f64;
@@ -26,10 +26,10 @@ fn ref_fp8_mag(code: u8, fmt: Fp8Format) -> f64 {
 }
 
 /// Finite magnitude codes in increasing value order.
-fn finite_mags(fmt: Fp8Format) -> Vec<(u8, f64)> {
+fn finite_mags(fmt: WireFormat) -> Vec<(u8, f64)> {
     let last = match fmt {
-        Fp8Format::E4M3 => 0x7E,
-        Fp8Format::E5M2 => 0x7B,
+        WireFormat::E4M3 => 0x7E,
+        WireFormat::E5M2 => 0x7B,
     };
     let v: Vec<_> = (0..=last).map(|c| (c, ref_fp8_mag(c, fmt))).collect();
     assert!(v.windows(2).all(|w| w[0].1 < w[1].1));
@@ -37,7 +37,7 @@ fn finite_mags(fmt: Fp8Format) -> Vec<(u8, f64)> {
 }
 
 /// Nearest code to finite `v` (ties to even code), saturating.
-fn ref_round(v: f64, fmt: Fp8Format, mags: &[(u8, f64)]) -> u8 {
+fn ref_round(v: f64, fmt: WireFormat, mags: &[(u8, f64)]) -> u8 {
     let sign = if v.is_sign_negative() { 0x80 } else { 0 };
     let a = v.abs();
     let i = mags.partition_point(|&(_, m)| m <= a);
@@ -70,7 +70,7 @@ fn ref_f16(h: u16) -> f64 {
     }
 }
 
-fn codec(fmt: Fp8Format, b: Backend) -> Codec {
+fn codec(fmt: WireFormat, b: Backend) -> Codec {
     Codec::with_backend(fmt, b).unwrap()
 }
 
@@ -112,7 +112,7 @@ fn fp8_decode_matches_reference() {
             let v = fp8_to_f32(c, fmt);
             let mag = c & 0x7F;
             let special = mag >= fmt.first_special_code();
-            if special && !(fmt == Fp8Format::E5M2 && mag == 0x7C) {
+            if special && !(fmt == WireFormat::E5M2 && mag == 0x7C) {
                 assert_eq!(v.to_bits(), CANONICAL_NAN_BITS);
             } else if special {
                 assert_eq!(
@@ -136,16 +136,16 @@ fn fp8_decode_matches_reference() {
 
 #[test]
 fn nan_inf_codes() {
-    assert_eq!(f32_to_fp8(f32::NAN, Fp8Format::E4M3) & 0x7F, 0x7F);
-    assert_eq!(f32_to_fp8(f32::INFINITY, Fp8Format::E4M3), 0x7F);
-    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, Fp8Format::E4M3), 0xFF);
-    assert_eq!(f32_to_fp8(f32::INFINITY, Fp8Format::E5M2), 0x7C);
-    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, Fp8Format::E5M2), 0xFC);
-    assert!(fp8_to_f32(f32_to_fp8(f32::NAN, Fp8Format::E5M2), Fp8Format::E5M2).is_nan());
+    assert_eq!(f32_to_fp8(f32::NAN, WireFormat::E4M3) & 0x7F, 0x7F);
+    assert_eq!(f32_to_fp8(f32::INFINITY, WireFormat::E4M3), 0x7F);
+    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, WireFormat::E4M3), 0xFF);
+    assert_eq!(f32_to_fp8(f32::INFINITY, WireFormat::E5M2), 0x7C);
+    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, WireFormat::E5M2), 0xFC);
+    assert!(fp8_to_f32(f32_to_fp8(f32::NAN, WireFormat::E5M2), WireFormat::E5M2).is_nan());
     // Saturation, never NaN from finite.
-    assert_eq!(f32_to_fp8(1e30, Fp8Format::E4M3), 0x7E);
-    assert_eq!(f32_to_fp8(-464.0, Fp8Format::E4M3), 0xFE);
-    assert_eq!(f32_to_fp8(f32::MAX, Fp8Format::E5M2), 0x7B);
+    assert_eq!(f32_to_fp8(1e30, WireFormat::E4M3), 0x7E);
+    assert_eq!(f32_to_fp8(-464.0, WireFormat::E4M3), 0xFE);
+    assert_eq!(f32_to_fp8(f32::MAX, WireFormat::E5M2), 0x7B);
 }
 
 /// Scale is minimal and never lets `max / scale` exceed the format max.
@@ -176,7 +176,7 @@ fn scale_choice_is_minimal() {
 
 /// Check one encoded run of f32 values against the slow reference, and all
 /// backends/decoders against scalar. Returns nothing; panics on mismatch.
-fn check_run(fmt: Fp8Format, xs: &[f32], src: Src<'_>, mags: &[(u8, f64)]) {
+fn check_run(fmt: WireFormat, xs: &[f32], src: Src<'_>, mags: &[(u8, f64)]) {
     let n = xs.len();
     let sc = codec(fmt, Backend::Scalar);
     let mut scales = vec![0u8; num_blocks(n)];
@@ -237,7 +237,7 @@ fn check_run(fmt: Fp8Format, xs: &[f32], src: Src<'_>, mags: &[(u8, f64)]) {
 }
 
 /// All decode entry points: SIMD == scalar, bit for bit.
-fn check_decoders_match(fmt: Fp8Format, b: Backend, scales: &[u8], codes: &[u8]) {
+fn check_decoders_match(fmt: WireFormat, b: Backend, scales: &[u8], codes: &[u8]) {
     let n = codes.len();
     let (sc, vc) = (codec(fmt, Backend::Scalar), codec(fmt, b));
     let init: Vec<f32> = (0..n).map(|i| (i as f32 - 7.5) * 0.375).collect();
@@ -347,7 +347,7 @@ fn exhaustive_decode() {
 #[test]
 fn lengths_are_validated() {
     for b in [Backend::Scalar, Backend::detect()] {
-        let c = codec(Fp8Format::E4M3, b);
+        let c = codec(WireFormat::E4M3, b);
         let x = [1f32; 33];
         let mut s = [0u8; 2];
         let mut k = [0u8; 33];
@@ -458,8 +458,8 @@ proptest! {
                 prop_assert!(y.is_nan());
             } else if x.is_infinite() {
                 match fmt {
-                    Fp8Format::E4M3 => prop_assert!(y.is_nan()),
-                    Fp8Format::E5M2 => prop_assert_eq!(x, y),
+                    WireFormat::E4M3 => prop_assert!(y.is_nan()),
+                    WireFormat::E5M2 => prop_assert_eq!(x, y),
                 }
             } else {
                 prop_assert!(!y.is_nan());

@@ -44,8 +44,8 @@ use std::sync::Arc;
 use super::plan::shard_range;
 use super::pool::{self, Shared};
 use crate::codec::{
-    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, CodecError, Dst,
-    Fp8Format, Src,
+    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, CodecError, Dst, Src,
+    WireFormat,
 };
 
 /// Element types the collective supports (NCCL's numbering in
@@ -166,7 +166,7 @@ pub enum Path {
     /// Bit-exact reduction.
     Exact,
     /// Block-scaled FP8 compression (lossy; opt-in).
-    Fp8(Fp8Format),
+    Compressed(WireFormat),
 }
 
 /// Whether the lossy path is allowed for this dtype/op (brief F4).
@@ -176,9 +176,9 @@ pub fn fp8_supported(dtype: DataType, op: RedOp) -> bool {
 
 /// The path to run: FP8 only where the user opted in and it is safe.
 /// Depends only on arguments that are identical on every rank.
-pub fn choose_path(dtype: DataType, op: RedOp, fp8: Option<Fp8Format>) -> Path {
+pub fn choose_path(dtype: DataType, op: RedOp, fp8: Option<WireFormat>) -> Path {
     match fp8 {
-        Some(f) if fp8_supported(dtype, op) => Path::Fp8(f),
+        Some(f) if fp8_supported(dtype, op) => Path::Compressed(f),
         _ => Path::Exact,
     }
 }
@@ -200,7 +200,7 @@ impl Spec {
         if self.n == 0 {
             return Err(CollError::NoMembers);
         }
-        if let Path::Fp8(_) = self.path {
+        if let Path::Compressed(_) = self.path {
             if !fp8_supported(self.dtype, self.op) {
                 return Err(CollError::Fp8Unsupported {
                     dtype: self.dtype,
@@ -225,7 +225,7 @@ impl Spec {
         let len = self.shard(s).len();
         match self.path {
             Path::Exact => len * self.dtype.size(),
-            Path::Fp8(_) => encoded_len(len),
+            Path::Compressed(_) => encoded_len(len),
         }
     }
 
@@ -813,7 +813,7 @@ impl Member {
     ) -> Result<(Member, Vec<Outgoing>), CollError> {
         let codec = match spec.path {
             Path::Exact => None,
-            Path::Fp8(f) => Some(Codec::new(f)),
+            Path::Compressed(f) => Some(Codec::new(f)),
         };
         Member::with_codec(spec, rank, input, codec)
     }
@@ -837,8 +837,8 @@ impl Member {
         }
         let codec = match (spec.path, codec) {
             (Path::Exact, _) => None,
-            (Path::Fp8(f), Some(c)) if c.format() == f => Some(c),
-            (Path::Fp8(f), _) => Some(Codec::new(f)),
+            (Path::Compressed(f), Some(c)) if c.format() == f => Some(c),
+            (Path::Compressed(f), _) => Some(Codec::new(f)),
         };
         let n = spec.n;
         let size = spec.dtype.size();

@@ -25,7 +25,7 @@ use super::pool::{self, Shared};
 use super::steps::{Effects, Lane, Send, Step};
 use crate::abi::lend::{OwnedRecv, OwnedSend};
 use crate::abi::os::RawBuf;
-use crate::codec::Fp8Format;
+use crate::codec::WireFormat;
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics;
 use crate::transport::tcp::{Connecting, Listener, RecvComm, SendComm, TcpSettings};
@@ -44,7 +44,7 @@ pub struct GroupParams {
     pub rank: usize,
     pub n: usize,
     /// The agreed FP8 format; `None` runs every allreduce exactly.
-    pub fp8: Option<Fp8Format>,
+    pub fp8: Option<WireFormat>,
 }
 
 /// A message waiting for, or in, the transport, and the call it belongs to.
@@ -213,7 +213,7 @@ impl Group {
         handles: &[ListenHandle],
         rank: usize,
         settings: &TcpSettings,
-        fp8: Option<Fp8Format>,
+        fp8: Option<WireFormat>,
         timeout: Duration,
     ) -> NetResult<Group> {
         let n = handles.len();

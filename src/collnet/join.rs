@@ -8,7 +8,7 @@
 //! this way, never taken from the local config alone.
 
 use super::steps::Lane;
-use crate::codec::Fp8Format;
+use crate::codec::WireFormat;
 
 pub const MEMBER_HELLO_BYTES: usize = 32;
 const MAGIC: &[u8; 8] = b"AIRCOLL1";
@@ -25,7 +25,7 @@ pub struct MemberHello {
     pub nranks: u32,
     pub lane: Lane,
     /// The FP8 format this member would use, `None` when it has FP8 off.
-    pub fp8: Option<Fp8Format>,
+    pub fp8: Option<WireFormat>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,11 +68,11 @@ impl std::fmt::Display for JoinError {
     }
 }
 
-fn format_code(f: Option<Fp8Format>) -> u32 {
+fn format_code(f: Option<WireFormat>) -> u32 {
     match f {
         None => 0,
-        Some(Fp8Format::E4M3) => 1,
-        Some(Fp8Format::E5M2) => 2,
+        Some(WireFormat::E4M3) => 1,
+        Some(WireFormat::E5M2) => 2,
     }
 }
 
@@ -120,8 +120,8 @@ impl MemberHello {
         };
         let fp8 = match word(4) {
             0 => None,
-            1 => Some(Fp8Format::E4M3),
-            2 => Some(Fp8Format::E5M2),
+            1 => Some(WireFormat::E4M3),
+            2 => Some(WireFormat::E5M2),
             c => return Err(JoinError::BadFormat(c)),
         };
         Ok(MemberHello {
@@ -135,7 +135,7 @@ impl MemberHello {
 
 /// The FP8 format the whole group uses: a format only when every member
 /// enabled FP8 with that same format; otherwise the exact path for all.
-pub fn agree(fp8_of_each_member: &[Option<Fp8Format>]) -> Option<Fp8Format> {
+pub fn agree(fp8_of_each_member: &[Option<WireFormat>]) -> Option<WireFormat> {
     let first = *fp8_of_each_member.first()?;
     fp8_of_each_member
         .iter()
@@ -155,7 +155,7 @@ mod tests {
             rank: 2,
             nranks: 4,
             lane: Lane::Result,
-            fp8: Some(Fp8Format::E5M2),
+            fp8: Some(WireFormat::E5M2),
         };
         let b = h.encode();
         assert_eq!(MemberHello::decode(&b, 4, 0), Ok(h));
@@ -175,10 +175,10 @@ mod tests {
 
     #[test]
     fn agreement_needs_everyone() {
-        let e4 = Some(Fp8Format::E4M3);
+        let e4 = Some(WireFormat::E4M3);
         assert_eq!(agree(&[e4, e4, e4]), e4);
         assert_eq!(agree(&[e4, None, e4]), None);
-        assert_eq!(agree(&[e4, Some(Fp8Format::E5M2)]), None);
+        assert_eq!(agree(&[e4, Some(WireFormat::E5M2)]), None);
         assert_eq!(agree(&[None, None]), None);
         assert_eq!(agree(&[]), None);
     }
@@ -188,7 +188,7 @@ mod tests {
         /// (its own first, then peers in arrival order): all agree.
         #[test]
         fn agreement_ignores_order(codes in prop::collection::vec(0u8..3, 1..16), rot in 0usize..16) {
-            let of = |c: u8| match c { 0 => None, 1 => Some(Fp8Format::E4M3), _ => Some(Fp8Format::E5M2) };
+            let of = |c: u8| match c { 0 => None, 1 => Some(WireFormat::E4M3), _ => Some(WireFormat::E5M2) };
             let v: Vec<_> = codes.iter().map(|&c| of(c)).collect();
             let mut w = v.clone();
             w.rotate_left(rot % v.len());

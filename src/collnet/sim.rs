@@ -10,8 +10,8 @@ use std::time::Instant;
 use super::algo::{CollError, DataType, Member, Msg, Path, RedOp, Spec};
 use super::plan::Plan;
 use crate::codec::{
-    bf16_to_f32, encoded_len, f32_to_bf16, f32_to_fp8, fp8_to_f32, Backend, Codec, Dst, Fp8Format,
-    Src,
+    bf16_to_f32, encoded_len, f32_to_bf16, f32_to_fp8, fp8_to_f32, Backend, Codec, Dst, Src,
+    WireFormat,
 };
 
 /// SplitMix64: tiny, seedable, good enough for test data and shuffles.
@@ -115,7 +115,7 @@ pub fn run(call: &Call, inputs: &[Vec<u8>], seed: u64) -> Result<Vec<Vec<u8>>, C
     let plan = Plan::new(call.count, n, call.segment_elems);
     let codec = |rank: usize| match call.path {
         Path::Exact => None,
-        Path::Fp8(f) => {
+        Path::Compressed(f) => {
             let b = if rank % 2 == 0 {
                 Backend::Scalar
             } else {
@@ -233,7 +233,7 @@ fn airamp_report(inputs: &[Vec<u16>], reference: &[f64], seed: u64) -> SimReport
         n,
         dtype: DataType::Bf16,
         op: RedOp::Sum,
-        path: Path::Fp8(Fp8Format::E4M3),
+        path: Path::Compressed(WireFormat::E4M3),
         count,
         segment_elems: SIM_SEGMENT,
     };
@@ -275,7 +275,7 @@ fn requantize(v: &mut [f32], scheme: Reround, chunk: usize, codec: &Codec, wire:
             let _ = codec.decode_into_wire(wire, Dst::F32(v));
         }
         Reround::PerTensor => {
-            let f = Fp8Format::E4M3;
+            let f = WireFormat::E4M3;
             for c in v.chunks_mut(chunk.max(1)) {
                 let amax = c
                     .iter()
@@ -297,7 +297,7 @@ fn requantize(v: &mut [f32], scheme: Reround, chunk: usize, codec: &Codec, wire:
 fn ring_report(inputs: &[Vec<u16>], reference: &[f64], scheme: Reround) -> SimReport {
     let n = inputs.len();
     let count = reference.len();
-    let codec = Codec::new(Fp8Format::E4M3);
+    let codec = Codec::new(WireFormat::E4M3);
     let chunk = count.div_ceil(n.max(1));
     let mut wire = Vec::new();
     // Ring reduce-scatter: the partial sum leaves member 0 quantized, and

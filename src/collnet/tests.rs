@@ -7,10 +7,10 @@ use proptest::prelude::*;
 use super::algo::*;
 use super::sim::*;
 use crate::codec::{
-    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, Dst, Fp8Format, Src,
+    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, Dst, Src, WireFormat,
 };
 
-const E4M3: Path = Path::Fp8(Fp8Format::E4M3);
+const E4M3: Path = Path::Compressed(WireFormat::E4M3);
 
 /// Random native-endian inputs; floats are finite and moderate so that
 /// products stay meaningful.
@@ -147,20 +147,20 @@ fn nccl_codes() {
     assert_eq!(RedOp::from_nccl(4), None); // avg arrives as sum
     assert_eq!(RedOp::from_nccl(5), None);
     assert_eq!(
-        choose_path(DataType::Bf16, RedOp::Sum, Some(Fp8Format::E4M3)),
+        choose_path(DataType::Bf16, RedOp::Sum, Some(WireFormat::E4M3)),
         E4M3
     );
     assert_eq!(choose_path(DataType::Bf16, RedOp::Sum, None), Path::Exact);
     assert_eq!(
-        choose_path(DataType::Bf16, RedOp::Max, Some(Fp8Format::E4M3)),
+        choose_path(DataType::Bf16, RedOp::Max, Some(WireFormat::E4M3)),
         Path::Exact
     );
     assert_eq!(
-        choose_path(DataType::I32, RedOp::Sum, Some(Fp8Format::E4M3)),
+        choose_path(DataType::I32, RedOp::Sum, Some(WireFormat::E4M3)),
         Path::Exact
     );
     assert_eq!(
-        choose_path(DataType::F64, RedOp::Sum, Some(Fp8Format::E4M3)),
+        choose_path(DataType::F64, RedOp::Sum, Some(WireFormat::E4M3)),
         Path::Exact
     );
 }
@@ -220,7 +220,7 @@ fn int32_sum_is_the_wrapping_arithmetic_sum() {
 /// Model of the FP8 algorithm written directly with the codec:
 /// `q2(sum_m deq(q(x_m)))` per shard, then decoded to the dtype.
 fn fp8_model(dtype: DataType, n: usize, count: usize, inputs: &[Vec<u8>]) -> Vec<u8> {
-    let codec = Codec::new(Fp8Format::E4M3);
+    let codec = Codec::new(WireFormat::E4M3);
     let size = dtype.size();
     let mut out = vec![0u8; count * size];
     for s in 0..n {

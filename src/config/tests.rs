@@ -117,7 +117,7 @@ fn defaults() {
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.addr.to_string(), "127.0.0.1:9090");
     assert!(!c.compression.fp8_allreduce);
-    assert_eq!(c.compression.fp8_format, Fp8Format::E4m3);
+    assert_eq!(c.compression.fp8_format, WireFormat::E4m3);
     assert!(!c.gpu.ghost_kernels);
     assert!(c.tuner.enabled);
     assert_eq!(c.tuner.min_gain, 0.10);

@@ -35,7 +35,7 @@ fn dtype_index(d: DataType) -> usize {
 fn path_index(p: Path) -> usize {
     match p {
         Path::Exact => 0,
-        Path::Fp8(_) => 1,
+        Path::Compressed(_) => 1,
     }
 }
 

@@ -24,7 +24,7 @@ mod tests;
 
 use std::fmt;
 
-use crate::config::{Config, Fp8Format, TunerConfig};
+use crate::config::{Config, TunerConfig, WireFormat};
 
 pub use model::{
     collnet_allreduce_us, ring_allreduce_us, wire_ratio, BF16_BYTES, DEFAULT_DECODE_GVPS,
@@ -197,7 +197,7 @@ impl fmt::Display for LinkProfile {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     /// FP8 compression of allreduce enabled, and its format.
-    pub fp8: Option<Fp8Format>,
+    pub fp8: Option<WireFormat>,
     /// Compression must be predicted this fraction faster than raw (0..=1).
     pub min_gain: f64,
     /// airamp's collective network is the one NCCL uses for CollNet entries.

@@ -4,7 +4,7 @@
 
 use super::LinkProfile;
 use crate::codec::BLOCK;
-use crate::config::Fp8Format;
+use crate::config::WireFormat;
 
 /// Assumed link bandwidth when uncalibrated, Gbit/s. High on purpose: at
 /// 100 Gbit/s compression rarely pays, so an uncalibrated tuner stays out
@@ -24,9 +24,9 @@ pub const BF16_BYTES: f64 = 2.0;
 /// Wire bytes per input byte of bf16 under FP8 block scaling: one code
 /// byte per value plus one scale byte per block of 32 values (33 / 64 for
 /// E4M3 and E5M2 alike).
-pub fn wire_ratio(format: Fp8Format) -> f64 {
+pub fn wire_ratio(format: WireFormat) -> f64 {
     match format {
-        Fp8Format::E4m3 | Fp8Format::E5m2 => (BLOCK as f64 + 1.0) / (BLOCK as f64 * BF16_BYTES),
+        WireFormat::E4m3 | WireFormat::E5m2 => (BLOCK as f64 + 1.0) / (BLOCK as f64 * BF16_BYTES),
     }
 }
 
@@ -66,7 +66,7 @@ pub fn collnet_allreduce_us(
     nodes: usize,
     pipe_ops: u32,
     p: &LinkProfile,
-    fp8: Option<Fp8Format>,
+    fp8: Option<WireFormat>,
 ) -> f64 {
     let n = nodes.max(1) as f64;
     let fixed = f64::from(pipe_ops.max(1)) * (2.0 * p.latency_us + p.call_overhead_us);

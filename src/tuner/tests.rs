@@ -12,7 +12,7 @@ fn profile(gbps: f64) -> LinkProfile {
 
 fn fp8_on() -> Policy {
     Policy {
-        fp8: Some(Fp8Format::E4m3),
+        fp8: Some(WireFormat::E4m3),
         min_gain: 0.1,
         owns_collnet: true,
     }
@@ -67,8 +67,8 @@ fn nccl_indices_and_ignore_value() {
 
 #[test]
 fn wire_ratio_is_33_over_64() {
-    assert_eq!(wire_ratio(Fp8Format::E4m3), 33.0 / 64.0);
-    assert_eq!(wire_ratio(Fp8Format::E5m2), 33.0 / 64.0);
+    assert_eq!(wire_ratio(WireFormat::E4m3), 33.0 / 64.0);
+    assert_eq!(wire_ratio(WireFormat::E5m2), 33.0 / 64.0);
 }
 
 #[test]
@@ -318,8 +318,8 @@ fn any_policy() -> impl Strategy<Value = Policy> {
     (
         prop_oneof![
             Just(None),
-            Just(Some(Fp8Format::E4m3)),
-            Just(Some(Fp8Format::E5m2))
+            Just(Some(WireFormat::E4m3)),
+            Just(Some(WireFormat::E5m2))
         ],
         0.0f64..=1.0,
         any::<bool>(),

@@ -165,7 +165,7 @@ impl RedOp {
 pub enum Path {
     /// Bit-exact reduction.
     Exact,
-    /// Block-scaled FP8 compression (lossy; opt-in).
+    /// Block-scaled 8-bit compression in this wire format (lossy; opt-in).
     Compressed(WireFormat),
 }
 
@@ -757,8 +757,7 @@ impl Reducer {
             }
             (_, Acc::Native(v)) => v,
             // A shard of zero elements with n >= 1 folds to nothing.
-            (Some(_), Acc::Empty) => Vec::new(),
-            (None, Acc::Empty) => Vec::new(),
+            (_, Acc::Empty) => Vec::new(),
         })
     }
 }

@@ -341,7 +341,7 @@ pub fn error_table(members: &[usize], count: usize, seed: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "relative L2 error of the bf16 sum, blocks of 32 with power-of-two scales, \
+        "relative L2 error of the bf16 sum, blocks of 32 (FP8: power-of-two scales, INT8: bf16 scales), \
          {count} values per member, seed {seed}; \"2x\" = airamp (at most two \
          roundings), \"hop\" = ring re-rounding at every hop"
     );

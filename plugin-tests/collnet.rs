@@ -8,7 +8,7 @@ use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
 use airamp::abi::client::{CollNet, Comm, Library, NetVersion, Part, Request};
-use airamp::codec::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+use airamp::codec::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, WireFormat};
 use airamp::collnet::sim::{gen_inputs, rel_l2, Dist, SplitMix};
 
 use crate::scenarios::ensure;
@@ -21,10 +21,20 @@ const BFLOAT16: u32 = 9;
 const SUM: u32 = 0;
 const MAX: u32 = 2;
 
-/// FP8 error we hold the path to. The issue asks for 3%; two E4M3 roundings
-/// of independent data measure 3.7–4.0% (docs/collnet.md explains why 3% is
+/// Relative L2 error a compressed allreduce of bf16/f32 data must land in,
+/// per wire format: below the bound, and above a floor that the exact path
+/// (or another format) would not reach, so the test also proves which
+/// format ran. E4M3: the brief asks for 3%; two E4M3 roundings of
+/// independent data measure 3.7–4.0% (docs/collnet.md explains why 3% is
 /// out of reach for this format), so the test guards the measured level.
-pub const FP8_ERROR_BOUND: f64 = 0.045;
+/// INT8: the issue's 1.5%.
+fn error_range(format: WireFormat) -> (f64, f64) {
+    match format {
+        WireFormat::E4M3 => (0.02, 0.045),
+        WireFormat::E5M2 => (0.04, 0.09),
+        WireFormat::Int8 => (0.004, 0.015),
+    }
+}
 
 /// Starts `n` members running `role`, exchanges their handles, and returns
 /// each member's result lines.
@@ -88,8 +98,24 @@ pub fn collnet_exact_bit_identical() -> TestResult {
 }
 
 pub fn collnet_fp8_error_and_nan() -> TestResult {
+    // AIRAMP_ENABLE_FP8_ALLREDUCE alone: E4M3, the documented default.
     let env = [("AIRAMP_ENABLE_FP8_ALLREDUCE", "1")];
     for (n, version) in [(2, 11), (3, 12), (4, 8), (8, 11)] {
+        let results = run_group(n, version, "coll-fp8", &env)?;
+        identical(&results).map_err(|e| format!("n={n}: {e}"))?;
+        for l in &results[0] {
+            println!("    n={n} {l}");
+        }
+    }
+    Ok(())
+}
+
+pub fn collnet_int8_error_and_nan() -> TestResult {
+    let env = [
+        ("AIRAMP_ENABLE_FP8_ALLREDUCE", "1"),
+        ("AIRAMP_COMPRESSION_FORMAT", "int8"),
+    ];
+    for (n, version) in [(2, 12), (3, 11), (4, 10), (8, 8)] {
         let results = run_group(n, version, "coll-fp8", &env)?;
         identical(&results).map_err(|e| format!("n={n}: {e}"))?;
         for l in &results[0] {
@@ -103,6 +129,17 @@ pub fn collnet_fp8_needs_every_member() -> TestResult {
     // Member 1 has FP8 off: the group agrees on the exact path, so a float
     // sum is bit-exact against the fixed-order reference on every member.
     let results = run_group(3, 12, "coll-mixed", &[])?;
+    identical(&results)
+}
+
+pub fn collnet_formats_must_agree() -> TestResult {
+    // Everyone compresses, member 1 in INT8, the others in E4M3 (through
+    // the former variable name): the group runs exact.
+    let env = [
+        ("AIRAMP_ENABLE_FP8_ALLREDUCE", "1"),
+        ("AIRAMP_FP8_FORMAT", "e4m3"),
+    ];
+    let results = run_group(3, 11, "coll-mixed-format", &env)?;
     identical(&results)
 }
 
@@ -459,9 +496,12 @@ pub fn child_exact(rank: usize, n: usize, version: u32) -> TestResult {
     Ok(())
 }
 
-/// FP8 path: error bound on Gaussian and heavy-tailed bf16 and f32 data,
-/// identical bytes everywhere (hashes to the parent), NaN stays put.
+/// Compressed path in the configured format: error range on Gaussian and
+/// heavy-tailed bf16 and f32 data, identical bytes everywhere (hashes to
+/// the parent), NaN stays put.
 pub fn child_fp8(rank: usize, n: usize, version: u32) -> TestResult {
+    let format = airamp::config::global().compression.format;
+    let (floor, bound) = error_range(format);
     let lib = open();
     let g = join(&lib, rank, n, version)?;
     let count = (1 << 18) + 77;
@@ -475,11 +515,11 @@ pub fn child_fp8(rank: usize, n: usize, version: u32) -> TestResult {
             .chunks_exact(2)
             .map(|c| f64::from(bf16_to_f32(u16::from_ne_bytes([c[0], c[1]]))));
         let err = rel_l2(vals, &reference);
-        ensure(err <= FP8_ERROR_BOUND, || {
-            format!("bf16 {name}: relative L2 error {err:.4} over {FP8_ERROR_BOUND}")
+        ensure(err <= bound, || {
+            format!("bf16 {name} {format}: relative L2 error {err:.4} over {bound}")
         })?;
-        ensure(err > 0.0, || {
-            format!("bf16 {name}: no error at all, FP8 not in use?")
+        ensure(err > floor, || {
+            format!("bf16 {name} {format}: error {err:.4} under {floor}, {format} not in use?")
         })?;
         tell_parent(&format!("bf16 {name} err={err:.4} {:016x}", fnv(&out)));
         // The same data as f32.
@@ -489,8 +529,8 @@ pub fn child_fp8(rank: usize, n: usize, version: u32) -> TestResult {
             .chunks_exact(4)
             .map(|c| f64::from(f32::from_ne_bytes([c[0], c[1], c[2], c[3]])));
         let err = rel_l2(vals, &reference);
-        ensure(err <= FP8_ERROR_BOUND, || {
-            format!("f32 {name}: relative L2 error {err:.4} over {FP8_ERROR_BOUND}")
+        ensure(err <= bound && err > floor, || {
+            format!("f32 {name} {format}: relative L2 error {err:.4} outside {floor}..{bound}")
         })?;
         tell_parent(&format!("f32 {name} err={err:.4} {:016x}", fnv(&out)));
     }
@@ -527,12 +567,20 @@ pub fn child_fp8(rank: usize, n: usize, version: u32) -> TestResult {
     Ok(())
 }
 
-/// FP8 enabled everywhere but on member 1: the group runs exact.
-pub fn child_mixed(rank: usize, n: usize, version: u32) -> TestResult {
-    std::env::set_var(
-        "AIRAMP_ENABLE_FP8_ALLREDUCE",
-        if rank == 1 { "0" } else { "1" },
-    );
+/// Member 1 differs from the others (`format`: in the wire format,
+/// INT8 against their E4M3; otherwise it has compression off): the group
+/// runs exact.
+pub fn child_mixed(rank: usize, n: usize, version: u32, format: bool) -> TestResult {
+    if format {
+        if rank == 1 {
+            std::env::set_var("AIRAMP_COMPRESSION_FORMAT", "int8");
+        }
+    } else {
+        std::env::set_var(
+            "AIRAMP_ENABLE_FP8_ALLREDUCE",
+            if rank == 1 { "0" } else { "1" },
+        );
+    }
     let lib = open();
     let g = join(&lib, rank, n, version)?;
     let count = 10_000;

@@ -51,8 +51,16 @@ pub const ALL: &[(&str, Scenario)] = &[
         collnet::collnet_fp8_error_and_nan,
     ),
     (
+        "collnet_int8_error_and_nan",
+        collnet::collnet_int8_error_and_nan,
+    ),
+    (
         "collnet_fp8_needs_every_member",
         collnet::collnet_fp8_needs_every_member,
+    ),
+    (
+        "collnet_formats_must_agree",
+        collnet::collnet_formats_must_agree,
     ),
     (
         "collnet_failed_member_fails_everyone",
@@ -78,7 +86,8 @@ pub fn child(args: &[String]) -> TestResult {
         "metrics" => child_metrics(arg(1).parse().unwrap_or(0)),
         "metrics-port-taken" => child_metrics_port_taken(),
         "metrics-busy" => child_metrics_busy(),
-        role @ ("coll-exact" | "coll-fp8" | "coll-mixed" | "coll-quitter") => {
+        role
+        @ ("coll-exact" | "coll-fp8" | "coll-mixed" | "coll-mixed-format" | "coll-quitter") => {
             let (rank, n, v) = (
                 arg(1).parse().unwrap_or(0),
                 arg(2).parse().unwrap_or(1),
@@ -87,7 +96,8 @@ pub fn child(args: &[String]) -> TestResult {
             match role {
                 "coll-exact" => collnet::child_exact(rank, n, v),
                 "coll-fp8" => collnet::child_fp8(rank, n, v),
-                "coll-mixed" => collnet::child_mixed(rank, n, v),
+                "coll-mixed" => collnet::child_mixed(rank, n, v, false),
+                "coll-mixed-format" => collnet::child_mixed(rank, n, v, true),
                 _ => collnet::child_quitter(rank, n, v),
             }
         }

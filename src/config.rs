@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::codec::WireFormat;
+
 /// Env var naming the configuration file.
 pub const CONF_ENV: &str = "AIRAMP_CONF";
 /// Configuration file used when `AIRAMP_CONF` is unset or empty.
@@ -59,14 +61,6 @@ pub enum SocketFamily {
     Ipv6,
 }
 
-/// `compression.fp8_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WireFormat {
-    #[default]
-    E4m3,
-    E5m2,
-}
-
 macro_rules! enum_names {
     ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
         impl $t {
@@ -91,7 +85,14 @@ macro_rules! enum_names {
 }
 enum_names!(TransportKind { Auto => "auto", Tcp => "tcp", Verbs => "verbs" });
 enum_names!(SocketFamily { Auto => "auto", Ipv4 => "ipv4", Ipv6 => "ipv6" });
-enum_names!(WireFormat { E4m3 => "e4m3", E5m2 => "e5m2" });
+
+/// `compression.format`: a [`WireFormat`] by its name, any case.
+fn wire_format_from_name(s: &str) -> Option<WireFormat> {
+    let s = s.trim();
+    WireFormat::ALL
+        .into_iter()
+        .find(|f| f.name().eq_ignore_ascii_case(s))
+}
 
 // ---------------------------------------------------------------------------
 // The configuration
@@ -145,8 +146,10 @@ pub struct MetricsConfig {
 /// `[compression]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressionConfig {
+    /// `AIRAMP_ENABLE_FP8_ALLREDUCE`: compression on (in [`Self::format`],
+    /// E4M3 unless set).
     pub fp8_allreduce: bool,
-    pub fp8_format: WireFormat,
+    pub format: WireFormat,
 }
 
 /// `[collnet]`.
@@ -252,7 +255,7 @@ impl Default for Config {
             },
             compression: CompressionConfig {
                 fp8_allreduce: false,
-                fp8_format: WireFormat::E4m3,
+                format: WireFormat::E4M3,
             },
             collnet: CollnetConfig { workers: None },
             gpu: GpuConfig {
@@ -620,7 +623,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_ENABLE_FP8_ALLREDUCE",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Allow FP8-compressed allreduce on the collective network (fp32/fp16/bf16 sum only; every other dtype/op stays exact). Used only when every member of the group enables it with the same format.",
+        doc: "Allow compressed allreduce on the collective network (fp32/fp16/bf16 sum only; every other dtype/op stays exact), in the wire format of `compression.format` (E4M3 unless set). Used only when every member of the group enables it with the same format.",
         example: "false",
         apply: |c, r| {
             c.compression.fp8_allreduce = want_bool(r)?;
@@ -629,17 +632,17 @@ pub static KEYS: &[KeySpec] = &[
         show: |c| c.compression.fp8_allreduce.to_string(),
     },
     KeySpec {
-        name: "compression.fp8_format",
-        env: "AIRAMP_FP8_FORMAT",
+        name: "compression.format",
+        env: "AIRAMP_COMPRESSION_FORMAT",
         default: "e4m3",
-        accepted: "one of: e4m3, e5m2",
-        doc: "FP8 encoding of compressed allreduce: e4m3 (more precision) or e5m2 (more range).",
+        accepted: "one of: e4m3, e5m2, int8",
+        doc: "Wire format of compressed allreduce, one byte per value plus one scale per 32 values: e4m3 (FP8, 3 mantissa bits, power-of-two scales), e5m2 (FP8, 2 mantissa bits, more range) or int8 (symmetric -127..127 with a bf16 scale: 3-5x lower error than e4m3 for 3% more bytes; the recommended format, see docs/collnet.md). Members that disagree run exact.",
         example: "\"e4m3\"",
         apply: |c, r| {
-            c.compression.fp8_format = want_enum(r, WireFormat::from_name)?;
+            c.compression.format = want_enum(r, wire_format_from_name)?;
             Ok(())
         },
-        show: |c| c.compression.fp8_format.to_string(),
+        show: |c| c.compression.format.to_string(),
     },
     KeySpec {
         name: "collnet.workers",
@@ -800,6 +803,29 @@ pub static KEYS: &[KeySpec] = &[
         show: |c| c.tuner.call_overhead_us.to_string(),
     },
 ];
+
+/// A former name of a key, still read everywhere the key is.
+pub struct Alias {
+    /// Former TOML `section.key`.
+    pub name: &'static str,
+    /// Former environment variable.
+    pub env: &'static str,
+    /// The key it stands for, in [`KEYS`].
+    pub key: &'static str,
+}
+
+/// Former names that keep working. Where a key is set under both names in
+/// the same place (the file, or the environment), its own name wins.
+pub static ALIASES: &[Alias] = &[Alias {
+    name: "compression.fp8_format",
+    env: "AIRAMP_FP8_FORMAT",
+    key: "compression.format",
+}];
+
+/// The alias of `KEYS[i]`, if it has one.
+fn alias_of_key(i: usize) -> Option<&'static Alias> {
+    ALIASES.iter().find(|a| a.key == KEYS[i].name)
+}
 
 /// A positive number, or `None` for an empty env value (explicitly unset).
 fn want_opt_positive(r: Raw<'_>) -> Result<Option<f64>, String> {
@@ -967,6 +993,9 @@ impl Config {
                     Some(i) => {
                         self.apply_one(i, Raw::Toml(value), Source::File(path.to_path_buf()), diags)
                     }
+                    None if ALIASES.iter().any(|a| a.name == full) => {
+                        self.apply_file_alias(path, inner, &full, value, diags)
+                    }
                     None => diags.push(Diagnostic::warn(
                         Some(&full),
                         format!(
@@ -980,6 +1009,39 @@ impl Config {
         }
     }
 
+    /// `section.name = value` where `section.name` is the former name of a
+    /// key in the same `section` table.
+    fn apply_file_alias(
+        &mut self,
+        path: &Path,
+        section: &toml::Table,
+        name: &str,
+        value: &toml::Value,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let Some((alias, i)) = ALIASES
+            .iter()
+            .find(|a| a.name == name)
+            .and_then(|a| Some((a, key_index(a.key)?)))
+        else {
+            return;
+        };
+        let own = alias.key.split_once('.').map_or(alias.key, |(_, k)| k);
+        match section.get(own) {
+            None => self.apply_one(i, Raw::Toml(value), Source::File(path.to_path_buf()), diags),
+            Some(v) if v == value => {}
+            Some(_) => diags.push(Diagnostic::warn(
+                Some(alias.key),
+                format!(
+                    "{}: ignoring {name} (former name of {}): {} is also set",
+                    path.display(),
+                    alias.key,
+                    alias.key
+                ),
+            )),
+        }
+    }
+
     fn apply_env(&mut self, env: &BTreeMap<String, String>, diags: &mut Vec<Diagnostic>) {
         for (name, value) in env {
             if !name.starts_with("AIRAMP_") || name == CONF_ENV {
@@ -987,6 +1049,9 @@ impl Config {
             }
             match KEYS.iter().position(|k| k.env == name) {
                 Some(i) => self.apply_one(i, Raw::Str(value), Source::Env(name.clone()), diags),
+                None if ALIASES.iter().any(|a| a.env == name) => {
+                    self.apply_env_alias(env, name, value, diags)
+                }
                 // Never echo the value of an unknown variable: it may be a secret.
                 None if is_k8s_service_var(name) => diags.push(Diagnostic::warn(
                     None,
@@ -1002,7 +1067,10 @@ impl Config {
                         "ignoring unknown environment variable {name}{}",
                         did_you_mean(
                             name,
-                            KEYS.iter().map(|k| k.env).chain(std::iter::once(CONF_ENV))
+                            KEYS.iter()
+                                .map(|k| k.env)
+                                .chain(ALIASES.iter().map(|a| a.env))
+                                .chain(std::iter::once(CONF_ENV))
                         )
                     ),
                 )),
@@ -1045,6 +1113,32 @@ impl Config {
                     )),
                 }
             }
+        }
+    }
+
+    /// `name=value` where `name` is the former variable of a key.
+    fn apply_env_alias(
+        &mut self,
+        env: &BTreeMap<String, String>,
+        name: &str,
+        value: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let Some((alias, i)) = ALIASES
+            .iter()
+            .find(|a| a.env == name)
+            .and_then(|a| Some((a, key_index(a.key)?)))
+        else {
+            return;
+        };
+        let own = KEYS[i].env;
+        match env.get(own) {
+            None => self.apply_one(i, Raw::Str(value), Source::Env(name.to_string()), diags),
+            Some(v) if v == value => {}
+            Some(_) => diags.push(Diagnostic::warn(
+                Some(alias.key),
+                format!("ignoring {name} (former name of {own}): {own} is also set"),
+            )),
         }
     }
 
@@ -1186,9 +1280,12 @@ pub fn keys_markdown() -> String {
          | key | env var | default | meaning |\n\
          |---|---|---|---|\n",
     );
-    for k in KEYS {
+    for (i, k) in KEYS.iter().enumerate() {
+        let former = alias_of_key(i).map_or_else(String::new, |a| {
+            format!(" Former name, still read: `{}` / `{}`.", a.name, a.env)
+        });
         s.push_str(&format!(
-            "| `{}` | `{}` | {} | {} Accepted: {}. |\n",
+            "| `{}` | `{}` | {} | {}{former} Accepted: {}. |\n",
             k.name,
             k.env,
             k.default,
@@ -1208,14 +1305,17 @@ pub fn example_conf() -> String {
          # Each key can be overridden by the environment variable named above it.\n",
     );
     let mut section = "";
-    for k in KEYS {
+    for (i, k) in KEYS.iter().enumerate() {
         let (sec, key) = k.name.split_once('.').unwrap_or(("", k.name));
         if sec != section {
             section = sec;
             s.push_str(&format!("\n[{sec}]\n"));
         }
+        let former = alias_of_key(i).map_or_else(String::new, |a| {
+            format!("\n# former name, still read: {} / {}", a.name, a.env)
+        });
         s.push_str(&format!(
-            "\n# {}\n# env: {}; default: {}\n# accepted: {}\n#{key} = {}\n",
+            "\n# {}\n# env: {}; default: {}\n# accepted: {}{former}\n#{key} = {}\n",
             k.doc, k.env, k.default, k.accepted, k.example
         ));
     }

@@ -69,7 +69,7 @@ pub fn init() -> &'static Plugin {
             plugin.settings.streams,
             plugin.settings.chunk_bytes,
             if cfg.compression.fp8_allreduce {
-                format!("{} (collective network, where every member enables it)", cfg.compression.fp8_format)
+                format!("{} (collective network, where every member enables it)", cfg.compression.format)
             } else {
                 "off".to_string()
             },

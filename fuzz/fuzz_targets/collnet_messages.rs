@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&head, rest)) = data.split_first() else { return };
     let _ = MemberHello::decode(rest, u32::from(head % 9) + 1, u32::from(head >> 4));
     let n = usize::from(head % 4) + 2;
-    let path = if head & 0x40 != 0 { Path::Compressed(WireFormat::E4M3) } else { Path::Exact };
+    let path = match head >> 6 {
+        0 => Path::Exact,
+        f => Path::Compressed(WireFormat::ALL[usize::from(f) - 1]),
+    };
     let spec = Spec { n, dtype: DataType::Bf16, op: RedOp::Sum, path, count: 100 };
     let Ok(mut step) = Step::all_reduce(spec, 0, 0) else { return };
     if step.start(&[0u8; 200]).is_err() {

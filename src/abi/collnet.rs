@@ -15,7 +15,7 @@ use crate::codec::WireFormat;
 use crate::collnet::device::Place;
 use crate::collnet::group::Group;
 use crate::collnet::{DataType, RedOp};
-use crate::config::{self, WireFormat as ConfigFp8};
+use crate::config;
 use crate::error::{NetError, NetResult};
 use crate::gpu;
 use crate::net;
@@ -40,13 +40,10 @@ fn lock(g: &SharedGroup) -> std::sync::MutexGuard<'_, Group> {
     g.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The FP8 format this member proposes (the group agrees at connect).
+/// The wire format this member proposes (the group agrees at connect).
 fn configured_fp8() -> Option<WireFormat> {
     let c = &config::global().compression;
-    c.fp8_allreduce.then_some(match c.fp8_format {
-        ConfigFp8::E4m3 => WireFormat::E4M3,
-        ConfigFp8::E5m2 => WireFormat::E5M2,
-    })
+    c.fp8_allreduce.then_some(c.format)
 }
 
 /// # Safety

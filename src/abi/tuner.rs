@@ -328,7 +328,7 @@ mod tests {
     use super::super::object::{self, Kind};
     use super::super::{tuner_v2, tuner_v3, tuner_v4, tuner_v5, tuner_v6};
     use super::Context;
-    use crate::config::WireFormat;
+    use crate::codec::WireFormat;
     use crate::tuner::{
         LinkProfile, Policy, Tuner, ALGO_COLLNET_CHAIN, ALGO_COLLNET_DIRECT, ALGO_RING, ALGO_TREE,
         IGNORE, PROTO_LL, PROTO_SIMPLE,
@@ -367,7 +367,7 @@ mod tests {
             ..LinkProfile::default()
         };
         let policy = Policy {
-            fp8: Some(WireFormat::E4m3),
+            fp8: Some(WireFormat::E4M3),
             min_gain: 0.1,
             owns_collnet: true,
         };

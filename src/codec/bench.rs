@@ -12,7 +12,10 @@ use super::{encoded_len, Backend, Codec, Src, WireFormat};
 /// One measured operation.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
+    /// `encode bf16`, `encode f32` (into `format`) or `decode+acc` (from
+    /// `format` into f32).
     pub op: &'static str,
+    pub format: WireFormat,
     pub backend: Backend,
     /// Giga input values per second.
     pub gvalues_per_s: f64,
@@ -45,53 +48,57 @@ fn time(mut f: impl FnMut()) -> f64 {
     best
 }
 
-/// Measure encode bf16/f32 -> E4M3, decode+accumulate E4M3 -> f32 (scalar
-/// and best SIMD backend) and memcpy, each over `n_values` values.
-pub fn bench(n_values: usize) -> CodecBench {
+/// Measure encode bf16/f32 -> each of `formats` and decode+accumulate
+/// into f32 (scalar and best SIMD backend), and memcpy, each over
+/// `n_values` values.
+pub fn bench(n_values: usize, formats: &[WireFormat]) -> CodecBench {
     let n = n_values.max(1);
     let f32s: Vec<f32> = (0..n)
         .map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 6.5)
         .collect();
     let bf16s: Vec<u16> = f32s.iter().map(|&x| super::f32_to_bf16(x)).collect();
-    let mut wire = vec![0u8; encoded_len(n)];
     let mut acc = vec![0f32; n];
-    let wire_bytes = encoded_len(n) as f64;
 
     let mut backends = vec![Backend::Scalar];
     if Backend::detect() != Backend::Scalar {
         backends.push(Backend::detect());
     }
     let mut rows = Vec::new();
-    let mut push = |op, backend, secs: f64, bytes: f64| {
+    let mut push = |op, format, backend, secs: f64, bytes: f64| {
         rows.push(BenchRow {
             op,
+            format,
             backend,
             gvalues_per_s: n as f64 / secs / 1e9,
             gbytes_per_s: bytes / secs / 1e9,
         })
     };
-    for &b in &backends {
-        let c = Codec::with_backend(WireFormat::E4M3, b).expect("detected backend");
-        let t = time(|| {
-            c.encode_wire(Src::Bf16(black_box(&bf16s)), &mut wire)
-                .expect("lengths match");
-            black_box(&wire);
-        });
-        push("encode bf16->E4M3", b, t, 2.0 * n as f64 + wire_bytes);
-        let t = time(|| {
-            c.encode_wire(Src::F32(black_box(&f32s)), &mut wire)
-                .expect("lengths match");
-            black_box(&wire);
-        });
-        push("encode f32->E4M3", b, t, 4.0 * n as f64 + wire_bytes);
-        let t = time(|| {
-            c.decode_accumulate_wire(black_box(&wire), &mut acc)
-                .expect("lengths match");
-            black_box(&acc);
-        });
-        // Keep the accumulator finite and small between runs.
-        acc.iter_mut().for_each(|a| *a = 0.0);
-        push("decode+acc E4M3->f32", b, t, wire_bytes + 8.0 * n as f64);
+    for &f in formats {
+        let mut wire = vec![0u8; encoded_len(f, n)];
+        let wire_bytes = wire.len() as f64;
+        for &b in &backends {
+            let c = Codec::with_backend(f, b).expect("detected backend");
+            let t = time(|| {
+                c.encode_wire(Src::Bf16(black_box(&bf16s)), &mut wire)
+                    .expect("lengths match");
+                black_box(&wire);
+            });
+            push("encode bf16", f, b, t, 2.0 * n as f64 + wire_bytes);
+            let t = time(|| {
+                c.encode_wire(Src::F32(black_box(&f32s)), &mut wire)
+                    .expect("lengths match");
+                black_box(&wire);
+            });
+            push("encode f32", f, b, t, 4.0 * n as f64 + wire_bytes);
+            let t = time(|| {
+                c.decode_accumulate_wire(black_box(&wire), &mut acc)
+                    .expect("lengths match");
+                black_box(&acc);
+            });
+            // Keep the accumulator finite and small between runs.
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            push("decode+acc", f, b, t, wire_bytes + 8.0 * n as f64);
+        }
     }
 
     let mut dst = vec![0f32; n];
@@ -120,10 +127,14 @@ impl fmt::Display for CodecBench {
             "op", "backend", "Gvalues/s", "GB/s", "vs memcpy"
         )?;
         for r in &self.rows {
+            let op = match r.op {
+                "decode+acc" => format!("decode+acc {}->f32", r.format),
+                op => format!("{op}->{}", r.format),
+            };
             writeln!(
                 f,
                 "{:<22} {:<7} {:>9.3} {:>8.2} {:>9.2}x",
-                r.op,
+                op,
                 format!("{:?}", r.backend),
                 r.gvalues_per_s,
                 r.gbytes_per_s,
@@ -146,9 +157,13 @@ impl fmt::Display for CodecBench {
 mod tests {
     #[test]
     fn bench_runs() {
-        let b = super::bench(100);
+        let b = super::bench(100, &[super::WireFormat::Int8]);
         assert!(b.rows.len() >= 3);
         assert!(b.rows.iter().all(|r| r.gvalues_per_s > 0.0));
-        assert!(b.to_string().contains("memcpy"));
+        let text = b.to_string();
+        assert!(
+            text.contains("memcpy") && text.contains("encode bf16->int8"),
+            "{text}"
+        );
     }
 }

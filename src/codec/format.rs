@@ -1,10 +1,76 @@
-//! Bit-exact scalar conversions: FP8 (E4M3/E5M2), fp16, bf16 and the E8M0
-//! block scale. Everything here is safe, branchy and meant to be read; the
-//! SIMD paths must reproduce these functions bit for bit.
+//! Bit-exact scalar conversions: the wire formats (FP8 E4M3/E5M2, INT8),
+//! fp16, bf16 and the E8M0 block scale. Everything here is safe, branchy
+//! and meant to be read; the SIMD paths must reproduce these functions bit
+//! for bit.
 
-/// The two OCP FP8 encodings.
+/// What each value becomes on the wire: one code byte per value, plus one
+/// scale per block of 32 values ([`WireFormat::scale_bytes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WireFormat {
+    /// OCP FP8 E4M3 ([`Fp8::E4M3`]), power-of-two (E8M0) block scales.
+    E4M3,
+    /// OCP FP8 E5M2 ([`Fp8::E5M2`]), power-of-two (E8M0) block scales.
+    E5M2,
+    /// Symmetric 8-bit integer: the code is the two's-complement byte of
+    /// `round(x / scale)` in `-127..=127`; the free code 0x80 (-128) is NaN.
+    /// 7 bits of precision instead of E4M3's 3, for the same byte. The
+    /// block scale is a bf16 (`max / 127` rounded up): a power of two would
+    /// leave up to half of the 255 levels unused (docs/collnet.md measures
+    /// both).
+    Int8,
+}
+
+impl WireFormat {
+    pub const ALL: [WireFormat; 3] = [WireFormat::E4M3, WireFormat::E5M2, WireFormat::Int8];
+
+    /// The FP8 encoding behind this format; `None` for INT8.
+    pub const fn fp8(self) -> Option<Fp8> {
+        match self {
+            WireFormat::E4M3 => Some(Fp8::E4M3),
+            WireFormat::E5M2 => Some(Fp8::E5M2),
+            WireFormat::Int8 => None,
+        }
+    }
+
+    /// Largest finite magnitude of a code: the block scale maps the
+    /// block's largest finite `|x|` to at most this.
+    pub const fn max_finite(self) -> f32 {
+        match self {
+            WireFormat::E4M3 => 448.0,
+            WireFormat::E5M2 => 57344.0,
+            WireFormat::Int8 => 127.0,
+        }
+    }
+
+    /// Bytes of one block's scale on the wire: an E8M0 byte for FP8, a
+    /// little-endian bf16 for INT8.
+    pub const fn scale_bytes(self) -> usize {
+        match self {
+            WireFormat::E4M3 | WireFormat::E5M2 => 1,
+            WireFormat::Int8 => 2,
+        }
+    }
+
+    /// Lower-case name, as in the configuration (`e4m3`, `e5m2`, `int8`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            WireFormat::E4M3 => "e4m3",
+            WireFormat::E5M2 => "e5m2",
+            WireFormat::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for WireFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The two OCP FP8 encodings (field layouts of [`WireFormat::E4M3`] and
+/// [`WireFormat::E5M2`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fp8 {
     /// 4 exponent bits (bias 7), 3 mantissa bits, max 448, no infinities;
     /// NaN is only `S.1111.111` (0x7F / 0xFF).
     E4M3,
@@ -22,68 +88,60 @@ pub const E8M0_NAN: u8 = 0xFF;
 /// E8M0 byte written for a block with no nonzero finite value (scale 1.0).
 pub const E8M0_ZERO_BLOCK: u8 = 127;
 
-impl WireFormat {
+impl Fp8 {
+    /// Largest finite magnitude.
+    pub const fn max_finite(self) -> f32 {
+        match self {
+            Fp8::E4M3 => 448.0,
+            Fp8::E5M2 => 57344.0,
+        }
+    }
+
     /// Mantissa (fraction) bits.
     pub const fn man_bits(self) -> u32 {
         match self {
-            WireFormat::E4M3 => 3,
-            WireFormat::E5M2 => 2,
+            Fp8::E4M3 => 3,
+            Fp8::E5M2 => 2,
         }
     }
 
     /// Exponent bias.
     pub const fn bias(self) -> u32 {
         match self {
-            WireFormat::E4M3 => 7,
-            WireFormat::E5M2 => 15,
-        }
-    }
-
-    /// Unbiased exponent of the largest finite value (both are 1.75 * 2^emax).
-    pub const fn emax(self) -> i32 {
-        match self {
-            WireFormat::E4M3 => 8,
-            WireFormat::E5M2 => 15,
-        }
-    }
-
-    /// Largest finite magnitude.
-    pub const fn max_finite(self) -> f32 {
-        match self {
-            WireFormat::E4M3 => 448.0,
-            WireFormat::E5M2 => 57344.0,
+            Fp8::E4M3 => 7,
+            Fp8::E5M2 => 15,
         }
     }
 
     /// Magnitude code (sign bit clear) of the largest finite value.
     pub const fn max_code(self) -> u8 {
         match self {
-            WireFormat::E4M3 => 0x7E,
-            WireFormat::E5M2 => 0x7B,
+            Fp8::E4M3 => 0x7E,
+            Fp8::E5M2 => 0x7B,
         }
     }
 
     /// Magnitude code written for a NaN input (and, in E4M3, for ±Inf).
     pub const fn nan_code(self) -> u8 {
         match self {
-            WireFormat::E4M3 => 0x7F,
-            WireFormat::E5M2 => 0x7E,
+            Fp8::E4M3 => 0x7F,
+            Fp8::E5M2 => 0x7E,
         }
     }
 
     /// Magnitude code written for ±Inf (E4M3 has no infinity: NaN).
     pub const fn inf_code(self) -> u8 {
         match self {
-            WireFormat::E4M3 => 0x7F,
-            WireFormat::E5M2 => 0x7C,
+            Fp8::E4M3 => 0x7F,
+            Fp8::E5M2 => 0x7C,
         }
     }
 
     /// Smallest magnitude code that is not finite.
     pub const fn first_special_code(self) -> u8 {
         match self {
-            WireFormat::E4M3 => 0x7F,
-            WireFormat::E5M2 => 0x7C,
+            Fp8::E4M3 => 0x7F,
+            Fp8::E5M2 => 0x7C,
         }
     }
 }
@@ -118,7 +176,7 @@ pub fn e8m0_inverse(s: u8) -> f32 {
 /// `max_abs_bits`: the smallest `2^e` with `max / 2^e <= max_finite`
 /// (exponent rounded up, so the block never saturates), clamped to the E8M0
 /// range. A block without any nonzero finite value gets scale 1.0.
-pub fn scale_for_max(fmt: WireFormat, max_abs_bits: u32) -> u8 {
+pub fn scale_for_max(fmt: Fp8, max_abs_bits: u32) -> u8 {
     debug_assert!(max_abs_bits <= 0x7F7F_FFFF);
     if max_abs_bits == 0 {
         return E8M0_ZERO_BLOCK;
@@ -128,10 +186,73 @@ pub fn scale_for_max(fmt: WireFormat, max_abs_bits: u32) -> u8 {
         // f32 subnormal max: the ideal exponent is far below -127.
         return 0;
     }
-    // max = 1.f * 2^E; max_finite = 1.75 * 2^emax (mantissa 0x60_0000).
-    let above_1_75 = (max_abs_bits & 0x7F_FFFF) > 0x60_0000;
-    let e = (biased - 127) - fmt.emax() + above_1_75 as i32;
+    // max = 1.f * 2^E and max_finite = 1.g * 2^emax (both formats: g = .75).
+    let limit = fmt.max_finite().to_bits();
+    let emax = (limit >> 23) as i32 - 127;
+    let above = (max_abs_bits & 0x7F_FFFF) > (limit & 0x7F_FFFF);
+    let e = (biased - 127) - emax + above as i32;
     (e.clamp(-127, 127) + 127) as u8
+}
+
+/// bf16 bits of the INT8 scale written for a block with no nonzero finite
+/// value (1.0).
+pub const INT8_ZERO_BLOCK_SCALE: u16 = 0x3F80;
+
+/// INT8 scale (bf16 bits) for a block whose largest finite magnitude has
+/// f32 bits `max_abs_bits`: `max / 127` (f32 division) rounded up to bf16,
+/// so the block does not saturate beyond f32 rounding (the encoder clamps
+/// that last ulp). At least 2^-126, so that its inverse is finite: a block
+/// of nothing but f32 subnormals keeps at most 1 bit.
+pub fn int8_scale_for_max(max_abs_bits: u32) -> u16 {
+    debug_assert!(max_abs_bits <= 0x7F7F_FFFF);
+    if max_abs_bits == 0 {
+        return INT8_ZERO_BLOCK_SCALE;
+    }
+    let ideal = (f32::from_bits(max_abs_bits) / 127.0)
+        .max(f32::MIN_POSITIVE)
+        .to_bits();
+    let truncated = (ideal >> 16) as u16;
+    if u32::from(truncated) << 16 == ideal {
+        truncated
+    } else {
+        truncated + 1
+    }
+}
+
+/// Value of an INT8 block scale (bf16 bits). Inf and NaN bits (never
+/// written) decode as the canonical NaN: the whole block is NaN, as with
+/// E8M0's 0xFF.
+pub fn int8_scale_to_f32(bits: u16) -> f32 {
+    if bits & 0x7F80 == 0x7F80 {
+        f32::from_bits(CANONICAL_NAN_BITS)
+    } else {
+        bf16_to_f32(bits)
+    }
+}
+
+/// A block's scale, chosen from its largest finite magnitude (f32 bits):
+/// the scale's wire value (E8M0 byte or INT8's bf16 bits, written as
+/// [`WireFormat::scale_bytes`] little-endian bytes) and the multiplier
+/// that divides by it.
+pub fn block_scale(fmt: WireFormat, max_abs_bits: u32) -> (u16, f32) {
+    match fmt.fp8() {
+        Some(f) => {
+            let s = scale_for_max(f, max_abs_bits);
+            (u16::from(s), e8m0_inverse(s))
+        }
+        None => {
+            let s = int8_scale_for_max(max_abs_bits);
+            (s, 1.0 / int8_scale_to_f32(s))
+        }
+    }
+}
+
+/// Value of a block's scale from its wire bytes (`scale_bytes` of them).
+pub fn scale_value(fmt: WireFormat, bytes: &[u8]) -> f32 {
+    match fmt.fp8() {
+        Some(_) => e8m0_to_f32(bytes[0]),
+        None => int8_scale_to_f32(u16::from_le_bytes([bytes[0], bytes[1]])),
+    }
 }
 
 /// Round a finite non-negative f32 (as bits) to the nearest binary minifloat
@@ -155,7 +276,7 @@ fn round_magnitude(abs_bits: u32, m: u32, bias: u32) -> u32 {
 
 /// f32 -> FP8, round to nearest even, saturating finite values to the
 /// format's max; NaN -> NaN code, ±Inf -> Inf code (E4M3: NaN), sign kept.
-pub fn f32_to_fp8(x: f32, fmt: WireFormat) -> u8 {
+pub fn f32_to_fp8(x: f32, fmt: Fp8) -> u8 {
     let bits = x.to_bits();
     let sign = ((bits >> 24) & 0x80) as u8;
     let abs = bits & 0x7FFF_FFFF;
@@ -170,12 +291,12 @@ pub fn f32_to_fp8(x: f32, fmt: WireFormat) -> u8 {
 }
 
 /// FP8 -> f32, exact. Every NaN code gives [`CANONICAL_NAN_BITS`].
-pub fn fp8_to_f32(code: u8, fmt: WireFormat) -> f32 {
+pub fn fp8_to_f32(code: u8, fmt: Fp8) -> f32 {
     let negative = code & 0x80 != 0;
     let mag = code & 0x7F;
     let m = fmt.man_bits();
     if mag >= fmt.first_special_code() {
-        if fmt == WireFormat::E5M2 && mag == 0x7C {
+        if fmt == Fp8::E5M2 && mag == 0x7C {
             return if negative {
                 f32::NEG_INFINITY
             } else {
@@ -196,6 +317,44 @@ pub fn fp8_to_f32(code: u8, fmt: WireFormat) -> f32 {
         -v
     } else {
         v
+    }
+}
+
+/// INT8 code written for NaN and ±Inf: -128, the code the symmetric range
+/// leaves free. (Like E4M3, INT8 has no infinity: ±Inf travels as NaN.)
+pub const INT8_NAN: u8 = 0x80;
+
+/// f32 -> INT8 code: round to nearest, ties to even, saturating at ±127;
+/// NaN and ±Inf -> [`INT8_NAN`]. -0 becomes 0.
+pub fn f32_to_int8(x: f32) -> u8 {
+    if !x.is_finite() {
+        return INT8_NAN;
+    }
+    x.round_ties_even().clamp(-127.0, 127.0) as i8 as u8
+}
+
+/// INT8 code -> f32, exact; [`INT8_NAN`] gives [`CANONICAL_NAN_BITS`].
+pub fn int8_to_f32(code: u8) -> f32 {
+    if code == INT8_NAN {
+        f32::from_bits(CANONICAL_NAN_BITS)
+    } else {
+        f32::from(code as i8)
+    }
+}
+
+/// One value (already divided by its block scale) -> its code in `fmt`.
+pub fn f32_to_code(x: f32, fmt: WireFormat) -> u8 {
+    match fmt.fp8() {
+        Some(f) => f32_to_fp8(x, f),
+        None => f32_to_int8(x),
+    }
+}
+
+/// A code of `fmt` -> its exact value (before the block scale).
+pub fn code_to_f32(code: u8, fmt: WireFormat) -> f32 {
+    match fmt.fp8() {
+        Some(f) => fp8_to_f32(code, f),
+        None => int8_to_f32(code),
     }
 }
 

@@ -1,32 +1,41 @@
-//! Block-scaled FP8 codec for compressed allreduce.
+//! Block-scaled 8-bit codec for compressed allreduce.
 //!
-//! Values are cut into blocks of [`BLOCK`] = 32; each block gets one
-//! power-of-two scale (E8M0 byte) and each value one FP8 byte
-//! ([`WireFormat::E4M3`] or [`WireFormat::E5M2`]).
+//! Values are cut into blocks of [`BLOCK`] = 32; each block gets one scale
+//! and each value one code byte in a [`WireFormat`]: OCP FP8 E4M3 or E5M2
+//! with a power-of-two (E8M0 byte) scale, or a symmetric INT8 with a bf16
+//! scale.
 //!
 //! # Numerics
-//! * Scale: the smallest `2^e` such that `max|finite x| / 2^e <= max_finite`
-//!   (exponent rounded up, so nothing saturates), clamped to `e in
-//!   -127..=127`; stored as `e + 127`. A block with no nonzero finite value
-//!   gets 127 (scale 1.0). 0xFF is never written; on decode it means "NaN
-//!   scale" and makes the whole block NaN (OCP MX semantics).
-//! * Encode: `x * 2^-e` (exact) rounded to nearest, ties to even, saturating
-//!   at max finite. NaN/±Inf elements are excluded from the scale and encoded
-//!   as NaN (E4M3) or the same Inf / a NaN (E5M2), so they only affect
+//! * FP8 scale: the smallest `2^e` such that `max|finite x| / 2^e <=
+//!   max_finite` (448 for E4M3, 57344 for E5M2; exponent rounded up, so
+//!   nothing saturates), clamped to `e in -127..=127`; stored as `e + 127`.
+//!   A block with no nonzero finite value gets 127 (scale 1.0). 0xFF is
+//!   never written; on decode it means "NaN scale" and makes the whole block
+//!   NaN (OCP MX semantics).
+//! * INT8 scale: `max|finite x| / 127` (f32 division) rounded up to bf16,
+//!   at least 2^-126; 1.0 for a block with no nonzero finite value. Inf/NaN
+//!   scale bits are never written and decode as a NaN block.
+//! * Encode: `x * (1 / scale)` (exact for FP8's powers of two, one f32
+//!   rounding for INT8) rounded to nearest, ties to even, saturating at max
+//!   finite: to the nearest FP8 value, or to the nearest integer in
+//!   `-127..=127` (INT8, stored as its two's-complement byte). NaN/±Inf
+//!   elements are excluded from the scale and encoded as NaN (E4M3: 0x7F,
+//!   INT8: 0x80) or the same Inf / a NaN (E5M2), so they only affect
 //!   themselves.
-//! * Decode: `fp8 * 2^e` in f32 (one rounding, only outside the f32 normal
-//!   range); f16/bf16 outputs are narrowed with round-to-nearest-even. NaN
-//!   outputs are the canonical quiet NaN `0x7FC00000` (sign not kept).
-//!   Inherent limit: a finite input within one FP8 ulp of `f32::MAX` may
-//!   round up to `2^128` and decode as ±Inf.
+//! * Decode: `code * scale` in f32 (one rounding, only outside the f32
+//!   normal range; INT8 decodes exactly); f16/bf16 outputs are narrowed with
+//!   round-to-nearest-even. NaN outputs are the canonical quiet NaN
+//!   `0x7FC00000` (sign not kept).
+//!   Inherent limit: a finite input within one code step of `f32::MAX` may
+//!   round up past it and decode as ±Inf.
 //!
 //! # Wire layout
-//! For `n` values: `ceil(n / 32)` scale bytes (block order), immediately
-//! followed by `n` FP8 bytes (value order); [`encoded_len`] = `ceil(n/32) +
-//! n`. The last block holds `n % 32` values when that is nonzero. Keeping
-//! scales apart lets the SIMD paths read 32 codes as one aligned-size load.
-//! The format is not self-describing: both ends must agree on `n` and the
-//! [`WireFormat`].
+//! For `n` values: `ceil(n / 32)` scales (block order; 1 byte each for
+//! FP8, 2 little-endian bytes for INT8), immediately followed by `n` code
+//! bytes (value order): [`encoded_len`]. The last block holds `n % 32`
+//! values when that is nonzero. Keeping scales apart lets the SIMD paths
+//! read 32 codes as one aligned-size load. The format is not
+//! self-describing: both ends must agree on `n` and the [`WireFormat`].
 //!
 //! Every entry point checks all lengths and returns [`CodecError`] instead
 //! of panicking, since wire bytes come from the network.
@@ -39,8 +48,9 @@ mod format;
 mod scalar;
 
 pub use format::{
-    bf16_to_f32, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_fp8, fp8_to_f32,
-    WireFormat, E8M0_NAN, E8M0_ZERO_BLOCK,
+    bf16_to_f32, code_to_f32, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_code, f32_to_f16,
+    f32_to_fp8, f32_to_int8, fp8_to_f32, int8_scale_to_f32, int8_to_f32, Fp8, WireFormat, E8M0_NAN,
+    E8M0_ZERO_BLOCK, INT8_NAN, INT8_ZERO_BLOCK_SCALE,
 };
 
 use std::fmt;
@@ -53,9 +63,14 @@ pub const fn num_blocks(n: usize) -> usize {
     n.div_ceil(BLOCK)
 }
 
+/// Bytes of the scales of `n` values.
+pub const fn scales_len(format: WireFormat, n: usize) -> usize {
+    num_blocks(n) * format.scale_bytes()
+}
+
 /// Wire size in bytes for `n` values: scales then codes.
-pub const fn encoded_len(n: usize) -> usize {
-    num_blocks(n) + n
+pub const fn encoded_len(format: WireFormat, n: usize) -> usize {
+    scales_len(format, n) + n
 }
 
 /// Input to encode. fp16/bf16 are raw IEEE bit patterns (no `half` dep).
@@ -191,15 +206,19 @@ fn check(buffer: &'static str, expected: usize, actual: usize) -> Result<(), Cod
 }
 
 /// Split a wire buffer for `n` values into `(scales, codes)`.
-pub fn split_wire(wire: &[u8], n: usize) -> Result<(&[u8], &[u8]), CodecError> {
-    check("wire", encoded_len(n), wire.len())?;
-    Ok(wire.split_at(num_blocks(n)))
+pub fn split_wire(format: WireFormat, wire: &[u8], n: usize) -> Result<(&[u8], &[u8]), CodecError> {
+    check("wire", encoded_len(format, n), wire.len())?;
+    Ok(wire.split_at(scales_len(format, n)))
 }
 
 /// Mutable form of [`split_wire`].
-pub fn split_wire_mut(wire: &mut [u8], n: usize) -> Result<(&mut [u8], &mut [u8]), CodecError> {
-    check("wire", encoded_len(n), wire.len())?;
-    Ok(wire.split_at_mut(num_blocks(n)))
+pub fn split_wire_mut(
+    format: WireFormat,
+    wire: &mut [u8],
+    n: usize,
+) -> Result<(&mut [u8], &mut [u8]), CodecError> {
+    check("wire", encoded_len(format, n), wire.len())?;
+    Ok(wire.split_at_mut(scales_len(format, n)))
 }
 
 /// A format plus the backend that runs it.
@@ -235,7 +254,7 @@ impl Codec {
         self.backend
     }
 
-    /// Encode `src` into `scales` (`ceil(n/32)` bytes) and `codes` (`n`).
+    /// Encode `src` into `scales` ([`scales_len`] bytes) and `codes` (`n`).
     pub fn encode(
         &self,
         src: Src<'_>,
@@ -244,12 +263,12 @@ impl Codec {
     ) -> Result<(), CodecError> {
         let n = src.len();
         check("codes", n, codes.len())?;
-        check("scales", num_blocks(n), scales.len())?;
+        check("scales", scales_len(self.format, n), scales.len())?;
         let done = self.simd_encode(src, scales, codes);
         scalar::encode(
             self.format,
             src.tail(done * BLOCK),
-            &mut scales[done..],
+            &mut scales[done * self.format.scale_bytes()..],
             &mut codes[done * BLOCK..],
         );
         Ok(())
@@ -264,11 +283,11 @@ impl Codec {
     ) -> Result<(), CodecError> {
         let n = acc.len();
         check("codes", n, codes.len())?;
-        check("scales", num_blocks(n), scales.len())?;
+        check("scales", scales_len(self.format, n), scales.len())?;
         let done = self.simd_decode_accumulate(scales, codes, acc);
         scalar::decode_accumulate(
             self.format,
-            &scales[done..],
+            &scales[done * self.format.scale_bytes()..],
             &codes[done * BLOCK..],
             &mut acc[done * BLOCK..],
         );
@@ -284,11 +303,11 @@ impl Codec {
     ) -> Result<(), CodecError> {
         let n = dst.len();
         check("codes", n, codes.len())?;
-        check("scales", num_blocks(n), scales.len())?;
+        check("scales", scales_len(self.format, n), scales.len())?;
         let done = self.simd_decode_into(scales, codes, &mut dst);
         scalar::decode_into(
             self.format,
-            &scales[done..],
+            &scales[done * self.format.scale_bytes()..],
             &codes[done * BLOCK..],
             dst.tail(done * BLOCK),
         );
@@ -297,19 +316,19 @@ impl Codec {
 
     /// [`Codec::encode`] into one wire buffer of [`encoded_len`] bytes.
     pub fn encode_wire(&self, src: Src<'_>, wire: &mut [u8]) -> Result<(), CodecError> {
-        let (scales, codes) = split_wire_mut(wire, src.len())?;
+        let (scales, codes) = split_wire_mut(self.format, wire, src.len())?;
         self.encode(src, scales, codes)
     }
 
     /// [`Codec::decode_accumulate`] from one wire buffer for `acc.len()` values.
     pub fn decode_accumulate_wire(&self, wire: &[u8], acc: &mut [f32]) -> Result<(), CodecError> {
-        let (scales, codes) = split_wire(wire, acc.len())?;
+        let (scales, codes) = split_wire(self.format, wire, acc.len())?;
         self.decode_accumulate(scales, codes, acc)
     }
 
     /// [`Codec::decode_into`] from one wire buffer for `dst.len()` values.
     pub fn decode_into_wire(&self, wire: &[u8], dst: Dst<'_>) -> Result<(), CodecError> {
-        let (scales, codes) = split_wire(wire, dst.len())?;
+        let (scales, codes) = split_wire(self.format, wire, dst.len())?;
         self.decode_into(scales, codes, dst)
     }
 

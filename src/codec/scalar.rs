@@ -1,38 +1,44 @@
 //! Scalar reference codec: the definition the SIMD paths must match bit for
 //! bit. Lengths are validated by the caller (`mod.rs`); here they are only
-//! assumed consistent (`scales.len() == ceil(n / BLOCK)`).
+//! assumed consistent (`scales.len() == ceil(n / BLOCK) * scale_bytes`).
 
 use std::sync::OnceLock;
 
 use super::format::{
-    bf16_to_f32, e8m0_inverse, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_fp8,
-    fp8_to_f32, scale_for_max, WireFormat,
+    bf16_to_f32, block_scale, code_to_f32, f16_to_f32, f32_to_bf16, f32_to_code, f32_to_f16,
+    scale_value, WireFormat,
 };
 use super::{Dst, Src, BLOCK};
 
 /// Encode one block (1..=32 values): pick the scale from the finite values
-/// only, so a NaN/Inf element cannot poison its neighbours.
-pub fn encode_block(fmt: WireFormat, xs: &[f32], codes: &mut [u8]) -> u8 {
+/// only, so a NaN/Inf element cannot poison its neighbours. Returns the
+/// scale's wire value.
+pub fn encode_block(fmt: WireFormat, xs: &[f32], codes: &mut [u8]) -> u16 {
     let max_abs = xs
         .iter()
         .map(|x| x.to_bits() & 0x7FFF_FFFF)
         .filter(|&b| b <= 0x7F7F_FFFF)
         .max()
         .unwrap_or(0);
-    let s = scale_for_max(fmt, max_abs);
-    let inv = e8m0_inverse(s);
+    let (s, inv) = block_scale(fmt, max_abs);
     for (c, &x) in codes.iter_mut().zip(xs) {
-        // Exact unless the quotient is far below the FP8 range, where it
-        // rounds to zero either way. Non-finite x stays non-finite.
-        *c = f32_to_fp8(x * inv, fmt);
+        // FP8: exact (a power of two) unless the quotient is far below the
+        // code's range, where it rounds to zero either way. INT8: one f32
+        // rounding. Non-finite x stays non-finite.
+        *c = f32_to_code(x * inv, fmt);
     }
     s
 }
 
 /// Encode all of `src` (any length; the last block may be short).
 pub fn encode(fmt: WireFormat, src: Src<'_>, scales: &mut [u8], codes: &mut [u8]) {
+    let sb = fmt.scale_bytes();
     let mut buf = [0f32; BLOCK];
-    for (b, (s, c)) in scales.iter_mut().zip(codes.chunks_mut(BLOCK)).enumerate() {
+    for (b, (s, c)) in scales
+        .chunks_exact_mut(sb)
+        .zip(codes.chunks_mut(BLOCK))
+        .enumerate()
+    {
         let range = b * BLOCK..b * BLOCK + c.len();
         let xs = &mut buf[..c.len()];
         match src {
@@ -46,23 +52,26 @@ pub fn encode(fmt: WireFormat, src: Src<'_>, scales: &mut [u8], codes: &mut [u8]
                 .zip(&v[range])
                 .for_each(|(x, &h)| *x = bf16_to_f32(h)),
         }
-        *s = encode_block(fmt, xs, c);
+        s.copy_from_slice(&encode_block(fmt, xs, c).to_le_bytes()[..sb]);
     }
 }
 
-/// Exact FP8 -> f32 table per format (NaN codes give the canonical NaN).
+/// Exact code -> f32 table per format (NaN codes give the canonical NaN).
 pub fn lut(fmt: WireFormat) -> &'static [f32; 256] {
     static E4M3: OnceLock<[f32; 256]> = OnceLock::new();
     static E5M2: OnceLock<[f32; 256]> = OnceLock::new();
+    static INT8: OnceLock<[f32; 256]> = OnceLock::new();
     let cell = match fmt {
         WireFormat::E4M3 => &E4M3,
         WireFormat::E5M2 => &E5M2,
+        WireFormat::Int8 => &INT8,
     };
-    cell.get_or_init(|| std::array::from_fn(|c| fp8_to_f32(c as u8, fmt)))
+    cell.get_or_init(|| std::array::from_fn(|c| code_to_f32(c as u8, fmt)))
 }
 
-/// Decoded value of one element: `fp8 * 2^(s-127)`, one rounding (only
-/// possible when the product leaves the f32 normal range).
+/// Decoded value of one element: `code * scale`, one rounding (only
+/// possible when the product leaves the f32 normal range; never for INT8's
+/// 7-bit codes times 8-bit scales, except overflow).
 #[inline]
 fn element(lut: &[f32; 256], code: u8, scale: f32) -> f32 {
     lut[code as usize] * scale
@@ -71,11 +80,11 @@ fn element(lut: &[f32; 256], code: u8, scale: f32) -> f32 {
 /// `acc[i] += decode(codes[i])`.
 pub fn decode_accumulate(fmt: WireFormat, scales: &[u8], codes: &[u8], acc: &mut [f32]) {
     let lut = lut(fmt);
-    for (&s, (c, a)) in scales
-        .iter()
+    for (s, (c, a)) in scales
+        .chunks_exact(fmt.scale_bytes())
         .zip(codes.chunks(BLOCK).zip(acc.chunks_mut(BLOCK)))
     {
-        let scale = e8m0_to_f32(s);
+        let scale = scale_value(fmt, s);
         for (&c, a) in c.iter().zip(a) {
             *a += element(lut, c, scale);
         }
@@ -99,11 +108,11 @@ fn decode_map<T>(
     narrow: impl Fn(f32) -> T,
 ) {
     let lut = lut(fmt);
-    for (&s, (c, o)) in scales
-        .iter()
+    for (s, (c, o)) in scales
+        .chunks_exact(fmt.scale_bytes())
         .zip(codes.chunks(BLOCK).zip(out.chunks_mut(BLOCK)))
     {
-        let scale = e8m0_to_f32(s);
+        let scale = scale_value(fmt, s);
         for (&c, o) in c.iter().zip(o) {
             *o = narrow(element(lut, c, scale));
         }

@@ -1,19 +1,19 @@
 //! Codec tests: an independent slow reference (value enumeration in f64),
 //! exhaustive fp16/bf16 sweeps, SIMD == scalar bit for bit, proptests.
 
-use super::format::{pow2, scale_for_max, CANONICAL_NAN_BITS};
+use super::format::{int8_scale_for_max, pow2, scale_for_max, scale_value, CANONICAL_NAN_BITS};
 use super::*;
 use proptest::prelude::*;
 
-const FORMATS: [WireFormat; 2] = [WireFormat::E4M3, WireFormat::E5M2];
+const FP8S: [Fp8; 2] = [Fp8::E4M3, Fp8::E5M2];
 
 // ---------- independent slow reference ----------
 
 /// Exact value of a finite FP8 magnitude code, from the field definitions.
-fn ref_fp8_mag(code: u8, fmt: WireFormat) -> f64 {
+fn ref_fp8_mag(code: u8, fmt: Fp8) -> f64 {
     let (e_bits, m_bits, bias) = match fmt {
-        WireFormat::E4M3 => (4, 3, 7),
-        WireFormat::E5M2 => (5, 2, 15),
+        Fp8::E4M3 => (4, 3, 7),
+        Fp8::E5M2 => (5, 2, 15),
     };
     let e = ((code >> m_bits) & ((1 << e_bits) - 1)) as i32;
     let m = (code & ((1 << m_bits) - 1)) as f64;
@@ -25,20 +25,36 @@ fn ref_fp8_mag(code: u8, fmt: WireFormat) -> f64 {
     }
 }
 
-/// Finite magnitude codes in increasing value order.
+/// Finite magnitude codes in increasing value order: FP8 codes with the
+/// sign bit clear, or the INT8 magnitudes 0..=127.
 fn finite_mags(fmt: WireFormat) -> Vec<(u8, f64)> {
-    let last = match fmt {
-        WireFormat::E4M3 => 0x7E,
-        WireFormat::E5M2 => 0x7B,
+    let v: Vec<_> = match fmt.fp8() {
+        Some(f) => {
+            let last = match f {
+                Fp8::E4M3 => 0x7E,
+                Fp8::E5M2 => 0x7B,
+            };
+            (0..=last).map(|c| (c, ref_fp8_mag(c, f))).collect()
+        }
+        None => (0..=127u8).map(|m| (m, f64::from(m))).collect(),
     };
-    let v: Vec<_> = (0..=last).map(|c| (c, ref_fp8_mag(c, fmt))).collect();
     assert!(v.windows(2).all(|w| w[0].1 < w[1].1));
+    assert_eq!(v.last().unwrap().1, f64::from(fmt.max_finite()));
     v
 }
 
-/// Nearest code to finite `v` (ties to even code), saturating.
+/// The code of magnitude code `mag` with the sign of `negative`: FP8 sets
+/// the sign bit, INT8 negates in two's complement (so -0 is 0).
+fn signed_code(fmt: WireFormat, mag: u8, negative: bool) -> u8 {
+    match (fmt, negative) {
+        (_, false) => mag,
+        (WireFormat::Int8, true) => (mag as i8).wrapping_neg() as u8,
+        (_, true) => mag | 0x80,
+    }
+}
+
+/// Nearest code to finite `v` (ties to the even code), saturating.
 fn ref_round(v: f64, fmt: WireFormat, mags: &[(u8, f64)]) -> u8 {
-    let sign = if v.is_sign_negative() { 0x80 } else { 0 };
     let a = v.abs();
     let i = mags.partition_point(|&(_, m)| m <= a);
     let code = if i == mags.len() {
@@ -54,8 +70,17 @@ fn ref_round(v: f64, fmt: WireFormat, mags: &[(u8, f64)]) -> u8 {
             hi.0
         }
     };
-    let _ = fmt;
-    sign | code
+    signed_code(fmt, code, v.is_sign_negative())
+}
+
+/// The code a non-finite input must get (`got` supplies the sign bit a NaN
+/// may carry in FP8).
+fn ref_special(fmt: WireFormat, x: f32, got: u8) -> u8 {
+    match fmt.fp8() {
+        None => INT8_NAN,
+        Some(f) if x.is_nan() => f.nan_code() | (got & 0x80),
+        Some(f) => f.inf_code() | if x < 0.0 { 0x80 } else { 0 },
+    }
 }
 
 fn ref_f16(h: u16) -> f64 {
@@ -107,12 +132,18 @@ fn fp16_bf16_conversions_exhaustive() {
 
 #[test]
 fn fp8_decode_matches_reference() {
-    for fmt in FORMATS {
+    for fmt in FP8S {
+        let wire = match fmt {
+            Fp8::E4M3 => WireFormat::E4M3,
+            Fp8::E5M2 => WireFormat::E5M2,
+        };
+        assert_eq!(wire.fp8(), Some(fmt));
         for c in 0..=255u8 {
             let v = fp8_to_f32(c, fmt);
+            assert!(same_f32(v, code_to_f32(c, wire)));
             let mag = c & 0x7F;
             let special = mag >= fmt.first_special_code();
-            if special && !(fmt == WireFormat::E5M2 && mag == 0x7C) {
+            if special && !(fmt == Fp8::E5M2 && mag == 0x7C) {
                 assert_eq!(v.to_bits(), CANONICAL_NAN_BITS);
             } else if special {
                 assert_eq!(
@@ -128,33 +159,70 @@ fn fp8_decode_matches_reference() {
                 let r = if c & 0x80 != 0 { -r } else { r };
                 assert!(same_f32(v, r as f32), "{fmt:?} {c:#04x}");
                 assert_eq!(f32_to_fp8(v, fmt), c, "round trip {fmt:?} {c:#04x}");
+                assert_eq!(f32_to_code(v, wire), c);
             }
         }
-        assert_eq!(fp8_to_f32(fmt.max_code(), fmt), fmt.max_finite());
+        assert_eq!(fp8_to_f32(fmt.max_code(), fmt), wire.max_finite());
     }
 }
 
 #[test]
-fn nan_inf_codes() {
-    assert_eq!(f32_to_fp8(f32::NAN, WireFormat::E4M3) & 0x7F, 0x7F);
-    assert_eq!(f32_to_fp8(f32::INFINITY, WireFormat::E4M3), 0x7F);
-    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, WireFormat::E4M3), 0xFF);
-    assert_eq!(f32_to_fp8(f32::INFINITY, WireFormat::E5M2), 0x7C);
-    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, WireFormat::E5M2), 0xFC);
-    assert!(fp8_to_f32(f32_to_fp8(f32::NAN, WireFormat::E5M2), WireFormat::E5M2).is_nan());
-    // Saturation, never NaN from finite.
-    assert_eq!(f32_to_fp8(1e30, WireFormat::E4M3), 0x7E);
-    assert_eq!(f32_to_fp8(-464.0, WireFormat::E4M3), 0xFE);
-    assert_eq!(f32_to_fp8(f32::MAX, WireFormat::E5M2), 0x7B);
+fn int8_codes() {
+    for c in 0..=255u8 {
+        let v = int8_to_f32(c);
+        assert!(same_f32(v, code_to_f32(c, WireFormat::Int8)));
+        if c == INT8_NAN {
+            assert_eq!(v.to_bits(), CANONICAL_NAN_BITS);
+        } else {
+            assert_eq!(v, f32::from(c as i8));
+            assert_eq!(f32_to_int8(v), c, "round trip {c:#04x}");
+        }
+    }
+    // Ties to even, saturation, specials, and -0 -> 0.
+    let cases = [
+        (0.5, 0),
+        (1.5, 2),
+        (2.5, 2),
+        (-2.5, 0xFE),
+        (-0.5, 0),
+        (-0.0, 0),
+        (126.5, 126),
+        (127.49, 127),
+        (300.0, 127),
+        (-1e30, 0x81),
+        (f32::NAN, INT8_NAN),
+        (f32::INFINITY, INT8_NAN),
+        (f32::NEG_INFINITY, INT8_NAN),
+    ];
+    for (x, want) in cases {
+        assert_eq!(f32_to_int8(x), want, "{x}");
+        assert_eq!(f32_to_code(x, WireFormat::Int8), want, "{x}");
+    }
+    assert_eq!(WireFormat::Int8.fp8(), None);
 }
 
-/// Scale is minimal and never lets `max / scale` exceed the format max.
+#[test]
+fn nan_inf_codes() {
+    assert_eq!(f32_to_fp8(f32::NAN, Fp8::E4M3) & 0x7F, 0x7F);
+    assert_eq!(f32_to_fp8(f32::INFINITY, Fp8::E4M3), 0x7F);
+    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, Fp8::E4M3), 0xFF);
+    assert_eq!(f32_to_fp8(f32::INFINITY, Fp8::E5M2), 0x7C);
+    assert_eq!(f32_to_fp8(f32::NEG_INFINITY, Fp8::E5M2), 0xFC);
+    assert!(fp8_to_f32(f32_to_fp8(f32::NAN, Fp8::E5M2), Fp8::E5M2).is_nan());
+    // Saturation, never NaN from finite.
+    assert_eq!(f32_to_fp8(1e30, Fp8::E4M3), 0x7E);
+    assert_eq!(f32_to_fp8(-464.0, Fp8::E4M3), 0xFE);
+    assert_eq!(f32_to_fp8(f32::MAX, Fp8::E5M2), 0x7B);
+}
+
+/// FP8: the scale is minimal and never lets `max / scale` exceed the
+/// format max.
 #[test]
 fn scale_choice_is_minimal() {
     let mut bits = 1u32;
     while bits <= 0x7F7F_FFFF {
         let m = f32::from_bits(bits) as f64;
-        for fmt in FORMATS {
+        for fmt in FP8S {
             let s = scale_for_max(fmt, bits);
             assert_ne!(s, E8M0_NAN);
             let e = s as i32 - 127;
@@ -165,11 +233,64 @@ fn scale_choice_is_minimal() {
                 "{fmt:?} {bits:#x} e={e}"
             );
         }
+        assert_int8_scale(bits);
         bits = bits.wrapping_mul(3) / 2 + 0x1357;
     }
-    for fmt in FORMATS {
+    for fmt in FP8S {
         assert_eq!(scale_for_max(fmt, 0), E8M0_ZERO_BLOCK);
     }
+    assert_eq!(int8_scale_for_max(0), INT8_ZERO_BLOCK_SCALE);
+    // 127 needs exactly scale 1; 254 scale 2; 1.0 the bf16 above 1/127
+    // (2^-7 * 1.0078: between the bf16s 2^-7 * (1 + 1/128) and (1 + 2/128)).
+    assert_eq!(int8_scale_for_max(127f32.to_bits()), 0x3F80);
+    assert_eq!(int8_scale_for_max(254f32.to_bits()), 0x4000);
+    assert_eq!(
+        bf16_to_f32(int8_scale_for_max(1f32.to_bits())),
+        2f32.powi(-7) * (1.0 + 2.0 / 128.0)
+    );
+    // Tiny blocks stop at 2^-126, whose inverse is finite.
+    assert_eq!(int8_scale_for_max(1), 0x0080);
+}
+
+/// INT8: the scale is the smallest bf16 at or above `fl32(max / 127)`,
+/// and at least 2^-126 (checked in f64, not with the codec's own steps).
+fn assert_int8_scale(max_bits: u32) {
+    let s = int8_scale_for_max(max_bits);
+    let v = int8_scale_to_f32(s) as f64;
+    let ideal = ((f32::from_bits(max_bits) as f64 / 127.0) as f32 as f64).max(2f64.powi(-126));
+    assert!(v >= ideal, "{max_bits:#x}: {v} < {ideal}");
+    assert!(bf16_to_f32(s - 1) as f64 >= 0.0);
+    assert!(
+        (bf16_to_f32(s - 1) as f64) < ideal,
+        "{max_bits:#x}: not minimal"
+    );
+}
+
+/// The block scale as a number, and whether it is the one the encoder
+/// must pick for a block whose largest finite magnitude is `max`.
+fn check_block_scale(fmt: WireFormat, scale: &[u8], max: f64) -> f64 {
+    match fmt.fp8() {
+        Some(f) => {
+            let e = scale[0] as i32 - 127;
+            let fmax = f.max_finite() as f64;
+            if max == 0.0 {
+                assert_eq!(scale[0], E8M0_ZERO_BLOCK);
+            } else {
+                assert!(max / 2f64.powi(e) <= fmax);
+                assert!(e == -127 || max / 2f64.powi(e - 1) > fmax);
+            }
+        }
+        None => {
+            let bits = u16::from_le_bytes([scale[0], scale[1]]);
+            if max == 0.0 {
+                assert_eq!(bits, INT8_ZERO_BLOCK_SCALE);
+            } else {
+                assert_eq!(int8_scale_for_max((max as f32).to_bits()), bits);
+                assert_int8_scale((max as f32).to_bits());
+            }
+        }
+    }
+    scale_value(fmt, scale) as f64
 }
 
 // ---------- block-level checking ----------
@@ -178,8 +299,9 @@ fn scale_choice_is_minimal() {
 /// backends/decoders against scalar. Returns nothing; panics on mismatch.
 fn check_run(fmt: WireFormat, xs: &[f32], src: Src<'_>, mags: &[(u8, f64)]) {
     let n = xs.len();
+    let sb = fmt.scale_bytes();
     let sc = codec(fmt, Backend::Scalar);
-    let mut scales = vec![0u8; num_blocks(n)];
+    let mut scales = vec![0u8; scales_len(fmt, n)];
     let mut codes = vec![0u8; n];
     sc.encode(src, &mut scales, &mut codes).unwrap();
 
@@ -189,24 +311,23 @@ fn check_run(fmt: WireFormat, xs: &[f32], src: Src<'_>, mags: &[(u8, f64)]) {
             .iter()
             .filter(|x| x.is_finite())
             .fold(0f64, |m, x| m.max(x.abs() as f64));
-        let e = scales[b] as i32 - 127;
-        let fmax = fmt.max_finite() as f64;
-        if max == 0.0 {
-            assert_eq!(scales[b], E8M0_ZERO_BLOCK);
-        } else {
-            assert!(max / 2f64.powi(e) <= fmax);
-            assert!(e == -127 || max / 2f64.powi(e - 1) > fmax);
-        }
+        let scale = check_block_scale(fmt, &scales[b * sb..(b + 1) * sb], max);
+        // The quotient as the codec defines it: x times the f32 inverse of
+        // the scale (exact for FP8's powers of two), rounded once to f32.
+        let inv = (1.0 / scale) as f32 as f64;
         for (i, &x) in blk.iter().enumerate() {
             let c = codes[b * BLOCK + i];
-            let want = if x.is_nan() {
-                fmt.nan_code() | (c & 0x80)
-            } else if x.is_infinite() {
-                fmt.inf_code() | if x < 0.0 { 0x80 } else { 0 }
+            let want = if x.is_finite() {
+                ref_round((x as f64 * inv) as f32 as f64, fmt, mags)
             } else {
-                ref_round(x as f64 / 2f64.powi(e), fmt, mags)
+                ref_special(fmt, x, c)
             };
-            assert_eq!(c, want, "{fmt:?} x={x:e} ({:#x}) e={e}", x.to_bits());
+            assert_eq!(
+                c,
+                want,
+                "{fmt:?} x={x:e} ({:#x}) scale={scale:e}",
+                x.to_bits()
+            );
         }
     }
 
@@ -221,7 +342,9 @@ fn check_run(fmt: WireFormat, xs: &[f32], src: Src<'_>, mags: &[(u8, f64)]) {
     sc.decode_into(&scales, &codes, Dst::F32(&mut dec)).unwrap();
     for (i, &d) in dec.iter().enumerate() {
         let c = codes[i];
-        let want = fp8_to_f32(c, fmt) as f64 * 2f64.powi(scales[i / BLOCK] as i32 - 127);
+        let b = i / BLOCK;
+        let want =
+            code_to_f32(c, fmt) as f64 * scale_value(fmt, &scales[b * sb..(b + 1) * sb]) as f64;
         assert!(same_f32(d, want as f32) || (d.is_nan() && want.is_nan()));
         if d.is_nan() {
             assert_eq!(d.to_bits(), CANONICAL_NAN_BITS);
@@ -275,7 +398,7 @@ fn check_decoders_match(fmt: WireFormat, b: Backend, scales: &[u8], codes: &[u8]
 /// sorted with an anchor 16x larger than the block's max.
 #[test]
 fn exhaustive_fp16_bf16() {
-    for fmt in FORMATS {
+    for fmt in WireFormat::ALL {
         let mags = finite_mags(fmt);
         for is_bf16 in [false, true] {
             let to_f32 = |h: u16| {
@@ -322,20 +445,38 @@ fn exhaustive_fp16_bf16() {
 /// Every (scale byte, code) pair, NaN scale included, through all decoders.
 #[test]
 fn exhaustive_decode() {
-    for fmt in FORMATS {
-        let scales: Vec<u8> = (0..=255u8).flat_map(|s| [s; 8]).collect();
-        let codes: Vec<u8> = (0..scales.len() * BLOCK).map(|i| (i % 256) as u8).collect();
+    for fmt in WireFormat::ALL {
+        // Every scale (E8M0 byte: 8 blocks each; INT8 bf16: one block
+        // each) with codes cycling so that every code meets many scales.
+        let scales: Vec<u8> = match fmt.fp8() {
+            Some(_) => (0..=255u8).flat_map(|s| [s; 8]).collect(),
+            None => (0..=u16::MAX).flat_map(u16::to_le_bytes).collect(),
+        };
+        let sb = fmt.scale_bytes();
+        let blocks = scales.len() / sb;
+        let codes: Vec<u8> = (0..blocks * BLOCK)
+            .map(|i| ((i % 256) + i / 256) as u8)
+            .collect();
         let mut out = vec![0f32; codes.len()];
         let sc = codec(fmt, Backend::Scalar);
         sc.decode_into(&scales, &codes, Dst::F32(&mut out)).unwrap();
         for (i, &d) in out.iter().enumerate() {
-            let s = scales[i / BLOCK];
-            let v = fp8_to_f32(codes[i], fmt);
-            if s == E8M0_NAN || v.is_nan() {
+            let b = i / BLOCK;
+            let s = &scales[b * sb..(b + 1) * sb];
+            // Reference scale value straight from the field definitions.
+            let (scale, nan_scale) = match fmt.fp8() {
+                Some(_) => (2f64.powi(s[0] as i32 - 127), s[0] == E8M0_NAN),
+                None => {
+                    let bits = u16::from_le_bytes([s[0], s[1]]);
+                    (bf16_to_f32(bits) as f64, bits & 0x7F80 == 0x7F80)
+                }
+            };
+            let v = code_to_f32(codes[i], fmt);
+            if nan_scale || v.is_nan() {
                 assert_eq!(d.to_bits(), CANONICAL_NAN_BITS);
             } else {
-                let want = (v as f64 * 2f64.powi(s as i32 - 127)) as f32;
-                assert!(same_f32(d, want), "{fmt:?} s={s} c={:#x}", codes[i]);
+                let want = (v as f64 * scale) as f32;
+                assert!(same_f32(d, want), "{fmt:?} s={s:?} c={:#x}", codes[i]);
             }
         }
         if let Some(b) = simd() {
@@ -346,39 +487,71 @@ fn exhaustive_decode() {
 
 #[test]
 fn lengths_are_validated() {
-    for b in [Backend::Scalar, Backend::detect()] {
-        let c = codec(WireFormat::E4M3, b);
+    for (b, fmt) in [Backend::Scalar, Backend::detect()]
+        .into_iter()
+        .flat_map(|b| WireFormat::ALL.map(|f| (b, f)))
+    {
+        let c = codec(fmt, b);
+        let sl = scales_len(fmt, 33);
+        assert_eq!(sl, 2 * fmt.scale_bytes());
         let x = [1f32; 33];
-        let mut s = [0u8; 2];
+        let mut s = [0u8; 4];
+        let s = &mut s[..sl];
         let mut k = [0u8; 33];
-        assert!(c.encode(Src::F32(&x), &mut s, &mut k).is_ok());
-        assert!(c.encode(Src::F32(&x), &mut s[..1], &mut k).is_err());
-        assert!(c.encode(Src::F32(&x), &mut s, &mut k[..32]).is_err());
+        assert!(c.encode(Src::F32(&x), s, &mut k).is_ok());
+        assert!(c.encode(Src::F32(&x), &mut s[..sl - 1], &mut k).is_err());
+        assert!(c.encode(Src::F32(&x), s, &mut k[..32]).is_err());
         let mut acc = [0f32; 33];
-        assert!(c.decode_accumulate(&s, &k[..32], &mut acc).is_err());
-        assert!(c.decode_accumulate(&s[..1], &k, &mut acc).is_err());
-        assert!(c.decode_accumulate(&s, &k, &mut acc).is_ok());
-        assert_eq!(acc, [1f32; 33]);
-        let mut w = vec![0u8; encoded_len(33)];
-        assert_eq!(w.len(), 35);
+        assert!(c.decode_accumulate(s, &k[..32], &mut acc).is_err());
+        assert!(c.decode_accumulate(&s[..sl - 1], &k, &mut acc).is_err());
+        assert!(c.decode_accumulate(s, &k, &mut acc).is_ok());
+        // FP8 holds 1.0 exactly; INT8 within half a step (scale 1/127).
+        assert!(
+            acc.iter().all(|&a| (a - 1.0).abs() <= 1.0 / 254.0),
+            "{acc:?}"
+        );
+        let mut w = vec![0u8; encoded_len(fmt, 33)];
+        assert_eq!(w.len(), sl + 33);
         assert!(c.encode_wire(Src::F32(&x), &mut w).is_ok());
         assert!(c.encode_wire(Src::F32(&x), &mut w[1..]).is_err());
-        assert!(c.decode_accumulate_wire(&w[..34], &mut acc).is_err());
+        assert!(c.decode_accumulate_wire(&w[1..], &mut acc).is_err());
         let mut h = [0u16; 32];
         assert!(c.decode_into_wire(&w, Dst::Bf16(&mut h)).is_err());
         assert!(c.decode_into_wire(&[], Dst::F16(&mut [])).is_ok());
         assert!(matches!(
-            c.decode_into(&s, &k, Dst::F16(&mut h)),
+            c.decode_into(s, &k, Dst::F16(&mut h)),
             Err(CodecError::Length { .. })
         ));
     }
-    assert_eq!(encoded_len(0), 0);
-    assert_eq!(encoded_len(32), 33);
-    assert_eq!(encoded_len(65), 68);
+    for fmt in [WireFormat::E4M3, WireFormat::E5M2] {
+        assert_eq!(encoded_len(fmt, 0), 0);
+        assert_eq!(encoded_len(fmt, 32), 33);
+        assert_eq!(encoded_len(fmt, 65), 68);
+    }
+    assert_eq!(encoded_len(WireFormat::Int8, 0), 0);
+    assert_eq!(encoded_len(WireFormat::Int8, 32), 34);
+    assert_eq!(encoded_len(WireFormat::Int8, 65), 71);
 }
 
-/// Gaussian data through E4M3: each normal-range element within 2^-4
-/// relative error (half an ulp of a 3-bit mantissa).
+/// Largest round-trip error allowed for a finite `x` in a block with scale
+/// bytes `scale`: half a step of the code grid (relative for FP8 normals,
+/// absolute in the FP8 subnormal range and on INT8's uniform grid, plus
+/// INT8's one f32 rounding of the quotient).
+fn half_step(fmt: WireFormat, x: f32, scale: &[u8]) -> f64 {
+    let v = scale_value(fmt, scale) as f64;
+    match fmt.fp8() {
+        Some(f) => {
+            let m = f.man_bits() as i32;
+            let min_normal = v * 2f64.powi(1 - f.bias() as i32);
+            (x.abs() as f64 * 2f64.powi(-m - 1)).max(min_normal * 2f64.powi(-m - 1))
+        }
+        None => v * (0.5 + 2f64.powi(-16)),
+    }
+}
+
+/// Gaussian data: every element within half a step; relative L2 error of
+/// one rounding, E4M3 (power-of-two scales, 2.4-2.7%) against INT8 (bf16
+/// scales, ~0.55%).
 #[test]
 fn gaussian_round_trip_error() {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -395,30 +568,29 @@ fn gaussian_round_trip_error() {
             ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos() * 3.0) as f32
         })
         .collect();
-    for fmt in FORMATS {
+    let rel_l2 = WireFormat::ALL.map(|fmt| {
         let c = Codec::new(fmt);
-        let mut w = vec![0u8; encoded_len(n)];
+        let sb = fmt.scale_bytes();
+        let mut w = vec![0u8; encoded_len(fmt, n)];
         c.encode_wire(Src::F32(&xs), &mut w).unwrap();
         let mut d = vec![0f32; n];
         c.decode_into_wire(&w, Dst::F32(&mut d)).unwrap();
-        let rel_bound = 2f64.powi(-(fmt.man_bits() as i32) - 1);
-        let (mut worst, mut sq) = (0f64, 0f64);
+        let (mut num, mut den) = (0f64, 0f64);
         for (i, (&x, &y)) in xs.iter().zip(&d).enumerate() {
-            let e = w[i / BLOCK] as i32 - 127;
-            let min_normal = 2f64.powi(e + 1 - fmt.bias() as i32);
+            let b = i / BLOCK;
             let err = (x as f64 - y as f64).abs();
-            if (x.abs() as f64) >= min_normal {
-                let rel = err / x.abs() as f64;
-                worst = worst.max(rel);
-                sq += rel * rel;
-            } else {
-                // Subnormal range: absolute error within half a step.
-                assert!(err <= min_normal * 2f64.powi(-(fmt.man_bits() as i32) - 1));
-            }
+            let bound = half_step(fmt, x, &w[b * sb..(b + 1) * sb]);
+            assert!(err <= bound, "{fmt:?} x={x} y={y}");
+            num += err * err;
+            den += (x as f64).powi(2);
         }
-        assert!(worst <= rel_bound, "{fmt:?} worst rel err {worst}");
-        assert!((sq / n as f64).sqrt() < rel_bound / 2.0);
-    }
+        (num / den).sqrt()
+    });
+    let [e4m3, e5m2, int8] = rel_l2;
+    assert!(e4m3 > 0.02 && e4m3 < 0.03, "E4M3 {e4m3}");
+    assert!(e5m2 > e4m3, "E5M2 {e5m2}");
+    assert!(int8 > 0.004 && int8 < 0.007, "INT8 {int8}");
+    assert!(int8 * 4.0 < e4m3, "INT8 {int8} vs E4M3 {e4m3}");
 }
 
 // ---------- proptest ----------
@@ -441,15 +613,16 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_blocks(xs in proptest::collection::vec(special_or_value(), 0..200), f in 0..2usize) {
-        let fmt = FORMATS[f];
+    fn random_blocks(xs in proptest::collection::vec(special_or_value(), 0..200), f in 0..3usize) {
+        let fmt = WireFormat::ALL[f];
         let mags = finite_mags(fmt);
         check_run(fmt, &xs, Src::F32(&xs), &mags);
 
         // Non-finite elements survive at their position; finite elements
-        // are never NaN; round-trip error within half an FP8 ulp.
+        // are never NaN; round-trip error within half a step.
         let c = Codec::new(fmt);
-        let mut w = vec![0u8; encoded_len(xs.len())];
+        let sb = fmt.scale_bytes();
+        let mut w = vec![0u8; encoded_len(fmt, xs.len())];
         c.encode_wire(Src::F32(&xs), &mut w).unwrap();
         let mut d = vec![0f32; xs.len()];
         c.decode_into_wire(&w, Dst::F32(&mut d)).unwrap();
@@ -458,16 +631,15 @@ proptest! {
                 prop_assert!(y.is_nan());
             } else if x.is_infinite() {
                 match fmt {
-                    WireFormat::E4M3 => prop_assert!(y.is_nan()),
                     WireFormat::E5M2 => prop_assert_eq!(x, y),
+                    WireFormat::E4M3 | WireFormat::Int8 => prop_assert!(y.is_nan()),
                 }
             } else {
                 prop_assert!(!y.is_nan());
-                let e = w[i / BLOCK] as i32 - 127;
+                let b = i / BLOCK;
                 if !y.is_infinite() {
-                    let half_ulp = (x.abs() as f64 * 2f64.powi(-(fmt.man_bits() as i32) - 1))
-                        .max(2f64.powi(e + 1 - fmt.bias() as i32 - fmt.man_bits() as i32 - 1));
-                    prop_assert!((x as f64 - y as f64).abs() <= half_ulp, "x={x:e} y={y:e}");
+                    let bound = half_step(fmt, x, &w[b * sb..(b + 1) * sb]);
+                    prop_assert!((x as f64 - y as f64).abs() <= bound, "x={x:e} y={y:e}");
                 }
             }
         }

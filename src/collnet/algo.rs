@@ -44,8 +44,8 @@ use std::sync::Arc;
 use super::plan::shard_range;
 use super::pool::{self, Shared};
 use crate::codec::{
-    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, CodecError, Dst, Src,
-    WireFormat,
+    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, scales_len, Codec, CodecError,
+    Dst, Src, WireFormat,
 };
 
 /// Element types the collective supports (NCCL's numbering in
@@ -165,7 +165,7 @@ impl RedOp {
 pub enum Path {
     /// Bit-exact reduction.
     Exact,
-    /// Block-scaled FP8 compression (lossy; opt-in).
+    /// Block-scaled 8-bit compression in this wire format (lossy; opt-in).
     Compressed(WireFormat),
 }
 
@@ -225,7 +225,7 @@ impl Spec {
         let len = self.shard(s).len();
         match self.path {
             Path::Exact => len * self.dtype.size(),
-            Path::Compressed(_) => encoded_len(len),
+            Path::Compressed(f) => encoded_len(f, len),
         }
     }
 
@@ -466,18 +466,16 @@ const CHUNK_VALUES: usize = 8 * 1024;
 fn fp8_encode(codec: &Codec, dtype: DataType, input: &[u8]) -> Result<Vec<u8>, CollError> {
     let size = dtype.size();
     let n = input.len() / size;
-    let mut wire = pool::take(encoded_len(n));
-    let (scales, codes) = crate::codec::split_wire_mut(&mut wire, n)?;
+    let format = codec.format();
+    let mut wire = pool::take(encoded_len(format, n));
+    let (scales, codes) = crate::codec::split_wire_mut(format, &mut wire, n)?;
     let mut halves = [0u16; CHUNK_VALUES];
     let mut floats = [0f32; CHUNK_VALUES];
     for (i, chunk) in input.chunks(CHUNK_VALUES * size).enumerate() {
         let m = chunk.len() / size;
         let v0 = i * CHUNK_VALUES;
-        let b0 = v0 / crate::codec::BLOCK;
-        let (sc, co) = (
-            &mut scales[b0..b0 + m.div_ceil(crate::codec::BLOCK)],
-            &mut codes[v0..v0 + m],
-        );
+        let (s0, s1) = (scales_len(format, v0), scales_len(format, v0 + m));
+        let (sc, co) = (&mut scales[s0..s1], &mut codes[v0..v0 + m]);
         let src = match dtype {
             DataType::F32 => {
                 for (d, c) in floats.iter_mut().zip(chunk.chunks_exact(4)) {
@@ -516,17 +514,15 @@ fn fp8_decode(
 ) -> Result<(), CollError> {
     let size = dtype.size();
     let n = out.len() / size;
-    let (scales, codes) = crate::codec::split_wire(wire, n)?;
+    let format = codec.format();
+    let (scales, codes) = crate::codec::split_wire(format, wire, n)?;
     let mut halves = [0u16; CHUNK_VALUES];
     let mut floats = [0f32; CHUNK_VALUES];
     for (i, chunk) in out.chunks_mut(CHUNK_VALUES * size).enumerate() {
         let m = chunk.len() / size;
         let v0 = i * CHUNK_VALUES;
-        let b0 = v0 / crate::codec::BLOCK;
-        let (sc, co) = (
-            &scales[b0..b0 + m.div_ceil(crate::codec::BLOCK)],
-            &codes[v0..v0 + m],
-        );
+        let (s0, s1) = (scales_len(format, v0), scales_len(format, v0 + m));
+        let (sc, co) = (&scales[s0..s1], &codes[v0..v0 + m]);
         match dtype {
             DataType::F32 => {
                 codec.decode_into(sc, co, Dst::F32(&mut floats[..m]))?;
@@ -604,7 +600,7 @@ impl Reducer {
     ) -> Reducer {
         let payload_len = match codec {
             None => len * dtype.size(),
-            Some(_) => encoded_len(len),
+            Some(c) => encoded_len(c.format(), len),
         };
         Reducer {
             dtype,
@@ -747,7 +743,7 @@ impl Reducer {
         let acc = std::mem::replace(&mut self.acc, Acc::Empty);
         Ok(match (&self.codec, acc) {
             (Some(codec), Acc::Wide(acc)) => {
-                let mut wire = pool::take(encoded_len(acc.len()));
+                let mut wire = pool::take(encoded_len(codec.format(), acc.len()));
                 codec.encode_wire(Src::F32(&acc), &mut wire)?;
                 self.sampled_error = sample_error(codec, &acc);
                 wire
@@ -761,8 +757,7 @@ impl Reducer {
             }
             (_, Acc::Native(v)) => v,
             // A shard of zero elements with n >= 1 folds to nothing.
-            (Some(_), Acc::Empty) => vec![0u8; encoded_len(0)],
-            (None, Acc::Empty) => Vec::new(),
+            (_, Acc::Empty) => Vec::new(),
         })
     }
 }
@@ -773,7 +768,7 @@ fn sample_error(codec: &Codec, acc: &[f32]) -> Option<f64> {
     if n == 0 {
         return None;
     }
-    let mut block = vec![0u8; encoded_len(n)];
+    let mut block = vec![0u8; encoded_len(codec.format(), n)];
     codec.encode_wire(Src::F32(&acc[..n]), &mut block).ok()?;
     // Blocks are independent: the first block encodes alone exactly as it
     // did inside the shard.

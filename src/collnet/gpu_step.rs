@@ -103,7 +103,7 @@ impl GpuStep {
     ) -> NetResult<(GpuStep, Vec<GpuExpect>)> {
         let n = spec.n;
         let no_slot = || NetError::Internal("GPU staging slots ran out".into());
-        let own_len = encoded_len(spec.shard(rank).len());
+        let own_len = encoded_len(fmt, spec.shard(rank).len());
         let own = !spec.shard(rank).is_empty();
         let mut expects = Vec::new();
         for j in (0..n).filter(|&j| j != rank) {
@@ -115,7 +115,7 @@ impl GpuStep {
                 });
             }
             if !spec.shard(j).is_empty() {
-                let len = encoded_len(spec.shard(j).len());
+                let len = encoded_len(fmt, spec.shard(j).len());
                 expects.push(GpuExpect {
                     from: j,
                     lane: Lane::Result,
@@ -125,7 +125,7 @@ impl GpuStep {
         }
         let mut contributions = Vec::new();
         for s in (0..n).filter(|&s| s != rank && !spec.shard(s).is_empty()) {
-            let len = encoded_len(spec.shard(s).len());
+            let len = encoded_len(fmt, spec.shard(s).len());
             contributions.push((s, pool.take(len).ok_or_else(no_slot)?));
         }
         let (table, reduced) = if own {
@@ -202,7 +202,7 @@ impl GpuStep {
         }
         match lane {
             Lane::Contrib => {
-                let want = encoded_len(self.spec.shard(rank).len());
+                let want = encoded_len(self.fmt, self.spec.shard(rank).len());
                 if slot.len() != want || self.received[from].is_some() {
                     return Err(protocol(
                         rank,
@@ -215,7 +215,7 @@ impl GpuStep {
             }
             Lane::Result => {
                 let count = self.spec.shard(from).len();
-                if slot.len() != encoded_len(count) || self.reduced_left == 0 {
+                if slot.len() != encoded_len(self.fmt, count) || self.reduced_left == 0 {
                     return Err(protocol(
                         rank,
                         format!("reduced shard of {} bytes from member {from}", slot.len()),

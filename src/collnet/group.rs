@@ -381,7 +381,9 @@ impl Group {
             });
         }
         let path = match agreed {
-            Some(f) => format!("FP8 {f:?} where dtype/op allow (float sum), exact otherwise"),
+            Some(f) => {
+                format!("compressed ({f:?}) where dtype/op allow (float sum), exact otherwise")
+            }
             None => "exact".into(),
         };
         crate::info!(
@@ -569,17 +571,24 @@ impl Group {
         let output = output.prefix(bytes);
         // FP8 on device buffers: kernels encode, fold and decode in place;
         // only compressed bytes cross PCIe and the wire.
-        if let (Path::Compressed(fmt), Some(elem), Place::Device(i), Place::Device(o)) =
-            (path, gpu_elem(dtype), &input, &output)
-        {
+        // (INT8 has no kernels yet: staged like the exact path.)
+        let on_gpu = match (path, gpu_elem(dtype), &input, &output) {
+            (Path::Compressed(fmt), Some(elem), Place::Device(i), Place::Device(o))
+                if has_gpu_kernels(fmt) =>
+            {
+                Some((fmt, elem, i.device(), o.device()))
+            }
+            _ => None,
+        };
+        if let Some((fmt, elem, i, o)) = on_gpu {
             let steps = specs
                 .map(|(offset, spec)| {
                     Pending::Gpu(GpuSegment {
                         spec,
                         fmt,
                         elem,
-                        input: DevAddr(i.device().0 + offset as u64),
-                        output: DevAddr(o.device().0 + offset as u64),
+                        input: i.offset(offset),
+                        output: o.offset(offset),
                     })
                 })
                 .collect();
@@ -1072,6 +1081,11 @@ impl Group {
     }
 }
 
+/// Whether the GPU codec has kernels for `fmt`.
+fn has_gpu_kernels(fmt: WireFormat) -> bool {
+    matches!(fmt, WireFormat::E4M3 | WireFormat::E5M2)
+}
+
 /// The kernels' element type for `dtype`, if they take it.
 fn gpu_elem(dtype: DataType) -> Option<Elem> {
     match dtype {
@@ -1088,8 +1102,11 @@ fn gpu_elem(dtype: DataType) -> Option<Elem> {
 fn gpu_staging_layout(n: usize) -> (usize, usize) {
     let elems = SEGMENT_BYTES / 2;
     let shard = crate::codec::num_blocks(elems).div_ceil(n.max(1)) * crate::codec::BLOCK;
-    let slot_bytes = crate::codec::encoded_len(shard)
-        .max(n * 8)
-        .next_multiple_of(4096);
+    let wire = crate::codec::WireFormat::ALL
+        .into_iter()
+        .map(|f| crate::codec::encoded_len(f, shard))
+        .max()
+        .unwrap_or(0);
+    let slot_bytes = wire.max(n * 8).next_multiple_of(4096);
     (slot_bytes, WINDOW * (3 * n.max(1) - 1))
 }

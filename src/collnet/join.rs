@@ -4,7 +4,8 @@
 //! Every member receives a hello from every other member and knows its own,
 //! so each computes [`agree`] over the same `n` hellos and all reach the
 //! same answer, with no extra round trip. A parameter that could make
-//! members disagree about the bytes on the wire (the FP8 format) is agreed
+//! members disagree about the bytes on the wire (the compressed wire
+//! format) is agreed
 //! this way, never taken from the local config alone.
 
 use super::steps::Lane;
@@ -24,7 +25,8 @@ pub struct MemberHello {
     pub rank: u32,
     pub nranks: u32,
     pub lane: Lane,
-    /// The FP8 format this member would use, `None` when it has FP8 off.
+    /// The compressed wire format this member would use, `None` when it
+    /// has compression off.
     pub fp8: Option<WireFormat>,
 }
 
@@ -60,7 +62,7 @@ impl std::fmt::Display for JoinError {
             }
             JoinError::BadRank(r) => write!(f, "member index {r} out of range"),
             JoinError::BadLane(l) => write!(f, "unknown link kind {l}"),
-            JoinError::BadFormat(c) => write!(f, "unknown FP8 format code {c}"),
+            JoinError::BadFormat(c) => write!(f, "unknown wire format code {c}"),
             JoinError::Duplicate { rank, lane } => {
                 write!(f, "member {rank} opened two {lane:?} links")
             }
@@ -73,6 +75,7 @@ fn format_code(f: Option<WireFormat>) -> u32 {
         None => 0,
         Some(WireFormat::E4M3) => 1,
         Some(WireFormat::E5M2) => 2,
+        Some(WireFormat::Int8) => 3,
     }
 }
 
@@ -122,6 +125,7 @@ impl MemberHello {
             0 => None,
             1 => Some(WireFormat::E4M3),
             2 => Some(WireFormat::E5M2),
+            3 => Some(WireFormat::Int8),
             c => return Err(JoinError::BadFormat(c)),
         };
         Ok(MemberHello {
@@ -133,8 +137,9 @@ impl MemberHello {
     }
 }
 
-/// The FP8 format the whole group uses: a format only when every member
-/// enabled FP8 with that same format; otherwise the exact path for all.
+/// The wire format the whole group uses: a format only when every member
+/// enabled compression with that same format; otherwise the exact path for
+/// all.
 pub fn agree(fp8_of_each_member: &[Option<WireFormat>]) -> Option<WireFormat> {
     let first = *fp8_of_each_member.first()?;
     fp8_of_each_member
@@ -171,6 +176,25 @@ mod tests {
         bad[20] = 7;
         assert_eq!(MemberHello::decode(&bad, 4, 0), Err(JoinError::BadLane(7)));
         assert!(MemberHello::decode(&b[..31], 4, 0).is_err());
+        let mut bad = b;
+        bad[24] = 4;
+        assert_eq!(
+            MemberHello::decode(&bad, 4, 0),
+            Err(JoinError::BadFormat(4))
+        );
+    }
+
+    #[test]
+    fn every_format_round_trips() {
+        for fp8 in WireFormat::ALL.map(Some).into_iter().chain([None]) {
+            let h = MemberHello {
+                rank: 1,
+                nranks: 2,
+                lane: Lane::Contrib,
+                fp8,
+            };
+            assert_eq!(MemberHello::decode(&h.encode(), 2, 0), Ok(h));
+        }
     }
 
     #[test]
@@ -179,6 +203,9 @@ mod tests {
         assert_eq!(agree(&[e4, e4, e4]), e4);
         assert_eq!(agree(&[e4, None, e4]), None);
         assert_eq!(agree(&[e4, Some(WireFormat::E5M2)]), None);
+        let i8 = Some(WireFormat::Int8);
+        assert_eq!(agree(&[i8, i8]), i8);
+        assert_eq!(agree(&[i8, e4, i8]), None);
         assert_eq!(agree(&[None, None]), None);
         assert_eq!(agree(&[]), None);
     }
@@ -187,8 +214,8 @@ mod tests {
         /// Every member sees the same multiset of hellos in its own order
         /// (its own first, then peers in arrival order): all agree.
         #[test]
-        fn agreement_ignores_order(codes in prop::collection::vec(0u8..3, 1..16), rot in 0usize..16) {
-            let of = |c: u8| match c { 0 => None, 1 => Some(WireFormat::E4M3), _ => Some(WireFormat::E5M2) };
+        fn agreement_ignores_order(codes in prop::collection::vec(0u8..4, 1..16), rot in 0usize..16) {
+            let of = |c: u8| c.checked_sub(1).map(|i| WireFormat::ALL[usize::from(i)]);
             let v: Vec<_> = codes.iter().map(|&c| of(c)).collect();
             let mut w = v.clone();
             w.rotate_left(rot % v.len());

@@ -1,6 +1,7 @@
 //! In-process simulation of the collective: N [`Member`]s exchange
 //! messages in a seeded random delivery order (segments interleaved), plus
-//! the FP8 error measurements and a re-round-every-hop ring baseline.
+//! the compressed path's error measurements next to ring baselines that
+//! re-round the partial sum at every hop.
 //!
 //! Deterministic: the same arguments give the same outputs and numbers.
 
@@ -9,10 +10,7 @@ use std::time::Instant;
 
 use super::algo::{CollError, DataType, Member, Msg, Path, RedOp, Spec};
 use super::plan::Plan;
-use crate::codec::{
-    bf16_to_f32, encoded_len, f32_to_bf16, f32_to_fp8, fp8_to_f32, Backend, Codec, Dst, Src,
-    WireFormat,
-};
+use crate::codec::{bf16_to_f32, encoded_len, f32_to_bf16, Backend, Codec, Dst, Src, WireFormat};
 
 /// SplitMix64: tiny, seedable, good enough for test data and shuffles.
 #[derive(Clone, Debug)]
@@ -176,7 +174,7 @@ pub struct SimReport {
     /// All members produced the same bytes (always true for the ring
     /// baseline, which is modelled once).
     pub bit_identical: bool,
-    /// Times each element went through FP8 quantization.
+    /// Times each element went through quantization.
     pub quantizations: usize,
 }
 
@@ -226,14 +224,19 @@ fn bf16_bytes_to_f64(b: &[u8]) -> impl Iterator<Item = f64> + '_ {
 /// Segment size used by the error simulations (exercises pipelining).
 const SIM_SEGMENT: usize = 16 << 10;
 
-fn airamp_report(inputs: &[Vec<u16>], reference: &[f64], seed: u64) -> SimReport {
+fn airamp_report(
+    inputs: &[Vec<u16>],
+    reference: &[f64],
+    format: WireFormat,
+    seed: u64,
+) -> SimReport {
     let n = inputs.len();
     let count = reference.len();
     let call = Call {
         n,
         dtype: DataType::Bf16,
         op: RedOp::Sum,
-        path: Path::Compressed(WireFormat::E4M3),
+        path: Path::Compressed(format),
         count,
         segment_elems: SIM_SEGMENT,
     };
@@ -248,70 +251,60 @@ fn airamp_report(inputs: &[Vec<u16>], reference: &[f64], seed: u64) -> SimReport
     }
 }
 
-/// airamp's FP8 allreduce of bf16 data (E4M3, 32-value blocks) over
-/// `n_members`, simulated with random delivery; error vs the exact sum.
-pub fn simulate_error(n_members: usize, count: usize, dist: Dist, seed: u64) -> SimReport {
+/// airamp's compressed allreduce of bf16 data (`format`, 32-value blocks)
+/// over `n_members`, simulated with random delivery; error vs the exact sum.
+pub fn simulate_error(
+    n_members: usize,
+    count: usize,
+    dist: Dist,
+    format: WireFormat,
+    seed: u64,
+) -> SimReport {
     let (inputs, reference) = gen_inputs(n_members, count, dist, seed);
-    airamp_report(&inputs, &reference, seed)
+    airamp_report(&inputs, &reference, format, seed)
 }
 
-/// Scaling used by the re-round-every-hop baseline.
+/// What a ring baseline does to the partial sum at every hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reround {
-    /// One f32 scale `amax / 448` per message (per ring chunk), E4M3.
-    PerTensor,
-    /// The same 32-value block scaling airamp uses.
-    PerBlock,
+    /// Quantize-dequantize with airamp's block scaling (32-value blocks,
+    /// power-of-two scales) in this format.
+    PerBlock(WireFormat),
+    /// Round to bf16: NCCL's Ring on bf16 data, which adds in f32 and
+    /// stores each partial sum as bf16.
+    Bf16,
 }
 
-/// Quantize-dequantize `v` in place with `scheme`, per message of
-/// `chunk` elements.
-fn requantize(v: &mut [f32], scheme: Reround, chunk: usize, codec: &Codec, wire: &mut Vec<u8>) {
+/// Re-round `v` in place as `scheme` does between two hops.
+fn reround(v: &mut [f32], scheme: Reround, wire: &mut Vec<u8>) {
     match scheme {
-        Reround::PerBlock => {
-            wire.resize(encoded_len(v.len()), 0);
+        Reround::PerBlock(format) => {
+            let codec = Codec::new(format);
+            wire.resize(encoded_len(format, v.len()), 0);
             // Lengths match by construction.
             let _ = codec.encode_wire(Src::F32(v), wire);
             let _ = codec.decode_into_wire(wire, Dst::F32(v));
         }
-        Reround::PerTensor => {
-            let f = WireFormat::E4M3;
-            for c in v.chunks_mut(chunk.max(1)) {
-                let amax = c
-                    .iter()
-                    .filter(|x| x.is_finite())
-                    .fold(0f32, |m, x| m.max(x.abs()));
-                let scale = if amax > 0.0 {
-                    amax / f.max_finite()
-                } else {
-                    1.0
-                };
-                for x in c.iter_mut() {
-                    *x = fp8_to_f32(f32_to_fp8(*x / scale, f), f) * scale;
-                }
-            }
-        }
+        Reround::Bf16 => v.iter_mut().for_each(|x| *x = bf16_to_f32(f32_to_bf16(*x))),
     }
 }
 
 fn ring_report(inputs: &[Vec<u16>], reference: &[f64], scheme: Reround) -> SimReport {
     let n = inputs.len();
     let count = reference.len();
-    let codec = Codec::new(WireFormat::E4M3);
-    let chunk = count.div_ceil(n.max(1));
     let mut wire = Vec::new();
-    // Ring reduce-scatter: the partial sum leaves member 0 quantized, and
-    // every later member adds its input to the decoded partial and
-    // re-quantizes before forwarding; the last one's quantized result is
-    // what the all-gather distributes. (Each ring chunk starts at a
-    // different member; the error statistics do not depend on which.)
+    // Ring reduce-scatter: the partial sum leaves member 0 re-rounded, and
+    // every later member adds its input to the partial and re-rounds before
+    // forwarding; the last one's result is what the all-gather distributes
+    // (as bf16). (Each ring chunk starts at a different member; the error
+    // statistics do not depend on which.)
     let mut partial: Vec<f32> = inputs[0].iter().map(|&x| bf16_to_f32(x)).collect();
-    requantize(&mut partial, scheme, chunk, &codec, &mut wire);
+    reround(&mut partial, scheme, &mut wire);
     for input in &inputs[1..] {
         for (p, &x) in partial.iter_mut().zip(input) {
             *p += bf16_to_f32(x);
         }
-        requantize(&mut partial, scheme, chunk, &codec, &mut wire);
+        reround(&mut partial, scheme, &mut wire);
     }
     let out = partial
         .iter()
@@ -325,8 +318,8 @@ fn ring_report(inputs: &[Vec<u16>], reference: &[f64], scheme: Reround) -> SimRe
     }
 }
 
-/// Baseline: ring allreduce that re-quantizes the partial sum to FP8 at
-/// every hop (what per-tensor / per-hop FP8 schemes do), same inputs as
+/// Baseline: a ring allreduce that re-rounds the partial sum at every hop
+/// (per-hop compression schemes, or a plain bf16 ring), same inputs as
 /// [`simulate_error`] for the same arguments.
 pub fn simulate_ring_reround_error(
     n_members: usize,
@@ -339,39 +332,50 @@ pub fn simulate_ring_reround_error(
     ring_report(&inputs, &reference, scheme)
 }
 
-/// Side-by-side relative L2 errors (bf16 data, E4M3) of airamp's scheme and
-/// the re-round-every-hop ring baselines, for Gaussian and Student-t(3)
-/// inputs, one row per member count.
+/// Relative L2 errors of bf16 sums, one markdown table per input
+/// distribution (Gaussian, Student-t(3)), one row per member count: for
+/// each wire format airamp's scheme (each element quantized at most twice)
+/// next to a ring that re-quantizes at every hop with the same blocks, and
+/// a plain bf16 ring. With one member airamp's result is one rounding.
 pub fn error_table(members: &[usize], count: usize, seed: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "relative L2 error, bf16 -> E4M3 blocks of 32, {count} values per member, seed {seed}"
+        "relative L2 error of the bf16 sum, blocks of 32 (FP8: power-of-two scales, INT8: bf16 scales), \
+         {count} values per member, seed {seed}; \"2x\" = airamp (at most two \
+         roundings), \"hop\" = ring re-rounding at every hop"
     );
-    let _ = writeln!(
-        s,
-        "| N | airamp gauss | ring/block gauss | ring/tensor gauss | airamp t3 | ring/block t3 | ring/tensor t3 |"
-    );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
     let t0 = Instant::now();
-    for &n in members {
-        let _ = write!(s, "| {n} |");
-        for dist in [Dist::Gaussian, Dist::StudentT3] {
-            let (inputs, reference) = gen_inputs(n, count, dist, seed);
-            let a = airamp_report(&inputs, &reference, seed);
-            let b = ring_report(&inputs, &reference, Reround::PerBlock);
-            let t = ring_report(&inputs, &reference, Reround::PerTensor);
-            let mark = if a.bit_identical { "" } else { " (DIVERGED)" };
-            let _ = write!(
-                s,
-                " {:.2}%{mark} | {:.2}% | {:.2}% |",
-                100.0 * a.rel_l2,
-                100.0 * b.rel_l2,
-                100.0 * t.rel_l2
-            );
+    for dist in [Dist::Gaussian, Dist::StudentT3] {
+        let _ = writeln!(s, "\n{dist:?}\n");
+        let _ = write!(s, "| N |");
+        for f in WireFormat::ALL {
+            let _ = write!(s, " {0} 2x | {0} hop |", f.name());
         }
-        s.push('\n');
+        let _ = writeln!(s, " bf16 ring |");
+        let _ = writeln!(
+            s,
+            "|---:|{}---:|",
+            "---:|---:|".repeat(WireFormat::ALL.len())
+        );
+        for &n in members {
+            let (inputs, reference) = gen_inputs(n, count, dist, seed);
+            let _ = write!(s, "| {n} |");
+            for f in WireFormat::ALL {
+                let a = airamp_report(&inputs, &reference, f, seed);
+                let b = ring_report(&inputs, &reference, Reround::PerBlock(f));
+                let mark = if a.bit_identical { "" } else { " (DIVERGED)" };
+                let _ = write!(
+                    s,
+                    " {:.2}%{mark} | {:.2}% |",
+                    100.0 * a.rel_l2,
+                    100.0 * b.rel_l2
+                );
+            }
+            let r = ring_report(&inputs, &reference, Reround::Bf16);
+            let _ = writeln!(s, " {:.2}% |", 100.0 * r.rel_l2);
+        }
     }
-    let _ = writeln!(s, "({:.2} s)", t0.elapsed().as_secs_f64());
+    let _ = writeln!(s, "\n({:.2} s)", t0.elapsed().as_secs_f64());
     s
 }

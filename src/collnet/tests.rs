@@ -11,6 +11,9 @@ use crate::codec::{
 };
 
 const E4M3: Path = Path::Compressed(WireFormat::E4M3);
+const INT8: Path = Path::Compressed(WireFormat::Int8);
+/// Every compressed path.
+const COMPRESSED: [Path; 3] = [E4M3, Path::Compressed(WireFormat::E5M2), INT8];
 
 /// Random native-endian inputs; floats are finite and moderate so that
 /// products stay meaningful.
@@ -217,10 +220,16 @@ fn int32_sum_is_the_wrapping_arithmetic_sum() {
     }
 }
 
-/// Model of the FP8 algorithm written directly with the codec:
+/// Model of the compressed algorithm written directly with the codec:
 /// `q2(sum_m deq(q(x_m)))` per shard, then decoded to the dtype.
-fn fp8_model(dtype: DataType, n: usize, count: usize, inputs: &[Vec<u8>]) -> Vec<u8> {
-    let codec = Codec::new(WireFormat::E4M3);
+fn compressed_model(
+    format: WireFormat,
+    dtype: DataType,
+    n: usize,
+    count: usize,
+    inputs: &[Vec<u8>],
+) -> Vec<u8> {
+    let codec = Codec::new(format);
     let size = dtype.size();
     let mut out = vec![0u8; count * size];
     for s in 0..n {
@@ -228,7 +237,7 @@ fn fp8_model(dtype: DataType, n: usize, count: usize, inputs: &[Vec<u8>]) -> Vec
         let mut acc = vec![0f32; r.len()];
         for (m, inp) in inputs.iter().enumerate() {
             let raw = &inp[r.start * size..r.end * size];
-            let mut wire = vec![0u8; encoded_len(r.len())];
+            let mut wire = vec![0u8; encoded_len(format, r.len())];
             let h: Vec<u16> = raw
                 .chunks_exact(2)
                 .map(|c| u16::from_ne_bytes([c[0], c[1]]))
@@ -256,7 +265,7 @@ fn fp8_model(dtype: DataType, n: usize, count: usize, inputs: &[Vec<u8>]) -> Vec
             codec.encode_wire(src, &mut wire).unwrap();
             codec.decode_accumulate_wire(&wire, &mut acc).unwrap();
         }
-        let mut wire = vec![0u8; encoded_len(r.len())];
+        let mut wire = vec![0u8; encoded_len(format, r.len())];
         codec.encode_wire(Src::F32(&acc), &mut wire).unwrap();
         let o = &mut out[r.start * size..r.end * size];
         if dtype == DataType::F32 {
@@ -278,79 +287,119 @@ fn fp8_model(dtype: DataType, n: usize, count: usize, inputs: &[Vec<u8>]) -> Vec
 }
 
 #[test]
-fn fp8_path_is_quantize_once_reduce_quantize_once_and_identical() {
-    for dtype in [DataType::Bf16, DataType::F16, DataType::F32] {
-        for (n, count) in [(1, 70), (2, 64), (3, 100), (6, 1000), (9, 31)] {
-            let inputs = random_inputs(dtype, n, count, 77 + n as u64);
-            let want = fp8_model(dtype, n, count, &inputs);
-            let call = Call {
-                n,
-                dtype,
-                op: RedOp::Sum,
-                path: E4M3,
-                count,
-                segment_elems: 1 << 20,
-            };
-            for seed in 0..3 {
-                let outs = run(&call, &inputs, seed).unwrap();
-                for o in &outs {
-                    assert_eq!(o, &want, "{dtype:?} n={n} count={count}");
+fn compressed_path_is_quantize_once_reduce_quantize_once_and_identical() {
+    for format in WireFormat::ALL {
+        for dtype in [DataType::Bf16, DataType::F16, DataType::F32] {
+            for (n, count) in [(1, 70), (2, 64), (3, 100), (6, 1000), (9, 31)] {
+                let inputs = random_inputs(dtype, n, count, 77 + n as u64);
+                let want = compressed_model(format, dtype, n, count, &inputs);
+                let call = Call {
+                    n,
+                    dtype,
+                    op: RedOp::Sum,
+                    path: Path::Compressed(format),
+                    count,
+                    segment_elems: 1 << 20,
+                };
+                for seed in 0..3 {
+                    let outs = run(&call, &inputs, seed).unwrap();
+                    for o in &outs {
+                        assert_eq!(o, &want, "{format:?} {dtype:?} n={n} count={count}");
+                    }
                 }
             }
         }
     }
 }
 
+/// Relative L2 bound asserted per format and input distribution, each
+/// element quantized at most twice (docs/collnet.md has the measured
+/// table). E4M3: two independent roundings of iid data cost ~sqrt(2) x the
+/// single-rounding error (~2.7%), so its floor is ~3.8% at every N; the
+/// brief's 3% is below it. INT8: the 1.5% for Gaussian and
+/// heavy-tailed (Student-t(3)) data; with 1% of the values 100x larger, a
+/// uniform grid loses the small values of the blocks holding an outlier
+/// (still half E4M3's error).
+fn error_bound(format: WireFormat, dist: Dist) -> f64 {
+    match (format, dist) {
+        (WireFormat::E4M3, _) => 0.04,
+        (WireFormat::E5M2, _) => 0.08,
+        (WireFormat::Int8, Dist::GaussianOutliers) => 0.02,
+        (WireFormat::Int8, _) => 0.015,
+    }
+}
+
 #[test]
-fn fp8_error_bounds_and_bit_identical() {
-    for n in [2, 3, 8, 64] {
-        for dist in [Dist::Gaussian, Dist::StudentT3, Dist::GaussianOutliers] {
-            let r = simulate_error(n, 8192, dist, 42);
-            assert!(r.bit_identical, "{r:?}");
-            // See docs/collnet.md: two independent E4M3 roundings of iid
-            // data cost ~sqrt(2) x the single-rounding error (~2.7%), so
-            // the floor is ~3.8% at every N; the brief's 3% is below it.
-            assert!(r.rel_l2 <= FP8_BOUND, "n={n} {dist:?}: {r:?}");
+fn compressed_error_bounds_and_bit_identical() {
+    for format in WireFormat::ALL {
+        for n in [2, 3, 8, 64] {
+            for dist in [Dist::Gaussian, Dist::StudentT3, Dist::GaussianOutliers] {
+                let r = simulate_error(n, 8192, dist, format, 42);
+                assert!(r.bit_identical, "{format:?} {r:?}");
+                assert!(
+                    r.rel_l2 <= error_bound(format, dist),
+                    "{format:?} n={n} {dist:?}: {r:?}"
+                );
+            }
         }
     }
 }
 
-/// Relative L2 bound asserted for the FP8 path (see the floor test).
-const FP8_BOUND: f64 = 0.04;
-
 /// n = 1 is a single effective rounding (q(q(x)) == q(x)): the floor of
-/// one E4M3 block rounding on this data.
+/// one block rounding on this data, E4M3 against INT8.
 #[test]
 fn single_rounding_floor() {
     for dist in [Dist::Gaussian, Dist::StudentT3, Dist::GaussianOutliers] {
-        let r = simulate_error(1, 8192, dist, 42);
-        println!("single rounding {dist:?}: {:.3}%", 100.0 * r.rel_l2);
-        assert!(r.rel_l2 > 0.02 && r.rel_l2 < 0.03, "{dist:?} {r:?}");
+        let e4m3 = simulate_error(1, 8192, dist, WireFormat::E4M3, 42).rel_l2;
+        let int8 = simulate_error(1, 8192, dist, WireFormat::Int8, 42).rel_l2;
+        println!(
+            "single rounding {dist:?}: E4M3 {:.3}%, INT8 {:.3}%",
+            100.0 * e4m3,
+            100.0 * int8
+        );
+        assert!(e4m3 > 0.02 && e4m3 < 0.03, "{dist:?} E4M3 {e4m3}");
+        assert!(int8 > 0.004 && int8 < 0.015, "{dist:?} INT8 {int8}");
+        assert!(int8 * 1.7 < e4m3, "{dist:?} INT8 {int8} E4M3 {e4m3}");
     }
 }
 
 #[test]
-fn fp8_error_256_members() {
-    let r = simulate_error(256, 4096, Dist::Gaussian, 7);
-    assert!(r.bit_identical, "{r:?}");
-    assert!(r.rel_l2 <= FP8_BOUND, "{r:?}");
+fn error_256_members() {
+    for format in [WireFormat::E4M3, WireFormat::Int8] {
+        for dist in [Dist::Gaussian, Dist::StudentT3] {
+            let r = simulate_error(256, 4096, dist, format, 7);
+            assert!(r.bit_identical, "{r:?}");
+            assert!(r.rel_l2 <= error_bound(format, dist), "{format:?} {r:?}");
+        }
+    }
 }
 
 #[test]
-fn reround_baseline_is_visibly_worse() {
-    let a = simulate_error(32, 4096, Dist::Gaussian, 5);
-    let b = simulate_ring_reround_error(32, 4096, Dist::Gaussian, 5, Reround::PerBlock);
-    let t = simulate_ring_reround_error(32, 4096, Dist::Gaussian, 5, Reround::PerTensor);
-    assert!(b.rel_l2 > 1.5 * a.rel_l2, "{a:?} {b:?}");
-    assert!(t.rel_l2 > 1.5 * a.rel_l2, "{a:?} {t:?}");
+fn reround_baselines_are_visibly_worse() {
+    for format in [WireFormat::E4M3, WireFormat::Int8] {
+        let a = simulate_error(32, 4096, Dist::Gaussian, format, 5);
+        let b = simulate_ring_reround_error(32, 4096, Dist::Gaussian, 5, Reround::PerBlock(format));
+        assert!(b.rel_l2 > 1.5 * a.rel_l2, "{a:?} {b:?}");
+    }
+    // A bf16 ring re-rounds too: its error grows with the ring length.
+    let r4 = simulate_ring_reround_error(4, 4096, Dist::Gaussian, 5, Reround::Bf16);
+    let r64 = simulate_ring_reround_error(64, 4096, Dist::Gaussian, 5, Reround::Bf16);
+    assert!(
+        r4.rel_l2 > 0.0 && r64.rel_l2 > 1.5 * r4.rel_l2,
+        "{r4:?} {r64:?}"
+    );
     let table = error_table(&[2, 4], 1024, 1);
+    for dist in ["Gaussian", "StudentT3"] {
+        assert!(table.contains(dist), "{table}");
+    }
     assert_eq!(
         table
             .lines()
             .filter(|l| l.starts_with("| 2 |") || l.starts_with("| 4 |"))
             .count(),
-        2
+        4
     );
+    assert!(!table.contains("DIVERGED"), "{table}");
 }
 
 #[test]
@@ -358,8 +407,82 @@ fn reround_baseline_is_visibly_worse() {
 fn print_error_table() {
     println!(
         "{}",
-        error_table(&[2, 4, 8, 16, 32, 64, 128, 256], 64 << 10, 1)
+        error_table(&[1, 2, 4, 8, 16, 32, 64, 128, 256], 64 << 10, 1)
     );
+}
+
+/// INT8 quantize-dequantize of `v` in blocks of 32 with the scale choices
+/// the wire format did not take: the smallest power of two with `amax /
+/// scale <= 127` (an E8M0 byte), or `amax / 127` rounded up to fp16.
+fn int8_other_scale_round_trip(v: &mut [f32], power_of_two: bool) {
+    for block in v.chunks_mut(crate::codec::BLOCK) {
+        let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let ideal = amax / 127.0;
+        let scale = if ideal == 0.0 {
+            1.0
+        } else if power_of_two {
+            2f32.powi(ideal.log2().ceil() as i32)
+        } else {
+            let mut h = f32_to_f16(ideal);
+            if f16_to_f32(h) < ideal {
+                h += 1;
+            }
+            f16_to_f32(h)
+        };
+        for x in block.iter_mut() {
+            *x = (*x / scale).round_ties_even().clamp(-127.0, 127.0) * scale;
+        }
+    }
+}
+
+/// Relative L2 error of `bf16(q(sum_m q(x_m)))` (`q` twice; once for
+/// `n == 1`) over bf16 inputs.
+fn two_roundings(n: usize, dist: Dist, q: impl Fn(&mut [f32])) -> f64 {
+    let (inputs, reference) = gen_inputs(n, 1 << 14, dist, 3);
+    let mut sum = vec![0f32; reference.len()];
+    for input in &inputs {
+        let mut v: Vec<f32> = input.iter().map(|&h| bf16_to_f32(h)).collect();
+        if n > 1 {
+            q(&mut v);
+        }
+        sum.iter_mut().zip(&v).for_each(|(s, x)| *s += x);
+    }
+    q(&mut sum);
+    let out = sum.iter().map(|&x| f64::from(bf16_to_f32(f32_to_bf16(x))));
+    rel_l2(out, &reference)
+}
+
+/// The measurement behind INT8's bf16 scale (docs/collnet.md): error of a
+/// power-of-two scale (1 byte per 32 values, 1.94x smaller than bf16)
+/// against 2-byte fp16 and bf16 scales (1.88x, the wire format), with the
+/// two-rounding model `bf16(q(sum_m q(x_m)))`.
+#[test]
+#[ignore = "prints the INT8 scale study; run with --release -- --ignored --nocapture"]
+fn print_int8_scale_study() {
+    let codec = Codec::new(WireFormat::Int8);
+    let wire_format = |v: &mut [f32]| {
+        let mut wire = vec![0u8; encoded_len(WireFormat::Int8, v.len())];
+        codec.encode_wire(Src::F32(v), &mut wire).unwrap();
+        codec.decode_into_wire(&wire, Dst::F32(v)).unwrap();
+    };
+    println!(
+        "| N | dist | power-of-two scale (33 B / 32 values) | fp16 scale (34 B) | bf16 scale (34 B, the wire format) |"
+    );
+    println!("|---:|---|---:|---:|---:|");
+    for n in [1, 2, 8, 64, 256] {
+        for dist in [Dist::Gaussian, Dist::StudentT3, Dist::GaussianOutliers] {
+            let p = two_roundings(n, dist, |v| int8_other_scale_round_trip(v, true));
+            let h = two_roundings(n, dist, |v| int8_other_scale_round_trip(v, false));
+            let b = two_roundings(n, dist, wire_format);
+            println!(
+                "| {n} | {dist:?} | {:.2}% | {:.2}% | {:.2}% |",
+                100.0 * p,
+                100.0 * h,
+                100.0 * b
+            );
+            assert!(b < p, "{n} {dist:?}: bf16 {b} vs power of two {p}");
+        }
+    }
 }
 
 #[test]
@@ -368,7 +491,7 @@ fn nan_stays_at_its_element() {
     // that the NaN-free comparison run has the same block scales.
     let (n, count, k) = (5, 100, 40);
     for dtype in [DataType::Bf16, DataType::F16, DataType::F32] {
-        for path in [E4M3, Path::Exact] {
+        for path in [E4M3, INT8, Path::Exact] {
             let size = dtype.size();
             let mut clean = random_inputs(dtype, n, count, 11);
             for inp in &mut clean {
@@ -424,7 +547,7 @@ fn spec(n: usize, count: usize, path: Path) -> Spec {
 
 #[test]
 fn rejects_bad_messages_without_changing_state() {
-    for path in [Path::Exact, E4M3] {
+    for path in [Path::Exact, E4M3, INT8] {
         let sp = spec(3, 100, path); // shards 0..64, 64..96, 96..100
         let input = vec![0u8; 200];
         let (mut m, out) = Member::new(sp, 1, &input).unwrap();
@@ -527,7 +650,7 @@ fn rejects_bad_messages_without_changing_state() {
 
 #[test]
 fn empty_call_is_done_at_once() {
-    for path in [Path::Exact, E4M3] {
+    for path in [Path::Exact, E4M3, INT8] {
         let (m, out) = Member::new(spec(3, 0, path), 2, &[]).unwrap();
         assert!(out.is_empty() && m.is_done() && m.output().is_empty());
     }
@@ -538,12 +661,12 @@ proptest! {
 
     #[test]
     fn garbage_never_panics(
-        fp8 in any::<bool>(),
+        p in 0usize..4,
         n in 1usize..6,
         count in 0usize..200,
         msgs in proptest::collection::vec((any::<bool>(), 0usize..8, 0usize..8, 0usize..420), 0..40),
     ) {
-        let path = if fp8 { E4M3 } else { Path::Exact };
+        let path = COMPRESSED.get(p).copied().unwrap_or(Path::Exact);
         let sp = spec(n, count, path);
         let (mut m, _) = Member::new(sp, 0, &vec![0x3Fu8; count * 2]).unwrap();
         for (c, a, b, len) in msgs {
@@ -559,7 +682,7 @@ proptest! {
     #[test]
     fn random_orders_agree(n in 1usize..7, count in 0usize..300, seg in 1usize..200, seed in any::<u64>()) {
         let inputs = random_inputs(DataType::F32, n, count, seed);
-        for path in [Path::Exact, E4M3] {
+        for path in [Path::Exact, E4M3, INT8] {
             let call = Call { n, dtype: DataType::F32, op: RedOp::Sum, path, count, segment_elems: seg };
             let a = run(&call, &inputs, seed).unwrap();
             let b = run(&call, &inputs, seed.wrapping_add(1)).unwrap();

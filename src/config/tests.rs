@@ -50,7 +50,7 @@ const VALID: &[(&str, &str, &str, &str)] = &[
         "/tmp/a.prom",
     ),
     ("compression.fp8_allreduce", "yes", "true", "true"),
-    ("compression.fp8_format", "e5m2", "\"e5m2\"", "e5m2"),
+    ("compression.format", "INT8", "\"e5m2\"", "int8"),
     ("gpu.ghost_kernels", "1", "true", "true"),
     ("gpu.collnet", "off", "false", "false"),
     ("collnet.workers", "0", "\"auto\"", "0"),
@@ -77,7 +77,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("metrics.addr", "localhost:9090", "\"1.2.3.4:0\""),
     ("metrics.textfile", "", "7"),
     ("compression.fp8_allreduce", "enable", "\"y\""),
-    ("compression.fp8_format", "e3m4", "\"fp8\""),
+    ("compression.format", "e3m4", "\"fp8\""),
     ("gpu.ghost_kernels", "2", "[true]"),
     ("gpu.collnet", "maybe", "3"),
     ("collnet.workers", "-1", "65"),
@@ -121,7 +121,7 @@ fn defaults() {
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.addr.to_string(), "127.0.0.1:9090");
     assert!(!c.compression.fp8_allreduce);
-    assert_eq!(c.compression.fp8_format, WireFormat::E4m3);
+    assert_eq!(c.compression.format, WireFormat::E4M3);
     assert!(!c.gpu.ghost_kernels);
     assert!(c.tuner.enabled);
     assert_eq!(c.tuner.min_gain, 0.10);
@@ -237,6 +237,55 @@ fn env_beats_file() {
         Some(&Source::Env("AIRAMP_NSTREAMS".into()))
     );
     assert_eq!(c.file(), Some(Path::new("/x.conf")));
+}
+
+#[test]
+fn former_format_names_still_work() {
+    let key = "compression.format";
+    // Environment: the former variable alone sets the key.
+    let (c, d) = env(&[("AIRAMP_FP8_FORMAT", "e5m2")]);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(c.compression.format, WireFormat::E5M2);
+    assert_eq!(
+        c.source(key),
+        Some(&Source::Env("AIRAMP_FP8_FORMAT".into()))
+    );
+    // Both: the key's own variable wins, a differing former one is reported.
+    let (c, d) = env(&[
+        ("AIRAMP_FP8_FORMAT", "e5m2"),
+        ("AIRAMP_COMPRESSION_FORMAT", "int8"),
+    ]);
+    assert_eq!(c.compression.format, WireFormat::Int8);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].message.contains("AIRAMP_FP8_FORMAT"), "{}", d[0]);
+    let (_, d) = env(&[
+        ("AIRAMP_FP8_FORMAT", "int8"),
+        ("AIRAMP_COMPRESSION_FORMAT", "int8"),
+    ]);
+    assert!(d.is_empty(), "{d:?}");
+    // A bad value under the former name is reported against the key.
+    let (c, d) = env(&[("AIRAMP_FP8_FORMAT", "e3m4")]);
+    assert_one_bad(&d, key, "\"e3m4\"");
+    assert_eq!(c.compression.format, WireFormat::E4M3);
+    // File: the same rules, and the environment still beats the file.
+    let (c, d) = file("[compression]\nfp8_format = \"int8\"\n");
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(c.compression.format, WireFormat::Int8);
+    let (c, d) = file("[compression]\nfp8_format = \"int8\"\nformat = \"e5m2\"\n");
+    assert_eq!(c.compression.format, WireFormat::E5M2);
+    assert_eq!(d.len(), 1, "{d:?}");
+    let (c, d) = Config::from_sources(
+        Some((
+            Path::new("/etc/airamp.conf"),
+            "[compression]\nformat = \"e5m2\"\n",
+        )),
+        [("AIRAMP_FP8_FORMAT", "int8")],
+    );
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(c.compression.format, WireFormat::Int8);
+    // The generated docs name the former spellings.
+    assert!(keys_markdown().contains("`AIRAMP_FP8_FORMAT`"));
+    assert!(example_conf().contains("compression.fp8_format / AIRAMP_FP8_FORMAT"));
 }
 
 #[test]

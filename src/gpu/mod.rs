@@ -24,6 +24,13 @@ impl From<GpuError> for crate::error::NetError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DevAddr(pub u64);
 
+impl DevAddr {
+    /// `self + bytes`.
+    pub fn offset(self, bytes: usize) -> DevAddr {
+        DevAddr(self.0 + bytes as u64)
+    }
+}
+
 pub fn available() -> bool {
     false
 }

@@ -24,7 +24,8 @@ mod tests;
 
 use std::fmt;
 
-use crate::config::{Config, TunerConfig, WireFormat};
+use crate::codec::WireFormat;
+use crate::config::{Config, TunerConfig};
 
 pub use model::{
     collnet_allreduce_us, ring_allreduce_us, wire_ratio, BF16_BYTES, DEFAULT_DECODE_GVPS,
@@ -216,7 +217,7 @@ impl Policy {
             fp8: cfg
                 .compression
                 .fp8_allreduce
-                .then_some(cfg.compression.fp8_format),
+                .then_some(cfg.compression.format),
             min_gain: if (0.0..=1.0).contains(&cfg.tuner.min_gain) {
                 cfg.tuner.min_gain
             } else {

@@ -3,8 +3,7 @@
 //! platform-dependent math), so every rank computes the same bits.
 
 use super::LinkProfile;
-use crate::codec::BLOCK;
-use crate::config::WireFormat;
+use crate::codec::{encoded_len, WireFormat, BLOCK};
 
 /// Assumed link bandwidth when uncalibrated, Gbit/s. High on purpose: at
 /// 100 Gbit/s compression rarely pays, so an uncalibrated tuner stays out
@@ -21,13 +20,11 @@ pub const DEFAULT_DECODE_GVPS: f64 = 6.9;
 /// the conservative case: fp32 input would compress twice as well.
 pub const BF16_BYTES: f64 = 2.0;
 
-/// Wire bytes per input byte of bf16 under FP8 block scaling: one code
-/// byte per value plus one scale byte per block of 32 values (33 / 64 for
-/// E4M3 and E5M2 alike).
+/// Wire bytes per input byte of bf16 under block scaling: one code byte
+/// per value plus one scale per block of 32 values (33 / 64 for E4M3 and
+/// E5M2, 34 / 64 for INT8's 2-byte scale).
 pub fn wire_ratio(format: WireFormat) -> f64 {
-    match format {
-        WireFormat::E4m3 | WireFormat::E5m2 => (BLOCK as f64 + 1.0) / (BLOCK as f64 * BF16_BYTES),
-    }
+    encoded_len(format, BLOCK) as f64 / (BLOCK as f64 * BF16_BYTES)
 }
 
 /// Bytes per microsecond of a link of `gbps` Gbit/s.

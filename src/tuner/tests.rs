@@ -12,7 +12,7 @@ fn profile(gbps: f64) -> LinkProfile {
 
 fn fp8_on() -> Policy {
     Policy {
-        fp8: Some(WireFormat::E4m3),
+        fp8: Some(WireFormat::E4M3),
         min_gain: 0.1,
         owns_collnet: true,
     }
@@ -47,8 +47,9 @@ fn nccl_like(ring_simple: f32, collnet: f32) -> Vec<f32> {
 
 #[test]
 fn wire_ratio_is_33_over_64() {
-    assert_eq!(wire_ratio(WireFormat::E4m3), 33.0 / 64.0);
-    assert_eq!(wire_ratio(WireFormat::E5m2), 33.0 / 64.0);
+    assert_eq!(wire_ratio(WireFormat::E4M3), 33.0 / 64.0);
+    assert_eq!(wire_ratio(WireFormat::E5M2), 33.0 / 64.0);
+    assert_eq!(wire_ratio(WireFormat::Int8), 34.0 / 64.0);
 }
 
 #[test]
@@ -298,8 +299,9 @@ fn any_policy() -> impl Strategy<Value = Policy> {
     (
         prop_oneof![
             Just(None),
-            Just(Some(WireFormat::E4m3)),
-            Just(Some(WireFormat::E5m2))
+            Just(Some(WireFormat::E4M3)),
+            Just(Some(WireFormat::E5M2)),
+            Just(Some(WireFormat::Int8))
         ],
         0.0f64..=1.0,
         any::<bool>(),

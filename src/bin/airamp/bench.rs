@@ -313,7 +313,10 @@ pub fn latency_echo(o: &Opts) -> Result<(), String> {
 
 pub fn codec(values: Option<usize>) -> Result<ExitCode, String> {
     let n = values.unwrap_or(1 << 20);
-    println!("{}", airamp::codec::bench::bench(n));
+    println!(
+        "{}",
+        airamp::codec::bench::bench(n, &airamp::codec::WireFormat::ALL)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

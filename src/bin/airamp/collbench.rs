@@ -1,12 +1,14 @@
 //! `airamp bench collnet`: allreduce through the exported collective
-//! network, exact against FP8, by size, next to the raw path NCCL would
-//! otherwise run (a ring allreduce over the plugin's net API, as NCCL's
-//! Ring does), with the tuner's pick between raw and FP8.
+//! network, exact against compressed (one or more wire formats, `--formats
+//! e4m3,int8`), by size, next to the raw path NCCL would otherwise run (a
+//! ring allreduce over the plugin's net API, as NCCL's Ring does), with the
+//! tuner's pick between raw and the first format.
 //!
 //! N member processes join a group through `ncclCollNetPlugin_v12` exactly
-//! as NCCL's proxy does, and a ring through `ncclNetPlugin_v12`. The whole size sweep runs once with FP8 off and
-//! once with it on, alternating the order over rounds (ABBA) so drift on a
-//! noisy machine does not favour either; each cell is the best round.
+//! as NCCL's proxy does, and a ring through `ncclNetPlugin_v12`. The whole
+//! size sweep runs once with compression off and once per format,
+//! reversing the order every other round (ABBA) so drift on a noisy
+//! machine does not favour any; each cell is the best round.
 //! The tuner column is `tuner::decide_allreduce` with the profile and policy
 //! from this process's configuration (e.g. `AIRAMP_CONF` pointing at an
 //! `airamp calibrate` profile), the same inputs every rank of a job uses.
@@ -15,7 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use airamp::abi::client::{handle_from_hex, handle_to_hex, CollNet, Comm, Library, NetVersion};
-use airamp::codec::f32_to_bf16;
+use airamp::codec::{f32_to_bf16, WireFormat};
 use airamp::collnet::sim::SplitMix;
 use airamp::config;
 use airamp::tuner::{self, LinkProfile, Path, Policy};
@@ -39,15 +41,22 @@ fn sizes(o: &Opts) -> Result<Vec<u64>, String> {
     Ok(v)
 }
 
-/// Seconds per allreduce of each size through the collective network and
-/// through the ring, the slowest member's.
+/// Seconds per allreduce of each size through the collective network
+/// (compressed in `format`, or exact) and through the ring, the slowest
+/// member's.
 fn run_group(
     o: &Opts,
     ranks: usize,
-    fp8: bool,
+    format: Option<WireFormat>,
     sizes: &[u64],
 ) -> Result<(Vec<f64>, Vec<f64>), String> {
-    std::env::set_var("AIRAMP_ENABLE_FP8_ALLREDUCE", if fp8 { "1" } else { "0" });
+    std::env::set_var(
+        "AIRAMP_ENABLE_FP8_ALLREDUCE",
+        if format.is_some() { "1" } else { "0" },
+    );
+    if let Some(f) = format {
+        std::env::set_var("AIRAMP_COMPRESSION_FORMAT", f.name());
+    }
     let plugin = o.plugin()?.display().to_string();
     let list = sizes
         .iter()
@@ -117,24 +126,40 @@ fn human(b: u64) -> String {
     }
 }
 
+/// `--formats e4m3,int8`; the configured format when absent.
+fn formats(o: &Opts) -> Result<Vec<WireFormat>, String> {
+    let Some(list) = o.get("formats") else {
+        return Ok(vec![config::global().compression.format]);
+    };
+    list.split(',')
+        .map(|name| {
+            WireFormat::ALL
+                .into_iter()
+                .find(|f| f.name().eq_ignore_ascii_case(name.trim()))
+                .ok_or_else(|| format!("--formats: unknown format {name:?} (e4m3, e5m2, int8)"))
+        })
+        .collect()
+}
+
 pub fn run(o: &Opts) -> Result<ExitCode, String> {
     let ranks = o.num("ranks", 2)?.clamp(2, 16);
     let rounds = o.num("rounds", 2)?.max(1);
     let sizes = sizes(o)?;
-    let mut best = [
-        vec![f64::INFINITY; sizes.len()],
-        vec![f64::INFINITY; sizes.len()],
-    ];
+    let formats = formats(o)?;
+    // Exact first, then each format; `best[k]` per mode.
+    let modes: Vec<Option<WireFormat>> = std::iter::once(None)
+        .chain(formats.iter().copied().map(Some))
+        .collect();
+    let mut best = vec![vec![f64::INFINITY; sizes.len()]; modes.len()];
     let mut ring_best = vec![f64::INFINITY; sizes.len()];
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for fp8 in order {
-            let (t, ring) = run_group(o, ranks, fp8, &sizes)?;
-            for (b, t) in best[usize::from(fp8)].iter_mut().zip(t) {
+        let mut order: Vec<usize> = (0..modes.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for k in order {
+            let (t, ring) = run_group(o, ranks, modes[k], &sizes)?;
+            for (b, t) in best[k].iter_mut().zip(t) {
                 *b = b.min(t);
             }
             for (b, t) in ring_best.iter_mut().zip(ring) {
@@ -145,19 +170,24 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     let cfg = config::global();
     let (profile, source) = LinkProfile::from_config(&cfg.tuner);
     let mut policy = Policy::from_config(cfg);
-    // The sweep measures the FP8 path, so ask what the tuner would do with
-    // FP8 enabled (the format the config names).
-    policy.fp8 = Some(cfg.compression.fp8_format);
+    // The sweep measures the compressed path, so ask what the tuner would
+    // do with compression enabled in the first format measured.
+    policy.fp8 = Some(formats[0]);
     let bus = 2.0 * (ranks as f64 - 1.0) / ranks as f64;
     println!("{ranks} members, bf16 sum, best of {rounds} rounds (ABBA); bus bandwidth in Gbit/s");
     println!(
-        "raw = ring allreduce over the net API (what NCCL's Ring does); exact / fp8 = the collective network"
+        "raw = ring allreduce over the net API (what NCCL's Ring does); exact / {} = the collective network",
+        formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(" / ")
     );
-    println!("tuner profile: {profile} ({source})");
     println!(
-        "{:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>12}",
-        "size", "raw", "exact", "fp8", "fp8/raw", "tuner", "picked/best"
+        "tuner profile: {profile} ({source}); tuner picks between raw and {}",
+        formats[0]
     );
+    let mut header = format!("{:>9} {:>9} {:>9}", "size", "raw", "exact");
+    for f in &formats {
+        header += &format!(" {:>9} {:>10}", f.name(), format!("{f}/exact"));
+    }
+    println!("{header} {:>7} {:>12}", "tuner", "picked/best");
     let mut worst: f64 = 1.0;
     for (i, &s) in sizes.iter().enumerate() {
         let (tr, te, tf) = (ring_best[i], best[0][i], best[1][i]);
@@ -168,15 +198,19 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
         };
         let ratio = tr.min(tf) / picked;
         worst = worst.min(ratio);
-        println!(
-            "{:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7} {:>11.3}",
+        let mut line = format!(
+            "{:>9} {:>9.2} {:>9.2}",
             human(s),
             gbps(s, tr) * bus,
-            gbps(s, te) * bus,
-            gbps(s, tf) * bus,
-            tr / tf,
+            gbps(s, te) * bus
+        );
+        for t in best.iter().skip(1).map(|b| b[i]) {
+            line += &format!(" {:>9.2} {:>9.2}x", gbps(s, t) * bus, te / t);
+        }
+        println!(
+            "{line} {:>7} {:>11.3}",
             match choice.path {
-                Path::CompressedCollNet => "fp8",
+                Path::CompressedCollNet => formats[0].name(),
                 Path::Raw => "raw",
             },
             ratio

@@ -59,7 +59,7 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
     let policy = Policy::from_config(&cfg);
     // The compressed column is shown even with FP8 off, for comparison.
     let what_if = Policy {
-        fp8: Some(cfg.compression.fp8_format),
+        fp8: Some(cfg.compression.format),
         ..policy
     };
     println!("airamp tuner show: allreduce, {ranks} ranks on {nodes} nodes");
@@ -68,7 +68,7 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
         "tuner {}, fp8 allreduce {} ({}), min_gain {}",
         if cfg.tuner.enabled { "on" } else { "OFF" },
         if policy.fp8.is_some() { "on" } else { "off" },
-        cfg.compression.fp8_format,
+        cfg.compression.format,
         policy.min_gain
     );
     println!(

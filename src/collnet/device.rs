@@ -314,7 +314,13 @@ impl Place {
 }
 
 impl Drop for DeviceMemory {
+    /// At close (never on the data path): waits for this group's stream, so
+    /// no kernel or copy still uses a slot or mirror when they are freed
+    /// (the group drops its steps and calls after this).
     fn drop(&mut self) {
+        if let Err(e) = self.queue.record().and_then(|f| f.wait_blocking()) {
+            crate::warn!("collnet: waiting for the GPU stream at close: {e}");
+        }
         metrics::collnet().gpu_pinned(-(self.pinned_bytes() as i64));
     }
 }

@@ -180,7 +180,9 @@ pub struct Group {
     params: GroupParams,
     peers: Vec<Option<Peer>>,
     workers: Workers,
-    /// NCCL's registered GPU buffers, once it registers one.
+    /// NCCL's registered GPU buffers, once it registers one. Declared
+    /// before the steps and calls: dropping it waits for the GPU stream
+    /// before their pinned slots and mirrors can be freed.
     device: Option<DeviceMemory>,
     waiting: VecDeque<(u64, Pending)>,
     active: VecDeque<Active>,

@@ -127,6 +127,9 @@ impl Fence {
     pub fn is_complete(&self) -> Result<bool, GpuError> {
         Err(none())
     }
+    pub fn wait_blocking(&self) -> Result<(), GpuError> {
+        Err(none())
+    }
 }
 
 pub fn is_device_pointer(_ptr: usize) -> bool {

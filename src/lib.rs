@@ -8,6 +8,7 @@ pub mod codec;
 pub mod collnet;
 pub mod config;
 pub mod error;
+pub mod gpu;
 pub mod log;
 pub mod metrics;
 pub mod net;

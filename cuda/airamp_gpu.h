@@ -2,7 +2,7 @@
 // CUDA (NVRTC or nvcc, sm_80+) and as HIP (clang -x hip, gfx90a/gfx942)
 // without any HIP header. Everything the kernels need from the platform is
 // defined here: thread/block indices, exact float add/multiply (no
-// contraction), 32-lane warp max and lane broadcast, and one optional
+// contraction), 32-lane warp max, lane exchanges and vote, and one optional
 // hardware FP8 conversion.
 //
 // AIRAMP_INL marks inline device functions (members too), AIRAMP_DEV
@@ -58,6 +58,13 @@ AIRAMP_DEV u32 warp_max(u32 v) {
 }
 // Value of `v` in lane `k` (0..31) of this logical warp.
 AIRAMP_DEV u32 warp_bcast(u32 v, u32 k) { return lane_read(v, (wave_lane() & ~31u) | k); }
+// Value of `v` in lane `lane ^ m` (m < 32).
+AIRAMP_DEV u32 warp_xor(u32 v, u32 m) { return lane_read(v, wave_lane() ^ m); }
+// Value of `v` in the next lane (unspecified in lane 31).
+AIRAMP_DEV u32 warp_next(u32 v) { return lane_read(v, wave_lane() + 1); }
+// Whether `p` holds in any lane: of the whole wavefront, a superset of the
+// logical warp (callers only use it to pick a slower, always-correct path).
+AIRAMP_DEV bool warp_any(bool p) { return __builtin_amdgcn_ballot_w64(p) != 0; }
 
 #else // CUDA
 
@@ -76,6 +83,9 @@ AIRAMP_DEV float fmul_rn(float a, float b) { return __fmul_rn(a, b); }
 AIRAMP_DEV float u2f_rn(u32 v) { return __uint2float_rn(v); }
 AIRAMP_DEV u32 warp_max(u32 v) { return __reduce_max_sync(0xFFFFFFFFu, v); }
 AIRAMP_DEV u32 warp_bcast(u32 v, u32 k) { return __shfl_sync(0xFFFFFFFFu, v, (int)k); }
+AIRAMP_DEV u32 warp_xor(u32 v, u32 m) { return __shfl_xor_sync(0xFFFFFFFFu, v, (int)m); }
+AIRAMP_DEV u32 warp_next(u32 v) { return __shfl_down_sync(0xFFFFFFFFu, v, 1); }
+AIRAMP_DEV bool warp_any(bool p) { return __any_sync(0xFFFFFFFFu, p); }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 // sm_89+ converts two f32 to OCP FP8 in one instruction (round to nearest

@@ -51,6 +51,7 @@ struct E5M2 {
     static constexpr bool HAS_INF = true;
 };
 
+AIRAMP_DEV u32 umax(u32 a, u32 b) { return a > b ? a : b; }
 AIRAMP_DEV bool is_nan_bits(u32 b) { return (b & 0x7FFFFFFFu) > 0x7F800000u; }
 AIRAMP_DEV bool is_finite_bits(u32 b) { return (b & 0x7FFFFFFFu) < 0x7F800000u; }
 
@@ -343,21 +344,327 @@ AIRAMP_DEV void reduce_tile(const Tile& t, u32 members, u32 own, const typename 
     }
 }
 
+// ---------- vector path: 8 consecutive values per lane ----------
+// Compiled with AIRAMP_VECTOR. A warp step covers VEC_RUNS runs of 256
+// values (8 blocks each); lane l holds values 8l..8l+7 of a run, so 4 lanes
+// share a block. Elements move as 16-byte vectors (the element buffers must
+// be 16-byte aligned, checked per launch; otherwise the lane-strided path
+// above does everything). Codes move as aligned 8-byte words, funnel-shifted
+// between neighbouring lanes whatever the wire's alignment. Message tails
+// shorter than a warp step go through the lane-strided path.
+
+#if defined(AIRAMP_VECTOR)
+constexpr u32 VPL = 8;
+constexpr u32 RUN = 32 * VPL;
+constexpr u32 VEC_RUNS = TILE_BLOCKS / 8;
+static_assert(TILE_BLOCKS % 8 == 0, "the vector path needs tile_blocks in multiples of 8");
+
+struct __attribute__((aligned(16))) U32x4 {
+    u32 v[4];
+};
+
+AIRAMP_DEV bool aligned16(const void* p) { return ((u64)p & 15u) == 0; }
+
+// Loads and stores of 8 consecutive elements as f32 bits (16-byte aligned).
+template <class E> struct Vec {
+    // f16/bf16: one 16-byte vector, two elements per word (low half first).
+    AIRAMP_INL static void load(const typename E::raw* p, u32 (&x)[VPL]) {
+        const U32x4 w = *(const U32x4*)p;
+#pragma unroll
+        for (u32 i = 0; i < 4; ++i) {
+            x[2 * i] = E::widen((typename E::raw)(w.v[i] & 0xFFFFu));
+            x[2 * i + 1] = E::widen((typename E::raw)(w.v[i] >> 16));
+        }
+    }
+    AIRAMP_INL static void store(typename E::raw* p, const u32 (&y)[VPL]) {
+        U32x4 w;
+#pragma unroll
+        for (u32 i = 0; i < 4; ++i) {
+            w.v[i] = (u32)E::narrow(y[2 * i]) | ((u32)E::narrow(y[2 * i + 1]) << 16);
+        }
+        *(U32x4*)p = w;
+    }
+};
+template <> struct Vec<ElemF32> {
+    AIRAMP_INL static void load(const u32* p, u32 (&x)[VPL]) {
+        const U32x4 a = ((const U32x4*)p)[0];
+        const U32x4 b = ((const U32x4*)p)[1];
+#pragma unroll
+        for (u32 i = 0; i < 4; ++i) {
+            x[i] = a.v[i];
+            x[4 + i] = b.v[i];
+        }
+    }
+    AIRAMP_INL static void store(u32* p, const u32 (&y)[VPL]) {
+        U32x4 a, b;
+#pragma unroll
+        for (u32 i = 0; i < 4; ++i) {
+            a.v[i] = y[i];
+            b.v[i] = y[4 + i];
+        }
+        ((U32x4*)p)[0] = a;
+        ((U32x4*)p)[1] = b;
+    }
+};
+
+AIRAMP_DEV u64 next_lane64(u64 v) { return (u64)warp_next((u32)v) | ((u64)warp_next((u32)(v >> 32)) << 32); }
+
+// Stores this lane's 8 codes `c` (values 8*lane.. of the run at `p`).
+AIRAMP_DEV void store_codes(u8* p, u64 c, u32 lane) {
+    const u32 r = (u32)((u64)p & 7u);
+    if (r == 0) {
+        *(u64*)(p + 8 * lane) = c;
+        return;
+    }
+    // Aligned word after lane l's first 8-r bytes: its last r codes, then
+    // the next lane's first 8-r. Lane 0's head and lane 31's tail are the
+    // run's unaligned ends, written bytewise.
+    const u32 s = 8 * r;
+    const u64 next = next_lane64(c);
+    if (lane < 31) {
+        *(u64*)(p + 8 * lane + 8 - r) = (c >> (64 - s)) | (next << s);
+    }
+    if (lane == 0) {
+        for (u32 j = 0; j < 8 - r; ++j) {
+            p[j] = (u8)(c >> (8 * j));
+        }
+    }
+    if (lane == 31) {
+        for (u32 j = 8 - r; j < 8; ++j) {
+            p[8 * 31 + j] = (u8)(c >> (8 * j));
+        }
+    }
+}
+
+// This lane's 8 codes (values 8*lane.. of the run at `p`); reads only the
+// run's bytes.
+AIRAMP_DEV u64 load_codes(const u8* p, u32 lane) {
+    const u32 r = (u32)((u64)p & 7u);
+    if (r == 0) {
+        return *(const u64*)(p + 8 * lane);
+    }
+    const u32 s = 8 * r;
+    // w: the aligned word holding value 8*lane (its first r bytes precede
+    // it); lane 0 assembles the in-run part of its word bytewise.
+    u64 w = 0;
+    if (lane > 0) {
+        w = *(const u64*)(p + 8 * lane - r);
+    } else {
+        for (u32 j = r; j < 8; ++j) {
+            w |= (u64)p[j - r] << (8 * j);
+        }
+    }
+    u64 next = next_lane64(w);
+    if (lane == 31) {
+        next = 0;
+        for (u32 j = 0; j < r; ++j) {
+            next |= (u64)p[RUN - r + j] << (8 * j);
+        }
+    }
+    return (w >> s) | (next << (64 - s));
+}
+
+// Quantizes VEC_RUNS runs (encode_block per 32 values): codes packed 8 per
+// lane, and each lane's block scale.
+template <class F>
+AIRAMP_DEV void vec_quantize(const u32 (&x)[VEC_RUNS][VPL], u64 (&codes)[VEC_RUNS], u32 (&scale)[VEC_RUNS]) {
+    u32 m[VEC_RUNS];
+    bool special = false;
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+        u32 a = 0;
+#pragma unroll
+        for (u32 j = 0; j < VPL; ++j) {
+            const u32 v = x[t][j] & 0x7FFFFFFFu;
+            a = v > a ? v : a;
+        }
+        special = special || a >= 0x7F800000u;
+        a = umax(a, warp_xor(a, 1));
+        m[t] = umax(a, warp_xor(a, 2));
+    }
+    // NaN/Inf are left out of the scale; only warps that hold one pay.
+    special = warp_any(special);
+    if (special) {
+#pragma unroll
+        for (u32 t = 0; t < VEC_RUNS; ++t) {
+            u32 a = 0;
+#pragma unroll
+            for (u32 j = 0; j < VPL; ++j) {
+                const u32 v = x[t][j] & 0x7FFFFFFFu;
+                a = (v <= 0x7F7FFFFFu && v > a) ? v : a;
+            }
+            a = umax(a, warp_xor(a, 1));
+            m[t] = umax(a, warp_xor(a, 2));
+        }
+    }
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+        const u32 s = scale_for_max<F>(m[t]);
+        scale[t] = s;
+        // 2^(127-s): a normal number for every scale the encoder picks.
+        const float inv = as_f((254u - s) << 23);
+        u32 c[VPL];
+#pragma unroll
+        for (u32 j = 0; j < VPL; j += 2) {
+            const u32 y0 = as_u(fmul_rn(as_f(x[t][j]), inv));
+            const u32 y1 = as_u(fmul_rn(as_f(x[t][j + 1]), inv));
+#if defined(AIRAMP_HAS_CVT_FP8) && !defined(AIRAMP_SOFT_FP8)
+            const u32 pair = F::BIAS == E4M3::BIAS ? cvt_e4m3x2(as_f(y1), as_f(y0)) : cvt_e5m2x2(as_f(y1), as_f(y0));
+            c[j] = (pair & 0x7Fu) | ((y0 >> 24) & 0x80u);
+            c[j + 1] = ((pair >> 8) & 0x7Fu) | ((y1 >> 24) & 0x80u);
+#else
+            c[j] = f32_to_fp8<F>(y0);
+            c[j + 1] = f32_to_fp8<F>(y1);
+#endif
+        }
+        if (special) {
+#pragma unroll
+            for (u32 j = 0; j < VPL; ++j) {
+                c[j] = is_finite_bits(x[t][j]) ? c[j] : special_code<F>(x[t][j]);
+            }
+        }
+        u64 packed = 0;
+#pragma unroll
+        for (u32 j = 0; j < VPL; ++j) {
+            packed |= (u64)c[j] << (8 * j);
+        }
+        codes[t] = packed;
+    }
+}
+
+template <class F, class E>
+AIRAMP_DEV void vec_encode_step(const typename E::raw* __restrict__ src, u8* __restrict__ scales,
+                                u8* __restrict__ codes, u64 v0, u32 lane) {
+    u32 x[VEC_RUNS][VPL];
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+        Vec<E>::load(src + v0 + t * RUN + lane * VPL, x[t]);
+    }
+    u64 c[VEC_RUNS];
+    u32 s[VEC_RUNS];
+    vec_quantize<F>(x, c, s);
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+        if ((lane & 3) == 0) {
+            scales[(v0 + t * RUN) / BLOCK + lane / 4] = (u8)s[t];
+        }
+        store_codes(codes + v0 + t * RUN, c[t], lane);
+    }
+}
+
+template <class F, class E>
+AIRAMP_DEV void vec_decode_step(const u8* __restrict__ scales, const u8* __restrict__ codes,
+                                typename E::raw* __restrict__ dst, u64 v0, u32 lane) {
+    u64 c[VEC_RUNS];
+    u32 s[VEC_RUNS];
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+        c[t] = load_codes(codes + v0 + t * RUN, lane);
+        s[t] = scales[(v0 + t * RUN) / BLOCK + lane / 4];
+    }
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+        const float sc = e8m0_to_f32(s[t]);
+        u32 y[VPL];
+#pragma unroll
+        for (u32 j = 0; j < VPL; ++j) {
+            y[j] = decode_value<F>((u32)(c[t] >> (8 * j)) & 0xFFu, sc);
+        }
+        Vec<E>::store(dst + v0 + t * RUN + lane * VPL, y);
+    }
+}
+
+template <class F, class E>
+AIRAMP_DEV void vec_reduce_step(u32 members, u32 own, const typename E::raw* __restrict__ own_src,
+                                const u64* __restrict__ wires, u64 nb, u8* __restrict__ out_scales,
+                                u8* __restrict__ out_codes, typename E::raw* __restrict__ dst, u64 v0, u32 lane) {
+    u32 acc[VEC_RUNS][VPL];
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+#pragma unroll
+        for (u32 j = 0; j < VPL; ++j) {
+            acc[t][j] = 0u;
+        }
+    }
+    for (u32 m = 0; m < members; ++m) {
+        if (m == own) {
+            u32 x[VEC_RUNS][VPL];
+#pragma unroll
+            for (u32 t = 0; t < VEC_RUNS; ++t) {
+                Vec<E>::load(own_src + v0 + t * RUN + lane * VPL, x[t]);
+            }
+#pragma unroll
+            for (u32 t = 0; t < VEC_RUNS; ++t) {
+#pragma unroll
+                for (u32 j = 0; j < VPL; ++j) {
+                    acc[t][j] = E::ACC_NAN_FIRST ? add_nan_first(acc[t][j], x[t][j]) : add_nan_first(x[t][j], acc[t][j]);
+                }
+            }
+            continue;
+        }
+        const u8* scales = (const u8*)wires[m];
+        const u8* codes = scales + nb;
+        u64 c[VEC_RUNS];
+        u32 s[VEC_RUNS];
+#pragma unroll
+        for (u32 t = 0; t < VEC_RUNS; ++t) {
+            c[t] = load_codes(codes + v0 + t * RUN, lane);
+            s[t] = scales[(v0 + t * RUN) / BLOCK + lane / 4];
+        }
+#pragma unroll
+        for (u32 t = 0; t < VEC_RUNS; ++t) {
+            const float sc = e8m0_to_f32(s[t]);
+#pragma unroll
+            for (u32 j = 0; j < VPL; ++j) {
+                acc[t][j] = add_nan_first(decode_value<F>((u32)(c[t] >> (8 * j)) & 0xFFu, sc), acc[t][j]);
+            }
+        }
+    }
+    u64 c[VEC_RUNS];
+    u32 s[VEC_RUNS];
+    vec_quantize<F>(acc, c, s);
+#pragma unroll
+    for (u32 t = 0; t < VEC_RUNS; ++t) {
+        if ((lane & 3) == 0) {
+            out_scales[(v0 + t * RUN) / BLOCK + lane / 4] = (u8)s[t];
+        }
+        store_codes(out_codes + v0 + t * RUN, c[t], lane);
+        const float sc = e8m0_to_f32(s[t]);
+        u32 y[VPL];
+#pragma unroll
+        for (u32 j = 0; j < VPL; ++j) {
+            y[j] = decode_value<F>((u32)(c[t] >> (8 * j)) & 0xFFu, sc);
+        }
+        Vec<E>::store(dst + v0 + t * RUN + lane * VPL, y);
+    }
+}
+
+// Calls body(first value) for every whole warp step this logical warp
+// owns; returns the first block left to the lane-strided path.
+template <class Body> AIRAMP_DEV u64 for_each_vec_step(u64 n, u64 warp_stride, Body body) {
+    const u64 steps = n / (VEC_RUNS * RUN);
+    for (u64 w = (u64)block_x() * WARPS_PER_CTA + (thread_x() >> 5); w < steps; w += warp_stride) {
+        body(w * VEC_RUNS * RUN, thread_x() & 31u);
+    }
+    return steps * VEC_RUNS * (RUN / BLOCK);
+}
+#endif // AIRAMP_VECTOR
+
 // ---------- grid-stride drivers ----------
 
-// Calls body(tile, full) for every tile this logical warp owns; full tiles
-// (all TILE_BLOCKS * 32 values present) skip the bounds checks.
-template <class Body> AIRAMP_DEV void for_each_tile(u64 n, u64 warp_stride, Body body) {
+// Calls body(tile, full) for every tile of blocks first_block.. that this
+// logical warp owns; full tiles (all TILE_BLOCKS * 32 values present) skip
+// the bounds checks.
+template <class Body> AIRAMP_DEV void for_each_tile(u64 n, u64 first_block, u64 warp_stride, Body body) {
     const u64 nb = (n + BLOCK - 1) / BLOCK;
-    const u64 tiles = (nb + TILE_BLOCKS - 1) / TILE_BLOCKS;
-    const u64 full_tiles = n / (TILE_BLOCKS * BLOCK);
+    const u64 tiles = (nb - first_block + TILE_BLOCKS - 1) / TILE_BLOCKS;
     Tile t;
     t.lane = thread_x() & 31u;
     t.nb = nb;
     t.n = n;
     for (u64 w = (u64)block_x() * WARPS_PER_CTA + (thread_x() >> 5); w < tiles; w += warp_stride) {
-        t.b0 = w * TILE_BLOCKS;
-        body(t, w < full_tiles);
+        t.b0 = first_block + w * TILE_BLOCKS;
+        body(t, (t.b0 + TILE_BLOCKS) * BLOCK <= n);
     }
 }
 
@@ -365,7 +672,15 @@ template <class F, class E> AIRAMP_DEV void encode(u64 src, u64 n, u64 wire, u64
     const typename E::raw* s = (const typename E::raw*)src;
     u8* scales = (u8*)wire;
     u8* codes = scales + (n + BLOCK - 1) / BLOCK;
-    for_each_tile(n, warp_stride, [&](const Tile& t, bool full) {
+    u64 first_block = 0;
+#if defined(AIRAMP_VECTOR)
+    if (aligned16(s)) {
+        first_block = for_each_vec_step(n, warp_stride, [&](u64 v0, u32 lane) {
+            vec_encode_step<F, E>(s, scales, codes, v0, lane);
+        });
+    }
+#endif
+    for_each_tile(n, first_block, warp_stride, [&](const Tile& t, bool full) {
         if (full) {
             encode_tile<F, E, true>(t, s, scales, codes);
         } else {
@@ -378,7 +693,15 @@ template <class F, class E> AIRAMP_DEV void decode(u64 wire, u64 n, u64 dst, u64
     const u8* scales = (const u8*)wire;
     const u8* codes = scales + (n + BLOCK - 1) / BLOCK;
     typename E::raw* d = (typename E::raw*)dst;
-    for_each_tile(n, warp_stride, [&](const Tile& t, bool full) {
+    u64 first_block = 0;
+#if defined(AIRAMP_VECTOR)
+    if (aligned16(d)) {
+        first_block = for_each_vec_step(n, warp_stride, [&](u64 v0, u32 lane) {
+            vec_decode_step<F, E>(scales, codes, d, v0, lane);
+        });
+    }
+#endif
+    for_each_tile(n, first_block, warp_stride, [&](const Tile& t, bool full) {
         if (full) {
             decode_tile<F, E, true>(t, scales, codes, d);
         } else {
@@ -392,10 +715,19 @@ AIRAMP_DEV void reduce_encode(u64 own_src, u64 wire_table, u32 members, u32 own,
                               u64 warp_stride) {
     const typename E::raw* s = (const typename E::raw*)own_src;
     const u64* wires = (const u64*)wire_table;
+    const u64 nb = (n + BLOCK - 1) / BLOCK;
     u8* scales = (u8*)wire_out;
-    u8* codes = scales + (n + BLOCK - 1) / BLOCK;
+    u8* codes = scales + nb;
     typename E::raw* d = (typename E::raw*)dst;
-    for_each_tile(n, warp_stride, [&](const Tile& t, bool full) {
+    u64 first_block = 0;
+#if defined(AIRAMP_VECTOR)
+    if (aligned16(s) && aligned16(d)) {
+        first_block = for_each_vec_step(n, warp_stride, [&](u64 v0, u32 lane) {
+            vec_reduce_step<F, E>(members, own, s, wires, nb, scales, codes, d, v0, lane);
+        });
+    }
+#endif
+    for_each_tile(n, first_block, warp_stride, [&](const Tile& t, bool full) {
         if (full) {
             reduce_tile<F, E, true>(t, members, own, s, wires, scales, codes, d);
         } else {

@@ -101,9 +101,15 @@ impl Elem {
 pub struct KernelOptions {
     /// Never use the sm_89+ FP8 conversion instruction (the sm_80 path).
     pub soft_fp8: bool,
-    /// 32-value blocks per warp per loop step (even, 2..=32): more blocks
-    /// keep more loads in flight, fewer use fewer registers.
+    /// 32-value blocks per warp per loop step (even, 2..=32; a multiple of
+    /// 8 with `vector`): more blocks keep more loads in flight, fewer use
+    /// fewer registers.
     pub tile_blocks: u32,
+    /// Eight consecutive values per lane with 16-byte element loads/stores
+    /// and aligned 8-byte code words, when the element buffers are 16-byte
+    /// aligned (otherwise, and for message tails, one value per lane per
+    /// block, which works at any alignment).
+    pub vector: bool,
 }
 
 impl Default for KernelOptions {
@@ -111,17 +117,19 @@ impl Default for KernelOptions {
         KernelOptions {
             soft_fp8: false,
             tile_blocks: 16,
+            vector: true,
         }
     }
 }
 
 impl KernelOptions {
     fn validate(&self) -> Result<(), GpuError> {
-        if self.tile_blocks % 2 == 0 && (2..=32).contains(&self.tile_blocks) {
+        let step = if self.vector { 8 } else { 2 };
+        if self.tile_blocks % step == 0 && (2..=32).contains(&self.tile_blocks) {
             Ok(())
         } else {
             Err(GpuError::InvalidArgument(format!(
-                "tile_blocks {} (even, 2..=32)",
+                "tile_blocks {} (a multiple of {step} in 2..=32)",
                 self.tile_blocks
             )))
         }
@@ -206,5 +214,17 @@ mod tests {
             };
             assert!(o.validate().is_err(), "{bad}");
         }
+        let strided = |tile_blocks| KernelOptions {
+            tile_blocks,
+            vector: false,
+            ..KernelOptions::default()
+        };
+        assert!(strided(6).validate().is_ok());
+        assert!(KernelOptions {
+            vector: true,
+            ..strided(6)
+        }
+        .validate()
+        .is_err());
     }
 }

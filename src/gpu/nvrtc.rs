@@ -203,6 +203,9 @@ pub fn compile_options(arch: &str, opts: KernelOptions) -> Vec<String> {
     if opts.soft_fp8 {
         o.push("-DAIRAMP_SOFT_FP8".into());
     }
+    if opts.vector {
+        o.push("-DAIRAMP_VECTOR".into());
+    }
     o
 }
 

@@ -220,6 +220,24 @@ struct Lab {
     tag: &'static str,
 }
 
+/// Guard bytes after every placed buffer, checked on download.
+const GUARD: usize = 16;
+const FILL: u8 = 0xA5;
+
+/// `len` bytes placed `offset` bytes into a device allocation (so kernels
+/// meet every alignment), followed by guard bytes.
+struct Placed {
+    buf: DeviceBuf,
+    offset: usize,
+    len: usize,
+}
+
+impl Placed {
+    fn addr(&self) -> R<DevAddr> {
+        self.buf.device_addr(self.offset).s()
+    }
+}
+
 impl Lab {
     fn new(options: KernelOptions, tag: &'static str) -> R<Lab> {
         let ctx = GpuContext::current_with(options).s()?;
@@ -237,41 +255,76 @@ impl Lab {
         Ok(p)
     }
 
-    fn upload(&self, bytes: &[u8]) -> R<DeviceBuf> {
-        let p = self.pinned_with(bytes)?;
-        let d = self.ctx.alloc_device(bytes.len()).s()?;
+    /// `bytes` at `offset` in device memory; the rest of the allocation is
+    /// FILL.
+    fn upload_at(&self, bytes: &[u8], offset: usize) -> R<Placed> {
+        let mut host = vec![FILL; offset + bytes.len() + GUARD];
+        host[offset..offset + bytes.len()].copy_from_slice(bytes);
+        let p = self.pinned_with(&host)?;
+        let buf = self.ctx.alloc_device(host.len()).s()?;
         self.q
-            .copy_async(d.device_addr(0).s()?, p.device_addr(0).s()?, bytes.len())
+            .copy_async(buf.device_addr(0).s()?, p.device_addr(0).s()?, host.len())
             .s()?;
         self.sync()?;
-        Ok(d)
+        Ok(Placed {
+            buf,
+            offset,
+            len: bytes.len(),
+        })
     }
 
-    /// Device memory filled with 0xA5, so bytes a kernel fails to write
+    fn upload(&self, bytes: &[u8]) -> R<Placed> {
+        self.upload_at(bytes, 0)
+    }
+
+    /// `len` bytes of FILL at `offset`, so bytes a kernel fails to write
     /// show up as mismatches.
-    fn scratch(&self, bytes: usize) -> R<DeviceBuf> {
-        let d = self.ctx.alloc_device(bytes).s()?;
-        self.q.fill_async(d.device_addr(0).s()?, 0xA5, bytes).s()?;
-        Ok(d)
+    fn scratch_at(&self, len: usize, offset: usize) -> R<Placed> {
+        self.upload_at(&vec![FILL; len], offset)
     }
 
-    fn download(&self, d: &DeviceBuf) -> R<Vec<u8>> {
-        let p = self.ctx.alloc_pinned(d.len()).s()?;
+    fn scratch(&self, len: usize) -> R<Placed> {
+        self.scratch_at(len, 0)
+    }
+
+    /// The placed bytes; an error if anything around them changed.
+    fn download(&self, d: &Placed) -> R<Vec<u8>> {
+        let all = d.offset + d.len + GUARD;
+        let p = self.ctx.alloc_pinned(all).s()?;
         self.q
-            .copy_async(p.device_addr(0).s()?, d.device_addr(0).s()?, d.len())
+            .copy_async(p.device_addr(0).s()?, d.buf.device_addr(0).s()?, all)
             .s()?;
         self.sync()?;
-        let mut v = vec![0u8; d.len()];
+        let mut v = vec![0u8; all];
         p.read(0, &mut v).s()?;
-        Ok(v)
+        let outside = v[..d.offset].iter().chain(&v[d.offset + d.len..]);
+        if outside.into_iter().any(|&b| b != FILL) {
+            return Err("  a kernel wrote outside its buffer".into());
+        }
+        Ok(v[d.offset..d.offset + d.len].to_vec())
     }
 
-    fn read_pinned(&self, p: &PinnedBuf) -> R<Vec<u8>> {
+    fn read_pinned(&self, p: &PinnedBuf, offset: usize, len: usize) -> R<Vec<u8>> {
         self.sync()?;
         let mut v = vec![0u8; p.len()];
         p.read(0, &mut v).s()?;
-        Ok(v)
+        if v[..offset]
+            .iter()
+            .chain(&v[offset + len..])
+            .any(|&b| b != FILL)
+        {
+            return Err("  a kernel wrote outside its buffer".into());
+        }
+        Ok(v[offset..offset + len].to_vec())
     }
+}
+
+/// Offsets for case `i`: every wire alignment in turn, and every third
+/// case an element buffer one element off 16-byte alignment (the kernels'
+/// unaligned path).
+fn offsets(i: usize, elem: Elem) -> (usize, usize) {
+    let elem_off = if i % 3 == 2 { elem.size() } else { 0 };
+    (elem_off, i % 8)
 }
 
 // ---------- comparing ----------
@@ -364,15 +417,18 @@ pub fn selftest(o: &Opts) -> R<ExitCode> {
     let (major, minor) = nvrtc::load().s()?;
     let mut tally = Tally::default();
     let started = Instant::now();
+    // Every code path the plugin can take: vector and lane-strided layouts,
+    // each with the hardware FP8 conversion (sm_89+) and without (sm_80).
+    let variant = |vector, soft_fp8| KernelOptions {
+        vector,
+        soft_fp8,
+        ..KernelOptions::default()
+    };
     for (options, tag) in [
-        (KernelOptions::default(), "auto"),
-        (
-            KernelOptions {
-                soft_fp8: true,
-                ..KernelOptions::default()
-            },
-            "soft",
-        ),
+        (variant(true, false), "vector"),
+        (variant(true, true), "vector soft-fp8"),
+        (variant(false, false), "strided"),
+        (variant(false, true), "strided soft-fp8"),
     ] {
         let t = Instant::now();
         let lab = Lab::new(options, tag)?;
@@ -438,32 +494,28 @@ fn codec_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
     let inputs = codec_inputs();
     for fmt in FORMATS {
         let codec = Codec::new(fmt);
-        for (what, data) in &inputs {
+        for (i, (what, data)) in inputs.iter().enumerate() {
             let n = data.len();
             let elem = data.elem();
+            let (elem_off, wire_off) = offsets(i, elem);
+            let place = format!("elements +{elem_off}, wire +{wire_off}");
             let mut cpu_wire = vec![0u8; encoded_len(n)];
             codec
                 .encode_wire(data.src(), &mut cpu_wire)
                 .map_err(|e| e.to_string())?;
-            let src = lab.upload(&data.bytes())?;
-            let wire = lab.scratch(encoded_len(n))?;
-            lab.q
-                .encode(
-                    fmt,
-                    elem,
-                    src.device_addr(0).s()?,
-                    n,
-                    wire.device_addr(0).s()?,
-                )
-                .s()?;
-            let got = lab.download(&wire)?;
+            let src = lab.upload_at(&data.bytes(), elem_off)?;
+            let wire = lab.scratch_at(encoded_len(n), wire_off)?;
+            lab.q.encode(fmt, elem, src.addr()?, n, wire.addr()?).s()?;
             let label = format!(
-                "[{}] encode {} {} <- {what} (n={n})",
+                "[{}] encode {} {} <- {what} (n={n}, {place})",
                 lab.tag,
                 fmt_name(fmt),
                 elem.name()
             );
-            tally.record(&label, diff_wire(n, &cpu_wire, &got, Some(data)));
+            let result = lab
+                .download(&wire)
+                .and_then(|got| diff_wire(n, &cpu_wire, &got, Some(data)));
+            tally.record(&label, result);
 
             // Decode the CPU's bytes, so a decode bug is not masked by an
             // encode bug.
@@ -471,25 +523,20 @@ fn codec_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
             codec
                 .decode_into_wire(&cpu_wire, cpu_out.dst())
                 .map_err(|e| e.to_string())?;
-            let wire = lab.upload(&cpu_wire)?;
-            let dst = lab.scratch(n * elem.size())?;
-            lab.q
-                .decode(
-                    fmt,
-                    elem,
-                    wire.device_addr(0).s()?,
-                    n,
-                    dst.device_addr(0).s()?,
-                )
-                .s()?;
-            let got = lab.download(&dst)?;
+            let wire = lab.upload_at(&cpu_wire, wire_off)?;
+            let dst = lab.scratch_at(n * elem.size(), elem_off)?;
+            lab.q.decode(fmt, elem, wire.addr()?, n, dst.addr()?).s()?;
             let label = format!(
-                "[{}] decode {} -> {} of {what} (n={n})",
+                "[{}] decode {} -> {} of {what} (n={n}, {place})",
                 lab.tag,
                 fmt_name(fmt),
                 elem.name()
             );
-            tally.record(&label, diff_elems(&cpu_out, &got));
+            tally.record(
+                &label,
+                lab.download(&dst)
+                    .and_then(|got| diff_elems(&cpu_out, &got)),
+            );
         }
     }
     Ok(())
@@ -519,22 +566,19 @@ fn every_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
                 .map_err(|e| e.to_string())?;
             let dst = lab.scratch(n * elem.size())?;
             lab.q
-                .decode(
-                    fmt,
-                    elem,
-                    dev_wire.device_addr(0).s()?,
-                    n,
-                    dst.device_addr(0).s()?,
-                )
+                .decode(fmt, elem, dev_wire.addr()?, n, dst.addr()?)
                 .s()?;
-            let got = lab.download(&dst)?;
             let label = format!(
                 "[{}] decode {} -> {} of every scale x every code byte",
                 lab.tag,
                 fmt_name(fmt),
                 elem.name()
             );
-            tally.record(&label, diff_elems(&cpu_out, &got));
+            tally.record(
+                &label,
+                lab.download(&dst)
+                    .and_then(|got| diff_elems(&cpu_out, &got)),
+            );
         }
     }
     Ok(())
@@ -559,13 +603,14 @@ fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
                     let inputs: Vec<Data> = (0..members)
                         .map(|m| Data::F32(member_values(case, m, n)).as_elem(elem))
                         .collect();
+                    let (elem_off, wire_off) = offsets(case, elem);
                     let label = format!(
-                        "[{}] reduce_encode {} {} members={members} own={own} (n={n})",
+                        "[{}] reduce_encode {} {} members={members} own={own} (n={n}, elements +{elem_off}, wire out +{wire_off})",
                         lab.tag,
                         fmt_name(fmt),
                         elem.name()
                     );
-                    tally.record(&label, reduce_one(lab, fmt, own, &inputs, false));
+                    tally.record(&label, reduce_one(lab, fmt, own, &inputs, case, false));
                 }
             }
             // Exhaustive: the owner holds every pattern, the other member
@@ -578,6 +623,7 @@ fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
                     _ => (Data::Bf16(p), Data::Bf16(scattered)),
                 };
                 for own in [0, 1] {
+                    case += 1;
                     let label = format!(
                         "[{}] reduce_encode {} {} members=2 own={own} every pattern",
                         lab.tag,
@@ -586,7 +632,7 @@ fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
                     );
                     tally.record(
                         &label,
-                        reduce_one(lab, fmt, own, &[a.clone(), b.clone()], false),
+                        reduce_one(lab, fmt, own, &[a.clone(), b.clone()], case, false),
                     );
                 }
             }
@@ -597,12 +643,21 @@ fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
 
 /// Runs one fold on the GPU and on the CPU. `inputs[m]` are member `m`'s
 /// values; the others' are encoded by the CPU, as the network delivers
-/// them. `pinned`: wires, table and output wire in mapped pinned memory
-/// (the real zero-copy path) instead of device memory.
-fn reduce_one(lab: &Lab, fmt: Fp8Format, own: usize, inputs: &[Data], pinned: bool) -> R<()> {
+/// them. `case` varies the buffers' alignment. `pinned`: wires, table and
+/// output wire in mapped pinned memory (the real zero-copy path) instead
+/// of device memory.
+fn reduce_one(
+    lab: &Lab,
+    fmt: Fp8Format,
+    own: usize,
+    inputs: &[Data],
+    case: usize,
+    pinned: bool,
+) -> R<()> {
     let codec = Codec::new(fmt);
     let n = inputs[own].len();
     let elem = inputs[own].elem();
+    let (elem_off, wire_off) = offsets(case, elem);
     let wires: Vec<Vec<u8>> = inputs
         .iter()
         .enumerate()
@@ -629,53 +684,55 @@ fn reduce_one(lab: &Lab, fmt: Fp8Format, own: usize, inputs: &[Data], pinned: bo
     )
     .map_err(|e| e.to_string())?;
 
-    let own_src = lab.upload(&inputs[own].bytes())?;
-    let dst = lab.scratch(n * elem.size())?;
-    // Keep every buffer alive until the kernel is done.
-    let mut dev_wires: Vec<DeviceBuf> = Vec::new();
+    let own_src = lab.upload_at(&inputs[own].bytes(), elem_off)?;
+    let dst = lab.scratch_at(n * elem.size(), elem_off)?;
+    // Keep every buffer alive until the kernel is done. Member m's wire sits
+    // at its own alignment.
+    let mut dev_wires: Vec<Placed> = Vec::new();
     let mut pin_wires: Vec<PinnedBuf> = Vec::new();
     let mut table = Vec::with_capacity(wires.len());
     for (m, w) in wires.iter().enumerate() {
+        let off = (m * 3 + case) % 8;
         let addr = if m == own {
             DevAddr(0)
         } else if pinned {
-            pin_wires.push(lab.pinned_with(w)?);
-            pin_wires.last().expect("pushed").device_addr(0).s()?
+            let mut padded = vec![FILL; off];
+            padded.extend_from_slice(w);
+            pin_wires.push(lab.pinned_with(&padded)?);
+            pin_wires.last().expect("pushed").device_addr(off).s()?
         } else {
-            dev_wires.push(lab.upload(w)?);
-            dev_wires.last().expect("pushed").device_addr(0).s()?
+            dev_wires.push(lab.upload_at(w, off)?);
+            dev_wires.last().expect("pushed").addr()?
         };
         table.extend_from_slice(&addr.0.to_ne_bytes());
     }
-    let fold = |table: DevAddr, wire_out: DevAddr| Fold {
-        members: inputs.len(),
-        own_index: own,
-        own_src: own_src.device_addr(0).expect("offset 0"),
-        wire_table: table,
-        n,
-        wire_out,
-        dst: dst.device_addr(0).expect("offset 0"),
+    let fold = |table: DevAddr, wire_out: DevAddr| -> R<Fold> {
+        Ok(Fold {
+            members: inputs.len(),
+            own_index: own,
+            own_src: own_src.addr()?,
+            wire_table: table,
+            n,
+            wire_out,
+            dst: dst.addr()?,
+        })
     };
     let got_wire = if pinned {
         let t = lab.pinned_with(&table)?;
-        let out = lab.pinned_with(&vec![0xA5u8; encoded_len(n)])?;
+        let out = lab.pinned_with(&vec![FILL; wire_off + encoded_len(n) + GUARD])?;
         lab.q
             .reduce_encode(
                 fmt,
                 elem,
-                &fold(t.device_addr(0).s()?, out.device_addr(0).s()?),
+                &fold(t.device_addr(0).s()?, out.device_addr(wire_off).s()?)?,
             )
             .s()?;
-        lab.read_pinned(&out)?
+        lab.read_pinned(&out, wire_off, encoded_len(n))?
     } else {
         let t = lab.upload(&table)?;
-        let out = lab.scratch(encoded_len(n))?;
+        let out = lab.scratch_at(encoded_len(n), wire_off)?;
         lab.q
-            .reduce_encode(
-                fmt,
-                elem,
-                &fold(t.device_addr(0).s()?, out.device_addr(0).s()?),
-            )
+            .reduce_encode(fmt, elem, &fold(t.addr()?, out.addr()?)?)
             .s()?;
         lab.download(&out)?
     };
@@ -686,7 +743,7 @@ fn reduce_one(lab: &Lab, fmt: Fp8Format, own: usize, inputs: &[Data], pinned: bo
 
 /// Kernels reading and writing mapped pinned host memory directly.
 fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
-    for fmt in FORMATS {
+    for (i, fmt) in FORMATS.into_iter().enumerate() {
         let codec = Codec::new(fmt);
         let data = Data::F32(random_f32("heavy-tailed", 300_001, 5)).as_elem(Elem::Bf16);
         let n = data.len();
@@ -695,23 +752,26 @@ fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
             .encode_wire(data.src(), &mut cpu_wire)
             .map_err(|e| e.to_string())?;
         let src = lab.upload(&data.bytes())?;
-        let wire = lab.pinned_with(&vec![0xA5u8; encoded_len(n)])?;
+        let wire_off = 3 + i;
+        let wire = lab.pinned_with(&vec![FILL; wire_off + encoded_len(n) + GUARD])?;
         lab.q
             .encode(
                 fmt,
                 Elem::Bf16,
-                src.device_addr(0).s()?,
+                src.addr()?,
                 n,
-                wire.device_addr(0).s()?,
+                wire.device_addr(wire_off).s()?,
             )
             .s()?;
-        let got = lab.read_pinned(&wire)?;
         let label = format!(
-            "[{}] encode {} bf16 into pinned host memory (n={n})",
+            "[{}] encode {} bf16 into pinned host memory (n={n}, wire +{wire_off})",
             lab.tag,
             fmt_name(fmt)
         );
-        tally.record(&label, diff_wire(n, &cpu_wire, &got, Some(&data)));
+        let result = lab
+            .read_pinned(&wire, wire_off, encoded_len(n))
+            .and_then(|got| diff_wire(n, &cpu_wire, &got, Some(&data)));
+        tally.record(&label, result);
 
         let inputs: Vec<Data> = (0..8)
             .map(|m| Data::F32(member_values(77, m, 50_001)).as_elem(Elem::Bf16))
@@ -721,7 +781,7 @@ fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
             lab.tag,
             fmt_name(fmt)
         );
-        tally.record(&label, reduce_one(lab, fmt, 3, &inputs, true));
+        tally.record(&label, reduce_one(lab, fmt, 3, &inputs, i, true));
     }
     Ok(())
 }
@@ -739,28 +799,41 @@ pub fn bench(o: &Opts) -> R<ExitCode> {
         ));
     }
     let _primary = PrimaryContext::bind(device).s()?;
-    let mut variants = vec![("tile=16 fp8-cvt=auto (default)", KernelOptions::default())];
+    let d = KernelOptions::default();
+    let mut variants = vec![("default: vector, tile=16", d)];
     if o.flag("tune") {
-        for tile_blocks in [8, 32] {
-            variants.push((
-                if tile_blocks == 8 {
-                    "tile=8"
-                } else {
-                    "tile=32"
-                },
+        variants.extend([
+            (
+                "vector, tile=8",
                 KernelOptions {
-                    tile_blocks,
-                    ..KernelOptions::default()
+                    tile_blocks: 8,
+                    ..d
                 },
-            ));
-        }
-        variants.push((
-            "tile=16 fp8-cvt=soft (sm_80 path)",
-            KernelOptions {
-                soft_fp8: true,
-                ..KernelOptions::default()
-            },
-        ));
+            ),
+            (
+                "vector, tile=32",
+                KernelOptions {
+                    tile_blocks: 32,
+                    ..d
+                },
+            ),
+            (
+                "vector, soft fp8 (sm_80 path)",
+                KernelOptions {
+                    soft_fp8: true,
+                    ..d
+                },
+            ),
+            ("strided, tile=16", KernelOptions { vector: false, ..d }),
+            (
+                "strided, tile=16, soft fp8",
+                KernelOptions {
+                    vector: false,
+                    soft_fp8: true,
+                    ..d
+                },
+            ),
+        ]);
     }
     let n = mib * (1 << 20) / 2; // bf16 values
     let src = Data::F32(random_f32("normal", n, 3))
@@ -809,11 +882,7 @@ fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
     let src = lab.upload(src)?;
     let wire = lab.scratch(wire_bytes)?;
     let dst = lab.scratch(src_bytes)?;
-    let (s, w, d) = (
-        src.device_addr(0).s()?,
-        wire.device_addr(0).s()?,
-        dst.device_addr(0).s()?,
-    );
+    let (s, w, d) = (src.addr()?, wire.addr()?, dst.addr()?);
 
     let copy = time(q, iters, || q.copy_async(d, s, src_bytes))?;
     let copy_gbs = 2.0 * src_bytes as f64 / copy / 1e9;
@@ -864,7 +933,7 @@ fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
         let member_wires = lab.scratch(shard_wire * members)?;
         let mut table = Vec::new();
         for m in 0..members {
-            let mw = member_wires.device_addr(m * shard_wire).s()?;
+            let mw = member_wires.addr()?.offset(m * shard_wire);
             q.encode(fmt, Elem::Bf16, s.offset(m * shard * 2), shard, mw)
                 .s()?;
             table.extend_from_slice(&mw.0.to_ne_bytes());
@@ -874,7 +943,7 @@ fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
             members,
             own_index: 0,
             own_src: s,
-            wire_table: table.device_addr(0).s()?,
+            wire_table: table.addr()?,
             n: shard,
             wire_out: w,
             dst: d,

@@ -50,7 +50,6 @@ const SYMBOLS: &[&str] = &[
     "cuMemAlloc_v2",
     "cuMemFree_v2",
     "cuMemcpyAsync",
-    "cuMemsetD8Async",
     "cuLaunchKernel",
     "cuGetErrorName",
 ];
@@ -364,13 +363,6 @@ pub fn memcpy_async(dst: u64, src: u64, bytes: usize, stream: usize) -> Result<(
     // valid until the work completes.
     check("cuMemcpyAsync", unsafe {
         sys::cuMemcpyAsync(dst, src, bytes, stream as sys::CUstream)
-    })
-}
-
-pub fn memset_async(dst: u64, byte: u8, bytes: usize, stream: usize) -> Result<(), GpuError> {
-    // SAFETY: as memcpy_async.
-    check("cuMemsetD8Async", unsafe {
-        sys::cuMemsetD8Async(dst, byte, bytes, stream as sys::CUstream)
     })
 }
 

@@ -326,3 +326,66 @@ fn program_log(prog: sys::nvrtcProgram) -> Option<String> {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("airamp-nvrtc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn builtins_are_found_by_their_soname() {
+        let d = scratch_dir("builtins");
+        for f in [
+            "libnvrtc-builtins.so.13.0.88",
+            "libnvrtc-builtins.alt.so.13.0",
+            "libnvrtc-builtins.so.13.0",
+            "libnvrtc.so.13",
+        ] {
+            std::fs::write(d.join(f), b"").unwrap();
+        }
+        assert_eq!(builtins_in(&d), Some(d.join("libnvrtc-builtins.so.13.0")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn preload_reports_why_a_location_is_unusable() {
+        let d = scratch_dir("empty");
+        assert!(preload(&d).unwrap_err().contains("no libnvrtc"));
+        assert!(preload(&d.join("missing.so"))
+            .unwrap_err()
+            .contains("does not exist"));
+        // A file that is not a shared object: dlopen's own message.
+        std::fs::write(d.join("libnvrtc.so.13"), b"not an ELF file").unwrap();
+        assert!(!preload(&d).unwrap_err().is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn options_keep_ieee_arithmetic_and_carry_the_variant() {
+        let o = compile_options("sm_90", KernelOptions::default());
+        for want in [
+            "-arch=sm_90",
+            "--fmad=false",
+            "--ftz=false",
+            "-DAIRAMP_VECTOR",
+            "-DAIRAMP_TILE_BLOCKS=16",
+        ] {
+            assert!(o.iter().any(|x| x == want), "{want} missing from {o:?}");
+        }
+        assert!(!o.iter().any(|x| x == "-DAIRAMP_SOFT_FP8"));
+        let soft = KernelOptions {
+            soft_fp8: true,
+            vector: false,
+            ..KernelOptions::default()
+        };
+        let o = compile_options("compute_80", soft);
+        assert!(o.iter().any(|x| x == "-DAIRAMP_SOFT_FP8"));
+        assert!(!o.iter().any(|x| x == "-DAIRAMP_VECTOR"));
+    }
+}

@@ -1,6 +1,6 @@
 //! A stream of asynchronous GPU work: codec kernels, copies, and fences to
-//! poll. Nothing here blocks or synchronizes, except the explicitly named
-//! tool helpers ([`Fence::wait_blocking`], [`TimingMark`]).
+//! poll. Nothing here blocks or synchronizes, except the benchmark helper
+//! [`TimingMark::elapsed_ms`].
 
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -173,16 +173,6 @@ impl GpuQueue {
         driver::memcpy_async(dst.0, src.0, bytes, self.stream)
     }
 
-    /// Queues filling `bytes` at `dst` with `byte`.
-    pub fn fill_async(&self, dst: DevAddr, byte: u8, bytes: usize) -> Result<(), GpuError> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        non_null(&[("dst", dst)])?;
-        self.ctx.ensure_current()?;
-        driver::memset_async(dst.0, byte, bytes, self.stream)
-    }
-
     /// A fence after everything queued so far.
     pub fn record(&self) -> Result<Fence, GpuError> {
         self.ctx.ensure_current()?;
@@ -280,12 +270,6 @@ impl Fence {
     /// Whether the work is done (`cuEventQuery`; never blocks).
     pub fn is_complete(&self) -> Result<bool, GpuError> {
         driver::event_query(self.event)
-    }
-
-    /// Blocks until the work is done. For tools and tests only: never on
-    /// NCCL's threads.
-    pub fn wait_blocking(&self) -> Result<(), GpuError> {
-        driver::event_synchronize(self.event)
     }
 }
 

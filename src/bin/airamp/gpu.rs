@@ -245,8 +245,14 @@ impl Lab {
         Ok(Lab { ctx, q, tag })
     }
 
+    /// Waits for the queue by polling its fence, as the plugin's progress
+    /// thread does (with a sleep here, since this is a tool).
     fn sync(&self) -> R<()> {
-        self.q.record().s()?.wait_blocking().s()
+        let fence = self.q.record().s()?;
+        while !fence.is_complete().s()? {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        Ok(())
     }
 
     fn pinned_with(&self, bytes: &[u8]) -> R<PinnedBuf> {

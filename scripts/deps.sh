@@ -26,6 +26,22 @@ ensure_build_deps() {
 ensure_test_deps() {
     ensure_build_deps
     # iproute2: network namespaces and tc for shaped links; iperf3: the
-    # reference in benchmarks; prometheus: promtool to validate the exporter.
-    apt_install iproute2 iperf3 prometheus
+    # reference in benchmarks; prometheus: promtool to validate the exporter;
+    # clang-19: compile-checks the GPU kernels as HIP (scripts/hip-check).
+    apt_install iproute2 iperf3 prometheus clang-19 python3-pip
+    ensure_nvrtc
+}
+
+# NVRTC 13.0 from PyPI into target/nvrtc (no system Python is touched), so
+# `airamp gpu compile-check` can compile the CUDA kernels without a GPU.
+# Exports AIRAMP_NVRTC_LIB, which the plugin and CLI read to find it.
+ensure_nvrtc() {
+    local dir=target/nvrtc
+    local lib="$dir/nvidia/cu13/lib"
+    if [ ! -e "$lib/libnvrtc.so.13" ]; then
+        echo "installing NVRTC 13.0 into $dir"
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+            --target "$dir" 'nvidia-cuda-nvrtc==13.0.*'
+    fi
+    export AIRAMP_NVRTC_LIB="$PWD/$lib"
 }

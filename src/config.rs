@@ -33,6 +33,10 @@ use crate::codec::WireFormat;
 
 /// Env var naming the configuration file.
 pub const CONF_ENV: &str = "AIRAMP_CONF";
+/// `AIRAMP_*` variables read elsewhere, not configuration keys: the config
+/// file's path, and where to find NVRTC (`gpu::nvrtc`, read when the GPU
+/// kernels are first compiled).
+const OTHER_ENV: [&str; 2] = [CONF_ENV, crate::gpu::nvrtc::NVRTC_ENV];
 /// Configuration file used when `AIRAMP_CONF` is unset or empty.
 pub const DEFAULT_CONF_PATH: &str = "/etc/airamp.conf";
 /// Values longer than this are cut in diagnostics.
@@ -1044,7 +1048,7 @@ impl Config {
 
     fn apply_env(&mut self, env: &BTreeMap<String, String>, diags: &mut Vec<Diagnostic>) {
         for (name, value) in env {
-            if !name.starts_with("AIRAMP_") || name == CONF_ENV {
+            if !name.starts_with("AIRAMP_") || OTHER_ENV.contains(&name.as_str()) {
                 continue;
             }
             match KEYS.iter().position(|k| k.env == name) {
@@ -1070,7 +1074,7 @@ impl Config {
                             KEYS.iter()
                                 .map(|k| k.env)
                                 .chain(ALIASES.iter().map(|a| a.env))
-                                .chain(std::iter::once(CONF_ENV))
+                                .chain(OTHER_ENV.iter().copied())
                         )
                     ),
                 )),
@@ -1276,7 +1280,9 @@ pub fn keys_markdown() -> String {
          reported and ignored (the key keeps the file value or the default); a missing file \
          means defaults. Unknown keys and unknown `AIRAMP_*` variables are reported and \
          ignored. `airamp config check [FILE]` prints the effective configuration and where \
-         each value came from. See `examples/airamp.conf`.\n\n\
+         each value came from. See `examples/airamp.conf`. `AIRAMP_NVRTC_LIB` is not a key: \
+         it names the NVRTC library (file or directory) for the GPU kernels, see \
+         `docs/gpu.md`.\n\n\
          | key | env var | default | meaning |\n\
          |---|---|---|---|\n",
     );

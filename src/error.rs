@@ -6,6 +6,8 @@
 use std::fmt;
 use std::io;
 
+use crate::gpu::GpuError;
+
 /// How NCCL should see a failure: the ABI edge turns this into `ncclResult_t`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -40,6 +42,8 @@ pub enum NetError {
         peer: String,
         cause: PeerFailure,
     },
+    /// The CUDA layer failed (driver call, NVRTC, no context).
+    Gpu(GpuError),
 }
 
 /// Why a connection to a peer is no longer usable.
@@ -86,6 +90,10 @@ impl NetError {
                 ..
             } => ErrorClass::InvalidUsage,
             NetError::Peer { .. } => ErrorClass::Remote,
+            // Our own bad launch arguments are a plugin bug; everything else
+            // (driver, NVRTC, context) is a local system failure.
+            NetError::Gpu(GpuError::InvalidArgument(_)) => ErrorClass::Internal,
+            NetError::Gpu(_) => ErrorClass::System,
         }
     }
 }
@@ -124,10 +132,42 @@ impl fmt::Display for NetError {
                 None => write!(f, "{what}: {kind}"),
             },
             NetError::Peer { peer, cause } => write!(f, "peer {peer}: {cause}"),
+            NetError::Gpu(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for NetError {}
 
+impl From<GpuError> for NetError {
+    fn from(e: GpuError) -> Self {
+        NetError::Gpu(e)
+    }
+}
+
 pub type NetResult<T> = Result<T, NetError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_failures_are_system_errors_except_our_own_bad_arguments() {
+        let driver = NetError::from(GpuError::Driver {
+            call: "cuLaunchKernel",
+            code: 2,
+            name: "CUDA_ERROR_OUT_OF_MEMORY".into(),
+        });
+        assert_eq!(driver.class(), ErrorClass::System);
+        assert_eq!(
+            driver.to_string(),
+            "gpu: cuLaunchKernel failed: CUDA_ERROR_OUT_OF_MEMORY (2)"
+        );
+        assert_eq!(
+            NetError::from(GpuError::NoContext).class(),
+            ErrorClass::System
+        );
+        let bad = NetError::from(GpuError::InvalidArgument("src is a null address".into()));
+        assert_eq!(bad.class(), ErrorClass::Internal);
+    }
+}

@@ -26,6 +26,8 @@ pub struct DeviceRegion {
     base: usize,
     len: usize,
     mirror: PinnedBuf,
+    /// The mirror's device-visible address.
+    mirror_addr: DevAddr,
 }
 
 impl DeviceRegion {
@@ -59,7 +61,7 @@ impl DeviceRange {
     }
 
     fn mirror_addr(&self) -> DevAddr {
-        self.region.mirror.device_addr(self.offset)
+        self.region.mirror_addr.offset(self.offset)
     }
 
     /// The mirror of this range, as a buffer host code can use. It stays
@@ -78,6 +80,8 @@ impl DeviceRange {
 /// It goes back to the pool when dropped.
 pub struct PinnedSlot {
     arena: Arc<PinnedBuf>,
+    /// The arena's device-visible address.
+    arena_addr: DevAddr,
     offset: usize,
     len: usize,
     free: Arc<Mutex<Vec<usize>>>,
@@ -98,7 +102,7 @@ impl PinnedSlot {
 
     /// The address kernels use for this slot.
     pub fn device_addr(&self) -> DevAddr {
-        self.arena.device_addr(self.offset)
+        self.arena_addr.offset(self.offset)
     }
 
     /// Shortens the slot to its first `len` bytes.
@@ -140,15 +144,18 @@ impl Drop for PinnedSlot {
 /// registers memory.
 pub struct SlotPool {
     arena: Arc<PinnedBuf>,
+    arena_addr: DevAddr,
     slot_bytes: usize,
     free: Arc<Mutex<Vec<usize>>>,
 }
 
 impl SlotPool {
-    fn new(ctx: &GpuContext, slot_bytes: usize, slots: usize) -> NetResult<SlotPool> {
+    fn new(ctx: &Arc<GpuContext>, slot_bytes: usize, slots: usize) -> NetResult<SlotPool> {
         let arena = Arc::new(ctx.alloc_pinned(slot_bytes * slots)?);
+        let arena_addr = arena.device_addr(0)?;
         Ok(SlotPool {
             arena,
+            arena_addr,
             slot_bytes,
             free: Arc::new(Mutex::new(
                 (0..slots).rev().map(|i| i * slot_bytes).collect(),
@@ -178,6 +185,7 @@ impl SlotPool {
         let offset = self.free.lock().ok()?.pop()?;
         Some(PinnedSlot {
             arena: Arc::clone(&self.arena),
+            arena_addr: self.arena_addr,
             offset,
             len,
             free: Arc::clone(&self.free),
@@ -228,11 +236,13 @@ impl DeviceMemory {
     /// mirror. Returns the region's base, which identifies it.
     pub fn register(&mut self, ptr: usize, len: usize) -> NetResult<usize> {
         let mirror = self.ctx.alloc_pinned(len)?;
+        let mirror_addr = mirror.device_addr(0)?;
         metrics::collnet().gpu_pinned(len as i64);
         self.regions.push(Arc::new(DeviceRegion {
             base: ptr,
             len,
             mirror,
+            mirror_addr,
         }));
         Ok(ptr)
     }
@@ -318,7 +328,7 @@ impl Drop for DeviceMemory {
     /// no kernel or copy still uses a slot or mirror when they are freed
     /// (the group drops its steps and calls after this).
     fn drop(&mut self) {
-        if let Err(e) = self.queue.record().and_then(|f| f.wait_blocking()) {
+        if let Err(e) = self.queue.synchronize() {
             crate::warn!("collnet: waiting for the GPU stream at close: {e}");
         }
         metrics::collnet().gpu_pinned(-(self.pinned_bytes() as i64));

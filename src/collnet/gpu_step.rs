@@ -26,7 +26,7 @@ use super::lend::{Payload, RecvBuf};
 use super::steps::Lane;
 use crate::codec::{encoded_len, WireFormat};
 use crate::error::{NetError, NetResult, PeerFailure};
-use crate::gpu::{DevAddr, Elem, Fence, GpuQueue};
+use crate::gpu::{DevAddr, Elem, Fence, Fold, GpuQueue};
 
 /// A message this step sends: to member `to` on `lane`.
 pub struct GpuSend {
@@ -251,13 +251,15 @@ impl GpuStep {
         q.reduce_encode(
             self.fmt,
             self.elem,
-            self.spec.n,
-            self.rank,
-            own_src,
-            table.device_addr(),
-            count,
-            reduced.device_addr(),
-            own_dst,
+            &Fold {
+                members: self.spec.n,
+                own_index: self.rank,
+                own_src,
+                wire_table: table.device_addr(),
+                n: count,
+                wire_out: reduced.device_addr(),
+                dst: own_dst,
+            },
         )?;
         self.reduce_fence = Some(q.record()?);
         Ok(())

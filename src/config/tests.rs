@@ -320,6 +320,7 @@ fn unknown_env_vars_warn() {
         ("AIRAMP_SERVICE_HOST", "10.0.0.1"),
         ("AIRAMP_NSTREAM", "3"),
         ("AIRAMP_CONF", "/nonexistent"),
+        ("AIRAMP_NVRTC_LIB", "/opt/cuda/lib64"),
         ("PATH", "/bin"),
         ("NCCL_DEBUG", "INFO"),
     ]);

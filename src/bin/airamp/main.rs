@@ -11,12 +11,16 @@
 //! airamp demo [OPTS]           ring allreduce across processes through the C ABI
 //! airamp calibrate [OPTS]      measure link + codec, print the [tuner] profile
 //! airamp tuner show [OPTS]     the tuner's allreduce decisions for a job shape
+//! airamp gpu selftest          GPU codec kernels vs the CPU codec, bit for bit
+//! airamp gpu bench [OPTS]      GPU codec throughput next to memcpy
+//! airamp gpu compile-check     NVRTC compile of the kernels for sm_80/90/100 (no GPU needed)
 //! ```
 
 mod bench;
 mod calibrate;
 mod collbench;
 mod demo;
+mod gpu;
 mod peer;
 mod tuner;
 
@@ -27,7 +31,7 @@ use airamp::config::{self, Config};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N] [--formats e4m3,int8]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8]"
+        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N] [--formats e4m3,int8]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
     );
     ExitCode::from(2)
 }
@@ -46,6 +50,9 @@ fn main() -> ExitCode {
         ["demo", rest @ ..] => demo::run(&Opts::parse(rest)),
         ["calibrate", rest @ ..] => calibrate::run(&Opts::parse(rest)),
         ["tuner", "show", rest @ ..] => tuner::show(&Opts::parse(rest)),
+        ["gpu", "selftest", rest @ ..] => gpu::selftest(&Opts::parse(rest)),
+        ["gpu", "bench", rest @ ..] => gpu::bench(&Opts::parse(rest)),
+        ["gpu", "compile-check", rest @ ..] => gpu::compile_check(&Opts::parse(rest)),
         [peer::ROLE_FLAG, rest @ ..] => peer::run_role(rest),
         _ => return usage(),
     };

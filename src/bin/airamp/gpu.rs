@@ -1,0 +1,997 @@
+//! `airamp gpu ...`: the CUDA layer on a GPU host.
+//!
+//! * `selftest`: every kernel against the CPU codec and reducer, bit for
+//!   bit (exhaustive fp16/bf16 patterns, random f32, odd lengths, every
+//!   wire byte, 2/3/8 members), with the production kernels and the sm_80
+//!   ("soft") conversion path.
+//! * `bench`: encode/decode throughput next to memcpy on the same device.
+//! * `compile-check`: NVRTC compile of the kernels for sm_80/90/100 (no GPU
+//!   needed).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use airamp::codec::{
+    bf16_to_f32, encoded_len, f16_to_f32, num_blocks, Codec, Dst, Src, WireFormat,
+};
+use airamp::gpu::{
+    self, nvrtc, reference, DevAddr, DeviceBuf, Elem, Fold, GpuContext, GpuError, GpuQueue,
+    KernelOptions, PinnedBuf, PrimaryContext,
+};
+
+use crate::Opts;
+
+type R<T> = Result<T, String>;
+
+trait OrString<T> {
+    fn s(self) -> R<T>;
+}
+
+impl<T> OrString<T> for Result<T, GpuError> {
+    fn s(self) -> R<T> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+const FORMATS: [WireFormat; 2] = [WireFormat::E4M3, WireFormat::E5M2];
+
+fn fmt_name(f: WireFormat) -> &'static str {
+    f.name()
+}
+
+// ---------- host data ----------
+
+/// Host values of one element type.
+#[derive(Clone, Debug)]
+enum Data {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+    Bf16(Vec<u16>),
+}
+
+impl Data {
+    fn zeros(elem: Elem, n: usize) -> Data {
+        match elem {
+            Elem::F32 => Data::F32(vec![0.0; n]),
+            Elem::F16 => Data::F16(vec![0; n]),
+            Elem::Bf16 => Data::Bf16(vec![0; n]),
+        }
+    }
+
+    fn elem(&self) -> Elem {
+        match self {
+            Data::F32(_) => Elem::F32,
+            Data::F16(_) => Elem::F16,
+            Data::Bf16(_) => Elem::Bf16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F16(v) | Data::Bf16(v) => v.len(),
+        }
+    }
+
+    fn src(&self) -> Src<'_> {
+        match self {
+            Data::F32(v) => Src::F32(v),
+            Data::F16(v) => Src::F16(v),
+            Data::Bf16(v) => Src::Bf16(v),
+        }
+    }
+
+    fn dst(&mut self) -> Dst<'_> {
+        match self {
+            Data::F32(v) => Dst::F32(v),
+            Data::F16(v) => Dst::F16(v),
+            Data::Bf16(v) => Dst::Bf16(v),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Data::F16(v) | Data::Bf16(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+        }
+    }
+
+    /// Bits of element `i`.
+    fn bits(&self, i: usize) -> u32 {
+        match self {
+            Data::F32(v) => v[i].to_bits(),
+            Data::F16(v) | Data::Bf16(v) => v[i] as u32,
+        }
+    }
+
+    /// The same values widened to f32 (exact).
+    fn widened(&self) -> Data {
+        match self {
+            Data::F32(v) => Data::F32(v.clone()),
+            Data::F16(v) => Data::F32(v.iter().map(|&h| f16_to_f32(h)).collect()),
+            Data::Bf16(v) => Data::F32(v.iter().map(|&h| bf16_to_f32(h)).collect()),
+        }
+    }
+
+    /// The same values in `elem` (f32 narrowed with the codec's RNE).
+    fn as_elem(&self, elem: Elem) -> Data {
+        let w = match self.widened() {
+            Data::F32(v) => v,
+            _ => unreachable!("widened is f32"),
+        };
+        match elem {
+            Elem::F32 => Data::F32(w),
+            Elem::F16 => Data::F16(w.iter().map(|&x| airamp::codec::f32_to_f16(x)).collect()),
+            Elem::Bf16 => Data::Bf16(w.iter().map(|&x| airamp::codec::f32_to_bf16(x)).collect()),
+        }
+    }
+}
+
+/// Every 16-bit pattern in three arrangements (sequential: neighbours share
+/// an exponent; scattered by an odd multiplier; bit-reversed: neighbours
+/// differ in sign and exponent), then a 13-value tail block.
+fn all_patterns() -> Vec<u16> {
+    let mut v: Vec<u16> = (0..=u16::MAX).collect();
+    v.extend((0..=u16::MAX).map(|i| i.wrapping_mul(40503)));
+    v.extend((0..=u16::MAX).map(u16::reverse_bits));
+    v.extend((0..13u16).map(|i| 0x3C00u16.wrapping_add(i.wrapping_mul(4099))));
+    v
+}
+
+/// xorshift64*: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn f32_with_exp(&mut self, lo: i32, hi: i32) -> f32 {
+        let r = self.next();
+        let exp = lo + (r % (hi - lo + 1) as u64) as i32;
+        let bits = ((r >> 63) as u32) << 31
+            | (((exp + 127) as u32) << 23)
+            | ((r >> 20) as u32 & 0x7F_FFFF);
+        f32::from_bits(bits)
+    }
+}
+
+const KINDS: [&str; 6] = [
+    "normal",
+    "heavy-tailed",
+    "subnormal",
+    "huge",
+    "specials",
+    "zeros",
+];
+
+/// `n` f32 of one kind (a few specials sprinkled into every kind).
+fn random_f32(kind: &str, n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    (0..n)
+        .map(|i| {
+            if i % 997 == 13 {
+                return [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0][i % 5];
+            }
+            match kind {
+                "normal" => r.f32_with_exp(-8, 8),
+                "heavy-tailed" => r.f32_with_exp(-60, 60),
+                "subnormal" => {
+                    let b = r.next();
+                    if b & 1 == 0 {
+                        f32::from_bits(((b >> 32) as u32) & 0x807F_FFFF)
+                    } else {
+                        r.f32_with_exp(-126, -110)
+                    }
+                }
+                "huge" => r.f32_with_exp(110, 127),
+                "specials" => {
+                    let b = r.next();
+                    match b % 6 {
+                        0 => f32::from_bits(
+                            0x7F80_0001
+                                | ((b >> 40) as u32 & 0x7F_FFFF)
+                                | ((b >> 8) as u32 & 0x8000_0000),
+                        ),
+                        1 => f32::INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        3 => f32::MAX,
+                        4 => -f32::MAX,
+                        _ => r.f32_with_exp(-3, 3),
+                    }
+                }
+                _ => [0.0, -0.0][i % 2],
+            }
+        })
+        .collect()
+}
+
+// ---------- device plumbing ----------
+
+/// One context + queue, with blocking helpers (this is a tool).
+struct Lab {
+    ctx: Arc<GpuContext>,
+    q: GpuQueue,
+    tag: &'static str,
+}
+
+/// Guard bytes after every placed buffer, checked on download.
+const GUARD: usize = 16;
+const FILL: u8 = 0xA5;
+
+/// `len` bytes placed `offset` bytes into a device allocation (so kernels
+/// meet every alignment), followed by guard bytes.
+struct Placed {
+    buf: DeviceBuf,
+    offset: usize,
+    len: usize,
+}
+
+impl Placed {
+    fn addr(&self) -> R<DevAddr> {
+        self.buf.device_addr(self.offset).s()
+    }
+}
+
+impl Lab {
+    fn new(options: KernelOptions, tag: &'static str) -> R<Lab> {
+        let ctx = GpuContext::current_with(options).s()?;
+        let q = ctx.queue().s()?;
+        Ok(Lab { ctx, q, tag })
+    }
+
+    /// Waits for the queue by polling its fence, as the plugin's progress
+    /// thread does (with a sleep here, since this is a tool).
+    fn sync(&self) -> R<()> {
+        let fence = self.q.record().s()?;
+        while !fence.is_complete().s()? {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        Ok(())
+    }
+
+    fn pinned_with(&self, bytes: &[u8]) -> R<PinnedBuf> {
+        let mut p = self.ctx.alloc_pinned(bytes.len()).s()?;
+        p.write(0, bytes).s()?;
+        Ok(p)
+    }
+
+    /// `bytes` at `offset` in device memory; the rest of the allocation is
+    /// FILL.
+    fn upload_at(&self, bytes: &[u8], offset: usize) -> R<Placed> {
+        let mut host = vec![FILL; offset + bytes.len() + GUARD];
+        host[offset..offset + bytes.len()].copy_from_slice(bytes);
+        let p = self.pinned_with(&host)?;
+        let buf = self.ctx.alloc_device(host.len()).s()?;
+        self.q
+            .copy_async(buf.device_addr(0).s()?, p.device_addr(0).s()?, host.len())
+            .s()?;
+        self.sync()?;
+        Ok(Placed {
+            buf,
+            offset,
+            len: bytes.len(),
+        })
+    }
+
+    fn upload(&self, bytes: &[u8]) -> R<Placed> {
+        self.upload_at(bytes, 0)
+    }
+
+    /// `len` bytes of FILL at `offset`, so bytes a kernel fails to write
+    /// show up as mismatches.
+    fn scratch_at(&self, len: usize, offset: usize) -> R<Placed> {
+        self.upload_at(&vec![FILL; len], offset)
+    }
+
+    fn scratch(&self, len: usize) -> R<Placed> {
+        self.scratch_at(len, 0)
+    }
+
+    /// The placed bytes; an error if anything around them changed.
+    fn download(&self, d: &Placed) -> R<Vec<u8>> {
+        let all = d.offset + d.len + GUARD;
+        let p = self.ctx.alloc_pinned(all).s()?;
+        self.q
+            .copy_async(p.device_addr(0).s()?, d.buf.device_addr(0).s()?, all)
+            .s()?;
+        self.sync()?;
+        let mut v = vec![0u8; all];
+        p.read(0, &mut v).s()?;
+        let outside = v[..d.offset].iter().chain(&v[d.offset + d.len..]);
+        if outside.into_iter().any(|&b| b != FILL) {
+            return Err("  a kernel wrote outside its buffer".into());
+        }
+        Ok(v[d.offset..d.offset + d.len].to_vec())
+    }
+
+    fn read_pinned(&self, p: &PinnedBuf, offset: usize, len: usize) -> R<Vec<u8>> {
+        self.sync()?;
+        let mut v = vec![0u8; p.len()];
+        p.read(0, &mut v).s()?;
+        if v[..offset]
+            .iter()
+            .chain(&v[offset + len..])
+            .any(|&b| b != FILL)
+        {
+            return Err("  a kernel wrote outside its buffer".into());
+        }
+        Ok(v[offset..offset + len].to_vec())
+    }
+}
+
+/// Offsets for case `i`: every wire alignment in turn, and every third
+/// case an element buffer one element off 16-byte alignment (the kernels'
+/// unaligned path).
+fn offsets(i: usize, elem: Elem) -> (usize, usize) {
+    let elem_off = if i % 3 == 2 { elem.size() } else { 0 };
+    (elem_off, i % 8)
+}
+
+// ---------- comparing ----------
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn record(&mut self, label: &str, result: R<()>) {
+        match result {
+            Ok(()) => {
+                self.passed += 1;
+                println!("ok   {label}");
+            }
+            Err(why) => {
+                self.failed += 1;
+                println!("FAIL {label}\n{why}");
+            }
+        }
+    }
+}
+
+/// First mismatches between two wire buffers of `n` values.
+fn diff_wire(n: usize, expected: &[u8], got: &[u8], input: Option<&Data>) -> R<()> {
+    let nb = num_blocks(n);
+    let bad: Vec<usize> = (0..expected.len())
+        .filter(|&i| expected[i] != got[i])
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let mut out = format!("  {} wire bytes differ", bad.len());
+    for &i in bad.iter().take(6) {
+        if i < nb {
+            out += &format!(
+                "\n  scale[{i}]: cpu {:#04x} gpu {:#04x}",
+                expected[i], got[i]
+            );
+        } else {
+            let v = i - nb;
+            let x = input.map_or(String::new(), |d| format!(" input bits {:#x}", d.bits(v)));
+            out += &format!(
+                "\n  code[{v}] (block {}): cpu {:#04x} gpu {:#04x}{x}",
+                v / 32,
+                expected[i],
+                got[i]
+            );
+        }
+    }
+    Err(out)
+}
+
+/// First mismatches between two element buffers.
+fn diff_elems(expected: &Data, got_bytes: &[u8]) -> R<()> {
+    let size = expected.elem().size();
+    let exp_bytes = expected.bytes();
+    let bad: Vec<usize> = (0..expected.len())
+        .filter(|&i| exp_bytes[i * size..(i + 1) * size] != got_bytes[i * size..(i + 1) * size])
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let mut out = format!("  {} elements differ", bad.len());
+    for &i in bad.iter().take(6) {
+        let mut g = [0u8; 4];
+        g[..size].copy_from_slice(&got_bytes[i * size..(i + 1) * size]);
+        out += &format!(
+            "\n  [{i}]: cpu {:#x} gpu {:#x}",
+            expected.bits(i),
+            u32::from_ne_bytes(g)
+        );
+    }
+    Err(out)
+}
+
+// ---------- selftest ----------
+
+pub fn selftest(o: &Opts) -> R<ExitCode> {
+    let device = o.num("device", 0)? as i32;
+    if !gpu::available() {
+        return Err(format!(
+            "no usable GPU: {}",
+            gpu::unavailable_reason().map_or("?".into(), |e| e.to_string())
+        ));
+    }
+    let _primary = PrimaryContext::bind(device).s()?;
+    let (major, minor) = nvrtc::load().s()?;
+    let mut tally = Tally::default();
+    let started = Instant::now();
+    // Every code path the plugin can take: vector and lane-strided layouts,
+    // each with the hardware FP8 conversion (sm_89+) and without (sm_80).
+    let variant = |vector, soft_fp8| KernelOptions {
+        vector,
+        soft_fp8,
+        ..KernelOptions::default()
+    };
+    for (options, tag) in [
+        (variant(true, false), "vector"),
+        (variant(true, true), "vector soft-fp8"),
+        (variant(false, false), "strided"),
+        (variant(false, true), "strided soft-fp8"),
+    ] {
+        let t = Instant::now();
+        let lab = Lab::new(options, tag)?;
+        let (cmaj, cmin) = lab.ctx.capability();
+        println!(
+            "gpu selftest [{tag}]: {} (sm_{cmaj}{cmin}), driver {}, NVRTC {major}.{minor}, {} loaded in {:.1} s",
+            lab.ctx.name(),
+            gpu::driver_version().s()?,
+            lab.ctx.image_kind(),
+            t.elapsed().as_secs_f64()
+        );
+        codec_cases(&lab, &mut tally)?;
+        every_wire_byte(&lab, &mut tally)?;
+        reduce_cases(&lab, &mut tally)?;
+        zero_copy_cases(&lab, &mut tally)?;
+    }
+    println!(
+        "gpu selftest: {} passed, {} failed ({:.1} s)",
+        tally.passed,
+        tally.failed,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Inputs for encode/decode: exhaustive 16-bit patterns in their own type
+/// and widened to f32, and random f32 of every kind.
+fn codec_inputs() -> Vec<(String, Data)> {
+    let patterns = all_patterns();
+    let f16 = Data::F16(patterns.clone());
+    let bf16 = Data::Bf16(patterns);
+    let mut v = vec![
+        ("every f16 pattern".to_string(), f16.clone()),
+        ("every bf16 pattern".to_string(), bf16.clone()),
+        ("every f16 pattern as f32".to_string(), f16.widened()),
+        ("every bf16 pattern as f32".to_string(), bf16.widened()),
+    ];
+    for (i, kind) in KINDS.iter().enumerate() {
+        let n = (1 << 18) + 7 + i;
+        v.push((
+            format!("random f32 {kind}"),
+            Data::F32(random_f32(kind, n, i as u64 + 1)),
+        ));
+    }
+    // Random data narrowed to the 16-bit types (tails of other lengths).
+    let mixed = Data::F32(random_f32("heavy-tailed", 100_003, 99));
+    v.push((
+        "random heavy-tailed as f16".into(),
+        mixed.as_elem(Elem::F16),
+    ));
+    v.push((
+        "random heavy-tailed as bf16".into(),
+        mixed.as_elem(Elem::Bf16),
+    ));
+    v
+}
+
+fn codec_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
+    let inputs = codec_inputs();
+    for fmt in FORMATS {
+        let codec = Codec::new(fmt);
+        for (i, (what, data)) in inputs.iter().enumerate() {
+            let n = data.len();
+            let elem = data.elem();
+            let (elem_off, wire_off) = offsets(i, elem);
+            let place = format!("elements +{elem_off}, wire +{wire_off}");
+            let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
+            codec
+                .encode_wire(data.src(), &mut cpu_wire)
+                .map_err(|e| e.to_string())?;
+            let src = lab.upload_at(&data.bytes(), elem_off)?;
+            let wire = lab.scratch_at(encoded_len(fmt, n), wire_off)?;
+            lab.q.encode(fmt, elem, src.addr()?, n, wire.addr()?).s()?;
+            let label = format!(
+                "[{}] encode {} {} <- {what} (n={n}, {place})",
+                lab.tag,
+                fmt_name(fmt),
+                elem.name()
+            );
+            let result = lab
+                .download(&wire)
+                .and_then(|got| diff_wire(n, &cpu_wire, &got, Some(data)));
+            tally.record(&label, result);
+
+            // Decode the CPU's bytes, so a decode bug is not masked by an
+            // encode bug.
+            let mut cpu_out = Data::zeros(elem, n);
+            codec
+                .decode_into_wire(&cpu_wire, cpu_out.dst())
+                .map_err(|e| e.to_string())?;
+            let wire = lab.upload_at(&cpu_wire, wire_off)?;
+            let dst = lab.scratch_at(n * elem.size(), elem_off)?;
+            lab.q.decode(fmt, elem, wire.addr()?, n, dst.addr()?).s()?;
+            let label = format!(
+                "[{}] decode {} -> {} of {what} (n={n}, {place})",
+                lab.tag,
+                fmt_name(fmt),
+                elem.name()
+            );
+            tally.record(
+                &label,
+                lab.download(&dst)
+                    .and_then(|got| diff_elems(&cpu_out, &got)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Decode of every (scale byte, code byte) pair, including bytes the
+/// encoder never writes (scale 0xFF, every NaN code): wire bytes come from
+/// the network.
+fn every_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
+    let n = 256 * 256;
+    let nb = num_blocks(n);
+    // The FP8 formats share one layout: one scale byte per block.
+    let mut wire = vec![0u8; encoded_len(WireFormat::E4M3, n)];
+    let (scales, codes) = wire.split_at_mut(nb);
+    for (b, s) in scales.iter_mut().enumerate() {
+        *s = (b / 8) as u8;
+    }
+    for (v, c) in codes.iter_mut().enumerate() {
+        *c = (v % 256) as u8;
+    }
+    let dev_wire = lab.upload(&wire)?;
+    for fmt in FORMATS {
+        let codec = Codec::new(fmt);
+        for elem in Elem::ALL {
+            let mut cpu_out = Data::zeros(elem, n);
+            codec
+                .decode_into_wire(&wire, cpu_out.dst())
+                .map_err(|e| e.to_string())?;
+            let dst = lab.scratch(n * elem.size())?;
+            lab.q
+                .decode(fmt, elem, dev_wire.addr()?, n, dst.addr()?)
+                .s()?;
+            let label = format!(
+                "[{}] decode {} -> {} of every scale x every code byte",
+                lab.tag,
+                fmt_name(fmt),
+                elem.name()
+            );
+            tally.record(
+                &label,
+                lab.download(&dst)
+                    .and_then(|got| diff_elems(&cpu_out, &got)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One member's values for a reduce case.
+fn member_values(case: usize, m: usize, n: usize) -> Vec<f32> {
+    let kind = KINDS[(case + m) % (KINDS.len() - 1)];
+    random_f32(kind, n, (case * 1000 + m) as u64 + 7)
+}
+
+fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
+    let n = 65_536 + 29;
+    let mut case = 0;
+    for fmt in FORMATS {
+        for elem in Elem::ALL {
+            for members in [2usize, 3, 8] {
+                let mut owns = vec![0, members / 2, members - 1];
+                owns.dedup();
+                for own in owns {
+                    case += 1;
+                    let inputs: Vec<Data> = (0..members)
+                        .map(|m| Data::F32(member_values(case, m, n)).as_elem(elem))
+                        .collect();
+                    let (elem_off, wire_off) = offsets(case, elem);
+                    let label = format!(
+                        "[{}] reduce_encode {} {} members={members} own={own} (n={n}, elements +{elem_off}, wire out +{wire_off})",
+                        lab.tag,
+                        fmt_name(fmt),
+                        elem.name()
+                    );
+                    tally.record(&label, reduce_one(lab, fmt, own, &inputs, case, false));
+                }
+            }
+            // Exhaustive: the owner holds every pattern, the other member
+            // the patterns scattered (NaN/Inf/zero signs meet in the fold).
+            if elem != Elem::F32 {
+                let p = all_patterns();
+                let scattered: Vec<u16> = p.iter().rev().map(|x| x.rotate_left(5)).collect();
+                let (a, b) = match elem {
+                    Elem::F16 => (Data::F16(p), Data::F16(scattered)),
+                    _ => (Data::Bf16(p), Data::Bf16(scattered)),
+                };
+                for own in [0, 1] {
+                    case += 1;
+                    let label = format!(
+                        "[{}] reduce_encode {} {} members=2 own={own} every pattern",
+                        lab.tag,
+                        fmt_name(fmt),
+                        elem.name()
+                    );
+                    tally.record(
+                        &label,
+                        reduce_one(lab, fmt, own, &[a.clone(), b.clone()], case, false),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one fold on the GPU and on the CPU. `inputs[m]` are member `m`'s
+/// values; the others' are encoded by the CPU, as the network delivers
+/// them. `case` varies the buffers' alignment. `pinned`: wires, table and
+/// output wire in mapped pinned memory (the real zero-copy path) instead
+/// of device memory.
+fn reduce_one(
+    lab: &Lab,
+    fmt: WireFormat,
+    own: usize,
+    inputs: &[Data],
+    case: usize,
+    pinned: bool,
+) -> R<()> {
+    let codec = Codec::new(fmt);
+    let n = inputs[own].len();
+    let elem = inputs[own].elem();
+    let (elem_off, wire_off) = offsets(case, elem);
+    let wires: Vec<Vec<u8>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(m, d)| {
+            let mut w = vec![0u8; encoded_len(fmt, n)];
+            if m != own {
+                codec
+                    .encode_wire(d.src(), &mut w)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(w)
+        })
+        .collect::<R<_>>()?;
+    let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
+    let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
+    let mut cpu_out = Data::zeros(elem, n);
+    reference::reduce_encode(
+        &codec,
+        own,
+        inputs[own].src(),
+        &refs,
+        &mut cpu_wire,
+        cpu_out.dst(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let own_src = lab.upload_at(&inputs[own].bytes(), elem_off)?;
+    let dst = lab.scratch_at(n * elem.size(), elem_off)?;
+    // Keep every buffer alive until the kernel is done. Member m's wire sits
+    // at its own alignment.
+    let mut dev_wires: Vec<Placed> = Vec::new();
+    let mut pin_wires: Vec<PinnedBuf> = Vec::new();
+    let mut table = Vec::with_capacity(wires.len());
+    for (m, w) in wires.iter().enumerate() {
+        let off = (m * 3 + case) % 8;
+        let addr = if m == own {
+            DevAddr(0)
+        } else if pinned {
+            let mut padded = vec![FILL; off];
+            padded.extend_from_slice(w);
+            pin_wires.push(lab.pinned_with(&padded)?);
+            pin_wires.last().expect("pushed").device_addr(off).s()?
+        } else {
+            dev_wires.push(lab.upload_at(w, off)?);
+            dev_wires.last().expect("pushed").addr()?
+        };
+        table.extend_from_slice(&addr.0.to_ne_bytes());
+    }
+    let fold = |table: DevAddr, wire_out: DevAddr| -> R<Fold> {
+        Ok(Fold {
+            members: inputs.len(),
+            own_index: own,
+            own_src: own_src.addr()?,
+            wire_table: table,
+            n,
+            wire_out,
+            dst: dst.addr()?,
+        })
+    };
+    let got_wire = if pinned {
+        let t = lab.pinned_with(&table)?;
+        let out = lab.pinned_with(&vec![FILL; wire_off + encoded_len(fmt, n) + GUARD])?;
+        lab.q
+            .reduce_encode(
+                fmt,
+                elem,
+                &fold(t.device_addr(0).s()?, out.device_addr(wire_off).s()?)?,
+            )
+            .s()?;
+        lab.read_pinned(&out, wire_off, encoded_len(fmt, n))?
+    } else {
+        let t = lab.upload(&table)?;
+        let out = lab.scratch_at(encoded_len(fmt, n), wire_off)?;
+        lab.q
+            .reduce_encode(fmt, elem, &fold(t.addr()?, out.addr()?)?)
+            .s()?;
+        lab.download(&out)?
+    };
+    let got_dst = lab.download(&dst)?;
+    diff_wire(n, &cpu_wire, &got_wire, None)?;
+    diff_elems(&cpu_out, &got_dst)
+}
+
+/// Kernels reading and writing mapped pinned host memory directly.
+fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
+    for (i, fmt) in FORMATS.into_iter().enumerate() {
+        let codec = Codec::new(fmt);
+        let data = Data::F32(random_f32("heavy-tailed", 300_001, 5)).as_elem(Elem::Bf16);
+        let n = data.len();
+        let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
+        codec
+            .encode_wire(data.src(), &mut cpu_wire)
+            .map_err(|e| e.to_string())?;
+        let src = lab.upload(&data.bytes())?;
+        let wire_off = 3 + i;
+        let wire = lab.pinned_with(&vec![FILL; wire_off + encoded_len(fmt, n) + GUARD])?;
+        lab.q
+            .encode(
+                fmt,
+                Elem::Bf16,
+                src.addr()?,
+                n,
+                wire.device_addr(wire_off).s()?,
+            )
+            .s()?;
+        let label = format!(
+            "[{}] encode {} bf16 into pinned host memory (n={n}, wire +{wire_off})",
+            lab.tag,
+            fmt_name(fmt)
+        );
+        let result = lab
+            .read_pinned(&wire, wire_off, encoded_len(fmt, n))
+            .and_then(|got| diff_wire(n, &cpu_wire, &got, Some(&data)));
+        tally.record(&label, result);
+
+        let inputs: Vec<Data> = (0..8)
+            .map(|m| Data::F32(member_values(77, m, 50_001)).as_elem(Elem::Bf16))
+            .collect();
+        let label = format!(
+            "[{}] reduce_encode {} bf16 members=8 own=3, wires in pinned host memory",
+            lab.tag,
+            fmt_name(fmt)
+        );
+        tally.record(&label, reduce_one(lab, fmt, 3, &inputs, i, true));
+    }
+    Ok(())
+}
+
+// ---------- bench ----------
+
+pub fn bench(o: &Opts) -> R<ExitCode> {
+    let device = o.num("device", 0)? as i32;
+    let mib = o.num("mib", 256)?.max(1);
+    let iters = o.num("iters", 20)?.max(1);
+    if !gpu::available() {
+        return Err(format!(
+            "no usable GPU: {}",
+            gpu::unavailable_reason().map_or("?".into(), |e| e.to_string())
+        ));
+    }
+    let _primary = PrimaryContext::bind(device).s()?;
+    let d = KernelOptions::default();
+    let mut variants = vec![("default: vector, tile=16", d)];
+    if o.flag("tune") {
+        variants.extend([
+            (
+                "vector, tile=8",
+                KernelOptions {
+                    tile_blocks: 8,
+                    ..d
+                },
+            ),
+            (
+                "vector, tile=32",
+                KernelOptions {
+                    tile_blocks: 32,
+                    ..d
+                },
+            ),
+            (
+                "vector, soft fp8 (sm_80 path)",
+                KernelOptions {
+                    soft_fp8: true,
+                    ..d
+                },
+            ),
+            ("strided, tile=16", KernelOptions { vector: false, ..d }),
+            (
+                "strided, tile=16, soft fp8",
+                KernelOptions {
+                    vector: false,
+                    soft_fp8: true,
+                    ..d
+                },
+            ),
+        ]);
+    }
+    let n = mib * (1 << 20) / 2; // bf16 values
+    let src = Data::F32(random_f32("normal", n, 3))
+        .as_elem(Elem::Bf16)
+        .bytes();
+    let mut first = true;
+    for (label, options) in variants {
+        let lab = Lab::new(options, "bench")?;
+        if first {
+            let (ma, mi) = lab.ctx.capability();
+            println!(
+                "gpu bench: {} (sm_{ma}{mi}, {} SMs), {mib} MiB bf16 buffers ({n} values), {iters} iterations after warm-up",
+                lab.ctx.name(),
+                lab.ctx.sm_count()
+            );
+        }
+        println!("kernels {label}:");
+        bench_one(&lab, &src, iters, first)?;
+        first = false;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Mean seconds per call of `f` over `iters` calls, after 3 warm-up calls,
+/// timed with events on the queue.
+fn time(q: &GpuQueue, iters: usize, mut f: impl FnMut() -> Result<(), GpuError>) -> R<f64> {
+    for _ in 0..3 {
+        f().s()?;
+    }
+    let start = q.record_timing().s()?;
+    for _ in 0..iters {
+        f().s()?;
+    }
+    let end = q.record_timing().s()?;
+    Ok(start.elapsed_ms(&end).s()? as f64 / 1e3 / iters as f64)
+}
+
+/// One kernel variant over `src` (bf16 bytes); `with_copies` adds the
+/// memcpy references.
+fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
+    let q = &lab.q;
+    let fmt = WireFormat::E4M3;
+    let n = src.len() / 2;
+    let wire_bytes = encoded_len(fmt, n);
+    let src_bytes = n * 2;
+    let src = lab.upload(src)?;
+    let wire = lab.scratch(wire_bytes)?;
+    let dst = lab.scratch(src_bytes)?;
+    let (s, w, d) = (src.addr()?, wire.addr()?, dst.addr()?);
+
+    let copy = time(q, iters, || q.copy_async(d, s, src_bytes))?;
+    let copy_gbs = 2.0 * src_bytes as f64 / copy / 1e9;
+    if with_copies {
+        println!(
+            "  memcpy DtoD {src_bytes} bytes          {:8.1} GB/s read+written",
+            copy_gbs
+        );
+    }
+    let moved = (src_bytes + wire_bytes) as f64;
+    let enc = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, w))?;
+    println!(
+        "  encode bf16 -> e4m3 (device)      {:8.1} GB/s read+written = {:5.1}% of memcpy, {:6.1} G values/s",
+        moved / enc / 1e9,
+        100.0 * moved / enc / 1e9 / copy_gbs,
+        n as f64 / enc / 1e9
+    );
+    let dec = time(q, iters, || q.decode(fmt, Elem::Bf16, w, n, d))?;
+    println!(
+        "  decode e4m3 -> bf16 (device)      {:8.1} GB/s read+written = {:5.1}% of memcpy, {:6.1} G values/s",
+        moved / dec / 1e9,
+        100.0 * moved / dec / 1e9 / copy_gbs,
+        n as f64 / dec / 1e9
+    );
+
+    // The real path: compressed bytes written straight into pinned host
+    // staging over PCIe, next to copying the same bytes D2H.
+    let pinned = lab.ctx.alloc_pinned(wire_bytes).s()?;
+    let p = pinned.device_addr(0).s()?;
+    let enc_pinned = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, p))?;
+    println!(
+        "  encode bf16 -> e4m3 -> pinned host {:7.1} GB/s of wire over PCIe, {:6.1} G values/s",
+        wire_bytes as f64 / enc_pinned / 1e9,
+        n as f64 / enc_pinned / 1e9
+    );
+    if with_copies {
+        let d2h = time(q, iters, || q.copy_async(p, w, wire_bytes))?;
+        println!(
+            "  memcpy DtoH of the same wire bytes {:7.1} GB/s",
+            wire_bytes as f64 / d2h / 1e9
+        );
+    }
+
+    // The owner's fold of one shard: n/8 values per member.
+    let shard = n / 8;
+    let shard_wire = encoded_len(fmt, shard);
+    for members in [2usize, 8] {
+        let member_wires = lab.scratch(shard_wire * members)?;
+        let mut table = Vec::new();
+        for m in 0..members {
+            let mw = member_wires.addr()?.offset(m * shard_wire);
+            q.encode(fmt, Elem::Bf16, s.offset(m * shard * 2), shard, mw)
+                .s()?;
+            table.extend_from_slice(&mw.0.to_ne_bytes());
+        }
+        let table = lab.upload(&table)?;
+        let fold = Fold {
+            members,
+            own_index: 0,
+            own_src: s,
+            wire_table: table.addr()?,
+            n: shard,
+            wire_out: w,
+            dst: d,
+        };
+        let t = time(q, iters, || q.reduce_encode(fmt, Elem::Bf16, &fold))?;
+        let bytes = (shard * 2 + (members - 1) * shard_wire + shard_wire + shard * 2) as f64;
+        println!(
+            "  reduce_encode bf16 e4m3 members={members}   {:8.1} GB/s read+written = {:5.1}% of memcpy, {:6.1} G values/s",
+            bytes / t / 1e9,
+            100.0 * bytes / t / 1e9 / copy_gbs,
+            shard as f64 / t / 1e9
+        );
+    }
+    lab.sync()
+}
+
+// ---------- compile-check ----------
+
+pub fn compile_check(_o: &Opts) -> R<ExitCode> {
+    let (major, minor) = nvrtc::load().s()?;
+    println!("NVRTC {major}.{minor}");
+    let mut failed = 0;
+    // sm_80 compiles the conversion path that `soft_fp8` forces on newer
+    // GPUs, so the default options cover both.
+    for arch in ["sm_80", "sm_90", "sm_100"] {
+        let t = Instant::now();
+        match nvrtc::compile(arch, KernelOptions::default()) {
+            Ok(image) => println!(
+                "ok   {arch:<6} {} {} bytes in {:.1} s",
+                image.kind(),
+                image.bytes().len(),
+                t.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {arch:<6} {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -10,7 +10,8 @@
 # Usage: gpu_path_compare.sh /abs/libnccl-net-airamp.so OUTDIR [RATE]
 #   RATE (e.g. 25gbit) runs every rank in a network namespace whose
 #   loopback is shaped with tc tbf; needs ip/tc on PATH (as root).
-# Env: SIZES (min:max bytes, x4 steps; default 4 MiB..256 MiB), MODES.
+# Env: SIZES (min:max bytes, x4 steps; default 4 MiB..256 MiB), MODES,
+#      RUN_TIMEOUT (seconds per mode run, default 180).
 set -uo pipefail
 plugin=$(realpath "$1"); out=${2:-.}; rate=${3:-}; here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
@@ -31,7 +32,7 @@ run() {
     local name=$1; shift
     [ -e "$out/$name.json" ] && name=$name-2
     echo "== $name"
-    "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
+    timeout "${RUN_TIMEOUT:-180}" "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
         --sizes "${SIZES:-4194304:268435456}" --out "$out/$name.json" >"$out/$name.log" 2>&1
     echo "exit $?"
     grep -hoE "via COLLNET/[^ ]+|registered GPU buffer|NET/airamp collnet: member [0-9]+ of [0-9]+ joined[^;]*; allreduce [A-Za-z0-9 ]+|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" \

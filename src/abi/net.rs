@@ -2,13 +2,16 @@
 //! is a thin layer that adapts its signatures and structs to these.
 
 use std::ffi::{c_int, c_void};
+use std::sync::Arc;
 
 use super::bindings::ncclDebugLogger_t;
 use super::object::{self, Kind};
 use super::{logger, write_out};
 use crate::error::{NetError, NetResult};
+use crate::gpu;
 use crate::net::{self, Properties, MAX_REQUEST_BYTES};
 use crate::sys::RawBuf;
+use crate::transport::staged::{self, DeviceRegion, StagedRecv, StagedSend};
 use crate::transport::tcp::{
     Connecting, Listener, RecvComm, RecvRequest, SendComm, SendRequest, MAX_RECVS,
 };
@@ -22,11 +25,18 @@ pub const PTR_CUDA: c_int = 0x2;
 enum Request {
     Send(SendRequest),
     Recv(RecvRequest),
+    /// A send from a registered GPU buffer, and its comm (NCCL closes a
+    /// comm only after its requests completed, so the pointer stays valid).
+    StagedSend(StagedSend, *const SendComm),
+    StagedRecv(StagedRecv),
 }
 
-/// A registered region: TCP needs no registration, but NCCL expects a
-/// handle, and we check that it only hands us host memory.
-struct Region;
+/// A registered region: host memory needs nothing; a GPU buffer gets a
+/// pinned mirror and a stream (`transport::staged`).
+enum Region {
+    Host,
+    Device(Arc<DeviceRegion>),
+}
 
 /// Per-communicator context of net v11+. TCP keeps no per-communicator
 /// state, so it only marks the pointer as ours.
@@ -140,21 +150,35 @@ pub unsafe fn accept(listen_comm: *mut c_void, recv_comm: *mut *mut c_void) -> N
 
 /// # Safety
 /// `mhandle` must be writable.
-pub unsafe fn reg_mr(ptr_type: c_int, mhandle: *mut *mut c_void) -> NetResult<()> {
-    if ptr_type & PTR_HOST == 0 {
+pub unsafe fn reg_mr(
+    data: *mut c_void,
+    size: usize,
+    ptr_type: c_int,
+    mhandle: *mut *mut c_void,
+) -> NetResult<()> {
+    let region = if ptr_type & PTR_CUDA != 0 && gpu::available() {
+        // NCCL gives the point-to-point path GPU buffers once the collective
+        // network (same device index) offers them: staged through a mirror.
+        Region::Device(staged::register(data as usize, size)?)
+    } else if ptr_type & PTR_HOST != 0 {
+        Region::Host
+    } else {
         return Err(NetError::InvalidArgument(format!(
-            "memory type {ptr_type:#x} is not host memory; airamp's TCP transport advertises NCCL_PTR_HOST only"
+            "memory type {ptr_type:#x} at {data:?}: airamp's TCP transport takes host memory, and GPU memory only with a CUDA driver"
         )));
-    }
+    };
     // SAFETY: NCCL's out-pointer; write_out refuses null.
-    unsafe { write_out(mhandle, object::into_raw(Kind::Memory, Region), "mhandle") }
+    unsafe { write_out(mhandle, object::into_raw(Kind::Memory, region), "mhandle") }
 }
 
 /// # Safety
 /// `mhandle` must come from [`reg_mr`].
 pub unsafe fn dereg_mr(mhandle: *mut c_void) -> NetResult<()> {
     // SAFETY: NCCL passes back our region object.
-    unsafe { object::take::<Region>(mhandle, Kind::Memory) }.map(drop)
+    if let Region::Device(r) = unsafe { object::take::<Region>(mhandle, Kind::Memory) }? {
+        staged::deregister(&r);
+    }
+    Ok(())
 }
 
 /// # Safety
@@ -175,6 +199,13 @@ pub unsafe fn isend(
             comm.peer()
         )));
     }
+    if let Some(region) = staged::find(data as usize, size) {
+        let send = StagedSend::start(comm, region, data as usize, size, tag)?;
+        let req = Request::StagedSend(send, comm as *const SendComm);
+        // SAFETY: NCCL's out-pointer; write_out refuses null.
+        return unsafe { write_out(request, object::into_raw(Kind::Request, req), "request") };
+    }
+    refuse_unregistered_device(data, size)?;
     // SAFETY: NCCL keeps `data` valid for `size` bytes until test() says done.
     let buf = unsafe { RawBuf::new(data.cast(), size) };
     let req = match comm.isend(buf, tag)? {
@@ -206,6 +237,7 @@ pub unsafe fn irecv(
         )));
     }
     let mut slots = Vec::with_capacity(n);
+    let mut device = Vec::with_capacity(n);
     for i in 0..n {
         // SAFETY: NCCL passes arrays of `n` entries.
         let (ptr, tag) = unsafe { (*data.add(i), *tags.add(i)) };
@@ -215,13 +247,24 @@ pub unsafe fn irecv(
                 "irecv buffer {i} is NULL"
             )));
         }
+        if let Some((region, mirror)) = staged::recv_target(ptr as usize, size) {
+            slots.push((mirror, tag));
+            device.push(Some((region, ptr as usize)));
+            continue;
+        }
+        refuse_unregistered_device(ptr, size)?;
         // SAFETY: NCCL keeps each buffer valid until test() says done.
         slots.push((unsafe { RawBuf::new(ptr.cast(), size) }, tag));
+        device.push(None);
     }
-    let req = match comm.irecv(slots)? {
-        Some(r) => object::into_raw(Kind::Request, Request::Recv(r)),
-        None => std::ptr::null_mut(),
-    };
+    let req = if device.iter().any(Option::is_some) {
+        StagedRecv::start(comm, slots, device)?
+            .map(|r| object::into_raw(Kind::Request, Request::StagedRecv(r)))
+    } else {
+        comm.irecv(slots)?
+            .map(|r| object::into_raw(Kind::Request, Request::Recv(r)))
+    }
+    .unwrap_or(std::ptr::null_mut());
     // SAFETY: NCCL's out-pointer; write_out refuses null.
     unsafe { write_out(request, req, "request") }
 }
@@ -256,6 +299,24 @@ pub unsafe fn test(request: *mut c_void, done: *mut c_int, sizes: *mut c_int) ->
                 }
             }
         }),
+        Request::StagedSend(r, comm) => {
+            // SAFETY: the comm outlives its requests (NCCL's contract).
+            let comm = unsafe { &**comm };
+            r.test(comm)?.map(|size| {
+                if !sizes.is_null() {
+                    // SAFETY: non-null sizes has room for one int for a send.
+                    unsafe { sizes.write(size as c_int) };
+                }
+            })
+        }
+        Request::StagedRecv(r) => r.test()?.map(|got| {
+            if !sizes.is_null() {
+                for (i, &s) in got.iter().enumerate() {
+                    // SAFETY: NCCL's sizes array has one entry per slot.
+                    unsafe { sizes.add(i).write(s as c_int) };
+                }
+            }
+        }),
     };
     if finished.is_some() {
         // SAFETY: done with the request; NCCL will not pass it again.
@@ -269,7 +330,20 @@ pub unsafe fn test(request: *mut c_void, done: *mut c_int, sizes: *mut c_int) ->
 /// `comm` must come from connect.
 pub unsafe fn close_send(comm: *mut c_void) -> NetResult<()> {
     // SAFETY: NCCL passes back our send comm, once.
-    unsafe { object::take::<SendComm>(comm, Kind::Send) }.map(drop)
+    let comm = unsafe { object::take::<SendComm>(comm, Kind::Send) }?;
+    staged::forget_comm(&comm);
+    Ok(())
+}
+
+/// A device pointer outside every registered region is refused (never
+/// dereferenced as host memory).
+fn refuse_unregistered_device(ptr: *mut c_void, len: usize) -> NetResult<()> {
+    if len > 0 && gpu::is_device_pointer(ptr as usize) {
+        return Err(NetError::InvalidUsage(format!(
+            "buffer {ptr:?} (+{len} bytes) is GPU memory outside every region registered with regMr"
+        )));
+    }
+    Ok(())
 }
 
 /// # Safety
@@ -377,13 +451,15 @@ pub mod shared {
 
     pub unsafe extern "C" fn reg_mr(
         _comm: *mut c_void,
-        _data: *mut c_void,
-        _size: usize,
+        data: *mut c_void,
+        size: usize,
         ptr_type: c_int,
         mhandle: *mut *mut c_void,
     ) -> ncclResult_t {
         // SAFETY: NCCL passes a writable mhandle.
-        guard("regMr", || unsafe { super::reg_mr(ptr_type, mhandle) })
+        guard("regMr", || unsafe {
+            super::reg_mr(data, size, ptr_type, mhandle)
+        })
     }
 
     pub unsafe extern "C" fn reg_mr_dma_buf(

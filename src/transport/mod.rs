@@ -4,5 +4,7 @@
 pub mod iface;
 pub mod matching;
 pub mod sched;
+#[allow(unsafe_code)] // host views (RawBuf) of pinned mirrors of NCCL's GPU buffers
+pub mod staged;
 pub mod tcp;
 pub mod wire;

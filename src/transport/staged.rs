@@ -1,0 +1,267 @@
+//! NCCL's GPU buffers on the point-to-point path, staged through pinned
+//! host mirrors.
+//!
+//! NCCL merges the collective network's device with the net device of the
+//! same index into one topology node, so once the collective network offers
+//! GPU buffers, NCCL also hands the point-to-point (TCP) path GPU buffers
+//! and registers them with `regMr(NCCL_PTR_CUDA)` (a real NIC on the GPU's
+//! PCIe switch does the same). TCP cannot read device memory, so every
+//! registered device region gets a pinned host mirror and its own
+//! non-blocking stream, allocated at registration:
+//!
+//! * a send copies its range to the mirror (async copy + event); once the
+//!   event has completed the bytes are queued on the TCP comm from the
+//!   mirror. Sends of one comm are handed to TCP in the order NCCL posted
+//!   them (the copies run on one stream, so their events complete in that
+//!   order too), whichever request NCCL tests;
+//! * a receive lands in the mirror; once TCP has it, the received bytes
+//!   are copied to the device and the request completes when that copy's
+//!   event has.
+//!
+//! Only asynchronous CUDA calls and event queries run on the data path.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::{NetError, NetResult};
+use crate::gpu::{DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
+use crate::sys::RawBuf;
+use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
+
+/// A registered device range, its mirror and its stream.
+pub struct DeviceRegion {
+    base: usize,
+    len: usize,
+    mirror: PinnedBuf,
+    mirror_addr: DevAddr,
+    queue: GpuQueue,
+}
+
+impl DeviceRegion {
+    fn contains(&self, ptr: usize, len: usize) -> bool {
+        ptr >= self.base
+            && ptr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.base + self.len)
+    }
+
+    /// The mirror of `ptr..ptr+len` (which lies in this region).
+    fn mirror_of(&self, ptr: usize, len: usize) -> RawBuf {
+        let offset = ptr - self.base;
+        // SAFETY: `offset + len <= self.len` (checked by `find`), the mirror
+        // is pinned host memory owned by this region, and every request
+        // using it holds an `Arc` of the region until it completes.
+        unsafe { RawBuf::new(self.mirror.as_ptr().wrapping_add(offset), len) }
+    }
+
+    fn mirror_addr_of(&self, ptr: usize) -> DevAddr {
+        self.mirror_addr.offset(ptr - self.base)
+    }
+}
+
+static REGIONS: RwLock<Vec<Arc<DeviceRegion>>> = RwLock::new(Vec::new());
+
+/// Registers NCCL's device buffer `ptr..ptr+len` (regMr, on NCCL's setup
+/// thread with its device current): allocates the mirror and the stream.
+pub fn register(ptr: usize, len: usize) -> NetResult<Arc<DeviceRegion>> {
+    let ctx = GpuContext::current()?;
+    let mirror = ctx.alloc_pinned(len)?;
+    let mirror_addr = mirror.device_addr(0)?;
+    let region = Arc::new(DeviceRegion {
+        base: ptr,
+        len,
+        mirror,
+        mirror_addr,
+        queue: ctx.queue()?,
+    });
+    REGIONS
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::clone(&region));
+    Ok(region)
+}
+
+/// Forgets a region; requests still using it keep it alive.
+pub fn deregister(region: &Arc<DeviceRegion>) {
+    REGIONS
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|r| !Arc::ptr_eq(r, region));
+}
+
+/// The registered device region holding `ptr..ptr+len`, if any.
+pub fn find(ptr: usize, len: usize) -> Option<Arc<DeviceRegion>> {
+    REGIONS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|r| r.contains(ptr, len))
+        .cloned()
+}
+
+/// A staged send not yet handed to TCP.
+struct Unposted {
+    fence: Fence,
+    buf: RawBuf,
+    tag: i32,
+    /// Where the TCP request goes once posted.
+    slot: Arc<Mutex<Option<SendRequest>>>,
+    /// Keeps the mirror alive.
+    _region: Arc<DeviceRegion>,
+}
+
+/// Per send comm (keyed by its address), staged sends in posting order.
+static UNPOSTED: Mutex<Vec<(usize, VecDeque<Unposted>)>> = Mutex::new(Vec::new());
+
+/// A send from device memory.
+pub struct StagedSend {
+    comm_key: usize,
+    size: usize,
+    posted: Arc<Mutex<Option<SendRequest>>>,
+}
+
+impl StagedSend {
+    /// Copies `ptr..ptr+len` of `region` to its mirror; the TCP send
+    /// follows once the copy has completed. `comm` identifies the order.
+    pub fn start(
+        comm: &SendComm,
+        region: Arc<DeviceRegion>,
+        ptr: usize,
+        len: usize,
+        tag: i32,
+    ) -> NetResult<StagedSend> {
+        if len > 0 {
+            region
+                .queue
+                .copy_async(region.mirror_addr_of(ptr), DevAddr(ptr as u64), len)?;
+        }
+        let fence = region.queue.record()?;
+        let posted = Arc::new(Mutex::new(None));
+        let key = comm as *const SendComm as usize;
+        let entry = Unposted {
+            fence,
+            buf: region.mirror_of(ptr, len),
+            tag,
+            slot: Arc::clone(&posted),
+            _region: region,
+        };
+        let mut all = UNPOSTED.lock().unwrap_or_else(|p| p.into_inner());
+        match all.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, q)) => q.push_back(entry),
+            None => all.push((key, VecDeque::from([entry]))),
+        }
+        Ok(StagedSend {
+            comm_key: key,
+            size: len,
+            posted,
+        })
+    }
+
+    /// `Some(bytes)` once every byte has left this process. `comm` must be
+    /// the comm the send was started on.
+    pub fn test(&mut self, comm: &SendComm) -> NetResult<Option<u64>> {
+        post_ready(comm, self.comm_key)?;
+        let posted = self.posted.lock().unwrap_or_else(|p| p.into_inner());
+        match posted.as_ref() {
+            Some(r) => Ok(r.test()?.map(|_| self.size as u64)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Hands `comm`'s staged sends whose copies completed to TCP, oldest first;
+/// stops at the first copy still running or when TCP's pool is full.
+fn post_ready(comm: &SendComm, key: usize) -> NetResult<()> {
+    let mut all = UNPOSTED.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((_, queue)) = all.iter_mut().find(|(k, _)| *k == key) else {
+        return Ok(());
+    };
+    while let Some(front) = queue.front() {
+        if !front.fence.is_complete()? {
+            break;
+        }
+        let Some(request) = comm.isend(front.buf, front.tag)? else {
+            break;
+        };
+        let front = queue.pop_front().expect("front");
+        *front.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
+    }
+    Ok(())
+}
+
+/// Forgets a closed comm's queue (NCCL closes a comm only once its
+/// requests are done, so it is empty).
+pub fn forget_comm(comm: &SendComm) {
+    let key = comm as *const SendComm as usize;
+    UNPOSTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(k, _)| *k != key);
+}
+
+/// A receive into buffers some of which are device memory.
+pub struct StagedRecv {
+    inner: RecvRequest,
+    /// Per slot: the device range its mirror is copied to, if any.
+    device: Vec<Option<(Arc<DeviceRegion>, usize)>>,
+    copies: Option<(Vec<Fence>, Vec<u64>)>,
+}
+
+/// Where a receive slot's bytes land first.
+pub fn recv_target(ptr: usize, len: usize) -> Option<(Arc<DeviceRegion>, RawBuf)> {
+    let region = find(ptr, len)?;
+    let buf = region.mirror_of(ptr, len);
+    Some((region, buf))
+}
+
+impl StagedRecv {
+    /// Posts `slots` (mirrors in place of device buffers) on `comm`;
+    /// `device[i]` names slot i's device buffer. `None` when TCP's request
+    /// pool is full.
+    pub fn start(
+        comm: &RecvComm,
+        slots: Vec<(RawBuf, i32)>,
+        device: Vec<Option<(Arc<DeviceRegion>, usize)>>,
+    ) -> NetResult<Option<StagedRecv>> {
+        Ok(comm.irecv(slots)?.map(|inner| StagedRecv {
+            inner,
+            device,
+            copies: None,
+        }))
+    }
+
+    /// The received sizes once the bytes are in NCCL's buffers.
+    pub fn test(&mut self) -> NetResult<Option<Vec<u64>>> {
+        if self.copies.is_none() {
+            let Some(sizes) = self.inner.test()? else {
+                return Ok(None);
+            };
+            let sizes = sizes.to_vec();
+            let mut fences = Vec::new();
+            for (slot, size) in self.device.iter().zip(&sizes) {
+                if let Some((region, ptr)) = slot {
+                    let len = usize::try_from(*size).map_err(|_| {
+                        NetError::Internal(format!("received size {size} does not fit usize"))
+                    })?;
+                    if len > 0 {
+                        region.queue.copy_async(
+                            DevAddr(*ptr as u64),
+                            region.mirror_addr_of(*ptr),
+                            len,
+                        )?;
+                    }
+                    fences.push(region.queue.record()?);
+                }
+            }
+            self.copies = Some((fences, sizes));
+        }
+        let (fences, sizes) = self.copies.as_mut().expect("set above");
+        while let Some(f) = fences.last() {
+            if !f.is_complete()? {
+                return Ok(None);
+            }
+            fences.pop();
+        }
+        Ok(Some(sizes.clone()))
+    }
+}

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
 use super::buffers::Buffers;
+use super::calibrate::probe::{self, Calibrated};
 use super::device::{DeviceMemory, DeviceRange, Place};
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
 use super::lend::{OwnedRecv, OwnedSend};
@@ -157,9 +158,11 @@ fn collnet_error(rank: usize, e: CollError) -> NetError {
 impl Group {
     /// Joins the group: connects two links to every other member, accepts
     /// theirs, exchanges hellos and agrees on the FP8 format, then waits
-    /// until every member reports all its links up. Blocks (NCCL's CollNet
-    /// connect is a blocking call) for at most `timeout`; if any member
-    /// fails, every member's join fails.
+    /// until every member reports all its links up, then runs the
+    /// calibration rounds ([`probe::run`]) when every member asked for
+    /// them. Blocks (NCCL's CollNet connect is a blocking call) for at most
+    /// `timeout`; if any member fails, every member's join fails.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         listener: &mut Listener,
         handles: &[ListenHandle],
@@ -168,7 +171,8 @@ impl Group {
         fp8: Option<Fp8Format>,
         timeout: Duration,
         workers: usize,
-    ) -> NetResult<Group> {
+        calibration: probe::Setup,
+    ) -> NetResult<(Group, Calibrated)> {
         let n = handles.len();
         if rank >= n {
             return Err(NetError::InvalidArgument(format!(
@@ -198,6 +202,8 @@ impl Group {
         let mut rx: HashMap<(usize, Lane), RecvComm> = HashMap::new();
         let mut fp8_of = vec![None; n];
         fp8_of[rank] = fp8;
+        let mut calibrate_of = vec![false; n];
+        calibrate_of[rank] = calibration.ask;
         let links = 2 * (n - 1);
         while tx.len() < links || rx.len() < links {
             let mut i = 0;
@@ -209,6 +215,7 @@ impl Group {
                         nranks: n as u32,
                         lane,
                         fp8,
+                        calibrate: calibration.ask,
                     };
                     let bytes: Shared = Arc::new(hello.encode().to_vec());
                     match OwnedSend::start(&comm, bytes, 0)? {
@@ -251,6 +258,7 @@ impl Group {
                         ));
                     }
                     fp8_of[hello.rank as usize] = hello.fp8;
+                    calibrate_of[hello.rank as usize] = hello.calibrate;
                     rx.insert(key, comm);
                 } else {
                     i += 1;
@@ -332,6 +340,9 @@ impl Group {
                 rx: rx.map(|c| Box::new(TcpRx::new(c)) as Box<dyn RxLink>),
             });
         }
+        // 3. Calibration over these links, as the group will use them.
+        let run = join::agree_calibration(&calibrate_of);
+        let calibrated = probe::run(&mut links, rank, run, calibration, deadline)?;
         let path = match agreed {
             Some(f) => format!("FP8 {f:?} where dtype/op allow (float sum), exact otherwise"),
             None => "exact".into(),
@@ -340,7 +351,7 @@ impl Group {
             crate::log::SUBSYS_NET,
             "NET/airamp collnet: member {rank} of {n} joined; allreduce {path}; {workers} worker thread(s)"
         );
-        Group::from_links(
+        let group = Group::from_links(
             GroupParams {
                 rank,
                 n,
@@ -348,7 +359,8 @@ impl Group {
             },
             links,
             workers,
-        )
+        )?;
+        Ok((group, calibrated))
     }
 
     /// A group over links that are already up (`links[rank]` is `None`),

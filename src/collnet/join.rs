@@ -12,8 +12,11 @@ use crate::codec::Fp8Format;
 
 pub const MEMBER_HELLO_BYTES: usize = 32;
 const MAGIC: &[u8; 8] = b"AIRCOLL1";
-/// Bumped whenever the collective protocol changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped whenever the collective protocol changes incompatibly (2: the
+/// hello carries flags, calibration rounds follow READY).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Hello flag: this member asks for the calibration rounds.
+const FLAG_CALIBRATE: u32 = 1;
 /// Sent on every contribution link once a member holds all its links.
 pub const READY_BYTES: usize = 8;
 pub const READY: &[u8; READY_BYTES] = b"AIRREADY";
@@ -26,6 +29,9 @@ pub struct MemberHello {
     pub lane: Lane,
     /// The FP8 format this member would use, `None` when it has FP8 off.
     pub fp8: Option<Fp8Format>,
+    /// This member asks for calibration in `connect` (they run only if
+    /// every member asks).
+    pub calibrate: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +46,7 @@ pub enum JoinError {
     BadRank(u32),
     BadLane(u32),
     BadFormat(u32),
+    BadFlags(u32),
     /// Two links claim the same (member, lane).
     Duplicate {
         rank: u32,
@@ -61,6 +68,7 @@ impl std::fmt::Display for JoinError {
             JoinError::BadRank(r) => write!(f, "member index {r} out of range"),
             JoinError::BadLane(l) => write!(f, "unknown link kind {l}"),
             JoinError::BadFormat(c) => write!(f, "unknown FP8 format code {c}"),
+            JoinError::BadFlags(x) => write!(f, "unknown hello flags {x:#x}"),
             JoinError::Duplicate { rank, lane } => {
                 write!(f, "member {rank} opened two {lane:?} links")
             }
@@ -86,6 +94,7 @@ impl MemberHello {
             self.nranks,
             self.lane as u32,
             format_code(self.fp8),
+            if self.calibrate { FLAG_CALIBRATE } else { 0 },
         ];
         for (i, w) in words.iter().enumerate() {
             b[8 + 4 * i..12 + 4 * i].copy_from_slice(&w.to_le_bytes());
@@ -124,11 +133,16 @@ impl MemberHello {
             2 => Some(Fp8Format::E5M2),
             c => return Err(JoinError::BadFormat(c)),
         };
+        let flags = word(5);
+        if flags & !FLAG_CALIBRATE != 0 {
+            return Err(JoinError::BadFlags(flags));
+        }
         Ok(MemberHello {
             rank: from,
             nranks,
             lane,
             fp8,
+            calibrate: flags & FLAG_CALIBRATE != 0,
         })
     }
 }
@@ -144,6 +158,12 @@ pub fn agree(fp8_of_each_member: &[Option<Fp8Format>]) -> Option<Fp8Format> {
         .flatten()
 }
 
+/// Whether the calibration rounds run: only when every member asked (a
+/// group of one has no link to measure).
+pub fn agree_calibration(asked_by_each_member: &[bool]) -> bool {
+    asked_by_each_member.len() > 1 && asked_by_each_member.iter().all(|&a| a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +176,7 @@ mod tests {
             nranks: 4,
             lane: Lane::Result,
             fp8: Some(Fp8Format::E5M2),
+            calibrate: true,
         };
         let b = h.encode();
         assert_eq!(MemberHello::decode(&b, 4, 0), Ok(h));
@@ -170,6 +191,14 @@ mod tests {
         let mut bad = b;
         bad[20] = 7;
         assert_eq!(MemberHello::decode(&bad, 4, 0), Err(JoinError::BadLane(7)));
+        let mut bad = b;
+        bad[28] = 3;
+        assert_eq!(MemberHello::decode(&bad, 4, 0), Err(JoinError::BadFlags(3)));
+        let quiet = MemberHello {
+            calibrate: false,
+            ..h
+        };
+        assert_eq!(MemberHello::decode(&quiet.encode(), 4, 0), Ok(quiet));
         assert!(MemberHello::decode(&b[..31], 4, 0).is_err());
     }
 
@@ -181,6 +210,14 @@ mod tests {
         assert_eq!(agree(&[e4, Some(Fp8Format::E5M2)]), None);
         assert_eq!(agree(&[None, None]), None);
         assert_eq!(agree(&[]), None);
+    }
+
+    #[test]
+    fn calibration_needs_everyone_and_a_peer() {
+        assert!(agree_calibration(&[true, true, true]));
+        assert!(!agree_calibration(&[true, false, true]));
+        assert!(!agree_calibration(&[true]));
+        assert!(!agree_calibration(&[]));
     }
 
     proptest! {

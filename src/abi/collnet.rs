@@ -145,6 +145,8 @@ fn calibration_setup(comm_id: Option<u64>, group_key: u64, fp8: bool, workers: u
             Err("calibration not asked for".into())
         },
         record: comm_id.map(|comm_id| RecordKey { comm_id, group_key }),
+        call_overhead_us: t.call_overhead_us,
+        probe_values: calibrate::probe::PROBE_VALUES,
     }
 }
 
@@ -167,8 +169,15 @@ fn log_calibration(rank: usize, n: usize, comm_id: Option<u64>, c: &Calibrated) 
     };
     let local = c.local.map_or(String::new(), |f| {
         format!(
-            " (this member measured {:.3} Gbit/s, {:.1} us)",
-            f.gbps, f.latency_us
+            " (this member: {:.3} Gbit/s, {:.1} us, codec {:.3} / {:.3}{})",
+            f.gbps,
+            f.latency_us,
+            f.encode_gvps,
+            f.decode_gvps,
+            c.probe.map_or(String::new(), |p| format!(
+                ", probing FP8 allreduce {:.2} ms",
+                p.as_secs_f64() * 1e3
+            ))
         )
     });
     crate::info!(

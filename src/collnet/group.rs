@@ -159,7 +159,8 @@ impl Group {
     /// Joins the group: connects two links to every other member, accepts
     /// theirs, exchanges hellos and agrees on the FP8 format, then waits
     /// until every member reports all its links up, then runs the
-    /// calibration rounds ([`probe::run`]) when every member asked for
+    /// calibration rounds ([`probe::measure_links`], [`probe::finish`]) when
+    /// every member asked for
     /// them. Blocks (NCCL's CollNet connect is a blocking call) for at most
     /// `timeout`; if any member fails, every member's join fails.
     #[allow(clippy::too_many_arguments)]
@@ -340,9 +341,15 @@ impl Group {
                 rx: rx.map(|c| Box::new(TcpRx::new(c)) as Box<dyn RxLink>),
             });
         }
-        // 3. Calibration over these links, as the group will use them.
+        // 3. Calibration: the links as the group will use them, then the
+        //    compressed path through the started group.
         let run = join::agree_calibration(&calibrate_of);
-        let calibrated = probe::run(&mut links, rank, run, calibration, deadline)?;
+        let started = Instant::now();
+        let link = if run {
+            probe::measure_links(&mut links, rank, deadline)?
+        } else {
+            None
+        };
         let path = match agreed {
             Some(f) => format!("FP8 {f:?} where dtype/op allow (float sum), exact otherwise"),
             None => "exact".into(),
@@ -360,7 +367,7 @@ impl Group {
             links,
             workers,
         )?;
-        Ok((group, calibrated))
+        probe::finish(group, run, link, calibration, deadline, started)
     }
 
     /// A group over links that are already up (`links[rank]` is `None`),

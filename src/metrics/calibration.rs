@@ -10,7 +10,10 @@
 //!
 //! Written once per communicator, read by every scrape: fixed slots, each a
 //! small seqlock of atomics (no lock, so rendering stays safe in a forked
-//! child), the oldest overwritten when more communicators come.
+//! child), the oldest overwritten when more communicators come. One series
+//! per `comm` label: the newest entry wins (tuners before v5 have no id, so
+//! their communicators share `comm="none"`; several ranks of one
+//! communicator in one process record the same figures).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -20,8 +23,8 @@ use super::render::header;
 
 /// Communicators remembered (the newest).
 const SLOTS: usize = 32;
-/// Fields per slot (see [`Profile`]).
-const FIELDS: usize = 7;
+/// Fields per slot: the values, then the write order.
+const FIELDS: usize = 8;
 
 /// What one communicator's tuner uses.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,17 +74,28 @@ impl Slots {
         }
     }
 
-    fn put(&self, fields: [u64; FIELDS]) {
-        let slot = &self.slots[(self.next.fetch_add(1, Ordering::Relaxed) as usize) % SLOTS];
+    fn put(&self, values: [u64; FIELDS - 1]) {
+        let order = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.slots[(order as usize) % SLOTS];
         slot.seq.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::Release);
-        for (f, v) in slot.fields.iter().zip(fields) {
+        for (f, v) in slot.fields.iter().zip(values.into_iter().chain([order])) {
             f.store(v, Ordering::Relaxed);
         }
         slot.seq.fetch_add(1, Ordering::Release);
     }
 
+    /// The newest entry of each distinct first field (the communicator),
+    /// newest first.
     fn read(&self) -> Vec<[u64; FIELDS]> {
+        let mut all = self.read_all();
+        all.sort_by_key(|f| std::cmp::Reverse(f[FIELDS - 1]));
+        let mut seen = std::collections::BTreeSet::new();
+        all.retain(|f| seen.insert(f[0]));
+        all
+    }
+
+    fn read_all(&self) -> Vec<[u64; FIELDS]> {
         let mut out = Vec::new();
         for slot in &self.slots {
             let before = slot.seq.load(Ordering::Acquire);
@@ -149,7 +163,7 @@ impl CalibrationMetrics {
         ]);
     }
 
-    /// The profiles recorded so far (oldest first within the kept window).
+    /// The newest profile of each communicator, newest first.
     pub fn profiles(&self) -> Vec<Profile> {
         PROFILES
             .read()
@@ -283,13 +297,25 @@ mod tests {
     }
 
     #[test]
-    fn keeps_the_newest_communicators() {
+    fn keeps_the_newest_communicators_once_each() {
+        let slots = Slots::new();
+        let put = |comm: u64, v: u64| slots.put([comm, v, 0, 0, 0, 0, 0]);
         for i in 0..(SLOTS as u64 + 5) {
-            calibration().connect_took(0x1000 + i, Duration::from_millis(1));
+            put(0x1000 + i, 1);
         }
-        let kept: Vec<u64> = CONNECTS.read().iter().map(|f| f[0]).collect();
+        let kept: Vec<u64> = slots.read().iter().map(|f| f[0]).collect();
         assert_eq!(kept.len(), SLOTS);
         assert!(kept.contains(&(0x1000 + SLOTS as u64 + 4)));
         assert!(!kept.contains(&0x1000));
+        // The same communicator again: one series, the newest value.
+        put(0x1010, 7);
+        put(0x1010, 9);
+        let same: Vec<u64> = slots
+            .read()
+            .iter()
+            .filter(|f| f[0] == 0x1010)
+            .map(|f| f[1])
+            .collect();
+        assert_eq!(same, vec![9]);
     }
 }

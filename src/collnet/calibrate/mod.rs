@@ -16,6 +16,7 @@
 //! `docs/tuner.md` (Calibration in the job) explains why every rank of a
 //! communicator reads the same figures.
 
+#[allow(unsafe_code)] // lends the probing calls' buffers to the group as RawBufs
 pub mod probe;
 pub mod store;
 
@@ -301,10 +302,12 @@ pub fn agree(reports: &[MemberReport]) -> Agreed {
 // ---------------------------------------------------------------------------
 
 /// Receive rate, Gbit/s, from message completions `(ns since the burst
-/// began, bytes)`. A token-bucket shaper (or a NIC's burst allowance) lets
-/// the first megabytes through at full speed, so the rate is taken over the
-/// later half of the completions; if they bunch up (a polling artefact, the
-/// later half spans less than a quarter of the burst), over the whole burst.
+/// began, bytes)`, after the first quarter of them: a token-bucket shaper
+/// (or a NIC's burst allowance) lets the first megabytes through at full
+/// speed. The burst keeps both directions busy to the end (each member
+/// sends only a few messages ahead of what it received). If the counted
+/// part bunches up (a polling artefact: it spans less than half the
+/// burst), the whole burst counts.
 pub fn rate_gbps(completions: &[(u64, usize)]) -> Option<f64> {
     if completions.len() < 4 {
         return None;
@@ -312,13 +315,13 @@ pub fn rate_gbps(completions: &[(u64, usize)]) -> Option<f64> {
     let mut c = completions.to_vec();
     c.sort_unstable();
     let (t_end, _) = *c.last().expect("non-empty");
-    let k = c.len() / 2;
-    let (t_mid, _) = c[k];
-    let late: usize = c[k + 1..].iter().map(|&(_, b)| b).sum();
+    let q1 = c.len() / 4;
+    let t1 = c[q1].0;
+    let counted: usize = c[q1 + 1..].iter().map(|&(_, b)| b).sum();
     let all: usize = c.iter().map(|&(_, b)| b).sum();
     let bits_per_ns = |bytes: usize, ns: u64| bytes as f64 * 8.0 / ns as f64;
-    let rate = if t_end > t_mid && (t_end - t_mid) * 4 >= t_end {
-        bits_per_ns(late, t_end - t_mid)
+    let rate = if t_end > t1 && (t_end - t1) * 2 >= t_end {
+        bits_per_ns(counted, t_end - t1)
     } else if t_end > 0 {
         bits_per_ns(all, t_end)
     } else {

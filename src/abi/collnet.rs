@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::net::{PTR_CUDA, PTR_HOST};
 use super::object::{self, Kind};
@@ -111,11 +112,13 @@ pub unsafe fn connect(
     let timeout = settings.peer_timeout.max(settings.handshake_timeout);
     let workers = config::global().collnet.workers();
     let fp8 = configured_fp8();
+    let codec_timing = Instant::now();
     let setup = calibration_setup(comm_id, group_key, fp8.is_some(), workers);
+    let codec_timing = codec_timing.elapsed();
     let (group, calibrated) = Group::join(
         listener, &decoded, rank, settings, fp8, timeout, workers, setup,
     )?;
-    log_calibration(rank, n, comm_id, &calibrated);
+    log_calibration(rank, n, comm_id, &calibrated, codec_timing);
     let comm = CollComm {
         group: Arc::new(Mutex::new(group)),
         _record: calibrated.record,
@@ -150,8 +153,15 @@ fn calibration_setup(comm_id: Option<u64>, group_key: u64, fp8: bool, workers: u
     }
 }
 
-/// One INFO line per joined group: what was agreed and how long it took.
-fn log_calibration(rank: usize, n: usize, comm_id: Option<u64>, c: &Calibrated) {
+/// One INFO line per joined group: what was agreed and how long it took
+/// (`codec_timing`: timing this process's codec, the first time only).
+fn log_calibration(
+    rank: usize,
+    n: usize,
+    comm_id: Option<u64>,
+    c: &Calibrated,
+    codec_timing: Duration,
+) {
     let comm = comm_id.map_or("no communicator id (collnet < v11)".to_string(), |id| {
         format!("comm {id:#x}")
     });
@@ -182,8 +192,9 @@ fn log_calibration(rank: usize, n: usize, comm_id: Option<u64>, c: &Calibrated) 
     });
     crate::info!(
         crate::log::SUBSYS_NET,
-        "collnet calibration, member {rank} of {n}, {comm}: {what}{local}; {:.1} ms in connect",
-        c.took.as_secs_f64() * 1e3
+        "collnet calibration, member {rank} of {n}, {comm}: {what}{local}; {:.1} ms in connect (+{:.1} ms timing the codec)",
+        c.took.as_secs_f64() * 1e3,
+        codec_timing.as_secs_f64() * 1e3
     );
     if let (Some(id), Agreed::Measured(_)) = (comm_id, c.agreed) {
         crate::metrics::calibration().connect_took(id, c.took);

@@ -95,7 +95,7 @@ pub struct Setup {
     pub probe_values: usize,
 }
 
-/// The outcome of [`run`] on one member.
+/// The outcome of [`finish`] on one member.
 pub struct Calibrated {
     /// Identical on every member of the group.
     pub agreed: Agreed,
@@ -128,22 +128,9 @@ impl Ctx<'_> {
 
     fn check_deadline(&self, what: &str) -> NetResult<()> {
         if Instant::now() > self.deadline {
-            return Err(NetError::peer(
-                format_args!(
-                    "collnet group of {} (member {})",
-                    self.links.len(),
-                    self.rank
-                ),
-                PeerFailure::ConnectFailed(format!(
-                    "calibration ({what}) not complete by the connect deadline"
-                )),
-            ));
+            return Err(deadline_error(self.rank, self.links.len(), what));
         }
         Ok(())
-    }
-
-    fn protocol(&self, from: usize, why: String) -> NetError {
-        protocol(from, why)
     }
 
     /// Sends `msg` to every other member on the contribution lane and
@@ -194,7 +181,7 @@ impl Ctx<'_> {
         for &j in &peers {
             let b = got[j].take().expect("received");
             if b.len() != len {
-                return Err(self.protocol(
+                return Err(protocol(
                     j,
                     format!("{what}: {}-byte message, expected {len}", b.len()),
                 ));
@@ -216,9 +203,10 @@ impl Ctx<'_> {
             let ns = start.elapsed().as_nanos() as u64;
             for (b, &j) in got.iter().zip(&peers) {
                 if b[..] != msg[..] {
-                    return Err(
-                        self.protocol(j, format!("latency round {round}: unexpected message"))
-                    );
+                    return Err(protocol(
+                        j,
+                        format!("latency round {round}: unexpected message"),
+                    ));
                 }
             }
             if round >= WARMUP_ROUNDS {

@@ -183,9 +183,21 @@ pub fn join<'a>(
     n: usize,
     version: u32,
 ) -> Result<Joined<'a>, String> {
+    join_comm(lib, rank, n, version, 7)
+}
+
+/// [`join`] as a member of NCCL communicator `comm` (v11+ pass it).
+pub fn join_comm<'a>(
+    lib: &'a Library,
+    rank: usize,
+    n: usize,
+    version: u32,
+    comm: u64,
+) -> Result<Joined<'a>, String> {
     let v = NetVersion::from_number(version).ok_or("bad version")?;
     let mut coll = lib.collnet(v)?;
-    coll.init(logger()).map_err(|c| format!("init: {c:?}"))?;
+    coll.init_comm(logger(), comm)
+        .map_err(|c| format!("init: {c:?}"))?;
     let (handle, listen) = coll.listen(0).map_err(|c| format!("listen: {c:?}"))?;
     tell_parent(&hex(&handle));
     let line = read_parent_line();

@@ -4,6 +4,7 @@
 //! `plugin-tests [FILTER]` runs every scenario whose name contains FILTER;
 //! `plugin-tests --child ROLE ...` is how scenarios start their peers.
 
+mod calibration;
 mod collnet;
 mod scenarios;
 mod support;

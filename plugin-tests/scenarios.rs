@@ -10,8 +10,8 @@ use airamp::abi::client::{
 };
 use airamp::transport::wire::{FrameHeader, Hello, ListenHandle};
 
-use crate::collnet;
 use crate::support::*;
+use crate::{calibration, collnet};
 
 type Scenario = fn() -> TestResult;
 
@@ -66,6 +66,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         "collnet_failed_member_fails_everyone",
         collnet::collnet_failed_member_fails_everyone,
     ),
+    (
+        "collnet_calibration_agreed_by_every_rank",
+        calibration::calibration_agreed_by_every_rank,
+    ),
 ];
 
 /// Child roles, dispatched from `--child ROLE ARGS...`.
@@ -101,6 +105,13 @@ pub fn child(args: &[String]) -> TestResult {
                 _ => collnet::child_quitter(rank, n, v),
             }
         }
+        "calib-head" => calibration::child_head(
+            arg(1).parse().unwrap_or(0),
+            u64::from_str_radix(arg(2), 16).unwrap_or(0),
+            arg(3),
+            arg(4),
+        ),
+        "calib-rank" => calibration::child_rank(u64::from_str_radix(arg(1), 16).unwrap_or(0)),
         other => Err(format!("unknown role {other}")),
     }
 }

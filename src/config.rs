@@ -191,6 +191,8 @@ pub struct GpuConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TunerConfig {
     pub enabled: bool,
+    /// Measure link and codec in the collective network's `connect`.
+    pub calibrate: bool,
     /// Fraction (0..=1) by which the compressed path must be predicted faster.
     pub min_gain: f64,
     /// Calibration: measured link bandwidth, Gbit/s.
@@ -268,6 +270,7 @@ impl Default for Config {
             },
             tuner: TunerConfig {
                 enabled: true,
+                calibrate: true,
                 min_gain: 0.10,
                 link_gbps: None,
                 link_latency_us: None,
@@ -705,6 +708,19 @@ pub static KEYS: &[KeySpec] = &[
         show: |c| c.tuner.enabled.to_string(),
     },
     KeySpec {
+        name: "tuner.calibrate",
+        env: "AIRAMP_TUNER_CALIBRATE",
+        default: "true",
+        accepted: "boolean: true, false, 1, 0, yes, no, on, off",
+        doc: "Measure link bandwidth, latency and codec speed inside the collective network's connect (about 30 ms at 5 Gbit/s), agreed by every member and used by every rank's tuner of that communicator; calibration keys that are set override the measured figures. Runs only when every member has it on, FP8 allreduce on, and not all four calibration keys set. Must be the same on every host.",
+        example: "true",
+        apply: |c, r| {
+            c.tuner.calibrate = want_bool(r)?;
+            Ok(())
+        },
+        show: |c| c.tuner.calibrate.to_string(),
+    },
+    KeySpec {
         name: "tuner.min_gain",
         env: "AIRAMP_TUNER_MIN_GAIN",
         default: "0.1",
@@ -726,7 +742,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_LINK_GBPS",
         default: "unset",
         accepted: "number > 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): link bandwidth in Gbit/s. Unset: the tuner assumes 100 Gbit/s, where compression rarely pays. Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): link bandwidth in Gbit/s; overrides the figure measured in connect. Unset: the measured figure, else the tuner assumes 100 Gbit/s, where compression rarely pays. Must be the same on every host.",
         example: "100.0",
         apply: |c, r| {
             if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
@@ -747,7 +763,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_LINK_LATENCY_US",
         default: "unset",
         accepted: "number >= 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): one-way link latency in microseconds. Unset: 10 us. Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): one-way link latency in microseconds; overrides the figure measured in connect. Unset: the measured figure, else 10 us. Must be the same on every host.",
         example: "5.0",
         apply: |c, r| {
             if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
@@ -768,7 +784,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_ENCODE_GVPS",
         default: "unset",
         accepted: "number > 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): FP8 encode speed of one core, G values/s. Unset: 1.9 (AVX2). Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): FP8 encode speed, G values/s (one core; the figure measured in connect is the group's executor: workers x one core); overrides the measured figure. Unset: the measured figure, else 1.9 (AVX2). Must be the same on every host.",
         example: "1.9",
         apply: |c, r| {
             c.tuner.encode_gvps = want_opt_positive(r)?;
@@ -781,7 +797,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_DECODE_GVPS",
         default: "unset",
         accepted: "number > 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): FP8 decode-and-accumulate speed of one core, G values/s. Unset: 6.9 (AVX2). Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): FP8 decode-and-accumulate speed, G values/s (one core; the measured figure is the group's executor); overrides the measured figure. Unset: the measured figure, else 6.9 (AVX2). Must be the same on every host.",
         example: "6.9",
         apply: |c, r| {
             c.tuner.decode_gvps = want_opt_positive(r)?;

@@ -6,6 +6,11 @@
 #   tuner    CollNet enabled, FP8 on, no NCCL_ALGO: airamp's tuner decides
 # Every mode runs twice, the second pass in reverse order (ABBA), and the
 # summary keeps each mode's best: runs on a shared GPU are noisy.
+# Each process logs to its own file, OUTDIR/MODE[-2].nccl.HOST.PID.log
+# (NCCL_DEBUG_FILE): NCCL's per-call "AllReduce: N Bytes -> Algo ..." lines
+# and airamp's calibration, tuner and decision-digest lines, per rank, for
+# calib_summarize.py. Without TUNER_PROFILE the tuner uses the figures the
+# collective network measures and agrees on in connect.
 # Usage: collnet_compare.sh /abs/path/libnccl-net-airamp.so OUTDIR [TUNER_PROFILE.toml]
 # Run it inside `ip netns exec NS` for a shaped link (see scripts/bench).
 set -uo pipefail
@@ -18,9 +23,12 @@ run() {
     local name=$1; shift
     [ -e "$out/$name.json" ] && name=$name-2
     echo "== $name"
-    env "${common[@]}" "$@" python3 "$here/collnet_bench.py" --out "$out/$name.json" ${BENCH_ARGS:-} >"$out/$name.log" 2>&1
+    env "${common[@]}" NCCL_DEBUG_FILE="$out/$name.nccl.%h.%p.log" "$@" \
+        python3 "$here/collnet_bench.py" --out "$out/$name.json" ${BENCH_ARGS:-} >"$out/$name.log" 2>&1
     echo "exit $?"
-    grep -hoE "Using network [A-Za-z]+|Loaded collnet plugin [^ ]+ \(v[0-9]+\)|Loaded tuner plugin [^ ]+|NET/airamp collnet: member [0-9]+ of [0-9]+ joined; allreduce [A-Za-z0-9 ]+|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" "$out/$name.log" | sort | uniq -c | sort -k3 -n | head -40
+    cat "$out/$name".nccl.*.log "$out/$name.log" 2>/dev/null |
+        grep -hoE "Using network [A-Za-z]+|Loaded collnet plugin [^ ]+ \(v[0-9]+\)|Loaded tuner plugin [^ ]+|NET/airamp collnet: member [0-9]+ of [0-9]+ joined; allreduce [A-Za-z0-9 ]+|collnet calibration, member [0-9]+ of [0-9]+, comm [0-9a-fx]+: [a-z]+|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" |
+        sort | uniq -c | sort -k3 -n | head -40
     grep -E "busbw" "$out/$name.log" | tail -3
 }
 # NCCL_ALGO per collective: the harness's all_gather must stay on Ring.
@@ -31,3 +39,4 @@ tuner() { run tuner NCCL_COLLNET_ENABLE=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 ring; cn_exact; cn_fp8; tuner
 tuner; cn_fp8; cn_exact; ring
 python3 "$here/collnet_summarize.py" "$out"
+python3 "$here/calib_summarize.py" "$out"

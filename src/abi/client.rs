@@ -623,14 +623,21 @@ pub struct Part {
 }
 
 impl CollNet<'_> {
+    /// `init`; v11+ get communicator id 7.
     pub fn init(&mut self, logger: ncclDebugLogger_t) -> Result<(), Code> {
+        self.init_comm(logger, 7)
+    }
+
+    /// `init` of communicator `comm_id` (v11+ pass it, as NCCL passes its
+    /// `commHash`; earlier versions have no id).
+    pub fn init_comm(&mut self, logger: ncclDebugLogger_t, comm_id: u64) -> Result<(), Code> {
         let mut ctx = std::ptr::null_mut();
         let r = match &self.vt {
             CollVt::V8(v) => call!(v, init(logger)),
             CollVt::V9(v) => call!(v, init(logger)),
             CollVt::V10(v) => call!(v, init(logger)),
-            CollVt::V11(v) => call!(v, init(&mut ctx, 7, logger)),
-            CollVt::V12(v) => call!(v, init(&mut ctx, 7, logger)),
+            CollVt::V11(v) => call!(v, init(&mut ctx, comm_id, logger)),
+            CollVt::V12(v) => call!(v, init(&mut ctx, comm_id, logger)),
         };
         self.ctx = ctx;
         r
@@ -889,5 +896,82 @@ impl CollNet<'_> {
 
     pub fn close_listen(&self, comm: Comm) -> Result<(), Code> {
         each_coll!(self, closeListen(comm.0))
+    }
+}
+
+/// The tuner, `ncclTunerPlugin_v6` (v5's calls have the same signatures).
+pub struct Tuner<'a> {
+    vt: &'a ncclTuner_v6_t,
+    ctx: *mut c_void,
+}
+
+/// NCCL's cost table: `float[7 algorithms][3 protocols]`, microseconds.
+pub type CostTable = [[f32; 3]; 7];
+
+impl Library {
+    pub fn tuner(&self) -> Result<Tuner<'_>, String> {
+        let sym = self
+            .symbol("ncclTunerPlugin_v6")
+            .ok_or("ncclTunerPlugin_v6 not exported")?;
+        // SAFETY: the symbol is the plugin's v6 tuner vtable; it lives as
+        // long as the library (which `Tuner` borrows).
+        let vt = unsafe { &*sym.cast::<ncclTuner_v6_t>() };
+        Ok(Tuner {
+            vt,
+            ctx: std::ptr::null_mut(),
+        })
+    }
+}
+
+impl Tuner<'_> {
+    /// `init` for communicator `comm_id` of `ranks` ranks on `nodes` nodes
+    /// (no NVLink domain info, no constants).
+    pub fn init(
+        &mut self,
+        comm_id: u64,
+        ranks: usize,
+        nodes: usize,
+        logger: ncclDebugLogger_t,
+    ) -> Result<(), Code> {
+        let mut ctx = std::ptr::null_mut();
+        call!(
+            self.vt,
+            init(
+                &mut ctx,
+                comm_id,
+                ranks,
+                nodes,
+                logger,
+                std::ptr::null_mut(),
+                std::ptr::null_mut()
+            )
+        )?;
+        self.ctx = ctx;
+        Ok(())
+    }
+
+    /// `getCollInfo` of `func` (`ncclFunc_t`) on `bytes`: the tuner edits
+    /// `table` in place.
+    pub fn coll_info(&self, func: u32, bytes: usize, table: &mut CostTable) -> Result<(), Code> {
+        let mut n_channels: c_int = 0;
+        let t: *mut CostTable = table;
+        call!(
+            self.vt,
+            getCollInfo(
+                self.ctx,
+                ncclFunc_t(func),
+                bytes,
+                1,
+                t.cast(),
+                7,
+                3,
+                0,
+                &mut n_channels
+            )
+        )
+    }
+
+    pub fn finalize(&mut self) -> Result<(), Code> {
+        call!(self.vt, finalize(self.ctx))
     }
 }

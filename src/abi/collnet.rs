@@ -5,13 +5,18 @@
 //! memory registration; a collective comm is a [`Group`] behind a mutex
 //! (NCCL calls it from its proxy thread; requests keep it alive).
 
+use std::collections::BTreeMap;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::net::{PTR_CUDA, PTR_HOST};
 use super::object::{self, Kind};
 use super::write_out;
 use crate::codec::WireFormat;
+use crate::collnet::calibrate::probe::{Calibrated, RecordKey, Setup};
+use crate::collnet::calibrate::store::RecordFile;
+use crate::collnet::calibrate::{self, Agreed, ExecutorRates};
 use crate::collnet::device::Place;
 use crate::collnet::group::Group;
 use crate::collnet::{DataType, RedOp};
@@ -24,6 +29,22 @@ use crate::transport::tcp::Listener;
 use crate::transport::wire::{ListenHandle, HANDLE_BYTES};
 
 type SharedGroup = Arc<Mutex<Group>>;
+
+/// A collective comm: the group, and the calibration record it filed for
+/// this node's ranks (removed when NCCL closes the comm).
+struct CollComm {
+    group: SharedGroup,
+    _record: Option<RecordFile>,
+}
+
+/// The communicator id of each live collective listen comm (by address),
+/// from the v11+ context `listen` received: `connect` only gets the listen
+/// comm, and files the group's calibration record under this id.
+static LISTEN_COMM_IDS: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new());
+
+fn listen_comm_ids() -> std::sync::MutexGuard<'static, BTreeMap<usize, u64>> {
+    LISTEN_COMM_IDS.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 enum CollRequest {
     Op {
@@ -64,6 +85,7 @@ pub unsafe fn connect(
         )));
     }
     let mut decoded = Vec::with_capacity(n);
+    let mut raw_handles = Vec::with_capacity(n);
     for i in 0..n {
         // SAFETY: NCCL passes `nranks` handle pointers.
         let h = unsafe { *handles.add(i) };
@@ -74,26 +96,106 @@ pub unsafe fn connect(
         }
         // SAFETY: each handle is NCCL_NET_HANDLE_MAXSIZE (128) bytes.
         let bytes = unsafe { &*h.cast::<[u8; HANDLE_BYTES]>() };
+        raw_handles.push(*bytes);
         decoded.push(ListenHandle::decode(bytes).map_err(|e| {
             NetError::InvalidArgument(format!("collnet handle of member {i}: {e}"))
         })?);
     }
+    let comm_id = listen_comm_ids().get(&(listen_comm as usize)).copied();
+    let group_key = calibrate::group_key(raw_handles.iter().map(|h| &h[..]));
     // SAFETY: NCCL passes back our listen object.
     let listener = unsafe { object::get_mut::<Listener>(listen_comm, Kind::Listen)? };
     let settings = &net::plugin()?.settings;
     let timeout = settings.peer_timeout.max(settings.handshake_timeout);
-    let group = Group::join(
-        listener,
-        &decoded,
-        rank,
-        settings,
-        configured_fp8(),
-        timeout,
-        config::global().collnet.workers(),
+    let workers = config::global().collnet.workers();
+    let fp8 = configured_fp8();
+    let codec_timing = Instant::now();
+    let setup = calibration_setup(comm_id, group_key, fp8.is_some(), workers);
+    let codec_timing = codec_timing.elapsed();
+    let (group, calibrated) = Group::join(
+        listener, &decoded, rank, settings, fp8, timeout, workers, setup,
     )?;
-    let shared: SharedGroup = Arc::new(Mutex::new(group));
+    log_calibration(rank, n, comm_id, &calibrated, codec_timing);
+    let comm = CollComm {
+        group: Arc::new(Mutex::new(group)),
+        _record: calibrated.record,
+    };
     // SAFETY: NCCL's out-pointer; write_out refuses null.
-    unsafe { write_out(coll_comm, object::into_raw(Kind::Coll, shared), "collComm") }
+    unsafe { write_out(coll_comm, object::into_raw(Kind::Coll, comm), "collComm") }
+}
+
+/// What this member brings to the calibration rounds. It asks for them when
+/// they can change a decision: the tuner is on, FP8 allreduce is on, the
+/// configuration does not already give every figure, and NCCL named the
+/// communicator (v11+), so every local rank's tuner can find the result.
+fn calibration_setup(comm_id: Option<u64>, group_key: u64, fp8: bool, workers: usize) -> Setup {
+    let t = &config::global().tuner;
+    let configured_all = t.link_gbps.is_some()
+        && t.link_latency_us.is_some()
+        && t.encode_gvps.is_some()
+        && t.decode_gvps.is_some();
+    let ask = t.enabled && t.calibrate && fp8 && !configured_all && comm_id.is_some();
+    Setup {
+        ask,
+        // The host executor's codec; a GPU executor plugs its kernels'
+        // rates in here once the group runs its codec on the GPU.
+        rates: if ask {
+            Ok(ExecutorRates::cpu(workers))
+        } else {
+            Err("calibration not asked for".into())
+        },
+        record: comm_id.map(|comm_id| RecordKey { comm_id, group_key }),
+        call_overhead_us: t.call_overhead_us,
+        probe_values: calibrate::probe::PROBE_VALUES,
+    }
+}
+
+/// One INFO line per joined group: what was agreed and how long it took
+/// (`codec_timing`: timing this process's codec, the first time only).
+fn log_calibration(
+    rank: usize,
+    n: usize,
+    comm_id: Option<u64>,
+    c: &Calibrated,
+    codec_timing: Duration,
+) {
+    let comm = comm_id.map_or("no communicator id (collnet < v11)".to_string(), |id| {
+        format!("comm {id:#x}")
+    });
+    let what = match c.agreed {
+        Agreed::Measured(f) => format!(
+            "agreed link {:.3} Gbit/s, {:.1} us; codec encode {:.3} / decode+acc {:.3} G values/s",
+            f.gbps, f.latency_us, f.encode_gvps, f.decode_gvps
+        ),
+        Agreed::Fallback(calibrate::Fallback::NotRun) => {
+            "not run (some member did not ask: tuner or FP8 off, full profile configured, or no communicator id); tuners use the configured profile".to_string()
+        }
+        Agreed::Fallback(calibrate::Fallback::Failed { member }) => format!(
+            "member {member}'s measurement failed; every rank's tuner uses the configured profile"
+        ),
+    };
+    let local = c.local.map_or(String::new(), |f| {
+        format!(
+            " (this member: {:.3} Gbit/s, {:.1} us, codec {:.3} / {:.3}{})",
+            f.gbps,
+            f.latency_us,
+            f.encode_gvps,
+            f.decode_gvps,
+            c.probe.map_or(String::new(), |p| format!(
+                ", probing FP8 allreduce {:.2} ms",
+                p.as_secs_f64() * 1e3
+            ))
+        )
+    });
+    crate::info!(
+        crate::log::SUBSYS_NET,
+        "collnet calibration, member {rank} of {n}, {comm}: {what}{local}; {:.1} ms in connect (+{:.1} ms timing the codec)",
+        c.took.as_secs_f64() * 1e3,
+        codec_timing.as_secs_f64() * 1e3
+    );
+    if let (Some(id), Agreed::Measured(_)) = (comm_id, c.agreed) {
+        crate::metrics::calibration().connect_took(id, c.took);
+    }
 }
 
 /// Whether `(dtype, op)` (NCCL's codes) can be reduced by the group.
@@ -120,7 +222,7 @@ pub unsafe fn write_reduce_support(
 
 fn group_of<'a>(coll_comm: *mut c_void) -> NetResult<&'a SharedGroup> {
     // SAFETY: NCCL passes back our collective comm (checked by its tag).
-    unsafe { object::get_mut::<SharedGroup>(coll_comm, Kind::Coll) }.map(|g| &*g)
+    unsafe { object::get_mut::<CollComm>(coll_comm, Kind::Coll) }.map(|c| &c.group)
 }
 
 fn finish_post(group: &SharedGroup, op: u64, request: *mut *mut c_void) -> NetResult<()> {
@@ -344,7 +446,7 @@ pub unsafe fn test(request: *mut c_void, done: *mut c_int, size: *mut c_int) -> 
 /// `coll_comm` must come from connect.
 pub unsafe fn close_coll(coll_comm: *mut c_void) -> NetResult<()> {
     // SAFETY: NCCL passes back our collective comm, once.
-    unsafe { object::take::<SharedGroup>(coll_comm, Kind::Coll) }.map(drop)
+    unsafe { object::take::<CollComm>(coll_comm, Kind::Coll) }.map(drop)
 }
 
 /// A collective-network registration: host memory needs nothing; a GPU
@@ -603,6 +705,41 @@ pub mod shared {
 
     pub unsafe extern "C" fn init(logger: ncclDebugLogger_t) -> ncclResult_t {
         guard("collnet init", || crate::abi::net::init(logger))
+    }
+
+    /// v11+: the net plugin's listen, noting the communicator id of the
+    /// context NCCL passes (the collective network's own, per communicator)
+    /// for `connect`.
+    pub unsafe extern "C" fn listen_in_context(
+        ctx: *mut c_void,
+        dev: c_int,
+        handle: *mut c_void,
+        listen_comm: *mut *mut c_void,
+    ) -> ncclResult_t {
+        guard("collnet listen", || {
+            // SAFETY: NCCL passes a 128-byte handle buffer and an out-pointer.
+            unsafe { crate::abi::net::listen(dev, handle, listen_comm) }?;
+            // SAFETY: NCCL passes back the context our init wrote; the tag
+            // check rejects anything else (then no id is noted).
+            let context = unsafe {
+                super::object::get_mut::<crate::abi::net::Context>(ctx, super::Kind::Context)
+            };
+            if let Ok(c) = context {
+                // SAFETY: listen succeeded, so the out-pointer holds our comm.
+                let comm = unsafe { *listen_comm } as usize;
+                super::listen_comm_ids().insert(comm, c.comm_id);
+            }
+            Ok(())
+        })
+    }
+
+    /// v11+: forgets the listen comm's communicator id, then closes it.
+    pub unsafe extern "C" fn close_listen(listen_comm: *mut c_void) -> ncclResult_t {
+        super::listen_comm_ids().remove(&(listen_comm as usize));
+        // SAFETY: NCCL passes back our listen comm, once.
+        guard("collnet closeListen", || unsafe {
+            crate::abi::net::close_listen(listen_comm)
+        })
     }
 
     /// v11+: one context per NCCL communicator.

@@ -38,9 +38,11 @@ enum Region {
     Device(Arc<DeviceRegion>),
 }
 
-/// Per-communicator context of net v11+. TCP keeps no per-communicator
-/// state, so it only marks the pointer as ours.
-pub struct Context;
+/// Per-communicator context of net and collnet v11+: NCCL's communicator id
+/// (the collective network files its calibration record under it).
+pub struct Context {
+    pub comm_id: u64,
+}
 
 pub fn init(logger_fn: ncclDebugLogger_t) -> NetResult<()> {
     logger::install(logger_fn);
@@ -373,7 +375,13 @@ pub unsafe fn init_context(
         "context for communicator {comm_id:#x}; traffic class {traffic_class} is not used by TCP"
     );
     // SAFETY: NCCL's out-pointer; write_out refuses null.
-    unsafe { write_out(ctx, object::into_raw(Kind::Context, Context), "ctx") }?;
+    unsafe {
+        write_out(
+            ctx,
+            object::into_raw(Kind::Context, Context { comm_id }),
+            "ctx",
+        )
+    }?;
     net::context_opened();
     Ok(())
 }

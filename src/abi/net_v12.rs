@@ -109,7 +109,7 @@ pub static ncclCollNetPlugin_v12: Vtable<ncclCollNet_v12_t> = Vtable(ncclCollNet
     init: Some(collnet::shared::init_context),
     devices: Some(shared::devices),
     getProperties: Some(collnet_get_properties),
-    listen: Some(listen),
+    listen: Some(collnet::shared::listen_in_context),
     connect: Some(collnet::shared::connect),
     reduceSupport: Some(collnet::shared::reduce_support),
     regMr: Some(collnet::shared::reg_mr),
@@ -121,7 +121,7 @@ pub static ncclCollNetPlugin_v12: Vtable<ncclCollNet_v12_t> = Vtable(ncclCollNet
     iflush: Some(collnet::shared::iflush),
     test: Some(collnet::shared::test),
     closeColl: Some(collnet::shared::close_coll),
-    closeListen: Some(shared::close_listen),
+    closeListen: Some(collnet::shared::close_listen),
     makeVDevice: None,
     finalize: Some(shared::finalize),
 });

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::bindings::{ncclDebugLogger_t, ncclResult_t};
 use super::object::{self, Kind};
 use super::{guard, logger, write_out};
+use crate::collnet::calibrate::{self, store, Fallback, Figures, NodeView};
 use crate::error::{NetError, NetResult};
 use crate::tuner::{
-    collective_name, Call, CostTable, LinkProfile, Policy, TableEdit, Tuner, ALGO_NAMES,
-    PROTO_NAMES,
+    self, collective_name, Call, CostTable, LinkProfile, Policy, ProfileSource, TableEdit, Tuner,
+    ALGO_NAMES, PROTO_NAMES,
 };
 use crate::{config, info, log, metrics, warn};
 
@@ -30,30 +31,134 @@ const MAX_TABLE_DIM: usize = 64;
 /// is then a no-op).
 pub struct Context {
     pub tuner: Option<Tuner>,
+    comm_id: Option<u64>,
+    /// Wrapping sum of one hash per decision, and the number of decisions:
+    /// equal on every rank that made the same decisions for the same calls,
+    /// whatever their order (logged at finalize for cross-rank checks).
+    digest: AtomicU64,
+    calls: AtomicU64,
 }
 
-impl Context {
-    /// The context for a communicator of `ranks` GPUs on `nodes` nodes,
-    /// from the process's configuration.
-    pub fn from_config(ranks: usize, nodes: usize) -> Context {
-        let cfg = config::global();
-        if !cfg.tuner.enabled {
-            return Context { tuner: None };
+/// What the calibration gave a communicator's tuner.
+enum Calibration {
+    /// Tuner v2..v4: NCCL names no communicator, so no record can be found.
+    NoCommId,
+    /// The tuner is off: nothing read.
+    Off,
+    View(NodeView),
+}
+
+impl Calibration {
+    fn figures(&self) -> Option<Figures> {
+        match self {
+            Calibration::View(NodeView::Measured { figures, .. }) => Some(*figures),
+            _ => None,
         }
-        let (profile, _) = LinkProfile::from_config(&cfg.tuner);
-        Context {
-            tuner: Some(Tuner::new(ranks, nodes, profile, Policy::from_config(cfg))),
+    }
+
+    fn describe(&self, version: u32) -> String {
+        match self {
+            Calibration::NoCommId => format!(
+                "not available to tuner v{version} (no communicator id before v5): every rank uses the configured profile"
+            ),
+            Calibration::Off => "not read (tuner off)".to_string(),
+            Calibration::View(NodeView::NoRecord) => "no record for this communicator on this node (its collective network was not connected by airamp: CollNet off, or shared with a parent communicator): every rank uses the configured profile".to_string(),
+            Calibration::View(NodeView::Fallback(Fallback::NotRun)) => "not run in connect (some member did not ask: FP8 off, tuner.calibrate off, all calibration keys set, or collnet < v11): every rank uses the configured profile".to_string(),
+            Calibration::View(NodeView::Fallback(Fallback::Failed { member })) => format!(
+                "member {member} of a collective-network group failed its measurement: every rank uses the configured profile"
+            ),
+            Calibration::View(NodeView::Unreadable) => {
+                "a record is unreadable (logged): this rank uses the configured profile".to_string()
+            }
+            Calibration::View(NodeView::Measured { groups, .. }) => format!(
+                "agreed in connect by {groups} collective-network group(s)"
+            ),
         }
     }
 }
 
+/// The records every rank of communicator `comm_id` reads on its node.
+fn read_calibration(comm_id: u64) -> NodeView {
+    match store::read(comm_id) {
+        Ok(records) => calibrate::combine(&records),
+        Err(e) => {
+            warn!(
+                "tuner: calibration record of comm {comm_id:#x} in {}: {e}",
+                store::dir().display()
+            );
+            NodeView::Unreadable
+        }
+    }
+}
+
+fn source_word(s: ProfileSource) -> &'static str {
+    match s {
+        ProfileSource::Agreed => "agreed",
+        ProfileSource::AgreedWithConfig => "agreed_config",
+        ProfileSource::Calibrated => "config",
+        ProfileSource::Partial => "config_partial",
+        ProfileSource::Defaults => "default",
+    }
+}
+
+impl Context {
+    /// The context for communicator `comm_id` (tuner v5+) of `ranks` GPUs
+    /// on `nodes` nodes, from the process's configuration and the
+    /// calibration record on this node; and its one init log line's tail.
+    fn new(ranks: usize, nodes: usize, comm_id: Option<u64>, version: u32) -> (Context, String) {
+        let cfg = config::global();
+        let calibration = match comm_id {
+            _ if !cfg.tuner.enabled => Calibration::Off,
+            None => Calibration::NoCommId,
+            Some(id) => Calibration::View(read_calibration(id)),
+        };
+        let context = |tuner| Context {
+            tuner,
+            comm_id,
+            digest: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+        };
+        if !cfg.tuner.enabled {
+            return (context(None), String::new());
+        }
+        let agreed = calibration.figures();
+        let (profile, source) = LinkProfile::resolve(&cfg.tuner, agreed.as_ref());
+        let policy = Policy::from_config(cfg);
+        let tuner = Tuner::new(ranks, nodes, profile, policy)
+            .with_link_known(LinkProfile::link_known(&cfg.tuner, agreed.as_ref()));
+        let crossover = tuner::crossover_bytes(tuner.nodes, &tuner.profile, &tuner.policy);
+        metrics::calibration().tuner_profile(&metrics::TunerProfile {
+            comm: comm_id,
+            source: source_word(source),
+            gbps: tuner.profile.gbps,
+            latency_us: tuner.profile.latency_us,
+            encode_gvps: tuner.profile.encode_gvps,
+            decode_gvps: tuner.profile.decode_gvps,
+            crossover_bytes: crossover,
+        });
+        let note = format!(
+            "; calibration {}; profile ({source}): {}; model crossover: {}",
+            calibration.describe(version),
+            tuner.profile,
+            match (crossover, tuner.policy.fp8) {
+                (_, None) => "none (FP8 allreduce off)".to_string(),
+                (Some(b), _) => format!("compressed CollNet from {b} B"),
+                (None, _) => "compressed CollNet at no size up to 1 GiB".to_string(),
+            }
+        );
+        (context(Some(tuner)), note)
+    }
+}
+
 /// `init` of every version: installs NCCL's logger, writes a new context.
+/// `comm_id` is NCCL's communicator id (v5+).
 ///
 /// # Safety
 /// `ctx` must be null or valid for a write of a pointer.
 pub unsafe fn init(
     version: u32,
     ctx: *mut *mut c_void,
+    comm_id: Option<u64>,
     ranks: usize,
     nodes: usize,
     logger_fn: ncclDebugLogger_t,
@@ -68,17 +173,25 @@ pub unsafe fn init(
     }
     // Building the context reads the config; a panic there must not fail
     // NCCL's init: fall back to a disabled tuner.
-    let context = catch_unwind(|| Context::from_config(ranks, nodes)).unwrap_or_else(|_| {
-        warn!("tuner: internal error while reading the configuration; tuner off, NCCL decides");
-        Context { tuner: None }
-    });
-    log_init(version, ranks, nodes, &context, extra);
+    let (context, note) = catch_unwind(|| Context::new(ranks, nodes, comm_id, version))
+        .unwrap_or_else(|_| {
+            warn!("tuner: internal error while reading the configuration; tuner off, NCCL decides");
+            (
+                Context {
+                    tuner: None,
+                    comm_id,
+                    digest: AtomicU64::new(0),
+                    calls: AtomicU64::new(0),
+                },
+                String::new(),
+            )
+        });
+    log_init(version, ranks, nodes, &context, extra, &note);
     // SAFETY: non-null, and valid for writes per the caller's contract.
     unsafe { write_out(ctx, object::into_raw(Kind::Tuner, context), "context") }
 }
 
-fn log_init(version: u32, ranks: usize, nodes: usize, context: &Context, extra: &str) {
-    let cfg = config::global();
+fn log_init(version: u32, ranks: usize, nodes: usize, context: &Context, extra: &str, note: &str) {
     let Some(t) = &context.tuner else {
         info!(
             log::SUBSYS_INIT | SUBSYS_TUNING,
@@ -86,7 +199,6 @@ fn log_init(version: u32, ranks: usize, nodes: usize, context: &Context, extra: 
         );
         return;
     };
-    let (_, source) = LinkProfile::from_config(&cfg.tuner);
     let fp8 = t
         .policy
         .fp8
@@ -98,8 +210,7 @@ fn log_init(version: u32, ranks: usize, nodes: usize, context: &Context, extra: 
         });
     info!(
         log::SUBSYS_INIT | SUBSYS_TUNING,
-        "tuner v{version}: {ranks} ranks on {nodes} nodes{extra}; fp8 allreduce {fp8}; profile ({source}): {}",
-        t.profile
+        "tuner v{version}: {ranks} ranks on {nodes} nodes{extra}; fp8 allreduce {fp8}{note}"
     );
 }
 
@@ -109,19 +220,45 @@ fn log_init(version: u32, ranks: usize, nodes: usize, context: &Context, extra: 
 /// `ctx` must be a pointer from [`init`] not yet finalized.
 pub unsafe fn finalize(ctx: *mut c_void) -> NetResult<()> {
     // SAFETY: per the caller's contract; the tag check rejects foreign pointers.
-    unsafe { object::take::<Context>(ctx, Kind::Tuner) }.map(drop)
+    let context = unsafe { object::take::<Context>(ctx, Kind::Tuner) }?;
+    let calls = context.calls.load(Ordering::Relaxed);
+    if context.tuner.is_some() && calls > 0 {
+        info!(
+            SUBSYS_TUNING,
+            "tuner: comm {}: {calls} decisions, digest {:#018x} (equal on every rank that decided alike)",
+            context.comm_id.map_or("(no id)".to_string(), |c| format!("{c:#x}")),
+            context.digest.load(Ordering::Relaxed)
+        );
+    }
+    Ok(())
+}
+
+/// One decision's contribution to a context's digest: the call and the
+/// (algorithm, protocol) NCCL runs after the tuner (`None`: NCCL decides).
+pub fn decision_hash(func: i32, bytes: u64, pipe_ops: i32, pick: Option<(usize, usize)>) -> u64 {
+    let (a, p) = pick.map_or((u64::MAX, u64::MAX), |(a, p)| (a as u64, p as u64));
+    [func as u64, bytes, pipe_ops as u64, a, p]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
 }
 
 /// Runs `f` on the context and swallows every failure: `getCollInfo` never
-/// returns an error to NCCL. A failure is logged once per process.
-fn never_fail(ctx: *mut c_void, f: impl FnOnce(&Tuner)) -> ncclResult_t {
+/// returns an error to NCCL. A failure is logged once per process. `f`
+/// returns its decision's [`decision_hash`], added to the context's digest.
+fn never_fail(ctx: *mut c_void, f: impl FnOnce(&Tuner) -> Option<u64>) -> ncclResult_t {
     static WARNED: AtomicU64 = AtomicU64::new(0);
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: NCCL passes back the context our init wrote; the tag
         // check rejects anything else (a null or foreign pointer).
         let context = unsafe { object::get_mut::<Context>(ctx, Kind::Tuner) }?;
         if let Some(t) = &context.tuner {
-            f(t);
+            if let Some(h) = f(t) {
+                context.digest.fetch_add(h, Ordering::Relaxed);
+                context.calls.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok::<(), NetError>(())
     }));
@@ -192,18 +329,16 @@ pub unsafe fn coll_info_table(
 ) -> ncclResult_t {
     never_fail(ctx, |t| {
         let (Ok(na), Ok(np)) = (usize::try_from(n_algo), usize::try_from(n_proto)) else {
-            return;
+            return None;
         };
         if table.is_null() || na == 0 || np == 0 || na > MAX_TABLE_DIM || np > MAX_TABLE_DIM {
-            return;
+            return None;
         }
         // SAFETY: per the contract, `table` is NCCL's contiguous
         // float[numAlgo][numProto] (the `float**` type is a cast), with the
         // dimensions checked above; nothing else touches it during the call.
         let cells = unsafe { std::slice::from_raw_parts_mut(table.cast::<f32>(), na * np) };
-        let Some(mut table) = CostTable::new(cells, na, np) else {
-            return;
-        };
+        let mut table = CostTable::new(cells, na, np)?;
         let call = Call {
             func,
             bytes: bytes as u64,
@@ -234,6 +369,7 @@ pub unsafe fn coll_info_table(
                 ms(choice.raw_us),
             );
         }
+        Some(decision_hash(func, call.bytes, pipe_ops, pick))
     })
 }
 
@@ -286,6 +422,7 @@ pub unsafe fn coll_info_v2(
                 ms(choice.raw_us),
             );
         }
+        Some(decision_hash(func, call.bytes, pipe_ops, written))
     })
 }
 
@@ -296,6 +433,7 @@ pub unsafe fn coll_info_v2(
 pub unsafe fn init_guarded(
     version: u32,
     ctx: *mut *mut c_void,
+    comm_id: Option<u64>,
     ranks: usize,
     nodes: usize,
     logger_fn: ncclDebugLogger_t,
@@ -303,7 +441,7 @@ pub unsafe fn init_guarded(
 ) -> ncclResult_t {
     // SAFETY: forwarded contract.
     guard("tuner init", || unsafe {
-        init(version, ctx, ranks, nodes, logger_fn, extra)
+        init(version, ctx, comm_id, ranks, nodes, logger_fn, extra)
     })
 }
 
@@ -375,6 +513,9 @@ mod tests {
             Kind::Tuner,
             Context {
                 tuner: Some(Tuner::new(2, 2, profile, policy)),
+                comm_id: None,
+                digest: Default::default(),
+                calls: Default::default(),
             },
         )
     }

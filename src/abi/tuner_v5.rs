@@ -52,7 +52,7 @@ unsafe extern "C" fn init(
         constants.as_ref()
     });
     // SAFETY: NCCL passes a writable context pointer.
-    unsafe { tuner::init_guarded(5, context, n_ranks, n_nodes, logger, &extra) }
+    unsafe { tuner::init_guarded(5, context, Some(comm_id), n_ranks, n_nodes, logger, &extra) }
 }
 
 /// Shared with v6 (same signature).

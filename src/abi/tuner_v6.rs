@@ -26,7 +26,7 @@ unsafe extern "C" fn init(
         constants.as_ref()
     });
     // SAFETY: NCCL passes a writable context pointer.
-    unsafe { tuner::init_guarded(6, context, n_ranks, n_nodes, logger, &extra) }
+    unsafe { tuner::init_guarded(6, context, Some(comm_id), n_ranks, n_nodes, logger, &extra) }
 }
 
 #[no_mangle]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
 use super::buffers::Buffers;
+use super::calibrate::probe::{self, Calibrated};
 use super::device::{DeviceMemory, DeviceRange, Place};
 use super::gpu_step::GpuStep;
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
@@ -206,9 +207,12 @@ fn collnet_error(rank: usize, e: CollError) -> NetError {
 impl Group {
     /// Joins the group: connects two links to every other member, accepts
     /// theirs, exchanges hellos and agrees on the FP8 format, then waits
-    /// until every member reports all its links up. Blocks (NCCL's CollNet
-    /// connect is a blocking call) for at most `timeout`; if any member
-    /// fails, every member's join fails.
+    /// until every member reports all its links up, then runs the
+    /// calibration rounds ([`probe::measure_links`], [`probe::finish`]) when
+    /// every member asked for
+    /// them. Blocks (NCCL's CollNet connect is a blocking call) for at most
+    /// `timeout`; if any member fails, every member's join fails.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         listener: &mut Listener,
         handles: &[ListenHandle],
@@ -217,7 +221,8 @@ impl Group {
         fp8: Option<WireFormat>,
         timeout: Duration,
         workers: usize,
-    ) -> NetResult<Group> {
+        calibration: probe::Setup,
+    ) -> NetResult<(Group, Calibrated)> {
         let n = handles.len();
         if rank >= n {
             return Err(NetError::InvalidArgument(format!(
@@ -247,6 +252,8 @@ impl Group {
         let mut rx: HashMap<(usize, Lane), RecvComm> = HashMap::new();
         let mut fp8_of = vec![None; n];
         fp8_of[rank] = fp8;
+        let mut calibrate_of = vec![false; n];
+        calibrate_of[rank] = calibration.ask;
         let links = 2 * (n - 1);
         while tx.len() < links || rx.len() < links {
             let mut i = 0;
@@ -258,6 +265,7 @@ impl Group {
                         nranks: n as u32,
                         lane,
                         fp8,
+                        calibrate: calibration.ask,
                     };
                     let bytes: Shared = Arc::new(hello.encode().to_vec());
                     match OwnedSend::start(&comm, Payload::Heap(bytes), 0)? {
@@ -301,6 +309,7 @@ impl Group {
                         ));
                     }
                     fp8_of[hello.rank as usize] = hello.fp8;
+                    calibrate_of[hello.rank as usize] = hello.calibrate;
                     rx.insert(key, comm);
                 } else {
                     i += 1;
@@ -382,6 +391,15 @@ impl Group {
                 rx: rx.map(|c| Box::new(TcpRx::new(c)) as Box<dyn RxLink>),
             });
         }
+        // 3. Calibration: the links as the group will use them, then the
+        //    compressed path through the started group.
+        let run = join::agree_calibration(&calibrate_of);
+        let started = Instant::now();
+        let link = if run {
+            probe::measure_links(&mut links, rank, deadline)?
+        } else {
+            None
+        };
         let path = match agreed {
             Some(f) => {
                 format!("compressed ({f:?}) where dtype/op allow (float sum), exact otherwise")
@@ -392,7 +410,7 @@ impl Group {
             crate::log::SUBSYS_NET,
             "NET/airamp collnet: member {rank} of {n} joined; allreduce {path}; {workers} worker thread(s)"
         );
-        Group::from_links(
+        let group = Group::from_links(
             GroupParams {
                 rank,
                 n,
@@ -400,7 +418,8 @@ impl Group {
             },
             links,
             workers,
-        )
+        )?;
+        probe::finish(group, run, link, calibration, deadline, started)
     }
 
     /// A group over links that are already up (`links[rank]` is `None`),

@@ -13,8 +13,11 @@ use crate::codec::WireFormat;
 
 pub const MEMBER_HELLO_BYTES: usize = 32;
 const MAGIC: &[u8; 8] = b"AIRCOLL1";
-/// Bumped whenever the collective protocol changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped whenever the collective protocol changes incompatibly (2: the
+/// hello carries flags, calibration rounds follow READY).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Hello flag: this member asks for the calibration rounds.
+const FLAG_CALIBRATE: u32 = 1;
 /// Sent on every contribution link once a member holds all its links.
 pub const READY_BYTES: usize = 8;
 pub const READY: &[u8; READY_BYTES] = b"AIRREADY";
@@ -28,6 +31,9 @@ pub struct MemberHello {
     /// The compressed wire format this member would use, `None` when it
     /// has compression off.
     pub fp8: Option<WireFormat>,
+    /// This member asks for calibration in `connect` (they run only if
+    /// every member asks).
+    pub calibrate: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +48,7 @@ pub enum JoinError {
     BadRank(u32),
     BadLane(u32),
     BadFormat(u32),
+    BadFlags(u32),
     /// Two links claim the same (member, lane).
     Duplicate {
         rank: u32,
@@ -63,6 +70,7 @@ impl std::fmt::Display for JoinError {
             JoinError::BadRank(r) => write!(f, "member index {r} out of range"),
             JoinError::BadLane(l) => write!(f, "unknown link kind {l}"),
             JoinError::BadFormat(c) => write!(f, "unknown wire format code {c}"),
+            JoinError::BadFlags(x) => write!(f, "unknown hello flags {x:#x}"),
             JoinError::Duplicate { rank, lane } => {
                 write!(f, "member {rank} opened two {lane:?} links")
             }
@@ -89,6 +97,7 @@ impl MemberHello {
             self.nranks,
             self.lane as u32,
             format_code(self.fp8),
+            if self.calibrate { FLAG_CALIBRATE } else { 0 },
         ];
         for (i, w) in words.iter().enumerate() {
             b[8 + 4 * i..12 + 4 * i].copy_from_slice(&w.to_le_bytes());
@@ -128,11 +137,16 @@ impl MemberHello {
             3 => Some(WireFormat::Int8),
             c => return Err(JoinError::BadFormat(c)),
         };
+        let flags = word(5);
+        if flags & !FLAG_CALIBRATE != 0 {
+            return Err(JoinError::BadFlags(flags));
+        }
         Ok(MemberHello {
             rank: from,
             nranks,
             lane,
             fp8,
+            calibrate: flags & FLAG_CALIBRATE != 0,
         })
     }
 }
@@ -149,6 +163,12 @@ pub fn agree(fp8_of_each_member: &[Option<WireFormat>]) -> Option<WireFormat> {
         .flatten()
 }
 
+/// Whether the calibration rounds run: only when every member asked (a
+/// group of one has no link to measure).
+pub fn agree_calibration(asked_by_each_member: &[bool]) -> bool {
+    asked_by_each_member.len() > 1 && asked_by_each_member.iter().all(|&a| a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +181,7 @@ mod tests {
             nranks: 4,
             lane: Lane::Result,
             fp8: Some(WireFormat::E5M2),
+            calibrate: true,
         };
         let b = h.encode();
         assert_eq!(MemberHello::decode(&b, 4, 0), Ok(h));
@@ -175,6 +196,14 @@ mod tests {
         let mut bad = b;
         bad[20] = 7;
         assert_eq!(MemberHello::decode(&bad, 4, 0), Err(JoinError::BadLane(7)));
+        let mut bad = b;
+        bad[28] = 3;
+        assert_eq!(MemberHello::decode(&bad, 4, 0), Err(JoinError::BadFlags(3)));
+        let quiet = MemberHello {
+            calibrate: false,
+            ..h
+        };
+        assert_eq!(MemberHello::decode(&quiet.encode(), 4, 0), Ok(quiet));
         assert!(MemberHello::decode(&b[..31], 4, 0).is_err());
         let mut bad = b;
         bad[24] = 4;
@@ -192,6 +221,7 @@ mod tests {
                 nranks: 2,
                 lane: Lane::Contrib,
                 fp8,
+                calibrate: false,
             };
             assert_eq!(MemberHello::decode(&h.encode(), 2, 0), Ok(h));
         }
@@ -208,6 +238,14 @@ mod tests {
         assert_eq!(agree(&[i8, e4, i8]), None);
         assert_eq!(agree(&[None, None]), None);
         assert_eq!(agree(&[]), None);
+    }
+
+    #[test]
+    fn calibration_needs_everyone_and_a_peer() {
+        assert!(agree_calibration(&[true, true, true]));
+        assert!(!agree_calibration(&[true, false, true]));
+        assert!(!agree_calibration(&[true]));
+        assert!(!agree_calibration(&[]));
     }
 
     proptest! {

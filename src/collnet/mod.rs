@@ -5,6 +5,8 @@
 //! * [`algo`]: the per-member state machine of one segment (reduce-scatter
 //!   to shard owners, fixed-order reduction, all-gather of the owner's
 //!   bytes), exact or FP8-compressed.
+//! * [`calibrate`]: the link and codec figures the members measure and
+//!   agree on in `connect`, filed for the tuner of every local rank.
 //! * [`sim`]: an in-process simulation with seeded random delivery orders,
 //!   the error measurements and the re-round-every-hop baseline.
 //!
@@ -12,6 +14,7 @@
 
 pub mod algo;
 pub mod buffers;
+pub mod calibrate;
 #[allow(unsafe_code)] // host views of pinned mirrors
 pub mod device;
 pub mod gpu_step;

@@ -55,6 +55,7 @@ const VALID: &[(&str, &str, &str, &str)] = &[
     ("gpu.collnet", "off", "false", "false"),
     ("collnet.workers", "0", "\"auto\"", "0"),
     ("tuner.enabled", "No", "false", "false"),
+    ("tuner.calibrate", "off", "false", "false"),
     ("tuner.min_gain", "0.5", "1", "0.5"),
     ("tuner.link_gbps", "400", "400.0", "400"),
     ("tuner.link_latency_us", "0", "2.5", "0"),
@@ -82,6 +83,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("gpu.collnet", "maybe", "3"),
     ("collnet.workers", "-1", "65"),
     ("tuner.enabled", "", "{ a = 1 }"),
+    ("tuner.calibrate", "sometimes", "7"),
     ("tuner.min_gain", "1.5", "-0.1"),
     ("tuner.link_gbps", "0", "-5"),
     ("tuner.link_latency_us", "-1", "\"NaN\""),
@@ -124,6 +126,7 @@ fn defaults() {
     assert_eq!(c.compression.format, WireFormat::E4M3);
     assert!(!c.gpu.ghost_kernels);
     assert!(c.tuner.enabled);
+    assert!(c.tuner.calibrate);
     assert_eq!(c.tuner.min_gain, 0.10);
     assert_eq!(c.tuner.link_gbps, None);
     assert_eq!(c.tuner.link_latency_us, None);
@@ -205,6 +208,7 @@ fn empty_string_unsets_optional_keys_but_is_bad_for_bool() {
     let (c, d) = env(&[("AIRAMP_TUNER", "")]);
     assert_one_bad(&d, "tuner.enabled", "\"\"");
     assert!(c.tuner.enabled);
+    assert!(c.tuner.calibrate);
 }
 
 #[test]

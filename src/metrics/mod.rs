@@ -12,6 +12,7 @@
 //! `metrics` recorder is installed: the host process may have its own.
 //! See `docs/metrics.md` for the metric list and the design rationale.
 
+mod calibration;
 mod collnet;
 #[allow(unsafe_code)] // pthread_atfork child handler
 mod exporter;
@@ -30,6 +31,7 @@ mod tests;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub use calibration::{calibration, CalibrationMetrics, Profile as TunerProfile};
 pub use collnet::{collnet, CollnetMetrics, GpuCall};
 pub use exporter::{shutdown, start, ExporterConfig, ExporterStatus, InfoLabels, MetricsError};
 pub use render::render;

@@ -205,6 +205,7 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
 
     super::collnet::render(&mut out);
     super::tuner::render(&mut out);
+    super::calibration::render(&mut out);
     out
 }
 

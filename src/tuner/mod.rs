@@ -25,11 +25,12 @@ mod tests;
 use std::fmt;
 
 use crate::codec::WireFormat;
+use crate::collnet::calibrate::Figures;
 use crate::config::{Config, TunerConfig};
 
 pub use model::{
-    collnet_allreduce_us, ring_allreduce_us, wire_ratio, BF16_BYTES, DEFAULT_DECODE_GVPS,
-    DEFAULT_ENCODE_GVPS, DEFAULT_LINK_GBPS, DEFAULT_LINK_LATENCY_US,
+    collnet_allreduce_us, ring_allreduce_us, ring_bandwidth_us, wire_ratio, BF16_BYTES,
+    DEFAULT_DECODE_GVPS, DEFAULT_ENCODE_GVPS, DEFAULT_LINK_GBPS, DEFAULT_LINK_LATENCY_US,
 };
 
 /// NCCL's algorithm indices (rows of the cost table), stable since NCCL 2.19.
@@ -98,8 +99,10 @@ fn is_collnet(algo: usize) -> bool {
 // ---------------------------------------------------------------------------
 
 /// What the model knows about the link and the codec. Every rank must use
-/// the same profile: it comes from the configuration (an agreed calibration
-/// profile written by `airamp calibrate`), never from a local measurement.
+/// the same profile: it comes from the configuration (a profile written by
+/// `airamp calibrate`) and from the figures the collective network's members
+/// agreed on in `connect` ([`LinkProfile::resolve`]), never from a rank's
+/// own measurement.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinkProfile {
     /// Link bandwidth, Gbit/s (10^9 bit/s).
@@ -123,6 +126,11 @@ pub enum ProfileSource {
     Partial,
     /// No calibration key set: conservative built-in defaults.
     Defaults,
+    /// Figures the collective network's members measured and agreed on in
+    /// `connect`, no calibration key set.
+    Agreed,
+    /// Agreed figures, with the calibration keys that are set overriding them.
+    AgreedWithConfig,
 }
 
 impl fmt::Display for ProfileSource {
@@ -131,6 +139,10 @@ impl fmt::Display for ProfileSource {
             ProfileSource::Calibrated => "calibration profile from config",
             ProfileSource::Partial => "config, built-in defaults for unset keys",
             ProfileSource::Defaults => "built-in defaults (uncalibrated)",
+            ProfileSource::Agreed => "agreed by the collective network's members in connect",
+            ProfileSource::AgreedWithConfig => {
+                "agreed in connect, overridden by the calibration keys set in config"
+            }
         })
     }
 }
@@ -150,22 +162,42 @@ impl Default for LinkProfile {
 impl LinkProfile {
     /// The profile the `[tuner]` section describes, defaults for unset keys.
     pub fn from_config(t: &TunerConfig) -> (LinkProfile, ProfileSource) {
+        LinkProfile::resolve(t, None)
+    }
+
+    /// The profile from the `[tuner]` section and the figures the
+    /// collective network agreed on: each calibration key that is set wins,
+    /// then the agreed figure, then the built-in default. The same priority
+    /// on every rank, so equal configuration and equal agreed figures give
+    /// equal profiles.
+    pub fn resolve(t: &TunerConfig, agreed: Option<&Figures>) -> (LinkProfile, ProfileSource) {
         let d = LinkProfile::default();
+        let m = |f: fn(&Figures) -> f64, default: f64| agreed.map_or(default, f);
         let keys = [t.link_gbps, t.link_latency_us, t.encode_gvps, t.decode_gvps];
         let set = keys.iter().filter(|k| k.is_some()).count();
         let profile = LinkProfile {
-            gbps: t.link_gbps.unwrap_or(d.gbps),
-            latency_us: t.link_latency_us.unwrap_or(d.latency_us),
-            encode_gvps: t.encode_gvps.unwrap_or(d.encode_gvps),
-            decode_gvps: t.decode_gvps.unwrap_or(d.decode_gvps),
+            gbps: t.link_gbps.unwrap_or(m(|f| f.gbps, d.gbps)),
+            latency_us: t
+                .link_latency_us
+                .unwrap_or(m(|f| f.latency_us, d.latency_us)),
+            encode_gvps: t.encode_gvps.unwrap_or(m(|f| f.encode_gvps, d.encode_gvps)),
+            decode_gvps: t.decode_gvps.unwrap_or(m(|f| f.decode_gvps, d.decode_gvps)),
             call_overhead_us: t.call_overhead_us,
         };
-        let source = match set {
-            0 => ProfileSource::Defaults,
-            n if n == keys.len() => ProfileSource::Calibrated,
-            _ => ProfileSource::Partial,
+        let source = match (set, agreed.is_some()) {
+            (n, _) if n == keys.len() => ProfileSource::Calibrated,
+            (0, true) => ProfileSource::Agreed,
+            (_, true) => ProfileSource::AgreedWithConfig,
+            (0, false) => ProfileSource::Defaults,
+            (_, false) => ProfileSource::Partial,
         };
         (profile.sanitized(), source)
+    }
+
+    /// Whether the link bandwidth of [`LinkProfile::resolve`]'s profile is
+    /// known (configured or agreed), rather than the built-in guess.
+    pub fn link_known(t: &TunerConfig, agreed: Option<&Figures>) -> bool {
+        t.link_gbps.is_some() || agreed.is_some()
     }
 
     /// Every field finite and in a usable range (the config validates keys;
@@ -287,6 +319,15 @@ pub fn decide_allreduce(
     decide_against(bytes, nodes, 1, raw_us, profile, policy)
 }
 
+/// Smallest power-of-two allreduce size, 4 KiB .. 1 GiB, for which
+/// [`decide_allreduce`] chooses compressed CollNet across `nodes` nodes;
+/// `None` if none (or FP8 is off).
+pub fn crossover_bytes(nodes: usize, profile: &LinkProfile, policy: &Policy) -> Option<u64> {
+    (12..=30).map(|log2| 1u64 << log2).find(|&b| {
+        decide_allreduce(b, nodes, nodes, profile, policy).path == Path::CompressedCollNet
+    })
+}
+
 /// The rule against a given raw time (the ring model, or NCCL's table).
 fn decide_against(
     bytes: u64,
@@ -329,6 +370,11 @@ pub struct Tuner {
     pub nodes: usize,
     pub profile: LinkProfile,
     pub policy: Policy,
+    /// The profile's link bandwidth was measured or configured, not the
+    /// built-in guess: no raw algorithm then beats that link's bandwidth
+    /// bound, whatever NCCL's estimate (which assumes the NIC speed the net
+    /// plugin reports) says.
+    pub link_known: bool,
 }
 
 /// NCCL's cost table for one call: `float[n_algo][n_proto]`, microseconds,
@@ -432,7 +478,15 @@ impl Tuner {
             nodes: nodes.max(1),
             profile: profile.sanitized(),
             policy,
+            link_known: false,
         }
+    }
+
+    /// The same tuner, told whether its link bandwidth is known
+    /// ([`LinkProfile::link_known`]).
+    pub fn with_link_known(mut self, known: bool) -> Tuner {
+        self.link_known = known;
+        self
     }
 
     /// The v2 rule: NCCL only says whether CollNet is supported. Returns the
@@ -484,14 +538,20 @@ impl Tuner {
                 _ => Some((a, p, v)),
             });
         // NCCL's raw estimate comes from the NIC speed the net plugin
-        // reports, which can be far from the calibrated link (loopback
-        // reports 10 Gbit/s and carries 120 on the H100 host). Compare
-        // against the more optimistic of NCCL's estimate and the ring model
-        // on the calibrated link, so compression is chosen only where it
-        // beats both.
-        let raw_us = raw_min
+        // reports, which can be far from the real link either way (loopback
+        // reports 10 Gbit/s and carries 120 on the H100 host; a 5 Gbit/s
+        // link carries 2.5 each way under an allreduce). Take the more
+        // optimistic of NCCL's estimate and the ring model on the profile's
+        // link, so compression is chosen only where it beats both; when the
+        // link's bandwidth is known (measured or configured), no raw
+        // algorithm moves the bytes faster than that link allows, so the
+        // estimate never drops below its bandwidth bound.
+        let mut raw_us = raw_min
             .map_or(f64::INFINITY, f64::from)
             .min(ring_allreduce_us(call.bytes, self.nodes, &self.profile));
+        if self.link_known {
+            raw_us = raw_us.max(ring_bandwidth_us(call.bytes, self.nodes, &self.profile));
+        }
         let mut choice = decide_against(
             call.bytes,
             self.nodes,

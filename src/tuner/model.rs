@@ -40,7 +40,18 @@ pub fn ring_allreduce_us(bytes: u64, nodes: usize, p: &LinkProfile) -> f64 {
         return 0.0;
     }
     let n = nodes as f64;
-    2.0 * (n - 1.0) / n * bytes as f64 / bytes_per_us(p) + 2.0 * (n - 1.0) * p.latency_us
+    ring_bandwidth_us(bytes, nodes, p) + 2.0 * (n - 1.0) * p.latency_us
+}
+
+/// The bandwidth term of [`ring_allreduce_us`]: every byte crosses each
+/// node's link 2(n-1)/n times, which no allreduce without in-network
+/// reduction avoids. One node: 0.
+pub fn ring_bandwidth_us(bytes: u64, nodes: usize, p: &LinkProfile) -> f64 {
+    if nodes <= 1 {
+        return 0.0;
+    }
+    let n = nodes as f64;
+    2.0 * (n - 1.0) / n * bytes as f64 / bytes_per_us(p)
 }
 
 /// airamp's collective network: a full-mesh reduce-scatter (each member

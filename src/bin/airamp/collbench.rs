@@ -1,23 +1,24 @@
 //! `airamp bench collnet`: allreduce through the exported collective
-//! network, exact against compressed (one or more wire formats, `--formats
-//! e4m3,int8`), by size, next to the raw path NCCL would otherwise run (a
-//! ring allreduce over the plugin's net API, as NCCL's Ring does), with the
-//! tuner's pick between raw and the first format.
+//! network, exact against FP8, by size, next to the raw path NCCL would
+//! otherwise run (a ring allreduce over the plugin's net API, as NCCL's
+//! Ring does), with the tuner's pick between raw and FP8.
 //!
 //! N member processes join a group through `ncclCollNetPlugin_v12` exactly
-//! as NCCL's proxy does, and a ring through `ncclNetPlugin_v12`. The whole
-//! size sweep runs once with compression off and once per format,
-//! reversing the order every other round (ABBA) so drift on a noisy
-//! machine does not favour any; each cell is the best round.
-//! The tuner column is `tuner::decide_allreduce` with the profile and policy
-//! from this process's configuration (e.g. `AIRAMP_CONF` pointing at an
-//! `airamp calibrate` profile), the same inputs every rank of a job uses.
+//! as NCCL's proxy does, and a ring through `ncclNetPlugin_v12`. The whole size sweep runs once with FP8 off and
+//! once with it on, alternating the order over rounds (ABBA) so drift on a
+//! noisy machine does not favour either; each cell is the best round.
+//! The tuner column is `tuner::decide_allreduce` with the profile every
+//! rank's tuner of the job would use: the figures the FP8 group's members
+//! measured and agreed on in `connect` (each member reads the record filed
+//! under the communicator id it was given, as the tuner does), with any
+//! calibration keys of this process's configuration overriding them.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use airamp::abi::client::{handle_from_hex, handle_to_hex, CollNet, Comm, Library, NetVersion};
-use airamp::codec::{f32_to_bf16, WireFormat};
+use airamp::codec::f32_to_bf16;
+use airamp::collnet::calibrate::{self, store, Figures, NodeView};
 use airamp::collnet::sim::SplitMix;
 use airamp::config;
 use airamp::tuner::{self, LinkProfile, Path, Policy};
@@ -41,28 +42,77 @@ fn sizes(o: &Opts) -> Result<Vec<u64>, String> {
     Ok(v)
 }
 
-/// Seconds per allreduce of each size through the collective network
-/// (compressed in `format`, or exact) and through the ring, the slowest
-/// member's.
+/// What one group's members reported about `connect`.
+struct Joined {
+    /// The agreed figures every member read back (`None`: no measurement).
+    figures: Option<Figures>,
+    /// What the record said, in words.
+    view: String,
+    /// The slowest member's `connect`, seconds.
+    connect_s: f64,
+}
+
+/// A member's calibration line: the record's view, then the figures' bits.
+fn calibration_line(view: &NodeView, connect_s: f64) -> String {
+    match view {
+        NodeView::Measured { figures: f, .. } => format!(
+            "measured {connect_s:e} {:x} {:x} {:x} {:x}",
+            f.gbps.to_bits(),
+            f.latency_us.to_bits(),
+            f.encode_gvps.to_bits(),
+            f.decode_gvps.to_bits()
+        ),
+        other => format!("{} {connect_s:e}", format!("{other:?}").replace(' ', "")),
+    }
+}
+
+fn parse_calibration(line: &str) -> Result<(Option<Figures>, String, f64), String> {
+    let w: Vec<&str> = line.split(' ').collect();
+    let secs = |s: &str| s.parse::<f64>().map_err(|e| format!("{line}: {e}"));
+    let bits = |s: &str| {
+        u64::from_str_radix(s, 16)
+            .map(f64::from_bits)
+            .map_err(|e| format!("{line}: {e}"))
+    };
+    match w.as_slice() {
+        ["measured", t, g, l, e, d] => Ok((
+            Some(Figures {
+                gbps: bits(g)?,
+                latency_us: bits(l)?,
+                encode_gvps: bits(e)?,
+                decode_gvps: bits(d)?,
+            }),
+            "agreed".into(),
+            secs(t)?,
+        )),
+        [what, t] => Ok((None, what.to_string(), secs(t)?)),
+        _ => Err(format!("bad calibration line {line:?}")),
+    }
+}
+
+/// Seconds per allreduce of each size through the collective network and
+/// through the ring, the slowest member's; and what `connect` agreed.
 fn run_group(
     o: &Opts,
     ranks: usize,
-    format: Option<WireFormat>,
+    fp8: bool,
     sizes: &[u64],
-) -> Result<(Vec<f64>, Vec<f64>), String> {
-    std::env::set_var(
-        "AIRAMP_ENABLE_FP8_ALLREDUCE",
-        if format.is_some() { "1" } else { "0" },
-    );
-    if let Some(f) = format {
-        std::env::set_var("AIRAMP_COMPRESSION_FORMAT", f.name());
-    }
+) -> Result<(Vec<f64>, Vec<f64>, Joined), String> {
+    std::env::set_var("AIRAMP_ENABLE_FP8_ALLREDUCE", if fp8 { "1" } else { "0" });
     let plugin = o.plugin()?.display().to_string();
     let list = sizes
         .iter()
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    // A fresh communicator id per group, as NCCL hashes a fresh unique id.
+    let comm = SplitMix::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()),
+    )
+    .next_u64();
     let mut members = (0..ranks)
         .map(|r| {
             peer::spawn(
@@ -76,6 +126,8 @@ fn run_group(
                     ranks.to_string(),
                     "--sizes".into(),
                     list.clone(),
+                    "--comm".into(),
+                    format!("{comm:x}"),
                 ],
             )
         })
@@ -91,6 +143,25 @@ fn run_group(
         m.send(&line)?;
         m.send(&ring_handles[(r + 1) % ranks])?;
     }
+    let mut calibrations = Vec::new();
+    for m in &mut members {
+        calibrations.push(parse_calibration(&m.recv()?)?);
+    }
+    let (figures, view, _) = calibrations[0].clone();
+    if calibrations.iter().any(|c| {
+        c.0.map(|f| [f.gbps, f.latency_us, f.encode_gvps, f.decode_gvps].map(f64::to_bits))
+            != figures
+                .map(|f| [f.gbps, f.latency_us, f.encode_gvps, f.decode_gvps].map(f64::to_bits))
+    }) {
+        return Err(format!(
+            "members read different calibrations: {calibrations:?}"
+        ));
+    }
+    let joined = Joined {
+        figures,
+        view,
+        connect_s: calibrations.iter().map(|c| c.2).fold(0.0, f64::max),
+    };
     let parse = |line: &str| -> Result<Vec<f64>, String> {
         line.split(',')
             .map(|t| t.parse::<f64>().map_err(|e| format!("{line}: {e}")))
@@ -110,7 +181,7 @@ fn run_group(
             .map(|i| t.iter().map(|m| m[i]).fold(0.0, f64::max))
             .collect()
     };
-    Ok((slowest(&coll), slowest(&ring)))
+    Ok((slowest(&coll), slowest(&ring), joined))
 }
 
 fn gbps(bytes: u64, secs: f64) -> f64 {
@@ -126,40 +197,26 @@ fn human(b: u64) -> String {
     }
 }
 
-/// `--formats e4m3,int8`; the configured format when absent.
-fn formats(o: &Opts) -> Result<Vec<WireFormat>, String> {
-    let Some(list) = o.get("formats") else {
-        return Ok(vec![config::global().compression.format]);
-    };
-    list.split(',')
-        .map(|name| {
-            WireFormat::ALL
-                .into_iter()
-                .find(|f| f.name().eq_ignore_ascii_case(name.trim()))
-                .ok_or_else(|| format!("--formats: unknown format {name:?} (e4m3, e5m2, int8)"))
-        })
-        .collect()
-}
-
 pub fn run(o: &Opts) -> Result<ExitCode, String> {
     let ranks = o.num("ranks", 2)?.clamp(2, 16);
     let rounds = o.num("rounds", 2)?.max(1);
     let sizes = sizes(o)?;
-    let formats = formats(o)?;
-    // Exact first, then each format; `best[k]` per mode.
-    let modes: Vec<Option<WireFormat>> = std::iter::once(None)
-        .chain(formats.iter().copied().map(Some))
-        .collect();
-    let mut best = vec![vec![f64::INFINITY; sizes.len()]; modes.len()];
+    let mut best = [
+        vec![f64::INFINITY; sizes.len()],
+        vec![f64::INFINITY; sizes.len()],
+    ];
     let mut ring_best = vec![f64::INFINITY; sizes.len()];
+    let mut calibrations: Vec<(bool, Joined)> = Vec::new();
     for round in 0..rounds {
-        let mut order: Vec<usize> = (0..modes.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for k in order {
-            let (t, ring) = run_group(o, ranks, modes[k], &sizes)?;
-            for (b, t) in best[k].iter_mut().zip(t) {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for fp8 in order {
+            let (t, ring, joined) = run_group(o, ranks, fp8, &sizes)?;
+            calibrations.push((fp8, joined));
+            for (b, t) in best[usize::from(fp8)].iter_mut().zip(t) {
                 *b = b.min(t);
             }
             for (b, t) in ring_best.iter_mut().zip(ring) {
@@ -168,26 +225,40 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
         }
     }
     let cfg = config::global();
-    let (profile, source) = LinkProfile::from_config(&cfg.tuner);
+    // The first FP8 group's agreement, as a job's tuners read it at init.
+    let agreed = calibrations
+        .iter()
+        .find(|(fp8, _)| *fp8)
+        .and_then(|(_, j)| j.figures);
+    let (profile, source) = LinkProfile::resolve(&cfg.tuner, agreed.as_ref());
     let mut policy = Policy::from_config(cfg);
-    // The sweep measures the compressed path, so ask what the tuner would
-    // do with compression enabled in the first format measured.
-    policy.fp8 = Some(formats[0]);
+    // The sweep measures the FP8 path, so ask what the tuner would do with
+    // FP8 enabled (the format the config names).
+    policy.fp8 = Some(cfg.compression.format);
     let bus = 2.0 * (ranks as f64 - 1.0) / ranks as f64;
     println!("{ranks} members, bf16 sum, best of {rounds} rounds (ABBA); bus bandwidth in Gbit/s");
     println!(
-        "raw = ring allreduce over the net API (what NCCL's Ring does); exact / {} = the collective network",
-        formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(" / ")
+        "raw = ring allreduce over the net API (what NCCL's Ring does); exact / fp8 = the collective network"
     );
-    println!(
-        "tuner profile: {profile} ({source}); tuner picks between raw and {}",
-        formats[0]
-    );
-    let mut header = format!("{:>9} {:>9} {:>9}", "size", "raw", "exact");
-    for f in &formats {
-        header += &format!(" {:>9} {:>10}", f.name(), format!("{f}/exact"));
+    for (fp8, j) in &calibrations {
+        let figures = j.figures.map_or(String::new(), |f| {
+            format!(
+                ": link {:.3} Gbit/s, {:.1} us; codec {:.3} / {:.3} G values/s",
+                f.gbps, f.latency_us, f.encode_gvps, f.decode_gvps
+            )
+        });
+        println!(
+            "group with fp8 {}: connect {:.1} ms, calibration {}{figures}",
+            if *fp8 { "on " } else { "off" },
+            j.connect_s * 1e3,
+            j.view
+        );
     }
-    println!("{header} {:>7} {:>12}", "tuner", "picked/best");
+    println!("tuner profile: {profile} ({source})");
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>12}",
+        "size", "raw", "exact", "fp8", "fp8/raw", "tuner", "picked/best"
+    );
     let mut worst: f64 = 1.0;
     for (i, &s) in sizes.iter().enumerate() {
         let (tr, te, tf) = (ring_best[i], best[0][i], best[1][i]);
@@ -198,19 +269,15 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
         };
         let ratio = tr.min(tf) / picked;
         worst = worst.min(ratio);
-        let mut line = format!(
-            "{:>9} {:>9.2} {:>9.2}",
+        println!(
+            "{:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7} {:>11.3}",
             human(s),
             gbps(s, tr) * bus,
-            gbps(s, te) * bus
-        );
-        for t in best.iter().skip(1).map(|b| b[i]) {
-            line += &format!(" {:>9.2} {:>9.2}x", gbps(s, t) * bus, te / t);
-        }
-        println!(
-            "{line} {:>7} {:>11.3}",
+            gbps(s, te) * bus,
+            gbps(s, tf) * bus,
+            tr / tf,
             match choice.path {
-                Path::CompressedCollNet => formats[0].name(),
+                Path::CompressedCollNet => "fp8",
                 Path::Raw => "raw",
             },
             ratio
@@ -225,9 +292,10 @@ fn join<'a>(
     rank: usize,
     n: usize,
     ring_handle: &[u8; 128],
+    comm_id: u64,
 ) -> Result<(CollNet<'a>, Comm), String> {
     let mut coll = lib.collnet(NetVersion::V12)?;
-    coll.init(None)
+    coll.init_comm(None, comm_id)
         .map_err(|c| format!("collnet init: {c:?}"))?;
     let (handle, listen) = coll.listen(0).map_err(|c| format!("listen: {c:?}"))?;
     to_parent(&handle_to_hex(&handle))?;
@@ -239,11 +307,19 @@ fn join<'a>(
     if handles.len() != n {
         return Err(format!("{} handles for {n} members", handles.len()));
     }
+    let start = Instant::now();
     let comm = coll
         .connect(&mut handles, rank as i32, listen)
         .map_err(|c| format!("collnet connect: {c:?}"))?;
+    let connect_s = start.elapsed().as_secs_f64();
     coll.close_listen(listen)
         .map_err(|c| format!("closeListen: {c:?}"))?;
+    // What every rank's tuner of this communicator reads at its init.
+    let view = match store::read(comm_id) {
+        Ok(records) => calibrate::combine(&records),
+        Err(_) => NodeView::Unreadable,
+    };
+    to_parent(&calibration_line(&view, connect_s))?;
     Ok((coll, comm))
 }
 
@@ -260,7 +336,9 @@ pub fn member(o: &Opts) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     let lib = Library::open(&o.plugin()?)?;
     let (net, ring_listen, ring_handle) = crate::demo::join_ring(&lib)?;
-    let (coll, comm) = join(&lib, rank, n, &ring_handle)?;
+    let comm_id = u64::from_str_radix(o.get("comm").ok_or("--comm")?, 16)
+        .map_err(|e| format!("--comm: {e}"))?;
+    let (coll, comm) = join(&lib, rank, n, &ring_handle, comm_id)?;
     let mut next = handle_from_hex(&from_parent()?)?;
     let ring_send = net.connect_wait(0, &mut next, TIMEOUT)?;
     let ring_recv = net.accept_wait(ring_listen, TIMEOUT)?;

@@ -1,8 +1,13 @@
 //! `airamp tuner show`: the tuner's allreduce decisions for a job shape,
-//! from the same pure functions the plugin runs (`airamp::tuner`).
+//! from the same pure functions the plugin runs (`airamp::tuner`), on the
+//! configured profile or, with `--metrics`, on the figures a running job's
+//! tuner reports (agreed in the collective network's `connect`).
 
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use airamp::config::{self, Config};
 use airamp::tuner::{self, LinkProfile, Path as TunerPath, Policy};
@@ -45,6 +50,136 @@ fn human_time(us: f64) -> String {
     }
 }
 
+/// One communicator's tuner figures, as its metrics report them.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Reported {
+    source: String,
+    link_bytes_per_s: Option<f64>,
+    latency_s: Option<f64>,
+    encode_per_s: Option<f64>,
+    decode_per_s: Option<f64>,
+}
+
+/// `name{k="v",...} value` of one exposition line (labels without escapes,
+/// as airamp's tuner families have none).
+fn series(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
+    let (name, rest) = line.split_once('{')?;
+    let (labels, value) = rest.rsplit_once("} ")?;
+    let mut map = BTreeMap::new();
+    for kv in labels.split(',').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=')?;
+        map.insert(k, v.strip_prefix('"')?.strip_suffix('"')?);
+    }
+    let value = match value.trim() {
+        "+Inf" => f64::INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some((name, map, value))
+}
+
+/// Every communicator's figures in Prometheus text `text`, by `comm` label.
+fn reported(text: &str) -> BTreeMap<String, Reported> {
+    let mut out: BTreeMap<String, Reported> = BTreeMap::new();
+    for (name, labels, value) in text.lines().filter_map(series) {
+        let (Some(comm), Some(source)) = (labels.get("comm"), labels.get("source")) else {
+            continue;
+        };
+        let r = out.entry(comm.to_string()).or_default();
+        r.source = source.to_string();
+        match (name, labels.get("stage").copied()) {
+            ("airamp_tuner_link_bytes_per_second", _) => r.link_bytes_per_s = Some(value),
+            ("airamp_tuner_link_latency_seconds", _) => r.latency_s = Some(value),
+            ("airamp_tuner_codec_values_per_second", Some("encode")) => {
+                r.encode_per_s = Some(value)
+            }
+            ("airamp_tuner_codec_values_per_second", Some("decode")) => {
+                r.decode_per_s = Some(value)
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The exporter's text at `http://HOST:PORT[/PATH]`, or a file (the
+/// textfile collector's, or a saved scrape).
+fn fetch_metrics(src: &str) -> Result<String, String> {
+    let Some(rest) = src.strip_prefix("http://") else {
+        return std::fs::read_to_string(src).map_err(|e| format!("{src}: {e}"));
+    };
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/metrics".to_string()), |(h, p)| {
+            (h, format!("/{p}"))
+        });
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("{src}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| format!("{src}: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| format!("{src}: {e}"))?;
+    let (head, text) = body
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{src}: not an HTTP response"))?;
+    if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|c| c == "200") {
+        return Err(format!("{src}: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(text.to_string())
+}
+
+/// The profile a running job's tuner reported for one communicator.
+fn profile_from_metrics(
+    o: &Opts,
+    src: &str,
+    call_overhead_us: f64,
+) -> Result<(LinkProfile, String), String> {
+    let all = reported(&fetch_metrics(src)?);
+    let (comm, r) = match o.get("comm") {
+        Some(c) => {
+            let want = u64::from_str_radix(c.trim_start_matches("0x"), 16)
+                .map(|id| format!("{id:#018x}"))
+                .unwrap_or_else(|_| c.to_string());
+            let r = all
+                .get(&want)
+                .ok_or_else(|| format!("{src}: no tuner figures for comm {want}"))?;
+            (want, r.clone())
+        }
+        None if all.len() == 1 => {
+            let (c, r) = all.iter().next().expect("one");
+            (c.clone(), r.clone())
+        }
+        None => {
+            let list: Vec<String> = all
+                .iter()
+                .map(|(c, r)| format!("  comm {c} ({}): {:?} B/s", r.source, r.link_bytes_per_s))
+                .collect();
+            return Err(format!(
+                "{src}: {} communicators, pick one with --comm ID:\n{}",
+                all.len(),
+                list.join("\n")
+            ));
+        }
+    };
+    let need = |v: Option<f64>, what| v.ok_or_else(|| format!("{src}: comm {comm} has no {what}"));
+    let profile = LinkProfile {
+        gbps: need(r.link_bytes_per_s, "link bandwidth")? * 8.0 / 1e9,
+        latency_us: need(r.latency_s, "latency")? * 1e6,
+        encode_gvps: need(r.encode_per_s, "encode speed")? / 1e9,
+        decode_gvps: need(r.decode_per_s, "decode speed")? / 1e9,
+        call_overhead_us,
+    };
+    Ok((
+        profile,
+        format!("metrics of {src}, comm {comm}, source {}", r.source),
+    ))
+}
+
 pub fn show(o: &Opts) -> Result<ExitCode, String> {
     let ranks = o.num("ranks", 2)?;
     let nodes = o.num("nodes", 2)?;
@@ -55,7 +190,13 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
     if o.flag("fp8") {
         cfg.compression.fp8_allreduce = true;
     }
-    let (profile, source) = LinkProfile::from_config(&cfg.tuner);
+    let (profile, source) = match o.get("metrics") {
+        Some(src) => profile_from_metrics(o, src, cfg.tuner.call_overhead_us)?,
+        None => {
+            let (p, s) = LinkProfile::from_config(&cfg.tuner);
+            (p, s.to_string())
+        }
+    };
     let policy = Policy::from_config(&cfg);
     // The compressed column is shown even with FP8 off, for comparison.
     let what_if = Policy {
@@ -105,4 +246,29 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
         "\nother collectives: left to NCCL (the tuner only keeps NCCL from picking airamp's CollNet where its in-network cost model does not hold)"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_the_tuner_families() {
+        let text = "# HELP x y\n\
+airamp_tuner_link_bytes_per_second{comm=\"0x0000000000000abc\",source=\"agreed\"} 312500000\n\
+airamp_tuner_link_latency_seconds{comm=\"0x0000000000000abc\",source=\"agreed\"} 0.00004\n\
+airamp_tuner_codec_values_per_second{comm=\"0x0000000000000abc\",source=\"agreed\",stage=\"encode\"} 1500000000\n\
+airamp_tuner_codec_values_per_second{comm=\"0x0000000000000abc\",source=\"agreed\",stage=\"decode\"} 6500000000\n\
+airamp_tuner_crossover_bytes{comm=\"0x0000000000000abc\",source=\"agreed\"} +Inf\n\
+airamp_tuner_decisions_total{collective=\"allreduce\",algorithm=\"ring\",protocol=\"ll\"} 3\n";
+        let all = reported(text);
+        assert_eq!(all.len(), 1);
+        let r = &all["0x0000000000000abc"];
+        assert_eq!(r.source, "agreed");
+        assert_eq!(r.link_bytes_per_s, Some(312_500_000.0));
+        assert_eq!(r.latency_s, Some(0.00004));
+        assert_eq!((r.encode_per_s, r.decode_per_s), (Some(1.5e9), Some(6.5e9)));
+        assert_eq!(series("junk"), None);
+        assert_eq!(series("a{b=\"c\"} +Inf").map(|s| s.2), Some(f64::INFINITY));
+    }
 }

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Issue 10's acceptance table from collnet_compare.sh output directories
+(one per link): per size, bus bandwidth of Ring, CollNet FP8 and the tuner's
+choice, tuner / best of (Ring, CollNet FP8) against the bars (>= 0.9 at every
+size, >= 0.95 from 4 MiB), and the algorithm NCCL ran on each rank in the
+tuner runs (from the per-process NCCL_DEBUG_FILE logs), with a check that
+every rank ran the same. Also per communicator: what the collective
+network's members agreed on in connect and how long calibration took, the
+profile every rank's tuner logged, and the tuner's decision digests.
+
+Usage: calib_summarize.py OUTDIR [OUTDIR ...]   (exit status 1 if a bar or
+a cross-rank check fails)
+"""
+import glob
+import json
+import os
+import re
+import sys
+
+CALIB = re.compile(r"collnet calibration, member (\d+) of (\d+), comm (0x[0-9a-f]+): (.*); ([0-9.]+) ms in connect")
+TUNER = re.compile(r"tuner v(\d+): .*?comm (0x[0-9a-f]+).*?; calibration (.*?); profile \((.*?)\): (.*?); model crossover: (.*)$", re.MULTILINE)
+DIGEST = re.compile(r"tuner: comm (0x[0-9a-f]+): (\d+) decisions, digest (0x[0-9a-f]+)")
+RANK = re.compile(r"\brank (\d+) nranks (\d+)\b", re.IGNORECASE)
+ALGO = re.compile(r"AllReduce: (\d+) Bytes -> Algo (\S+) proto (\S+)")
+
+
+def best_rows(out, mode):
+    """bytes -> best busbw over the mode's runs (m.json, m-2.json)."""
+    rows = {}
+    for p in (os.path.join(out, mode + ".json"), os.path.join(out, mode + "-2.json")):
+        if os.path.exists(p):
+            for r in json.load(open(p))["results"]:
+                rows[r["bytes"]] = max(rows.get(r["bytes"], 0.0), r["busbw_GBps"])
+    return rows
+
+
+def process_logs(out, run):
+    """Per process of one run: its rank and what it logged."""
+    procs = []
+    for path in sorted(glob.glob(os.path.join(out, run + ".nccl.*.log"))):
+        text = open(path, errors="replace").read()
+        m = RANK.search(text)
+        procs.append({
+            "path": os.path.basename(path),
+            "rank": int(m.group(1)) if m else None,
+            "algos": {},
+            "calib": CALIB.findall(text),
+            "tuner": TUNER.findall(text),
+            "digest": DIGEST.findall(text),
+        })
+        for b, a, p in ALGO.findall(text):
+            procs[-1]["algos"].setdefault(int(b), set()).add(f"{a}/{p}")
+    return sorted(procs, key=lambda p: (p["rank"] is None, p["rank"] or 0, p["path"]))
+
+
+def human(b):
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if b >= 1 << shift:
+            return f"{b >> shift} {unit}"
+    return f"{b} B"
+
+
+def summarize(out):
+    ok = True
+    print(f"## {out}\n")
+    ring, fp8, tuner = (best_rows(out, m) for m in ("ring", "cn_fp8", "tuner"))
+    runs = [r for r in ("tuner", "tuner-2") if glob.glob(os.path.join(out, r + ".nccl.*.log"))]
+    per_run = {r: process_logs(out, r) for r in runs}
+    for run, procs in per_run.items():
+        print(f"### {run}: {len(procs)} processes")
+        for p in procs:
+            for member, n, comm, what, ms in p["calib"]:
+                print(f"- rank {p['rank']}: collective network member {member} of {n}, comm {comm}: "
+                      f"calibration {ms} ms in connect: {what}")
+        profiles = {}
+        for p in procs:
+            for version, comm, calib, source, profile, crossover in p["tuner"]:
+                profiles.setdefault(comm, []).append((p["rank"], f"{calib}; ({source}) {profile}; {crossover}"))
+        for comm, seen in profiles.items():
+            same = len({s for _, s in seen}) == 1
+            ok &= same
+            print(f"- comm {comm}: tuner profile on ranks {[r for r, _ in seen]}: "
+                  f"{'identical' if same else 'DIFFERENT'}: {seen[0][1]}")
+            if not same:
+                for r, s in seen:
+                    print(f"  - rank {r}: {s}")
+        digests = {}
+        for p in procs:
+            for comm, calls, digest in p["digest"]:
+                digests.setdefault(comm, []).append((p["rank"], calls, digest))
+        for comm, seen in digests.items():
+            same = len({(c, d) for _, c, d in seen}) == 1
+            ok &= same
+            print(f"- comm {comm}: decision digests {seen}: {'identical' if same else 'DIFFERENT'}")
+        print()
+    sizes = sorted(set(ring) | set(fp8) | set(tuner))
+    print("| size | Ring GB/s | CollNet FP8 GB/s | tuner GB/s | tuner / best | bar | NCCL ran (tuner runs) | same on every rank |")
+    print("|---|---|---|---|---|---|---|---|")
+    worst = None
+    for s in sizes:
+        r, f, t = ring.get(s), fp8.get(s), tuner.get(s)
+        best = max(v for v in (r, f) if v is not None) if (r or f) else None
+        ratio = t / best if t and best else None
+        bar = 0.95 if s >= 4 << 20 else 0.9
+        passed = ratio is not None and ratio >= bar
+        ok &= passed
+        worst = ratio if worst is None or (ratio is not None and ratio < worst) else worst
+        ran, same = set(), True
+        for procs in per_run.values():
+            seen = [frozenset(p["algos"].get(s, ())) for p in procs]
+            same &= len(set(seen)) <= 1
+            for x in seen:
+                ran |= x
+        ok &= same
+        fmt = lambda v: f"{v:.3f}" if v is not None else "-"
+        print(f"| {human(s)} | {fmt(r)} | {fmt(f)} | {fmt(t)} | {fmt(ratio)} | {'ok' if passed else 'FAIL'} >= {bar} "
+              f"| {', '.join(sorted(ran)) or '-'} | {'yes' if same else 'NO'} |")
+    print(f"\nworst tuner / best: {worst if worst is None else f'{worst:.3f}'}\n")
+    return ok
+
+
+def main():
+    dirs = sys.argv[1:] or ["."]
+    ok = all([summarize(d) for d in dirs])
+    print("all bars and cross-rank checks:", "PASS" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

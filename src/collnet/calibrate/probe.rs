@@ -1,0 +1,614 @@
+//! The calibration rounds, run by every member of a group inside the join,
+//! over the group's own links (the real streams, stream threads doing the
+//! I/O):
+//!
+//! 1. latency ([`measure_links`], right after READY): lockstep rounds of
+//!    one 8-byte message to every other member;
+//! 2. bandwidth (same): a burst of [`BURST_BYTES`] from every member,
+//!    spread over every peer on one connection each way, all members at
+//!    once (both directions of every link busy, as in an allreduce);
+//! 3. the compressed path ([`finish`], on the started group): FP8
+//!    allreduces of [`PROBE_VALUES`] bf16 values through the group itself.
+//!    The executor's codec rates are slowed (never sped up) until the
+//!    tuner's model predicts the time measured, so the model accounts for
+//!    everything the path costs on this host (cores shared with the stream
+//!    threads, copies, scheduling), not only the codec kernels;
+//! 4. reports: an allgather of every member's figures (or "failed"); each
+//!    member computes [`agree`] over the same reports in member order;
+//! 5. commit: each member files the agreed record for its node, then an
+//!    allgather says so. A member that cannot file it fails its join and
+//!    closes its links, so every member's join fails: a group either has
+//!    its record on every node or does not exist (NCCL then runs without
+//!    CollNet).
+//!
+//! Every member makes the same calls in the same order, whatever its own
+//! measurement gave; every wait is bounded by the join's deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::store::{self, RecordFile};
+use super::{
+    agree, latency_us, rate_gbps, Agreed, ExecutorRates, Fallback, Figures, MemberReport, Record,
+};
+use crate::codec::WireFormat as ModelFormat;
+use crate::collnet::device::Place;
+use crate::collnet::group::{Group, PeerLinks};
+use crate::collnet::lend::{Payload, RecvBuf};
+use crate::collnet::pool::Shared;
+use crate::collnet::steps::Lane;
+use crate::collnet::{DataType, RedOp};
+use crate::error::{NetError, NetResult, PeerFailure};
+use crate::sys::RawBuf;
+use crate::tuner::{collnet_allreduce_us, LinkProfile};
+
+/// Tags of calibration messages: above any step tag a group reaches during
+/// calibration (steps count from 0 and start only afterwards).
+const TAG_PING: i32 = 0x7fff_ff01;
+const TAG_BURST: i32 = 0x7fff_ff02;
+
+const WARMUP_ROUNDS: u32 = 4;
+const ROUNDS: u32 = 24;
+/// Bytes every member sends in the bandwidth burst (and receives): enough
+/// to pass a 4 MB token-bucket burst and reach the steady rate, short
+/// enough for ~30 ms at 5 Gbit/s.
+pub const BURST_BYTES: usize = 16 << 20;
+/// Burst messages a member sends to a peer ahead of those it has
+/// received from that peer.
+const WINDOW: usize = 4;
+const COMMIT: &[u8; 8] = b"AIRCALOK";
+/// bf16 values of each probing FP8 allreduce: 1 MiB, one segment, where
+/// the model adds codec and wire time (no overlap) and so is least
+/// forgiving of a wrong codec figure; also the size of the calls NCCL's
+/// CollNet makes (<= 2 MiB each).
+pub const PROBE_VALUES: usize = 512 << 10;
+/// Probing allreduces: the first warms the path up, the best of the rest
+/// counts (noise only ever adds time; on a busy host a burst of load can
+/// cover several calls in a row).
+const PROBE_CALLS: usize = 9;
+
+/// Where a group's agreed record is filed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordKey {
+    /// NCCL's communicator id (`commHash`), from the collective network's
+    /// per-communicator context.
+    pub comm_id: u64,
+    /// [`super::group_key`] of the group's listen handles.
+    pub group_key: u64,
+}
+
+/// What this member brings to the calibration.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// This member asks for the rounds (said in its hello; they run only
+    /// if every member asks).
+    pub ask: bool,
+    /// Codec speed of the executor the group will use, or why it is
+    /// unknown (then this member reports a failed measurement).
+    pub rates: Result<ExecutorRates, String>,
+    /// Where to file the agreed record, when NCCL named the communicator.
+    pub record: Option<RecordKey>,
+    /// The tuner model's fixed cost per call (`tuner.call_overhead_us`),
+    /// for fitting the codec rates to the probing allreduces.
+    pub call_overhead_us: f64,
+    /// bf16 values of each probing allreduce ([`PROBE_VALUES`]; the same
+    /// on every member).
+    pub probe_values: usize,
+}
+
+/// The outcome of [`finish`] on one member.
+pub struct Calibrated {
+    /// Identical on every member of the group.
+    pub agreed: Agreed,
+    /// This member's own figures (`None`: not run, or its measurement failed).
+    pub local: Option<Figures>,
+    /// Time the rounds took on this member.
+    pub took: Duration,
+    /// This member's best probing FP8 allreduce, if it ran.
+    pub probe: Option<Duration>,
+    /// The filed record; dropping it removes the file (when the group closes).
+    pub record: Option<RecordFile>,
+}
+
+struct Ctx<'a> {
+    links: &'a mut [Option<PeerLinks>],
+    rank: usize,
+    deadline: Instant,
+}
+
+impl Ctx<'_> {
+    fn peers(&self) -> Vec<usize> {
+        (0..self.links.len())
+            .filter(|&j| self.links[j].is_some())
+            .collect()
+    }
+
+    fn link(&mut self, j: usize) -> &mut PeerLinks {
+        self.links[j].as_mut().expect("a peer with links")
+    }
+
+    fn check_deadline(&self, what: &str) -> NetResult<()> {
+        if Instant::now() > self.deadline {
+            return Err(deadline_error(self.rank, self.links.len(), what));
+        }
+        Ok(())
+    }
+
+    /// Sends `msg` to every other member on the contribution lane and
+    /// receives one message of `len` bytes from each; member order.
+    fn all_to_all(
+        &mut self,
+        msg: &[u8],
+        len: usize,
+        tag: i32,
+        what: &str,
+    ) -> NetResult<Vec<Vec<u8>>> {
+        let peers = self.peers();
+        let lane = Lane::Contrib as usize;
+        let shared: Shared = Arc::new(msg.to_vec());
+        let mut sent = vec![false; self.links.len()];
+        let mut drained = vec![false; self.links.len()];
+        let mut posted: Vec<Option<Vec<u8>>> = (0..self.links.len())
+            .map(|_| Some(vec![0u8; len]))
+            .collect();
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; self.links.len()];
+        loop {
+            let mut done = true;
+            for &j in &peers {
+                let l = self.link(j);
+                if let Some(buf) = posted[j].take() {
+                    if let Err(buf) = l.rx[lane].post(RecvBuf::Heap(buf), tag)? {
+                        posted[j] = buf.into_heap();
+                    }
+                }
+                if !sent[j] {
+                    sent[j] = l.tx[lane]
+                        .send(Payload::Heap(Arc::clone(&shared)), tag)?
+                        .is_ok();
+                }
+                if sent[j] && !drained[j] {
+                    drained[j] = l.tx[lane].poll_sent()?.is_some();
+                }
+                if posted[j].is_none() && got[j].is_none() {
+                    got[j] = l.rx[lane].poll_received()?.and_then(RecvBuf::into_heap);
+                }
+                done &= drained[j] && got[j].is_some();
+            }
+            if done {
+                break;
+            }
+            self.check_deadline(what)?;
+            std::thread::yield_now();
+        }
+        let mut out = Vec::with_capacity(peers.len());
+        for &j in &peers {
+            let b = got[j].take().expect("received");
+            if b.len() != len {
+                return Err(protocol(
+                    j,
+                    format!("{what}: {}-byte message, expected {len}", b.len()),
+                ));
+            }
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// Lockstep rounds; returns the measured rounds' durations (ns).
+    fn latency_rounds(&mut self) -> NetResult<Vec<u64>> {
+        let peers = self.peers();
+        let mut rounds = Vec::with_capacity(ROUNDS as usize);
+        for round in 0..WARMUP_ROUNDS + ROUNDS {
+            let mut msg = *b"PING\0\0\0\0";
+            msg[4..].copy_from_slice(&round.to_le_bytes());
+            let start = Instant::now();
+            let got = self.all_to_all(&msg, msg.len(), TAG_PING, "latency rounds")?;
+            let ns = start.elapsed().as_nanos() as u64;
+            for (b, &j) in got.iter().zip(&peers) {
+                if b[..] != msg[..] {
+                    return Err(protocol(
+                        j,
+                        format!("latency round {round}: unexpected message"),
+                    ));
+                }
+            }
+            if round >= WARMUP_ROUNDS {
+                rounds.push(ns);
+            }
+        }
+        Ok(rounds)
+    }
+
+    /// The burst; returns this member's receive completions (ns, bytes).
+    /// To each peer it sends at most [`WINDOW`] messages ahead of what it
+    /// has received from that peer, so both directions of every link stay
+    /// busy together, as an allreduce's steps keep them (a shaper with one
+    /// deep queue for both directions would otherwise drain one whole
+    /// direction first).
+    fn burst(&mut self) -> NetResult<Vec<(u64, usize)>> {
+        let peers = self.peers();
+        let per_peer = BURST_BYTES / peers.len().max(1);
+        let msg = ((per_peer / 4).clamp(64 << 10, 1 << 20) >> 12) << 12;
+        let count = per_peer.div_ceil(msg).max(4);
+        let payload: Shared = Arc::new(vec![0x5a; msg]);
+        // One connection per peer and direction, as NCCL's ring uses (and
+        // the collective network's reduce-scatter phase).
+        let lane = Lane::Contrib as usize;
+        #[derive(Clone, Default)]
+        struct Peer {
+            sent: usize,
+            sending: usize,
+            posted: usize,
+            received: usize,
+            spare: Vec<Vec<u8>>,
+        }
+        let mut state = vec![Peer::default(); self.links.len()];
+        let mut completions = Vec::with_capacity(count * peers.len());
+        let start = Instant::now();
+        loop {
+            let mut done = true;
+            for &j in &peers {
+                let p = &mut state[j];
+                let l = self.links[j].as_mut().expect("a peer with links");
+                while p.posted < count && p.posted - p.received < WINDOW {
+                    let mut buf = p.spare.pop().unwrap_or_default();
+                    buf.resize(msg, 0);
+                    if let Err(buf) = l.rx[lane].post(RecvBuf::Heap(buf), TAG_BURST)? {
+                        p.spare.extend(buf.into_heap());
+                        break;
+                    }
+                    p.posted += 1;
+                }
+                while p.received < p.posted {
+                    let Some(buf) = l.rx[lane].poll_received()?.and_then(RecvBuf::into_heap) else {
+                        break;
+                    };
+                    if buf.len() != msg {
+                        return Err(protocol(
+                            j,
+                            format!("burst message of {} bytes, expected {msg}", buf.len()),
+                        ));
+                    }
+                    completions.push((start.elapsed().as_nanos() as u64, buf.len()));
+                    p.received += 1;
+                    p.spare.push(buf);
+                }
+                while p.sent < count && p.sent < p.received + WINDOW {
+                    if l.tx[lane]
+                        .send(Payload::Heap(Arc::clone(&payload)), TAG_BURST)?
+                        .is_err()
+                    {
+                        break;
+                    }
+                    p.sent += 1;
+                    p.sending += 1;
+                }
+                while p.sending > 0 && l.tx[lane].poll_sent()?.is_some() {
+                    p.sending -= 1;
+                }
+                done &= p.sent == count && p.sending == 0 && p.received == count;
+            }
+            if done {
+                break;
+            }
+            self.check_deadline("bandwidth burst")?;
+            // As NCCL's proxy thread does: poll without pause (yielding to
+            // the stream threads), so the next message goes out as soon as
+            // the window allows.
+            std::thread::yield_now();
+        }
+        Ok(completions)
+    }
+}
+
+fn protocol(from: usize, why: String) -> NetError {
+    NetError::peer(
+        format_args!("collnet member {from} (calibration)"),
+        PeerFailure::Protocol(why),
+    )
+}
+
+fn deadline_error(rank: usize, n: usize, what: &str) -> NetError {
+    NetError::peer(
+        format_args!("collnet group of {n} (member {rank})"),
+        PeerFailure::ConnectFailed(format!(
+            "calibration ({what}) not complete by the connect deadline"
+        )),
+    )
+}
+
+/// What [`measure_links`] found on this member.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkFigures {
+    pub gbps: f64,
+    pub latency_us: f64,
+}
+
+/// Rounds 1 and 2 on member `rank` of the group whose links are `links`
+/// (`links[rank]` is `None`), before the group starts: `None` when the
+/// timings give no usable figure (the member still took part in every
+/// round). Every message is consumed and every send drained before it
+/// returns, so the group starts on clean links.
+pub fn measure_links(
+    links: &mut [Option<PeerLinks>],
+    rank: usize,
+    deadline: Instant,
+) -> NetResult<Option<LinkFigures>> {
+    let mut ctx = Ctx {
+        links,
+        rank,
+        deadline,
+    };
+    let rounds = ctx.latency_rounds()?;
+    let completions = ctx.burst()?;
+    Ok(match (latency_us(&rounds), rate_gbps(&completions)) {
+        (Some(latency_us), Some(gbps)) => Some(LinkFigures { gbps, latency_us }),
+        _ => None,
+    })
+}
+
+/// Host buffers the group works on during calibration.
+struct Buffers {
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+impl Buffers {
+    fn place(v: &mut [u8]) -> Place {
+        // SAFETY: `finish` keeps the vectors alive and untouched until every
+        // call on them has completed, or drops the group (joining its
+        // workers) before dropping them.
+        Place::Host(unsafe { RawBuf::new(v.as_mut_ptr(), v.len()) })
+    }
+}
+
+/// Runs one call on the group until it completes.
+fn complete(group: &mut Group, op: u64, deadline: Instant, what: &str) -> NetResult<()> {
+    loop {
+        if group.test(op)?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let p = group.params();
+            return Err(deadline_error(p.rank, p.n, what));
+        }
+        // NCCL's proxy thread polls without pause; so does this.
+        std::thread::yield_now();
+    }
+}
+
+/// Allgathers `mine` (the same length on every member): member order.
+fn all_gather(
+    group: &mut Group,
+    bufs: &mut Buffers,
+    mine: &[u8],
+    deadline: Instant,
+    what: &str,
+) -> NetResult<Vec<Vec<u8>>> {
+    let n = group.params().n;
+    bufs.input.clear();
+    bufs.input.extend_from_slice(mine);
+    bufs.output.clear();
+    bufs.output.resize(n * mine.len(), 0);
+    let input = Buffers::place(&mut bufs.input);
+    let output = Buffers::place(&mut bufs.output);
+    let op = group.all_gather(input, vec![output], mine.len(), 0, n * mine.len())?;
+    complete(group, op, deadline, what)?;
+    Ok(bufs.output.chunks(mine.len()).map(<[u8]>::to_vec).collect())
+}
+
+/// Best seconds of the probing FP8 allreduces of `values` bf16 values
+/// through the group.
+fn time_fp8(
+    group: &mut Group,
+    bufs: &mut Buffers,
+    values: usize,
+    deadline: Instant,
+) -> NetResult<f64> {
+    let bytes = values * 2;
+    bufs.input.clear();
+    bufs.input.extend((0..values).flat_map(|i| {
+        crate::codec::f32_to_bf16(((i * 7919) % 1000) as f32 * 0.013 - 6.5).to_ne_bytes()
+    }));
+    bufs.output.clear();
+    bufs.output.resize(bytes, 0);
+    let mut best = f64::INFINITY;
+    for call in 0..PROBE_CALLS {
+        let start = Instant::now();
+        let input = Buffers::place(&mut bufs.input);
+        let output = Buffers::place(&mut bufs.output);
+        let op = group.all_reduce(input, output, values, DataType::Bf16, RedOp::Sum)?;
+        complete(group, op, deadline, "probing allreduce")?;
+        if call > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(best)
+}
+
+/// The executor's rates slowed by the smallest factor (>= 1, found by
+/// bisection, deterministic) that makes the model's time of an FP8
+/// allreduce of `bytes` over `n` members reach `measured_us`.
+pub fn fit_codec(
+    bytes: u64,
+    n: usize,
+    measured_us: f64,
+    link: LinkFigures,
+    rates: ExecutorRates,
+    call_overhead_us: f64,
+) -> ExecutorRates {
+    let predict = |k: f64| {
+        let p = LinkProfile {
+            gbps: link.gbps,
+            latency_us: link.latency_us,
+            encode_gvps: rates.encode_gvps / k,
+            decode_gvps: rates.decode_gvps / k,
+            call_overhead_us,
+        };
+        collnet_allreduce_us(bytes, n, 1, &p, Some(ModelFormat::E4M3))
+    };
+    const MAX_SLOWDOWN: f64 = 1000.0;
+    // A NaN measurement counts as fast: the executor's rates stand.
+    let k = if measured_us.is_nan() || measured_us <= predict(1.0) {
+        1.0
+    } else if predict(MAX_SLOWDOWN) < measured_us {
+        MAX_SLOWDOWN
+    } else {
+        let (mut lo, mut hi) = (1.0f64, MAX_SLOWDOWN);
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if predict(mid) < measured_us {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        hi
+    };
+    ExecutorRates {
+        encode_gvps: rates.encode_gvps / k,
+        decode_gvps: rates.decode_gvps / k,
+    }
+}
+
+/// Rounds 3 to 5 on the started `group`, after [`measure_links`] gave
+/// `link` (if `run`: every member asked). Files the agreed record when
+/// `setup.record` names the communicator. Identical `agreed` on every
+/// member, or an error on every member (a failed link, a peer's protocol
+/// error, a record that cannot be filed, or the deadline); on error the
+/// group is closed.
+pub fn finish(
+    group: Group,
+    run: bool,
+    link: Option<LinkFigures>,
+    setup: Setup,
+    deadline: Instant,
+    started: Instant,
+) -> NetResult<(Group, Calibrated)> {
+    let mut group = group;
+    let mut bufs = Buffers {
+        input: Vec::new(),
+        output: Vec::new(),
+    };
+    let result = finish_on(&mut group, &mut bufs, run, link, setup, deadline, started);
+    match result {
+        Ok(c) => Ok((group, c)),
+        Err(e) => {
+            // The group (and its workers) go before the buffers they use.
+            drop(group);
+            drop(bufs);
+            Err(e)
+        }
+    }
+}
+
+fn finish_on(
+    group: &mut Group,
+    bufs: &mut Buffers,
+    run: bool,
+    link: Option<LinkFigures>,
+    setup: Setup,
+    deadline: Instant,
+    started: Instant,
+) -> NetResult<Calibrated> {
+    let (rank, n) = (group.params().rank, group.params().n);
+    let record_of = |key: RecordKey, agreed| Record {
+        comm_id: key.comm_id,
+        group_key: key.group_key,
+        members: n as u32,
+        agreed,
+    };
+    if !run || n < 2 {
+        let agreed = Agreed::Fallback(Fallback::NotRun);
+        // Best effort: a missing record and a "not run" one mean the same
+        // to the tuner (the configured profile on every rank).
+        let record = setup.record.and_then(|key| {
+            store::write(&record_of(key, agreed))
+                .map_err(|e| crate::warn!("collnet calibration: cannot file the record: {e}"))
+                .ok()
+        });
+        return Ok(Calibrated {
+            agreed,
+            local: None,
+            took: started.elapsed(),
+            probe: None,
+            record,
+        });
+    }
+    // Every member runs the probing calls (the group agreed on FP8 or not
+    // identically); only their use depends on this member's figures.
+    let fp8 = group.params().fp8.is_some();
+    let probe_s = if fp8 {
+        Some(time_fp8(group, bufs, setup.probe_values, deadline)?)
+    } else {
+        None
+    };
+    let local = match (&setup.rates, link, probe_s) {
+        (Ok(rates), Some(link), Some(secs)) => {
+            let fitted = fit_codec(
+                (setup.probe_values * 2) as u64,
+                n,
+                secs * 1e6,
+                link,
+                *rates,
+                setup.call_overhead_us,
+            );
+            Some(Figures {
+                gbps: link.gbps,
+                latency_us: link.latency_us,
+                encode_gvps: fitted.encode_gvps,
+                decode_gvps: fitted.decode_gvps,
+            })
+            .filter(Figures::is_valid)
+        }
+        _ => None,
+    };
+    if local.is_none() {
+        crate::warn!(
+            "collnet calibration: member {rank}'s measurement failed ({}); the group falls back to the configured profile",
+            match (&setup.rates, link, fp8) {
+                (Err(e), _, _) => e.clone(),
+                (_, None, _) => "no usable link figures".to_string(),
+                (_, _, false) => "the group does not run FP8 (formats differ)".to_string(),
+                _ => "figures out of range".to_string(),
+            }
+        );
+    }
+    let mine = MemberReport {
+        rank: rank as u32,
+        figures: local,
+    };
+    let got = all_gather(group, bufs, &mine.encode(), deadline, "reports")?;
+    let mut reports = Vec::with_capacity(n);
+    for (j, b) in got.iter().enumerate() {
+        reports.push(if j == rank {
+            mine
+        } else {
+            MemberReport::decode(b, j as u32).map_err(|e| protocol(j, e.to_string()))?
+        });
+    }
+    let agreed = agree(&reports);
+    let record = match setup.record {
+        Some(key) => Some(store::write(&record_of(key, agreed)).map_err(|e| {
+            NetError::Internal(format!(
+                "collnet calibration: cannot file the agreed record for the node's ranks: {e}"
+            ))
+        })?),
+        None => None,
+    };
+    for (j, b) in all_gather(group, bufs, COMMIT, deadline, "commit")?
+        .iter()
+        .enumerate()
+    {
+        if b[..] != COMMIT[..] {
+            return Err(protocol(j, "bad commit message".into()));
+        }
+    }
+    Ok(Calibrated {
+        agreed,
+        local,
+        took: started.elapsed(),
+        probe: probe_s.map(Duration::from_secs_f64),
+        record,
+    })
+}

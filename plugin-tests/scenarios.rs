@@ -575,6 +575,7 @@ fn silent_peer_times_out() -> TestResult {
         connection: 1,
         stream: 0,
         streams: 1,
+        heartbeat_ms: handle.heartbeat_ms,
     };
     s.write_all(&hello.encode()).map_err(|e| e.to_string())?;
     let h = FrameHeader {
@@ -642,6 +643,7 @@ fn hostile_connections_are_harmless() -> TestResult {
                 connection: 7,
                 stream: 0,
                 streams: 4,
+                heartbeat_ms: 1000,
             }
             .encode(),
         )

@@ -189,11 +189,12 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
     let plugin = airamp::net::Plugin::from_config(cfg);
     let dev = plugin.devices.first().ok_or("no network device")?;
     println!(
-        "airamp bench net: {} {} | streams={} chunk={} B | messages of {} B, window {}, {} MiB total",
+        "airamp bench net: {} {} | streams={} chunk={} B inline={} B | messages of {} B, window {}, {} MiB total",
         dev.net.ifname,
         dev.net.addr,
         plugin.settings.streams,
         plugin.settings.chunk_bytes,
+        plugin.settings.inline_bytes,
         p.size,
         p.window,
         p.total >> 20

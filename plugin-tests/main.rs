@@ -5,6 +5,7 @@
 //! `plugin-tests --child ROLE ...` is how scenarios start their peers.
 
 mod collnet;
+mod faults;
 mod scenarios;
 mod support;
 

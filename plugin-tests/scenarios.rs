@@ -11,6 +11,7 @@ use airamp::abi::client::{
 use airamp::transport::wire::{FrameHeader, Hello, ListenHandle};
 
 use crate::collnet;
+use crate::faults;
 use crate::support::*;
 
 type Scenario = fn() -> TestResult;
@@ -58,6 +59,24 @@ pub const ALL: &[(&str, Scenario)] = &[
         "collnet_failed_member_fails_everyone",
         collnet::collnet_failed_member_fails_everyone,
     ),
+    (
+        "fault_link_down_at_survivor",
+        faults::fault_link_down_at_survivor,
+    ),
+    ("fault_link_down_at_peer", faults::fault_link_down_at_peer),
+    ("fault_peer_killed", faults::fault_peer_killed),
+    (
+        "fault_peer_frozen_past_timeout",
+        faults::fault_peer_frozen_past_timeout,
+    ),
+    (
+        "fault_peer_frozen_briefly",
+        faults::fault_peer_frozen_briefly,
+    ),
+    (
+        "fault_slow_receiver_is_never_failed",
+        faults::fault_slow_receiver_is_never_failed,
+    ),
 ];
 
 /// Child roles, dispatched from `--child ROLE ARGS...`.
@@ -78,6 +97,7 @@ pub fn child(args: &[String]) -> TestResult {
         "metrics" => child_metrics(arg(1).parse().unwrap_or(0)),
         "metrics-port-taken" => child_metrics_port_taken(),
         "metrics-busy" => child_metrics_busy(),
+        "fault-node" => faults::child_node(&args[1..]),
         role @ ("coll-exact" | "coll-fp8" | "coll-mixed" | "coll-quitter") => {
             let (rank, n, v) = (
                 arg(1).parse().unwrap_or(0),

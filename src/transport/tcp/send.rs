@@ -174,6 +174,11 @@ impl Shared {
                 };
                 let bulk = self.is_bulk(total);
                 if bulk && who == Pumper::Caller {
+                    // Queued behind small messages, it may not have woken
+                    // the threads when it was pushed.
+                    if self.sleepers.any() {
+                        self.wake.notify_all();
+                    }
                     return Ok(Blocked::NoWork);
                 }
                 let chunk = queue.next_chunk().expect("the queue has a head");

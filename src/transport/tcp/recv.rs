@@ -271,7 +271,12 @@ impl Shared {
 
     /// Leaves stream `index` to its thread, waking it if it sleeps.
     fn hand_off(&self, index: usize) {
-        if !self.handoff[index].swap(true, Ordering::SeqCst) && self.idle_sleepers.any() {
+        let flag = &self.handoff[index];
+        // Already handed off and not yet picked up: nothing new to say.
+        if !flag.load(Ordering::Relaxed)
+            && !flag.swap(true, Ordering::SeqCst)
+            && self.idle_sleepers.any()
+        {
             let _guard = self.lock();
             self.idle_wake.notify_all();
         }

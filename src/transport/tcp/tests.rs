@@ -85,9 +85,21 @@ fn messages_of_every_shape_arrive_intact() {
         let (send, recv) = pair(&s);
         send.set_caller_assists(caller_assists);
         recv.set_caller_assists(caller_assists);
-        for (i, len) in [0usize, 1, 7, 4096, 65_537, 1 << 20, 3_000_001]
-            .into_iter()
-            .enumerate()
+        for (i, len) in [
+            0usize,
+            1,
+            7,
+            4096,
+            8159,
+            8160,
+            8161,
+            8192,
+            65_537,
+            1 << 20,
+            3_000_001,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut src = pattern(len, i as u8);
             let mut dst = vec![0u8; len + 100];
@@ -328,4 +340,35 @@ fn receiver_fails_a_sender_that_sends_no_heartbeat() {
     assert!(err.to_string().contains("no heartbeat"), "{err}");
     assert!(start.elapsed() >= LIVE_TIMEOUT / 2, "{:?}", start.elapsed());
     drop(raw);
+}
+
+/// Many small messages queued before any receive is posted: one read of the
+/// staging buffer then holds several frames, split anywhere.
+#[test]
+fn small_messages_piled_up_arrive_intact() {
+    let (send, recv) = pair(&settings(1));
+    let sizes: Vec<usize> = (0..30).map(|i| (i * 977) % 3001).collect();
+    let mut srcs: Vec<Vec<u8>> = sizes.iter().map(|&n| pattern(n, n as u8)).collect();
+    let sends: Vec<_> = srcs
+        .iter_mut()
+        .map(|b| send.isend(buf(b), 3).unwrap().unwrap())
+        .collect();
+    for t in &sends {
+        wait(|| t.test()).unwrap();
+    }
+    let mut dsts: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n + 7]).collect();
+    let recvs: Vec<_> = dsts
+        .iter_mut()
+        .map(|d| recv.irecv(vec![(buf(d), 3)]).unwrap().unwrap())
+        .collect();
+    for (r, &n) in recvs.iter().zip(&sizes) {
+        assert_eq!(
+            wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap(),
+            vec![n as u64]
+        );
+    }
+    drop((sends, recvs));
+    for (s, d) in srcs.iter().zip(&dsts) {
+        assert_eq!(&d[..s.len()], &s[..]);
+    }
 }

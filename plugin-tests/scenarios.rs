@@ -11,7 +11,7 @@ use airamp::abi::client::{
 use airamp::transport::wire::{FrameHeader, Hello, ListenHandle};
 
 use crate::support::*;
-use crate::{calibration, collnet};
+use crate::{calibration, collnet, faults};
 
 type Scenario = fn() -> TestResult;
 
@@ -70,6 +70,24 @@ pub const ALL: &[(&str, Scenario)] = &[
         "collnet_calibration_agreed_by_every_rank",
         calibration::calibration_agreed_by_every_rank,
     ),
+    (
+        "fault_link_down_at_survivor",
+        faults::fault_link_down_at_survivor,
+    ),
+    ("fault_link_down_at_peer", faults::fault_link_down_at_peer),
+    ("fault_peer_killed", faults::fault_peer_killed),
+    (
+        "fault_peer_frozen_past_timeout",
+        faults::fault_peer_frozen_past_timeout,
+    ),
+    (
+        "fault_peer_frozen_briefly",
+        faults::fault_peer_frozen_briefly,
+    ),
+    (
+        "fault_slow_receiver_is_never_failed",
+        faults::fault_slow_receiver_is_never_failed,
+    ),
 ];
 
 /// Child roles, dispatched from `--child ROLE ARGS...`.
@@ -90,6 +108,7 @@ pub fn child(args: &[String]) -> TestResult {
         "metrics" => child_metrics(arg(1).parse().unwrap_or(0)),
         "metrics-port-taken" => child_metrics_port_taken(),
         "metrics-busy" => child_metrics_busy(),
+        "fault-node" => faults::child_node(&args[1..]),
         role
         @ ("coll-exact" | "coll-fp8" | "coll-mixed" | "coll-mixed-format" | "coll-quitter") => {
             let (rank, n, v) = (
@@ -596,6 +615,7 @@ fn silent_peer_times_out() -> TestResult {
         connection: 1,
         stream: 0,
         streams: 1,
+        heartbeat_ms: handle.heartbeat_ms,
     };
     s.write_all(&hello.encode()).map_err(|e| e.to_string())?;
     let h = FrameHeader {
@@ -663,6 +683,7 @@ fn hostile_connections_are_harmless() -> TestResult {
                 connection: 7,
                 stream: 0,
                 streams: 4,
+                heartbeat_ms: 1000,
             }
             .encode(),
         )

@@ -116,6 +116,10 @@ pub struct TransportConfig {
     /// `SO_SNDBUF`/`SO_RCVBUF` bytes; 0 = kernel autotuning.
     pub socket_buffer: usize,
     pub peer_timeout_ms: u64,
+    /// Messages up to this many bytes are moved by NCCL's proxy thread
+    /// itself, larger ones by the stream threads; `None` means auto
+    /// ([`TransportConfig::inline_bytes`]).
+    pub inline_bytes: Option<u64>,
     pub handshake_timeout_ms: u64,
 }
 
@@ -133,6 +137,19 @@ impl TransportConfig {
     }
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
+    }
+    /// Largest message NCCL's proxy thread moves itself. `auto`: 64 KiB
+    /// where the stream threads have cores of their own (8 or more), so the
+    /// proxy stays free and large messages are copied in parallel; every
+    /// message on smaller hosts, where extra busy threads only compete with
+    /// the proxy (which polls anyway) for the same cores.
+    pub fn inline_bytes(&self) -> u64 {
+        self.inline_bytes.unwrap_or_else(|| {
+            match std::thread::available_parallelism().map_or(2, |n| n.get()) {
+                0..=7 => 1 << 30,
+                _ => 64 << 10,
+            }
+        })
     }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
@@ -252,6 +269,7 @@ impl Default for Config {
                 chunk_size: 512 << 10,
                 socket_buffer: 0,
                 peer_timeout_ms: 30_000,
+                inline_bytes: None,
                 handshake_timeout_ms: 10_000,
             },
             metrics: MetricsConfig {
@@ -560,13 +578,30 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_PEER_TIMEOUT_MS",
         default: "30000",
         accepted: "integer milliseconds 100..=3600000",
-        doc: "How long a stalled peer may stay silent mid-transfer before test() reports an error.",
+        doc: "A connection whose peer sends nothing, not even a heartbeat, for this long fails with ncclRemoteError (both sides send a heartbeat every quarter of it). A peer that is merely slow to post a receive is never failed.",
         example: "30000",
         apply: |c, r| {
             c.transport.peer_timeout_ms = want_int(r, 100, 3_600_000)? as u64;
             Ok(())
         },
         show: |c| c.transport.peer_timeout_ms.to_string(),
+    },
+    KeySpec {
+        name: "transport.inline_bytes",
+        env: "AIRAMP_INLINE_BYTES",
+        default: "auto",
+        accepted: "auto, or bytes 0..=1073741824; plain integer or suffix K, KiB, M, MiB",
+        doc: "Messages up to this size are sent and received by NCCL's proxy thread itself inside isend/test (one system call each way, no thread wake-up); larger ones by the stream threads, in parallel. `auto`: 64K on hosts with 8 or more cores, every message (1G) on smaller ones.",
+        example: "\"auto\"",
+        apply: |c, r| {
+            c.transport.inline_bytes = match r {
+                Raw::Str(s) if s.trim().eq_ignore_ascii_case("auto") => None,
+                Raw::Toml(toml::Value::String(s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                _ => Some(want_bytes(r, |n| n <= 1 << 30)? as u64),
+            };
+            Ok(())
+        },
+        show: |c| c.transport.inline_bytes.map_or_else(|| "auto".to_string(), |n| n.to_string()),
     },
     KeySpec {
         name: "transport.handshake_timeout_ms",

@@ -53,8 +53,13 @@ pub enum PeerFailure {
     Closed,
     /// RST, EPIPE or another socket error.
     Reset(String),
-    /// Nothing arrived mid-message for longer than the configured timeout.
-    Silent { waited_ms: u64 },
+    /// The kernel gave up on the connection (`ETIMEDOUT`: its
+    /// retransmission limit).
+    TimedOut(String),
+    /// Nothing at all, not even a heartbeat, arrived for longer than the
+    /// peer timeout: the peer host, its link or its process is gone or
+    /// stopped.
+    NoHeartbeat { waited_ms: u64, timeout_ms: u64 },
     /// TCP connect or handshake did not complete.
     ConnectFailed(String),
     /// The peer sent bytes that break the protocol.
@@ -103,9 +108,14 @@ impl fmt::Display for PeerFailure {
         match self {
             PeerFailure::Closed => write!(f, "connection closed by peer"),
             PeerFailure::Reset(e) => write!(f, "connection reset: {e}"),
-            PeerFailure::Silent { waited_ms } => {
-                write!(f, "peer silent mid-message for {waited_ms} ms")
-            }
+            PeerFailure::TimedOut(e) => write!(f, "connection timed out in the kernel: {e}"),
+            PeerFailure::NoHeartbeat {
+                waited_ms,
+                timeout_ms,
+            } => write!(
+                f,
+                "no heartbeat from peer for {waited_ms} ms (peer timeout {timeout_ms} ms): host, link or process gone or stopped"
+            ),
             PeerFailure::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             PeerFailure::Protocol(e) => write!(f, "protocol violation: {e}"),
             PeerFailure::Truncated { message, posted } => write!(

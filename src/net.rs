@@ -64,10 +64,12 @@ pub fn init() -> &'static Plugin {
             .collect();
         info!(
             log::SUBSYS_INIT | log::SUBSYS_NET,
-            "{VERSION} transport=tcp devices=[{}] streams={} chunk={} B fp8_allreduce={} metrics={}",
+            "{VERSION} transport=tcp devices=[{}] streams={} chunk={} B inline={} B peer_timeout={} ms fp8_allreduce={} metrics={}",
             devices.join(", "),
             plugin.settings.streams,
             plugin.settings.chunk_bytes,
+            plugin.settings.inline_bytes,
+            plugin.settings.peer_timeout.as_millis(),
             if cfg.compression.fp8_allreduce {
                 format!("{} (collective network, where every member enables it)", cfg.compression.format)
             } else {
@@ -192,6 +194,7 @@ impl Plugin {
                 chunk_bytes: t.chunk_size as u32,
                 socket_buffer: t.socket_buffer,
                 peer_timeout: t.peer_timeout(),
+                inline_bytes: t.inline_bytes(),
                 handshake_timeout: t.handshake_timeout(),
             },
         }

@@ -37,16 +37,18 @@ def run(rank, world, args):
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
     torch.cuda.set_device(0)
     results = []
+    sizes = [int(x) for x in args.size_list.split(",")] if args.size_list else sizes_from(args.sizes)
+    iters_for = dict(zip(sizes, (int(x) for x in args.iters_list.split(",")))) if args.iters_list else {}
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
         elem = torch.tensor([], dtype=dtype).element_size()
-        for nbytes in sizes_from(args.sizes):
+        for nbytes in sizes:
             n = max(1, nbytes // elem)
             # Small integers: every sum is exact in every dtype, so any
             # difference from the expected tensor is a transport error.
             base = (torch.arange(n, device="cuda") % 7).to(dtype)
             expect = base * world + sum(range(world))
-            iters = args.iters if n * elem >= (16 << 20) else args.iters * 4
+            iters = iters_for.get(nbytes) or (args.iters if n * elem >= (16 << 20) else args.iters * 4)
             ok = True
             for _ in range(args.warmup):
                 x = base + rank
@@ -82,6 +84,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--sizes", default="8:268435456", help="min:max bytes, x4 steps")
+    p.add_argument("--size-list", help="comma-separated sizes in bytes (instead of --sizes)")
+    p.add_argument("--iters-list", help="timed iterations for each --size-list entry")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)

@@ -1,7 +1,7 @@
 //! Every byte format a peer (or a hostile client) can send us.
 #![no_main]
 
-use airamp::transport::wire::{FrameHeader, Hello, ListenHandle, FRAME_HEADER_BYTES, HANDLE_BYTES, HELLO_BYTES, MAX_MESSAGE_BYTES};
+use airamp::transport::wire::{Frame, FrameHeader, HEARTBEAT_FRAME, Hello, ListenHandle, FRAME_HEADER_BYTES, HANDLE_BYTES, HELLO_BYTES, MAX_MESSAGE_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -9,6 +9,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(h) = FrameHeader::decode(&b) {
             assert!(h.offset + u64::from(h.len) <= h.total && h.total <= MAX_MESSAGE_BYTES);
             assert_eq!(FrameHeader::decode(&h.encode()), Ok(h));
+        }
+        if let Ok(Frame::Heartbeat) = Frame::decode(&b) {
+            assert_eq!(b, HEARTBEAT_FRAME);
         }
     }
     if let Ok(b) = <[u8; HELLO_BYTES]>::try_from(data.get(..HELLO_BYTES).unwrap_or(&[])) {

@@ -35,6 +35,7 @@ const VALID: &[(&str, &str, &str, &str)] = &[
     ("transport.chunk_size", "1M", "\"1M\"", "1048576"),
     ("transport.socket_buffer", "64KiB", "65536", "65536"),
     ("transport.peer_timeout_ms", "100", "100", "100"),
+    ("transport.inline_bytes", "0", "\"1M\"", "0"),
     (
         "transport.handshake_timeout_ms",
         "600000",
@@ -73,6 +74,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("transport.chunk_size", "4095", "\"32M\""),
     ("transport.socket_buffer", "1K", "-1"),
     ("transport.peer_timeout_ms", "99", "3600001"),
+    ("transport.inline_bytes", "2G", "-1"),
     ("transport.handshake_timeout_ms", "ten", "1.5"),
     ("metrics.enabled", "maybe", "2"),
     ("metrics.addr", "localhost:9090", "\"1.2.3.4:0\""),
@@ -119,6 +121,8 @@ fn defaults() {
     assert_eq!(c.transport.chunk_size, 524288);
     assert_eq!(c.transport.socket_buffer, 0);
     assert_eq!(c.transport.peer_timeout(), Duration::from_secs(30));
+    assert_eq!(c.transport.inline_bytes, None);
+    assert!([64 << 10, 1 << 30].contains(&c.transport.inline_bytes()));
     assert_eq!(c.transport.handshake_timeout(), Duration::from_secs(10));
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.addr.to_string(), "127.0.0.1:9090");

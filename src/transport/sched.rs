@@ -78,6 +78,11 @@ impl<T: Clone> SendScheduler<T> {
         self.queue.is_empty()
     }
 
+    /// Size of the message whose chunk `next_chunk` would return.
+    pub fn head_total(&self) -> Option<u64> {
+        self.queue.front().map(|q| q.total)
+    }
+
     /// The next chunk in send order, if any remains.
     pub fn next_chunk(&mut self) -> Option<Chunk<T>> {
         let head = self.queue.front_mut()?;
@@ -113,8 +118,10 @@ mod tests {
         let mut s = SendScheduler::new(512 << 10, 4);
         let (seq, chunks) = s.push('a', 7, 1 << 20);
         assert_eq!((seq, chunks), (0, 4));
+        assert_eq!(s.head_total(), Some(1 << 20));
         let got: Vec<_> = std::iter::from_fn(|| s.next_chunk()).collect();
         assert_eq!(got.len(), 4);
+        assert_eq!(s.head_total(), None);
         assert!(got
             .iter()
             .all(|c| c.header.len == 256 << 10 && c.header.tag == 7));

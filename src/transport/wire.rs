@@ -20,7 +20,34 @@ pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
 
 const HANDLE_MAGIC: [u8; 4] = *b"AMP1";
 const HELLO_MAGIC: [u8; 4] = *b"AMPH";
-const PROTOCOL_VERSION: u8 = 1;
+/// 2: heartbeats (frames forward, bytes back) and the heartbeat interval in
+/// the handle and the hello.
+const PROTOCOL_VERSION: u8 = 2;
+
+/// Shortest and longest heartbeat interval a peer may ask for: a quarter of
+/// the peer timeout's range (`transport.peer_timeout_ms`, 100 ms..=1 h).
+pub const MIN_HEARTBEAT_MS: u32 = 25;
+pub const MAX_HEARTBEAT_MS: u32 = 900_000;
+
+/// `seq` of a heartbeat frame; no message ever gets this number.
+const HEARTBEAT_SEQ: u64 = u64::MAX;
+
+/// A frame with no message: the sender's heartbeat on an otherwise quiet
+/// stream. `seq` is all ones, every other byte zero.
+pub const HEARTBEAT_FRAME: [u8; FRAME_HEADER_BYTES] = {
+    let mut b = [0u8; FRAME_HEADER_BYTES];
+    let mut i = 0;
+    while i < 8 {
+        b[i] = 0xFF;
+        i += 1;
+    }
+    b
+};
+
+/// The receiving side's heartbeat: one byte, on the otherwise unused
+/// direction of each stream (receiver to sender). Nothing else ever flows
+/// that way.
+pub const REVERSE_HEARTBEAT: u8 = 0xA7;
 
 /// A per-listen secret: a connection that cannot present it is dropped
 /// before any buffer of ours is touched.
@@ -31,6 +58,8 @@ pub struct ListenHandle {
     pub addr: SocketAddr,
     pub streams: u8,
     pub token: Token,
+    /// How often the listener wants to hear from a connected peer.
+    pub heartbeat_ms: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +69,8 @@ pub enum WireError {
     BadFamily(u8),
     BadStreams(u16),
     BadStreamIndex { index: u16, streams: u16 },
+    BadHeartbeat(u32),
+    BadHeartbeatFrame,
     BadLength { offset: u64, len: u32, total: u64 },
     TooLarge(u64),
     EmptyChunk,
@@ -57,6 +88,11 @@ impl std::fmt::Display for WireError {
             WireError::BadStreamIndex { index, streams } => {
                 write!(f, "stream index {index} out of range for {streams} streams")
             }
+            WireError::BadHeartbeat(ms) => write!(
+                f,
+                "heartbeat interval {ms} ms out of range {MIN_HEARTBEAT_MS}..={MAX_HEARTBEAT_MS}"
+            ),
+            WireError::BadHeartbeatFrame => write!(f, "malformed heartbeat frame"),
             WireError::BadLength { offset, len, total } => {
                 write!(
                     f,
@@ -89,6 +125,7 @@ impl ListenHandle {
         out[24..26].copy_from_slice(&self.addr.port().to_be_bytes());
         out[28..32].copy_from_slice(&scope.to_le_bytes());
         out[32..48].copy_from_slice(&self.token);
+        out[48..52].copy_from_slice(&self.heartbeat_ms.to_le_bytes());
     }
 
     pub fn decode(b: &[u8; HANDLE_BYTES]) -> Result<Self, WireError> {
@@ -118,6 +155,7 @@ impl ListenHandle {
             addr,
             streams,
             token: b[32..48].try_into().expect("16 bytes"),
+            heartbeat_ms: heartbeat_ms(&b[48..52])?,
         })
     }
 }
@@ -130,6 +168,18 @@ pub struct Hello {
     pub connection: u64,
     pub stream: u16,
     pub streams: u16,
+    /// How often the connecting side wants to hear from the listener.
+    pub heartbeat_ms: u32,
+}
+
+/// Reads and range-checks a heartbeat interval (u32 LE).
+fn heartbeat_ms(b: &[u8]) -> Result<u32, WireError> {
+    let ms = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    if (MIN_HEARTBEAT_MS..=MAX_HEARTBEAT_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(WireError::BadHeartbeat(ms))
+    }
 }
 
 impl Hello {
@@ -141,6 +191,7 @@ impl Hello {
         b[8..10].copy_from_slice(&self.streams.to_le_bytes());
         b[12..28].copy_from_slice(&self.token);
         b[28..36].copy_from_slice(&self.connection.to_le_bytes());
+        b[36..40].copy_from_slice(&self.heartbeat_ms.to_le_bytes());
         b
     }
 
@@ -168,6 +219,7 @@ impl Hello {
             connection: u64::from_le_bytes(b[28..36].try_into().expect("8 bytes")),
             stream,
             streams,
+            heartbeat_ms: heartbeat_ms(&b[36..40])?,
         })
     }
 }
@@ -226,6 +278,28 @@ impl FrameHeader {
     }
 }
 
+/// What one 32-byte frame header on a data stream announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A chunk of a message; `len` payload bytes follow.
+    Data(FrameHeader),
+    /// The sender is alive; nothing follows.
+    Heartbeat,
+}
+
+impl Frame {
+    pub fn decode(b: &[u8; FRAME_HEADER_BYTES]) -> Result<Self, WireError> {
+        if b[0..8] == HEARTBEAT_SEQ.to_le_bytes() {
+            return if *b == HEARTBEAT_FRAME {
+                Ok(Frame::Heartbeat)
+            } else {
+                Err(WireError::BadHeartbeatFrame)
+            };
+        }
+        FrameHeader::decode(b).map(Frame::Data)
+    }
+}
+
 /// Any IPv4 address as a socket address on `port`, for tests and defaults.
 pub fn v4(a: [u8; 4], port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), port)
@@ -250,6 +324,7 @@ mod tests {
                 addr,
                 streams: 4,
                 token: [7; 16],
+                heartbeat_ms: 7500,
             };
             let mut b = [0xAA; HANDLE_BYTES];
             h.encode(&mut b);
@@ -264,6 +339,7 @@ mod tests {
             addr: v4([127, 0, 0, 1], 1),
             streams: 2,
             token: [1; 16],
+            heartbeat_ms: MIN_HEARTBEAT_MS,
         };
         let mut b = [0; HANDLE_BYTES];
         h.encode(&mut b);
@@ -276,6 +352,15 @@ mod tests {
         let mut bad = b;
         bad[5] = 9;
         assert_eq!(ListenHandle::decode(&bad), Err(WireError::BadFamily(9)));
+        let mut bad = b;
+        bad[48..52].copy_from_slice(&(MIN_HEARTBEAT_MS - 1).to_le_bytes());
+        assert_eq!(
+            ListenHandle::decode(&bad),
+            Err(WireError::BadHeartbeat(MIN_HEARTBEAT_MS - 1))
+        );
+        let mut old = b;
+        old[4] = 1;
+        assert_eq!(ListenHandle::decode(&old), Err(WireError::BadVersion(1)));
     }
 
     #[test]
@@ -285,8 +370,17 @@ mod tests {
             connection: 99,
             stream: 3,
             streams: 4,
+            heartbeat_ms: MAX_HEARTBEAT_MS,
         };
         assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+        let fast = Hello {
+            heartbeat_ms: MAX_HEARTBEAT_MS + 1,
+            ..h
+        };
+        assert_eq!(
+            Hello::decode(&fast.encode()),
+            Err(WireError::BadHeartbeat(MAX_HEARTBEAT_MS + 1))
+        );
         let bad = Hello { stream: 4, ..h };
         assert_eq!(
             Hello::decode(&bad.encode()),
@@ -345,6 +439,22 @@ mod tests {
         assert!(FrameHeader::decode(&zero_msg.encode()).is_ok());
     }
 
+    #[test]
+    fn heartbeat_frames_are_told_from_data() {
+        assert_eq!(Frame::decode(&HEARTBEAT_FRAME), Ok(Frame::Heartbeat));
+        let mut bent = HEARTBEAT_FRAME;
+        bent[20] = 1;
+        assert_eq!(Frame::decode(&bent), Err(WireError::BadHeartbeatFrame));
+        let data = FrameHeader {
+            seq: HEARTBEAT_SEQ - 1,
+            total: 4,
+            offset: 0,
+            len: 4,
+            tag: 0,
+        };
+        assert_eq!(Frame::decode(&data.encode()), Ok(Frame::Data(data)));
+    }
+
     proptest! {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), HANDLE_BYTES)) {
@@ -356,6 +466,11 @@ mod tests {
             if let Ok(h) = FrameHeader::decode(&frame) {
                 prop_assert!(h.offset + u64::from(h.len) <= h.total);
                 prop_assert!(h.total <= MAX_MESSAGE_BYTES);
+            }
+            match Frame::decode(&frame) {
+                Ok(Frame::Heartbeat) => prop_assert_eq!(frame, HEARTBEAT_FRAME),
+                Ok(Frame::Data(h)) => prop_assert_eq!(Ok(h), FrameHeader::decode(&frame)),
+                Err(_) => {}
             }
         }
     }

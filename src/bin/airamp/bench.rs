@@ -189,11 +189,12 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
     let plugin = airamp::net::Plugin::from_config(cfg);
     let dev = plugin.devices.first().ok_or("no network device")?;
     println!(
-        "airamp bench net: {} {} | streams={} chunk={} B | messages of {} B, window {}, {} MiB total",
+        "airamp bench net: {} {} | streams={} chunk={} B inline={} B | messages of {} B, window {}, {} MiB total",
         dev.net.ifname,
         dev.net.addr,
         plugin.settings.streams,
         plugin.settings.chunk_bytes,
+        plugin.settings.inline_bytes,
         p.size,
         p.window,
         p.total >> 20
@@ -215,9 +216,11 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Round trips of an 8-byte message through the C ABI, one connection each way.
+/// Round trips of one message (8 bytes unless `--size`) through the C ABI,
+/// one connection each way.
 pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     let iters = o.num("iters", 5000)?;
+    let size = o.bytes("size", 8)? as usize;
     let lib = open(o)?;
     let net = init(&lib)?;
     let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
@@ -228,14 +231,16 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
             o.plugin()?.display().to_string(),
             "--iters".into(),
             iters.to_string(),
+            "--size".into(),
+            size.to_string(),
         ],
     )?;
     echo.send(&handle_to_hex(&handle))?;
     let mut back = handle_from_hex(&echo.recv()?)?;
     let recv = net.accept_wait(listen, TIMEOUT)?;
     let send = net.connect_wait(0, &mut back, TIMEOUT)?;
-    let out = 42u64.to_le_bytes();
-    let mut inb = [0u8; 8];
+    let out = vec![42u8; size];
+    let mut inb = vec![0u8; size];
     let mut rtts = Vec::with_capacity(iters);
     for i in 0..iters + 100 {
         let t = Instant::now();
@@ -244,7 +249,7 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
             unsafe {
                 net.irecv(
                     recv,
-                    &[(inb.as_mut_ptr(), 8, 1)],
+                    &[(inb.as_mut_ptr(), size, 1)],
                     &mut [std::ptr::null_mut()],
                 )
             }
@@ -252,7 +257,7 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
         .map_err(|e| format!("{e:?}"))?;
         let s = post(TIMEOUT, || {
             // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
-            unsafe { net.isend(send, out.as_ptr(), 8, 1, std::ptr::null_mut()) }
+            unsafe { net.isend(send, out.as_ptr(), size, 1, std::ptr::null_mut()) }
         })
         .map_err(|e| format!("{e:?}"))?;
         net.wait(s, 1, TIMEOUT)
@@ -267,7 +272,7 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     rtts.sort();
     let pct = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
     println!(
-        "airamp bench latency: 8-byte round trip through the C ABI over {iters} iterations: p50 {:.1?}  p90 {:.1?}  p99 {:.1?}",
+        "airamp bench latency: {size}-byte round trip through the C ABI over {iters} iterations: p50 {:.1?}  p90 {:.1?}  p99 {:.1?}",
         pct(0.5),
         pct(0.9),
         pct(0.99)
@@ -278,6 +283,7 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
 /// The far end of `bench latency`: echoes every message back.
 pub fn latency_echo(o: &Opts) -> Result<(), String> {
     let iters = o.num("iters", 5000)? + 100;
+    let size = o.bytes("size", 8)? as usize;
     let lib = open(o)?;
     let net = init(&lib)?;
     let mut handle = handle_from_hex(&from_parent()?)?;
@@ -285,14 +291,14 @@ pub fn latency_echo(o: &Opts) -> Result<(), String> {
     to_parent(&handle_to_hex(&mine))?;
     let send = net.connect_wait(0, &mut handle, TIMEOUT)?;
     let recv = net.accept_wait(listen, TIMEOUT)?;
-    let mut buf = [0u8; 8];
+    let mut buf = vec![0u8; size];
     for _ in 0..iters {
         let r = post(TIMEOUT, || {
             // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
             unsafe {
                 net.irecv(
                     recv,
-                    &[(buf.as_mut_ptr(), 8, 1)],
+                    &[(buf.as_mut_ptr(), size, 1)],
                     &mut [std::ptr::null_mut()],
                 )
             }
@@ -302,7 +308,7 @@ pub fn latency_echo(o: &Opts) -> Result<(), String> {
             .map_err(|e| format!("recv: {e:?}"))?;
         let s = post(TIMEOUT, || {
             // SAFETY: the buffer outlives the request, which completes (or its comm closes) before the buffer is dropped.
-            unsafe { net.isend(send, buf.as_ptr(), 8, 1, std::ptr::null_mut()) }
+            unsafe { net.isend(send, buf.as_ptr(), size, 1, std::ptr::null_mut()) }
         })
         .map_err(|e| format!("{e:?}"))?;
         net.wait(s, 1, TIMEOUT)

@@ -4,7 +4,7 @@
 //! airamp config check [FILE]   validate a config file, print the effective config
 //! airamp devices               interfaces the TCP transport sees and uses
 //! airamp bench net [OPTS]      plugin throughput through the C ABI next to iperf3
-//! airamp bench latency [OPTS]  8-byte round trip through the C ABI
+//! airamp bench latency [OPTS]  8-byte round trip of one message (8 bytes by default) through the C ABI
 //! airamp bench codec [N]       codec speed (E4M3, E5M2, INT8) on this core next to memcpy
 //! airamp bench collnet [OPTS]  allreduce through the collective network: exact vs compressed, tuner pick
 //! airamp bench idle            CPU used while a connection sits idle
@@ -31,7 +31,7 @@ use airamp::config::{self, Config};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8] [--metrics http://HOST:PORT|FILE [--comm ID]]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
+        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N] [--size BYTES]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8] [--metrics http://HOST:PORT|FILE [--comm ID]]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
     );
     ExitCode::from(2)
 }

@@ -12,6 +12,7 @@ use super::socket::{new_stream, tune};
 use super::{SendComm, TcpSettings};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
+use crate::transport::liveness::Liveness;
 use crate::transport::wire::{Hello, ListenHandle, HELLO_BYTES};
 
 enum Stream {
@@ -23,6 +24,8 @@ enum Stream {
 pub struct Connecting {
     peer: SocketAddr,
     hello: Hello,
+    /// The heartbeat interval the listener asked for in its handle.
+    peer_heartbeat_ms: u32,
     settings: TcpSettings,
     streams: Vec<Option<Stream>>,
     since: Instant,
@@ -59,7 +62,9 @@ impl Connecting {
                 connection: random_u64().map_err(|e| NetError::io("read /dev/urandom", e))?,
                 stream: 0,
                 streams: u16::from(handle.streams),
+                heartbeat_ms: Liveness::interval_for(settings.peer_timeout.as_millis() as u64),
             },
+            peer_heartbeat_ms: handle.heartbeat_ms,
             settings,
             streams,
             since: Instant::now(),
@@ -94,7 +99,7 @@ impl Connecting {
                 .map_err(|e| NetError::io("fcntl blocking", e))?;
             socks.push(s);
         }
-        SendComm::start(socks, self.peer, &self.settings).map(Some)
+        SendComm::start(socks, self.peer, &self.settings, self.peer_heartbeat_ms).map(Some)
     }
 
     fn failed(&self, cause: ConnError, why: String) -> NetError {

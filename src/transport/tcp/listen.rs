@@ -13,6 +13,7 @@ use super::{RecvComm, TcpSettings};
 use crate::error::{NetError, NetResult};
 use crate::metrics::{self, ConnError, TransportKind};
 use crate::transport::iface::NetDevice;
+use crate::transport::liveness::Liveness;
 use crate::transport::wire::{Hello, ListenHandle, Token, HELLO_BYTES};
 use crate::warn;
 
@@ -30,6 +31,8 @@ struct Pending {
 struct Group {
     connection: u64,
     peer: SocketAddr,
+    /// The most frequent heartbeat any of its hellos asked for.
+    heartbeat_ms: u32,
     streams: Vec<Option<Socket>>,
     since: Instant,
 }
@@ -85,6 +88,7 @@ impl Listener {
             addr: bound,
             streams: settings.streams as u8,
             token,
+            heartbeat_ms: Liveness::interval_for(settings.peer_timeout.as_millis() as u64),
         };
         let listener = Listener {
             sock,
@@ -118,7 +122,7 @@ impl Listener {
             tune(&s, &self.settings).map_err(|e| NetError::io("setsockopt", e))?;
             socks.push(s);
         }
-        RecvComm::start(socks, group.peer, &self.settings).map(Some)
+        RecvComm::start(socks, group.peer, &self.settings, group.heartbeat_ms).map(Some)
     }
 
     fn accept_new(&mut self) -> NetResult<()> {
@@ -212,17 +216,20 @@ impl Listener {
                 self.groups.push(Group {
                     connection: hello.connection,
                     peer: p.peer,
+                    heartbeat_ms: hello.heartbeat_ms,
                     streams: (0..self.streams).map(|_| None).collect(),
                     since: p.since,
                 });
                 self.groups.len() - 1
             }
         };
-        let slot = &mut self.groups[gi].streams[usize::from(hello.stream)];
+        let group = &mut self.groups[gi];
+        let slot = &mut group.streams[usize::from(hello.stream)];
         if slot.is_some() {
             return self.reject(p.peer, ConnError::Handshake, "duplicate stream index");
         }
         *slot = Some(p.sock);
+        group.heartbeat_ms = group.heartbeat_ms.min(hello.heartbeat_ms);
     }
 
     fn expire(&mut self) {

@@ -1,10 +1,13 @@
 //! The TCP driver: several streams per connection, one I/O thread per
 //! stream, NCCL's calls never block.
 //!
-//! `isend`/`irecv` only queue work and `test` only reads atomics, so NCCL's
-//! proxy thread stays free; the stream threads block in the kernel when
-//! there is nothing to do (no spinning). A failure on any stream fails the
-//! whole connection, and every later `test` reports it.
+//! Small messages (up to `inline_bytes`) are moved by NCCL's own proxy
+//! thread inside `isend`/`test`, with non-blocking calls and no other thread
+//! woken; larger ones by the stream threads, in parallel, which sleep in the
+//! kernel when there is nothing to do (no spinning). The stream threads also
+//! keep every connection alive in both directions (heartbeats, see
+//! `transport::liveness`). A failure on any stream fails the whole
+//! connection, and every later `test` reports it.
 
 mod connect;
 mod listen;
@@ -13,8 +16,8 @@ mod send;
 mod socket;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,8 +35,12 @@ pub struct TcpSettings {
     pub chunk_bytes: u32,
     /// SO_SNDBUF/SO_RCVBUF; 0 leaves the kernel's autotuning on.
     pub socket_buffer: usize,
-    /// How long a peer may stay silent in the middle of a message.
+    /// How long a peer may stay silent (no data, no heartbeat) before the
+    /// connection fails.
     pub peer_timeout: Duration,
+    /// Messages up to this size are moved by the caller's thread (NCCL's
+    /// proxy) inside `isend`/`test`; larger ones by the stream threads.
+    pub inline_bytes: u64,
     /// How long connect and the hello exchange may take.
     pub handshake_timeout: Duration,
 }
@@ -45,6 +52,7 @@ impl Default for TcpSettings {
             chunk_bytes: 512 << 10,
             socket_buffer: 0,
             peer_timeout: Duration::from_secs(30),
+            inline_bytes: 64 << 10,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -88,17 +96,45 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Time of the last byte seen on a connection.
-#[derive(Default)]
-struct Progress(AtomicU64);
+/// How long from now until `deadline_ms` of [`now_ms`]'s clock.
+fn until(deadline_ms: u64) -> Duration {
+    Duration::from_millis(deadline_ms.saturating_sub(now_ms()))
+}
 
-impl Progress {
-    fn touch(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
+/// Who is pumping a stream: its own thread moves everything; NCCL's
+/// thread (inside `isend`/`test`) only what is small enough to move inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pumper {
+    Caller,
+    Thread,
+}
+
+/// Threads of one comm asleep on its condvar, so that the common path
+/// (nobody asleep) skips the futex wake-up system call.
+#[derive(Default)]
+struct Sleepers(AtomicUsize);
+
+impl Sleepers {
+    /// Waits on `cv` (with `guard`'s mutex) until `done` or `timeout`.
+    fn wait<'a, T>(
+        &self,
+        cv: &Condvar,
+        guard: MutexGuard<'a, T>,
+        timeout: Duration,
+        mut done: impl FnMut(&mut T) -> bool,
+    ) -> MutexGuard<'a, T> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let (guard, _) = cv
+            .wait_timeout_while(guard, timeout, |t| !done(t))
+            .expect("comm lock");
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        guard
     }
 
-    fn idle_for(&self) -> Duration {
-        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    /// Whether anyone sleeps; a waker that changed what sleepers wait for
+    /// (with SeqCst, or under their mutex) and sees none needs no wake-up.
+    fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
     }
 }
 

@@ -1,10 +1,19 @@
 //! The receiving end of a connection.
 //!
-//! Like the sending end, each stream is a state machine behind a mutex —
-//! reading a frame header, waiting for the matching receive, or filling its
-//! payload — driven with non-blocking reads by the stream's own thread
-//! (asleep in poll(2) or on a condvar when stuck) or by NCCL's proxy thread
-//! inside `test`, which only `try_lock`s.
+//! Each stream is a state machine behind a mutex — reading a frame header,
+//! waiting for the matching receive, or filling its payload — driven with
+//! non-blocking reads by NCCL's proxy thread inside `test` (which only ever
+//! `try_lock`s) or by the stream's own thread.
+//!
+//! Reads go through a small staging buffer per stream, so a small message
+//! (header and payload) costs one `recv`; a payload larger than that buffer
+//! is read straight into NCCL's buffer. The proxy thread moves messages up
+//! to `inline_bytes` itself and never wakes a stream thread for them. For a
+//! larger message it hands the stream to its thread, which then reads that
+//! stream (asleep in poll(2) between reads) until a small message comes
+//! along again. Every stream thread also wakes at its liveness deadlines:
+//! it sends the peer a heartbeat byte, and fails the connection if the peer
+//! has been silent past the timeout while the stream was listening.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,19 +21,24 @@ use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use socket2::Socket;
 
-use super::{spawn_stream_threads, Progress, TcpSettings, MAX_RECVS, MAX_REQUESTS};
+use super::{
+    now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_RECVS, MAX_REQUESTS,
+};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
 use crate::sys::{self, RawBuf};
+use crate::transport::liveness::{Liveness, StreamClock};
 use crate::transport::matching::{HeaderOutcome, MatchError, Placement, RecvMatcher};
-use crate::transport::wire::{FrameHeader, FRAME_HEADER_BYTES};
+use crate::transport::wire::{Frame, FrameHeader, FRAME_HEADER_BYTES, REVERSE_HEARTBEAT};
 use crate::warn;
 
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes read ahead of the current frame on each stream: room for a small
+/// message and the next header in one `recv`.
+const STAGE_BYTES: usize = 8192;
 
 /// One (possibly grouped) irecv.
 pub struct RecvOp {
@@ -44,10 +58,7 @@ struct State {
 }
 
 enum Phase {
-    Header {
-        buf: [u8; FRAME_HEADER_BYTES],
-        got: usize,
-    },
+    Header,
     Matching(FrameHeader),
     Payload {
         header: FrameHeader,
@@ -58,9 +69,61 @@ enum Phase {
     Closed,
 }
 
+/// Bytes read from the socket and not consumed yet.
+struct Stage {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Stage {
+    fn new() -> Self {
+        Stage {
+            buf: vec![0; STAGE_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads what the socket has into the free space. Returns how many
+    /// bytes came and whether they filled the space (so more may wait).
+    fn fill(&mut self, sock: &Socket) -> io::Result<(usize, bool)> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let space = self.buf.len() - self.end;
+        let n = sys::try_recv_into(sock, &mut self.buf[self.end..])?;
+        self.end += n;
+        Ok((n, n == space))
+    }
+}
+
 struct Stream {
     sock: Arc<Socket>,
     phase: Phase,
+    stage: Stage,
+    clock: StreamClock,
+    /// The last message seen on this stream was larger than
+    /// `inline_bytes`: the stream's thread reads it, waiting on the socket.
+    bulk: bool,
 }
 
 /// Why a stream stopped making progress.
@@ -68,32 +131,44 @@ enum Blocked {
     NoData,
     /// Its next message has no posted receive yet (seen at this generation).
     NoPost(u64),
+    /// A large payload is left to the stream's thread (caller only).
+    HandedOff,
     Closed,
 }
 
-/// A failure found while pumping a stream.
+/// A failure found while pumping or tending a stream.
 enum Fault {
     Io(io::Error),
     Protocol(String),
     Match(MatchError),
+    /// Nothing heard for this many milliseconds while listening.
+    Silent(u64),
 }
 
 struct Shared {
     peer: SocketAddr,
     /// Whether the caller's thread (NCCL's proxy) does I/O itself in
-    /// `isend`/`irecv`/`test`; see `set_caller_assists`.
+    /// `test`; see `set_caller_assists`.
     caller_assists: AtomicBool,
     state: Mutex<State>,
-    wake: Condvar,
+    /// Streams waiting for a receive to be posted or matched (`generation`).
+    post_wake: Condvar,
+    post_sleepers: Sleepers,
+    /// Stream threads with nothing to do until handed a large payload.
+    idle_wake: Condvar,
+    idle_sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
+    /// Set by the caller's thread when it leaves a large payload on a stream
+    /// to that stream's thread.
+    handoff: Vec<AtomicBool>,
     socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
     /// Streams the peer has closed cleanly; the connection ends with the last.
     closed_streams: AtomicUsize,
     in_flight: AtomicUsize,
-    progress: Progress,
-    peer_timeout: Duration,
+    liveness: Liveness,
+    inline_bytes: u64,
 }
 
 pub struct RecvComm {
@@ -112,6 +187,13 @@ impl Shared {
         self.state.lock().expect("recv state lock")
     }
 
+    /// Wakes every sleeping stream thread (failure, close, mode change).
+    fn wake_all(&self) {
+        let _guard = self.lock();
+        self.post_wake.notify_all();
+        self.idle_wake.notify_all();
+    }
+
     /// Records the connection's first failure; `loud` failures are logged
     /// here, an orderly close is reported only if a request was pending.
     fn fail(&self, err: NetError, cause: ConnError, loud: bool) {
@@ -124,8 +206,7 @@ impl Shared {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
-        let _guard = self.lock();
-        self.wake.notify_all();
+        self.wake_all();
     }
 
     /// A clean EOF between frames: this stream has nothing more to say. The
@@ -160,12 +241,18 @@ impl Shared {
                 ConnError::Protocol,
             ),
             Fault::Protocol(e) => (PeerFailure::Protocol(e), ConnError::Protocol),
-            Fault::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => (
-                PeerFailure::Reset("EOF in the middle of a frame".into()),
-                ConnError::Eof,
+            Fault::Silent(waited_ms) => (
+                PeerFailure::NoHeartbeat {
+                    waited_ms,
+                    timeout_ms: self.liveness.timeout_ms,
+                },
+                ConnError::Timeout,
             ),
+            Fault::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                (PeerFailure::Closed, ConnError::Eof)
+            }
             Fault::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
-                (PeerFailure::Reset(e.to_string()), ConnError::Timeout)
+                (PeerFailure::TimedOut(e.to_string()), ConnError::Timeout)
             }
             Fault::Io(e) => (PeerFailure::Reset(e.to_string()), ConnError::Reset),
         };
@@ -176,37 +263,78 @@ impl Shared {
         self.closing.load(Ordering::Acquire) || self.failure.get().is_some()
     }
 
-    /// Reads on `stream` until it runs out of data or of posted receives.
-    fn pump(&self, stream: &mut Stream) -> Result<Blocked, Fault> {
+    /// Whether a message of `total` bytes is read by the stream threads
+    /// rather than by the caller's thread.
+    fn is_bulk(&self, total: u64) -> bool {
+        total > self.inline_bytes || !self.caller_assists.load(Ordering::Relaxed)
+    }
+
+    /// Leaves stream `index` to its thread, waking it if it sleeps.
+    fn hand_off(&self, index: usize) {
+        let flag = &self.handoff[index];
+        // Already handed off and not yet picked up: nothing new to say.
+        if !flag.load(Ordering::Relaxed)
+            && !flag.swap(true, Ordering::SeqCst)
+            && self.idle_sleepers.any()
+        {
+            let _guard = self.lock();
+            self.idle_wake.notify_all();
+        }
+    }
+
+    /// Reads on stream `index` until it runs out of data or of posted
+    /// receives, or (for the caller) reaches a payload its thread reads.
+    fn pump(&self, index: usize, st: &mut Stream, who: Pumper) -> Result<Blocked, Fault> {
         let m = metrics::transport(TransportKind::Tcp);
+        let Stream {
+            sock,
+            phase,
+            stage,
+            clock,
+            bulk,
+        } = st;
+        // A read that came back short emptied the socket: another one in
+        // this call would only return EAGAIN, so it is not made.
+        let mut drained = false;
         loop {
             if self.stopped() {
                 return Ok(Blocked::Closed);
             }
-            match &mut stream.phase {
+            match phase {
                 Phase::Closed => return Ok(Blocked::Closed),
-                Phase::Header { buf, got } => {
-                    match sys::try_recv_into(&stream.sock, &mut buf[*got..]) {
-                        Ok(0) if *got == 0 => {
-                            stream.phase = Phase::Closed;
-                            self.stream_closed();
-                            return Ok(Blocked::Closed);
+                Phase::Header => {
+                    if stage.len() < FRAME_HEADER_BYTES {
+                        if drained {
+                            return Ok(Blocked::NoData);
                         }
-                        Ok(0) => return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into())),
-                        Ok(n) => {
-                            *got += n;
-                            self.progress.touch();
-                            if *got == FRAME_HEADER_BYTES {
-                                let h = FrameHeader::decode(buf)
-                                    .map_err(|e| Fault::Protocol(e.to_string()))?;
-                                stream.phase = Phase::Matching(h);
+                        match stage.fill(sock) {
+                            Ok((0, _)) if stage.len() == 0 => {
+                                *phase = Phase::Closed;
+                                self.stream_closed();
+                                return Ok(Blocked::Closed);
                             }
+                            Ok((0, _)) => {
+                                return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into()))
+                            }
+                            Ok((_, filled)) => {
+                                clock.heard(now_ms());
+                                drained = !filled;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                return Ok(Blocked::NoData)
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(Fault::Io(e)),
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Ok(Blocked::NoData)
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(Fault::Io(e)),
+                        continue;
+                    }
+                    let head: [u8; FRAME_HEADER_BYTES] = stage.bytes()[..FRAME_HEADER_BYTES]
+                        .try_into()
+                        .expect("a whole header is staged");
+                    stage.consume(FRAME_HEADER_BYTES);
+                    match Frame::decode(&head).map_err(|e| Fault::Protocol(e.to_string()))? {
+                        Frame::Heartbeat => {}
+                        Frame::Data(h) => *phase = Phase::Matching(h),
                     }
                 }
                 Phase::Matching(h) => {
@@ -217,10 +345,15 @@ impl Shared {
                         HeaderOutcome::Deliver(at) => {
                             let buf = state.ops[&at.request].slots[at.slot];
                             state.generation += 1;
-                            drop(state);
                             // A new match may be what another stream waits for.
-                            self.wake.notify_all();
-                            stream.phase = Phase::Payload {
+                            if self.post_sleepers.any() {
+                                self.post_wake.notify_all();
+                            }
+                            drop(state);
+                            // Listening again: a wait for the post was ours.
+                            clock.heard(now_ms());
+                            *bulk = self.is_bulk(header.total);
+                            *phase = Phase::Payload {
                                 header,
                                 at,
                                 buf,
@@ -237,12 +370,41 @@ impl Shared {
                 } => {
                     let len = header.len as usize;
                     if *got < len {
-                        match buf.try_recv(at.offset + *got as u64, len - *got, &stream.sock) {
-                            Ok(0) => return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into())),
-                            Ok(n) => {
-                                *got += n;
-                                self.progress.touch();
-                                m.bytes_received(n as u64);
+                        let staged = stage.len().min(len - *got);
+                        if staged > 0 {
+                            let offset = at.offset as usize + *got;
+                            buf.write_at(offset, &stage.bytes()[..staged])
+                                .map_err(Fault::Io)?;
+                            stage.consume(staged);
+                            *got += staged;
+                            m.bytes_received(staged as u64);
+                            continue;
+                        }
+                        if who == Pumper::Caller && *bulk {
+                            self.hand_off(index);
+                            return Ok(Blocked::HandedOff);
+                        }
+                        if drained {
+                            return Ok(Blocked::NoData);
+                        }
+                        let want = len - *got;
+                        let read = if want >= STAGE_BYTES {
+                            buf.try_recv(at.offset + *got as u64, want, sock)
+                                .map(|n| (n, n == want, true))
+                        } else {
+                            stage.fill(sock).map(|(n, filled)| (n, filled, false))
+                        };
+                        match read {
+                            Ok((0, ..)) => {
+                                return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into()))
+                            }
+                            Ok((n, filled, direct)) => {
+                                clock.heard(now_ms());
+                                drained = !filled;
+                                if direct {
+                                    *got += n;
+                                    m.bytes_received(n as u64);
+                                }
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                                 return Ok(Blocked::NoData)
@@ -264,25 +426,59 @@ impl Shared {
                         }
                     }
                     drop(state);
-                    stream.phase = Phase::Header {
-                        buf: [0; FRAME_HEADER_BYTES],
-                        got: 0,
-                    };
+                    *phase = Phase::Header;
                 }
             }
         }
     }
 
-    /// The proxy thread's share of the work: every stream nobody else holds.
-    fn assist(&self) {
+    /// The stream thread's liveness duties: fail a peer silent past the
+    /// timeout while we listened, send our heartbeat when due. Returns when
+    /// to look again.
+    fn tend(&self, st: &mut Stream) -> Result<u64, Fault> {
+        let now = now_ms();
+        let listening = matches!(st.phase, Phase::Header | Phase::Payload { .. });
+        if listening {
+            if let Some(quiet) = st.clock.silent(&self.liveness, now) {
+                return Err(Fault::Silent(quiet));
+            }
+        }
+        if st.clock.heartbeat_due(&self.liveness, now) {
+            match st.sock.send_with_flags(
+                &[REVERSE_HEARTBEAT],
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            ) {
+                Ok(_) => {}
+                // The sender's side is full of our heartbeats: it has not
+                // read for ages, and one more would say nothing new.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(Fault::Io(e)),
+            }
+            st.clock.sent(now);
+        }
+        Ok(st.clock.next_check(&self.liveness, listening))
+    }
+
+    /// The proxy thread's share of the work: every stream nobody else holds,
+    /// until `op` is complete.
+    fn assist(&self, op: &RecvOp) {
         if !self.caller_assists.load(Ordering::Relaxed) {
             return;
         }
-        for s in &self.streams {
+        for (index, s) in self.streams.iter().enumerate() {
             if let Ok(mut stream) = s.try_lock() {
-                if let Err(f) = self.pump(&mut stream) {
+                if let Err(f) = self.pump(index, &mut stream, Pumper::Caller) {
+                    drop(stream);
                     self.fault(f);
+                    return;
                 }
+            }
+            if op.sizes.get().is_some() {
+                return;
             }
         }
     }
@@ -291,55 +487,98 @@ impl Shared {
 fn stream_worker(shared: Arc<Shared>, index: usize) {
     let sock = Arc::clone(&shared.socks[index]);
     loop {
-        let blocked = shared.pump(&mut shared.streams[index].lock().expect("stream lock"));
+        let (blocked, deadline, armed) = {
+            let mut st = shared.streams[index].lock().expect("stream lock");
+            shared.handoff[index].store(false, Ordering::SeqCst);
+            let blocked = match shared.pump(index, &mut st, Pumper::Thread) {
+                Ok(Blocked::Closed) => return,
+                Ok(b) => b,
+                Err(f) => {
+                    drop(st);
+                    return shared.fault(f);
+                }
+            };
+            let deadline = match shared.tend(&mut st) {
+                Ok(d) => d,
+                Err(f) => {
+                    drop(st);
+                    return shared.fault(f);
+                }
+            };
+            let armed = st.bulk || !shared.caller_assists.load(Ordering::Relaxed);
+            (blocked, deadline, armed)
+        };
+        let timeout = until(deadline);
         match blocked {
-            Err(f) => return shared.fault(f),
-            Ok(Blocked::Closed) => return,
-            Ok(Blocked::NoData) => {
-                if let Err(e) = sys::wait_ready(&sock, false, POLL_INTERVAL) {
+            Blocked::NoData if armed => {
+                if let Err(e) = sys::wait_ready(&sock, false, timeout) {
                     return shared.fault(Fault::Io(e));
                 }
             }
-            Ok(Blocked::NoPost(seen)) => {
-                let state = shared.lock();
-                let _woken = shared
-                    .wake
-                    .wait_while(state, |s| s.generation == seen && !shared.stopped())
-                    .expect("recv state lock");
+            Blocked::NoPost(seen) => {
+                let _woken =
+                    shared
+                        .post_sleepers
+                        .wait(&shared.post_wake, shared.lock(), timeout, |s| {
+                            s.generation != seen || shared.stopped()
+                        });
+            }
+            // Small messages are the caller's: sleep until handed a large
+            // one, or until the next liveness deadline.
+            _ => {
+                let _woken =
+                    shared
+                        .idle_sleepers
+                        .wait(&shared.idle_wake, shared.lock(), timeout, |_| {
+                            shared.handoff[index].load(Ordering::SeqCst)
+                                || !shared.caller_assists.load(Ordering::Relaxed)
+                                || shared.stopped()
+                        });
             }
         }
     }
 }
 
 impl RecvComm {
-    pub(super) fn start(socks: Vec<Socket>, peer: SocketAddr, s: &TcpSettings) -> NetResult<Self> {
+    /// Starts the stream threads of an accepted connection whose peer asked
+    /// for a heartbeat every `peer_heartbeat_ms`.
+    pub(super) fn start(
+        socks: Vec<Socket>,
+        peer: SocketAddr,
+        s: &TcpSettings,
+        peer_heartbeat_ms: u32,
+    ) -> NetResult<Self> {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
+        let now = now_ms();
         let shared = Arc::new(Shared {
             peer,
             caller_assists: AtomicBool::new(true),
             state: Mutex::new(State::default()),
-            wake: Condvar::new(),
+            post_wake: Condvar::new(),
+            post_sleepers: Sleepers::default(),
+            idle_wake: Condvar::new(),
+            idle_sleepers: Sleepers::default(),
             streams: socks
                 .iter()
                 .map(|sock| {
                     Mutex::new(Stream {
                         sock: Arc::clone(sock),
-                        phase: Phase::Header {
-                            buf: [0; FRAME_HEADER_BYTES],
-                            got: 0,
-                        },
+                        phase: Phase::Header,
+                        stage: Stage::new(),
+                        clock: StreamClock::new(now),
+                        bulk: false,
                     })
                 })
                 .collect(),
+            handoff: socks.iter().map(|_| AtomicBool::new(false)).collect(),
             socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
             closed_streams: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
-            progress: Progress::default(),
-            peer_timeout: s.peer_timeout,
+            liveness: Liveness::new(s.peer_timeout.as_millis() as u64, peer_heartbeat_ms),
+            inline_bytes: s.inline_bytes,
         });
-        shared.progress.touch();
         let mut comm = RecvComm {
             shared,
             workers: Vec::new(),
@@ -371,6 +610,7 @@ impl RecvComm {
     /// See `SendComm::set_caller_assists`.
     pub fn set_caller_assists(&self, on: bool) {
         self.shared.caller_assists.store(on, Ordering::Relaxed);
+        self.shared.wake_all();
     }
 
     /// Posts a grouped receive of `(buffer, tag)` slots; `Ok(None)` when the
@@ -404,9 +644,11 @@ impl RecvComm {
             state.generation += 1;
             state.matcher.post(id, &shape);
             state.ops.insert(id, Arc::clone(&op));
+            if self.shared.post_sleepers.any() {
+                self.shared.post_wake.notify_all();
+            }
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.shared.wake.notify_all();
         metrics::transport(TransportKind::Tcp).request_started();
         Ok(Some(RecvRequest {
             shared: Arc::clone(&self.shared),
@@ -419,7 +661,7 @@ impl RecvRequest {
     /// The received size of every slot, once all of them are complete.
     pub fn test(&self) -> NetResult<Option<&[u64]>> {
         if self.op.sizes.get().is_none() {
-            self.shared.assist();
+            self.shared.assist(&self.op);
         }
         if let Some(sizes) = self.op.sizes.get() {
             let m = metrics::transport(TransportKind::Tcp);
@@ -430,21 +672,10 @@ impl RecvRequest {
             m.request_latency(self.op.posted.elapsed());
             return Ok(Some(sizes));
         }
-        if let Some(e) = self.shared.failure.get() {
-            return Err(e.clone());
+        match self.shared.failure.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(None),
         }
-        let idle = self.shared.progress.idle_for();
-        if idle > self.shared.peer_timeout && self.shared.lock().matcher.mid_message() {
-            let err = NetError::peer(
-                self.shared.peer,
-                PeerFailure::Silent {
-                    waited_ms: idle.as_millis() as u64,
-                },
-            );
-            self.shared.fail(err.clone(), ConnError::Timeout, true);
-            return Err(self.shared.failure.get().cloned().unwrap_or(err));
-        }
-        Ok(None)
     }
 }
 
@@ -458,10 +689,7 @@ impl Drop for RecvRequest {
 impl Drop for RecvComm {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Release);
-        {
-            let _guard = self.shared.lock();
-            self.shared.wake.notify_all();
-        }
+        self.shared.wake_all();
         for s in &self.shared.socks {
             let _ = s.shutdown(Shutdown::Both);
         }

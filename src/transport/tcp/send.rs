@@ -1,32 +1,33 @@
 //! The sending end of a connection.
 //!
-//! Each stream is a small state machine (the chunk in flight and how much of
+//! Each stream is a small state machine (the frame in flight and how much of
 //! it is out) behind a mutex, driven with non-blocking writes by whoever
-//! holds it: the stream's own thread, which sleeps in poll(2) or on a
-//! condvar when it cannot progress, or NCCL's proxy thread inside
-//! `isend`/`test`, which only ever `try_lock`s. On a busy many-core host the
-//! stream threads move the bytes in parallel; on a small host the proxy
-//! thread's polling does useful work instead of competing with them.
+//! holds it. NCCL's proxy thread, inside `isend`/`test`, writes messages up
+//! to `inline_bytes` itself (one `sendmsg` for header and payload, no other
+//! thread woken) and only ever `try_lock`s. Larger messages wake the stream
+//! threads, which copy their chunks in parallel and sleep in poll(2) while
+//! their socket is full. Every stream thread also wakes at its liveness
+//! deadlines: it reads the receiver's heartbeat bytes (the only thing that
+//! flows back), sends a heartbeat frame when the stream has been quiet, and
+//! fails the connection if the receiver has been silent past the timeout.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use socket2::Socket;
 
-use super::{spawn_stream_threads, TcpSettings, MAX_REQUESTS};
+use super::{now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_REQUESTS};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
 use crate::sys::{self, RawBuf};
+use crate::transport::liveness::{Liveness, StreamClock};
 use crate::transport::sched::{Chunk, SendScheduler};
-use crate::transport::wire::FRAME_HEADER_BYTES;
+use crate::transport::wire::{FRAME_HEADER_BYTES, HEARTBEAT_FRAME, REVERSE_HEARTBEAT};
 use crate::warn;
-
-/// How long a stream thread sleeps in poll(2) before looking again.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One isend: done when all its chunks are in the kernel's hands.
 pub struct SendOp {
@@ -36,41 +37,56 @@ pub struct SendOp {
     posted: Instant,
 }
 
-/// The chunk a stream is writing and how many of its bytes are out.
+/// The frame a stream is writing and how many of its bytes are out.
 struct InFlight {
-    chunk: Chunk<Arc<SendOp>>,
+    /// `None` for a heartbeat frame.
+    chunk: Option<Chunk<Arc<SendOp>>>,
     header: [u8; FRAME_HEADER_BYTES],
     sent: usize,
+    /// Whether the message is the stream threads' to write.
+    bulk: bool,
 }
 
 struct Stream {
     sock: Arc<Socket>,
     current: Option<InFlight>,
+    clock: StreamClock,
 }
 
 /// Why a stream stopped making progress.
 enum Blocked {
-    /// No chunk is waiting to be sent.
+    /// No chunk is waiting to be sent (that this pumper may take).
     NoWork,
     /// The socket's send buffer is full.
     Full,
 }
 
+/// A failure found while pumping or tending a stream.
+enum Fault {
+    Io(io::Error),
+    /// The receiver closed its end (EOF on the heartbeat direction).
+    Closed,
+    Protocol(String),
+    /// Nothing heard for this many milliseconds.
+    Silent(u64),
+}
+
 struct Shared {
     peer: SocketAddr,
     /// Whether the caller's thread (NCCL's proxy) does I/O itself in
-    /// `isend`/`irecv`/`test`; see `set_caller_assists`.
+    /// `isend`/`test`; see `set_caller_assists`.
     caller_assists: AtomicBool,
     queue: Mutex<SendScheduler<Arc<SendOp>>>,
+    /// Stream threads with nothing to do until a large message is queued.
     wake: Condvar,
+    sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
-    /// Whether each stream holds a partly written chunk (readable without
-    /// its lock, so an idle stream thread knows it has work).
-    stream_busy: Vec<AtomicBool>,
     socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
     in_flight: AtomicUsize,
+    liveness: Liveness,
+    inline_bytes: u64,
 }
 
 pub struct SendComm {
@@ -85,97 +101,194 @@ pub struct SendRequest {
 }
 
 impl Shared {
-    fn fail(&self, err: NetError, cause: ConnError) {
+    fn queue(&self) -> MutexGuard<'_, SendScheduler<Arc<SendOp>>> {
+        self.queue.lock().expect("send queue lock")
+    }
+
+    fn wake_all(&self) {
+        let _guard = self.queue();
+        self.wake.notify_all();
+    }
+
+    /// Records the connection's first failure; `loud` ones are logged and
+    /// counted (an orderly close by the receiver is not).
+    fn fail(&self, err: NetError, cause: ConnError, loud: bool) {
         if self.failure.set(err.clone()).is_ok() && !self.closing.load(Ordering::Acquire) {
-            metrics::transport(TransportKind::Tcp).request_error(cause);
-            warn!("send connection to {} failed: {err}", self.peer);
+            if loud {
+                metrics::transport(TransportKind::Tcp).request_error(cause);
+                warn!("send connection to {} failed: {err}", self.peer);
+            }
             for s in &self.socks {
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
-        self.wake.notify_all();
+        self.wake_all();
     }
 
-    fn io_failure(&self, e: io::Error) {
+    fn fault(&self, f: Fault) {
         if self.closing.load(Ordering::Acquire) {
             return;
         }
-        let cause = match e.kind() {
-            io::ErrorKind::TimedOut => ConnError::Timeout,
-            _ => ConnError::Reset,
+        let (cause, conn, loud) = match f {
+            Fault::Closed => (PeerFailure::Closed, ConnError::Eof, false),
+            Fault::Protocol(e) => (PeerFailure::Protocol(e), ConnError::Protocol, true),
+            Fault::Silent(waited_ms) => (
+                PeerFailure::NoHeartbeat {
+                    waited_ms,
+                    timeout_ms: self.liveness.timeout_ms,
+                },
+                ConnError::Timeout,
+                true,
+            ),
+            Fault::Io(e) if e.kind() == io::ErrorKind::TimedOut => (
+                PeerFailure::TimedOut(e.to_string()),
+                ConnError::Timeout,
+                true,
+            ),
+            Fault::Io(e) => (PeerFailure::Reset(e.to_string()), ConnError::Reset, true),
         };
-        self.fail(
-            NetError::peer(self.peer, PeerFailure::Reset(e.to_string())),
-            cause,
-        );
+        self.fail(NetError::peer(self.peer, cause), conn, loud);
     }
 
     fn stopped(&self) -> bool {
         self.closing.load(Ordering::Acquire) || self.failure.get().is_some()
     }
 
-    /// Writes on `stream` until it has nothing to send or the socket is full.
-    fn pump(&self, stream: &mut Stream) -> io::Result<Blocked> {
+    /// Whether a message of `total` bytes is written by the stream threads
+    /// rather than by the caller's thread.
+    fn is_bulk(&self, total: u64) -> bool {
+        total > self.inline_bytes || !self.caller_assists.load(Ordering::Relaxed)
+    }
+
+    /// Writes on `stream` until it has nothing to send (that `who` may
+    /// take) or the socket is full.
+    fn pump(&self, stream: &mut Stream, who: Pumper) -> io::Result<Blocked> {
         loop {
             if stream.current.is_none() {
                 if self.stopped() {
                     return Ok(Blocked::NoWork);
                 }
-                let Some(chunk) = self.queue.lock().expect("send queue lock").next_chunk() else {
+                let mut queue = self.queue();
+                let Some(total) = queue.head_total() else {
                     return Ok(Blocked::NoWork);
                 };
+                let bulk = self.is_bulk(total);
+                if bulk && who == Pumper::Caller {
+                    // Queued behind small messages, it may not have woken
+                    // the threads when it was pushed.
+                    if self.sleepers.any() {
+                        self.wake.notify_all();
+                    }
+                    return Ok(Blocked::NoWork);
+                }
+                let chunk = queue.next_chunk().expect("the queue has a head");
+                drop(queue);
                 stream.current = Some(InFlight {
                     header: chunk.header.encode(),
-                    chunk,
+                    chunk: Some(chunk),
                     sent: 0,
+                    bulk,
                 });
             }
             let cur = stream.current.as_mut().expect("set above");
-            let h = cur.chunk.header;
-            let total = FRAME_HEADER_BYTES + h.len as usize;
+            if cur.bulk && who == Pumper::Caller {
+                return Ok(Blocked::NoWork);
+            }
+            let (offset, len) = cur
+                .chunk
+                .as_ref()
+                .map_or((0, 0), |c| (c.header.offset, c.header.len as usize));
+            let total = FRAME_HEADER_BYTES + len;
             while cur.sent < total {
-                match cur.chunk.op.buf.try_send(
-                    &cur.header,
-                    h.offset,
-                    h.len as usize,
-                    cur.sent,
-                    &stream.sock,
-                ) {
-                    Ok(n) => cur.sent += n,
+                let written = match &cur.chunk {
+                    Some(c) => {
+                        c.op.buf
+                            .try_send(&cur.header, offset, len, cur.sent, &stream.sock)
+                    }
+                    None => stream.sock.send_with_flags(
+                        &cur.header[cur.sent..],
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    ),
+                };
+                match written {
+                    Ok(n) => {
+                        cur.sent += n;
+                        stream.clock.sent(now_ms());
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Blocked::Full),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
             }
-            metrics::transport(TransportKind::Tcp).bytes_sent(u64::from(h.len));
-            cur.chunk.op.chunks_left.fetch_sub(1, Ordering::AcqRel);
-            stream.current = None;
+            if let Some(c) = stream.current.take().and_then(|f| f.chunk) {
+                metrics::transport(TransportKind::Tcp).bytes_sent(u64::from(c.header.len));
+                c.op.chunks_left.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
-    /// The proxy thread's share of the work: every stream nobody else holds.
-    /// Stream threads are woken only when work is left that they must
-    /// finish: chunks still queued, or a chunk stuck on a full socket.
-    fn assist(&self) {
-        let mut stuck = false;
-        let streams = if self.caller_assists.load(Ordering::Relaxed) {
-            &self.streams[..]
-        } else {
-            &[]
-        };
-        for (s, busy) in streams.iter().zip(&self.stream_busy) {
-            if let Ok(mut stream) = s.try_lock() {
-                match self.pump(&mut stream) {
-                    Err(e) => self.io_failure(e),
-                    Ok(Blocked::Full) => stuck = true,
-                    Ok(Blocked::NoWork) => {}
+    /// Reads the receiver's heartbeats, the only bytes that flow back.
+    fn drain_heartbeats(&self, stream: &mut Stream) -> Result<(), Fault> {
+        let mut buf = [0u8; 64];
+        loop {
+            match sys::try_recv_into(&stream.sock, &mut buf) {
+                Ok(0) => return Err(Fault::Closed),
+                Ok(n) => {
+                    if buf[..n].iter().any(|&b| b != REVERSE_HEARTBEAT) {
+                        return Err(Fault::Protocol("unexpected bytes from the receiver".into()));
+                    }
+                    stream.clock.heard(now_ms());
+                    if n < buf.len() {
+                        return Ok(());
+                    }
                 }
-                busy.store(stream.current.is_some(), Ordering::Release);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Fault::Io(e)),
             }
         }
-        let queue = self.queue.lock().expect("send queue lock");
-        if stuck || !queue.is_empty() {
-            self.wake.notify_all();
+    }
+
+    /// The stream thread's liveness duties: read the receiver's heartbeats,
+    /// fail it if it has been silent past the timeout, and queue our own
+    /// heartbeat frame when the stream has been quiet. A frame stuck on a
+    /// full socket counts as a heartbeat: the receiver is not reading this
+    /// stream, and hears that frame as soon as it does.
+    fn tend(&self, stream: &mut Stream) -> Result<(), Fault> {
+        self.drain_heartbeats(stream)?;
+        let now = now_ms();
+        if let Some(quiet) = stream.clock.silent(&self.liveness, now) {
+            return Err(Fault::Silent(quiet));
+        }
+        if stream.clock.heartbeat_due(&self.liveness, now) {
+            match stream.current {
+                Some(_) => stream.clock.sent(now),
+                None => {
+                    stream.current = Some(InFlight {
+                        chunk: None,
+                        header: HEARTBEAT_FRAME,
+                        sent: 0,
+                        bulk: false,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The proxy thread's share of the work: small messages, on every
+    /// stream nobody else holds.
+    fn assist(&self) {
+        if !self.caller_assists.load(Ordering::Relaxed) {
+            return;
+        }
+        for s in &self.streams {
+            if let Ok(mut stream) = s.try_lock() {
+                if let Err(e) = self.pump(&mut stream, Pumper::Caller) {
+                    drop(stream);
+                    return self.fault(Fault::Io(e));
+                }
+            }
         }
     }
 }
@@ -183,55 +296,73 @@ impl Shared {
 fn stream_worker(shared: Arc<Shared>, index: usize) {
     let sock = Arc::clone(&shared.socks[index]);
     while !shared.stopped() {
-        let blocked = {
+        let (blocked, deadline) = {
             let mut stream = shared.streams[index].lock().expect("stream lock");
-            let blocked = shared.pump(&mut stream);
-            shared.stream_busy[index].store(stream.current.is_some(), Ordering::Release);
-            blocked
-        };
-        match blocked {
-            Err(e) => return shared.io_failure(e),
-            Ok(Blocked::Full) => {
-                if let Err(e) = sys::wait_ready(&sock, true, POLL_INTERVAL) {
-                    return shared.io_failure(e);
+            let tended = shared.tend(&mut stream).and_then(|()| {
+                let blocked = shared
+                    .pump(&mut stream, Pumper::Thread)
+                    .map_err(Fault::Io)?;
+                Ok((blocked, stream.clock.next_check(&shared.liveness, true)))
+            });
+            match tended {
+                Ok(t) => t,
+                Err(f) => {
+                    drop(stream);
+                    return shared.fault(f);
                 }
             }
-            Ok(Blocked::NoWork) => {
-                let queue = shared.queue.lock().expect("send queue lock");
-                let busy = &shared.stream_busy[index];
-                let _idle = shared
-                    .wake
-                    .wait_while(queue, |q| {
-                        q.is_empty() && !busy.load(Ordering::Acquire) && !shared.stopped()
-                    })
-                    .expect("send queue lock");
+        };
+        let timeout = until(deadline);
+        match blocked {
+            Blocked::Full => {
+                if let Err(e) = sys::wait_ready(&sock, true, timeout) {
+                    return shared.fault(Fault::Io(e));
+                }
+            }
+            Blocked::NoWork => {
+                let _woken = shared
+                    .sleepers
+                    .wait(&shared.wake, shared.queue(), timeout, |q| {
+                        q.head_total().is_some_and(|t| shared.is_bulk(t)) || shared.stopped()
+                    });
             }
         }
     }
 }
 
 impl SendComm {
-    pub(super) fn start(socks: Vec<Socket>, peer: SocketAddr, s: &TcpSettings) -> NetResult<Self> {
+    /// Starts the stream threads of a connection to a listener that asked
+    /// for a heartbeat every `peer_heartbeat_ms`.
+    pub(super) fn start(
+        socks: Vec<Socket>,
+        peer: SocketAddr,
+        s: &TcpSettings,
+        peer_heartbeat_ms: u32,
+    ) -> NetResult<Self> {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
+        let now = now_ms();
         let shared = Arc::new(Shared {
             peer,
             caller_assists: AtomicBool::new(true),
             queue: Mutex::new(SendScheduler::new(s.chunk_bytes, socks.len())),
             wake: Condvar::new(),
+            sleepers: Sleepers::default(),
             streams: socks
                 .iter()
                 .map(|sock| {
                     Mutex::new(Stream {
                         sock: Arc::clone(sock),
                         current: None,
+                        clock: StreamClock::new(now),
                     })
                 })
                 .collect(),
-            stream_busy: socks.iter().map(|_| AtomicBool::new(false)).collect(),
             socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            liveness: Liveness::new(s.peer_timeout.as_millis() as u64, peer_heartbeat_ms),
+            inline_bytes: s.inline_bytes,
         });
         let mut comm = SendComm {
             shared,
@@ -249,6 +380,7 @@ impl SendComm {
                         PeerFailure::Protocol("internal error on a stream thread".into()),
                     ),
                     ConnError::Other,
+                    true,
                 )
             },
         )?;
@@ -260,15 +392,14 @@ impl SendComm {
         self.shared.peer
     }
 
-    /// By default the caller's thread also moves bytes in `isend`/`test`
-    /// (lowest latency when the caller polls anyway). A caller with heavy
-    /// work of its own (the collective network's codec) turns that off and
-    /// leaves all I/O to the stream threads, on other cores.
+    /// By default the caller's thread also moves small messages in
+    /// `isend`/`test` (lowest latency when the caller polls anyway). A
+    /// caller with heavy work of its own (the collective network's codec)
+    /// turns that off and leaves all I/O to the stream threads, on other
+    /// cores.
     pub fn set_caller_assists(&self, on: bool) {
         self.shared.caller_assists.store(on, Ordering::Relaxed);
-        if !on {
-            self.shared.wake.notify_all();
-        }
+        self.shared.wake_all();
     }
 
     /// Queues a message; `Ok(None)` when the request pool is full.
@@ -286,21 +417,18 @@ impl SendComm {
             buf,
             posted: Instant::now(),
         });
-        let chunks = {
-            let mut queue = self.shared.queue.lock().expect("send queue lock");
+        {
+            let mut queue = self.shared.queue();
             let (_, chunks) = queue.push(Arc::clone(&op), tag, size);
             // Set before anyone can take a chunk: that needs this lock.
             op.chunks_left.store(chunks, Ordering::Release);
-            chunks
-        };
+            if self.shared.is_bulk(size) && self.shared.sleepers.any() {
+                self.shared.wake.notify_all();
+            }
+        }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         metrics::transport(TransportKind::Tcp).request_started();
-        if chunks > 1 {
-            // Spread over several streams: their threads copy in parallel.
-            self.shared.wake.notify_all();
-        }
-        // This thread sends what it can right away; a one-chunk message
-        // usually needs no other thread at all (latency).
+        // A small message usually goes out right here, in one sendmsg.
         self.shared.assist();
         Ok(Some(SendRequest {
             shared: Arc::clone(&self.shared),
@@ -344,10 +472,7 @@ impl Drop for SendRequest {
 impl Drop for SendComm {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Release);
-        {
-            let _guard = self.shared.queue.lock().expect("send queue lock");
-            self.shared.wake.notify_all();
-        }
+        self.shared.wake_all();
         for s in &self.shared.socks {
             // Data already queued in the kernel is still delivered before FIN.
             let _ = s.shutdown(Shutdown::Both);

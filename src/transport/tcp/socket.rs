@@ -1,9 +1,8 @@
 //! Socket setup shared by both ends of a connection.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::TcpSettings;
 
@@ -16,24 +15,16 @@ pub fn new_stream(addr: &SocketAddr) -> std::io::Result<Socket> {
     )
 }
 
-/// Options of a data stream: no Nagle delay for small messages, and
-/// keepalive so a host that died while the connection was idle turns into
-/// an error instead of a hang.
+/// Options of a data stream: no Nagle delay for small messages.
 ///
-/// Deliberately no TCP_USER_TIMEOUT: since Linux 5.11 it also aborts a
-/// connection whose receiver keeps a zero window, i.e. a healthy rank that is
-/// busy (checkpointing, a long forward pass) and not reading. Killing a
-/// healthy job is worse than detecting a dead one late; the receiving side
-/// still times out a peer that goes silent mid-message.
+/// No TCP keepalive: the heartbeats (`transport::liveness`) find a dead
+/// peer in both directions, idle or not. And deliberately no
+/// TCP_USER_TIMEOUT: since Linux 5.11 it also aborts a connection whose
+/// receiver keeps a zero window, i.e. a healthy rank that is busy
+/// (checkpointing, a long forward pass) and not posting receives
+/// (docs/transport.md has the measurement).
 pub fn tune(sock: &Socket, s: &TcpSettings) -> std::io::Result<()> {
     sock.set_tcp_nodelay(true)?;
-    let probe = (s.peer_timeout / 4).max(Duration::from_secs(1));
-    sock.set_tcp_keepalive(
-        &TcpKeepalive::new()
-            .with_time(probe)
-            .with_interval(probe)
-            .with_retries(3),
-    )?;
     if s.socket_buffer > 0 {
         sock.set_send_buffer_size(s.socket_buffer)?;
         sock.set_recv_buffer_size(s.socket_buffer)?;

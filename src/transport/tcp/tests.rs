@@ -7,6 +7,8 @@ use super::*;
 use crate::error::{ErrorClass, NetError};
 use crate::sys::RawBuf;
 use crate::transport::iface::NetDevice;
+use crate::transport::liveness::Liveness;
+use crate::transport::wire::ListenHandle;
 
 fn lo() -> NetDevice {
     NetDevice {
@@ -65,14 +67,39 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Every way bytes can move: inline on the caller's thread, by the stream
+/// threads, a mix (the default), and threads only (the collective network).
 #[test]
 fn messages_of_every_shape_arrive_intact() {
-    for streams in [1, 4] {
-        let s = settings(streams);
+    for (streams, inline_bytes, caller_assists) in [
+        (1, 64 << 10, true),
+        (4, 64 << 10, true),
+        (3, 0, true),
+        (2, 1 << 30, true),
+        (3, 64 << 10, false),
+    ] {
+        let s = TcpSettings {
+            inline_bytes,
+            ..settings(streams)
+        };
         let (send, recv) = pair(&s);
-        for (i, len) in [0usize, 1, 7, 4096, 65_537, 1 << 20, 3_000_001]
-            .into_iter()
-            .enumerate()
+        send.set_caller_assists(caller_assists);
+        recv.set_caller_assists(caller_assists);
+        for (i, len) in [
+            0usize,
+            1,
+            7,
+            4096,
+            8159,
+            8160,
+            8161,
+            8192,
+            65_537,
+            1 << 20,
+            3_000_001,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut src = pattern(len, i as u8);
             let mut dst = vec![0u8; len + 100];
@@ -86,7 +113,7 @@ fn messages_of_every_shape_arrive_intact() {
             assert_eq!(
                 &dst[..len],
                 &src[..],
-                "payload of {len} bytes over {streams} streams"
+                "payload of {len} bytes over {streams} streams, inline up to {inline_bytes}"
             );
         }
     }
@@ -172,4 +199,176 @@ fn peer_close_fails_pending_receive() {
     drop(send);
     let err = wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Remote, "{err}");
+}
+
+/// The peer timeout of the liveness tests: short, but its 3/4 of slack
+/// stays far above how long a loaded 2-core box stalls a thread.
+const LIVE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Both directions stay quiet for several peer timeouts: heartbeats keep
+/// the connection alive, and it still carries messages afterwards.
+#[test]
+fn idle_connection_outlives_the_peer_timeout() {
+    let s = TcpSettings {
+        peer_timeout: LIVE_TIMEOUT,
+        ..settings(2)
+    };
+    let (send, recv) = pair(&s);
+    std::thread::sleep(LIVE_TIMEOUT * 5 / 2);
+    let mut src = pattern(100, 3);
+    let mut dst = vec![0u8; 100];
+    let r = recv.irecv(vec![(buf(&mut dst), 0)]).unwrap().unwrap();
+    let t = send.isend(buf(&mut src), 0).unwrap().unwrap();
+    wait(|| t.test()).unwrap();
+    wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
+    assert_eq!(dst, src);
+}
+
+/// A receiver that posts nothing for several peer timeouts while the sender
+/// has far more queued than the socket buffers hold (a zero window) is
+/// alive: neither side fails, and every byte arrives once it posts.
+#[test]
+fn slow_receiver_is_never_failed() {
+    let s = TcpSettings {
+        peer_timeout: LIVE_TIMEOUT,
+        socket_buffer: 64 << 10,
+        ..settings(2)
+    };
+    let (send, recv) = pair(&s);
+    const N: usize = 8;
+    const LEN: usize = 1 << 20;
+    let mut srcs: Vec<Vec<u8>> = (0..N).map(|i| pattern(LEN, i as u8)).collect();
+    let sends: Vec<_> = srcs
+        .iter_mut()
+        .map(|b| send.isend(buf(b), 5).unwrap().unwrap())
+        .collect();
+    let start = Instant::now();
+    while start.elapsed() < LIVE_TIMEOUT * 5 / 2 {
+        assert!(
+            sends.last().unwrap().test().unwrap().is_none(),
+            "the window never closed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut dsts: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; LEN]).collect();
+    let recvs: Vec<_> = dsts
+        .iter_mut()
+        .map(|d| recv.irecv(vec![(buf(d), 5)]).unwrap().unwrap())
+        .collect();
+    for (t, r) in sends.iter().zip(&recvs) {
+        wait(|| t.test()).unwrap();
+        wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
+    }
+    drop((sends, recvs));
+    assert!(srcs == dsts, "payloads differ");
+}
+
+/// A fake listener that accepts, reads the hello and everything after it,
+/// and never says a word back.
+fn mute_listener(timeout_ms: u64) -> ListenHandle {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let handle = ListenHandle {
+        addr: l.local_addr().unwrap(),
+        streams: 1,
+        token: [9; 16],
+        heartbeat_ms: Liveness::interval_for(timeout_ms),
+    };
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut sink = vec![0u8; 1 << 16];
+        while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    handle
+}
+
+#[test]
+fn sender_fails_a_receiver_that_sends_no_heartbeat() {
+    let s = TcpSettings {
+        peer_timeout: LIVE_TIMEOUT,
+        ..settings(1)
+    };
+    let handle = mute_listener(LIVE_TIMEOUT.as_millis() as u64);
+    let mut c = Connecting::start(&handle, &s).unwrap();
+    let send = wait(|| c.progress()).unwrap();
+    let start = Instant::now();
+    let mut src = pattern(10, 1);
+    let err = loop {
+        match send.isend(buf(&mut src), 0) {
+            Ok(Some(t)) => {
+                if let Err(e) = wait(|| t.test()) {
+                    break e;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => break e,
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no error after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(err.class(), ErrorClass::Remote, "{err}");
+    assert!(err.to_string().contains("no heartbeat"), "{err}");
+    assert!(start.elapsed() >= LIVE_TIMEOUT / 2, "{:?}", start.elapsed());
+}
+
+#[test]
+fn receiver_fails_a_sender_that_sends_no_heartbeat() {
+    use std::io::Write;
+    let s = TcpSettings {
+        peer_timeout: LIVE_TIMEOUT,
+        ..settings(1)
+    };
+    let (mut listener, handle) = Listener::bind(&lo(), &s).unwrap();
+    let mut raw = std::net::TcpStream::connect(handle.addr).unwrap();
+    let hello = crate::transport::wire::Hello {
+        token: handle.token,
+        connection: 1,
+        stream: 0,
+        streams: 1,
+        heartbeat_ms: handle.heartbeat_ms,
+    };
+    raw.write_all(&hello.encode()).unwrap();
+    let recv = wait(|| listener.accept()).unwrap();
+    let mut dst = vec![0u8; 8];
+    let r = recv.irecv(vec![(buf(&mut dst), 0)]).unwrap().unwrap();
+    let start = Instant::now();
+    let err = wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Remote, "{err}");
+    assert!(err.to_string().contains("no heartbeat"), "{err}");
+    assert!(start.elapsed() >= LIVE_TIMEOUT / 2, "{:?}", start.elapsed());
+    drop(raw);
+}
+
+/// Many small messages queued before any receive is posted: one read of the
+/// staging buffer then holds several frames, split anywhere.
+#[test]
+fn small_messages_piled_up_arrive_intact() {
+    let (send, recv) = pair(&settings(1));
+    let sizes: Vec<usize> = (0..30).map(|i| (i * 977) % 3001).collect();
+    let mut srcs: Vec<Vec<u8>> = sizes.iter().map(|&n| pattern(n, n as u8)).collect();
+    let sends: Vec<_> = srcs
+        .iter_mut()
+        .map(|b| send.isend(buf(b), 3).unwrap().unwrap())
+        .collect();
+    for t in &sends {
+        wait(|| t.test()).unwrap();
+    }
+    let mut dsts: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n + 7]).collect();
+    let recvs: Vec<_> = dsts
+        .iter_mut()
+        .map(|d| recv.irecv(vec![(buf(d), 3)]).unwrap().unwrap())
+        .collect();
+    for (r, &n) in recvs.iter().zip(&sizes) {
+        assert_eq!(
+            wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap(),
+            vec![n as u64]
+        );
+    }
+    drop((sends, recvs));
+    for (s, d) in srcs.iter().zip(&dsts) {
+        assert_eq!(&d[..s.len()], &s[..]);
+    }
 }

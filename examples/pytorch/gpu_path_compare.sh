@@ -3,7 +3,8 @@
 # bf16 all_reduce, 2 ranks on one GPU (one NCCL_HOSTID each, CUDA MPS), in
 # one run, ABBA order:
 #   ring           Ring over airamp's net plugin (CollNet off)
-#   cn_exact_gpu   CollNet Chain on NCCL's GPU buffers (NCCL_NET_GDR_LEVEL=PHB)
+#   cn_exact_gpu   CollNet Chain on NCCL's GPU buffers (AIRAMP_GPU_COLLNET=1,
+#                  NCCL_NET_GDR_LEVEL=PHB)
 #   cn_fp8_gpu     the same with AIRAMP_ENABLE_FP8_ALLREDUCE=1: GPU kernels
 #   cn_exact_host  CollNet on host buffers (AIRAMP_GPU_COLLNET=0)
 #   cn_fp8_host    the same with FP8: the CPU worker pool runs the codec
@@ -40,8 +41,8 @@ run() {
     grep -E " busbw " "$out/$name.log" | tail -4
 }
 ring() { run ring NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
-cn_exact_gpu() { run cn_exact_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
-cn_fp8_gpu() { run cn_fp8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+cn_exact_gpu() { run cn_exact_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_fp8_gpu() { run cn_fp8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 cn_exact_host() { run cn_exact_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_fp8_host() { run cn_fp8_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 for m in $modes; do $m; done

@@ -53,7 +53,7 @@ const VALID: &[(&str, &str, &str, &str)] = &[
     ("compression.fp8_allreduce", "yes", "true", "true"),
     ("compression.format", "INT8", "\"e5m2\"", "int8"),
     ("gpu.ghost_kernels", "1", "true", "true"),
-    ("gpu.collnet", "off", "false", "false"),
+    ("gpu.collnet", "on", "true", "true"),
     ("collnet.workers", "0", "\"auto\"", "0"),
     ("tuner.enabled", "No", "false", "false"),
     ("tuner.calibrate", "off", "false", "false"),

@@ -26,7 +26,7 @@ use super::gpu_step::GpuStep;
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
 use super::lend::{OwnedRecv, OwnedSend, Payload, RecvBuf};
 use super::link::tcp::{TcpRx, TcpTx};
-use super::link::{RxLink, TxLink};
+use super::link::{PeerLinks, RxLink, TxLink};
 use super::plan::Plan;
 use super::pool::{self, Shared};
 use super::steps::{Lane, Step};
@@ -103,12 +103,6 @@ struct Rx {
     queue: VecDeque<(u64, RecvBuf)>,
     /// Steps of the receives in the link, oldest first.
     inflight: VecDeque<u64>,
-}
-
-/// The links to one other member, indexed by [`Lane`].
-pub struct PeerLinks {
-    pub tx: [Box<dyn TxLink>; 2],
-    pub rx: [Box<dyn RxLink>; 2],
 }
 
 struct Peer {

@@ -9,59 +9,27 @@ use proptest::prelude::*;
 
 use super::algo::{DataType, Path, RedOp};
 use super::device::Place;
-use super::group::{Group, GroupParams, PeerLinks, SEGMENT_BYTES};
-use super::link::mem::{pipe, Breaker};
-use super::link::{RxLink, TxLink};
+use super::group::{Group, GroupParams, SEGMENT_BYTES};
+use super::link::mem::{mesh, Breaker};
 use super::sim::{self, Call, SplitMix};
 use crate::codec::{f32_to_bf16, WireFormat};
 use crate::error::NetResult;
 use crate::sys::RawBuf;
 
 /// `n` groups joined by in-memory links, delivery timing drawn from
-/// `seed`, and a breaker for every pipe (member i's receive from j on a
-/// lane is `breakers[(i * n + j) * 2 + lane]`).
-fn mesh(
+/// `seed`, and a breaker for every pipe (see [`mesh`]).
+fn joined(
     n: usize,
     fp8: Option<WireFormat>,
     workers: usize,
     seed: u64,
 ) -> (Vec<Group>, Vec<Breaker>) {
-    let mut seeds = SplitMix::new(seed);
-    let mut tx: Vec<Vec<Vec<Box<dyn TxLink>>>> = (0..n)
-        .map(|_| (0..n).map(|_| Vec::new()).collect())
-        .collect();
-    let mut rx: Vec<Vec<Vec<Box<dyn RxLink>>>> = (0..n)
-        .map(|_| (0..n).map(|_| Vec::new()).collect())
-        .collect();
-    let mut breakers = Vec::new();
-    for i in 0..n {
-        for j in 0..n {
-            for lane in 0..2 {
-                let (t, r) = pipe(format!("{j}->{i} lane {lane}"), seeds.next_u64());
-                breakers.push(r.breaker());
-                if i != j {
-                    tx[j][i].push(Box::new(t));
-                    rx[i][j].push(Box::new(r));
-                }
-            }
-        }
-    }
-    let groups = (0..n)
-        .map(|rank| {
-            let links = (0..n)
-                .map(|j| {
-                    (j != rank).then(|| {
-                        let Ok(tx) = std::mem::take(&mut tx[rank][j]).try_into() else {
-                            unreachable!("two lanes")
-                        };
-                        let Ok(rx) = std::mem::take(&mut rx[rank][j]).try_into() else {
-                            unreachable!("two lanes")
-                        };
-                        PeerLinks { tx, rx }
-                    })
-                })
-                .collect();
-            Group::from_links(GroupParams { rank, n, fp8 }, links, workers).expect("group")
+    let (links, breakers) = mesh(n, seed);
+    let groups = links
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            Group::from_links(GroupParams { rank, n, fp8 }, l, workers).expect("group")
         })
         .collect();
     (groups, breakers)
@@ -135,7 +103,7 @@ fn check(n: usize, fp8: Option<WireFormat>, workers: usize, count: usize, seed: 
     let dtype = DataType::Bf16;
     let calls = 2;
     let mut inputs = bf16_inputs(n, calls, count, seed);
-    let (mut groups, _) = mesh(n, fp8, workers, seed);
+    let (mut groups, _) = joined(n, fp8, workers, seed);
     let outputs = run_calls(&mut groups, &mut inputs, dtype, RedOp::Sum, count).expect("calls");
     let call = Call {
         n,
@@ -210,7 +178,7 @@ fn start_all(
 #[test]
 fn a_slow_member_is_waited_for_not_failed() {
     let (n, count) = (3, 4096);
-    let (mut groups, _) = mesh(n, None, 1, 11);
+    let (mut groups, _) = joined(n, None, 1, 11);
     let mut inputs = bf16_inputs(n, 1, count, 11);
     let mut outputs = vec![vec![0u8; count * 2]; n];
     let ids = start_all(&mut groups, &mut inputs, &mut outputs);
@@ -236,7 +204,7 @@ fn a_slow_member_is_waited_for_not_failed() {
 #[test]
 fn a_broken_link_fails_its_member_and_closing_that_member_fails_the_rest() {
     let (n, count) = (3, 4096);
-    let (mut groups, breakers) = mesh(n, Some(WireFormat::E4M3), 1, 12);
+    let (mut groups, breakers) = joined(n, Some(WireFormat::E4M3), 1, 12);
     let mut inputs = bf16_inputs(n, 1, count, 12);
     let mut outputs = vec![vec![0u8; count * 2]; n];
     let ids = start_all(&mut groups, &mut inputs, &mut outputs);

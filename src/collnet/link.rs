@@ -34,6 +34,12 @@ pub trait RxLink: Send {
     fn poll_received(&mut self) -> NetResult<Option<RecvBuf>>;
 }
 
+/// The links to one other member, indexed by lane (`steps::Lane`).
+pub struct PeerLinks {
+    pub tx: [Box<dyn TxLink>; 2],
+    pub rx: [Box<dyn RxLink>; 2],
+}
+
 /// Links over airamp's TCP transport (the production path).
 pub mod tcp {
     use super::*;
@@ -164,6 +170,50 @@ pub mod mem {
         pub fn break_pipe(&self) {
             self.0.lock().expect("pipe lock").broken = true;
         }
+    }
+
+    /// Every member's links of an `n`-member group over in-memory pipes,
+    /// delivery timing drawn from `seed`, and a breaker per pipe: member
+    /// i's receive from j on lane l is `breakers[(i * n + j) * 2 + l]`.
+    pub fn mesh(n: usize, seed: u64) -> (Vec<Vec<Option<PeerLinks>>>, Vec<Breaker>) {
+        let mut seeds = SplitMix::new(seed);
+        let mut tx: Vec<Vec<Vec<Box<dyn TxLink>>>> = (0..n)
+            .map(|_| (0..n).map(|_| Vec::new()).collect())
+            .collect();
+        let mut rx: Vec<Vec<Vec<Box<dyn RxLink>>>> = (0..n)
+            .map(|_| (0..n).map(|_| Vec::new()).collect())
+            .collect();
+        let mut breakers = Vec::new();
+        for i in 0..n {
+            for j in 0..n {
+                for lane in 0..2 {
+                    let (t, r) = pipe(format!("{j}->{i} lane {lane}"), seeds.next_u64());
+                    breakers.push(r.breaker());
+                    if i != j {
+                        tx[j][i].push(Box::new(t));
+                        rx[i][j].push(Box::new(r));
+                    }
+                }
+            }
+        }
+        let links = (0..n)
+            .map(|rank| {
+                (0..n)
+                    .map(|j| {
+                        (j != rank).then(|| {
+                            let Ok(tx) = std::mem::take(&mut tx[rank][j]).try_into() else {
+                                unreachable!("two lanes")
+                            };
+                            let Ok(rx) = std::mem::take(&mut rx[rank][j]).try_into() else {
+                                unreachable!("two lanes")
+                            };
+                            PeerLinks { tx, rx }
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        (links, breakers)
     }
 
     impl MemRx {

@@ -33,8 +33,9 @@ use super::{
 };
 use crate::codec::WireFormat as ModelFormat;
 use crate::collnet::device::Place;
-use crate::collnet::group::{Group, PeerLinks};
+use crate::collnet::group::Group;
 use crate::collnet::lend::{Payload, RecvBuf};
+use crate::collnet::link::PeerLinks;
 use crate::collnet::pool::Shared;
 use crate::collnet::steps::Lane;
 use crate::collnet::{DataType, RedOp};

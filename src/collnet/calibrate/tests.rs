@@ -8,9 +8,9 @@ use proptest::prelude::*;
 use super::probe::{self, RecordKey, Setup};
 use super::*;
 use crate::codec::WireFormat;
-use crate::collnet::group::{Group, GroupParams, PeerLinks};
-use crate::collnet::link::mem::{pipe, Breaker};
-use crate::collnet::link::{RxLink, TxLink};
+use crate::collnet::group::{Group, GroupParams};
+use crate::collnet::link::mem::mesh;
+use crate::collnet::link::PeerLinks;
 use crate::collnet::sim::SplitMix;
 use crate::config::Config;
 use crate::tuner::{decide_allreduce, LinkProfile, Policy, ProfileSource, Tuner};
@@ -348,49 +348,6 @@ proptest! {
 // ---------------------------------------------------------------------------
 // The rounds over in-memory links
 // ---------------------------------------------------------------------------
-
-/// `n` members' links (member i's receive from j on a lane is breaker
-/// `(i * n + j) * 2 + lane`).
-fn mesh(n: usize, seed: u64) -> (Vec<Vec<Option<PeerLinks>>>, Vec<Breaker>) {
-    let mut seeds = SplitMix::new(seed);
-    let mut tx: Vec<Vec<Vec<Box<dyn TxLink>>>> = (0..n)
-        .map(|_| (0..n).map(|_| Vec::new()).collect())
-        .collect();
-    let mut rx: Vec<Vec<Vec<Box<dyn RxLink>>>> = (0..n)
-        .map(|_| (0..n).map(|_| Vec::new()).collect())
-        .collect();
-    let mut breakers = Vec::new();
-    for i in 0..n {
-        for j in 0..n {
-            for lane in 0..2 {
-                let (t, r) = pipe(format!("{j}->{i} lane {lane}"), seeds.next_u64());
-                breakers.push(r.breaker());
-                if i != j {
-                    tx[j][i].push(Box::new(t));
-                    rx[i][j].push(Box::new(r));
-                }
-            }
-        }
-    }
-    let links = (0..n)
-        .map(|rank| {
-            (0..n)
-                .map(|j| {
-                    (j != rank).then(|| {
-                        let Ok(tx) = std::mem::take(&mut tx[rank][j]).try_into() else {
-                            unreachable!("two lanes")
-                        };
-                        let Ok(rx) = std::mem::take(&mut rx[rank][j]).try_into() else {
-                            unreachable!("two lanes")
-                        };
-                        PeerLinks { tx, rx }
-                    })
-                })
-                .collect()
-        })
-        .collect();
-    (links, breakers)
-}
 
 fn setup(rates: Result<ExecutorRates, String>, record: Option<RecordKey>) -> Setup {
     Setup {

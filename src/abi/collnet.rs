@@ -285,7 +285,7 @@ unsafe fn place(g: &Group, ptr: *mut c_void, len: usize) -> NetResult<Place> {
     if let Some(range) = g.device_range(ptr as usize, len) {
         return Ok(Place::Device(range));
     }
-    if len > 0 && gpu::is_device_pointer(ptr as usize) {
+    if len > 0 && offers_gpu_buffers() && gpu::is_device_pointer(ptr as usize) {
         return Err(NetError::InvalidUsage(format!(
             "collnet buffer {ptr:?} (+{len} bytes) is device memory outside every region registered with regMr"
         )));

@@ -2,13 +2,15 @@
 //!
 //! With GPUDirect, NCCL registers each half of its collective-network
 //! buffer (`regMr(NCCL_PTR_CUDA)`) and passes pointers into them to every
-//! call. Every registered region gets a pinned host *mirror* of the same
-//! size, allocated at registration (never on the data path), and its own
-//! non-blocking stream. A call whose buffers are device memory is *staged*:
-//! its input range is copied to the mirror asynchronously, the host steps
-//! run on the mirror, and its output range is copied back; the call
-//! completes only once the copy back's event has completed. Nothing here
-//! blocks: copies are queued, completion is an event query.
+//! call. The group gets one non-blocking stream and a pinned staging arena
+//! for the FP8 kernels' slots ([`SlotPool`]) at its first registration,
+//! and every registered region a pinned host *mirror* of the same size, all
+//! allocated at registration (never on the data path). A call that the
+//! kernels do not run and whose buffers are device memory is *staged*: its
+//! input range is copied to the mirror asynchronously, the host steps run
+//! on the mirror, and its output range is copied back; the call completes
+//! only once the copy back's event has completed. Nothing here blocks:
+//! copies are queued, completion is an event query.
 //!
 //! Memory is identified by pointer (the registered ranges), not by the
 //! handle NCCL passes along, which may come from the other side's view.
@@ -161,11 +163,6 @@ impl SlotPool {
                 (0..slots).rev().map(|i| i * slot_bytes).collect(),
             )),
         })
-    }
-
-    /// Largest message a slot holds.
-    pub fn slot_bytes(&self) -> usize {
-        self.slot_bytes
     }
 
     fn arena_len(&self) -> usize {

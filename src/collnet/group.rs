@@ -38,6 +38,8 @@ use crate::metrics::{self, GpuCall};
 use crate::transport::tcp::{Connecting, Listener, RecvComm, SendComm, TcpSettings};
 use crate::transport::wire::ListenHandle;
 
+/// A call in flight this long is described in the log, once.
+const STUCK_REPORT: Duration = Duration::from_secs(10);
 /// Steps in flight at once (bounded by the transport's request pool).
 const WINDOW: usize = 16;
 /// Input bytes per allreduce step: small enough that encoding one step
@@ -162,6 +164,8 @@ struct OpState {
     /// Bytes this member queued for sending.
     wire: u64,
     started: Instant,
+    /// A slow call is described in the log once (see [`STUCK_REPORT`]).
+    reported: bool,
     kind: OpKind,
 }
 
@@ -541,6 +545,7 @@ impl Group {
                 bytes,
                 wire: 0,
                 started: Instant::now(),
+                reported: false,
                 kind,
             },
         );
@@ -723,10 +728,8 @@ impl Group {
                 "collnet request {op} is not in flight"
             )));
         };
-        if state.steps_left > 0 || state.sends_left > 0 {
-            return Ok(None);
-        }
-        if !self.staged_out(op)? {
+        if state.steps_left > 0 || state.sends_left > 0 || !self.staged_out(op)? {
+            self.report_if_stuck(op);
             return Ok(None);
         }
         let state = self.ops.remove(&op).expect("present");
@@ -738,6 +741,55 @@ impl Group {
             state.started.elapsed(),
         );
         Ok(Some(state.bytes))
+    }
+
+    /// Logs, once, where a call that has been in flight for
+    /// [`STUCK_REPORT`] stands: a slow peer is not an error (the transport's
+    /// timeouts decide that), but a call that never completes must be
+    /// diagnosable from the log.
+    fn report_if_stuck(&mut self, op: u64) {
+        let Some(state) = self.ops.get_mut(&op) else {
+            return;
+        };
+        if state.reported || state.started.elapsed() < STUCK_REPORT {
+            return;
+        }
+        state.reported = true;
+        let window: Vec<String> = self
+            .active
+            .iter()
+            .filter(|a| a.op == op)
+            .map(|a| {
+                let exec = match &a.exec {
+                    Exec::Cpu(Some(_)) => "host",
+                    Exec::Cpu(None) => "host, on a worker",
+                    Exec::Gpu(_) => "gpu",
+                };
+                format!(
+                    "step {} ({exec}): started {}, {} receives outstanding, {} events queued, done {}",
+                    a.seq,
+                    a.started,
+                    a.outstanding,
+                    a.events.len(),
+                    a.is_done()
+                )
+            })
+            .collect();
+        crate::warn!(
+            "collnet member {} of {}: call {op} ({:?} {:?}, {} bytes) not complete after {} s: {} steps left ({} waiting for the window), {} sends not yet handed to the kernel, {} device copies in and {} out pending; {}",
+            self.params.rank,
+            self.params.n,
+            state.kind.dtype,
+            state.kind.path,
+            state.bytes,
+            STUCK_REPORT.as_secs(),
+            state.steps_left,
+            self.waiting.iter().filter(|(o, _)| *o == op).count(),
+            state.sends_left,
+            state.staging_in.len(),
+            state.staging_out.len() + state.out_fences.len(),
+            if window.is_empty() { "no step in the window".to_string() } else { window.join("; ") }
+        );
     }
 
     /// Copies a finished call's device outputs back (once) and says whether

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::error::{NetError, NetResult};
 use crate::gpu::{DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
@@ -113,11 +114,16 @@ struct Unposted {
 /// Per send comm (keyed by its address), staged sends in posting order.
 static UNPOSTED: Mutex<Vec<(usize, VecDeque<Unposted>)>> = Mutex::new(Vec::new());
 
+/// A staged request in flight this long is described in the log, once.
+const STUCK_REPORT: Duration = Duration::from_secs(10);
+
 /// A send from device memory.
 pub struct StagedSend {
     comm_key: usize,
     size: usize,
     posted: Arc<Mutex<Option<SendRequest>>>,
+    started: Instant,
+    reported: bool,
 }
 
 impl StagedSend {
@@ -154,6 +160,8 @@ impl StagedSend {
             comm_key: key,
             size: len,
             posted,
+            started: Instant::now(),
+            reported: false,
         })
     }
 
@@ -162,10 +170,25 @@ impl StagedSend {
     pub fn test(&mut self, comm: &SendComm) -> NetResult<Option<u64>> {
         post_ready(comm, self.comm_key)?;
         let posted = self.posted.lock().unwrap_or_else(|p| p.into_inner());
-        match posted.as_ref() {
-            Some(r) => Ok(r.test()?.map(|_| self.size as u64)),
-            None => Ok(None),
+        let done = match posted.as_ref() {
+            Some(r) => r.test()?.map(|_| self.size as u64),
+            None => None,
+        };
+        if done.is_none() && !self.reported && self.started.elapsed() >= STUCK_REPORT {
+            self.reported = true;
+            crate::warn!(
+                "staged send of {} bytes to {} not complete after {} s: {}",
+                self.size,
+                comm.peer(),
+                STUCK_REPORT.as_secs(),
+                if posted.is_some() {
+                    "its copy completed and TCP has it"
+                } else {
+                    "still waiting for its copy to the mirror, or for an earlier send"
+                }
+            );
         }
+        Ok(done)
     }
 }
 
@@ -201,6 +224,8 @@ pub fn forget_comm(comm: &SendComm) {
 
 /// A receive into buffers some of which are device memory.
 pub struct StagedRecv {
+    started: Instant,
+    reported: bool,
     inner: RecvRequest,
     /// Per slot: the device range its mirror is copied to, if any.
     device: Vec<Option<(Arc<DeviceRegion>, usize)>>,
@@ -224,6 +249,8 @@ impl StagedRecv {
         device: Vec<Option<(Arc<DeviceRegion>, usize)>>,
     ) -> NetResult<Option<StagedRecv>> {
         Ok(comm.irecv(slots)?.map(|inner| StagedRecv {
+            started: Instant::now(),
+            reported: false,
             inner,
             device,
             copies: None,
@@ -232,6 +259,23 @@ impl StagedRecv {
 
     /// The received sizes once the bytes are in NCCL's buffers.
     pub fn test(&mut self) -> NetResult<Option<Vec<u64>>> {
+        let done = self.poll()?;
+        if done.is_none() && !self.reported && self.started.elapsed() >= STUCK_REPORT {
+            self.reported = true;
+            crate::warn!(
+                "staged receive not complete after {} s: {}",
+                STUCK_REPORT.as_secs(),
+                if self.copies.is_some() {
+                    "the message arrived, its copy to the GPU is pending"
+                } else {
+                    "the message has not arrived"
+                }
+            );
+        }
+        Ok(done)
+    }
+
+    fn poll(&mut self) -> NetResult<Option<Vec<u64>>> {
         if self.copies.is_none() {
             let Some(sizes) = self.inner.test()? else {
                 return Ok(None);

@@ -195,7 +195,10 @@ impl SlotPool {
 pub struct DeviceMemory {
     ctx: Arc<GpuContext>,
     queue: GpuQueue,
-    regions: Vec<Arc<DeviceRegion>>,
+    /// Registered regions and how many registrations each has: NCCL
+    /// registers the same buffer once per connection, and they share one
+    /// mirror.
+    regions: Vec<(Arc<DeviceRegion>, usize)>,
     slots: SlotPool,
 }
 
@@ -226,35 +229,50 @@ impl DeviceMemory {
 
     /// Pinned host bytes this group holds: mirrors and staging slots.
     pub fn pinned_bytes(&self) -> usize {
-        self.regions.iter().map(|r| r.len).sum::<usize>() + self.slots.arena_len()
+        self.regions.iter().map(|(r, _)| r.len).sum::<usize>() + self.slots.arena_len()
     }
 
     /// Registers `len` bytes of device memory at `ptr` and allocates its
-    /// mirror. Returns the region's base, which identifies it.
+    /// mirror (or counts one more registration of the same range). Returns
+    /// the region's base, which identifies it.
     pub fn register(&mut self, ptr: usize, len: usize) -> NetResult<usize> {
+        if let Some((_, refs)) = self
+            .regions
+            .iter_mut()
+            .find(|(r, _)| r.base == ptr && r.len == len)
+        {
+            *refs += 1;
+            return Ok(ptr);
+        }
         let mirror = self.ctx.alloc_pinned(len)?;
         let mirror_addr = mirror.device_addr(0)?;
         metrics::collnet().gpu_pinned(len as i64);
-        self.regions.push(Arc::new(DeviceRegion {
+        let region = Arc::new(DeviceRegion {
             base: ptr,
             len,
             mirror,
             mirror_addr,
-        }));
+        });
+        self.regions.push((region, 1));
         Ok(ptr)
     }
 
-    /// Forgets a region; calls still using it keep its mirror alive.
+    /// Drops one registration of a region; the last forgets it (calls
+    /// still using it keep its mirror alive).
     pub fn deregister(&mut self, base: usize) {
-        if let Some(i) = self.regions.iter().position(|r| r.base == base) {
-            let r = self.regions.swap_remove(i);
+        let Some(i) = self.regions.iter().position(|(r, _)| r.base == base) else {
+            return;
+        };
+        self.regions[i].1 -= 1;
+        if self.regions[i].1 == 0 {
+            let (r, _) = self.regions.swap_remove(i);
             metrics::collnet().gpu_pinned(-(r.len as i64));
         }
     }
 
     /// The registered device range holding `ptr..ptr+len`, if any.
     pub fn find(&self, ptr: usize, len: usize) -> Option<DeviceRange> {
-        let region = self.regions.iter().find(|r| r.contains(ptr, len))?;
+        let (region, _) = self.regions.iter().find(|(r, _)| r.contains(ptr, len))?;
         Some(DeviceRange {
             region: Arc::clone(region),
             offset: ptr - region.base,

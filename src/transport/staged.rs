@@ -60,11 +60,23 @@ impl DeviceRegion {
     }
 }
 
+/// Registered regions. NCCL may register the same buffer for several
+/// connections: they share one region (and mirror) until the last
+/// registration is dropped.
 static REGIONS: RwLock<Vec<Arc<DeviceRegion>>> = RwLock::new(Vec::new());
 
 /// Registers NCCL's device buffer `ptr..ptr+len` (regMr, on NCCL's setup
-/// thread with its device current): allocates the mirror and the stream.
+/// thread with its device current): allocates the mirror and the stream,
+/// or shares those of an earlier registration of the same range.
 pub fn register(ptr: usize, len: usize) -> NetResult<Arc<DeviceRegion>> {
+    if let Some(r) = REGIONS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|r| r.base == ptr && r.len == len)
+    {
+        return Ok(Arc::clone(r));
+    }
     let ctx = GpuContext::current()?;
     let mirror = ctx.alloc_pinned(len)?;
     let mirror_addr = mirror.device_addr(0)?;
@@ -82,12 +94,14 @@ pub fn register(ptr: usize, len: usize) -> NetResult<Arc<DeviceRegion>> {
     Ok(region)
 }
 
-/// Forgets a region; requests still using it keep it alive.
+/// Drops one registration; the last (only the registry and the caller
+/// still hold the region) forgets it. Requests still using it keep it
+/// alive.
 pub fn deregister(region: &Arc<DeviceRegion>) {
-    REGIONS
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|r| !Arc::ptr_eq(r, region));
+    let mut all = REGIONS.write().unwrap_or_else(|p| p.into_inner());
+    if Arc::strong_count(region) <= 2 {
+        all.retain(|r| !Arc::ptr_eq(r, region));
+    }
 }
 
 /// The registered device region holding `ptr..ptr+len`, if any.

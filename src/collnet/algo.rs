@@ -820,6 +820,33 @@ impl Member {
         input: &[u8],
         codec: Option<Codec>,
     ) -> Result<(Member, Vec<Outgoing>), CollError> {
+        Member::build(spec, rank, input, codec, false).map(|(m, out, _)| (m, out))
+    }
+
+    /// As [`Member::new`], except that on the exact path the contributions
+    /// are not copied: they are returned as `(to, byte range of input)`,
+    /// for a driver that sends straight from the caller's buffer.
+    #[allow(clippy::type_complexity)]
+    pub fn new_lending(
+        spec: Spec,
+        rank: usize,
+        input: &[u8],
+    ) -> Result<(Member, Vec<Outgoing>, Vec<(usize, Range<usize>)>), CollError> {
+        let codec = match spec.path {
+            Path::Exact => None,
+            Path::Compressed(f) => Some(Codec::new(f)),
+        };
+        Member::build(spec, rank, input, codec, true)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build(
+        spec: Spec,
+        rank: usize,
+        input: &[u8],
+        codec: Option<Codec>,
+        lend: bool,
+    ) -> Result<(Member, Vec<Outgoing>, Vec<(usize, Range<usize>)>), CollError> {
         spec.validate()?;
         if rank >= spec.n {
             return Err(CollError::BadRank { rank, n: spec.n });
@@ -849,19 +876,25 @@ impl Member {
             output: pool::take(spec.input_bytes()),
         };
         let mut out = Vec::new();
+        let mut lent = Vec::new();
         let mut mine = None;
         for s in 0..n {
             let r = spec.shard(s);
             if r.is_empty() {
                 continue;
             }
-            let raw = &input[r.start * size..r.end * size];
+            let bytes_range = r.start * size..r.end * size;
+            let raw = &input[bytes_range.clone()];
             if s == rank {
                 // Never on the wire: kept exact (see Reducer::accept_native).
                 mine = Some(pool::copy_of(raw));
                 continue;
             }
             let bytes = match &m.codec {
+                None if lend => {
+                    lent.push((s, bytes_range));
+                    continue;
+                }
                 None => pool::copy_of(raw),
                 Some(c) => fp8_encode(c, spec.dtype, raw)?,
             };
@@ -877,7 +910,7 @@ impl Member {
         if let Some(bytes) = mine {
             out.extend(m.accept_contribution(rank, bytes, true)?);
         }
-        Ok((m, out))
+        Ok((m, out, lent))
     }
 
     pub fn rank(&self) -> usize {

@@ -3,6 +3,7 @@
 //! otherwise). Steps read and write them through range-checked copies, from
 //! whichever thread runs the step.
 
+use super::lend::Payload;
 use super::pool;
 use crate::error::{NetError, NetResult};
 use crate::sys::RawBuf;
@@ -76,6 +77,25 @@ impl Buffers {
         let out = f(&copy);
         pool::give(copy);
         Ok(out)
+    }
+
+    /// Input bytes `range` to send as they are: lent straight from NCCL's
+    /// buffer when they lie in one part (always, for NCCL's calls; it keeps
+    /// the buffer until the call completes, which waits for the send), else
+    /// a pooled copy.
+    pub fn lend(&self, range: std::ops::Range<usize>) -> NetResult<Payload> {
+        let mut offset = range.start;
+        for part in &self.0 {
+            if offset < part.len() {
+                if let Some(raw) = part.slice(offset, range.len()) {
+                    return Ok(Payload::Borrowed(raw));
+                }
+                break;
+            }
+            offset -= part.len();
+        }
+        let bytes = self.with_bytes(range, pool::copy_of)?;
+        Ok(Payload::Heap(std::sync::Arc::new(bytes)))
     }
 
     pub fn write(&self, offset: usize, src: &[u8]) -> NetResult<()> {

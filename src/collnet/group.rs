@@ -1044,7 +1044,7 @@ impl Group {
             // Every job of a step begins with its start, if not yet run.
             a.started = true;
             for s in sends {
-                self.queue_send(idx, s.to, s.lane, Payload::Heap(s.bytes));
+                self.queue_send(idx, s.to, s.lane, s.bytes);
             }
             self.dispatch(idx);
         }

@@ -15,12 +15,15 @@ use crate::error::NetResult;
 use crate::sys::RawBuf;
 use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 
-/// Bytes to send: shared heap bytes, or a pinned staging slot a kernel
-/// filled (its fence completed before the send was queued).
+/// Bytes to send: shared heap bytes, a pinned staging slot a kernel filled
+/// (its fence completed before the send was queued), or a range of the
+/// call's own input, which NCCL keeps until the call (and so this send)
+/// completes.
 #[derive(Clone, Debug)]
 pub enum Payload {
     Heap(Arc<Vec<u8>>),
     Pinned(Arc<PinnedSlot>),
+    Borrowed(RawBuf),
 }
 
 impl Payload {
@@ -28,6 +31,7 @@ impl Payload {
         match self {
             Payload::Heap(b) => b.len(),
             Payload::Pinned(s) => s.len(),
+            Payload::Borrowed(r) => r.len(),
         }
     }
 
@@ -35,11 +39,19 @@ impl Payload {
         self.len() == 0
     }
 
-    fn as_ptr(&self) -> *const u8 {
-        match self {
-            Payload::Heap(b) => b.as_ptr(),
-            Payload::Pinned(s) => s.as_ptr(),
-        }
+    /// The bytes as the transport takes them.
+    fn raw(&self) -> RawBuf {
+        let (ptr, len) = match self {
+            Payload::Heap(b) => (b.as_ptr(), b.len()),
+            Payload::Pinned(s) => (s.as_ptr().cast_const(), s.len()),
+            Payload::Borrowed(r) => return *r,
+        };
+        // SAFETY: the payload keeps the bytes alive and unmodified (no one
+        // can get `&mut` through a shared Arc, and a pinned slot is only
+        // written by a kernel whose fence completed before it was sent)
+        // while the send that holds it is in flight or leaked by Drop; the
+        // transport only reads send buffers.
+        unsafe { RawBuf::new(ptr.cast_mut(), len) }
     }
 }
 
@@ -100,12 +112,7 @@ impl OwnedSend {
         bytes: Payload,
         tag: i32,
     ) -> NetResult<Result<OwnedSend, Payload>> {
-        // SAFETY: the Arc keeps the bytes alive and unmodified (no one can
-        // get `&mut` through a shared Arc, and a pinned slot is only written
-        // by a kernel whose fence completed before it was sent) until this
-        // request completes or is leaked by Drop; the transport only reads
-        // send buffers.
-        let buf = unsafe { RawBuf::new(bytes.as_ptr().cast_mut(), bytes.len()) };
+        let buf = bytes.raw();
         Ok(match comm.isend(buf, tag)? {
             Some(request) => Ok(OwnedSend {
                 request: Some(request),

@@ -256,8 +256,15 @@ pub mod mem {
 
     impl TxLink for MemTx {
         fn send(&mut self, bytes: Payload, tag: i32) -> NetResult<Result<(), Payload>> {
-            let Payload::Heap(heap) = &bytes else {
-                return Err(pinned_unsupported());
+            let copy = match &bytes {
+                Payload::Heap(heap) => heap.as_ref().clone(),
+                Payload::Borrowed(raw) => {
+                    let mut v = vec![0u8; raw.len()];
+                    raw.read_at(0, &mut v)
+                        .map_err(|e| NetError::io("mem link send", e))?;
+                    v
+                }
+                Payload::Pinned(_) => return Err(pinned_unsupported()),
             };
             let mut p = self.pipe.lock().expect("pipe lock");
             if p.broken {
@@ -266,7 +273,7 @@ pub mod mem {
             if self.inflight.len() >= REQUESTS {
                 return Ok(Err(bytes));
             }
-            p.wire.push_back((tag, heap.as_ref().clone()));
+            p.wire.push_back((tag, copy));
             self.sent += 1;
             self.inflight.push_back((self.sent, bytes));
             Ok(Ok(()))

@@ -39,7 +39,17 @@ impl Lane {
 pub struct Send {
     pub to: usize,
     pub lane: Lane,
-    pub bytes: Shared,
+    pub bytes: SendBytes,
+}
+
+/// What a message carries.
+#[derive(Clone, Debug)]
+pub enum SendBytes {
+    /// Bytes the step produced.
+    Owned(Shared),
+    /// Bytes of the call's input, as they are (exact contributions): the
+    /// driver may send them straight from the caller's buffer.
+    Input(Range<usize>),
 }
 
 /// A message this step will receive from `from`, of exactly `len` bytes.
@@ -134,12 +144,12 @@ fn map_outgoing(out: Vec<Outgoing>) -> Vec<Send> {
             Msg::Contribution { bytes, .. } => Send {
                 to: o.to,
                 lane: Lane::Contrib,
-                bytes: Arc::new(bytes),
+                bytes: SendBytes::Owned(Arc::new(bytes)),
             },
             Msg::Reduced { bytes, .. } => Send {
                 to: o.to,
                 lane: Lane::Result,
-                bytes,
+                bytes: SendBytes::Owned(bytes),
             },
         })
         .collect()
@@ -277,9 +287,17 @@ impl Step {
         let mut fx = Effects::default();
         match self {
             Step::AllReduce(s) => {
-                let (member, out) = Member::new(s.spec, s.rank, input)?;
+                let (member, out, lent) = Member::new_lending(s.spec, s.rank, input)?;
                 s.member = Some(member);
-                fx.sends = map_outgoing(out);
+                fx.sends = lent
+                    .into_iter()
+                    .map(|(to, r)| Send {
+                        to,
+                        lane: Lane::Contrib,
+                        bytes: SendBytes::Input(s.offset + r.start..s.offset + r.end),
+                    })
+                    .collect();
+                fx.sends.extend(map_outgoing(out));
                 s.collect_output(&mut fx);
             }
             Step::AllGather(s) => {
@@ -296,7 +314,7 @@ impl Step {
                         fx.sends.push(Send {
                             to,
                             lane: Lane::Result,
-                            bytes: Arc::clone(&bytes),
+                            bytes: SendBytes::Owned(Arc::clone(&bytes)),
                         });
                     }
                     fx.writes.push(Write {
@@ -313,11 +331,11 @@ impl Step {
                             actual: input.len(),
                         });
                     };
-                    if to != s.rank && !p.is_empty() {
+                    if to != s.rank && !chunk.is_empty() {
                         fx.sends.push(Send {
                             to,
                             lane: Lane::Contrib,
-                            bytes: Arc::new(pool::copy_of(chunk)),
+                            bytes: SendBytes::Input(p.clone()),
                         });
                     }
                 }

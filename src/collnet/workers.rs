@@ -18,8 +18,9 @@ use std::thread::JoinHandle;
 
 use super::algo::CollError;
 use super::buffers::Buffers;
+use super::lend::Payload;
 use super::pool;
-use super::steps::{Effects, Lane, Send, Step};
+use super::steps::{Effects, Lane, Send, SendBytes, Step};
 use crate::error::{NetError, NetResult, PeerFailure};
 
 /// Something a step must handle, in the order the scheduler saw it.
@@ -44,12 +45,19 @@ pub struct Job {
     pub output: Buffers,
 }
 
+/// A message a job produced, as the transport will take it.
+pub struct Outbound {
+    pub to: usize,
+    pub lane: Lane,
+    pub bytes: Payload,
+}
+
 /// A step back from its job, with the messages it produced (or why not).
 /// The step is lost only when its job panicked.
 pub struct Done {
     pub seq: u64,
     pub step: Option<Box<Step>>,
-    pub sends: NetResult<Vec<Send>>,
+    pub sends: NetResult<Vec<Outbound>>,
 }
 
 fn step_error(rank: usize, e: CollError) -> NetError {
@@ -84,7 +92,13 @@ fn run(job: Job) -> Done {
             output.write(w.offset, &w.bytes)?;
             pool::give_shared(w.bytes);
         }
-        sends.extend(fx.sends);
+        for Send { to, lane, bytes } in fx.sends {
+            let bytes = match bytes {
+                SendBytes::Owned(b) => Payload::Heap(b),
+                SendBytes::Input(range) => input.lend(range)?,
+            };
+            sends.push(Outbound { to, lane, bytes });
+        }
         Ok(())
     };
     let mut result = Ok(());

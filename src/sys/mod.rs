@@ -121,6 +121,15 @@ impl RawBuf {
         }
     }
 
+    /// Bytes `offset..offset+len`, if they lie inside this buffer.
+    pub fn slice(&self, offset: usize, len: usize) -> Option<RawBuf> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len).then(|| RawBuf {
+            ptr: self.ptr.wrapping_add(offset),
+            len,
+        })
+    }
+
     /// The first `len` bytes (all of them if `len` is larger).
     pub fn prefix(&self, len: usize) -> RawBuf {
         RawBuf {

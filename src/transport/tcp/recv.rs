@@ -440,7 +440,23 @@ impl Shared {
         let listening = matches!(st.phase, Phase::Header | Phase::Payload { .. });
         if listening {
             if let Some(quiet) = st.clock.silent(&self.liveness, now) {
-                return Err(Fault::Silent(quiet));
+                // A process stopped past the timeout wakes here before it
+                // reads: if the peer closed or reset meanwhile, say that,
+                // and if bytes are waiting, the peer is not silent at all.
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+                match st
+                    .sock
+                    .recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+                {
+                    Ok(0) => return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into())),
+                    // Bytes arrived: the peer spoke; the next pump reads them.
+                    Ok(_) => st.clock.heard(now),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Err(Fault::Silent(quiet))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Fault::Io(e)),
+                }
             }
         }
         if st.clock.heartbeat_due(&self.liveness, now) {

@@ -413,6 +413,16 @@ pub struct KeySpec {
     show: Show,
 }
 
+/// The value `auto` (any case), as a string in the file or the environment.
+fn is_auto(r: &Raw<'_>) -> bool {
+    let text = match r {
+        Raw::Str(s) => *s,
+        Raw::Toml(toml::Value::String(s)) => s.as_str(),
+        Raw::Toml(_) => return false,
+    };
+    text.trim().eq_ignore_ascii_case("auto")
+}
+
 fn want_bool(r: Raw<'_>) -> Result<bool, String> {
     match r {
         Raw::Toml(toml::Value::Boolean(b)) => Ok(*b),
@@ -537,8 +547,7 @@ pub static KEYS: &[KeySpec] = &[
         example: "\"auto\"",
         apply: |c, r| {
             c.transport.streams = match r {
-                Raw::Str(s) if s.trim().eq_ignore_ascii_case("auto") => 0,
-                Raw::Toml(toml::Value::String(s)) if s.trim().eq_ignore_ascii_case("auto") => 0,
+                _ if is_auto(&r) => 0,
                 _ => want_int(r, 1, 16)? as u32,
             };
             Ok(())
@@ -597,8 +606,7 @@ pub static KEYS: &[KeySpec] = &[
         example: "\"auto\"",
         apply: |c, r| {
             c.transport.inline_bytes = match r {
-                Raw::Str(s) if s.trim().eq_ignore_ascii_case("auto") => None,
-                Raw::Toml(toml::Value::String(s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                _ if is_auto(&r) => None,
                 _ => Some(want_bytes(r, |n| n <= 1 << 30)? as u64),
             };
             Ok(())
@@ -697,8 +705,7 @@ pub static KEYS: &[KeySpec] = &[
         example: "\"auto\"",
         apply: |c, r| {
             c.collnet.workers = match r {
-                Raw::Str(s) if s.trim().eq_ignore_ascii_case("auto") => None,
-                Raw::Toml(toml::Value::String(s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                _ if is_auto(&r) => None,
                 _ => Some(want_int(r, 0, 64)? as u32),
             };
             Ok(())

@@ -16,7 +16,11 @@
 //! as "no GPU path".
 //!
 //! Compiles are cached in-process per (architecture, options): every
-//! context of one device kind shares one compile.
+//! context of one device kind shares one compile. CUBINs are also kept on
+//! disk ([`disk_cache_dir`]), keyed by a hash of the source, the options,
+//! the target and the NVRTC version, so only a job's first process on a
+//! host pays for the compile (~20 s for every kernel variant on an H200
+//! host).
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
@@ -227,11 +231,84 @@ pub fn compile_for_device(
         .entry((major, minor, opts))
         .or_insert_with(|| {
             let sm = format!("sm_{major}{minor}");
-            compile(&sm, opts)
+            compile_cached(&sm, opts)
                 .or_else(|_| compile(&format!("compute_{major}{minor}"), opts))
                 .map(Arc::new)
         })
         .clone()
+}
+
+/// Environment variable naming the on-disk kernel cache directory (`off`
+/// disables it).
+pub const CACHE_ENV: &str = "AIRAMP_KERNEL_CACHE";
+
+/// Where compiled CUBINs are kept: `AIRAMP_KERNEL_CACHE`, else
+/// `$XDG_CACHE_HOME/airamp`, else `$HOME/.cache/airamp`; `None` when set to
+/// `off` or no location is known.
+pub fn disk_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(dir) = var(CACHE_ENV) {
+        return (dir != "off").then(|| PathBuf::from(dir));
+    }
+    var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("airamp"))
+}
+
+/// The cache file of one compile: everything that changes the CUBIN is in
+/// its name (64-bit FNV-1a, stable across builds and hosts).
+fn cache_file(dir: &Path, arch: &str, opts: KernelOptions, nvrtc: (i32, i32)) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let key = format!("{nvrtc:?}\0{:?}\0", compile_options(arch, opts));
+    for b in key.bytes().chain(SOURCE.bytes()).chain(HEADER.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    dir.join(format!("codec-{arch}-{h:016x}.cubin"))
+}
+
+fn nvrtc_version() -> Option<(i32, i32)> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (`load` succeeded); writes two ints.
+    let r = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
+    (r == sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// [`compile`] for an `sm_XY` target, through the on-disk cache. A cache
+/// that cannot be read or written is skipped, never an error: the compile
+/// result is the same.
+fn compile_cached(arch: &str, opts: KernelOptions) -> Result<Image, GpuError> {
+    load()?;
+    let file = match (disk_cache_dir(), nvrtc_version()) {
+        (Some(dir), Some(v)) => Some(cache_file(&dir, arch, opts, v)),
+        _ => None,
+    };
+    if let Some(bytes) = file.as_deref().and_then(|f| std::fs::read(f).ok()) {
+        if bytes.starts_with(b"\x7fELF") {
+            return Ok(Image::Cubin(bytes));
+        }
+    }
+    let image = compile(arch, opts)?;
+    if let (Some(file), Image::Cubin(bytes)) = (&file, &image) {
+        if let Err(e) = store(file, bytes) {
+            crate::warn!("kernel cache {}: {e}", file.display());
+        }
+    }
+    Ok(image)
+}
+
+/// Writes `bytes` to `file` atomically (a private temporary, then rename),
+/// creating the directory owner-only.
+fn store(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
 }
 
 /// Compiles the kernels for one target (`sm_XY` or `compute_XY`); uncached.
@@ -364,6 +441,46 @@ mod tests {
         std::fs::write(d.join("libnvrtc.so.13"), b"not an ELF file").unwrap();
         assert!(!preload(&d).unwrap_err().is_empty());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn cache_files_differ_by_everything_that_changes_the_cubin() {
+        let d = Path::new("/cache");
+        let base = cache_file(d, "sm_90", KernelOptions::default(), (13, 0));
+        assert!(base.starts_with(d));
+        assert!(base.to_string_lossy().ends_with(".cubin"));
+        assert_eq!(
+            base,
+            cache_file(d, "sm_90", KernelOptions::default(), (13, 0))
+        );
+        let soft = KernelOptions {
+            soft_fp8: true,
+            ..KernelOptions::default()
+        };
+        for other in [
+            cache_file(d, "sm_80", KernelOptions::default(), (13, 0)),
+            cache_file(d, "sm_90", soft, (13, 0)),
+            cache_file(d, "sm_90", KernelOptions::default(), (13, 1)),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn the_cache_is_written_atomically_and_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = scratch_dir("cache").join("nested");
+        let f = d.join("codec-sm_90-0.cubin");
+        store(&f, b"\x7fELF cubin").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"\x7fELF cubin");
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "cache dir mode {mode:o}");
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        std::fs::remove_dir_all(d.parent().unwrap()).unwrap();
     }
 
     #[test]

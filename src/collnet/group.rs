@@ -189,6 +189,53 @@ pub struct Group {
     next_op: u64,
     next_seq: u64,
     failure: Option<NetError>,
+    activity: Activity,
+}
+
+/// What a group did, logged when it closes: how NCCL drove it (call sizes,
+/// time from call to completion) without a metrics scrape.
+#[derive(Default)]
+struct Activity {
+    calls: u64,
+    bytes: u64,
+    smallest: usize,
+    largest: usize,
+    in_flight: Duration,
+}
+
+impl Activity {
+    fn record(&mut self, bytes: usize, took: Duration) {
+        self.smallest = if self.calls == 0 {
+            bytes
+        } else {
+            self.smallest.min(bytes)
+        };
+        self.largest = self.largest.max(bytes);
+        self.calls += 1;
+        self.bytes += bytes as u64;
+        self.in_flight += took;
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        if a.calls == 0 {
+            return;
+        }
+        crate::info!(
+            crate::log::SUBSYS_NET,
+            "NET/airamp collnet: member {} of {} closing after {} calls, {} MiB: {}..{} bytes per call (mean {}), {:.0} us mean from call to completion",
+            self.params.rank,
+            self.params.n,
+            a.calls,
+            a.bytes >> 20,
+            a.smallest,
+            a.largest,
+            a.bytes / a.calls,
+            a.in_flight.as_secs_f64() * 1e6 / a.calls as f64
+        );
+    }
 }
 
 fn tag_of(seq: u64) -> i32 {
@@ -461,6 +508,7 @@ impl Group {
             next_op: 0,
             next_seq: 0,
             failure: None,
+            activity: Activity::default(),
         })
     }
 
@@ -733,6 +781,7 @@ impl Group {
             return Ok(None);
         }
         let state = self.ops.remove(&op).expect("present");
+        self.activity.record(state.bytes, state.started.elapsed());
         metrics::collnet().op_done(
             state.kind.dtype,
             state.kind.path,

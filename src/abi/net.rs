@@ -210,6 +210,16 @@ pub unsafe fn isend(
     refuse_unregistered_device(data, size)?;
     // SAFETY: NCCL keeps `data` valid for `size` bytes until test() says done.
     let buf = unsafe { RawBuf::new(data.cast(), size) };
+    // Messages of a comm reach the wire in posting order: behind a staged
+    // send still copying, a host send waits its turn.
+    let buf = match StagedSend::behind_staged(comm, buf, tag) {
+        Ok(send) => {
+            let req = Request::StagedSend(send, comm as *const SendComm);
+            // SAFETY: NCCL's out-pointer; write_out refuses null.
+            return unsafe { write_out(request, object::into_raw(Kind::Request, req), "request") };
+        }
+        Err(buf) => buf,
+    };
     let req = match comm.isend(buf, tag)? {
         Some(r) => object::into_raw(Kind::Request, Request::Send(r)),
         None => std::ptr::null_mut(),

@@ -13,7 +13,10 @@
 //!   event has completed the bytes are queued on the TCP comm from the
 //!   mirror. Sends of one comm are handed to TCP in the order NCCL posted
 //!   them (the copies run on one stream, so their events complete in that
-//!   order too), whichever request NCCL tests;
+//!   order too), whichever request NCCL tests. That includes sends from
+//!   host memory (NCCL's LL and LL128 buffers stay on the host): one posted
+//!   while a staged send of its comm waits for its copy queues behind it,
+//!   because the receiver matches messages in order;
 //! * a receive lands in the mirror; once TCP has it, the received bytes
 //!   are copied to the device and the request completes when that copy's
 //!   event has.
@@ -114,15 +117,17 @@ pub fn find(ptr: usize, len: usize) -> Option<Arc<DeviceRegion>> {
         .cloned()
 }
 
-/// A staged send not yet handed to TCP.
+/// A send not yet handed to TCP: a staged one waiting for its copy, or a
+/// host one queued behind it.
 struct Unposted {
-    fence: Fence,
+    /// The copy to the mirror (none for host memory).
+    fence: Option<Fence>,
     buf: RawBuf,
     tag: i32,
     /// Where the TCP request goes once posted.
     slot: Arc<Mutex<Option<SendRequest>>>,
     /// Keeps the mirror alive.
-    _region: Arc<DeviceRegion>,
+    _region: Option<Arc<DeviceRegion>>,
 }
 
 /// Per send comm (keyed by its address), staged sends in posting order.
@@ -156,11 +161,40 @@ impl StagedSend {
                 .copy_async(region.mirror_addr_of(ptr), DevAddr(ptr as u64), len)?;
         }
         let fence = region.queue.record()?;
+        let buf = region.mirror_of(ptr, len);
+        Ok(Self::queue(comm, Some(fence), buf, tag, Some(region)))
+    }
+
+    /// Queues a send from host memory behind `comm`'s staged sends still
+    /// waiting for their copies; `Err(buf)` when none waits (send it
+    /// directly).
+    pub fn behind_staged(comm: &SendComm, buf: RawBuf, tag: i32) -> Result<StagedSend, RawBuf> {
+        let key = comm as *const SendComm as usize;
+        let waiting = UNPOSTED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(k, q)| *k == key && !q.is_empty());
+        if waiting {
+            Ok(Self::queue(comm, None, buf, tag, None))
+        } else {
+            Err(buf)
+        }
+    }
+
+    fn queue(
+        comm: &SendComm,
+        fence: Option<Fence>,
+        buf: RawBuf,
+        tag: i32,
+        region: Option<Arc<DeviceRegion>>,
+    ) -> StagedSend {
         let posted = Arc::new(Mutex::new(None));
         let key = comm as *const SendComm as usize;
+        let size = buf.len();
         let entry = Unposted {
             fence,
-            buf: region.mirror_of(ptr, len),
+            buf,
             tag,
             slot: Arc::clone(&posted),
             _region: region,
@@ -170,13 +204,13 @@ impl StagedSend {
             Some((_, q)) => q.push_back(entry),
             None => all.push((key, VecDeque::from([entry]))),
         }
-        Ok(StagedSend {
+        StagedSend {
             comm_key: key,
-            size: len,
+            size,
             posted,
             started: Instant::now(),
             reported: false,
-        })
+        }
     }
 
     /// `Some(bytes)` once every byte has left this process. `comm` must be
@@ -214,8 +248,10 @@ fn post_ready(comm: &SendComm, key: usize) -> NetResult<()> {
         return Ok(());
     };
     while let Some(front) = queue.front() {
-        if !front.fence.is_complete()? {
-            break;
+        if let Some(fence) = &front.fence {
+            if !fence.is_complete()? {
+                break;
+            }
         }
         let Some(request) = comm.isend(front.buf, front.tag)? else {
             break;

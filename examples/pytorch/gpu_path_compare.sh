@@ -8,11 +8,18 @@
 #   cn_fp8_gpu     the same with AIRAMP_ENABLE_FP8_ALLREDUCE=1: GPU kernels
 #   cn_exact_host  CollNet on host buffers (AIRAMP_GPU_COLLNET=0)
 #   cn_fp8_host    the same with FP8: the CPU worker pool runs the codec
+#   *_ub           the same with user buffers registered with NCCL
+#                  (TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1): with one
+#                  rank per node, NCCL then hands the collective network the
+#                  whole tensor in one call instead of 256 KiB chunks of its
+#                  own buffer (ring_ub, cn_fp8_gpu_ub, cn_exact_gpu_ub)
 # Usage: gpu_path_compare.sh /abs/libnccl-net-airamp.so OUTDIR [RATE]
 #   RATE (e.g. 25gbit) runs every rank in a network namespace whose
 #   loopback is shaped with tc tbf; needs ip/tc on PATH (as root).
 # Env: SIZES (min:max bytes, x4 steps; default 4 MiB..256 MiB), MODES,
-#      RUN_TIMEOUT (seconds per mode run, default 180).
+#      ABBA (1: run the modes again in reverse order, the default; 0: once),
+#      RUN_TIMEOUT (seconds per mode run, default 180; a run still going then
+#      has its threads' stacks written to NAME.stacks before it is killed).
 set -uo pipefail
 plugin=$(realpath "$1"); out=${2:-.}; rate=${3:-}; here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
@@ -27,17 +34,44 @@ if [ -n "$rate" ]; then
     prefix=(ip netns exec $ns)
 fi
 common=(NCCL_NET_PLUGIN="$plugin" NCCL_NET=airamp NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
-        NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,TUNING AIRAMP_SOCKET_IFNAME=lo AIRAMP_METRICS=0)
+        NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,TUNING,REG AIRAMP_SOCKET_IFNAME=lo AIRAMP_METRICS=0)
 collnet=(NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain")
+# Where a hung run stands: every thread of every process of the run.
+dump_stacks() {
+    local pids; pids=$(pgrep -s "$1" 2>/dev/null)
+    for p in $pids; do
+        echo "== pid $p: $(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null | cut -c1-120)"
+        if command -v gdb >/dev/null; then
+            timeout 60 gdb -p "$p" -batch -ex "thread apply all bt 16" 2>&1 | grep -E "^Thread|^#|ptrace|denied"
+        else
+            for t in /proc/$p/task/*; do
+                echo "$(cat $t/comm 2>/dev/null) wchan=$(cat $t/wchan 2>/dev/null)"
+                cat $t/stack 2>/dev/null | head -6
+            done
+        fi
+    done
+}
 run() {
     local name=$1; shift
     [ -e "$out/$name.json" ] && name=$name-2
     echo "== $name"
-    timeout "${RUN_TIMEOUT:-180}" "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
-        --sizes "${SIZES:-4194304:268435456}" --out "$out/$name.json" >"$out/$name.log" 2>&1
-    echo "exit $?"
-    grep -hoE "via COLLNET/[^ ]+|registered GPU buffer|NET/airamp collnet: member [0-9]+ of [0-9]+ joined[^;]*; allreduce [A-Za-z0-9 ]+|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" \
-        "$out/$name.log" | sort | uniq -c | sort -k2 | head -12
+    setsid "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
+        --sizes "${SIZES:-4194304:268435456}" --out "$out/$name.json" >"$out/$name.log" 2>&1 &
+    local pid=$! waited=0
+    while kill -0 $pid 2>/dev/null && [ $waited -lt "${RUN_TIMEOUT:-180}" ]; do sleep 1; waited=$((waited + 1)); done
+    if kill -0 $pid 2>/dev/null; then
+        echo "timed out after ${waited}s; stacks in $name.stacks"
+        dump_stacks $pid >"$out/$name.stacks" 2>&1
+        kill -9 -- -$pid 2>/dev/null
+        # A client killed mid-kernel leaves MPS refusing new clients
+        # ("CUDA devices busy"): restart it for the next run.
+        if pgrep -f nvidia-cuda-mps-control >/dev/null; then
+            sleep 2; echo quit | nvidia-cuda-mps-control; sleep 2; nvidia-cuda-mps-control -d
+        fi
+    fi
+    wait $pid; echo "exit $?"
+    grep -hoE "via COLLNET/[^ ]+|registered GPU buffer|COLLNET (reuse )?register userbuff|NET/airamp collnet: member [0-9]+ of [0-9]+ (joined[^;]*; allreduce [A-Za-z0-9 ]+|closing after .*)|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" \
+        "$out/$name.log" | sort | uniq -c | sort -k2 | head -16
     grep -E " busbw " "$out/$name.log" | tail -4
 }
 ring() { run ring NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
@@ -45,6 +79,10 @@ cn_exact_gpu() { run cn_exact_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_
 cn_fp8_gpu() { run cn_fp8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 cn_exact_host() { run cn_exact_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_fp8_host() { run cn_fp8_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+ub=(TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1)
+ring_ub() { run ring_ub "${ub[@]}" NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_exact_gpu_ub() { run cn_exact_gpu_ub "${ub[@]}" "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
+cn_fp8_gpu_ub() { run cn_fp8_gpu_ub "${ub[@]}" "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 for m in $modes; do $m; done
-for m in $(echo $modes | tr ' ' '\n' | tac); do $m; done
+[ "${ABBA:-1}" = 1 ] && for m in $(echo $modes | tr ' ' '\n' | tac); do $m; done
 python3 "$here/gpu_path_summarize.py" "$out" | tee "$out/summary.md"

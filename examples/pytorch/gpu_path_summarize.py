@@ -8,7 +8,7 @@ import os
 import sys
 
 out = sys.argv[1]
-modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host"]
+modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host", "ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub"]
 data, mem = {}, {}
 for m in modes:
     for p in (os.path.join(out, m + ".json"), os.path.join(out, m + "-2.json")):
@@ -36,6 +36,16 @@ for s in sizes:
     bw = {m: g(m, s, "busbw_GBps") for m in modes}
     print(f"| {s >> 20} MiB | " + " | ".join(f(bw[m]) for m in modes) + " | "
           + " | ".join(ratio(bw[m], bw["ring"]) for m in ["cn_fp8_gpu", "cn_exact_gpu", "cn_exact_host", "cn_fp8_host"]) + " |")
+if any(m in data for m in ("ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub")):
+    print("\nWith user buffers registered (one call per tensor), GB/s; ratios against Ring without and with registration\n")
+    print("| size | ring (UB) | exact GPU (UB) | FP8 GPU (UB) | FP8 GPU UB / ring | FP8 GPU UB / ring UB | exact GPU UB / ring | exact GPU UB == ring |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s in sizes:
+        bw = {m: g(m, s, "busbw_GBps") for m in modes}
+        d = lambda a, b: (g(a, s, "digest") == g(b, s, "digest")) if g(a, s, "digest") is not None and g(b, s, "digest") is not None else "-"
+        print(f"| {s >> 20} MiB | {f(bw['ring_ub'])} | {f(bw['cn_exact_gpu_ub'])} | {f(bw['cn_fp8_gpu_ub'])} | "
+              f"{ratio(bw['cn_fp8_gpu_ub'], bw['ring'])} | {ratio(bw['cn_fp8_gpu_ub'], bw['ring_ub'])} | "
+              f"{ratio(bw['cn_exact_gpu_ub'], bw['ring'])} | {d('cn_exact_gpu_ub', 'ring')} |")
 print("\nCorrectness\n")
 print("| size | FP8 GPU err | FP8 host err | every mode identical on all ranks | exact GPU == ring | exact host == ring | FP8 GPU == FP8 host |")
 print("|---|---|---|---|---|---|---|")

@@ -717,7 +717,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_GPU_COLLNET",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Experimental, off by default: offer NCCL GPU buffers for the collective network (NCCL_PTR_CUDA) and run FP8 allreduce with GPU kernels, when a CUDA driver and NVRTC load (see docs/collnet.md for what was measured and what is known to hang). false keeps the collective network on host buffers.",
+        doc: "Experimental, off by default, for measurements only: offer NCCL GPU buffers for the collective network (NCCL_PTR_CUDA) and run FP8 allreduce with GPU kernels, when a CUDA driver and NVRTC load. Its CUDA calls on NCCL's proxy thread deadlock against an application thread whose CUDA call waits for NCCL's kernel (docs/results/gpu-path-h200.md). false keeps the collective network on host buffers.",
         example: "false",
         apply: |c, r| {
             c.gpu.collnet = want_bool(r)?;

@@ -465,6 +465,12 @@ pub fn offers_gpu_buffers() -> bool {
 /// `ptrSupport` of the collective network's devices.
 pub fn ptr_support() -> c_int {
     if offers_gpu_buffers() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            crate::warn!(
+                "NET/airamp collnet: offering NCCL GPU buffers (gpu.collnet, experimental): the GPU path makes CUDA calls on NCCL's proxy thread, which deadlocked on an H200 as soon as the application made a CUDA call that waits for NCCL's kernel (docs/results/gpu-path-h200.md); for measurements only"
+            )
+        });
         PTR_HOST | PTR_CUDA
     } else {
         PTR_HOST

@@ -90,7 +90,7 @@ fn identical(results: &[Vec<String>]) -> TestResult {
 }
 
 pub fn collnet_exact_bit_identical() -> TestResult {
-    for (n, version) in [(2, 8), (3, 9), (4, 10), (8, 12)] {
+    for (n, version) in [(2, 7), (2, 8), (3, 9), (4, 10), (8, 12)] {
         let results = run_group(n, version, "coll-exact", &[])?;
         identical(&results).map_err(|e| format!("n={n}: {e}"))?;
     }
@@ -100,7 +100,7 @@ pub fn collnet_exact_bit_identical() -> TestResult {
 pub fn collnet_fp8_error_and_nan() -> TestResult {
     // AIRAMP_ENABLE_FP8_ALLREDUCE alone: E4M3, the documented default.
     let env = [("AIRAMP_ENABLE_FP8_ALLREDUCE", "1")];
-    for (n, version) in [(2, 11), (3, 12), (4, 8), (8, 11)] {
+    for (n, version) in [(2, 11), (3, 7), (3, 12), (4, 8), (8, 11)] {
         let results = run_group(n, version, "coll-fp8", &env)?;
         identical(&results).map_err(|e| format!("n={n}: {e}"))?;
         for l in &results[0] {
@@ -417,9 +417,15 @@ pub fn child_exact(rank: usize, n: usize, version: u32) -> TestResult {
             format!("in-flight call {c} differs")
         })?;
     }
-    // Windowed allgather and reduce-scatter, as NCCL's CollNet Direct posts them.
+    // Windowed allgather and reduce-scatter, as NCCL's CollNet Direct posts
+    // them (from v8: the v7 collective network has allreduce only).
     let bpr = 4000usize;
-    for (wo, wb) in [(0, bpr * n), (bpr / 2, bpr + 12), (bpr * (n - 1), bpr)] {
+    let windows = if version < 8 {
+        vec![]
+    } else {
+        vec![(0, bpr * n), (bpr / 2, bpr + 12), (bpr * (n - 1), bpr)]
+    };
+    for &(wo, wb) in &windows {
         let mut rng = SplitMix::new(rank as u64 + 99);
         let mine: Vec<u8> = (0..bpr).map(|_| rng.next_u64() as u8).collect();
         let piece = airamp::collnet::steps::window_piece(rank, bpr, wo, wb);

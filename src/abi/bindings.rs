@@ -133,6 +133,79 @@ mod tests {
         );
     }
 
+    /// Measured with gcc on NCCL 2.19.3's `nccl_net.h`.
+    #[test]
+    fn layout_net_properties_v7_t() {
+        layout!(
+            ncclNetProperties_v7_t,
+            size: 56,
+            align: 8,
+            name @ 0,
+            pciPath @ 8,
+            guid @ 16,
+            ptrSupport @ 24,
+            speed @ 28,
+            port @ 32,
+            latency @ 36,
+            maxComms @ 40,
+            maxRecvs @ 44,
+            netDeviceType @ 48,
+            netDeviceVersion @ 52,
+        );
+    }
+
+    #[test]
+    fn layout_net_v7_t() {
+        layout!(
+            ncclNet_v7_t,
+            size: 152,
+            align: 8,
+            name @ 0,
+            init @ 8,
+            devices @ 16,
+            getProperties @ 24,
+            listen @ 32,
+            connect @ 40,
+            accept @ 48,
+            regMr @ 56,
+            regMrDmaBuf @ 64,
+            deregMr @ 72,
+            isend @ 80,
+            irecv @ 88,
+            iflush @ 96,
+            test @ 104,
+            closeSend @ 112,
+            closeRecv @ 120,
+            closeListen @ 128,
+            getDeviceMr @ 136,
+            irecvConsumed @ 144,
+        );
+    }
+
+    #[test]
+    fn layout_coll_net_v7_t() {
+        layout!(
+            ncclCollNet_v7_t,
+            size: 120,
+            align: 8,
+            name @ 0,
+            init @ 8,
+            devices @ 16,
+            getProperties @ 24,
+            listen @ 32,
+            connect @ 40,
+            reduceSupport @ 48,
+            regMr @ 56,
+            regMrDmaBuf @ 64,
+            deregMr @ 72,
+            iallreduce @ 80,
+            iflush @ 88,
+            test @ 96,
+            closeColl @ 104,
+            closeListen @ 112,
+        );
+    }
+
     #[test]
     fn layout_net_properties_v8_t() {
         layout!(

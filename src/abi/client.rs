@@ -66,6 +66,7 @@ impl Library {
         // type; it lives as long as the library (which `Net` borrows).
         let vt = unsafe {
             match version {
+                NetVersion::V7 => Vt::V7(&*sym.cast()),
                 NetVersion::V8 => Vt::V8(&*sym.cast()),
                 NetVersion::V9 => Vt::V9(&*sym.cast()),
                 NetVersion::V10 => Vt::V10(&*sym.cast()),
@@ -90,6 +91,7 @@ impl Drop for Library {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NetVersion {
+    V7,
     V8,
     V9,
     V10,
@@ -98,10 +100,18 @@ pub enum NetVersion {
 }
 
 impl NetVersion {
-    pub const ALL: [NetVersion; 5] = [Self::V8, Self::V9, Self::V10, Self::V11, Self::V12];
+    pub const ALL: [NetVersion; 6] = [
+        Self::V7,
+        Self::V8,
+        Self::V9,
+        Self::V10,
+        Self::V11,
+        Self::V12,
+    ];
 
     pub fn symbol(self) -> &'static str {
         match self {
+            Self::V7 => "ncclNetPlugin_v7",
             Self::V8 => "ncclNetPlugin_v8",
             Self::V9 => "ncclNetPlugin_v9",
             Self::V10 => "ncclNetPlugin_v10",
@@ -112,6 +122,7 @@ impl NetVersion {
 }
 
 enum Vt<'a> {
+    V7(&'a ncclNet_v7_t),
     V8(&'a ncclNet_v8_t),
     V9(&'a ncclNet_v9_t),
     V10(&'a ncclNet_v10_t),
@@ -164,6 +175,7 @@ macro_rules! call {
 macro_rules! each {
     ($self:expr, $f:ident ( $($arg:expr),* )) => {
         match &$self.vt {
+            Vt::V7(v) => call!(v, $f($($arg),*)),
             Vt::V8(v) => call!(v, $f($($arg),*)),
             Vt::V9(v) => call!(v, $f($($arg),*)),
             Vt::V10(v) => call!(v, $f($($arg),*)),
@@ -181,6 +193,7 @@ fn cstr(p: *const std::ffi::c_char) -> Option<String> {
 impl Net<'_> {
     pub fn name(&self) -> String {
         let p = match &self.vt {
+            Vt::V7(v) => v.name,
             Vt::V8(v) => v.name,
             Vt::V9(v) => v.name,
             Vt::V10(v) => v.name,
@@ -194,6 +207,7 @@ impl Net<'_> {
         let mut ctx = std::ptr::null_mut();
         let mut config = ncclNetCommConfig_v12_t { trafficClass: -1 };
         let r = match &self.vt {
+            Vt::V7(v) => call!(v, init(logger)),
             Vt::V8(v) => call!(v, init(logger)),
             Vt::V9(v) => call!(v, init(logger)),
             Vt::V10(v) => call!(v, init(logger, None)),
@@ -244,6 +258,7 @@ impl Net<'_> {
             }};
         }
         Ok(match &self.vt {
+            Vt::V7(v) => props!(v, ncclNetProperties_v7_t, |_: &ncclNetProperties_v7_t| None),
             Vt::V8(v) => props!(v, ncclNetProperties_v8_t, |_: &ncclNetProperties_v8_t| None),
             Vt::V9(v) => props!(
                 v,
@@ -267,6 +282,7 @@ impl Net<'_> {
         let h = handle.as_mut_ptr().cast::<c_void>();
         let mut comm = std::ptr::null_mut();
         match &self.vt {
+            Vt::V7(v) => call!(v, listen(dev, h, &mut comm)),
             Vt::V8(v) => call!(v, listen(dev, h, &mut comm)),
             Vt::V9(v) => call!(v, listen(dev, h, &mut comm)),
             Vt::V10(v) => call!(v, listen(dev, h, &mut comm)),
@@ -283,6 +299,7 @@ impl Net<'_> {
         let mut dev_comm = std::ptr::null_mut();
         let mut config = ncclNetCommConfig_v10_t { trafficClass: -1 };
         match &self.vt {
+            Vt::V7(v) => call!(v, connect(dev, h, &mut comm, &mut dev_comm)),
             Vt::V8(v) => call!(v, connect(dev, h, &mut comm, &mut dev_comm)),
             Vt::V9(v) => call!(v, connect(dev, h, &mut comm, &mut dev_comm)),
             Vt::V10(v) => call!(v, connect(dev, &mut config, h, &mut comm, &mut dev_comm)),
@@ -309,7 +326,18 @@ impl Net<'_> {
         ptr_type: i32,
     ) -> Result<*mut c_void, Code> {
         let mut mh = std::ptr::null_mut();
-        each!(self, regMr(comm.0, data.cast(), size, ptr_type, &mut mh))?;
+        let d = data.cast();
+        match &self.vt {
+            Vt::V7(v) => {
+                let size = c_int::try_from(size).map_err(|_| INVALID_ARGUMENT)?;
+                call!(v, regMr(comm.0, d, size, ptr_type, &mut mh))
+            }
+            Vt::V8(v) => call!(v, regMr(comm.0, d, size, ptr_type, &mut mh)),
+            Vt::V9(v) => call!(v, regMr(comm.0, d, size, ptr_type, &mut mh)),
+            Vt::V10(v) => call!(v, regMr(comm.0, d, size, ptr_type, &mut mh)),
+            Vt::V11(v) => call!(v, regMr(comm.0, d, size, ptr_type, &mut mh)),
+            Vt::V12(v) => call!(v, regMr(comm.0, d, size, ptr_type, &mut mh)),
+        }?;
         Ok(mh)
     }
 
@@ -336,6 +364,10 @@ impl Net<'_> {
         let d = data.cast_mut().cast::<c_void>();
         let null = std::ptr::null_mut();
         match &self.vt {
+            Vt::V7(v) => {
+                let size = c_int::try_from(size).map_err(|_| INVALID_ARGUMENT)?;
+                call!(v, isend(comm.0, d, size, tag, mh, &mut req))
+            }
             Vt::V8(v) => {
                 let size = c_int::try_from(size).map_err(|_| INVALID_ARGUMENT)?;
                 call!(v, isend(comm.0, d, size, tag, mh, &mut req))
@@ -373,6 +405,10 @@ impl Net<'_> {
             phandles.as_mut_ptr(),
         );
         match &self.vt {
+            Vt::V7(v) => call!(
+                v,
+                irecv(comm.0, n, d, int_sizes.as_mut_ptr(), t, m, &mut req)
+            ),
             Vt::V8(v) => call!(
                 v,
                 irecv(comm.0, n, d, int_sizes.as_mut_ptr(), t, m, &mut req)
@@ -533,6 +569,7 @@ pub struct CollNet<'a> {
 }
 
 enum CollVt<'a> {
+    V7(&'a ncclCollNet_v7_t),
     V8(&'a ncclCollNet_v8_t),
     V9(&'a ncclCollNet_v9_t),
     V10(&'a ncclCollNet_v10_t),
@@ -543,6 +580,7 @@ enum CollVt<'a> {
 impl NetVersion {
     pub fn collnet_symbol(self) -> &'static str {
         match self {
+            Self::V7 => "ncclCollNetPlugin_v7",
             Self::V8 => "ncclCollNetPlugin_v8",
             Self::V9 => "ncclCollNetPlugin_v9",
             Self::V10 => "ncclCollNetPlugin_v10",
@@ -553,6 +591,7 @@ impl NetVersion {
 
     pub fn from_number(v: u32) -> Option<NetVersion> {
         Some(match v {
+            7 => Self::V7,
             8 => Self::V8,
             9 => Self::V9,
             10 => Self::V10,
@@ -574,6 +613,7 @@ impl Library {
         // type; it lives as long as the library (which `CollNet` borrows).
         let vt = unsafe {
             match version {
+                NetVersion::V7 => CollVt::V7(&*sym.cast()),
                 NetVersion::V8 => CollVt::V8(&*sym.cast()),
                 NetVersion::V9 => CollVt::V9(&*sym.cast()),
                 NetVersion::V10 => CollVt::V10(&*sym.cast()),
@@ -592,6 +632,7 @@ impl Library {
 macro_rules! each_coll {
     ($self:expr, $f:ident ( $($arg:expr),* )) => {
         match &$self.vt {
+            CollVt::V7(v) => call!(v, $f($($arg),*)),
             CollVt::V8(v) => call!(v, $f($($arg),*)),
             CollVt::V9(v) => call!(v, $f($($arg),*)),
             CollVt::V10(v) => call!(v, $f($($arg),*)),
@@ -633,6 +674,7 @@ impl CollNet<'_> {
     pub fn init_comm(&mut self, logger: ncclDebugLogger_t, comm_id: u64) -> Result<(), Code> {
         let mut ctx = std::ptr::null_mut();
         let r = match &self.vt {
+            CollVt::V7(v) => call!(v, init(logger)),
             CollVt::V8(v) => call!(v, init(logger)),
             CollVt::V9(v) => call!(v, init(logger)),
             CollVt::V10(v) => call!(v, init(logger)),
@@ -662,6 +704,7 @@ impl CollNet<'_> {
         let h = handle.as_mut_ptr().cast::<c_void>();
         let mut comm = std::ptr::null_mut();
         match &self.vt {
+            CollVt::V7(v) => call!(v, listen(dev, h, &mut comm)),
             CollVt::V8(v) => call!(v, listen(dev, h, &mut comm)),
             CollVt::V9(v) => call!(v, listen(dev, h, &mut comm)),
             CollVt::V10(v) => call!(v, listen(dev, h, &mut comm)),
@@ -707,7 +750,17 @@ impl CollNet<'_> {
         size: usize,
     ) -> Result<*mut c_void, Code> {
         let mut mh = std::ptr::null_mut();
-        each_coll!(self, regMr(comm.0, data, size, 1, &mut mh))?;
+        match &self.vt {
+            CollVt::V7(v) => {
+                let size = c_int::try_from(size).map_err(|_| INVALID_ARGUMENT)?;
+                call!(v, regMr(comm.0, data, size, 1, &mut mh))
+            }
+            CollVt::V8(v) => call!(v, regMr(comm.0, data, size, 1, &mut mh)),
+            CollVt::V9(v) => call!(v, regMr(comm.0, data, size, 1, &mut mh)),
+            CollVt::V10(v) => call!(v, regMr(comm.0, data, size, 1, &mut mh)),
+            CollVt::V11(v) => call!(v, regMr(comm.0, data, size, 1, &mut mh)),
+            CollVt::V12(v) => call!(v, regMr(comm.0, data, size, 1, &mut mh)),
+        }?;
         Ok(mh)
     }
 
@@ -728,6 +781,10 @@ impl CollNet<'_> {
         let mut req = std::ptr::null_mut();
         let (d, o) = (ncclDataType_t(dtype), ncclRedOp_t(op));
         match &self.vt {
+            CollVt::V7(v) => call!(
+                v,
+                iallreduce(comm.0, send, recv, count as c_int, d, o, mh, mh, &mut req)
+            ),
             CollVt::V8(v) => call!(
                 v,
                 iallreduce(comm.0, send, recv, count as c_int, d, o, mh, mh, &mut req)
@@ -787,6 +844,8 @@ impl CollNet<'_> {
             }};
         }
         match &self.vt {
+            // v7 has no allgather / reduce-scatter.
+            CollVt::V7(_) => Err(Code(ncclResult_t::ncclInternalError.0)),
             CollVt::V8(v) => go!(v, ncclNetSGE_v8_t, u32),
             CollVt::V9(v) => go!(v, ncclNetSGE_v9_t, usize),
             CollVt::V10(v) => go!(v, ncclNetSGE_v10_t, usize),
@@ -837,6 +896,8 @@ impl CollNet<'_> {
             }};
         }
         match &self.vt {
+            // v7 has no allgather / reduce-scatter.
+            CollVt::V7(_) => Err(Code(ncclResult_t::ncclInternalError.0)),
             CollVt::V8(v) => go!(v, ncclNetSGE_v8_t, u32),
             CollVt::V9(v) => go!(v, ncclNetSGE_v9_t, usize),
             CollVt::V10(v) => go!(v, ncclNetSGE_v10_t, usize),

@@ -13,6 +13,7 @@ mod net;
 mod net_v10;
 mod net_v11;
 mod net_v12;
+mod net_v7;
 mod net_v8;
 mod net_v9;
 mod object;

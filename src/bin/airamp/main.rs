@@ -9,6 +9,8 @@
 //! airamp bench collnet [OPTS]  allreduce through the collective network: exact vs compressed, tuner pick
 //! airamp bench idle            CPU used while a connection sits idle
 //! airamp demo [OPTS]           ring allreduce across processes through the C ABI
+//! airamp demo --rank R --ranks N --rendezvous DIR [--check-metrics]
+//!                              one rank of it, started by a launcher (srun)
 //! airamp calibrate [OPTS]      measure link + codec, print the [tuner] profile
 //! airamp tuner show [OPTS]     the tuner's allreduce decisions for a job shape
 //! airamp gpu selftest          GPU codec kernels vs the CPU codec, bit for bit
@@ -22,6 +24,7 @@ mod collbench;
 mod demo;
 mod gpu;
 mod peer;
+mod rendezvous;
 mod tuner;
 
 use std::path::PathBuf;
@@ -31,7 +34,7 @@ use airamp::config::{self, Config};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N] [--size BYTES]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8] [--metrics http://HOST:PORT|FILE [--comm ID]]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
+        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N] [--size BYTES]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp demo --rank R --ranks N --rendezvous DIR [--plugin SO] [--count FLOATS] [--iters N] [--check-metrics]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8] [--metrics http://HOST:PORT|FILE [--comm ID]]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
     );
     ExitCode::from(2)
 }

@@ -103,7 +103,7 @@ fn reported(text: &str) -> BTreeMap<String, Reported> {
 
 /// The exporter's text at `http://HOST:PORT[/PATH]`, or a file (the
 /// textfile collector's, or a saved scrape).
-fn fetch_metrics(src: &str) -> Result<String, String> {
+pub(crate) fn fetch_metrics(src: &str) -> Result<String, String> {
     let Some(rest) = src.strip_prefix("http://") else {
         return std::fs::read_to_string(src).map_err(|e| format!("{src}: {e}"));
     };

@@ -58,8 +58,9 @@ ensure_zigbuild() {
     if [ ! -x "$dir/bin/cargo-zigbuild" ] || [ ! -x "$dir/ziglang/zig" ]; then
         apt_install python3-pip
         echo "installing zig and cargo-zigbuild into $dir"
-        python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
-            --target "$dir" 'ziglang==0.17.1' 'cargo-zigbuild==0.24.1'
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet \
+            --disable-pip-version-check --no-deps --upgrade --target "$dir" \
+            'ziglang==0.17.1' 'cargo-zigbuild==0.24.1'
     fi
     export CARGO_ZIGBUILD="$dir/bin/cargo-zigbuild"
     export CARGO_ZIGBUILD_ZIG_PATH="$dir/ziglang/zig"

@@ -12,7 +12,7 @@ fetched and no second cargo build runs. Layout:
     airamp/__init__.py, airamp/__main__.py       python -m airamp {path,env}
     airamp/lib/libnccl-net-airamp.so             the plugin
     airamp_nccl-V.data/scripts/airamp            the CLI (pip puts it in bin/)
-    airamp_nccl-V.dist-info/{METADATA,WHEEL,RECORD}
+    airamp_nccl-V.dist-info/{LICENSE,METADATA,WHEEL,RECORD}
 
 The tag is py3-none-<platform>: any Python 3 (no extension module), one
 platform. The platform defaults to manylinux_2_28_x86_64, what the
@@ -86,6 +86,8 @@ def build(so, cli, out_dir, plat):
         add_file("airamp/" + py, os.path.join(HERE, "airamp", py), 0o644)
     add_file("airamp/lib/libnccl-net-airamp.so", so, 0o755)
     add_file(data + "/scripts/airamp", cli, 0o755)
+    # MIT: the notice travels with every copy.
+    add_file(dist_info + "/LICENSE", os.path.join(ROOT, "LICENSE"), 0o644)
     files.append((dist_info + "/METADATA", metadata(version).encode(), 0o644))
     wheel = (
         "Wheel-Version: 1.0\n"

@@ -45,3 +45,32 @@ ensure_nvrtc() {
     fi
     export AIRAMP_NVRTC_LIB="$PWD/$lib"
 }
+
+# The portable toolchain for scripts/build-plugin: zig (the `ziglang` wheel)
+# and cargo-zigbuild (a prebuilt wheel too), from PyPI into
+# $CARGO_TARGET_DIR/zigbuild (no system Python is touched). zig links against
+# glibc 2.28 stubs, so the plugin and CLI load on RHEL 8 and newer.
+# Exports CARGO_ZIGBUILD (the command) and points it at that zig.
+ensure_zigbuild() {
+    local target_dir="${CARGO_TARGET_DIR:-target}"
+    local dir
+    dir="$(mkdir -p "$target_dir/zigbuild" && cd "$target_dir/zigbuild" && pwd)"
+    if [ ! -x "$dir/bin/cargo-zigbuild" ] || [ ! -x "$dir/ziglang/zig" ]; then
+        apt_install python3-pip
+        echo "installing zig and cargo-zigbuild into $dir"
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet \
+            --disable-pip-version-check --no-deps --upgrade --target "$dir" \
+            'ziglang==0.17.1' 'cargo-zigbuild==0.24.1'
+    fi
+    export CARGO_ZIGBUILD="$dir/bin/cargo-zigbuild"
+    export CARGO_ZIGBUILD_ZIG_PATH="$dir/ziglang/zig"
+    # zig's caches (glibc stubs, compiled C) stay beside it, not in $HOME.
+    export ZIG_GLOBAL_CACHE_DIR="$dir/cache"
+    export CARGO_ZIGBUILD_CACHE_DIR="$dir/cargo-zigbuild-cache"
+    # The glibc-versioned target is the host triple: normally installed, but
+    # a toolchain set up for another host needs the std for it.
+    local triple=x86_64-unknown-linux-gnu
+    if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx "$triple"; then
+        rustup target add "$triple"
+    fi
+}

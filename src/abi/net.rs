@@ -410,6 +410,12 @@ pub unsafe fn finalize_context(ctx: *mut c_void) -> NetResult<()> {
 /// Fills the fields every properties version shares.
 macro_rules! fill_common_properties {
     ($props:expr, $p:expr) => {{
+        let out = $props;
+        crate::abi::net::fill_common_properties!(v7: &mut *out, $p);
+        out.regIsGlobal = 0;
+    }};
+    // The fields every version has (v7 lacks `regIsGlobal`).
+    (v7: $props:expr, $p:expr) => {{
         let p: &crate::net::Properties = $p;
         let out = $props;
         out.name = p.device.name.as_ptr().cast_mut();
@@ -420,7 +426,6 @@ macro_rules! fill_common_properties {
             .map_or(std::ptr::null_mut(), |s| s.as_ptr().cast_mut());
         out.guid = p.guid;
         out.ptrSupport = crate::abi::net::PTR_HOST;
-        out.regIsGlobal = 0;
         out.speed = p.device.speed_mbps;
         out.port = 0;
         out.latency = p.latency_us;

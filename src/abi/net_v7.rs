@@ -9,7 +9,7 @@ use super::bindings::{
     ncclNet_v7_t, ncclResult_t,
 };
 use super::collnet;
-use super::net::{self, shared};
+use super::net::{self, fill_common_properties, shared};
 use super::{guard, Vtable};
 use crate::error::NetError;
 
@@ -26,21 +26,7 @@ unsafe extern "C" fn get_properties(
         // SAFETY: NCCL passes a writable v7 properties struct.
         let out =
             unsafe { props.as_mut() }.ok_or(NetError::InvalidArgument("props is NULL".into()))?;
-        out.name = p.device.name.as_ptr().cast_mut();
-        out.pciPath = p
-            .device
-            .pci_path
-            .as_ref()
-            .map_or(std::ptr::null_mut(), |s| s.as_ptr().cast_mut());
-        out.guid = p.guid;
-        out.ptrSupport = net::PTR_HOST;
-        out.speed = p.device.speed_mbps;
-        out.port = 0;
-        out.latency = p.latency_us;
-        out.maxComms = p.max_comms;
-        out.maxRecvs = p.max_recvs;
-        out.netDeviceType = super::bindings::ncclNetDeviceType::NCCL_NET_DEVICE_HOST;
-        out.netDeviceVersion = 0;
+        fill_common_properties!(v7: &mut *out, &p);
         Ok(())
     })
 }

@@ -12,7 +12,6 @@ fn main() {
     // NCCL may dlclose the plugin while our stream and exporter threads are
     // still winding down: never unmap this library's code.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
-    build_test_logger();
     if let Some(sha) = git_sha() {
         println!("cargo:rustc-env=AIRAMP_GIT_SHA={sha}");
     }
@@ -75,17 +74,4 @@ fn git_sha() -> Option<String> {
         .ok()?;
     let sha = String::from_utf8(out.stdout).ok()?.trim().to_string();
     (out.status.success() && !sha.is_empty()).then_some(sha)
-}
-
-/// plugin-tests need a C-variadic logger like NCCL's; it is linked into test
-/// binaries only, never into the plugin.
-fn build_test_logger() {
-    const SRC: &str = "plugin-tests/support/logger.c";
-    println!("cargo:rerun-if-changed={SRC}");
-    cc::Build::new()
-        .file(SRC)
-        .cargo_metadata(false)
-        .compile("airamp_test_logger");
-    let out = env::var("OUT_DIR").expect("OUT_DIR");
-    println!("cargo:rustc-link-arg-tests={out}/libairamp_test_logger.a");
 }

@@ -6,6 +6,7 @@
 //! ([`object`]), so a stale or foreign pointer is an error, not UB.
 
 pub mod bindings;
+#[cfg(feature = "tools")] // the harness side, for plugin-tests and the CLI only
 pub mod client;
 mod collnet;
 mod logger;
@@ -30,6 +31,13 @@ use bindings::ncclResult_t;
 
 use crate::error::{ErrorClass, NetError, NetResult};
 use crate::warn;
+
+/// Exported only by a library built with the `tools` feature (test and tool
+/// code, e.g. [`client`]): scripts/build-plugin fails if the library it ships
+/// has this symbol.
+#[cfg(feature = "tools")]
+#[no_mangle]
+pub static airamp_built_with_tools: u8 = 1;
 
 /// A vtable NCCL looks up with `dlsym`. The wrapper only exists so the
 /// static can be `Sync` (the C struct holds raw pointers to 'static data).

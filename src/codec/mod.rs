@@ -43,6 +43,7 @@
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // AVX2/F16C intrinsics behind runtime feature detection
 mod avx2;
+#[cfg(feature = "tools")] // `airamp bench codec` and `airamp calibrate`
 pub mod bench;
 mod format;
 mod scalar;

@@ -111,7 +111,8 @@ pub mod tcp {
 /// generator says so on each poll, so across the links of a group messages
 /// arrive in a random (reproducible) interleaving. A bounded number of
 /// requests per end mirrors the transport's request pool. Pipes carry heap
-/// buffers only (the GPU path's pinned slots need a GPU).
+/// buffers only (the GPU path's pinned slots need a GPU). Test code only.
+#[cfg(test)]
 pub mod mem {
     use std::sync::{Arc, Mutex};
 

@@ -25,6 +25,7 @@ pub mod lend;
 pub mod link;
 pub mod plan;
 pub mod pool;
+#[cfg(any(test, feature = "tools"))] // a simulator for tests and `airamp bench collnet`
 pub mod sim;
 pub mod steps;
 pub mod workers;

@@ -17,6 +17,11 @@
 //! airamp gpu bench [OPTS]      GPU codec throughput next to memcpy
 //! airamp gpu compile-check     NVRTC compile of the kernels for sm_80/90/100 (no GPU needed)
 //! ```
+//!
+//! Arguments are parsed by clap ([`Cli`]): `--help` on every subcommand,
+//! `--version` with the git sha, and a bad flag or value exits with code 2.
+//! The parsed options reach the subcommands as [`Opts`]: only the options
+//! given, so each subcommand keeps its own defaults (named in `--help`).
 
 mod bench;
 mod calibrate;
@@ -30,41 +35,361 @@ mod tuner;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
+
 use airamp::config::{self, Config};
 
-fn usage() -> ExitCode {
-    eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N] [--size BYTES]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp demo --rank R --ranks N --rendezvous DIR [--plugin SO] [--count FLOATS] [--iters N] [--check-metrics]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8] [--metrics http://HOST:PORT|FILE [--comm ID]]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
-    );
-    ExitCode::from(2)
+/// `airamp --version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("CLI_GIT_SHA"),
+    ")"
+);
+
+/// airamp: NCCL net / collective-network / tuner plugin, the operator's command line.
+#[derive(Parser, Debug)]
+#[command(name = "airamp", version = VERSION, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Configuration: validate a file, print the effective config.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Interfaces the TCP transport sees and uses.
+    Devices,
+    /// Benchmarks through the plugin's C ABI.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Ring allreduce across processes through the C ABI; with --rendezvous,
+    /// one rank of it, started by a launcher (srun).
+    Demo(DemoArgs),
+    /// Measure link + codec, print the [tuner] profile.
+    Calibrate(CalibrateArgs),
+    /// The tuner's decisions.
+    #[command(subcommand)]
+    Tuner(TunerCmd),
+    /// GPU codec kernels: self test, benchmark, compile check.
+    #[command(subcommand)]
+    Gpu(GpuCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate a config file (default: /etc/airamp.conf or AIRAMP_CONF) with
+    /// the environment, print the effective config; exit 1 on warnings.
+    Check {
+        /// The config file to check.
+        file: Option<String>,
+    },
+}
+
+/// `--plugin SO`: the plugin library to load.
+#[derive(Args, Debug, Default)]
+struct PluginArg {
+    /// The plugin library to load [default: libnccl-net-airamp.so or
+    /// libairamp.so beside this binary].
+    #[arg(long, value_name = "SO")]
+    plugin: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Plugin throughput through the C ABI next to iperf3.
+    Net {
+        #[command(flatten)]
+        plugin: PluginArg,
+        /// Message size [default: 1M].
+        #[arg(long, value_name = "BYTES", value_parser = bytes_arg)]
+        size: Option<String>,
+        /// Bytes to send in all [default: 8G].
+        #[arg(long, value_name = "BYTES", value_parser = bytes_arg)]
+        total: Option<String>,
+        /// Messages in flight, 1 to 32 [default: 8].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        window: Option<String>,
+        /// Skip the iperf3 reference run.
+        #[arg(long)]
+        no_iperf: bool,
+    },
+    /// Round trip of one message (8 bytes by default) through the C ABI.
+    Latency {
+        #[command(flatten)]
+        plugin: PluginArg,
+        /// Round trips to time [default: 5000].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        iters: Option<String>,
+        /// Message size [default: 8].
+        #[arg(long, value_name = "BYTES", value_parser = bytes_arg)]
+        size: Option<String>,
+    },
+    /// Codec speed (E4M3, E5M2, INT8) on this core next to memcpy.
+    Codec {
+        /// Values per run [default: 1048576].
+        #[arg(value_name = "VALUES")]
+        values: Option<usize>,
+    },
+    /// Allreduce through the collective network: exact vs compressed, tuner pick.
+    Collnet {
+        #[command(flatten)]
+        plugin: PluginArg,
+        /// Member processes, 2 to 16 [default: 2].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        ranks: Option<String>,
+        /// Smallest allreduce [default: 4K].
+        #[arg(long, value_name = "BYTES", value_parser = bytes_arg)]
+        min: Option<String>,
+        /// Largest allreduce [default: 256M].
+        #[arg(long, value_name = "BYTES", value_parser = bytes_arg)]
+        max: Option<String>,
+        /// Rounds per size [default: 2].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        rounds: Option<String>,
+    },
+    /// CPU used while a connection sits idle.
+    Idle {
+        #[command(flatten)]
+        plugin: PluginArg,
+        /// How long to watch [default: 10].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        seconds: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    #[command(flatten)]
+    plugin: PluginArg,
+    /// Processes in the ring, 2 to 16 without --rendezvous [default: 4].
+    #[arg(long, value_name = "N", value_parser = num_arg)]
+    ranks: Option<String>,
+    /// fp32 values per rank [default: 16777216].
+    #[arg(long, value_name = "FLOATS", value_parser = num_arg)]
+    count: Option<String>,
+    /// Allreduce iterations [default: 5].
+    #[arg(long, value_name = "N", value_parser = num_arg)]
+    iters: Option<String>,
+    /// This process's rank (with --rendezvous).
+    #[arg(long, value_name = "R", value_parser = num_arg)]
+    rank: Option<String>,
+    /// A directory every rank sees: run one rank of a job a launcher started.
+    #[arg(long, value_name = "DIR")]
+    rendezvous: Option<String>,
+    /// Also check this rank's metrics exporter (with --rendezvous).
+    #[arg(long)]
+    check_metrics: bool,
+}
+
+#[derive(Args, Debug)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    plugin: PluginArg,
+    /// Measure over loopback (this host only, not a real link).
+    #[arg(long)]
+    loopback: bool,
+    /// Measure the link to a host running `airamp calibrate --serve PORT`.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer: Option<String>,
+    /// Serve the other end of --peer on this port.
+    #[arg(long, value_name = "PORT")]
+    serve: Option<String>,
+    /// Write the profile to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<String>,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    force: bool,
+    /// Messages per measurement [default: 256].
+    #[arg(long, value_name = "N", value_parser = num_arg)]
+    messages: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TunerCmd {
+    /// The tuner's allreduce decisions for a job shape.
+    Show {
+        /// Ranks in the job [default: 2].
+        #[arg(long, value_name = "R", value_parser = num_arg)]
+        ranks: Option<String>,
+        /// Nodes in the job [default: 2].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        nodes: Option<String>,
+        /// Config file [default: /etc/airamp.conf or AIRAMP_CONF].
+        #[arg(long, value_name = "FILE")]
+        config: Option<String>,
+        /// Turn FP8 allreduce on.
+        #[arg(long)]
+        fp8: bool,
+        /// Take the link profile from a running job's metrics (URL or file).
+        #[arg(long, value_name = "http://HOST:PORT|FILE")]
+        metrics: Option<String>,
+        /// The communicator to read from --metrics.
+        #[arg(long, value_name = "ID")]
+        comm: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GpuCmd {
+    /// GPU codec kernels vs the CPU codec, bit for bit.
+    Selftest {
+        /// CUDA device [default: 0].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        device: Option<String>,
+    },
+    /// GPU codec throughput next to memcpy.
+    Bench {
+        /// CUDA device [default: 0].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        device: Option<String>,
+        /// MiB per buffer [default: 256].
+        #[arg(long, value_name = "MIB", value_parser = num_arg)]
+        mib: Option<String>,
+        /// Iterations [default: 20].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        iters: Option<String>,
+        /// Also time each kernel's launch shapes.
+        #[arg(long)]
+        tune: bool,
+    },
+    /// NVRTC compile of the kernels for sm_80/90/100 (no GPU needed).
+    CompileCheck,
+}
+
+/// A byte count as the config takes it (`1M`, `4G`, `65536`); kept as text.
+fn bytes_arg(v: &str) -> Result<String, String> {
+    config::parse_bytes(v).map(|_| v.to_string())
+}
+
+/// A non-negative integer; kept as text.
+fn num_arg(v: &str) -> Result<String, String> {
+    v.parse::<usize>()
+        .map(|_| v.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match words.as_slice() {
-        ["config", "check", rest @ ..] => config_check(rest.first().copied()),
-        ["devices"] => devices(),
-        ["bench", "net", rest @ ..] => bench::net(&Opts::parse(rest)),
-        ["bench", "latency", rest @ ..] => bench::latency(&Opts::parse(rest)),
-        ["bench", "idle", rest @ ..] => bench::idle(&Opts::parse(rest)),
-        ["bench", "collnet", rest @ ..] => collbench::run(&Opts::parse(rest)),
-        ["bench", "codec", rest @ ..] => bench::codec(rest.first().and_then(|s| s.parse().ok())),
-        ["demo", rest @ ..] => demo::run(&Opts::parse(rest)),
-        ["calibrate", rest @ ..] => calibrate::run(&Opts::parse(rest)),
-        ["tuner", "show", rest @ ..] => tuner::show(&Opts::parse(rest)),
-        ["gpu", "selftest", rest @ ..] => gpu::selftest(&Opts::parse(rest)),
-        ["gpu", "bench", rest @ ..] => gpu::bench(&Opts::parse(rest)),
-        ["gpu", "compile-check", rest @ ..] => gpu::compile_check(&Opts::parse(rest)),
-        [peer::ROLE_FLAG, rest @ ..] => peer::run_role(rest),
-        _ => return usage(),
-    };
+    // Child processes of the CLI itself (peer.rs): an internal protocol, not
+    // a user command.
+    if args.first().map(String::as_str) == Some(peer::ROLE_FLAG) {
+        let words: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+        return report(peer::run_role(&words));
+    }
+    report(run(Cli::parse().cmd))
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode, String> {
+    match cmd {
+        Cmd::Config(ConfigCmd::Check { file }) => config_check(file.as_deref()),
+        Cmd::Devices => devices(),
+        Cmd::Bench(b) => match b {
+            BenchCmd::Net {
+                plugin,
+                size,
+                total,
+                window,
+                no_iperf,
+            } => bench::net(
+                &Opts::from(plugin)
+                    .with("size", size)
+                    .with("total", total)
+                    .with("window", window)
+                    .with_flag("no-iperf", no_iperf),
+            ),
+            BenchCmd::Latency {
+                plugin,
+                iters,
+                size,
+            } => bench::latency(&Opts::from(plugin).with("iters", iters).with("size", size)),
+            BenchCmd::Codec { values } => bench::codec(values),
+            BenchCmd::Collnet {
+                plugin,
+                ranks,
+                min,
+                max,
+                rounds,
+            } => collbench::run(
+                &Opts::from(plugin)
+                    .with("ranks", ranks)
+                    .with("min", min)
+                    .with("max", max)
+                    .with("rounds", rounds),
+            ),
+            BenchCmd::Idle { plugin, seconds } => {
+                bench::idle(&Opts::from(plugin).with("seconds", seconds))
+            }
+        },
+        Cmd::Demo(d) => demo::run(
+            &Opts::from(d.plugin)
+                .with("ranks", d.ranks)
+                .with("count", d.count)
+                .with("iters", d.iters)
+                .with("rank", d.rank)
+                .with("rendezvous", d.rendezvous)
+                .with_flag("check-metrics", d.check_metrics),
+        ),
+        Cmd::Calibrate(c) => calibrate::run(
+            &Opts::from(c.plugin)
+                .with_flag("loopback", c.loopback)
+                .with("peer", c.peer)
+                .with("serve", c.serve)
+                .with("out", c.out)
+                .with_flag("force", c.force)
+                .with("messages", c.messages),
+        ),
+        Cmd::Tuner(TunerCmd::Show {
+            ranks,
+            nodes,
+            config,
+            fp8,
+            metrics,
+            comm,
+        }) => tuner::show(
+            &Opts::default()
+                .with("ranks", ranks)
+                .with("nodes", nodes)
+                .with("config", config)
+                .with_flag("fp8", fp8)
+                .with("metrics", metrics)
+                .with("comm", comm),
+        ),
+        Cmd::Gpu(g) => match g {
+            GpuCmd::Selftest { device } => gpu::selftest(&Opts::default().with("device", device)),
+            GpuCmd::Bench {
+                device,
+                mib,
+                iters,
+                tune,
+            } => gpu::bench(
+                &Opts::default()
+                    .with("device", device)
+                    .with("mib", mib)
+                    .with("iters", iters)
+                    .with_flag("tune", tune),
+            ),
+            GpuCmd::CompileCheck => gpu::compile_check(&Opts::default()),
+        },
+    }
+}
+
+fn report(result: Result<ExitCode, String>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("airamp: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+impl From<PluginArg> for Opts {
+    fn from(p: PluginArg) -> Opts {
+        Opts::default().with("plugin", p.plugin)
     }
 }
 
@@ -93,6 +418,22 @@ impl Opts {
             }
         }
         o
+    }
+
+    /// Adds `--key value` when the value was given.
+    fn with(mut self, key: &str, value: Option<String>) -> Opts {
+        if let Some(v) = value {
+            self.pairs.push((key.to_string(), v));
+        }
+        self
+    }
+
+    /// Adds the flag `--key` when set.
+    fn with_flag(mut self, key: &str, on: bool) -> Opts {
+        if on {
+            self.flags.push(key.to_string());
+        }
+        self
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

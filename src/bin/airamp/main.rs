@@ -3,6 +3,8 @@
 //! ```text
 //! airamp config check [FILE]   validate a config file, print the effective config
 //! airamp devices               interfaces the TCP transport sees and uses
+//! airamp doctor [--peer HOST:PORT] [--json]
+//!                              check this node: plugin found and loadable, NCCL_* settings, config, port
 //! airamp bench net [OPTS]      plugin throughput through the C ABI next to iperf3
 //! airamp bench latency [OPTS]  8-byte round trip of one message (8 bytes by default) through the C ABI
 //! airamp bench codec [N]       codec speed (E4M3, E5M2, INT8) on this core next to memcpy
@@ -22,6 +24,7 @@ mod bench;
 mod calibrate;
 mod collbench;
 mod demo;
+mod doctor;
 mod gpu;
 mod peer;
 mod rendezvous;
@@ -34,7 +37,7 @@ use airamp::config::{self, Config};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N] [--size BYTES]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp demo --rank R --ranks N --rendezvous DIR [--plugin SO] [--count FLOATS] [--iters N] [--check-metrics]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8] [--metrics http://HOST:PORT|FILE [--comm ID]]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
+        "usage:\n  airamp config check [FILE]\n  airamp devices\n  airamp doctor [--peer HOST:PORT] [--json]\n  airamp bench net [--plugin SO] [--size BYTES] [--total BYTES] [--window N] [--no-iperf]\n  airamp bench latency [--plugin SO] [--iters N] [--size BYTES]\n  airamp bench codec [VALUES]\n  airamp bench collnet [--plugin SO] [--ranks N] [--min BYTES] [--max BYTES] [--rounds N]\n  airamp bench idle [--seconds N]\n  airamp demo [--plugin SO] [--ranks N] [--count FLOATS] [--iters N]\n  airamp demo --rank R --ranks N --rendezvous DIR [--plugin SO] [--count FLOATS] [--iters N] [--check-metrics]\n  airamp calibrate (--loopback | --peer HOST:PORT | --serve PORT) [--out FILE] [--force] [--plugin SO]\n  airamp tuner show [--ranks R] [--nodes N] [--config FILE] [--fp8] [--metrics http://HOST:PORT|FILE [--comm ID]]\n  airamp gpu selftest [--device N]\n  airamp gpu bench [--device N] [--mib MIB] [--iters N] [--tune]\n  airamp gpu compile-check"
     );
     ExitCode::from(2)
 }
@@ -45,6 +48,13 @@ fn main() -> ExitCode {
     let result = match words.as_slice() {
         ["config", "check", rest @ ..] => config_check(rest.first().copied()),
         ["devices"] => devices(),
+        ["doctor", rest @ ..] => {
+            let o = Opts::parse(rest);
+            doctor::run(&doctor::DoctorOpts {
+                peer: o.get("peer").map(str::to_string),
+                json: o.flag("json"),
+            })
+        }
         ["bench", "net", rest @ ..] => bench::net(&Opts::parse(rest)),
         ["bench", "latency", rest @ ..] => bench::latency(&Opts::parse(rest)),
         ["bench", "idle", rest @ ..] => bench::idle(&Opts::parse(rest)),

@@ -729,7 +729,10 @@ fn check_tuner(host: &Host<'_>, net_plugin: Option<&Path>, out: &mut Vec<Finding
     let same_as_net = |p: &Path| {
         net_plugin.is_some_and(|n| std::fs::canonicalize(n).ok() == std::fs::canonicalize(p).ok())
     };
-    let fix = Some("unset NCCL_TUNER_PLUGIN (NCCL then takes the tuner from the net plugin) or point it at libnccl-net-airamp.so".to_string());
+    let fix = Some(
+        "unset NCCL_TUNER_PLUGIN (NCCL then takes the tuner from the net plugin) or point it at libnccl-net-airamp.so"
+            .to_string(),
+    );
     out.push(match (value, found) {
         (None, None) => finding(
             "NCCL_TUNER_PLUGIN",
@@ -740,7 +743,10 @@ fn check_tuner(host: &Host<'_>, net_plugin: Option<&Path>, out: &mut Vec<Finding
         (None, Some(p)) if !(is_airamp_lib(&p) || same_as_net(&p)) => finding(
             "NCCL_TUNER_PLUGIN",
             Status::Warn,
-            format!("unset, but NCCL finds {} first: that tuner is used, not airamp's", p.display()),
+            format!(
+                "unset, but NCCL finds {} first: that tuner is used, not airamp's",
+                p.display()
+            ),
             Some("export NCCL_TUNER_PLUGIN=<path of libnccl-net-airamp.so>".into()),
         ),
         (None, Some(p)) => finding(
@@ -755,18 +761,24 @@ fn check_tuner(host: &Host<'_>, net_plugin: Option<&Path>, out: &mut Vec<Finding
             format!("NCCL_TUNER_PLUGIN={v} -> {}", p.display()),
             None,
         ),
-        (Some(v), None) if v.contains("airamp") => finding(
+        (Some(v), _) if v.eq_ignore_ascii_case("none") => finding(
             "NCCL_TUNER_PLUGIN",
             Status::Warn,
-            format!("NCCL_TUNER_PLUGIN={v}: not found on the loader path, airamp's tuner is not loaded from it"),
+            "NCCL_TUNER_PLUGIN=none: NCCL loads no tuner, airamp's tuner is not used".into(),
             fix,
         ),
-        (Some(v), p) => finding(
+        (Some(v), None) => finding(
+            "NCCL_TUNER_PLUGIN",
+            Status::Warn,
+            format!("NCCL_TUNER_PLUGIN={v}: not found; NCCL falls back to the net plugin's tuner"),
+            fix,
+        ),
+        (Some(v), Some(p)) => finding(
             "NCCL_TUNER_PLUGIN",
             Status::Warn,
             format!(
-                "NCCL_TUNER_PLUGIN={v}{}: another tuner, airamp's tuner is not used",
-                p.map_or(String::new(), |p| format!(" -> {}", p.display()))
+                "NCCL_TUNER_PLUGIN={v} -> {}: another tuner, airamp's tuner is not used",
+                p.display()
             ),
             fix,
         ),

@@ -547,6 +547,19 @@ fn tuner_plugin_points_elsewhere() {
         .message
         .contains("libnccl-tuner.so first"));
 
+    // Disabled, or a name NCCL cannot find (it then falls back to the net
+    // plugin's tuner).
+    fx.set("NCCL_TUNER_PLUGIN", "none");
+    let (f, _) = fx.run();
+    assert!(one(&f, "NCCL_TUNER_PLUGIN", Status::Warn)
+        .message
+        .contains("loads no tuner"));
+    fx.set("NCCL_TUNER_PLUGIN", "nosuchtuner");
+    let (f, _) = fx.run();
+    assert!(one(&f, "NCCL_TUNER_PLUGIN", Status::Warn)
+        .message
+        .contains("not found; NCCL falls back to the net plugin's tuner"));
+
     // Pointing at the airamp library is right.
     let plugin = fx.plugin.to_string_lossy().into_owned();
     fx.set("NCCL_TUNER_PLUGIN", &plugin);

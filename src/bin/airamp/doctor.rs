@@ -525,12 +525,24 @@ fn check_interfaces(
         .filter(|a| !a.up && filter.map_or(!a.loopback, |f| f.matches(&a.name)))
         .map(|a| a.name.as_str())
         .collect();
+    down.sort_unstable();
     down.dedup();
-    let down = if down.is_empty() {
+    let mut down = if down.is_empty() {
         String::new()
     } else {
         format!("; down: {}", down.join(", "))
     };
+    if let Some(f) = filter {
+        if !host.interfaces.iter().any(|a| f.matches(&a.name)) {
+            let mut names: Vec<&str> = host.interfaces.iter().map(|a| a.name.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            down.push_str(&format!(
+                "; no interface here matches it (this host has: {})",
+                names.join(", ")
+            ));
+        }
+    }
     let list: Vec<String> = found
         .iter()
         .map(|d| format!("{} {} (up)", d.ifname, d.addr))
@@ -966,7 +978,7 @@ fn load_in_child(path: &Path) -> LoadResult {
     }
     let msg = stderr.trim().trim_start_matches("airamp: ").to_string();
     Err(if msg.is_empty() {
-        format!("the loader child died: {status}")
+        format!("the process died while loading it ({status}); NCCL's process would too")
     } else {
         msg
     })

@@ -362,6 +362,14 @@ fn no_interface_up() {
     );
     assert_eq!(code, 1);
 
+    // A name no interface has.
+    fx.set("AIRAMP_SOCKET_IFNAME", "ib0");
+    let (f, code) = fx.run();
+    assert!(one(&f, "interfaces", Status::Fail)
+        .message
+        .contains("no interface here matches it (this host has: eth0, eth1, lo)"));
+    assert_eq!(code, 1);
+
     // NCCL_SOCKET_IFNAME is the fallback when AIRAMP_SOCKET_IFNAME is unset.
     fx.unset("AIRAMP_SOCKET_IFNAME")
         .set("NCCL_SOCKET_IFNAME", "eth0");

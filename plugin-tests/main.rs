@@ -6,6 +6,7 @@
 
 mod calibration;
 mod collnet;
+mod doctor;
 mod faults;
 mod scenarios;
 mod support;

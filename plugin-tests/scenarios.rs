@@ -11,7 +11,7 @@ use airamp::abi::client::{
 use airamp::transport::wire::{FrameHeader, Hello, ListenHandle};
 
 use crate::support::*;
-use crate::{calibration, collnet, faults};
+use crate::{calibration, collnet, doctor, faults};
 
 type Scenario = fn() -> TestResult;
 
@@ -87,6 +87,14 @@ pub const ALL: &[(&str, Scenario)] = &[
     (
         "fault_slow_receiver_is_never_failed",
         faults::fault_slow_receiver_is_never_failed,
+    ),
+    (
+        "doctor_on_the_built_plugin",
+        doctor::doctor_on_the_built_plugin,
+    ),
+    (
+        "doctor_peer_through_the_plugin",
+        doctor::doctor_peer_through_the_plugin,
     ),
 ];
 

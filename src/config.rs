@@ -34,9 +34,16 @@ use crate::codec::WireFormat;
 /// Env var naming the configuration file.
 pub const CONF_ENV: &str = "AIRAMP_CONF";
 /// `AIRAMP_*` variables read elsewhere, not configuration keys: the config
-/// file's path, and where to find NVRTC (`gpu::nvrtc`, read when the GPU
-/// kernels are first compiled).
-const OTHER_ENV: [&str; 2] = [CONF_ENV, crate::gpu::nvrtc::NVRTC_ENV];
+/// file's path, where to find NVRTC and where to cache its output
+/// (`gpu::nvrtc`, read when the GPU kernels are first compiled), and the
+/// build's git sha (set by build.rs with `cargo:rustc-env`, which cargo
+/// also exports to every process it runs: `cargo run`, `cargo test`).
+const OTHER_ENV: [&str; 4] = [
+    CONF_ENV,
+    crate::gpu::nvrtc::NVRTC_ENV,
+    crate::gpu::nvrtc::CACHE_ENV,
+    "AIRAMP_GIT_SHA",
+];
 /// Configuration file used when `AIRAMP_CONF` is unset or empty.
 pub const DEFAULT_CONF_PATH: &str = "/etc/airamp.conf";
 /// Values longer than this are cut in diagnostics.

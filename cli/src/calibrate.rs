@@ -258,6 +258,66 @@ fn peer(o: &Opts, addr: &str) -> Result<(f64, f64), String> {
     Ok(((count * MSG) as f64 * 8.0 / secs / 1e9, median(one_way)))
 }
 
+/// `airamp doctor --peer`: the reachability test through the plugin
+/// `lib`, against `airamp calibrate --serve PORT` at `addr`. The control
+/// connection (5 s to connect), then the plugin's own connections both
+/// ways, and [`DOCTOR_PINGS`] 8-byte round trips; no stream. Returns a
+/// one-line summary.
+pub fn ping_peer(lib: &std::path::Path, addr: &str) -> Result<String, String> {
+    let target = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut w = TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|e| {
+        if target.to_string() == addr {
+            format!("control connection (plain TCP): {e}")
+        } else {
+            format!("control connection (plain TCP) to {target}: {e}")
+        }
+    })?;
+    w.set_read_timeout(Some(TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(w.try_clone().map_err(|e| e.to_string())?);
+    let lib = Library::open(lib)?;
+    let net = open_net(&lib)?;
+    let mut theirs = handle_from_hex(&line(&mut r)?)?;
+    let (mine, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    say(&mut w, &handle_to_hex(&mine))?;
+    let tx = net
+        .connect_wait(0, &mut theirs, TIMEOUT)
+        .map_err(|e| format!("plugin connect to the peer: {e}"))?;
+    let rx = net
+        .accept_wait(listen, TIMEOUT)
+        .map_err(|e| format!("plugin accept from the peer: {e}"))?;
+    say(&mut w, &format!("{DOCTOR_PINGS} 0"))?;
+    let out = [7u8; 8];
+    let mut inb = [0u8; 8];
+    let mut rtt = Vec::new();
+    for _ in 0..DOCTOR_PINGS {
+        let t = Instant::now();
+        let rq = recv(&net, rx, &mut inb, 1)?;
+        let s = send(&net, tx, &out, 1)?;
+        wait(&net, s)?;
+        wait(&net, rq)?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut ack = [0u8; 8];
+    let ack_rq = recv(&net, rx, &mut ack, 3)?;
+    wait(&net, ack_rq)?;
+    say(&mut w, "done")?;
+    net.close_send(tx).map_err(|e| format!("{e:?}"))?;
+    net.close_recv(rx).map_err(|e| format!("{e:?}"))?;
+    net.close_listen(listen).map_err(|e| format!("{e:?}"))?;
+    Ok(format!(
+        "{addr}: plugin connections both ways, {DOCTOR_PINGS} round trips of 8 bytes, median {:.1} us (through {})",
+        median(rtt),
+        net.name()
+    ))
+}
+
+/// Round trips `airamp doctor --peer` makes.
+pub const DOCTOR_PINGS: usize = 20;
+
 /// Codec speed on this core (the best backend) in the configured wire
 /// format, G values/s.
 fn codec() -> (f64, f64) {

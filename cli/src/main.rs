@@ -3,6 +3,8 @@
 //! ```text
 //! airamp config check [FILE]   validate a config file, print the effective config
 //! airamp devices               interfaces the TCP transport sees and uses
+//! airamp doctor [--peer HOST:PORT] [--json]
+//!                              is airamp in use here? the plugin, NCCL_*, config, port, each with its fix
 //! airamp bench net [OPTS]      plugin throughput through the C ABI next to iperf3
 //! airamp bench latency [OPTS]  8-byte round trip of one message (8 bytes by default) through the C ABI
 //! airamp bench codec [N]       codec speed (E4M3, E5M2, INT8) on this core next to memcpy
@@ -27,6 +29,7 @@ mod bench;
 mod calibrate;
 mod collbench;
 mod demo;
+mod doctor;
 mod gpu;
 mod peer;
 mod rendezvous;
@@ -62,6 +65,11 @@ enum Cmd {
     Config(ConfigCmd),
     /// Interfaces the TCP transport sees and uses.
     Devices,
+    /// Check this node the way support would: the plugin NCCL_NET_PLUGIN
+    /// resolves to (found, loads, exports, glibc), NCCL_NET, interfaces,
+    /// config, this rank's metrics port, CollNet/GDR settings, the tuner.
+    /// Exit 0: nothing stops airamp from being used; 1: something does.
+    Doctor(DoctorArgs),
     /// Benchmarks through the plugin's C ABI.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -86,6 +94,17 @@ enum ConfigCmd {
         /// The config file to check.
         file: Option<String>,
     },
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Also connect through the plugin to a host running
+    /// `airamp calibrate --serve PORT`.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer: Option<String>,
+    /// Print the findings as a JSON array.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `--plugin SO`: the plugin library to load.
@@ -287,6 +306,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
     match cmd {
         Cmd::Config(ConfigCmd::Check { file }) => config_check(file.as_deref()),
         Cmd::Devices => devices(),
+        Cmd::Doctor(d) => doctor::run(&doctor::DoctorOpts {
+            peer: d.peer,
+            json: d.json,
+        }),
         Cmd::Bench(b) => match b {
             BenchCmd::Net {
                 plugin,

@@ -80,6 +80,7 @@ pub fn run_role(args: &[&str]) -> Result<ExitCode, String> {
         Some("latency-echo") => crate::bench::latency_echo(&opts),
         Some("demo-rank") => crate::demo::rank_process(&opts),
         Some("collnet-member") => crate::collbench::member(&opts),
+        Some("doctor-load") => crate::doctor::load_role(&opts),
         other => Err(format!("unknown role {other:?}")),
     }
     .map(|()| ExitCode::SUCCESS)

@@ -20,6 +20,7 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["config"],
     &["config", "check"],
     &["devices"],
+    &["doctor"],
     &["bench"],
     &["bench", "net"],
     &["bench", "latency"],
@@ -67,6 +68,7 @@ fn top_level_help_lists_every_command() {
     for cmd in [
         "config",
         "devices",
+        "doctor",
         "bench",
         "demo",
         "calibrate",

@@ -329,6 +329,7 @@ fn unknown_env_vars_warn() {
         ("AIRAMP_NSTREAM", "3"),
         ("AIRAMP_CONF", "/nonexistent"),
         ("AIRAMP_NVRTC_LIB", "/opt/cuda/lib64"),
+        ("AIRAMP_GIT_SHA", "56e4e16"),
         ("PATH", "/bin"),
         ("NCCL_DEBUG", "INFO"),
     ]);

@@ -188,7 +188,13 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
     let cfg = airamp::config::global();
     let plugin = airamp::net::Plugin::from_config(cfg);
     let dev = plugin.devices.first().ok_or("no network device")?;
-    println!(
+    let json = o.flag("json");
+    let say = |line: String| {
+        if !json {
+            println!("{line}");
+        }
+    };
+    say(format!(
         "airamp bench net: {} {} | streams={} chunk={} B inline={} B | messages of {} B, window {}, {} MiB total",
         dev.net.ifname,
         dev.net.addr,
@@ -198,20 +204,44 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
         p.size,
         p.window,
         p.total >> 20
-    );
+    ));
     let mut best_ref: Option<f64> = None;
+    let mut iperf = serde_json::Map::new();
     if !o.flag("no-iperf") {
         for streams in [1, 4] {
             let gbps = iperf3(&dev.net.addr.to_string(), streams, 5)?;
-            println!("  iperf3 -l 1M -P {streams}        {gbps:8.2} Gbit/s");
+            say(format!(
+                "  iperf3 -l 1M -P {streams}        {gbps:8.2} Gbit/s"
+            ));
+            iperf.insert(format!("P{streams}"), gbps.into());
             best_ref = Some(best_ref.map_or(gbps, |b: f64| b.max(gbps)));
         }
     }
     let (gbps, name) = plugin_throughput(o, &p)?;
-    print!("  airamp through the C ABI ({name}) {gbps:8.2} Gbit/s");
-    match best_ref {
-        Some(r) => println!("   = {:.2}x the better iperf3", gbps / r),
-        None => println!(),
+    say(format!(
+        "  airamp through the C ABI ({name}) {gbps:8.2} Gbit/s{}",
+        best_ref.map_or(String::new(), |r| format!(
+            "   = {:.2}x the better iperf3",
+            gbps / r
+        ))
+    ));
+    if json {
+        let v = serde_json::json!({
+            "bench": "net",
+            "interface": dev.net.ifname,
+            "address": dev.net.addr.to_string(),
+            "streams": plugin.settings.streams,
+            "chunk_bytes": plugin.settings.chunk_bytes,
+            "inline_bytes": plugin.settings.inline_bytes,
+            "message_bytes": p.size,
+            "window": p.window,
+            "total_bytes": p.total,
+            "via": name,
+            "airamp_gbit_per_s": gbps,
+            "iperf3_gbit_per_s": iperf,
+            "airamp_over_best_iperf3": best_ref.map(|r| gbps / r),
+        });
+        println!("{v}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -271,6 +301,17 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     echo.finish()?;
     rtts.sort();
     let pct = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
+    if o.flag("json") {
+        let us = |q: f64| pct(q).as_secs_f64() * 1e6;
+        let v = serde_json::json!({
+            "bench": "latency",
+            "message_bytes": size,
+            "iterations": iters,
+            "round_trip_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99)},
+        });
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "airamp bench latency: {size}-byte round trip through the C ABI over {iters} iterations: p50 {:.1?}  p90 {:.1?}  p99 {:.1?}",
         pct(0.5),
@@ -317,12 +358,33 @@ pub fn latency_echo(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-pub fn codec(values: Option<usize>) -> Result<ExitCode, String> {
+pub fn codec(values: Option<usize>, json: bool) -> Result<ExitCode, String> {
     let n = values.unwrap_or(1 << 20);
-    println!(
-        "{}",
-        airamp::codec::bench::bench(n, &airamp::codec::WireFormat::ALL)
-    );
+    let b = airamp::codec::bench::bench(n, &airamp::codec::WireFormat::ALL);
+    if json {
+        let rows: Vec<_> = b
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "op": r.op,
+                    "format": format!("{:?}", r.format),
+                    "backend": format!("{:?}", r.backend),
+                    "gvalues_per_s": r.gvalues_per_s,
+                    "gbytes_per_s": r.gbytes_per_s,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "bench": "codec",
+            "values": b.n_values,
+            "memcpy_gbytes_per_s": b.memcpy_gbytes_per_s,
+            "rows": rows,
+        });
+        println!("{v}");
+    } else {
+        println!("{b}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -348,11 +410,22 @@ pub fn idle(o: &Opts) -> Result<ExitCode, String> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(0);
-    println!(
-        "airamp bench idle: {threads} threads, one open connection, {:.1} s idle: {used:.3} s CPU = {:.3}% of one core",
-        start.elapsed().as_secs_f64(),
-        100.0 * used / start.elapsed().as_secs_f64()
-    );
+    let idle_s = start.elapsed().as_secs_f64();
+    if o.flag("json") {
+        let v = serde_json::json!({
+            "bench": "idle",
+            "threads": threads,
+            "idle_s": idle_s,
+            "cpu_s": used,
+            "percent_of_one_core": 100.0 * used / idle_s,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "airamp bench idle: {threads} threads, one open connection, {idle_s:.1} s idle: {used:.3} s CPU = {:.3}% of one core",
+            100.0 * used / idle_s
+        );
+    }
     net.close_send(send).map_err(|e| format!("{e:?}"))?;
     net.close_recv(recv).map_err(|e| format!("{e:?}"))?;
     Ok(ExitCode::SUCCESS)

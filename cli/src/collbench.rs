@@ -24,7 +24,7 @@ use airamp::config;
 use airamp::tuner::{self, LinkProfile, Path, Policy};
 
 use crate::peer::{self, from_parent, to_parent};
-use crate::Opts;
+use crate::{plot, Opts};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 const BFLOAT16: u32 = 9;
@@ -198,6 +198,10 @@ fn human(b: u64) -> String {
 }
 
 pub fn run(o: &Opts) -> Result<ExitCode, String> {
+    // A plot that cannot be written should fail now, not after the run.
+    if let Some(file) = o.get("plot") {
+        std::fs::File::create(file).map_err(|e| format!("{file}: {e}"))?;
+    }
     let ranks = o.num("ranks", 2)?.clamp(2, 16);
     let rounds = o.num("rounds", 2)?.max(1);
     let sizes = sizes(o)?;
@@ -236,6 +240,71 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     // FP8 enabled (the format the config names).
     policy.fp8 = Some(cfg.compression.format);
     let bus = 2.0 * (ranks as f64 - 1.0) / ranks as f64;
+    let busbw = |s: u64, t: f64| gbps(s, t) * bus;
+    let decisions: Vec<Path> = sizes
+        .iter()
+        .map(|&s| tuner::decide_allreduce(s, ranks, ranks, &profile, &policy).path)
+        .collect();
+    if let Some(file) = o.get("plot") {
+        let series = [
+            ("raw ring (reference)", &ring_best),
+            ("exact collnet", &best[0]),
+            ("compressed collnet", &best[1]),
+        ]
+        .map(|(name, times)| {
+            (
+                name,
+                sizes
+                    .iter()
+                    .zip(times.iter())
+                    .map(|(&s, &t)| (s, busbw(s, t)))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        plot::bus_bandwidth(
+            file,
+            &format!("airamp bench collnet: {ranks} members, bf16 sum, best of {rounds} rounds"),
+            &series,
+        )?;
+    }
+    if o.flag("json") {
+        let rows: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let (tr, te, tf) = (ring_best[i], best[0][i], best[1][i]);
+                let picked = match decisions[i] {
+                    Path::CompressedCollNet => tf,
+                    Path::Raw => tr,
+                };
+                serde_json::json!({
+                    "bytes": s,
+                    "busbw_gbit_per_s": {
+                        "raw": busbw(s, tr),
+                        "exact": busbw(s, te),
+                        "compressed": busbw(s, tf),
+                    },
+                    "compressed_over_raw": tr / tf,
+                    "tuner": match decisions[i] {
+                        Path::CompressedCollNet => "compressed",
+                        Path::Raw => "raw",
+                    },
+                    "picked_over_best": tr.min(tf) / picked,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "bench": "collnet",
+            "members": ranks,
+            "rounds": rounds,
+            "dtype": "bf16",
+            "tuner_profile": profile.to_string(),
+            "tuner_profile_source": source.to_string(),
+            "sizes": rows,
+        });
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("{ranks} members, bf16 sum, best of {rounds} rounds (ABBA); bus bandwidth in Gbit/s");
     println!(
         "raw = ring allreduce over the net API (what NCCL's Ring does); exact / fp8 = the collective network"
@@ -262,8 +331,7 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     let mut worst: f64 = 1.0;
     for (i, &s) in sizes.iter().enumerate() {
         let (tr, te, tf) = (ring_best[i], best[0][i], best[1][i]);
-        let choice = tuner::decide_allreduce(s, ranks, ranks, &profile, &policy);
-        let picked = match choice.path {
+        let picked = match decisions[i] {
             Path::CompressedCollNet => tf,
             Path::Raw => tr,
         };
@@ -272,11 +340,11 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
         println!(
             "{:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.2}x {:>7} {:>11.3}",
             human(s),
-            gbps(s, tr) * bus,
-            gbps(s, te) * bus,
-            gbps(s, tf) * bus,
+            busbw(s, tr),
+            busbw(s, te),
+            busbw(s, tf),
             tr / tf,
-            match choice.path {
+            match decisions[i] {
                 Path::CompressedCollNet => "fp8",
                 Path::Raw => "raw",
             },

@@ -32,6 +32,7 @@ mod demo;
 mod doctor;
 mod gpu;
 mod peer;
+mod plot;
 mod rendezvous;
 mod tuner;
 
@@ -107,6 +108,14 @@ struct DoctorArgs {
     json: bool,
 }
 
+/// `--json`: results as one JSON object on stdout, no tables.
+#[derive(Args, Debug, Default)]
+struct JsonArg {
+    /// Print the results as one JSON object on stdout (no tables, no progress).
+    #[arg(long)]
+    json: bool,
+}
+
 /// `--plugin SO`: the plugin library to load.
 #[derive(Args, Debug, Default)]
 struct PluginArg {
@@ -134,6 +143,8 @@ enum BenchCmd {
         /// Skip the iperf3 reference run.
         #[arg(long)]
         no_iperf: bool,
+        #[command(flatten)]
+        out: JsonArg,
     },
     /// Round trip of one message (8 bytes by default) through the C ABI.
     Latency {
@@ -145,12 +156,16 @@ enum BenchCmd {
         /// Message size [default: 8].
         #[arg(long, value_name = "BYTES", value_parser = bytes_arg)]
         size: Option<String>,
+        #[command(flatten)]
+        out: JsonArg,
     },
     /// Codec speed (E4M3, E5M2, INT8) on this core next to memcpy.
     Codec {
         /// Values per run [default: 1048576].
         #[arg(value_name = "VALUES")]
         values: Option<usize>,
+        #[command(flatten)]
+        out: JsonArg,
     },
     /// Allreduce through the collective network: exact vs compressed, tuner pick.
     Collnet {
@@ -168,6 +183,12 @@ enum BenchCmd {
         /// Rounds per size [default: 2].
         #[arg(long, value_name = "N", value_parser = num_arg)]
         rounds: Option<String>,
+        #[command(flatten)]
+        out: JsonArg,
+        /// Also draw bus bandwidth against size for each path (raw ring,
+        /// exact, compressed) into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<String>,
     },
     /// CPU used while a connection sits idle.
     Idle {
@@ -176,6 +197,8 @@ enum BenchCmd {
         /// How long to watch [default: 10].
         #[arg(long, value_name = "N", value_parser = num_arg)]
         seconds: Option<String>,
+        #[command(flatten)]
+        out: JsonArg,
     },
 }
 
@@ -317,35 +340,53 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 total,
                 window,
                 no_iperf,
+                out,
             } => bench::net(
                 &Opts::from(plugin)
                     .with("size", size)
                     .with("total", total)
                     .with("window", window)
-                    .with_flag("no-iperf", no_iperf),
+                    .with_flag("no-iperf", no_iperf)
+                    .with_flag("json", out.json),
             ),
             BenchCmd::Latency {
                 plugin,
                 iters,
                 size,
-            } => bench::latency(&Opts::from(plugin).with("iters", iters).with("size", size)),
-            BenchCmd::Codec { values } => bench::codec(values),
+                out,
+            } => bench::latency(
+                &Opts::from(plugin)
+                    .with("iters", iters)
+                    .with("size", size)
+                    .with_flag("json", out.json),
+            ),
+            BenchCmd::Codec { values, out } => bench::codec(values, out.json),
             BenchCmd::Collnet {
                 plugin,
                 ranks,
                 min,
                 max,
                 rounds,
+                out,
+                plot,
             } => collbench::run(
                 &Opts::from(plugin)
                     .with("ranks", ranks)
                     .with("min", min)
                     .with("max", max)
-                    .with("rounds", rounds),
+                    .with("rounds", rounds)
+                    .with("plot", plot)
+                    .with_flag("json", out.json),
             ),
-            BenchCmd::Idle { plugin, seconds } => {
-                bench::idle(&Opts::from(plugin).with("seconds", seconds))
-            }
+            BenchCmd::Idle {
+                plugin,
+                seconds,
+                out,
+            } => bench::idle(
+                &Opts::from(plugin)
+                    .with("seconds", seconds)
+                    .with_flag("json", out.json),
+            ),
         },
         Cmd::Demo(d) => demo::run(
             &Opts::from(d.plugin)

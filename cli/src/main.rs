@@ -32,6 +32,7 @@ mod demo;
 mod doctor;
 mod gpu;
 mod peer;
+mod progress;
 mod rendezvous;
 mod tuner;
 

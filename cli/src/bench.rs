@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use airamp::abi::client::{handle_from_hex, handle_to_hex, post, Library, Net, NetVersion};
 
 use crate::peer::{self, from_parent, to_parent};
-use crate::Opts;
+use crate::{progress, Opts};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -70,6 +70,7 @@ fn plugin_throughput(o: &Opts, p: &NetParams) -> Result<(f64, String), String> {
     let mut done = 0;
     let mut first: Option<Instant> = None;
     let mut bytes_after_first = 0u64;
+    let pb = progress::bar(o, count as u64, "bench net: airamp", "messages");
     while done < count {
         while posted < count && inflight.len() < p.window {
             let b = &mut bufs[posted % p.window];
@@ -96,7 +97,9 @@ fn plugin_throughput(o: &Opts, p: &NetParams) -> Result<(f64, String), String> {
             Some(_) => bytes_after_first += got[0] as u64,
         }
         done += 1;
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
     sender.finish()?;
     net.close_recv(recv)
@@ -209,7 +212,9 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
     let mut iperf = serde_json::Map::new();
     if !o.flag("no-iperf") {
         for streams in [1, 4] {
+            let pb = progress::spinner(o, &format!("bench net: iperf3 -P {streams}, 5 s"));
             let gbps = iperf3(&dev.net.addr.to_string(), streams, 5)?;
+            pb.finish_and_clear();
             say(format!(
                 "  iperf3 -l 1M -P {streams}        {gbps:8.2} Gbit/s"
             ));
@@ -272,6 +277,12 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     let out = vec![42u8; size];
     let mut inb = vec![0u8; size];
     let mut rtts = Vec::with_capacity(iters);
+    let pb = progress::bar(
+        o,
+        (iters + 100) as u64,
+        "bench latency: round trips",
+        "iterations",
+    );
     for i in 0..iters + 100 {
         let t = Instant::now();
         let r = post(TIMEOUT, || {
@@ -297,7 +308,9 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
         if i >= 100 {
             rtts.push(t.elapsed());
         }
+        pb.inc(1);
     }
+    pb.finish_and_clear();
     echo.finish()?;
     rtts.sort();
     let pct = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
@@ -405,7 +418,13 @@ pub fn idle(o: &Opts) -> Result<ExitCode, String> {
     };
     let before = cpu()?;
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
+    // One second at a time, so the bar can move; nothing draws between.
+    let pb = progress::bar(o, secs, "bench idle", "s");
+    for _ in 0..secs {
+        std::thread::sleep(Duration::from_secs(1));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
     let used = cpu()? - before;
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())

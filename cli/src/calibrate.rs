@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use airamp::abi::client::{handle_from_hex, handle_to_hex, post, Comm, Library, Net, NetVersion};
 use airamp::codec::bench::bench as codec_bench;
 
-use crate::Opts;
+use crate::{progress, Opts};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Bandwidth messages: big enough to reach line rate, as NCCL's chunks do.
@@ -121,6 +121,9 @@ fn loopback(o: &Opts) -> Result<(f64, f64), String> {
     let mut one_way = Vec::new();
     let out = [7u8; 8];
     let mut inb = [0u8; 8];
+    let count = o.num("messages", 256)?.max(WINDOW);
+    let pb = progress::bar(o, (2100 + count) as u64, "calibrate: loopback", "messages");
+    pb.set_message("round trips");
     for i in 0..2100 {
         let t = Instant::now();
         let r = recv(&net, rx, &mut inb, 1)?;
@@ -130,9 +133,11 @@ fn loopback(o: &Opts) -> Result<(f64, f64), String> {
         if i >= 100 {
             one_way.push(t.elapsed().as_secs_f64() * 1e6);
         }
+        pb.inc(1);
     }
-    let count = o.num("messages", 256)?.max(WINDOW);
+    pb.set_message("stream");
     let gbps = loopback_bandwidth(&net, tx, rx, count)?;
+    pb.finish_and_clear();
     net.close_send(tx).map_err(|e| format!("{e:?}"))?;
     net.close_recv(rx).map_err(|e| format!("{e:?}"))?;
     net.close_listen(listen).map_err(|e| format!("{e:?}"))?;
@@ -225,6 +230,13 @@ fn peer(o: &Opts, addr: &str) -> Result<(f64, f64), String> {
     let out = [7u8; 8];
     let mut inb = [0u8; 8];
     let mut one_way = Vec::new();
+    let pb = progress::bar(
+        o,
+        (pings + count) as u64,
+        &format!("calibrate: peer {addr}"),
+        "messages",
+    );
+    pb.set_message("round trips");
     for i in 0..pings {
         let t = Instant::now();
         let rq = recv(&net, rx, &mut inb, 1)?;
@@ -234,7 +246,9 @@ fn peer(o: &Opts, addr: &str) -> Result<(f64, f64), String> {
         if i >= 100 {
             one_way.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
         }
+        pb.inc(1);
     }
+    pb.set_message("stream");
     let src = vec![0x5Au8; MSG];
     let mut ack = [0u8; 8];
     let ack_rq = recv(&net, rx, &mut ack, 3)?;
@@ -245,12 +259,14 @@ fn peer(o: &Opts, addr: &str) -> Result<(f64, f64), String> {
             wait(&net, inflight.pop_front().expect("full"))?;
         }
         inflight.push_back(send(&net, tx, &src, 2)?);
+        pb.inc(1);
     }
     for s in inflight {
         wait(&net, s)?;
     }
     wait(&net, ack_rq)?;
     let secs = start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
     say(&mut w, "done")?;
     net.close_send(tx).map_err(|e| format!("{e:?}"))?;
     net.close_recv(rx).map_err(|e| format!("{e:?}"))?;
@@ -365,7 +381,9 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
             )
         }
     };
+    let pb = progress::spinner(o, "calibrate: codec throughput");
     let (encode_gvps, decode_gvps) = codec();
+    pb.finish_and_clear();
     if !(gbps.is_finite() && gbps > 0.0 && encode_gvps > 0.0 && decode_gvps > 0.0) {
         return Err("measurement failed (zero or non-finite result)".into());
     }

@@ -24,7 +24,7 @@ use airamp::config;
 use airamp::tuner::{self, LinkProfile, Path, Policy};
 
 use crate::peer::{self, from_parent, to_parent};
-use crate::{plot, Opts};
+use crate::{plot, progress, Opts};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 const BFLOAT16: u32 = 9;
@@ -211,6 +211,16 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     ];
     let mut ring_best = vec![f64::INFINITY; sizes.len()];
     let mut calibrations: Vec<(bool, Joined)> = Vec::new();
+    let pb = progress::bar(
+        o,
+        2 * rounds as u64,
+        &format!("bench collnet: {ranks} members, {} sizes", sizes.len()),
+        "groups",
+    );
+    if !pb.is_hidden() {
+        // Each group runs for seconds: keep the clock moving.
+        pb.enable_steady_tick(Duration::from_millis(200));
+    }
     for round in 0..rounds {
         let order = if round % 2 == 0 {
             [false, true]
@@ -218,7 +228,13 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
             [true, false]
         };
         for fp8 in order {
+            pb.set_message(format!(
+                "round {}/{rounds}, fp8 {}",
+                round + 1,
+                if fp8 { "on" } else { "off" }
+            ));
             let (t, ring, joined) = run_group(o, ranks, fp8, &sizes)?;
+            pb.inc(1);
             calibrations.push((fp8, joined));
             for (b, t) in best[usize::from(fp8)].iter_mut().zip(t) {
                 *b = b.min(t);
@@ -228,6 +244,7 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
             }
         }
     }
+    pb.finish_and_clear();
     let cfg = config::global();
     // The first FP8 group's agreement, as a job's tuners read it at init.
     let agreed = calibrations

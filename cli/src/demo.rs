@@ -14,7 +14,7 @@ use airamp::config;
 
 use crate::peer::{self, from_parent, to_parent};
 use crate::rendezvous::Rendezvous;
-use crate::Opts;
+use crate::{progress, Opts};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -234,6 +234,13 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
         p.ranks,
         plugin.display()
     );
+    let pb = progress::spinner(
+        o,
+        &format!(
+            "demo: {} ranks, {} iterations of {} values",
+            p.ranks, p.iters, p.count
+        ),
+    );
     let lib = Library::open(&plugin)?;
     let (net, listen, my_handle) = join_ring(&lib)?;
     let mut peers = Vec::new();
@@ -271,6 +278,7 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     for peer in peers {
         peer.finish()?;
     }
+    pb.finish_and_clear();
     let ok = summarize(&p, &results);
     net.close_send(send).map_err(|e| format!("{e:?}"))?;
     net.close_recv(recv).map_err(|e| format!("{e:?}"))?;

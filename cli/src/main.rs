@@ -33,6 +33,7 @@ mod doctor;
 mod gpu;
 mod peer;
 mod plot;
+mod progress;
 mod rendezvous;
 mod tuner;
 

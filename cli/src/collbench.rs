@@ -202,6 +202,11 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
     if let Some(file) = o.get("plot") {
         std::fs::File::create(file).map_err(|e| format!("{file}: {e}"))?;
     }
+    let mut references = Vec::new();
+    for spec in o.all("reference") {
+        let (label, file) = plot::labelled(spec)?;
+        references.extend(plot::series_from_file(&label, &file)?);
+    }
     let ranks = o.num("ranks", 2)?.clamp(2, 16);
     let rounds = o.num("rounds", 2)?.max(1);
     let sizes = sizes(o)?;
@@ -270,7 +275,7 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
         ]
         .map(|(name, times)| {
             (
-                name,
+                name.to_string(),
                 sizes
                     .iter()
                     .zip(times.iter())
@@ -278,6 +283,12 @@ pub fn run(o: &Opts) -> Result<ExitCode, String> {
                     .collect::<Vec<_>>(),
             )
         });
+        let mut series = series.to_vec();
+        series.extend(references);
+        let series: Vec<(&str, Vec<(u64, f64)>)> = series
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.clone()))
+            .collect();
         plot::bus_bandwidth(
             file,
             &format!("airamp bench collnet: {ranks} members, bf16 sum, best of {rounds} rounds"),

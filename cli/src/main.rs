@@ -83,6 +83,20 @@ enum Cmd {
     /// The tuner's decisions.
     #[command(subcommand)]
     Tuner(TunerCmd),
+    /// Draw bus bandwidth against size from results files into an SVG:
+    /// the PyTorch benchmarks' JSON (examples/pytorch/), `bench collnet
+    /// --json`, or CSV lines `bytes,gbit_per_s`.
+    Plot {
+        /// The SVG file to write.
+        #[arg(value_name = "OUT.svg")]
+        out: String,
+        /// One or more results files, each named for the legend.
+        #[arg(value_name = "LABEL=FILE", required = true)]
+        series: Vec<String>,
+        /// Title of the chart.
+        #[arg(long, default_value = "bus bandwidth")]
+        title: String,
+    },
     /// GPU codec kernels: self test, benchmark, compile check.
     #[command(subcommand)]
     Gpu(GpuCmd),
@@ -190,6 +204,10 @@ enum BenchCmd {
         /// exact, compressed) into this SVG file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<String>,
+        /// A reference to draw on the same plot, e.g. NCCL Socket measured
+        /// by examples/pytorch (its JSON) or a CSV of bytes,gbit_per_s.
+        #[arg(long, value_name = "LABEL=FILE", requires = "plot")]
+        reference: Vec<String>,
     },
     /// CPU used while a connection sits idle.
     Idle {
@@ -330,6 +348,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
     match cmd {
         Cmd::Config(ConfigCmd::Check { file }) => config_check(file.as_deref()),
         Cmd::Devices => devices(),
+        Cmd::Plot { out, series, title } => plot_files(&out, &series, &title),
         Cmd::Doctor(d) => doctor::run(&doctor::DoctorOpts {
             peer: d.peer,
             json: d.json,
@@ -370,6 +389,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 rounds,
                 out,
                 plot,
+                reference,
             } => collbench::run(
                 &Opts::from(plugin)
                     .with("ranks", ranks)
@@ -377,6 +397,7 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     .with("max", max)
                     .with("rounds", rounds)
                     .with("plot", plot)
+                    .with_all("reference", reference)
                     .with_flag("json", out.json),
             ),
             BenchCmd::Idle {
@@ -452,6 +473,22 @@ fn report(result: Result<ExitCode, String>) -> ExitCode {
     }
 }
 
+/// `airamp plot`: results files drawn on one chart.
+fn plot_files(out: &str, specs: &[String], title: &str) -> Result<ExitCode, String> {
+    let mut series = Vec::new();
+    for spec in specs {
+        let (label, file) = plot::labelled(spec)?;
+        series.extend(plot::series_from_file(&label, &file)?);
+    }
+    let named: Vec<(&str, Vec<(u64, f64)>)> = series
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.clone()))
+        .collect();
+    plot::bus_bandwidth(out, title, &named)?;
+    println!("wrote {out}: {} series", named.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 impl From<PluginArg> for Opts {
     fn from(p: PluginArg) -> Opts {
         Opts::default().with("plugin", p.plugin)
@@ -491,6 +528,23 @@ impl Opts {
             self.pairs.push((key.to_string(), v));
         }
         self
+    }
+
+    /// Adds `--key value` once per value.
+    fn with_all(mut self, key: &str, values: Vec<String>) -> Opts {
+        for v in values {
+            self.pairs.push((key.to_string(), v));
+        }
+        self
+    }
+
+    /// Every value given for `--key`, in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// Adds the flag `--key` when set.

@@ -31,6 +31,7 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["calibrate"],
     &["tuner"],
     &["tuner", "show"],
+    &["plot"],
     &["gpu"],
     &["gpu", "selftest"],
     &["gpu", "bench"],
@@ -73,6 +74,7 @@ fn top_level_help_lists_every_command() {
         "demo",
         "calibrate",
         "tuner",
+        "plot",
         "gpu",
     ] {
         assert!(

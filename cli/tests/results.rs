@@ -113,3 +113,68 @@ fn plot_into_a_missing_directory_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-dir/plot.svg"));
 }
+
+#[test]
+fn plot_draws_results_files_and_a_socket_reference() {
+    let dir = std::env::temp_dir().join(format!("airamp-plot-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // What examples/pytorch/allreduce_bench.py writes for NCCL Socket.
+    let socket = dir.join("socket.json");
+    std::fs::write(
+        &socket,
+        r#"{"world": 2, "results": [{"dtype": "float32", "bytes": 4096, "busbw_GBps": 0.1},
+            {"dtype": "float32", "bytes": 1048576, "busbw_GBps": 2.0}]}"#,
+    )
+    .expect("write");
+    let svg = dir.join("plot.svg");
+    let out = airamp(&[
+        "plot",
+        &svg.to_string_lossy(),
+        &format!("NCCL Socket={}", socket.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).expect("plot");
+    assert!(text.trim_end().ends_with("</svg>") && text.contains("NCCL Socket"));
+
+    // The same file as the reference of a bench collnet plot.
+    let svg2 = dir.join("collnet.svg");
+    let v = json(&[
+        "bench",
+        "collnet",
+        "--min",
+        "4K",
+        "--max",
+        "4K",
+        "--rounds",
+        "1",
+        "--json",
+        "--plot",
+        &svg2.to_string_lossy(),
+        "--reference",
+        &format!("NCCL Socket={}", socket.display()),
+    ]);
+    assert_eq!(v["sizes"].as_array().map(Vec::len), Some(1));
+    let text = std::fs::read_to_string(&svg2).expect("plot");
+    for name in ["raw ring (reference)", "compressed collnet", "NCCL Socket"] {
+        assert!(text.contains(name), "{name} missing");
+    }
+
+    // A bad reference fails before the run, naming the file.
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "1024,1\nnot,a number\n").expect("write");
+    let out = airamp(&[
+        "bench",
+        "collnet",
+        "--plot",
+        &svg2.to_string_lossy(),
+        "--reference",
+        &format!("x={}", bad.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.csv"));
+    std::fs::remove_dir_all(&dir).expect("clean");
+}

@@ -634,9 +634,11 @@ fn check_metrics_port(host: &Host<'_>, cfg: &Config, out: &mut Vec<Finding>) {
     });
 }
 
-/// `GET /metrics` at `addr` with short timeouts; the body on 200.
+/// `GET /metrics` at `addr` with short timeouts; the body on 200. A busy
+/// node (or a loaded CI machine) may take a while to answer a local
+/// connection, so allow a few seconds before calling it silent.
 fn scrape(addr: SocketAddr) -> Result<String, String> {
-    let t = Duration::from_secs(1);
+    let t = Duration::from_secs(3);
     let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(t)).map_err(|e| e.to_string())?;

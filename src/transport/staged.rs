@@ -24,6 +24,7 @@
 //! Only asynchronous CUDA calls and event queries run on the data path.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -132,6 +133,10 @@ struct Unposted {
 
 /// Per send comm (keyed by its address), staged sends in posting order.
 static UNPOSTED: Mutex<Vec<(usize, VecDeque<Unposted>)>> = Mutex::new(Vec::new());
+/// Entries in [`UNPOSTED`], all comms together (changed under its lock):
+/// lets every host-memory `isend` skip the lock while nothing is staged,
+/// which is always without GPU buffers.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
 
 /// A staged request in flight this long is described in the log, once.
 const STUCK_REPORT: Duration = Duration::from_secs(10);
@@ -169,6 +174,9 @@ impl StagedSend {
     /// waiting for their copies; `Err(buf)` when none waits (send it
     /// directly).
     pub fn behind_staged(comm: &SendComm, buf: RawBuf, tag: i32) -> Result<StagedSend, RawBuf> {
+        if WAITING.load(Ordering::Acquire) == 0 {
+            return Err(buf);
+        }
         let key = comm as *const SendComm as usize;
         let waiting = UNPOSTED
             .lock()
@@ -204,6 +212,7 @@ impl StagedSend {
             Some((_, q)) => q.push_back(entry),
             None => all.push((key, VecDeque::from([entry]))),
         }
+        WAITING.fetch_add(1, Ordering::AcqRel);
         StagedSend {
             comm_key: key,
             size,
@@ -257,6 +266,7 @@ fn post_ready(comm: &SendComm, key: usize) -> NetResult<()> {
             break;
         };
         let front = queue.pop_front().expect("front");
+        WAITING.fetch_sub(1, Ordering::AcqRel);
         *front.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
     }
     Ok(())
@@ -266,10 +276,13 @@ fn post_ready(comm: &SendComm, key: usize) -> NetResult<()> {
 /// requests are done, so it is empty).
 pub fn forget_comm(comm: &SendComm) {
     let key = comm as *const SendComm as usize;
-    UNPOSTED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|(k, _)| *k != key);
+    let mut all = UNPOSTED.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|(k, q)| {
+        if *k == key {
+            WAITING.fetch_sub(q.len(), Ordering::AcqRel);
+        }
+        *k != key
+    });
 }
 
 /// A receive into buffers some of which are device memory.

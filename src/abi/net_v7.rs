@@ -1,21 +1,16 @@
 //! `ncclNetPlugin_v7` and `ncclCollNetPlugin_v7` (NCCL 2.19): v8 without
 //! `regIsGlobal` in the properties, an `int` size in `regMr`, and a
-//! collective network with allreduce only.
+//! collective network with allreduce only. Every other call is v8's shim.
 
 use std::ffi::{c_int, c_void};
 
-use super::bindings::{
-    ncclCollNet_v7_t, ncclDebugLogger_t, ncclNetDeviceHandle_v7_t, ncclNetProperties_v7_t,
-    ncclNet_v7_t, ncclResult_t,
-};
+use super::bindings::{ncclCollNet_v7_t, ncclNetProperties_v7_t, ncclNet_v7_t, ncclResult_t};
 use super::collnet;
 use super::net::{self, fill_common_properties, shared};
+// Calls whose v7 signature is v8's.
+use super::net_v8::{connect, init, irecv, isend, listen};
 use super::{guard, Vtable};
 use crate::error::NetError;
-
-unsafe extern "C" fn init(logger: ncclDebugLogger_t) -> ncclResult_t {
-    guard("init", || net::init(logger))
-}
 
 unsafe extern "C" fn get_properties(
     dev: c_int,
@@ -28,29 +23,6 @@ unsafe extern "C" fn get_properties(
             unsafe { props.as_mut() }.ok_or(NetError::InvalidArgument("props is NULL".into()))?;
         fill_common_properties!(v7: &mut *out, &p);
         Ok(())
-    })
-}
-
-unsafe extern "C" fn listen(
-    dev: c_int,
-    handle: *mut c_void,
-    listen_comm: *mut *mut c_void,
-) -> ncclResult_t {
-    // SAFETY: NCCL passes a 128-byte handle buffer and an out-pointer.
-    guard("listen", || unsafe {
-        net::listen(dev, handle, listen_comm)
-    })
-}
-
-unsafe extern "C" fn connect(
-    dev: c_int,
-    handle: *mut c_void,
-    send_comm: *mut *mut c_void,
-    _send_dev_comm: *mut *mut ncclNetDeviceHandle_v7_t,
-) -> ncclResult_t {
-    // SAFETY: NCCL retries with the same handle buffer.
-    guard("connect", || unsafe {
-        net::connect(dev, handle, send_comm)
     })
 }
 
@@ -69,41 +41,6 @@ unsafe extern "C" fn reg_mr(
         let size = int_size("regMr", size)?;
         // SAFETY: NCCL's regMr contract.
         unsafe { net::reg_mr(data, size, ptr_type, mhandle) }
-    })
-}
-
-unsafe extern "C" fn isend(
-    comm: *mut c_void,
-    data: *mut c_void,
-    size: c_int,
-    tag: c_int,
-    _mhandle: *mut c_void,
-    request: *mut *mut c_void,
-) -> ncclResult_t {
-    guard("isend", || {
-        let size = int_size("isend", size)?;
-        // SAFETY: NCCL's isend contract.
-        unsafe { net::isend(comm, data, size, tag, request) }
-    })
-}
-
-unsafe extern "C" fn irecv(
-    comm: *mut c_void,
-    n: c_int,
-    data: *mut *mut c_void,
-    sizes: *mut c_int,
-    tags: *mut c_int,
-    _mhandles: *mut *mut c_void,
-    request: *mut *mut c_void,
-) -> ncclResult_t {
-    guard("irecv", || {
-        if sizes.is_null() {
-            return Err(NetError::InvalidArgument("irecv sizes is NULL".into()));
-        }
-        // SAFETY: `sizes` holds `n` ints (NCCL's irecv contract).
-        let size_of = |i: usize| usize::try_from(unsafe { *sizes.add(i) }).unwrap_or(0);
-        // SAFETY: NCCL's irecv contract.
-        unsafe { net::irecv(comm, n, data, size_of, tags, request) }
     })
 }
 

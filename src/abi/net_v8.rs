@@ -10,7 +10,7 @@ use super::collnet;
 use super::net::{self, fill_common_properties, shared};
 use super::{guard, Vtable};
 
-unsafe extern "C" fn init(logger: ncclDebugLogger_t) -> ncclResult_t {
+pub(super) unsafe extern "C" fn init(logger: ncclDebugLogger_t) -> ncclResult_t {
     guard("init", || net::init(logger))
 }
 
@@ -29,7 +29,7 @@ unsafe extern "C" fn get_properties(
     })
 }
 
-unsafe extern "C" fn listen(
+pub(super) unsafe extern "C" fn listen(
     dev: c_int,
     handle: *mut c_void,
     listen_comm: *mut *mut c_void,
@@ -40,7 +40,7 @@ unsafe extern "C" fn listen(
     })
 }
 
-unsafe extern "C" fn connect(
+pub(super) unsafe extern "C" fn connect(
     dev: c_int,
     handle: *mut c_void,
     send_comm: *mut *mut c_void,
@@ -52,7 +52,7 @@ unsafe extern "C" fn connect(
     })
 }
 
-unsafe extern "C" fn isend(
+pub(super) unsafe extern "C" fn isend(
     comm: *mut c_void,
     data: *mut c_void,
     size: c_int,
@@ -68,7 +68,7 @@ unsafe extern "C" fn isend(
     })
 }
 
-unsafe extern "C" fn irecv(
+pub(super) unsafe extern "C" fn irecv(
     comm: *mut c_void,
     n: c_int,
     data: *mut *mut c_void,

@@ -40,15 +40,4 @@ ring; cn_exact; cn_fp8; tuner
 tuner; cn_fp8; cn_exact; ring
 python3 "$here/collnet_summarize.py" "$out"
 python3 "$here/calib_summarize.py" "$out"
-# The same chart as `airamp bench collnet --plot`, from this run's JSON
-# (first pass of each mode), when the airamp CLI sits beside the plugin or
-# AIRAMP_BIN names it.
-airamp_bin=${AIRAMP_BIN:-$(dirname "$plugin")/airamp}
-if [ -x "$airamp_bin" ]; then
-    series=()
-    for f in "$out"/*.json; do
-        case $f in *-2.json) continue ;; esac
-        series+=("$(basename "$f" .json)=$f")
-    done
-    [ ${#series[@]} -gt 0 ] && "$airamp_bin" plot "$out/busbw.svg" --title "bf16 all_reduce, bus bandwidth" "${series[@]}"
-fi
+"$here/plot_busbw.sh" "$out" "$plugin"

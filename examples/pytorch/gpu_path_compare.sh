@@ -86,15 +86,4 @@ cn_fp8_gpu_ub() { run cn_fp8_gpu_ub "${ub[@]}" "${collnet[@]}" NCCL_NET_GDR_LEVE
 for m in $modes; do $m; done
 [ "${ABBA:-1}" = 1 ] && for m in $(echo $modes | tr ' ' '\n' | tac); do $m; done
 python3 "$here/gpu_path_summarize.py" "$out" | tee "$out/summary.md"
-# The same chart as `airamp bench collnet --plot`, from this run's JSON
-# (first pass of each mode), when the airamp CLI sits beside the plugin or
-# AIRAMP_BIN names it.
-airamp_bin=${AIRAMP_BIN:-$(dirname "$plugin")/airamp}
-if [ -x "$airamp_bin" ]; then
-    series=()
-    for f in "$out"/*.json; do
-        case $f in *-2.json) continue ;; esac
-        series+=("$(basename "$f" .json)=$f")
-    done
-    [ ${#series[@]} -gt 0 ] && "$airamp_bin" plot "$out/busbw.svg" --title "bf16 all_reduce, bus bandwidth" "${series[@]}"
-fi
+"$here/plot_busbw.sh" "$out" "$plugin"

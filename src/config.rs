@@ -303,7 +303,7 @@ impl Default for Config {
                 link_latency_us: None,
                 encode_gvps: None,
                 decode_gvps: None,
-                call_overhead_us: 60.0,
+                call_overhead_us: 150.0,
             },
             sources: vec![Source::Default; KEYS.len()],
             file: None,
@@ -859,10 +859,10 @@ pub static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "tuner.call_overhead_us",
         env: "AIRAMP_TUNER_CALL_OVERHEAD_US",
-        default: "60",
+        default: "150",
         accepted: "number 0..=100000",
-        doc: "Fixed extra cost of one compressed collective-network allreduce over the raw path (proxy hand-off, step scheduling, codec start-up), microseconds; keeps small messages on NCCL's own algorithms. 60 fits the 5 Gbit/s measurements in docs/collnet.md.",
-        example: "60.0",
+        doc: "Fixed extra cost of one compressed collective-network allreduce over the raw path (NCCL's CollNet kernels and proxy, step scheduling, codec start-up), microseconds; keeps small messages on NCCL's own algorithms. 150 fits the H200 measurements in docs/tuner.md (a 64 KiB FP8 CollNet call: 270-300 us, 120-185 us beyond wire, codec and two latencies).",
+        example: "150.0",
         apply: |c, r| {
             let x = want_float(r)?;
             if !(0.0..=100_000.0).contains(&x) {

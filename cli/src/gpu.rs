@@ -794,6 +794,94 @@ fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
 
 // ---------- bench ----------
 
+/// One measured figure of `gpu bench`.
+#[derive(Clone, Debug, PartialEq)]
+struct BenchRow {
+    /// Kernel variant (launch shape, conversion path).
+    kernels: &'static str,
+    /// What ran, e.g. `encode bf16 -> e4m3 (device)`.
+    op: String,
+    /// Bytes read + written per second (wire bytes only for the PCIe rows).
+    gbytes_per_s: f64,
+    /// Input values per second, where the op has input values.
+    gvalues_per_s: Option<f64>,
+    /// `gbytes_per_s` over the same run's device-to-device memcpy.
+    memcpy_fraction: Option<f64>,
+}
+
+/// What `gpu bench` measured: the device and every row, for the table
+/// and for `--json`.
+#[derive(Debug)]
+struct BenchReport {
+    device: String,
+    capability: (u32, u32),
+    sms: usize,
+    buffer_bytes: usize,
+    iters: usize,
+    memcpy_dtod_gbytes_per_s: f64,
+    rows: Vec<BenchRow>,
+}
+
+impl BenchReport {
+    /// One JSON object in base units (bytes, per second).
+    fn to_json(&self) -> serde_json::Value {
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "kernels": r.kernels,
+                    "op": r.op,
+                    "gbytes_per_s": r.gbytes_per_s,
+                    "gvalues_per_s": r.gvalues_per_s,
+                    "memcpy_fraction": r.memcpy_fraction,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "bench": "gpu",
+            "device": self.device,
+            "compute_capability": format!("{}.{}", self.capability.0, self.capability.1),
+            "sms": self.sms,
+            "buffer_bytes": self.buffer_bytes,
+            "iters": self.iters,
+            "memcpy_dtod_gbytes_per_s": self.memcpy_dtod_gbytes_per_s,
+            "rows": rows,
+        })
+    }
+
+    fn print_table(&self) {
+        println!(
+            "gpu bench: {} (sm_{}{}, {} SMs), {} MiB bf16 buffers ({} values), {} iterations after warm-up",
+            self.device,
+            self.capability.0,
+            self.capability.1,
+            self.sms,
+            self.buffer_bytes >> 20,
+            self.buffer_bytes / 2,
+            self.iters
+        );
+        println!(
+            "  memcpy DtoD {} bytes {:>19.1} GB/s read+written",
+            self.buffer_bytes, self.memcpy_dtod_gbytes_per_s
+        );
+        let mut variant = "";
+        for r in &self.rows {
+            if r.kernels != variant {
+                variant = r.kernels;
+                println!("kernels {variant}:");
+            }
+            let share = r.memcpy_fraction.map_or(String::new(), |f| {
+                format!(" = {:5.1}% of memcpy", 100.0 * f)
+            });
+            let values = r
+                .gvalues_per_s
+                .map_or(String::new(), |v| format!(", {v:6.1} G values/s"));
+            println!("  {:<36} {:8.1} GB/s{share}{values}", r.op, r.gbytes_per_s);
+        }
+    }
+}
+
 pub fn bench(o: &Opts) -> R<ExitCode> {
     let device = o.num("device", 0)? as i32;
     let mib = o.num("mib", 256)?.max(1);
@@ -845,20 +933,25 @@ pub fn bench(o: &Opts) -> R<ExitCode> {
     let src = Data::F32(random_f32("normal", n, 3))
         .as_elem(Elem::Bf16)
         .bytes();
-    let mut first = true;
+    let mut report: Option<BenchReport> = None;
     for (label, options) in variants {
         let lab = Lab::new(options, "bench")?;
-        if first {
-            let (ma, mi) = lab.ctx.capability();
-            println!(
-                "gpu bench: {} (sm_{ma}{mi}, {} SMs), {mib} MiB bf16 buffers ({n} values), {iters} iterations after warm-up",
-                lab.ctx.name(),
-                lab.ctx.sm_count()
-            );
-        }
-        println!("kernels {label}:");
-        bench_one(&lab, &src, iters, first)?;
-        first = false;
+        let report = report.get_or_insert_with(|| BenchReport {
+            device: lab.ctx.name().to_string(),
+            capability: lab.ctx.capability(),
+            sms: lab.ctx.sm_count() as usize,
+            buffer_bytes: n * 2,
+            iters,
+            memcpy_dtod_gbytes_per_s: 0.0,
+            rows: Vec::new(),
+        });
+        bench_one(&lab, label, &src, report)?;
+    }
+    let report = report.expect("at least the default variant ran");
+    if o.flag("json") {
+        println!("{}", report.to_json());
+    } else {
+        report.print_table();
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -877,10 +970,12 @@ fn time(q: &GpuQueue, iters: usize, mut f: impl FnMut() -> Result<(), GpuError>)
     Ok(start.elapsed_ms(&end).s()? as f64 / 1e3 / iters as f64)
 }
 
-/// One kernel variant over `src` (bf16 bytes); `with_copies` adds the
-/// memcpy references.
-fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
+/// One kernel variant over `src` (bf16 bytes), its rows appended to
+/// `report`. Each variant measures memcpy in its own run; the report keeps
+/// the first as the reference.
+fn bench_one(lab: &Lab, kernels: &'static str, src: &[u8], report: &mut BenchReport) -> R<()> {
     let q = &lab.q;
+    let iters = report.iters;
     let fmt = WireFormat::E4M3;
     let n = src.len() / 2;
     let wire_bytes = encoded_len(fmt, n);
@@ -892,26 +987,35 @@ fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
 
     let copy = time(q, iters, || q.copy_async(d, s, src_bytes))?;
     let copy_gbs = 2.0 * src_bytes as f64 / copy / 1e9;
-    if with_copies {
-        println!(
-            "  memcpy DtoD {src_bytes} bytes          {:8.1} GB/s read+written",
-            copy_gbs
-        );
+    if report.rows.is_empty() {
+        report.memcpy_dtod_gbytes_per_s = copy_gbs;
     }
+    let mut row = |op: String, bytes: f64, secs: f64, values: Option<usize>, vs_memcpy: bool| {
+        let gbytes_per_s = bytes / secs / 1e9;
+        report.rows.push(BenchRow {
+            kernels,
+            op,
+            gbytes_per_s,
+            gvalues_per_s: values.map(|v| v as f64 / secs / 1e9),
+            memcpy_fraction: vs_memcpy.then(|| gbytes_per_s / copy_gbs),
+        });
+    };
     let moved = (src_bytes + wire_bytes) as f64;
     let enc = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, w))?;
-    println!(
-        "  encode bf16 -> e4m3 (device)      {:8.1} GB/s read+written = {:5.1}% of memcpy, {:6.1} G values/s",
-        moved / enc / 1e9,
-        100.0 * moved / enc / 1e9 / copy_gbs,
-        n as f64 / enc / 1e9
+    row(
+        "encode bf16 -> e4m3 (device)".into(),
+        moved,
+        enc,
+        Some(n),
+        true,
     );
     let dec = time(q, iters, || q.decode(fmt, Elem::Bf16, w, n, d))?;
-    println!(
-        "  decode e4m3 -> bf16 (device)      {:8.1} GB/s read+written = {:5.1}% of memcpy, {:6.1} G values/s",
-        moved / dec / 1e9,
-        100.0 * moved / dec / 1e9 / copy_gbs,
-        n as f64 / dec / 1e9
+    row(
+        "decode e4m3 -> bf16 (device)".into(),
+        moved,
+        dec,
+        Some(n),
+        true,
     );
 
     // The real path: compressed bytes written straight into pinned host
@@ -919,18 +1023,22 @@ fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
     let pinned = lab.ctx.alloc_pinned(wire_bytes).s()?;
     let p = pinned.device_addr(0).s()?;
     let enc_pinned = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, p))?;
-    println!(
-        "  encode bf16 -> e4m3 -> pinned host {:7.1} GB/s of wire over PCIe, {:6.1} G values/s",
-        wire_bytes as f64 / enc_pinned / 1e9,
-        n as f64 / enc_pinned / 1e9
+    let pcie = wire_bytes as f64;
+    row(
+        "encode bf16 -> e4m3 -> pinned host".into(),
+        pcie,
+        enc_pinned,
+        Some(n),
+        false,
     );
-    if with_copies {
-        let d2h = time(q, iters, || q.copy_async(p, w, wire_bytes))?;
-        println!(
-            "  memcpy DtoH of the same wire bytes {:7.1} GB/s",
-            wire_bytes as f64 / d2h / 1e9
-        );
-    }
+    let d2h = time(q, iters, || q.copy_async(p, w, wire_bytes))?;
+    row(
+        "memcpy DtoH of the same wire bytes".into(),
+        pcie,
+        d2h,
+        None,
+        false,
+    );
 
     // The owner's fold of one shard: n/8 values per member.
     let shard = n / 8;
@@ -956,11 +1064,12 @@ fn bench_one(lab: &Lab, src: &[u8], iters: usize, with_copies: bool) -> R<()> {
         };
         let t = time(q, iters, || q.reduce_encode(fmt, Elem::Bf16, &fold))?;
         let bytes = (shard * 2 + (members - 1) * shard_wire + shard_wire + shard * 2) as f64;
-        println!(
-            "  reduce_encode bf16 e4m3 members={members}   {:8.1} GB/s read+written = {:5.1}% of memcpy, {:6.1} G values/s",
-            bytes / t / 1e9,
-            100.0 * bytes / t / 1e9 / copy_gbs,
-            shard as f64 / t / 1e9
+        row(
+            format!("reduce_encode bf16 e4m3 members={members}"),
+            bytes,
+            t,
+            Some(shard),
+            true,
         );
     }
     lab.sync()
@@ -994,4 +1103,52 @@ pub fn compile_check(_o: &Opts) -> R<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> BenchReport {
+        BenchReport {
+            device: "NVIDIA H200".into(),
+            capability: (9, 0),
+            sms: 132,
+            buffer_bytes: 256 << 20,
+            iters: 20,
+            memcpy_dtod_gbytes_per_s: 3800.0,
+            rows: vec![
+                BenchRow {
+                    kernels: "default: vector, tile=16",
+                    op: "encode bf16 -> e4m3 (device)".into(),
+                    gbytes_per_s: 2470.0,
+                    gvalues_per_s: Some(820.0),
+                    memcpy_fraction: Some(0.65),
+                },
+                BenchRow {
+                    kernels: "default: vector, tile=16",
+                    op: "memcpy DtoH of the same wire bytes".into(),
+                    gbytes_per_s: 50.0,
+                    gvalues_per_s: None,
+                    memcpy_fraction: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn bench_json_is_one_object_with_every_row() {
+        let text = report().to_json().to_string();
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["bench"], "gpu");
+        assert_eq!(v["compute_capability"], "9.0");
+        assert_eq!(v["buffer_bytes"], 256 << 20);
+        assert_eq!(v["memcpy_dtod_gbytes_per_s"], 3800.0);
+        let rows = v["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["op"], "encode bf16 -> e4m3 (device)");
+        assert_eq!(rows[0]["memcpy_fraction"], 0.65);
+        assert!(rows[1]["gvalues_per_s"].is_null());
+        assert!(rows[1]["memcpy_fraction"].is_null());
+    }
 }

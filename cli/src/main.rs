@@ -316,6 +316,8 @@ enum GpuCmd {
         /// Also time each kernel's launch shapes.
         #[arg(long)]
         tune: bool,
+        #[command(flatten)]
+        out: JsonArg,
     },
     /// NVRTC compile of the kernels for sm_80/90/100 (no GPU needed).
     CompileCheck,
@@ -451,12 +453,14 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 mib,
                 iters,
                 tune,
+                out,
             } => gpu::bench(
                 &Opts::default()
                     .with("device", device)
                     .with("mib", mib)
                     .with("iters", iters)
-                    .with_flag("tune", tune),
+                    .with_flag("tune", tune)
+                    .with_flag("json", out.json),
             ),
             GpuCmd::CompileCheck => gpu::compile_check(&Opts::default()),
         },

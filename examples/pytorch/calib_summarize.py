@@ -94,8 +94,11 @@ def summarize(out):
             print(f"- comm {comm}: decision digests {seen}: {'identical' if same else 'DIFFERENT'}")
         print()
     sizes = sorted(set(ring) | set(fp8) | set(tuner))
-    print("| size | Ring GB/s | CollNet FP8 GB/s | tuner GB/s | tuner / best | bar | NCCL ran (tuner runs) | same on every rank |")
-    print("|---|---|---|---|---|---|---|---|")
+    # NCCL logs "AllReduce: N Bytes -> Algo ..." on rank 0 only; every
+    # rank's choices are compared through the tuner's decision digests
+    # above.
+    print("| size | Ring GB/s | CollNet FP8 GB/s | tuner GB/s | tuner / best | bar | NCCL ran (tuner runs, rank 0) |")
+    print("|---|---|---|---|---|---|---|")
     worst = None
     for s in sizes:
         r, f, t = ring.get(s), fp8.get(s), tuner.get(s)
@@ -105,16 +108,13 @@ def summarize(out):
         passed = ratio is not None and ratio >= bar
         ok &= passed
         worst = ratio if worst is None or (ratio is not None and ratio < worst) else worst
-        ran, same = set(), True
+        ran = set()
         for procs in per_run.values():
-            seen = [frozenset(p["algos"].get(s, ())) for p in procs]
-            same &= len(set(seen)) <= 1
-            for x in seen:
-                ran |= x
-        ok &= same
+            for p in procs:
+                ran |= p["algos"].get(s, set())
         fmt = lambda v: f"{v:.3f}" if v is not None else "-"
         print(f"| {human(s)} | {fmt(r)} | {fmt(f)} | {fmt(t)} | {fmt(ratio)} | {'ok' if passed else 'FAIL'} >= {bar} "
-              f"| {', '.join(sorted(ran)) or '-'} | {'yes' if same else 'NO'} |")
+              f"| {', '.join(sorted(ran)) or '-'} |")
     print(f"\nworst tuner / best: {worst if worst is None else f'{worst:.3f}'}\n")
     return ok
 

@@ -12,6 +12,8 @@
 # calib_summarize.py. Without TUNER_PROFILE the tuner uses the figures the
 # collective network measures and agrees on in connect.
 # Usage: collnet_compare.sh /abs/path/libnccl-net-airamp.so OUTDIR [TUNER_PROFILE.toml]
+# Env: MODES (default "ring cn_exact cn_fp8 tuner"; the second pass runs them
+#      in reverse), RUN_TIMEOUT seconds per run (300), BENCH_ARGS.
 # Run it inside `ip netns exec NS` for a shaped link (see scripts/bench).
 set -uo pipefail
 plugin=$(realpath "$1"); out=${2:-.}; profile=${3:-}; here=$(dirname "$0")
@@ -23,7 +25,7 @@ run() {
     local name=$1; shift
     [ -e "$out/$name.json" ] && name=$name-2
     echo "== $name"
-    env "${common[@]}" NCCL_DEBUG_FILE="$out/$name.nccl.%h.%p.log" "$@" \
+    timeout -k 10 "${RUN_TIMEOUT:-300}" env "${common[@]}" NCCL_DEBUG_FILE="$out/$name.nccl.%h.%p.log" "$@" \
         python3 "$here/collnet_bench.py" --out "$out/$name.json" ${BENCH_ARGS:-} >"$out/$name.log" 2>&1
     echo "exit $?"
     cat "$out/$name".nccl.*.log "$out/$name.log" 2>/dev/null |
@@ -36,8 +38,12 @@ ring() { run ring NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE
 cn_exact() { run cn_exact NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_fp8() { run cn_fp8 NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain" AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 tuner() { run tuner NCCL_COLLNET_ENABLE=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
-ring; cn_exact; cn_fp8; tuner
-tuner; cn_fp8; cn_exact; ring
+modes=${MODES:-ring cn_exact cn_fp8 tuner}
+for mode in $modes; do
+    case $mode in ring | cn_exact | cn_fp8 | tuner) ;; *) echo "unknown mode $mode"; exit 2 ;; esac
+done
+for mode in $modes; do "$mode"; done
+for mode in $(printf '%s\n' $modes | tac); do "$mode"; done
 python3 "$here/collnet_summarize.py" "$out"
 python3 "$here/calib_summarize.py" "$out"
 "$here/plot_busbw.sh" "$out" "$plugin"

@@ -182,8 +182,9 @@ fn log_calibration(
             f.encode_gvps,
             f.decode_gvps,
             c.probe.map_or(String::new(), |p| format!(
-                ", probing FP8 allreduce {:.2} ms",
-                p.as_secs_f64() * 1e3
+                ", probing FP8 allreduce {:.2} ms alone, {:.2} ms streamed",
+                p.one_call.as_secs_f64() * 1e3,
+                p.streamed.as_secs_f64() * 1e3
             ))
         )
     });

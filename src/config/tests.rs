@@ -136,7 +136,7 @@ fn defaults() {
     assert_eq!(c.tuner.link_latency_us, None);
     assert_eq!(c.tuner.encode_gvps, None);
     assert_eq!(c.tuner.decode_gvps, None);
-    assert_eq!(c.tuner.call_overhead_us, 60.0);
+    assert_eq!(c.tuner.call_overhead_us, 150.0);
     for k in KEYS {
         assert_eq!(c.source(k.name), Some(&Source::Default));
     }

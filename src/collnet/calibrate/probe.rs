@@ -41,7 +41,7 @@ use crate::collnet::steps::Lane;
 use crate::collnet::{DataType, RedOp};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::sys::RawBuf;
-use crate::tuner::{collnet_allreduce_us, LinkProfile};
+use crate::tuner::{collnet_terms, LinkProfile};
 
 /// Tags of calibration messages: above any step tag a group reaches during
 /// calibration (steps count from 0 and start only afterwards).
@@ -58,15 +58,34 @@ pub const BURST_BYTES: usize = 16 << 20;
 /// received from that peer.
 const WINDOW: usize = 4;
 const COMMIT: &[u8; 8] = b"AIRCALOK";
-/// bf16 values of each probing FP8 allreduce: 1 MiB, one segment, where
-/// the model adds codec and wire time (no overlap) and so is least
-/// forgiving of a wrong codec figure; also the size of the calls NCCL's
-/// CollNet makes (<= 2 MiB each).
+/// bf16 values of the one-call probe: 1 MiB, one segment, where the
+/// model adds codec and wire time (no overlap). The streamed probe's calls
+/// are half that: 512 KiB, the most NCCL's CollNet Chain hands the
+/// collective network per call when it uses its own buffers (measured
+/// under NCCL 2.28.9: 32-512 KiB).
 pub const PROBE_VALUES: usize = 512 << 10;
-/// Probing allreduces: the first warms the path up, the best of the rest
+/// One-call probes: the first warms the path up, the best of the rest
 /// counts (noise only ever adds time; on a busy host a burst of load can
 /// cover several calls in a row).
 const PROBE_CALLS: usize = 9;
+/// Calls in each streamed round, at most [`PROBE_IN_FLIGHT`] at a time:
+/// 8 MiB streamed the way CollNet Chain streams a large allreduce, so the
+/// round runs at the path's sustained rate (workers busy on several calls,
+/// codec overlapping the wire), which decides large messages.
+pub const PROBE_CALLS_PER_ROUND: usize = 16;
+/// Calls in flight at once, as CollNet Chain keeps up to 8.
+const PROBE_IN_FLIGHT: usize = 8;
+/// Streamed rounds: the first warms up, the best of the rest counts.
+const PROBE_ROUNDS: usize = 4;
+
+/// The best times of the two probes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbeTimes {
+    /// One FP8 allreduce of `probe_values` values, alone.
+    pub one_call: Duration,
+    /// A streamed round ([`PROBE_CALLS_PER_ROUND`] calls of half as many).
+    pub streamed: Duration,
+}
 
 /// Where a group's agreed record is filed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,8 +124,8 @@ pub struct Calibrated {
     pub local: Option<Figures>,
     /// Time the rounds took on this member.
     pub took: Duration,
-    /// This member's best probing FP8 allreduce, if it ran.
-    pub probe: Option<Duration>,
+    /// This member's probe times, if they ran.
+    pub probe: Option<ProbeTimes>,
     /// The filed record; dropping it removes the file (when the group closes).
     pub record: Option<RecordFile>,
 }
@@ -398,21 +417,26 @@ fn all_gather(
     Ok(bufs.output.chunks(mine.len()).map(<[u8]>::to_vec).collect())
 }
 
-/// Best seconds of the probing FP8 allreduces of `values` bf16 values
-/// through the group.
-fn time_fp8(
-    group: &mut Group,
-    bufs: &mut Buffers,
-    values: usize,
-    deadline: Instant,
-) -> NetResult<f64> {
-    let bytes = values * 2;
+/// Fills the buffers with `values` bf16 values of probe data (and as much
+/// output room).
+fn probe_data(bufs: &mut Buffers, values: usize) {
     bufs.input.clear();
     bufs.input.extend((0..values).flat_map(|i| {
         crate::codec::f32_to_bf16(((i * 7919) % 1000) as f32 * 0.013 - 6.5).to_ne_bytes()
     }));
     bufs.output.clear();
-    bufs.output.resize(bytes, 0);
+    bufs.output.resize(values * 2, 0);
+}
+
+/// Best seconds of [`PROBE_CALLS`] lone FP8 allreduces of `values` bf16
+/// values through the group.
+fn time_one_call(
+    group: &mut Group,
+    bufs: &mut Buffers,
+    values: usize,
+    deadline: Instant,
+) -> NetResult<f64> {
+    probe_data(bufs, values);
     let mut best = f64::INFINITY;
     for call in 0..PROBE_CALLS {
         let start = Instant::now();
@@ -427,10 +451,98 @@ fn time_fp8(
     Ok(best)
 }
 
+/// Best seconds of a streamed round: [`PROBE_CALLS_PER_ROUND`] FP8
+/// allreduces of `values` bf16 values each through the group, at most
+/// [`PROBE_IN_FLIGHT`] in flight, each on its own slice of the buffers.
+fn time_streamed(
+    group: &mut Group,
+    bufs: &mut Buffers,
+    values: usize,
+    deadline: Instant,
+) -> NetResult<f64> {
+    let call_bytes = values * 2;
+    probe_data(bufs, values * PROBE_CALLS_PER_ROUND);
+    let mut best = f64::INFINITY;
+    for round in 0..PROBE_ROUNDS {
+        let start = Instant::now();
+        let mut in_flight = std::collections::VecDeque::with_capacity(PROBE_IN_FLIGHT);
+        let mut inputs = bufs.input.chunks_exact_mut(call_bytes);
+        let mut outputs = bufs.output.chunks_exact_mut(call_bytes);
+        for _ in 0..PROBE_CALLS_PER_ROUND {
+            if in_flight.len() == PROBE_IN_FLIGHT {
+                let oldest = in_flight.pop_front().expect("a call in flight");
+                complete(group, oldest, deadline, "probing allreduce")?;
+            }
+            let input = Buffers::place(inputs.next().expect("one slice per call"));
+            let output = Buffers::place(outputs.next().expect("one slice per call"));
+            in_flight.push_back(group.all_reduce(
+                input,
+                output,
+                values,
+                DataType::Bf16,
+                RedOp::Sum,
+            )?);
+        }
+        for op in in_flight {
+            complete(group, op, deadline, "probing allreduce")?;
+        }
+        if round > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(best)
+}
+
+/// Which of the model's forms a probe is fitted to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// One call alone: the model's full time (one segment: codec and wire
+    /// in series).
+    OneCall,
+    /// A streamed round: the model's sustained time, the longer of wire
+    /// and codec plus the fixed cost. The fill-and-drain term is left out
+    /// on purpose: on a link slower than the codec it is the only place
+    /// the codec shows, so fitting it would charge the link's own noise to
+    /// the codec, multiplied by the segment count.
+    Streamed,
+}
+
+/// The codec rates both probes support: each probe fitted to its form of
+/// the model, then the faster fit. Each probe can only over-charge the
+/// codec: the lone call also pays its hand-offs and wake-ups, the streamed
+/// round on a link slower than the codec also pays the link's noise. The
+/// tuner's per-call overhead holds the rest.
+pub fn fit_probes(
+    times: ProbeTimes,
+    probe_values: usize,
+    n: usize,
+    link: LinkFigures,
+    rates: ExecutorRates,
+    call_overhead_us: f64,
+) -> ExecutorRates {
+    let fit = |kind, bytes: usize, took: Duration| {
+        let us = took.as_secs_f64() * 1e6;
+        fit_codec(kind, bytes as u64, n, us, link, rates, call_overhead_us)
+    };
+    let bytes = probe_values * 2;
+    let one = fit(ProbeKind::OneCall, bytes, times.one_call);
+    let streamed = fit(
+        ProbeKind::Streamed,
+        bytes / 2 * PROBE_CALLS_PER_ROUND,
+        times.streamed,
+    );
+    if one.encode_gvps >= streamed.encode_gvps {
+        one
+    } else {
+        streamed
+    }
+}
+
 /// The executor's rates slowed by the smallest factor (>= 1, found by
-/// bisection, deterministic) that makes the model's time of an FP8
-/// allreduce of `bytes` over `n` members reach `measured_us`.
+/// bisection, deterministic) that makes the model's time of `kind` for an
+/// FP8 allreduce of `bytes` over `n` members reach `measured_us`.
 pub fn fit_codec(
+    kind: ProbeKind,
     bytes: u64,
     n: usize,
     measured_us: f64,
@@ -446,7 +558,13 @@ pub fn fit_codec(
             decode_gvps: rates.decode_gvps / k,
             call_overhead_us,
         };
-        collnet_allreduce_us(bytes, n, 1, &p, Some(ModelFormat::E4M3))
+        let t = collnet_terms(bytes, n, 1, &p, Some(ModelFormat::E4M3));
+        match kind {
+            ProbeKind::OneCall => {
+                t.network.max(t.codec) + t.network.min(t.codec) / t.segments + t.fixed
+            }
+            ProbeKind::Streamed => t.network.max(t.codec) + t.fixed,
+        }
     };
     const MAX_SLOWDOWN: f64 = 1000.0;
     // A NaN measurement counts as fast: the executor's rates stand.
@@ -539,17 +657,23 @@ fn finish_on(
     // Every member runs the probing calls (the group agreed on FP8 or not
     // identically); only their use depends on this member's figures.
     let fp8 = group.params().fp8.is_some();
-    let probe_s = if fp8 {
-        Some(time_fp8(group, bufs, setup.probe_values, deadline)?)
+    let probe = if fp8 {
+        let values = setup.probe_values;
+        let one_call = time_one_call(group, bufs, values, deadline)?;
+        let streamed = time_streamed(group, bufs, values / 2, deadline)?;
+        Some(ProbeTimes {
+            one_call: Duration::from_secs_f64(one_call),
+            streamed: Duration::from_secs_f64(streamed),
+        })
     } else {
         None
     };
-    let local = match (&setup.rates, link, probe_s) {
-        (Ok(rates), Some(link), Some(secs)) => {
-            let fitted = fit_codec(
-                (setup.probe_values * 2) as u64,
+    let local = match (&setup.rates, link, probe) {
+        (Ok(rates), Some(link), Some(times)) => {
+            let fitted = fit_probes(
+                times,
+                setup.probe_values,
                 n,
-                secs * 1e6,
                 link,
                 *rates,
                 setup.call_overhead_us,
@@ -609,7 +733,7 @@ fn finish_on(
         agreed,
         local,
         took: started.elapsed(),
-        probe: probe_s.map(Duration::from_secs_f64),
+        probe,
         record,
     })
 }

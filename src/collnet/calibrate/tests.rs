@@ -200,40 +200,114 @@ fn codec_rates_are_fitted_to_the_probing_calls_never_sped_up() {
         gbps: 10.0,
         latency_us: 40.0,
     };
-    let bytes = (probe::PROBE_VALUES * 2) as u64;
-    let model = |r: ExecutorRates| {
-        let p = LinkProfile {
-            gbps: link.gbps,
-            latency_us: link.latency_us,
-            encode_gvps: r.encode_gvps,
-            decode_gvps: r.decode_gvps,
-            call_overhead_us: 60.0,
-        };
-        crate::tuner::collnet_allreduce_us(bytes, 2, 1, &p, Some(WireFormat::E4M3))
+    let one_call = (probe::PROBE_VALUES * 2) as u64;
+    let streamed = one_call / 2 * probe::PROBE_CALLS_PER_ROUND as u64;
+    let profile = |r: ExecutorRates| LinkProfile {
+        gbps: link.gbps,
+        latency_us: link.latency_us,
+        encode_gvps: r.encode_gvps,
+        decode_gvps: r.decode_gvps,
+        call_overhead_us: 60.0,
     };
-    let predicted = model(RATES);
-    // Faster than the model: the executor's own rates stand.
-    assert_eq!(
-        probe::fit_codec(bytes, 2, predicted / 2.0, link, RATES, 60.0),
-        RATES
-    );
-    // Slower: rates slowed in proportion until the model says the same.
-    for slower in [1.5, 4.0, 30.0] {
-        let fitted = probe::fit_codec(bytes, 2, predicted * slower, link, RATES, 60.0);
-        let k = RATES.encode_gvps / fitted.encode_gvps;
-        assert!(k > 1.0, "{slower}: {fitted:?}");
-        assert!((RATES.decode_gvps / fitted.decode_gvps - k).abs() < 1e-9 * k);
-        let got = model(fitted);
-        assert!(
-            (got / (predicted * slower) - 1.0).abs() < 1e-6,
-            "{slower}: {got}"
-        );
+    // Each probe is fitted to its own form of the model: the lone call to
+    // the full time, the streamed round to the sustained time.
+    let model = |kind, bytes, r: ExecutorRates| {
+        let p = profile(r);
+        match kind {
+            probe::ProbeKind::OneCall => {
+                crate::tuner::collnet_allreduce_us(bytes, 2, 1, &p, Some(WireFormat::E4M3))
+            }
+            probe::ProbeKind::Streamed => {
+                let t = crate::tuner::collnet_terms(bytes, 2, 1, &p, Some(WireFormat::E4M3));
+                t.network.max(t.codec) + t.fixed
+            }
+        }
+    };
+    for (kind, bytes) in [
+        (probe::ProbeKind::OneCall, one_call),
+        (probe::ProbeKind::Streamed, streamed),
+    ] {
+        let predicted = model(kind, bytes, RATES);
+        // Faster than the model: the executor's own rates stand.
         assert_eq!(
-            probe::fit_codec(bytes, 2, predicted * slower, link, RATES, 60.0),
-            fitted,
-            "deterministic"
+            probe::fit_codec(kind, bytes, 2, predicted / 2.0, link, RATES, 60.0),
+            RATES
         );
+        // Slower: rates slowed in proportion until the model says the same.
+        for slower in [1.5, 4.0, 30.0] {
+            let fitted = probe::fit_codec(kind, bytes, 2, predicted * slower, link, RATES, 60.0);
+            let k = RATES.encode_gvps / fitted.encode_gvps;
+            assert!(k > 1.0, "{kind:?} {slower}: {fitted:?}");
+            assert!((RATES.decode_gvps / fitted.decode_gvps - k).abs() < 1e-9 * k);
+            let got = model(kind, bytes, fitted);
+            assert!(
+                (got / (predicted * slower) - 1.0).abs() < 1e-6,
+                "{kind:?} {slower}: {got}"
+            );
+            assert_eq!(
+                probe::fit_codec(kind, bytes, 2, predicted * slower, link, RATES, 60.0),
+                fitted,
+                "deterministic"
+            );
+        }
     }
+}
+
+/// The probe times a path would show if its codec ran at `RATES / k`,
+/// with `lone_extra_us` more on the lone call (hand-offs) and the streamed
+/// round's wire `wire_noise` (a fraction) slower than the model's.
+fn probe_times(
+    link: probe::LinkFigures,
+    k: f64,
+    lone_extra_us: f64,
+    wire_noise: f64,
+) -> probe::ProbeTimes {
+    let p = LinkProfile {
+        gbps: link.gbps,
+        latency_us: link.latency_us,
+        encode_gvps: RATES.encode_gvps / k,
+        decode_gvps: RATES.decode_gvps / k,
+        call_overhead_us: 60.0,
+    };
+    let one = (probe::PROBE_VALUES * 2) as u64;
+    let round = one / 2 * probe::PROBE_CALLS_PER_ROUND as u64;
+    let lone = crate::tuner::collnet_allreduce_us(one, 2, 1, &p, Some(WireFormat::E4M3));
+    let t = crate::tuner::collnet_terms(round, 2, 1, &p, Some(WireFormat::E4M3));
+    let wire = t.network * (1.0 + wire_noise);
+    let streamed = wire.max(t.codec) + wire.min(t.codec) / t.segments + t.fixed;
+    let us = |x: f64| std::time::Duration::from_secs_f64(x / 1e6);
+    probe::ProbeTimes {
+        one_call: us(lone + lone_extra_us),
+        streamed: us(streamed),
+    }
+}
+
+#[test]
+fn the_faster_probe_fit_wins_on_slow_and_fast_links() {
+    let fit = |link, times| probe::fit_probes(times, probe::PROBE_VALUES, 2, link, RATES, 60.0);
+    let k_of = |r: ExecutorRates| RATES.encode_gvps / r.encode_gvps;
+    // 1 Gbit/s: the wire bounds the streamed round, whose 3% of noise would
+    // make the codec as slow as the wire; the lone call, where codec and
+    // wire add up, tells the codec's speed (2x slower than timed alone).
+    let slow = probe::LinkFigures {
+        gbps: 1.0,
+        latency_us: 40.0,
+    };
+    let r = fit(slow, probe_times(slow, 2.0, 0.0, 0.03));
+    assert!((k_of(r) - 2.0).abs() < 0.01, "{r:?}");
+    // 100 Gbit/s: the codec bounds the streamed round (1.5x slower than
+    // timed alone); the lone call also paid 800 us of hand-offs, which the
+    // streamed round does not charge to the codec.
+    let fast = probe::LinkFigures {
+        gbps: 100.0,
+        latency_us: 10.0,
+    };
+    // (The round's drain, one segment's wire time, is charged to the codec:
+    // 1% here.)
+    let r = fit(fast, probe_times(fast, 1.5, 800.0, 0.0));
+    assert!((k_of(r) - 1.5).abs() < 0.03, "{r:?}");
+    // Both probes faster than the model: the executor's rates stand.
+    assert_eq!(fit(fast, probe_times(fast, 0.5, 0.0, 0.0)), RATES);
 }
 
 #[test]

@@ -818,8 +818,9 @@ def measure_variant(gpu, mon, works, gaps, reps, mode=None):
                 else:
                     smp = None
                     smp_when = "after completion (g=0: a read before would add a gap)"
-                a, f, b = gpu.event(), gpu.event(), gpu.event()
+                a, f, b, a0 = gpu.event(), gpu.event(), gpu.event(), gpu.event()
                 w0 = time.perf_counter()
+                a0.record()  # before any pre-kernel: 'incl_pre_us' counts it too
                 if mode == "flush":
                     gpu.flush_l2()
                 elif mode == "prekick":
@@ -835,6 +836,8 @@ def measure_variant(gpu, mon, works, gaps, reps, mode=None):
             c["gpu_us"].append(round(a.elapsed_time(b) * 1e3, 2))
             c["first_kernel_us"].append(round(a.elapsed_time(f) * 1e3, 2))
             c["wall_us"].append(round((w1 - w0) * 1e6, 2))
+            if mode in ("flush", "prekick"):
+                c.setdefault("incl_pre_us", []).append(round(a0.elapsed_time(b) * 1e3, 2))
             if smp is not None:
                 smp["when"] = smp_when
                 c["nvml"].append(smp)
@@ -842,15 +845,20 @@ def measure_variant(gpu, mon, works, gaps, reps, mode=None):
             c["median_gpu_us"] = median(c["gpu_us"])
             c["median_first_kernel_us"] = median(c["first_kernel_us"])
             c["median_wall_us"] = median(c["wall_us"])
+            if "incl_pre_us" in c:
+                c["median_incl_pre_us"] = median(c["incl_pre_us"])
             for key in ("sm_mhz", "mem_mhz", "power_w", "pstate", "temp_c"):
                 c["median_" + key] = median([s.get(key) for s in c["nvml"]])
             rs = [s.get("reasons_txt") for s in c["nvml"] if s.get("reasons_txt")]
             c["reasons_seen"] = sorted(set(rs))
         base = cells[gaps[0]]["median_gpu_us"]
         basew = cells[gaps[0]]["median_wall_us"]
+        basei = cells[gaps[0]].get("median_incl_pre_us")
         for c in cells.values():
             c["ratio_gpu"] = round(c["median_gpu_us"] / base, 3) if base else None
             c["ratio_wall"] = round(c["median_wall_us"] / basew, 3) if basew else None
+            if basei:
+                c["ratio_incl_pre"] = round(c["median_incl_pre_us"] / basei, 3)
         out[wname] = {str(g): c for g, c in cells.items()}
     return out
 
@@ -1133,6 +1141,9 @@ def table(res, wname, key="median_gpu_us", rkey="ratio_gpu"):
             continue
         w = vr["workloads"][wname]
         lines.append(f"| {name} | " + " | ".join(fmt_cell(w.get(str(g)), key, rkey) for g in gaps) + " |")
+        if key == "median_gpu_us" and w.get(str(gaps[0]), {}).get("median_incl_pre_us") is not None:
+            lines.append(f"| {name}, incl. the pre-kernel | " + " | ".join(
+                fmt_cell(w.get(str(g)), "median_incl_pre_us", "ratio_incl_pre") for g in gaps) + " |")
     return "\n".join(lines)
 
 

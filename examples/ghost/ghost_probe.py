@@ -1018,6 +1018,8 @@ def run_main(args):
                 gh = None
                 try:
                     if spec:
+                        # builds the fallback CUDA graph here, not inside the ghost thread
+                        gpu.measure_spin_us(spec["blocks"], spec["us"])
                         gh = Ghost(gpu, **spec)
                         gh.start()
                     e0 = mon.energy_mj()

@@ -308,6 +308,17 @@ class Clocks:
         self.log.append({"cmd": list(args), "ok": r[0], "out": r[1]})
         return r
 
+    def snapshot(self):
+        """nvidia-smi -q of performance/clock/power state, for the record (not a lock)."""
+        if self.fake:
+            return "FAKE: not run in --cpu-smoke"
+        try:
+            p = subprocess.run(["nvidia-smi", "-i", self.gpu, "-q", "-d", "PERFORMANCE,CLOCK,POWER"],
+                               capture_output=True, text=True, timeout=30)
+            return (p.stdout + p.stderr)[-6000:]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"n/a: {e}"
+
     def reset_all(self):
         self.smi("-rgc")
         self.smi("-rmc")
@@ -857,6 +868,8 @@ def measure_variant(gpu, mon, works, gaps, reps, mode=None):
         for c in cells.values():
             c["ratio_gpu"] = round(c["median_gpu_us"] / base, 3) if base else None
             c["ratio_wall"] = round(c["median_wall_us"] / basew, 3) if basew else None
+            basef = cells[gaps[0]]["median_first_kernel_us"]
+            c["ratio_first"] = round(c["median_first_kernel_us"] / basef, 3) if basef else None
             if basei:
                 c["ratio_incl_pre"] = round(c["median_incl_pre_us"] / basei, 3)
         out[wname] = {str(g): c for g, c in cells.items()}
@@ -905,6 +918,7 @@ def run_main(args):
     res["meta"]["monitor_note"] = mon.reason
     try:
         clocks.reset_all()  # a lock left over by an earlier run would skew 'plain'
+        res["meta"]["nvidia_smi_q_at_start"] = clocks.snapshot()
         gpu.setup_spin()
         info = gpu.info()
         info["spin_iter_us"] = {str(k): v for k, v in getattr(gpu, "iter_us", {}).items()}

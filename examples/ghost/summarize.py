@@ -140,6 +140,14 @@ def main():
         p("")
         p(table(res, wname))
         p("")
+        if wname == "decode":
+            p("## decode: GPU time of its first kernel only (the LayerNorm), median µs (ratio to g=0)")
+            p("")
+            p("If the whole penalty sits in this kernel, something is woken once; if every kernel "
+              "of the step is slower, the clocks or the memory are.")
+            p("")
+            p(table(res, wname, "median_first_kernel_us", "ratio_first"))
+            p("")
         p(f"## {wname}: wall time, launch to completion, median µs (ratio)")
         p("")
         p(table(res, wname, "median_wall_us", "ratio_wall"))
@@ -161,6 +169,15 @@ def main():
         p("")
         for c in failed:
             p(f"- `nvidia-smi {' '.join(c['cmd'])}`: {c['out']}")
+        p("")
+    q = m.get("nvidia_smi_q_at_start")
+    if q:
+        p("<details><summary>nvidia-smi -q -d PERFORMANCE,CLOCK,POWER at the start of the run</summary>")
+        p("")
+        p("```")
+        p(q.strip())
+        p("```")
+        p("</details>")
         p("")
     print("\n".join(out))
 

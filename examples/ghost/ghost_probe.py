@@ -416,7 +416,14 @@ class TorchGpu:
         except Exception as e:  # noqa: BLE001
             self._spin = None
             self.spin_backend = f"fallback (triton unusable: {type(e).__name__}: {str(e)[:120]})"
-        self.iter_us = self._calibrate()
+        try:
+            self.iter_us = self._calibrate()
+        except Exception as e:  # noqa: BLE001
+            if self._spin is None:
+                raise
+            self._spin = None
+            self.spin_backend = f"fallback (triton calibration failed: {type(e).__name__}: {str(e)[:120]})"
+            self.iter_us = self._calibrate()
 
     def _calibrate(self):
         """us per loop iteration (triton) or per 1000 cycles (_sleep); measured warm."""
@@ -893,17 +900,22 @@ def ghost_specs(gpu):
     }
 
 
-def run_main(args):
+def new_result(args):
+    gaps = GAPS_QUICK if args.quick else GAPS_FULL
+    reps = REPS_QUICK if args.quick else REPS_FULL
+    return {"meta": {"argv": sys.argv, "quick": args.quick, "FAKE_TIMINGS": args.cpu_smoke,
+                     "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "gaps_ms": gaps, "reps": {str(g): reps[g] for g in gaps},
+                     "budget_s": args.budget_s},
+            "variants": {}, "costs": {}, "clock_log": []}
+
+
+def run_main(args, res):
     fake = args.cpu_smoke
     gaps = GAPS_QUICK if args.quick else GAPS_FULL
     reps = REPS_QUICK if args.quick else REPS_FULL
     busy_s = 1.0 if args.quick else 2.0
     idle_s = 0.5 if args.quick else 1.0
-    res = {"meta": {"argv": sys.argv, "quick": args.quick, "FAKE_TIMINGS": fake,
-                    "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "gaps_ms": gaps, "reps": {str(g): reps[g] for g in gaps},
-                    "budget_s": args.budget_s},
-           "variants": {}, "costs": {}, "clock_log": []}
     gpu = (FakeGpu if fake else TorchGpu)(args)
     gpu_id = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
     if not gpu_id.isdigit():
@@ -919,7 +931,12 @@ def run_main(args):
     try:
         clocks.reset_all()  # a lock left over by an earlier run would skew 'plain'
         res["meta"]["nvidia_smi_q_at_start"] = clocks.snapshot()
-        gpu.setup_spin()
+        try:
+            gpu.setup_spin()
+            spin_ok = None
+        except Exception as e:  # noqa: BLE001
+            spin_ok = f"n/a: no spin kernel: {type(e).__name__}: {e}"
+            gpu.iter_us = {}
         info = gpu.info()
         info["spin_iter_us"] = {str(k): v for k, v in getattr(gpu, "iter_us", {}).items()}
         if mon.kind.startswith("nvml"):
@@ -998,9 +1015,15 @@ def run_main(args):
         plain("L2 flush right before", f"memset of {gpu.flush_buf.numel() >> 20 if hasattr(gpu, 'flush_buf') else 256} MiB "
               "enqueued right before the measured step (after the gap). g=0: cold L2 without a gap; "
               "g>0: the memset is the first kernel after the gap", "flush")
-        plain("pre-kick 5us kernel right before", "a ~5 us 1-block kernel enqueued right before the step", "prekick")
+        if spin_ok:
+            v["pre-kick 5us kernel right before"] = {"status": spin_ok}
+        else:
+            plain("pre-kick 5us kernel right before", "a ~5 us 1-block kernel enqueued right before the step", "prekick")
 
         for name, sp in specs.items():
+            if spin_ok:
+                v[name] = {"status": spin_ok}
+                continue
             if not budget_ok(name):
                 continue
             log(f"variant: {name}")
@@ -1061,7 +1084,10 @@ def run_main(args):
 
             cost("baseline (no ghost) #1", None)
             for name, sp in specs.items():
-                cost(name, sp)
+                if spin_ok:
+                    res["costs"][name] = {"status": spin_ok}
+                else:
+                    cost(name, sp)
             cost("baseline (no ghost) #2", None)
         else:
             res["costs"] = {"status": "n/a: skipped, time budget"}
@@ -1085,7 +1111,6 @@ def run_main(args):
         res["clock_log"] = clocks.log
         mon.close()
     res["meta"]["wall_s"] = round(time.monotonic() - T0, 1)
-    return res
 
 
 def run_child(args, sched, timeout):
@@ -1241,11 +1266,23 @@ def main():
     if args.child_sched:
         run_child_main(args)
         return
-    res = run_main(args)
+    res = new_result(args)
+    err = None
+    try:
+        run_main(args, res)
+    except BaseException as e:  # noqa: BLE001  (SIGTERM, Ctrl-C, a bug: keep what was measured)
+        err = e
+        res["meta"]["aborted"] = f"{type(e).__name__}: {e}"
+        res["meta"]["wall_s"] = round(time.monotonic() - T0, 1)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
-    print_tables(res)
-    log(f"wrote {args.out}; wall {res['meta']['wall_s']} s")
+    try:
+        print_tables(res)
+    except Exception as e:  # noqa: BLE001
+        log(f"tables failed: {e}")
+    log(f"wrote {args.out}; wall {res['meta']['wall_s']} s" + (f"; ABORTED: {res['meta']['aborted']}" if err else ""))
+    if err is not None:
+        raise err
 
 
 if __name__ == "__main__":

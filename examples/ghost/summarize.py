@@ -106,6 +106,9 @@ def main():
       f"NCCL {g.get('nccl')}; max SM/mem clock {g.get('max_sm_mhz')}/{g.get('max_mem_mhz')} MHz; "
       f"spin kernel: {g.get('spin_backend')}; NVML: {m.get('monitor')}.")
     p("")
+    if m.get("aborted"):
+        p(f"> **The run was cut short ({m['aborted']}); variants missing below did not run.**")
+        p("")
     p("Reproduce on the GPU host (root, GPU otherwise idle):")
     p("")
     p("```")

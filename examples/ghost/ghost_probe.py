@@ -883,6 +883,16 @@ def measure_variant(gpu, mon, works, gaps, reps, mode=None):
     return out
 
 
+def warm_up(gpu, works):
+    """cuBLAS handle and workspace, kernels, clocks: on the measured stream, since cuBLAS
+    sets up per stream and the first g=0 sample must not pay for it."""
+    with gpu.torch.cuda.stream(gpu.stream) if hasattr(gpu, "torch") else _Null():
+        for wl in works.values():
+            for i in range(20):
+                wl.run(i)
+    gpu.sync()
+
+
 def est_variant_s(gaps, reps, n_work=2):
     return n_work * (sum(g / 1e3 * reps[g] for g in gaps) + 0.01 * sum(reps[g] for g in gaps)) + 0.5
 
@@ -947,10 +957,7 @@ def run_main(args, res):
         log(f"device: {info}")
         log(f"monitor: {mon.kind} {mon.reason or ''}")
         works = {w: gpu.make_workload(w, 3) for w in WORKLOADS}
-        for wl in works.values():  # warm up: cuBLAS handles, kernels, clocks
-            for i in range(20):
-                wl.run(i)
-        gpu.sync()
+        warm_up(gpu, works)
         est = est_variant_s(gaps, reps)
         specs = ghost_specs(gpu)
         v = res["variants"]
@@ -1148,10 +1155,7 @@ def run_child_main(args):
         gpu_id = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
         mon = Monitor(gpu.uuid(), int(gpu_id) if gpu_id.isdigit() else 0, allow_smi=not args.cpu_smoke)
         works = {w: gpu.make_workload(w, 1) for w in WORKLOADS}
-        for wl in works.values():
-            for i in range(20):
-                wl.run(i)
-        gpu.sync()
+        warm_up(gpu, works)
         setup_s = time.monotonic() - t0
         r = {"status": "ok", "note": f"ctx flags {gpu.sched_info}; child setup {setup_s:.1f} s",
              "sched": gpu.sched_info, "workloads": measure_variant(gpu, mon, works, gaps, reps)}

@@ -204,7 +204,7 @@ class SmiSampler:
         try:
             self.p = subprocess.Popen(
                 ["nvidia-smi", "-i", str(gpu), f"--query-gpu={self.FIELDS}",
-                 "--format=csv,noheader,nounits", f"-lms={period_ms}"],
+                 "--format=csv,noheader,nounits", f"--loop-ms={period_ms}"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except (OSError, ValueError) as e:
             self.reason = f"nvidia-smi sampler: {e}"
@@ -1206,9 +1206,11 @@ def nvml_table(res, wname):
             if c.get("median_sm_mhz") is None and c.get("median_power_w") is None:
                 cells.append("n/a")
                 continue
-            p = c.get("median_pstate")
-            cells.append(f"{c.get('median_sm_mhz')}/{c.get('median_mem_mhz')} MHz "
-                         f"{c.get('median_power_w')} W P{p if p is not None else '?'} "
+            def n(x, nd=0):
+                return "?" if x is None else f"{x:.{nd}f}"
+
+            cells.append(f"{n(c.get('median_sm_mhz'))}/{n(c.get('median_mem_mhz'))} MHz "
+                         f"{n(c.get('median_power_w'), 1)} W P{n(c.get('median_pstate'))} "
                          f"{','.join(c.get('reasons_seen', [])) or ''}".strip())
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -406,12 +406,53 @@ class TorchGpu:
         with self.torch.cuda.stream(self.stream):
             self.spin(1, 5.0)
 
+    def bind_thread(self):
+        """Make the primary context current in this (ghost) thread. Triton launches through
+        the driver API, which needs a current context; a new thread has none until a CUDA
+        runtime call binds it."""
+        t = self.torch
+        e = t.cuda.Event()
+        e.record(self.ghost_stream)  # a runtime call: binds the primary context to the thread
+        e.synchronize()
+        try:
+            cu = _libcuda()
+            ctx = ctypes.c_void_p()
+            if cu.cuCtxGetCurrent(ctypes.byref(ctx)) == 0 and not ctx.value:
+                dev = ctypes.c_int()
+                cu.cuDeviceGet(ctypes.byref(dev), 0)
+                if cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0:
+                    cu.cuCtxSetCurrent(ctx)
+        except (OSError, AttributeError):
+            pass
+
+    def _thread_launch_check(self):
+        """A spin launch from a fresh thread, as the ghost thread will do it."""
+        err = []
+
+        def f():
+            try:
+                self.bind_thread()
+                with self.torch.cuda.stream(self.ghost_stream):
+                    self._launch_raw(1, 16)
+                self.ghost_stream.synchronize()
+            except Exception as e:  # noqa: BLE001
+                err.append(e)
+
+        th = threading.Thread(target=f, daemon=True)
+        th.start()
+        th.join(60)
+        if th.is_alive():
+            raise RuntimeError("spin launch from a thread did not return in 60 s")
+        if err:
+            raise err[0]
+
     # --- spin kernel (ghost): triton if possible, fallbacks otherwise
     def setup_spin(self):
         try:
             self._spin = _triton_spin()
             self._spin[(1,)](self._spin_out, 16, num_warps=1)
             self.sync()
+            self._thread_launch_check()
             self.spin_backend = "triton"
         except Exception as e:  # noqa: BLE001
             self._spin = None
@@ -751,6 +792,8 @@ class Ghost:
     def _loop(self):
         g = self.gpu
         try:
+            if hasattr(g, "bind_thread"):
+                g.bind_thread()
             ctx = g.torch.cuda.stream(g.ghost_stream) if hasattr(g, "torch") else _Null()
             with ctx:
                 if self.period == 0:

@@ -41,7 +41,7 @@ use crate::collnet::steps::Lane;
 use crate::collnet::{DataType, RedOp};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::sys::RawBuf;
-use crate::tuner::{collnet_terms, LinkProfile};
+use crate::tuner::{collnet_allreduce_us, LinkProfile};
 
 /// Tags of calibration messages: above any step tag a group reaches during
 /// calibration (steps count from 0 and start only afterwards).
@@ -493,25 +493,16 @@ fn time_streamed(
     Ok(best)
 }
 
-/// Which of the model's forms a probe is fitted to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeKind {
-    /// One call alone: the model's full time (one segment: codec and wire
-    /// in series).
-    OneCall,
-    /// A streamed round: the model's sustained time, the longer of wire
-    /// and codec plus the fixed cost. The fill-and-drain term is left out
-    /// on purpose: on a link slower than the codec it is the only place
-    /// the codec shows, so fitting it would charge the link's own noise to
-    /// the codec, multiplied by the segment count.
-    Streamed,
-}
-
-/// The codec rates both probes support: each probe fitted to its form of
-/// the model, then the faster fit. Each probe can only over-charge the
-/// codec: the lone call also pays its hand-offs and wake-ups, the streamed
-/// round on a link slower than the codec also pays the link's noise. The
-/// tuner's per-call overhead holds the rest.
+/// The codec rates both probes support: each probe fitted to the model,
+/// then the faster fit. Each probe can only over-charge the codec. The lone
+/// call also pays its hand-offs and wake-ups. On a link slower than the
+/// codec, the streamed round shows the codec only in its fill and drain
+/// (one segment's codec work), so the link's own noise lands on the codec
+/// multiplied by the segment count: on the 2-core build machine at
+/// 5 Gbit/s that alone fitted rates 4x apart in two groups. On a fast link
+/// the round is the better figure: the lone call's hand-offs (about 1 ms
+/// on the H200 host) made the codec look 2.6x slower than CollNet's
+/// sustained rate. The tuner's per-call overhead holds the rest.
 pub fn fit_probes(
     times: ProbeTimes,
     probe_values: usize,
@@ -520,17 +511,13 @@ pub fn fit_probes(
     rates: ExecutorRates,
     call_overhead_us: f64,
 ) -> ExecutorRates {
-    let fit = |kind, bytes: usize, took: Duration| {
+    let fit = |bytes: usize, took: Duration| {
         let us = took.as_secs_f64() * 1e6;
-        fit_codec(kind, bytes as u64, n, us, link, rates, call_overhead_us)
+        fit_codec(bytes as u64, n, us, link, rates, call_overhead_us)
     };
     let bytes = probe_values * 2;
-    let one = fit(ProbeKind::OneCall, bytes, times.one_call);
-    let streamed = fit(
-        ProbeKind::Streamed,
-        bytes / 2 * PROBE_CALLS_PER_ROUND,
-        times.streamed,
-    );
+    let one = fit(bytes, times.one_call);
+    let streamed = fit(bytes / 2 * PROBE_CALLS_PER_ROUND, times.streamed);
     if one.encode_gvps >= streamed.encode_gvps {
         one
     } else {
@@ -539,10 +526,9 @@ pub fn fit_probes(
 }
 
 /// The executor's rates slowed by the smallest factor (>= 1, found by
-/// bisection, deterministic) that makes the model's time of `kind` for an
-/// FP8 allreduce of `bytes` over `n` members reach `measured_us`.
+/// bisection, deterministic) that makes the model's time of an FP8
+/// allreduce of `bytes` over `n` members reach `measured_us`.
 pub fn fit_codec(
-    kind: ProbeKind,
     bytes: u64,
     n: usize,
     measured_us: f64,
@@ -558,13 +544,7 @@ pub fn fit_codec(
             decode_gvps: rates.decode_gvps / k,
             call_overhead_us,
         };
-        let t = collnet_terms(bytes, n, 1, &p, Some(ModelFormat::E4M3));
-        match kind {
-            ProbeKind::OneCall => {
-                t.network.max(t.codec) + t.network.min(t.codec) / t.segments + t.fixed
-            }
-            ProbeKind::Streamed => t.network.max(t.codec) + t.fixed,
-        }
+        collnet_allreduce_us(bytes, n, 1, &p, Some(ModelFormat::E4M3))
     };
     const MAX_SLOWDOWN: f64 = 1000.0;
     // A NaN measurement counts as fast: the executor's rates stand.

@@ -737,7 +737,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_ENABLE_GHOST_KERNELS",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Enable ghost kernels. Not built yet (accepted, has no effect today).",
+        doc: "Accepted and ignored: measured on an H200, no ghost-kernel mode removed the slower first kernel after a CPU gap, so none is built; setting it logs that once (docs/results/ghost-kernels-h200.md).",
         example: "false",
         apply: |c, r| {
             c.gpu.ghost_kernels = want_bool(r)?;

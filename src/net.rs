@@ -91,8 +91,9 @@ pub fn init() -> &'static Plugin {
 /// Why `AIRAMP_ENABLE_GHOST_KERNELS` does nothing: the measured outcome of
 /// issue 12, documented in `docs/results/ghost-kernels-h200.md`.
 pub const GHOST_KERNELS_NO_EFFECT: &str = "AIRAMP_ENABLE_GHOST_KERNELS=1 has no effect: \
-     on an H200 no ghost-kernel mode (1 SM or every SM, low or 10 % duty, a never-idle stream) \
-     removed the slower first kernel after a CPU gap; see docs/results/ghost-kernels-h200.md";
+     measured on an H200, the first kernel after a CPU gap of 20 ms or more runs 1.8-3x slower, \
+     and no ghost-kernel mode (1 SM or every SM, low or 10 % duty, a never-idle stream) \
+     nor an SM clock lock removed it; see docs/results/ghost-kernels-h200.md";
 
 /// One warning per key that is set but that this build does not act on;
 /// `init` logs them once per process.

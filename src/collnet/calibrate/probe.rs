@@ -69,14 +69,18 @@ pub const PROBE_VALUES: usize = 512 << 10;
 /// cover several calls in a row).
 const PROBE_CALLS: usize = 9;
 /// Calls in each streamed round, at most [`PROBE_IN_FLIGHT`] at a time:
-/// 8 MiB streamed the way CollNet Chain streams a large allreduce, so the
+/// 32 MiB streamed the way CollNet Chain streams a large allreduce, so the
 /// round runs at the path's sustained rate (workers busy on several calls,
-/// codec overlapping the wire), which decides large messages.
-pub const PROBE_CALLS_PER_ROUND: usize = 16;
+/// codec overlapping the wire), which decides large messages. Under NCCL
+/// on the H200 host at 25 Gbit/s, FP8 CollNet moved 1.6-1.8 GB/s at 4 MiB
+/// and 2.2-2.7 GB/s from 64 MiB; in-process 8 MiB rounds took 4.6 to
+/// 9.7 ms from one communicator to the next, too short to be the
+/// sustained rate.
+pub const PROBE_CALLS_PER_ROUND: usize = 64;
 /// Calls in flight at once, as CollNet Chain keeps up to 8.
 const PROBE_IN_FLIGHT: usize = 8;
 /// Streamed rounds: the first warms up, the best of the rest counts.
-const PROBE_ROUNDS: usize = 4;
+const PROBE_ROUNDS: usize = 3;
 
 /// The best times of the two probes.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -81,6 +81,11 @@ struct Shared {
     wake: Condvar,
     sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
+    /// Set by the caller's thread when it leaves queued work on a stream
+    /// (its socket was full, or the stream was busy): that stream's thread
+    /// then writes until nothing is left, waiting on the socket, so the
+    /// bytes keep moving while the caller tests other requests.
+    handoff: Vec<AtomicBool>,
     socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
@@ -276,18 +281,45 @@ impl Shared {
         Ok(())
     }
 
+    /// Leaves stream `index` to its thread, waking it if it sleeps.
+    fn hand_off(&self, index: usize) {
+        let flag = &self.handoff[index];
+        // Already handed off and not yet picked up: nothing new to say.
+        if !flag.load(Ordering::Relaxed)
+            && !flag.swap(true, Ordering::SeqCst)
+            && self.sleepers.any()
+        {
+            let _guard = self.queue();
+            self.wake.notify_all();
+        }
+    }
+
     /// The proxy thread's share of the work: small messages, on every
-    /// stream nobody else holds.
+    /// stream nobody else holds. What it cannot finish without waiting (a
+    /// full socket, a stream another thread holds) it hands to the stream's
+    /// thread: the caller may not come back to this comm until the peer has
+    /// received those very bytes (both ends of a ring wait on their receive
+    /// first), so nothing may depend on it returning.
     fn assist(&self) {
         if !self.caller_assists.load(Ordering::Relaxed) {
             return;
         }
-        for s in &self.streams {
-            if let Ok(mut stream) = s.try_lock() {
-                if let Err(e) = self.pump(&mut stream, Pumper::Caller) {
-                    drop(stream);
-                    return self.fault(Fault::Io(e));
-                }
+        for (index, s) in self.streams.iter().enumerate() {
+            match s.try_lock() {
+                Ok(mut stream) => match self.pump(&mut stream, Pumper::Caller) {
+                    Ok(Blocked::NoWork) => {}
+                    Ok(Blocked::Full) => {
+                        drop(stream);
+                        self.hand_off(index);
+                    }
+                    Err(e) => {
+                        drop(stream);
+                        return self.fault(Fault::Io(e));
+                    }
+                },
+                // Whoever holds it may have decided it had nothing to do
+                // just before our message was queued.
+                Err(_) => self.hand_off(index),
             }
         }
     }
@@ -298,6 +330,8 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
     while !shared.stopped() {
         let (blocked, deadline) = {
             let mut stream = shared.streams[index].lock().expect("stream lock");
+            // Whatever was handed to us is written by the pump below.
+            shared.handoff[index].store(false, Ordering::SeqCst);
             let tended = shared.tend(&mut stream).and_then(|()| {
                 let blocked = shared
                     .pump(&mut stream, Pumper::Thread)
@@ -323,7 +357,9 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                 let _woken = shared
                     .sleepers
                     .wait(&shared.wake, shared.queue(), timeout, |q| {
-                        q.head_total().is_some_and(|t| shared.is_bulk(t)) || shared.stopped()
+                        q.head_total().is_some_and(|t| shared.is_bulk(t))
+                            || shared.handoff[index].load(Ordering::SeqCst)
+                            || shared.stopped()
                     });
             }
         }
@@ -357,6 +393,7 @@ impl SendComm {
                     })
                 })
                 .collect(),
+            handoff: socks.iter().map(|_| AtomicBool::new(false)).collect(),
             socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),

@@ -410,3 +410,34 @@ fn inline_send_progresses_while_the_caller_tests_only_its_receive() {
         assert!(dst == src, "{streams} streams: payload differs");
     }
 }
+
+/// The mirror image: both ends of an exchange test only their sends, which
+/// need the other end to read. Received bytes must not wait for a caller
+/// that tests no receive (before the fix: until a heartbeat wake-up).
+#[test]
+fn inline_receive_progresses_while_the_caller_tests_only_its_send() {
+    let s = inline_everything(2);
+    let (a_to_b, b_from_a) = pair(&s);
+    let (b_to_a, a_from_b) = pair(&s);
+    let len = 8 << 20;
+    let (mut src_a, mut src_b) = (pattern(len, 1), pattern(len, 2));
+    let (mut dst_a, mut dst_b) = (vec![0u8; len], vec![0u8; len]);
+    let ra = a_from_b.irecv(vec![(buf(&mut dst_a), 4)]).unwrap().unwrap();
+    let rb = b_from_a.irecv(vec![(buf(&mut dst_b), 4)]).unwrap().unwrap();
+    let ta = a_to_b.isend(buf(&mut src_a), 4).unwrap().unwrap();
+    let tb = b_to_a.isend(buf(&mut src_b), 4).unwrap().unwrap();
+    let (mut a_done, mut b_done) = (false, false);
+    wait(|| {
+        a_done = a_done || ta.test()?.is_some();
+        b_done = b_done || tb.test()?.is_some();
+        Ok((a_done && b_done).then_some(()))
+    })
+    .unwrap();
+    for (r, dst, src) in [(&ra, &dst_a, &src_b), (&rb, &dst_b, &src_a)] {
+        assert_eq!(
+            wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap(),
+            vec![len as u64]
+        );
+        assert!(dst == src, "payload differs");
+    }
+}

@@ -11,7 +11,10 @@
 //! to `inline_bytes` itself and never wakes a stream thread for them. For a
 //! larger message it hands the stream to its thread, which then reads that
 //! stream (asleep in poll(2) between reads) until a small message comes
-//! along again. Every stream thread also wakes at its liveness deadlines:
+//! along again. While receives are posted, a stream thread also reads for a
+//! caller that has tested none of them for `CALLER_ABSENT_MS` (it may be
+//! waiting on sends that need this side to read). Every stream thread also
+//! wakes at its liveness deadlines:
 //! it sends the peer a heartbeat byte, and fails the connection if the peer
 //! has been silent past the timeout while the stream was listening.
 

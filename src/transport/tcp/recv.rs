@@ -14,9 +14,9 @@
 //! along again. While receives are posted, a stream thread also reads for a
 //! caller that has tested none of them for `CALLER_ABSENT_MS` (it may be
 //! waiting on sends that need this side to read). Every stream thread also
-//! wakes at its liveness deadlines:
-//! it sends the peer a heartbeat byte, and fails the connection if the peer
-//! has been silent past the timeout while the stream was listening.
+//! wakes at its liveness deadlines: it sends the peer a heartbeat byte, and
+//! fails the connection if the peer has been silent past the timeout while
+//! the stream was listening.
 
 use std::collections::HashMap;
 use std::io;

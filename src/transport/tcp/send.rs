@@ -7,10 +7,11 @@
 //! thread woken) and only ever `try_lock`s. Larger messages wake the stream
 //! threads, which copy their chunks in parallel and sleep in poll(2) while
 //! their socket is full; so does what the proxy leaves on a full socket, so
-//! nothing waits for the proxy to test this comm again. Every stream thread also wakes at its liveness
-//! deadlines: it reads the receiver's heartbeat bytes (the only thing that
-//! flows back), sends a heartbeat frame when the stream has been quiet, and
-//! fails the connection if the receiver has been silent past the timeout.
+//! nothing waits for the proxy to test this comm again. Every stream thread
+//! also wakes at its liveness deadlines: it reads the receiver's heartbeat
+//! bytes (the only thing that flows back), sends a heartbeat frame when the
+//! stream has been quiet, and fails the connection if the receiver has been
+//! silent past the timeout.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};

@@ -22,6 +22,10 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("truncation_is_invalid_usage", truncation_is_invalid_usage),
     ("request_pool_is_bounded", request_pool_is_bounded),
     ("many_comms", many_comms),
+    (
+        "ring_of_two_with_everything_inline",
+        ring_of_two_with_everything_inline,
+    ),
     ("close_during_traffic", close_during_traffic),
     ("peer_killed_is_remote_error", peer_killed_is_remote_error),
     ("silent_peer_times_out", silent_peer_times_out),
@@ -110,6 +114,7 @@ pub fn child(args: &[String]) -> TestResult {
         "recv-expect-silence" => child_recv_expect_silence(),
         "send-many-comms" => child_send_many_comms(arg(1).parse().unwrap_or(1)),
         "recv-one" => child_recv_one(),
+        "ring-member" => child_ring_member(arg(1).parse().unwrap_or(0)),
         "dlclose" => child_dlclose(),
         "fork" => child_fork(),
         "bad-config" => child_bad_config(),
@@ -741,6 +746,93 @@ fn ipv6_loopback() -> TestResult {
     let send = connect(&net, 0, &mut handle)?;
     send_all(&net, send, &[1 << 20], 4242, 1)?;
     peer.finish()
+}
+
+/// Two processes in a ring (each sends to and receives from the other),
+/// every message inline on the caller's thread, each waiting on its receive
+/// before its send as a ring allreduce does, 16 MiB each way per round (far
+/// more than the socket buffers hold). Heartbeats are 150 s apart, so only
+/// the transport's own hand-overs can keep the bytes moving within the 20 s
+/// bound per request: without them both members stalled at the first full
+/// socket until a stream thread woke for its heartbeat.
+fn ring_of_two_with_everything_inline() -> TestResult {
+    let env = [
+        ("AIRAMP_INLINE_BYTES", "1G"),
+        ("AIRAMP_PEER_TIMEOUT_MS", "600000"),
+    ];
+    let mut members = [
+        spawn("ring-member", &["0"], &env),
+        spawn("ring-member", &["1"], &env),
+    ];
+    let handles = [members[0].read_line(), members[1].read_line()];
+    members[0].send_line(&handles[1]);
+    members[1].send_line(&handles[0]);
+    for m in &mut members {
+        let line = m.read_line();
+        println!("    {line}");
+    }
+    let [a, b] = members;
+    a.finish()?;
+    b.finish()
+}
+
+fn child_ring_member(rank: u64) -> TestResult {
+    const SEGMENT: usize = 1 << 20;
+    const SEGMENTS: usize = 16;
+    const ROUNDS: u64 = 4;
+    let bound = Duration::from_secs(20);
+    let lib = open();
+    let net = init(&lib, NetVersion::V12);
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    tell_parent(&hex(&handle));
+    let mut next = unhex(&read_parent_line());
+    let send = connect(&net, 0, &mut next)?;
+    let recv = accept(&net, listen)?;
+    let seed = |rank: u64, round: u64, i: usize| rank * 1000 + round * 100 + i as u64;
+    // Time spent moving bytes (not making and checking patterns).
+    let mut moving = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let src: Vec<Vec<u8>> = (0..SEGMENTS)
+            .map(|i| pattern(seed(rank, round, i), SEGMENT))
+            .collect();
+        let mut dst = vec![vec![0u8; SEGMENT]; SEGMENTS];
+        let start = Instant::now();
+        let mut reqs = Vec::new();
+        for (d, s) in dst.iter_mut().zip(&src) {
+            let p = d.as_mut_ptr();
+            // SAFETY: the buffer outlives the request, awaited below.
+            let r = post(|| unsafe { net.irecv(recv, &[(p, SEGMENT, 0)], &mut [null()]) })
+                .map_err(|e| format!("irecv: {e:?}"))?;
+            // SAFETY: the buffer outlives the request, awaited below.
+            let t = post(|| unsafe { net.isend(send, s.as_ptr(), SEGMENT, 0, null()) })
+                .map_err(|e| format!("isend: {e:?}"))?;
+            reqs.push((r, t));
+        }
+        for (i, (r, t)) in reqs.into_iter().enumerate() {
+            net.wait(r, 1, bound).map_err(|e| {
+                format!("rank {rank} round {round}: receive {i} not done within {bound:?}: {e:?}")
+            })?;
+            net.wait(t, 1, bound).map_err(|e| {
+                format!("rank {rank} round {round}: send {i} not done within {bound:?}: {e:?}")
+            })?;
+        }
+        moving += start.elapsed();
+        for (i, d) in dst.iter().enumerate() {
+            ensure(*d == pattern(seed(1 - rank, round, i), SEGMENT), || {
+                format!("rank {rank} round {round}: segment {i} differs")
+            })?;
+        }
+    }
+    tell_parent(&format!(
+        "rank {rank}: {} MiB each way in {moving:.2?}",
+        ROUNDS as usize * SEGMENTS,
+    ));
+    net.close_send(send)
+        .map_err(|e| format!("closeSend: {e:?}"))?;
+    net.close_recv(recv)
+        .map_err(|e| format!("closeRecv: {e:?}"))?;
+    net.close_listen(listen)
+        .map_err(|e| format!("closeListen: {e:?}"))
 }
 
 fn child_recv_one() -> TestResult {

@@ -149,21 +149,27 @@ impl TransportConfig {
     /// where the stream threads have cores of their own (8 or more), so the
     /// proxy stays free and large messages are copied in parallel; every
     /// message on smaller hosts, where extra busy threads only compete with
-    /// the proxy (which polls anyway) for the same cores.
-    /// Inline up to 64 KiB on every host: inlining everything was a little
-    /// faster on 2 cores at 256 KiB..1 MiB, but a ring of 16 MiB messages
-    /// then stalled to 0.15 Gbit/s in 3 of 4 runs there (`airamp bench
-    /// collnet`'s raw column), against 13–14 Gbit/s at 64 KiB.
+    /// the proxy (which polls anyway) for the same cores. A send the proxy
+    /// cannot finish (full socket) goes on on its stream thread, so nothing
+    /// waits for the proxy to come back (docs/transport.md).
     pub fn inline_bytes(&self) -> u64 {
-        self.inline_bytes.unwrap_or(INLINE_BYTES_AUTO)
+        self.inline_bytes.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            inline_bytes_auto(cores)
+        })
     }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }
 }
 
-/// `transport.inline_bytes = auto`.
-const INLINE_BYTES_AUTO: u64 = 64 << 10;
+/// `transport.inline_bytes = auto` on a host with `cores` cores.
+pub(crate) fn inline_bytes_auto(cores: usize) -> u64 {
+    match cores {
+        0..=7 => 1 << 30,
+        _ => 64 << 10,
+    }
+}
 
 /// `[metrics]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -609,7 +615,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_INLINE_BYTES",
         default: "auto",
         accepted: "auto, or bytes 0..=1073741824; plain integer or suffix K, KiB, M, MiB",
-        doc: "Messages up to this size are sent and received by NCCL's proxy thread itself inside isend/test (one system call each way, no thread wake-up); larger ones by the stream threads, in parallel. `auto`: 64K.",
+        doc: "Messages up to this size are sent and received by NCCL's proxy thread itself inside isend/test (one system call each way, no thread wake-up); larger ones by the stream threads, in parallel (and a send the proxy thread could not finish, its socket full). `auto`: 64K on hosts with 8 or more cores, every message (1G) on smaller ones.",
         example: "\"auto\"",
         apply: |c, r| {
             c.transport.inline_bytes = match r {

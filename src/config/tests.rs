@@ -123,6 +123,11 @@ fn defaults() {
     assert_eq!(c.transport.peer_timeout(), Duration::from_secs(30));
     assert_eq!(c.transport.inline_bytes, None);
     assert!([64 << 10, 1 << 30].contains(&c.transport.inline_bytes()));
+    // Everything inline where the stream threads have no cores of their own.
+    assert_eq!(super::inline_bytes_auto(2), 1 << 30);
+    assert_eq!(super::inline_bytes_auto(7), 1 << 30);
+    assert_eq!(super::inline_bytes_auto(8), 64 << 10);
+    assert_eq!(super::inline_bytes_auto(128), 64 << 10);
     assert_eq!(c.transport.handshake_timeout(), Duration::from_secs(10));
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.addr.to_string(), "127.0.0.1:9090");

@@ -131,6 +131,15 @@ impl Sleepers {
         guard
     }
 
+    /// Counts a sleeper by hand, around a wait counted elsewhere too.
+    fn enter(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Whether anyone sleeps; a waker that changed what sleepers wait for
     /// (with SeqCst, or under their mutex) and sees none needs no wake-up.
     fn any(&self) -> bool {

@@ -11,17 +11,20 @@
 //! to `inline_bytes` itself and never wakes a stream thread for them. For a
 //! larger message it hands the stream to its thread, which then reads that
 //! stream (asleep in poll(2) between reads) until a small message comes
-//! along again. Every stream thread also wakes at its liveness deadlines:
-//! it sends the peer a heartbeat byte, and fails the connection if the peer
-//! has been silent past the timeout while the stream was listening.
+//! along again. While receives are posted, a stream thread also reads for a
+//! caller that has tested none of them for `CALLER_ABSENT_MS` (it may be
+//! waiting on sends that need this side to read). Every stream thread also
+//! wakes at its liveness deadlines: it sends the peer a heartbeat byte, and
+//! fails the connection if the peer has been silent past the timeout while
+//! the stream was listening.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
@@ -39,6 +42,19 @@ use crate::warn;
 /// Bytes read ahead of the current frame on each stream: room for a small
 /// message and the next header in one `recv`.
 const STAGE_BYTES: usize = 8192;
+
+/// How long received bytes may wait for a caller that tests no receive of
+/// this comm while receives are posted (it may be waiting on its own sends,
+/// which need its peer, which needs these bytes read): after that the
+/// stream's thread reads them itself, until the caller is back. NCCL's proxy
+/// tests every request it holds, so with NCCL this only costs the thread a
+/// look every so often while the connection is in use.
+const CALLER_ABSENT_MS: u64 = 100;
+
+/// A connection with no receive posted and no caller visit for this long
+/// is idle: its stream threads stop looking (back to the liveness
+/// deadlines only) until the next `irecv` wakes them.
+const IDLE_AFTER_MS: u64 = 10 * CALLER_ABSENT_MS;
 
 /// One (possibly grouped) irecv.
 pub struct RecvOp {
@@ -150,6 +166,9 @@ struct Shared {
     /// Whether the caller's thread (NCCL's proxy) does I/O itself in
     /// `test`; see `set_caller_assists`.
     caller_assists: AtomicBool,
+    /// Bumped by every `test` that helps: the stream threads watch it to
+    /// see whether the caller is still reading.
+    caller_visits: AtomicU64,
     state: Mutex<State>,
     /// Streams waiting for a receive to be posted or matched (`generation`).
     post_wake: Condvar,
@@ -157,6 +176,9 @@ struct Shared {
     /// Stream threads with nothing to do until handed a large payload.
     idle_wake: Condvar,
     idle_sleepers: Sleepers,
+    /// Those of them that sleep on an idle connection (no look for an
+    /// absent caller): the next `irecv` wakes them.
+    unwatched_sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
     /// Set by the caller's thread when it leaves a large payload on a stream
     /// to that stream's thread.
@@ -485,6 +507,7 @@ impl Shared {
         if !self.caller_assists.load(Ordering::Relaxed) {
             return;
         }
+        self.caller_visits.fetch_add(1, Ordering::Relaxed);
         for (index, s) in self.streams.iter().enumerate() {
             if let Ok(mut stream) = s.try_lock() {
                 if let Err(f) = self.pump(index, &mut stream, Pumper::Caller) {
@@ -502,8 +525,15 @@ impl Shared {
 
 fn stream_worker(shared: Arc<Shared>, index: usize) {
     let sock = Arc::clone(&shared.socks[index]);
+    // The caller's visits as last seen, and when that count last changed.
+    let (mut visits, mut visited_ms) = (shared.caller_visits.load(Ordering::Relaxed), now_ms());
+    // When a receive was last seen posted or the caller last visited.
+    let mut active_ms = visited_ms;
+    // The caller has tested no receive for CALLER_ABSENT_MS while receives
+    // were posted: this thread reads the stream meanwhile.
+    let mut covering = false;
     loop {
-        let (blocked, deadline, armed) = {
+        let (blocked, deadline, armed, watching) = {
             let mut st = shared.streams[index].lock().expect("stream lock");
             shared.handoff[index].store(false, Ordering::SeqCst);
             let blocked = match shared.pump(index, &mut st, Pumper::Thread) {
@@ -521,10 +551,21 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                     return shared.fault(f);
                 }
             };
-            let armed = st.bulk || !shared.caller_assists.load(Ordering::Relaxed);
-            (blocked, deadline, armed)
+            let assists = shared.caller_assists.load(Ordering::Relaxed);
+            let now = now_ms();
+            if shared.in_flight.load(Ordering::SeqCst) > 0 {
+                active_ms = now;
+            }
+            // The caller is expected to read this stream: look now and then
+            // whether it still does.
+            let watching = assists && !st.bulk && now.saturating_sub(active_ms) < IDLE_AFTER_MS;
+            let armed = st.bulk || !assists || (covering && watching);
+            (blocked, deadline, armed, watching)
         };
-        let timeout = until(deadline);
+        let mut timeout = until(deadline);
+        if watching {
+            timeout = timeout.min(Duration::from_millis(CALLER_ABSENT_MS));
+        }
         match blocked {
             Blocked::NoData if armed => {
                 if let Err(e) = sys::wait_ready(&sock, false, timeout) {
@@ -542,6 +583,12 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
             // Small messages are the caller's: sleep until handed a large
             // one, or until the next liveness deadline.
             _ => {
+                // On an idle connection, the next irecv wakes us (it sees
+                // this count, or we see its request).
+                let unwatched = !watching && shared.caller_assists.load(Ordering::Relaxed);
+                if unwatched {
+                    shared.unwatched_sleepers.enter();
+                }
                 let _woken =
                     shared
                         .idle_sleepers
@@ -549,9 +596,19 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                             shared.handoff[index].load(Ordering::SeqCst)
                                 || !shared.caller_assists.load(Ordering::Relaxed)
                                 || shared.stopped()
+                                || (unwatched && shared.in_flight.load(Ordering::SeqCst) > 0)
                         });
+                if unwatched {
+                    shared.unwatched_sleepers.leave();
+                }
             }
         }
+        let now = now_ms();
+        let seen = shared.caller_visits.load(Ordering::Relaxed);
+        if seen != visits {
+            (visits, visited_ms, active_ms) = (seen, now, now);
+        }
+        covering = watching && now.saturating_sub(visited_ms) >= CALLER_ABSENT_MS;
     }
 }
 
@@ -569,11 +626,13 @@ impl RecvComm {
         let shared = Arc::new(Shared {
             peer,
             caller_assists: AtomicBool::new(true),
+            caller_visits: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             post_wake: Condvar::new(),
             post_sleepers: Sleepers::default(),
             idle_wake: Condvar::new(),
             idle_sleepers: Sleepers::default(),
+            unwatched_sleepers: Sleepers::default(),
             streams: socks
                 .iter()
                 .map(|sock| {
@@ -663,8 +722,14 @@ impl RecvComm {
             if self.shared.post_sleepers.any() {
                 self.shared.post_wake.notify_all();
             }
+            // The first receive on an idle connection: its threads look
+            // for an absent caller again (no system call while in use).
+            if self.shared.in_flight.fetch_add(1, Ordering::SeqCst) == 0
+                && self.shared.unwatched_sleepers.any()
+            {
+                self.shared.idle_wake.notify_all();
+            }
         }
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         metrics::transport(TransportKind::Tcp).request_started();
         Ok(Some(RecvRequest {
             shared: Arc::clone(&self.shared),

@@ -6,10 +6,12 @@
 //! to `inline_bytes` itself (one `sendmsg` for header and payload, no other
 //! thread woken) and only ever `try_lock`s. Larger messages wake the stream
 //! threads, which copy their chunks in parallel and sleep in poll(2) while
-//! their socket is full. Every stream thread also wakes at its liveness
-//! deadlines: it reads the receiver's heartbeat bytes (the only thing that
-//! flows back), sends a heartbeat frame when the stream has been quiet, and
-//! fails the connection if the receiver has been silent past the timeout.
+//! their socket is full; so does what the proxy leaves on a full socket, so
+//! nothing waits for the proxy to test this comm again. Every stream thread
+//! also wakes at its liveness deadlines: it reads the receiver's heartbeat
+//! bytes (the only thing that flows back), sends a heartbeat frame when the
+//! stream has been quiet, and fails the connection if the receiver has been
+//! silent past the timeout.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -81,6 +83,11 @@ struct Shared {
     wake: Condvar,
     sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
+    /// Set by the caller's thread when it leaves queued work on a stream
+    /// (its socket was full, or the stream was busy): that stream's thread
+    /// then writes until nothing is left, waiting on the socket, so the
+    /// bytes keep moving while the caller tests other requests.
+    handoff: Vec<AtomicBool>,
     socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
@@ -276,18 +283,45 @@ impl Shared {
         Ok(())
     }
 
+    /// Leaves stream `index` to its thread, waking it if it sleeps.
+    fn hand_off(&self, index: usize) {
+        let flag = &self.handoff[index];
+        // Already handed off and not yet picked up: nothing new to say.
+        if !flag.load(Ordering::Relaxed)
+            && !flag.swap(true, Ordering::SeqCst)
+            && self.sleepers.any()
+        {
+            let _guard = self.queue();
+            self.wake.notify_all();
+        }
+    }
+
     /// The proxy thread's share of the work: small messages, on every
-    /// stream nobody else holds.
+    /// stream nobody else holds. What it cannot finish without waiting (a
+    /// full socket, a stream another thread holds) it hands to the stream's
+    /// thread: the caller may not come back to this comm until the peer has
+    /// received those very bytes (both ends of a ring wait on their receive
+    /// first), so nothing may depend on it returning.
     fn assist(&self) {
         if !self.caller_assists.load(Ordering::Relaxed) {
             return;
         }
-        for s in &self.streams {
-            if let Ok(mut stream) = s.try_lock() {
-                if let Err(e) = self.pump(&mut stream, Pumper::Caller) {
-                    drop(stream);
-                    return self.fault(Fault::Io(e));
-                }
+        for (index, s) in self.streams.iter().enumerate() {
+            match s.try_lock() {
+                Ok(mut stream) => match self.pump(&mut stream, Pumper::Caller) {
+                    Ok(Blocked::NoWork) => {}
+                    Ok(Blocked::Full) => {
+                        drop(stream);
+                        self.hand_off(index);
+                    }
+                    Err(e) => {
+                        drop(stream);
+                        return self.fault(Fault::Io(e));
+                    }
+                },
+                // Whoever holds it may have decided it had nothing to do
+                // just before our message was queued.
+                Err(_) => self.hand_off(index),
             }
         }
     }
@@ -298,6 +332,8 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
     while !shared.stopped() {
         let (blocked, deadline) = {
             let mut stream = shared.streams[index].lock().expect("stream lock");
+            // Whatever was handed to us is written by the pump below.
+            shared.handoff[index].store(false, Ordering::SeqCst);
             let tended = shared.tend(&mut stream).and_then(|()| {
                 let blocked = shared
                     .pump(&mut stream, Pumper::Thread)
@@ -323,7 +359,9 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                 let _woken = shared
                     .sleepers
                     .wait(&shared.wake, shared.queue(), timeout, |q| {
-                        q.head_total().is_some_and(|t| shared.is_bulk(t)) || shared.stopped()
+                        q.head_total().is_some_and(|t| shared.is_bulk(t))
+                            || shared.handoff[index].load(Ordering::SeqCst)
+                            || shared.stopped()
                     });
             }
         }
@@ -357,6 +395,7 @@ impl SendComm {
                     })
                 })
                 .collect(),
+            handoff: socks.iter().map(|_| AtomicBool::new(false)).collect(),
             socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),

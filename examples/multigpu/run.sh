@@ -259,8 +259,14 @@ bench() {   # PART DIR MODE [TIMEOUT]
         wait "$pid"; rc=$?
         if [ "$rc" = 0 ] && [ -s "$dir/$name.json" ]; then status=ok; else status="FAILED (exit $rc)"; fi
     fi
-    # Leftovers of the run's session (a rank stuck in the driver): kill them.
-    local rest; rest=$(session_pids "$pid" | tr '\n' ' ')
+    # Leftovers of the run's session (a rank stuck in the driver): give them
+    # 5 s to go (Python's resource tracker outlives its parent briefly), then
+    # kill them.
+    local rest tries=0
+    rest=$(session_pids "$pid" | tr '\n' ' ')
+    while [ -n "$rest" ] && [ "$tries" -lt 20 ]; do
+        sleep 0.25; tries=$((tries + 1)); rest=$(session_pids "$pid" | tr '\n' ' ')
+    done
     if [ -n "$rest" ]; then
         # shellcheck disable=SC2086  # a list of pids
         kill -KILL $rest 2>/dev/null; status="$status; killed leftovers $rest"

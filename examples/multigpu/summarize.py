@@ -265,7 +265,8 @@ def ratios(part, gpus, best, ring, comp, sizes):
 
 
 def cross_rank(d, part, world, nodes_wanted):
-    runs = sorted({os.path.basename(p).split(".nccl.")[0] for p in glob.glob(os.path.join(d, "*.nccl.*.log"))})
+    runs = sorted({os.path.basename(p).split(".nccl.")[0] for p in glob.glob(os.path.join(d, "*.nccl.*.log"))}
+                  | {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(d, "*.json"))})
     calib = []
     for run in runs:
         procs = process_logs(d, run)

@@ -22,9 +22,10 @@
 #           traffic together: N ranks share 25 Gbit/s.
 #   heads   (GPUS >= 4, even; default on 8) GPUS ranks as 2 "nodes"
 #           (--nodes 2: ranks share an NCCL_HOSTID per half), so NCCL uses
-#           collective-network heads: ring, cn_fp8, cn_int8, tuner, loopback.
-#           Inside a node P2P/SHM stay on (NCCL will not put two GPUs of one
-#           host id on a loopback net device); between nodes, the network.
+#           collective-network heads: ring, cn_exact, cn_fp8, cn_int8,
+#           tuner, loopback. Inside a node P2P/SHM stay on (NCCL will not put
+#           two GPUs of one host id on a loopback net device); between nodes,
+#           the network.
 #   gpu_lo, gpu_25  the experimental GPU data path of the collective network:
 #           ring_ub, cn_exact_gpu_ub, cn_fp8_gpu_ub (AIRAMP_GPU_COLLNET=1,
 #           user buffers registered, NCCL_NET_GDR_LEVEL=SYS: the loopback NIC
@@ -124,7 +125,7 @@ part_modes() {
     case $1 in
     socket) echo "airamp socket socket4x4" ;;
     cn_lo | cn_25) echo "$cn_modes" ;;
-    heads) echo "ring cn_fp8 cn_int8 tuner" ;;
+    heads) echo "ring cn_exact cn_fp8 cn_int8 tuner" ;;
     gpu_lo | gpu_25) echo "ring_ub cn_fp8_gpu_ub cn_exact_gpu_ub" ;;
     esac
 }

@@ -42,7 +42,8 @@
 #   CN_MAX / CN25_MAX (largest collnet size in bytes, 256 MiB; CN25_MAX is
 #   64 MiB from 4 GPUs), SOCKET_MAX (1 GiB), TUNER_FORMAT (e4m3: the tuner
 #   mode's wire format), PORT (29600), TARBALL (OUTDIR.tar.gz), PLAN=1
-#   (print the plan and the time estimate, run nothing).
+#   (print the plan and the time estimate, run nothing). A run cut short by
+#   the budget (not its own RUN_TIMEOUT) is CUT, not a hang: INCOMPLETE.
 # Needs: PyTorch with NCCL, root and ip/tc on PATH for the shaped parts (a
 #   staged .tools/bin at the repository root is added to PATH; see the GPU
 #   host README). No CUDA MPS: every rank has its own GPU.
@@ -166,6 +167,7 @@ part_args() {   # PART -> bench script and its arguments, one word a line
 # calibration, plus the data at the one-GPU rates; N ranks share one
 # loopback, and the 25 Gbit/s link is shared by all ranks).
 est_run() {
+    [ -n "${EST_RUN_S:-}" ] && { echo "$EST_RUN_S"; return; }   # tests
     local start=$((12 + 2 * gpus)) data
     case $1 in
     socket) data=$((6 + 4 * gpus)) ;;
@@ -234,7 +236,8 @@ bench() {   # PART DIR MODE [TIMEOUT]
     mapfile -t args < <(part_args "$part")
     script=${args[0]}; args=("${args[@]:1}")
     left=$((budget - 15 - (SECONDS - t0)))
-    [ "$left" -lt "$limit" ] && limit=$left
+    local cut=0
+    [ "$left" -lt "$limit" ] && { limit=$left; cut=1; }
     if [ "$left" -lt "$(est_run "$part")" ]; then
         printf '%s\t%s\t-\t0\tskipped (budget)\n' "$part" "$name" >>"$out/runs.tsv"
         echo "-- $part/$name: skipped, ${left} s of the budget left"
@@ -255,7 +258,12 @@ bench() {   # PART DIR MODE [TIMEOUT]
     if kill -0 "$pid" 2>/dev/null; then
         dump_stacks "$pid" >"$dir/$name.stacks" 2>&1
         kill -TERM -- -"$pid" 2>/dev/null; sleep 2; kill -KILL -- -"$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null; rc=124; status="TIMEOUT after ${limit} s (stacks in $name.stacks)"
+        wait "$pid" 2>/dev/null; rc=124
+        if [ "$cut" = 1 ]; then
+            status="CUT at the end of the budget after ${limit} s (stacks in $name.stacks)"
+        else
+            status="TIMEOUT after ${limit} s (stacks in $name.stacks)"
+        fi
     else
         wait "$pid"; rc=$?
         if [ "$rc" = 0 ] && [ -s "$dir/$name.json" ]; then status=ok; else status="FAILED (exit $rc)"; fi

@@ -103,13 +103,13 @@ def section_runs(out):
             continue
         print(f"- {r['part']}/{r['run']}: {r['status']} ({r['seconds']} s)")
         where = f"{r['part']}/{r['run']}: {r['status']}"
-        if r["part"] in EXPERIMENTAL and not r["status"].startswith("skipped"):
+        if r["part"] in EXPERIMENTAL and not r["status"].startswith(("skipped", "CUT")):
             notes.append(where + " (experimental GPU path: not judged)")
         elif r["status"].startswith("TIMEOUT"):
             fail("hang", where)
         elif r["status"].startswith("FAILED"):
             fail("failed run", where)
-        elif r["status"].startswith("skipped"):
+        elif r["status"].startswith(("skipped", "CUT")):
             missing.append(f"{r['part']}/{r['run']}: {r['status']}")
     total = sum(int(r["seconds"]) for r in rows)
     print(f"\n{len(rows)} runs, {total} s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + "\n")

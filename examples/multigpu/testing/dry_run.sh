@@ -119,6 +119,10 @@ check "some runs, then the rest skipped (budget)" \
     bash -c "n=\$(grep -c '	ok$' '$tmp/four/runs.tsv'); [ \$n -ge 2 ] && [ \$n -le 4 ] && grep -q 'skipped (budget)' '$tmp/four/runs.tsv' && \
         ! grep -A99 'skipped (budget)' '$tmp/four/runs.tsv' | grep -q '	ok$'"
 check "exit 2, INCOMPLETE" bash -c "grep -q ': INCOMPLETE$' '$tmp/four/summary.md'"
+FAKE_GPUS=2 PARTS=cn_lo ABBA=0 BUDGET_S=22 EST_RUN_S=1 FAKE_RUN_S=60 \
+    "$run" "$tmp/libnccl-net-airamp.so" "$tmp/cut" >"$tmp/cut.txt" 2>&1
+check "a run outlasting the budget is CUT (INCOMPLETE), not a hang" bash -c "grep -q 'cn_lo	ring	124	.*CUT at the end of the budget' '$tmp/cut/runs.tsv' && \
+    grep -q ': INCOMPLETE$' '$tmp/cut/summary.md' && ! grep -q 'FAIL (hang)' '$tmp/cut/summary.md'"
 check "cn_25 skipped: no shaped namespace" grep -q "cn_25	-	-	0	skipped (no shaped namespace)" "$tmp/four/runs.tsv"
 check "a crashed or missing run is not a PASS" bash -c "FAKE_GPUS=2 PARTS=cn_lo FAKE_FAULT=crash:ring ABBA=0 \
     '$run' '$tmp/libnccl-net-airamp.so' '$tmp/crash' >/dev/null 2>&1; [ \$? = 1 ] && grep -q 'FAIL (failed run)' '$tmp/crash/summary.md'"

@@ -8,6 +8,10 @@ and prints bus bandwidth per size and dtype; rank 0 writes JSON with --out.
 
   NCCL_NET_PLUGIN=/abs/path/libnccl-net-airamp.so python3 allreduce_bench.py --out airamp.json
   NCCL_NET=Socket python3 allreduce_bench.py --out socket.json
+
+Multi-GPU (examples/multigpu/run.sh): --device-of-rank local puts rank i on
+GPU i mod device count; --nodes K gives ranks rank*K//world one NCCL_HOSTID.
+The defaults (shared, one host id per rank) are the one-GPU runs.
 """
 import argparse
 import json
@@ -21,6 +25,10 @@ import torch.multiprocessing as mp
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# Where tensors live: "cuda" (the current GPU), or "cpu" for --device-of-rank cpu.
+DEVICE = "cuda"
+
+
 def sizes_from(spec):
     lo, hi = (int(x) for x in spec.split(":"))
     s, out = lo, []
@@ -30,12 +38,40 @@ def sizes_from(spec):
     return out
 
 
+def host_id(rank, world, nodes):
+    """NCCL_HOSTID of a rank: one per rank, or ranks rank*nodes//world share one."""
+    return f"airamp-node{rank * nodes // world if nodes else rank}"
+
+
+def pick_device(rank, how):
+    """shared: every rank on GPU 0 (CUDA MPS); local: rank i on GPU i mod count;
+    cpu: gloo on the CPU, to test this script where there is no GPU."""
+    global DEVICE
+    if how == "cpu":
+        DEVICE = "cpu"
+        return
+    torch.cuda.set_device(0 if how == "shared" else rank % torch.cuda.device_count())
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def backend_version():
+    return ".".join(map(str, torch.cuda.nccl.version())) if DEVICE == "cuda" else f"gloo (torch {torch.__version__})"
+
+
 def run(rank, world, args):
     # Separate "hosts": NCCL must use the network, not shared memory or P2P.
-    os.environ["NCCL_HOSTID"] = f"airamp-node{rank}"
+    os.environ["NCCL_HOSTID"] = host_id(rank, world, args.nodes)
     os.environ.setdefault("LOCAL_RANK", str(rank))
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
-    torch.cuda.set_device(0)
+    if args.device_of_rank != "shared":
+        # Before the process group, so NCCL's communicator binds this GPU.
+        pick_device(rank, args.device_of_rank)
+    dist.init_process_group("gloo" if DEVICE == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
+    if args.device_of_rank == "shared":
+        pick_device(rank, args.device_of_rank)
     results = []
     sizes = [int(x) for x in args.size_list.split(",")] if args.size_list else sizes_from(args.sizes)
     iters_for = dict(zip(sizes, (int(x) for x in args.iters_list.split(",")))) if args.iters_list else {}
@@ -46,7 +82,7 @@ def run(rank, world, args):
             n = max(1, nbytes // elem)
             # Small integers: every sum is exact in every dtype, so any
             # difference from the expected tensor is a transport error.
-            base = (torch.arange(n, device="cuda") % 7).to(dtype)
+            base = (torch.arange(n, device=DEVICE) % 7).to(dtype)
             expect = base * world + sum(range(world))
             iters = iters_for.get(nbytes) or (args.iters if n * elem >= (16 << 20) else args.iters * 4)
             ok = True
@@ -54,19 +90,19 @@ def run(rank, world, args):
                 x = base + rank
                 dist.all_reduce(x)
                 ok &= bool(torch.equal(x, expect))
-            torch.cuda.synchronize()
+            sync()
             dist.barrier()
             xs = [base + rank for _ in range(2)]
             start = time.perf_counter()
             for i in range(iters):
                 dist.all_reduce(xs[i % 2])
-            torch.cuda.synchronize()
+            sync()
             secs = (time.perf_counter() - start) / iters
             # Verify one more fresh run after timing.
             x = base + rank
             dist.all_reduce(x)
             ok &= bool(torch.equal(x, expect))
-            ok_all = torch.tensor([1 if ok else 0], device="cuda")
+            ok_all = torch.tensor([1 if ok else 0], device=DEVICE)
             dist.all_reduce(ok_all, op=dist.ReduceOp.MIN)
             bytes_ = n * elem
             busbw = bytes_ * 2 * (world - 1) / world / secs / 1e9
@@ -75,8 +111,11 @@ def run(rank, world, args):
             if rank == 0:
                 print(f"{dtype_name:9} {bytes_:>11} B  {secs * 1e6:10.1f} us  busbw {busbw:8.3f} GB/s  {'ok' if row['correct'] else 'WRONG'}", flush=True)
     if rank == 0 and args.out:
+        layout = {}
+        if (args.device_of_rank, args.nodes) != ("shared", 0):
+            layout = {"device_of_rank": args.device_of_rank, "nodes": args.nodes or world}
         with open(args.out, "w") as f:
-            json.dump({"world": world, "results": results, "nccl": ".".join(map(str, torch.cuda.nccl.version()))}, f, indent=1)
+            json.dump({"world": world, **layout, "results": results, "nccl": backend_version()}, f, indent=1)
     dist.destroy_process_group()
 
 
@@ -90,8 +129,15 @@ def main():
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--port", type=int, default=29533)
+    p.add_argument("--device-of-rank", choices=("shared", "local", "cpu"), default="shared",
+                   help="shared: all ranks on GPU 0 (CUDA MPS); local: rank i on GPU i mod device count; "
+                        "cpu: gloo on the CPU (tests this script without a GPU; no NCCL, no airamp)")
+    p.add_argument("--nodes", type=int, default=0,
+                   help="NCCL_HOSTID per node: ranks rank*NODES//world share one (default: one per rank)")
     p.add_argument("--out")
     args = p.parse_args()
+    if args.nodes and not 1 <= args.nodes <= args.world:
+        p.error("--nodes must be between 1 and --world")
     mp.spawn(run, args=(args.world, args), nprocs=args.world, join=True)
 
 

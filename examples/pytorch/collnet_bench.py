@@ -3,6 +3,11 @@
 network (one NCCL_HOSTID per rank), for comparing Ring over airamp, airamp's
 collective network (exact and FP8) and the tuner's choice.
 
+Multi-GPU (examples/multigpu/run.sh): --device-of-rank local puts rank i on
+GPU i mod device count; --nodes K gives ranks rank*K//world one NCCL_HOSTID
+(K "nodes", so NCCL uses collective-network heads); --dtype float32. The
+defaults (shared, one host id per rank, bfloat16) are the one-GPU runs.
+
 The mode is entirely in the environment (NCCL_ALGO, NCCL_COLLNET_ENABLE,
 AIRAMP_ENABLE_FP8_ALLREDUCE, ...); see collnet_compare.sh. Per size this
 prints bus bandwidth, the relative L2 error against an fp64 reference, and
@@ -21,6 +26,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
+# Where tensors live: "cuda" (the current GPU), or "cpu" for --device-of-rank cpu.
+DEVICE = "cuda"
+
+
 def sizes_from(spec):
     lo, hi = (int(x) for x in spec.split(":"))
     s, out = lo, []
@@ -30,9 +39,40 @@ def sizes_from(spec):
     return out
 
 
-def inputs_of(rank, n):
-    g = torch.Generator(device="cuda").manual_seed(1000 + rank)
-    return torch.randn(n, generator=g, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# The integer view the result digest is taken over, per dtype.
+BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+
+
+def inputs_of(rank, n, dtype=torch.bfloat16):
+    # The CUDA generator's stream depends on the seed only, not on which
+    # GPU runs it: every rank computes the same reference on its own GPU.
+    g = torch.Generator(device=DEVICE).manual_seed(1000 + rank)
+    return torch.randn(n, generator=g, device=DEVICE, dtype=torch.float32).to(dtype)
+
+
+def host_id(rank, world, nodes):
+    """NCCL_HOSTID of a rank: one per rank, or ranks rank*nodes//world share one."""
+    return f"airamp-node{rank * nodes // world if nodes else rank}"
+
+
+def pick_device(rank, how):
+    """shared: every rank on GPU 0 (CUDA MPS); local: rank i on GPU i mod count;
+    cpu: gloo on the CPU, to test this script where there is no GPU."""
+    global DEVICE
+    if how == "cpu":
+        DEVICE = "cpu"
+        return
+    torch.cuda.set_device(0 if how == "shared" else rank % torch.cuda.device_count())
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def backend_version():
+    return ".".join(map(str, torch.cuda.nccl.version())) if DEVICE == "cuda" else f"gloo (torch {torch.__version__})"
 
 
 def cpu_seconds():
@@ -56,28 +96,34 @@ def gpu_mem_mib():
 
 
 def run(rank, world, args):
-    os.environ["NCCL_HOSTID"] = f"airamp-node{rank}"
+    os.environ["NCCL_HOSTID"] = host_id(rank, world, args.nodes)
     os.environ.setdefault("LOCAL_RANK", str(rank))
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
-    torch.cuda.set_device(0)
+    if args.device_of_rank != "shared":
+        # Before the process group, so NCCL's communicator binds this GPU.
+        pick_device(rank, args.device_of_rank)
+    dist.init_process_group("gloo" if DEVICE == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
+    if args.device_of_rank == "shared":
+        pick_device(rank, args.device_of_rank)
+    dtype = DTYPES[args.dtype]
+    elem = torch.tensor([], dtype=dtype).element_size()
     results = []
     for nbytes in sizes_from(args.sizes):
-        n = max(1, nbytes // 2)
-        x = inputs_of(rank, n)
-        ref = sum(inputs_of(r, n).double() for r in range(world))
+        n = max(1, nbytes // elem)
+        x = inputs_of(rank, n, dtype)
+        ref = sum(inputs_of(r, n, dtype).double() for r in range(world))
         buf = torch.empty_like(x)
         iters = max(3, min(args.iters, (256 << 20) // max(nbytes, 1)))
         for _ in range(args.warmup):
             buf.copy_(x)
             dist.all_reduce(buf)
-        torch.cuda.synchronize()
+        sync()
         dist.barrier()
         cpu0 = cpu_seconds()
         start = time.perf_counter()
         for _ in range(iters):
             buf.copy_(x)
             dist.all_reduce(buf)
-        torch.cuda.synchronize()
+        sync()
         secs = (time.perf_counter() - start) / iters
         # CPU time of this process (all its threads) per GB reduced.
         cpu_per_gb = (cpu_seconds() - cpu0) / (nbytes * iters / 1e9)
@@ -86,12 +132,12 @@ def run(rank, world, args):
         dist.all_reduce(buf)
         out = buf.double()
         err = (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
-        gathered = torch.empty(world * n, dtype=torch.bfloat16, device="cuda")
+        gathered = torch.empty(world * n, dtype=dtype, device=DEVICE)
         dist.all_gather_into_tensor(gathered, buf)
         parts = gathered.view(world, n)
         identical = all(torch.equal(parts[0], parts[r]) for r in range(1, world))
-        w = (torch.arange(n, device="cuda", dtype=torch.int64) % 1000003) + 1
-        digest = int((buf.view(torch.int16).to(torch.int64) * w).sum().item())
+        w = (torch.arange(n, device=DEVICE, dtype=torch.int64) % 1000003) + 1
+        digest = int((buf.view(BITS[dtype]).to(torch.int64) * w).sum().item())
         busbw = nbytes * 2 * (world - 1) / world / secs / 1e9
         row = {"bytes": nbytes, "time_us": secs * 1e6, "busbw_GBps": busbw, "rel_err": err,
                "identical": identical, "digest": digest, "cpu_s_per_GB": cpu_per_gb}
@@ -104,9 +150,13 @@ def run(rank, world, args):
     mems = [None] * world
     dist.all_gather_object(mems, mem)
     if rank == 0 and args.out:
+        layout = {}
+        if (args.device_of_rank, args.nodes, args.dtype) != ("shared", 0, "bfloat16"):
+            layout = {"dtype": args.dtype, "device_of_rank": args.device_of_rank,
+                      "nodes": args.nodes or world}
         with open(args.out, "w") as f:
-            json.dump({"world": world, "results": results, "gpu_mem_MiB": mems,
-                       "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+            json.dump({"world": world, **layout, "results": results, "gpu_mem_MiB": mems,
+                       "nccl": backend_version(),
                        "env": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "AIRAMP_"))}},
                       f, indent=1)
     dist.destroy_process_group()
@@ -119,8 +169,16 @@ def main():
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--port", type=int, default=29544)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--device-of-rank", choices=("shared", "local", "cpu"), default="shared",
+                   help="shared: all ranks on GPU 0 (CUDA MPS); local: rank i on GPU i mod device count; "
+                        "cpu: gloo on the CPU (tests this script without a GPU; no NCCL, no airamp)")
+    p.add_argument("--nodes", type=int, default=0,
+                   help="NCCL_HOSTID per node: ranks rank*NODES//world share one (default: one per rank)")
     p.add_argument("--out")
     args = p.parse_args()
+    if args.nodes and not 1 <= args.nodes <= args.world:
+        p.error("--nodes must be between 1 and --world")
     mp.spawn(run, args=(args.world, args), nprocs=args.world, join=True)
 
 

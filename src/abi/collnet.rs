@@ -181,11 +181,17 @@ fn log_calibration(
             f.latency_us,
             f.encode_gvps,
             f.decode_gvps,
-            c.probe.map_or(String::new(), |p| format!(
-                ", probing FP8 allreduce {:.2} ms alone, {:.2} ms streamed",
-                p.one_call.as_secs_f64() * 1e3,
-                p.streamed.as_secs_f64() * 1e3
-            ))
+            c.probe.map_or(String::new(), |p| {
+                let streamed =
+                    p.streamed
+                        .map_or("no streamed round".to_string(), |(calls, took)| {
+                            format!("{:.2} ms for {calls} streamed", took.as_secs_f64() * 1e3)
+                        });
+                format!(
+                    ", probing FP8 allreduce {:.2} ms alone, {streamed}",
+                    p.one_call.as_secs_f64() * 1e3
+                )
+            })
         )
     });
     crate::info!(

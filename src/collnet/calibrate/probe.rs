@@ -68,7 +68,7 @@ pub const PROBE_VALUES: usize = 512 << 10;
 /// counts (noise only ever adds time; on a busy host a burst of load can
 /// cover several calls in a row).
 const PROBE_CALLS: usize = 9;
-/// Calls in each streamed round, at most [`PROBE_IN_FLIGHT`] at a time:
+/// Most calls in a streamed round, at most [`PROBE_IN_FLIGHT`] at a time:
 /// 32 MiB streamed the way CollNet Chain streams a large allreduce, so the
 /// round runs at the path's sustained rate (workers busy on several calls,
 /// codec overlapping the wire), which decides large messages. Under NCCL
@@ -77,6 +77,16 @@ const PROBE_CALLS: usize = 9;
 /// 9.7 ms from one communicator to the next, too short to be the
 /// sustained rate.
 pub const PROBE_CALLS_PER_ROUND: usize = 64;
+/// Fewest calls a streamed round is worth: below this the group skips it
+/// and fits the codec to the lone call alone.
+const PROBE_MIN_CALLS: usize = 8;
+/// What a streamed round may take, as each member predicts it from its
+/// lone call (a streamed half-size call costing a quarter of a lone one:
+/// 64 calls on the H200 host, where the lone call took 1.7-3.6 ms and a
+/// round 15-55 ms). A host where a call is slow (a debug build, eight
+/// members on two cores) gets shorter rounds, or none, so calibration
+/// stays well inside the connect deadline.
+const PROBE_ROUND_BUDGET: Duration = Duration::from_millis(60);
 /// Calls in flight at once, as CollNet Chain keeps up to 8.
 const PROBE_IN_FLIGHT: usize = 8;
 /// Streamed rounds: the first warms up, the best of the rest counts.
@@ -87,8 +97,28 @@ const PROBE_ROUNDS: usize = 3;
 pub struct ProbeTimes {
     /// One FP8 allreduce of `probe_values` values, alone.
     pub one_call: Duration,
-    /// A streamed round ([`PROBE_CALLS_PER_ROUND`] calls of half as many).
-    pub streamed: Duration,
+    /// A streamed round, if the group ran one: its calls (of half as many
+    /// values each) and its time.
+    pub streamed: Option<(usize, Duration)>,
+}
+
+/// How many calls this member proposes for a streamed round, from its
+/// lone call's time: [`PROBE_ROUND_BUDGET`] over a quarter of a lone call,
+/// at most [`PROBE_CALLS_PER_ROUND`]; 0 (no round) below
+/// [`PROBE_MIN_CALLS`]. The group runs the smallest proposal.
+pub fn streamed_calls_for(one_call: Duration) -> usize {
+    let per_call = one_call.as_secs_f64() / 4.0;
+    let fit = if per_call > 0.0 {
+        (PROBE_ROUND_BUDGET.as_secs_f64() / per_call).floor()
+    } else {
+        f64::INFINITY
+    };
+    let calls = fit.min(PROBE_CALLS_PER_ROUND as f64) as usize;
+    if calls < PROBE_MIN_CALLS {
+        0
+    } else {
+        calls
+    }
 }
 
 /// Where a group's agreed record is filed.
@@ -455,24 +485,25 @@ fn time_one_call(
     Ok(best)
 }
 
-/// Best seconds of a streamed round: [`PROBE_CALLS_PER_ROUND`] FP8
-/// allreduces of `values` bf16 values each through the group, at most
-/// [`PROBE_IN_FLIGHT`] in flight, each on its own slice of the buffers.
+/// Best seconds of a streamed round: `calls` FP8 allreduces of `values`
+/// bf16 values each through the group, at most [`PROBE_IN_FLIGHT`] in
+/// flight, each on its own slice of the buffers.
 fn time_streamed(
     group: &mut Group,
     bufs: &mut Buffers,
     values: usize,
+    calls: usize,
     deadline: Instant,
 ) -> NetResult<f64> {
     let call_bytes = values * 2;
-    probe_data(bufs, values * PROBE_CALLS_PER_ROUND);
+    probe_data(bufs, values * calls);
     let mut best = f64::INFINITY;
     for round in 0..PROBE_ROUNDS {
         let start = Instant::now();
         let mut in_flight = std::collections::VecDeque::with_capacity(PROBE_IN_FLIGHT);
         let mut inputs = bufs.input.chunks_exact_mut(call_bytes);
         let mut outputs = bufs.output.chunks_exact_mut(call_bytes);
-        for _ in 0..PROBE_CALLS_PER_ROUND {
+        for _ in 0..calls {
             if in_flight.len() == PROBE_IN_FLIGHT {
                 let oldest = in_flight.pop_front().expect("a call in flight");
                 complete(group, oldest, deadline, "probing allreduce")?;
@@ -521,11 +552,16 @@ pub fn fit_probes(
     };
     let bytes = probe_values * 2;
     let one = fit(bytes, times.one_call);
-    let streamed = fit(bytes / 2 * PROBE_CALLS_PER_ROUND, times.streamed);
-    if one.encode_gvps >= streamed.encode_gvps {
-        one
-    } else {
-        streamed
+    match times.streamed {
+        Some((calls, took)) => {
+            let streamed = fit(bytes / 2 * calls, took);
+            if one.encode_gvps >= streamed.encode_gvps {
+                one
+            } else {
+                streamed
+            }
+        }
+        None => one,
     }
 }
 
@@ -643,12 +679,24 @@ fn finish_on(
     let fp8 = group.params().fp8.is_some();
     let probe = if fp8 {
         let values = setup.probe_values;
-        let one_call = time_one_call(group, bufs, values, deadline)?;
-        let streamed = time_streamed(group, bufs, values / 2, deadline)?;
-        Some(ProbeTimes {
-            one_call: Duration::from_secs_f64(one_call),
-            streamed: Duration::from_secs_f64(streamed),
-        })
+        let one_call = Duration::from_secs_f64(time_one_call(group, bufs, values, deadline)?);
+        // The group runs the smallest round any member proposes (every
+        // member must make the same calls).
+        let mine = (streamed_calls_for(one_call) as u64).to_le_bytes();
+        let proposals = all_gather(group, bufs, &mine, deadline, "probe plan")?;
+        let calls = proposals
+            .iter()
+            .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes each")))
+            .min()
+            .unwrap_or(0)
+            .min(PROBE_CALLS_PER_ROUND as u64) as usize;
+        let streamed = if calls > 0 {
+            let took = time_streamed(group, bufs, values / 2, calls, deadline)?;
+            Some((calls, Duration::from_secs_f64(took)))
+        } else {
+            None
+        };
+        Some(ProbeTimes { one_call, streamed })
     } else {
         None
     };

@@ -264,7 +264,7 @@ fn probe_times(
     let us = |x: f64| std::time::Duration::from_secs_f64(x / 1e6);
     probe::ProbeTimes {
         one_call: us(lone + lone_extra_us),
-        streamed: us(streamed),
+        streamed: Some((probe::PROBE_CALLS_PER_ROUND, us(streamed))),
     }
 }
 
@@ -284,7 +284,7 @@ fn the_faster_probe_fit_wins_on_slow_and_fast_links() {
     let r = fit(slow, times);
     assert!((k_of(r) - 2.0).abs() < 0.01, "{r:?}");
     let round = (probe::PROBE_VALUES * probe::PROBE_CALLS_PER_ROUND) as u64;
-    let round_us = times.streamed.as_secs_f64() * 1e6;
+    let round_us = times.streamed.expect("a round").1.as_secs_f64() * 1e6;
     let round_alone = probe::fit_codec(round, 2, round_us, slow, RATES, 60.0);
     assert!(k_of(round_alone) > 3.0, "{round_alone:?}");
     // 100 Gbit/s: the codec bounds the streamed round (1.5x slower than
@@ -298,6 +298,33 @@ fn the_faster_probe_fit_wins_on_slow_and_fast_links() {
     assert!((k_of(r) - 1.5).abs() < 0.01, "{r:?}");
     // Both probes faster than the model: the executor's rates stand.
     assert_eq!(fit(fast, probe_times(fast, 0.5, 0.0, 0.0)), RATES);
+    // No streamed round (a slow host): the lone call alone.
+    let lone_only = probe::ProbeTimes {
+        streamed: None,
+        ..probe_times(fast, 1.5, 800.0, 0.0)
+    };
+    assert!(k_of(fit(fast, lone_only)) > 2.0);
+}
+
+#[test]
+fn streamed_rounds_shrink_with_slow_calls_and_stop_below_the_minimum() {
+    let ms = |x: f64| std::time::Duration::from_secs_f64(x / 1e3);
+    // The H200 host's lone calls (1.7-3.6 ms): full 32 MiB rounds.
+    for lone in [0.3, 1.7, 3.6] {
+        assert_eq!(
+            probe::streamed_calls_for(ms(lone)),
+            probe::PROBE_CALLS_PER_ROUND
+        );
+    }
+    // Slower calls: fewer, then none.
+    assert_eq!(probe::streamed_calls_for(ms(10.0)), 24);
+    assert_eq!(probe::streamed_calls_for(ms(30.0)), 8);
+    assert_eq!(probe::streamed_calls_for(ms(31.0)), 0);
+    assert_eq!(probe::streamed_calls_for(ms(500.0)), 0);
+    assert_eq!(
+        probe::streamed_calls_for(ms(0.0)),
+        probe::PROBE_CALLS_PER_ROUND
+    );
 }
 
 #[test]

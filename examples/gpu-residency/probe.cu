@@ -477,10 +477,12 @@ struct Timed {
   Err err;
   double ms = 0, after_release_ms = 0;
   bool released = false;
+  // BLOCKED: returned within 100 ms of the resident kernel's release, so it
+  // was waiting for it. SLOW: still running long after the release (slow on
+  // its own, or waiting for something else).
   std::string outcome() const {
-    std::string o = released ? "BLOCKED" : "ok";
-    if (!err.empty()) o += released ? "+error" : "";
-    if (!err.empty() && !released) o = "error";
+    std::string o = !released ? "ok" : after_release_ms <= 100 ? "BLOCKED" : "SLOW";
+    if (!err.empty()) o = released ? o + "+error" : "error";
     return o;
   }
 };

@@ -32,6 +32,8 @@ def fmt(v, nd=1):
     if isinstance(v, float):
         if abs(v) >= 100:
             return f"{v:.0f}"
+        if 0 < abs(v) < 1:
+            return f"{v:.3f}"
         return f"{v:.{nd}f}"
     return str(v)
 
@@ -53,7 +55,7 @@ def cell(r):
         s += f" {fmt(ms)} ms"
     if r.get("after_release_ms") is not None:
         s += f" (+{fmt(r['after_release_ms'])} after release)"
-    if o.startswith("error") or o.startswith("KILLED") or o.startswith("CRASHED"):
+    if o.split()[0].split("+")[-1] in ("error", "KILLED", "CRASHED", "NO", "WRONG", "STUCK", "missing"):
         d = r.get("detail", "")
         if d:
             s += f": {d[:90]}"
@@ -118,9 +120,11 @@ def main():
         else:
             lines.append(f"- info {r.get('item')}: {r.get('outcome')} {r.get('detail', '')}")
     lines.append("")
-    lines.append("Cells: `ok` returned while the resident kernel ran; `BLOCKED` returned only "
-                 "after the resident kernel was told to exit (after the hang threshold); "
-                 "`STUCK` did not return even then; `KILLED`/`CRASHED`/`skipped` come from run.sh.")
+    lines.append("Cells: `ok` returned while the resident kernel ran; `BLOCKED` returned within "
+                 "100 ms of the resident kernel being told to exit (it waited for it); `SLOW` ran "
+                 "past the hang threshold and on long after the release; `STUCK` did not return "
+                 "even then; `KILLED`/`CRASHED`/`missing`/`skipped` come from run.sh. "
+                 "Times are the call's own, in ms.")
     lines.append("")
 
     sync = [r for r in by("sync") + by("torch") if r.get("item") != "setup"]

@@ -1324,6 +1324,12 @@ struct Worker {
 
 // Thread A blocks in `a_variant` behind a spinning kernel; thread B (its
 // context set long before, like NCCL's proxy thread) then makes one call.
+// Optional third thread C: after A blocks, C makes a call that may want the
+// driver lock exclusively (cudaMalloc, or the first launch of a kernel under
+// lazy loading); B then comes after it. A read-write lock that prefers
+// writers would block B behind C even when B alone is not blocked.
+static std::string g_writer = "none";
+
 static int mode_lock(const std::string& a_variant, const std::vector<std::string>& sel) {
   g_test = "lock";
   std::vector<std::string> items;
@@ -1546,6 +1552,32 @@ static int mode_lock(const std::string& a_variant, const std::vector<std::string
       res_wait_exit(spin, 3000);
       continue;
     }
+    // 3b. optional C
+    std::atomic<int> c_state{0};
+    double c_t0 = 0, c_t1 = 0;
+    Err c_err;
+    std::thread C;
+    const void* c_fresh = g_writer == "lazy" ? next_fresh() : nullptr;
+    if (g_writer != "none") {
+      C = std::thread([&] {
+        cudaError_t ce = cudaSetDevice(0);
+        c_t0 = now_ms();
+        c_state = 1;
+        if (ce == cudaSuccess && g_writer == "malloc") {
+          void* p = nullptr;
+          ce = cudaMalloc(&p, 64 << 20);
+        } else if (ce == cudaSuccess && g_writer == "lazy") {
+          void* args[] = {&dres};
+          ce = cudaLaunchKernel(c_fresh, dim3(1), dim3(1), args, 0, sB);
+        }
+        if (ce != cudaSuccess) c_err = rt_name(ce);
+        c_t1 = now_ms();
+        c_state = 2;
+      });
+      while (c_state == 0) usleep(100);
+      usleep(100000);
+      rec.flag("c_blocked_before_b", c_state != 2);
+    }
     // 4. B's call, bounded by the watchdog
     g_wd.arm(g_hang_ms, g_hang_ms + 3000, stuck_json(rec));
     wk.post(fnB);
@@ -1563,6 +1595,19 @@ static int mode_lock(const std::string& a_variant, const std::vector<std::string
       _exit(3);
     }
     A.join();
+    if (C.joinable()) {
+      const double tc = now_ms();
+      while (c_state != 2 && now_ms() - tc < 3000) usleep(1000);
+      if (c_state != 2) {
+        J s = rec;
+        s.str("outcome", "STUCK").str("detail", "thread C (" + g_writer + ") did not return after the spinner was released");
+        emit(s);
+        _exit(3);
+      }
+      C.join();
+      rec.num("c_ms", c_t1 - c_t0);
+      if (!c_err.empty()) rec.str("c_error", c_err);
+    }
     Timed t;
     t.err = wk.err;
     t.ms = wk.t1 - wk.t0;
@@ -1759,6 +1804,7 @@ static int usage() {
           "       probe doorbell\n"
           "options: --items a,b  --sms N (8)  --hang-ms N (700)  --lifetime S (30)\n"
           "         --sched auto|spin|yield|blocking  --iters N (10000)\n"
+          "         --writer none|malloc|lazy (lock: a third thread's call after A blocks)\n"
           "env: PROBE_TAG (added to every record), PROBE_MPS=1 (records say mps)\n");
   return 2;
 }
@@ -1786,6 +1832,7 @@ int main(int argc, char** argv) {
     else if (a == "--lifetime") lifetime = atof(val().c_str());
     else if (a == "--sched") sched = val();
     else if (a == "--iters") iters = atoi(val().c_str());
+    else if (a == "--writer") g_writer = val();
     else pos.push_back(a);
   }
   if (mode == "items") {
@@ -1806,6 +1853,7 @@ int main(int argc, char** argv) {
   if (mode == "exit") return mode_exit(where, sms, lifetime > 15 ? 6 : lifetime);
   if (!sched.empty()) g_tag += (g_tag.empty() ? "" : ",") + std::string("sched=") + sched;
   if (mode == "lock") g_tag += (g_tag.empty() ? "" : ",") + std::string("A=") + where;
+  if (mode == "lock" && g_writer != "none") g_tag += ",C=" + g_writer;
   Err e = init_cuda(sched);
   if (!e.empty()) {  // one error record per item, so run.sh does not retry them
     g_test = mode;

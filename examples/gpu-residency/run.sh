@@ -286,6 +286,10 @@ if [ $BUILD_OK = 1 ]; then
     want torch2 && torch_case green Q2
     if want q4; then
         run_items "$(m Q4 lock primary)" 60 "$LOCK_ITEMS" -- "$P" lock memcpy_d2h_pageable "${COMMON[@]}"
+        run_items "$(m Q4 lock primary)" 40 "$LOCK_SHORT" -- \
+            "$P" lock memcpy_d2h_pageable --writer malloc "${COMMON[@]}"
+        run_items "$(m Q4 lock primary)" 40 "$LOCK_SHORT" -- \
+            "$P" lock memcpy_d2h_pageable --writer lazy "${COMMON[@]}"
         run_items "$(m Q4 lock primary)" 40 "$LOCK_SHORT" -- "$P" lock stream_sync "${COMMON[@]}"
         run_items "$(m Q4 lock primary)" 40 "$LOCK_SHORT" -- "$P" lock launch_queue_full "${COMMON[@]}"
         run_items "$(m Q4 lock primary)" 40 "$LOCK_SHORT" -- "$P" lock device_sync "${COMMON[@]}"

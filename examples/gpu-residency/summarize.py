@@ -53,6 +53,8 @@ def cell(r):
     s = o
     if ms is not None and o not in ("info",):
         s += f" {fmt(ms)} ms"
+    if "c_blocked_before_b" in r:
+        s += " [C was blocked]" if r["c_blocked_before_b"] else " [C had returned]"
     if r.get("after_release_ms") is not None:
         s += f" (+{fmt(r['after_release_ms'])} after release)"
     if o.split()[0].split("+")[-1] in ("error", "KILLED", "CRASHED", "NO", "WRONG", "STUCK", "missing"):

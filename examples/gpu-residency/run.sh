@@ -214,6 +214,14 @@ trap mps_stop EXIT
 trap 'exit 130' INT TERM
 MPS_NOTE="not run"
 
+# scripts/check-gpu-residency sources this file up to here to test the
+# functions above without a GPU.
+if [ "${RESIDENCY_FUNCTIONS_ONLY:-0}" = 1 ]; then
+    trap - EXIT INT TERM
+    # shellcheck disable=SC2317 # exit when run rather than sourced
+    return 0 2>/dev/null || exit 0
+fi
+
 # ---------------------------------------------------------------- build
 
 say "building with $NVCC for $ARCH"

@@ -92,7 +92,7 @@ run_items() {
         LOGN=$((LOGN + 1))
         log=$OUT/logs/$(printf '%03d' $LOGN)
         printf '%s\n' "$*  --items $items" >"$log.cmd"
-        say "$meta items=$items"
+        say "$(brief "$meta") ($(tr -cd , <<<"$items" | wc -c | awk '{print $1 + 1}') items)"
         timeout -k 5 "$lim" "$@" --items "$items" >"$log.out" 2>"$log.err"
         rc=$?
         grep '^RESULT ' "$log.out" | sed 's/^RESULT //' >>"$RAW"
@@ -138,7 +138,7 @@ run_one() {
     LOGN=$((LOGN + 1))
     log=$OUT/logs/$(printf '%03d' $LOGN)
     printf '%s\n' "$*" >"$log.cmd"
-    say "$meta"
+    say "$(brief "$meta") $item"
     timeout -k 5 "$lim" "$@" >"$log.out" 2>"$log.err"
     rc=$?
     grep '^RESULT ' "$log.out" | sed 's/^RESULT //' >>"$RAW"
@@ -150,6 +150,7 @@ run_one() {
 }
 
 m() { printf '"q":"%s","test":"%s","where":"%s","mps":%s' "$1" "$2" "$3" "${4:-false}"; }
+brief() { local b=${1//\"/}; b=${b//,/ }; echo "${b//:/=}"; }
 
 # ---------------------------------------------------------------- MPS (ours only)
 
@@ -231,16 +232,33 @@ if [ ! -x "$NVCC" ]; then
     echo "no nvcc at $NVCC (set CUDA_HOME or NVCC)" >&2
     BUILD_OK=0
 else
-    (timeout 240 "$NVCC" -O2 -std=c++17 -arch="$ARCH" "${NVX[@]}" -o "$P" "$HERE/probe.cu" -ldl -lpthread \
-        >"$OUT/logs/build-probe.log" 2>&1) &
-    b1=$!
-    (timeout 240 "$NVCC" -O2 -std=c++17 -arch="$ARCH" -Xcompiler -fPIC -shared -DPROBE_LIB \
-        -diag-suppress 177,550 "${NVX[@]}" -o "$LIB" "$HERE/probe.cu" -ldl -lpthread \
-        >"$OUT/logs/build-lib.log" 2>&1) &
-    b2=$!
-    wait $b1 || BUILD_OK=0
-    wait $b2 || LIB_FAIL=1
-    [ -x "$P" ] || BUILD_OK=0
+    # nvcc as is; then allowing a host compiler newer than it knows; then clang++.
+    build() { # TAG EXTRA...
+        local tag=$1
+        shift
+        (timeout 240 "$NVCC" -O2 -std=c++17 -arch="$ARCH" "${NVX[@]}" "$@" -o "$P" "$HERE/probe.cu" \
+            -ldl -lpthread >"$OUT/logs/build-probe$tag.log" 2>&1) &
+        local b1=$!
+        (timeout 240 "$NVCC" -O2 -std=c++17 -arch="$ARCH" -Xcompiler -fPIC -shared -DPROBE_LIB \
+            -diag-suppress 177,550 "${NVX[@]}" "$@" -o "$LIB" "$HERE/probe.cu" -ldl -lpthread \
+            >"$OUT/logs/build-lib$tag.log" 2>&1) &
+        local b2=$!
+        wait $b1
+        local r1=$?
+        wait $b2
+        [ $r1 -eq 0 ] && [ -x "$P" ]
+    }
+    if ! build ""; then
+        say "nvcc failed (logs/build-probe.log); retrying with -allow-unsupported-compiler"
+        if ! build "-2" -allow-unsupported-compiler; then
+            if command -v clang++ >/dev/null && build "-3" -ccbin clang++ -allow-unsupported-compiler; then
+                :
+            else
+                BUILD_OK=0
+            fi
+        fi
+    fi
+    [ -f "$LIB" ] || LIB_FAIL=1
 fi
 BUILD_S=$(elapsed)
 if [ $BUILD_OK = 0 ]; then

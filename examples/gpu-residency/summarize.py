@@ -52,11 +52,11 @@ def cell(r):
     ms = r.get("ms")
     s = o
     if ms is not None and o not in ("info",):
-        s += f" {fmt(ms)} ms"
+        s += f" {fmt(ms)}"
     if "c_blocked_before_b" in r:
         s += " [C was blocked]" if r["c_blocked_before_b"] else " [C had returned]"
     if r.get("after_release_ms") is not None:
-        s += f" (+{fmt(r['after_release_ms'])} after release)"
+        s += f" (+{fmt(r['after_release_ms'])})"
     if o.split()[0].split("+")[-1] in ("error", "KILLED", "CRASHED", "NO", "WRONG", "STUCK", "missing"):
         d = r.get("detail", "")
         if d:
@@ -126,7 +126,7 @@ def main():
                  "100 ms of the resident kernel being told to exit (it waited for it); `SLOW` ran "
                  "past the hang threshold and on long after the release; `STUCK` did not return "
                  "even then; `KILLED`/`CRASHED`/`missing`/`skipped` come from run.sh. "
-                 "Times are the call's own, in ms.")
+                 "Numbers: the call's time in ms; (+x): ms from the release to its return.")
     lines.append("")
 
     sync = [r for r in by("sync") + by("torch") if r.get("item") != "setup"]
@@ -170,8 +170,48 @@ def main():
              ("info", "sync", "torch", "mem", "conc", "exit", "lock", "doorbell")]
     lines += table(other, [("q", "q"), ("test", "test"), ("where", place), ("item", "item"),
                            ("outcome", "outcome"), ("detail", "detail")], "Other records")
+    lines += compact(recs)
     print("\n".join(lines))
     return 0
+
+
+def short(o):
+    o = o or "?"
+    for k, v in (("BLOCKED", "B"), ("SLOW", "S"), ("STUCK", "STUCK"), ("ok", "ok"),
+                 ("error", "err"), ("NO ACCESS", "NOACCESS"), ("WRONG DATA", "WRONG"),
+                 ("KILLED", "KILLED"), ("CRASHED", "CRASH"), ("skipped", "skip"),
+                 ("missing", "missing"), ("WAITED", "WAITED"), ("measured", "ok")):
+        if o.startswith(k):
+            return v + ("+err" if o.endswith("+error") else "")
+    return o.split()[0]
+
+
+def compact(recs):
+    """One line per group, last in the output (a run's tail is what is seen first)."""
+    out = ["## Compact (B = BLOCKED, S = SLOW; see the tables above)", ""]
+    groups = {}
+    for r in recs:
+        t = r.get("test")
+        if t in ("sync", "torch", "mem", "lock") and r.get("item") not in ("setup", "drain"):
+            key = (r.get("q"), t, place(r))
+            groups.setdefault(key, []).append(f"{r.get('item')}={short(r.get('outcome'))}")
+    for (q, t, p), cells in groups.items():
+        out.append(f"- {q} {t} {p}: " + " ".join(cells))
+    for r in recs:
+        if r.get("test") == "conc":
+            out.append(f"- {r.get('q')} conc {place(r)}: {short(r.get('outcome'))} ratio="
+                       f"{fmt(r.get('work_ratio'), 3)} gap_ms={fmt(r.get('resident_max_gap_ms'), 3)} "
+                       f"db_idle_p50/p99={fmt(r.get('db_idle_p50_us'))}/{fmt(r.get('db_idle_p99_us'))}us "
+                       f"db_load_p50/p99/max={fmt(r.get('db_busy_p50_us'))}/{fmt(r.get('db_busy_p99_us'))}/"
+                       f"{fmt(r.get('db_busy_max_us'))}us")
+        elif r.get("test") == "exit":
+            out.append(f"- {r.get('q')} exit {place(r)}: {short(r.get('outcome'))} {fmt(r.get('ms'))} ms")
+        elif r.get("test") == "doorbell" and r.get("item") != "baseline":
+            out.append(f"- Q5 {r.get('item')}: p50/p99/max={fmt(r.get('p50_us'))}/{fmt(r.get('p99_us'))}/"
+                       f"{fmt(r.get('max_us'))}us torn={r.get('bad_desc', '–')} "
+                       f"idleW+={fmt(r.get('idle_w_delta'))} work={fmt(r.get('work_ratio'), 3)}")
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":

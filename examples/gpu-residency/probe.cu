@@ -1175,7 +1175,7 @@ static int mode_conc(const std::string& where, int sms) {
   // Doorbells while a long primary kernel (10x) occupies every SM.
   std::vector<double> busy;
   const unsigned it0 = w.iters;
-  w.iters = it0 * 10;
+  w.iters = static_cast<unsigned>(std::min(4e9, it0 * 10.0));
   double busy_span = 0;
   if (e.empty()) e = w.launch();
   if (e.empty()) {

@@ -22,11 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import bench_devices as devices
+from bench_devices import backend_version, host_id, pick_device, sync
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# Where tensors live: "cuda" (the current GPU), or "cpu" for --device-of-rank cpu.
-DEVICE = "cuda"
 
 
 def sizes_from(spec):
@@ -38,30 +37,6 @@ def sizes_from(spec):
     return out
 
 
-def host_id(rank, world, nodes):
-    """NCCL_HOSTID of a rank: one per rank, or ranks rank*nodes//world share one."""
-    return f"airamp-node{rank * nodes // world if nodes else rank}"
-
-
-def pick_device(rank, how):
-    """shared: every rank on GPU 0 (CUDA MPS); local: rank i on GPU i mod count;
-    cpu: gloo on the CPU, to test this script where there is no GPU."""
-    global DEVICE
-    if how == "cpu":
-        DEVICE = "cpu"
-        return
-    torch.cuda.set_device(0 if how == "shared" else rank % torch.cuda.device_count())
-
-
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def backend_version():
-    return ".".join(map(str, torch.cuda.nccl.version())) if DEVICE == "cuda" else f"gloo (torch {torch.__version__})"
-
-
 def run(rank, world, args):
     # Separate "hosts": NCCL must use the network, not shared memory or P2P.
     os.environ["NCCL_HOSTID"] = host_id(rank, world, args.nodes)
@@ -69,7 +44,7 @@ def run(rank, world, args):
     if args.device_of_rank != "shared":
         # Before the process group, so NCCL's communicator binds this GPU.
         pick_device(rank, args.device_of_rank)
-    dist.init_process_group("gloo" if DEVICE == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo" if devices.DEVICE == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
     if args.device_of_rank == "shared":
         pick_device(rank, args.device_of_rank)
     results = []
@@ -82,7 +57,7 @@ def run(rank, world, args):
             n = max(1, nbytes // elem)
             # Small integers: every sum is exact in every dtype, so any
             # difference from the expected tensor is a transport error.
-            base = (torch.arange(n, device=DEVICE) % 7).to(dtype)
+            base = (torch.arange(n, device=devices.DEVICE) % 7).to(dtype)
             expect = base * world + sum(range(world))
             iters = iters_for.get(nbytes) or (args.iters if n * elem >= (16 << 20) else args.iters * 4)
             ok = True
@@ -102,7 +77,7 @@ def run(rank, world, args):
             x = base + rank
             dist.all_reduce(x)
             ok &= bool(torch.equal(x, expect))
-            ok_all = torch.tensor([1 if ok else 0], device=DEVICE)
+            ok_all = torch.tensor([1 if ok else 0], device=devices.DEVICE)
             dist.all_reduce(ok_all, op=dist.ReduceOp.MIN)
             bytes_ = n * elem
             busbw = bytes_ * 2 * (world - 1) / world / secs / 1e9

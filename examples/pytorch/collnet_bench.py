@@ -25,9 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-# Where tensors live: "cuda" (the current GPU), or "cpu" for --device-of-rank cpu.
-DEVICE = "cuda"
+import bench_devices as devices
+from bench_devices import backend_version, host_id, pick_device, sync
 
 
 def sizes_from(spec):
@@ -47,32 +46,8 @@ BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 def inputs_of(rank, n, dtype=torch.bfloat16):
     # The CUDA generator's stream depends on the seed only, not on which
     # GPU runs it: every rank computes the same reference on its own GPU.
-    g = torch.Generator(device=DEVICE).manual_seed(1000 + rank)
-    return torch.randn(n, generator=g, device=DEVICE, dtype=torch.float32).to(dtype)
-
-
-def host_id(rank, world, nodes):
-    """NCCL_HOSTID of a rank: one per rank, or ranks rank*nodes//world share one."""
-    return f"airamp-node{rank * nodes // world if nodes else rank}"
-
-
-def pick_device(rank, how):
-    """shared: every rank on GPU 0 (CUDA MPS); local: rank i on GPU i mod count;
-    cpu: gloo on the CPU, to test this script where there is no GPU."""
-    global DEVICE
-    if how == "cpu":
-        DEVICE = "cpu"
-        return
-    torch.cuda.set_device(0 if how == "shared" else rank % torch.cuda.device_count())
-
-
-def sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def backend_version():
-    return ".".join(map(str, torch.cuda.nccl.version())) if DEVICE == "cuda" else f"gloo (torch {torch.__version__})"
+    g = torch.Generator(device=devices.DEVICE).manual_seed(1000 + rank)
+    return torch.randn(n, generator=g, device=devices.DEVICE, dtype=torch.float32).to(dtype)
 
 
 def cpu_seconds():
@@ -101,7 +76,7 @@ def run(rank, world, args):
     if args.device_of_rank != "shared":
         # Before the process group, so NCCL's communicator binds this GPU.
         pick_device(rank, args.device_of_rank)
-    dist.init_process_group("gloo" if DEVICE == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo" if devices.DEVICE == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world)
     if args.device_of_rank == "shared":
         pick_device(rank, args.device_of_rank)
     dtype = DTYPES[args.dtype]
@@ -132,11 +107,11 @@ def run(rank, world, args):
         dist.all_reduce(buf)
         out = buf.double()
         err = (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
-        gathered = torch.empty(world * n, dtype=dtype, device=DEVICE)
+        gathered = torch.empty(world * n, dtype=dtype, device=devices.DEVICE)
         dist.all_gather_into_tensor(gathered, buf)
         parts = gathered.view(world, n)
         identical = all(torch.equal(parts[0], parts[r]) for r in range(1, world))
-        w = (torch.arange(n, device=DEVICE, dtype=torch.int64) % 1000003) + 1
+        w = (torch.arange(n, device=devices.DEVICE, dtype=torch.int64) % 1000003) + 1
         digest = int((buf.view(BITS[dtype]).to(torch.int64) * w).sum().item())
         busbw = nbytes * 2 * (world - 1) / world / secs / 1e9
         row = {"bytes": nbytes, "time_us": secs * 1e6, "busbw_GBps": busbw, "rel_err": err,

@@ -82,28 +82,6 @@ pub fn collnet_allreduce_us(
     p: &LinkProfile,
     fp8: Option<WireFormat>,
 ) -> f64 {
-    let t = collnet_terms(bytes, nodes, pipe_ops, p, fp8);
-    t.network.max(t.codec) + t.network.min(t.codec) / t.segments + t.fixed
-}
-
-/// The terms of [`collnet_allreduce_us`], microseconds (and the segment
-/// count), for fitting a profile to a measurement.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CollNetTerms {
-    pub network: f64,
-    pub codec: f64,
-    pub fixed: f64,
-    pub segments: f64,
-}
-
-/// [`collnet_allreduce_us`]'s terms.
-pub fn collnet_terms(
-    bytes: u64,
-    nodes: usize,
-    pipe_ops: u32,
-    p: &LinkProfile,
-    fp8: Option<WireFormat>,
-) -> CollNetTerms {
     let n = nodes.max(1) as f64;
     let fixed = f64::from(pipe_ops.max(1)) * (2.0 * p.latency_us + p.call_overhead_us);
     let wire = bytes as f64 * fp8.map_or(1.0, wire_ratio);
@@ -123,10 +101,5 @@ pub fn collnet_terms(
     let segments = (bytes as f64 / crate::collnet::group::SEGMENT_BYTES as f64)
         .ceil()
         .max(1.0);
-    CollNetTerms {
-        network,
-        codec,
-        fixed,
-        segments,
-    }
+    network.max(codec) + network.min(codec) / segments + fixed
 }

@@ -255,12 +255,15 @@ fn probe_times(
         decode_gvps: RATES.decode_gvps / k,
         call_overhead_us: 60.0,
     };
+    // Wire time is inversely proportional to the link's rate.
+    let noisy = LinkProfile {
+        gbps: link.gbps / (1.0 + wire_noise),
+        ..p
+    };
     let one = (probe::PROBE_VALUES * 2) as u64;
     let round = one / 2 * probe::PROBE_CALLS_PER_ROUND as u64;
     let lone = crate::tuner::collnet_allreduce_us(one, 2, 1, &p, Some(WireFormat::E4M3));
-    let t = crate::tuner::collnet_terms(round, 2, 1, &p, Some(WireFormat::E4M3));
-    let wire = t.network * (1.0 + wire_noise);
-    let streamed = wire.max(t.codec) + wire.min(t.codec) / t.segments + t.fixed;
+    let streamed = crate::tuner::collnet_allreduce_us(round, 2, 1, &noisy, Some(WireFormat::E4M3));
     let us = |x: f64| std::time::Duration::from_secs_f64(x / 1e6);
     probe::ProbeTimes {
         one_call: us(lone + lone_extra_us),

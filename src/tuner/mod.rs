@@ -26,12 +26,11 @@ use std::fmt;
 
 use crate::codec::WireFormat;
 use crate::collnet::calibrate::Figures;
-use crate::config::{Config, TunerConfig};
+use crate::config::{Config, TunerConfig, DEFAULT_CALL_OVERHEAD_US};
 
 pub use model::{
     collnet_allreduce_us, ring_allreduce_us, ring_bandwidth_us, wire_ratio, BF16_BYTES,
-    DEFAULT_CALL_OVERHEAD_US, DEFAULT_DECODE_GVPS, DEFAULT_ENCODE_GVPS, DEFAULT_LINK_GBPS,
-    DEFAULT_LINK_LATENCY_US,
+    DEFAULT_DECODE_GVPS, DEFAULT_ENCODE_GVPS, DEFAULT_LINK_GBPS, DEFAULT_LINK_LATENCY_US,
 };
 
 /// NCCL's algorithm indices (rows of the cost table), stable since NCCL 2.19.

@@ -16,12 +16,6 @@ pub const DEFAULT_LINK_LATENCY_US: f64 = 10.0;
 pub const DEFAULT_ENCODE_GVPS: f64 = 1.9;
 /// Decode E4M3 and accumulate into f32 on one core, G values/s (AVX2).
 pub const DEFAULT_DECODE_GVPS: f64 = 6.9;
-/// What one compressed CollNet call costs beyond wire, codec and two
-/// latencies, microseconds: NCCL's CollNet kernels and proxy, the hand-offs
-/// to the workers. On the H200 host (NCCL 2.28.9) a 64 KiB FP8 CollNet
-/// allreduce took 270-300 us against 85-180 us of the rest, on a 5 and a
-/// 25 Gbit/s link and on loopback.
-pub const DEFAULT_CALL_OVERHEAD_US: f64 = 150.0;
 /// The tuner cannot see the datatype; it assumes bf16 (2 bytes a value),
 /// the conservative case: fp32 input would compress twice as well.
 pub const BF16_BYTES: f64 = 2.0;

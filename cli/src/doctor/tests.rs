@@ -431,6 +431,17 @@ fn bad_config_values_and_unknown_variables() {
         .contains("airamp.conf"));
 }
 
+/// Reads an HTTP request up to its blank line. A fake server must: closing
+/// a socket with unread request bytes sends a reset, which can reach the
+/// client before the reply does.
+fn read_request(s: &std::net::TcpStream) {
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && !line.trim_end().is_empty() {
+        line.clear();
+    }
+}
+
 #[test]
 fn metrics_port_of_this_local_rank_in_use() {
     let mut fx = Fixture::new();
@@ -439,8 +450,7 @@ fn metrics_port_of_this_local_rank_in_use() {
     let port = busy.local_addr().expect("addr").port();
     let server = std::thread::spawn(move || {
         if let Ok((mut s, _)) = busy.accept() {
-            let mut line = String::new();
-            let _ = BufReader::new(&s).read_line(&mut line);
+            read_request(&s);
             let _ = s.write_all(b"HTTP/1.0 404 Not Found\r\n\r\nnope\n");
         }
     });
@@ -464,8 +474,7 @@ fn metrics_port_of_this_local_rank_in_use() {
     let port = busy.local_addr().expect("addr").port();
     let server = std::thread::spawn(move || {
         if let Ok((mut s, _)) = busy.accept() {
-            let mut line = String::new();
-            let _ = BufReader::new(&s).read_line(&mut line);
+            read_request(&s);
             let _ = s.write_all(
                 b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n# TYPE airamp_status gauge\nairamp_status 1\n",
             );

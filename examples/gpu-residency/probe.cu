@@ -1274,6 +1274,8 @@ static const char* const kLockItems[] = {
     "memcpy_d2d",    "memcpy_h2d_pinned", "memcpy_d2h_pinned", "launch_loaded", "launch_lazy",
     "event_record",  "event_query",       "stream_query",      "pointer_attr",  "ctx_set_current",
     "green_launch",  "green_memcpy",      "green_event_query",
+    "ownctx_launch", "ownctx_memcpy",     "ownctx_memcpy_h2d_pinned", "ownctx_event_record",
+    "ownctx_event_query",
 };
 
 struct Worker {
@@ -1387,6 +1389,24 @@ static int mode_lock(const std::string& a_variant, const std::vector<std::string
     CUresult r4 = r3 == CUDA_SUCCESS ? p_cuStreamSynchronize(g.st) : r3;
     if (r4 != CUDA_SUCCESS) gerr = "green setup -> " + cu_name(r4);
   }
+  // A context of B's own (cuCtxCreate) for the ownctx_* calls: is the lock per context?
+  Resident o;
+  Err oerr = res_setup(o, "ctx", 0);
+  CUfunction otiny = nullptr;
+  CUevent oev = nullptr, oevDone = nullptr;
+  if (oerr.empty()) {
+    PushCtx pc(o.ctx);
+    void* args[] = {&dres};
+    CUresult r0 = p_cuKernelGetFunction(&otiny, reinterpret_cast<CUkernel>(g_tiny_kernel));
+    CUresult r1 = r0 == CUDA_SUCCESS
+                      ? p_cuLaunchKernel(otiny, 1, 1, 1, 1, 1, 1, 0, o.st, args, nullptr)
+                      : r0;
+    CUresult r2 = r1 == CUDA_SUCCESS ? p_cuEventCreate(&oev, CU_EVENT_DISABLE_TIMING) : r1;
+    CUresult r3 = r2 == CUDA_SUCCESS ? p_cuEventCreate(&oevDone, CU_EVENT_DISABLE_TIMING) : r2;
+    CUresult r4 = r3 == CUDA_SUCCESS ? p_cuEventRecord(oevDone, o.st) : r3;
+    CUresult r5 = r4 == CUDA_SUCCESS ? p_cuStreamSynchronize(o.st) : r4;
+    if (r5 != CUDA_SUCCESS) oerr = "own context setup -> " + cu_name(r5);
+  }
   Worker wk;
   wk.start();
   CUstream cB = reinterpret_cast<CUstream>(sB);
@@ -1394,8 +1414,9 @@ static int mode_lock(const std::string& a_variant, const std::vector<std::string
   for (const auto& it : items) {
     J rec = base(it);
     const bool green = it.rfind("green_", 0) == 0;
-    if (green && !gerr.empty()) {
-      rec.str("outcome", "error").str("detail", gerr);
+    const bool own = it.rfind("ownctx_", 0) == 0;
+    if ((green && !gerr.empty()) || (own && !oerr.empty())) {
+      rec.str("outcome", "error").str("detail", green ? gerr : oerr);
       emit(rec);
       continue;
     }
@@ -1403,7 +1424,7 @@ static int mode_lock(const std::string& a_variant, const std::vector<std::string
     cudaKernel_t lazy_k = nullptr;
     if (it == "launch_lazy" && cudaGetKernel(&lazy_k, next_fresh()) != cudaSuccess) lazy_k = nullptr;
     // B's context, set before A blocks (as on NCCL's proxy thread).
-    CUcontext bctx = green ? g.ctx : g_primary;
+    CUcontext bctx = green ? g.ctx : own ? o.ctx : g_primary;
     wk.post([bctx]() -> Err { CK(p_cuCtxSetCurrent(bctx)); return ""; });
     wk.wait();
     std::function<Err()> fnB;
@@ -1475,6 +1496,27 @@ static int mode_lock(const std::string& a_variant, const std::vector<std::string
                            1 << 20, g.st));
         return "";
       };
+    else if (it == "ownctx_launch")
+      fnB = [&]() -> Err {
+        void* args[] = {&dres};
+        CK(p_cuLaunchKernel(otiny, 1, 1, 1, 1, 1, 1, 0, o.st, args, nullptr));
+        return "";
+      };
+    else if (it == "ownctx_memcpy")
+      fnB = [&]() -> Err {
+        CK(p_cuMemcpyAsync(reinterpret_cast<CUdeviceptr>(d2), reinterpret_cast<CUdeviceptr>(d1),
+                           1 << 20, o.st));
+        return "";
+      };
+    else if (it == "ownctx_memcpy_h2d_pinned")
+      fnB = [&]() -> Err {
+        CK(p_cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(d1), pinned, 1 << 20, o.st));
+        return "";
+      };
+    else if (it == "ownctx_event_record")
+      fnB = [&]() -> Err { CK(p_cuEventRecord(oev, o.st)); return ""; };
+    else if (it == "ownctx_event_query")
+      fnB = [&]() -> Err { CK(p_cuEventQuery(oevDone)); return ""; };
     else
       fnB = [&]() -> Err { CK(p_cuEventQuery(gev)); return ""; };
 

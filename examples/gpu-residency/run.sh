@@ -289,7 +289,7 @@ if [ $BUILD_OK = 1 ]; then
     SYNC_ITEMS=$("$P" items sync)
     MEM_ITEMS=$("$P" items mem)
     LOCK_ITEMS=$("$P" items lock)
-    LOCK_SHORT=memcpy_d2d,launch_loaded,event_record,event_query,stream_query,green_launch
+    LOCK_SHORT=memcpy_d2d,launch_loaded,event_record,event_query,stream_query,green_launch,ownctx_launch,ownctx_memcpy
     DB_ITEMS=$("$P" items doorbell)
 
     run_one "$(m info info -)" 30 device -- "$P" info
@@ -352,6 +352,9 @@ if [ $BUILD_OK = 1 ]; then
             mps_check
             run_items "$(m Q2 sync green true)" 60 device_sync,free,lazy_first_launch -- \
                 "${MP[@]}" sync green "${COMMON[@]}"
+            mps_check
+            run_items "$(m Q4 lock primary true)" 60 "$LOCK_SHORT" -- \
+                "${MP[@]}" lock memcpy_d2h_pageable "${COMMON[@]}"
             mps_stop
         else
             synth "$(m Q3 mps - true)" all "skipped" "$MPS_NOTE"

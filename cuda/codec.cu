@@ -736,6 +736,33 @@ AIRAMP_DEV void reduce_encode(u64 own_src, u64 wire_table, u32 members, u32 own,
     });
 }
 
+// ---------- exact sum ----------
+// The owner's exact fold of one shard, as collnet::algo::Reducer does it on
+// the exact path: member 0's element as it is (f32) or widened (f16/bf16),
+// then `+ x_m` for every further member in order, in f32, narrowed once
+// with round-to-nearest-even. The own shard is read from the device input,
+// every other member's from its wire slot (raw elements). The result goes
+// to `out_wire` (sent to the other members) and to `dst` (own output).
+template <class E>
+AIRAMP_DEV void sum_exact(u64 own_src, u64 wire_table, u32 members, u32 own, u64 n, u64 out_wire, u64 dst,
+                          u64 thread_stride) {
+    typedef typename E::raw R;
+    const R* s = (const R*)own_src;
+    const u64* wires = (const u64*)wire_table;
+    R* w = (R*)out_wire;
+    R* d = (R*)dst;
+    for (u64 i = (u64)block_x() * 256u + thread_x(); i < n; i += thread_stride) {
+        u32 acc = 0;
+        for (u32 m = 0; m < members; ++m) {
+            const u32 x = E::widen(m == own ? s[i] : ((const R*)wires[m])[i]);
+            acc = m == 0 ? x : E::ACC_NAN_FIRST ? add_nan_first(acc, x) : add_nan_first(x, acc);
+        }
+        const R r = E::narrow(acc);
+        w[i] = r;
+        d[i] = r;
+    }
+}
+
 } // namespace airamp
 
 // ---------- exported kernels ----------
@@ -762,3 +789,43 @@ AIRAMP_INSTANTIATE(E4M3, e4m3, ElemBf16, bf16)
 AIRAMP_INSTANTIATE(E5M2, e5m2, ElemF32, f32)
 AIRAMP_INSTANTIATE(E5M2, e5m2, ElemF16, f16)
 AIRAMP_INSTANTIATE(E5M2, e5m2, ElemBf16, bf16)
+
+// airamp_sum_exact_{f32,f16,bf16}: the exact path's fold.
+#define AIRAMP_INSTANTIATE_SUM(ELEM, elem)                                                                    \
+    AIRAMP_KERNEL airamp_sum_exact_##elem(u64 own_src, u64 wire_table, u32 members, u32 own, u64 n,           \
+                                          u64 out_wire, u64 dst, u64 thread_stride) {                         \
+        airamp::sum_exact<airamp::ELEM>(own_src, wire_table, members, own, n, out_wire, dst, thread_stride);  \
+    }
+
+AIRAMP_INSTANTIATE_SUM(ElemF32, f32)
+AIRAMP_INSTANTIATE_SUM(ElemF16, f16)
+AIRAMP_INSTANTIATE_SUM(ElemBf16, bf16)
+
+// ---------- copy ----------
+// Copies `bytes` between any two addresses the device reaches (device
+// memory, mapped pinned host memory). The data path copies with this kernel
+// and never with the driver's cuMemcpy*: a driver copy waits on a lock that
+// an application thread holds while its pageable copy waits for NCCL's
+// kernel, which in turn waits for this copy (examples/gpu-residency, Q4).
+// Same alignment mod 16: head bytes, then 16-byte words; else bytes.
+struct __attribute__((aligned(16))) CopyWord {
+    u32 v[4];
+};
+
+AIRAMP_KERNEL airamp_copy(u64 src, u64 dst, u64 bytes, u64 thread_stride) {
+    const u8* s = (const u8*)src;
+    u8* d = (u8*)dst;
+    const u64 t = (u64)block_x() * 256u + thread_x();
+    u64 done = 0;
+    if (((src ^ dst) & 15u) == 0) {
+        u64 head = (16u - (src & 15u)) & 15u;
+        if (head > bytes) head = bytes;
+        if (t < head) d[t] = s[t];
+        const u64 words = (bytes - head) / 16u;
+        const CopyWord* sv = (const CopyWord*)(s + head);
+        CopyWord* dv = (CopyWord*)(d + head);
+        for (u64 i = t; i < words; i += thread_stride) dv[i] = sv[i];
+        done = head + words * 16u;
+    }
+    for (u64 i = done + t; i < bytes; i += thread_stride) d[i] = s[i];
+}

@@ -220,8 +220,8 @@ impl CollnetConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuConfig {
     pub ghost_kernels: bool,
-    /// Let the collective network take NCCL's GPU buffers and run its codec
-    /// on the GPU (when a CUDA driver and NVRTC load).
+    /// Let the collective network take NCCL's GPU buffers and run FP8 and
+    /// exact sums as kernels in airamp's own CUDA context.
     pub collnet: bool,
 }
 
@@ -736,7 +736,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_GPU_COLLNET",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Experimental, off by default, for measurements only: offer NCCL GPU buffers for the collective network (NCCL_PTR_CUDA) and run FP8 allreduce with GPU kernels, when a CUDA driver and NVRTC load. Its CUDA calls on NCCL's proxy thread deadlock against an application thread whose CUDA call waits for NCCL's kernel (docs/results/gpu-path-h200.md). false keeps the collective network on host buffers.",
+        doc: "Offer NCCL GPU buffers to the collective network (NCCL_PTR_CUDA) and run FP8 allreduce and exact float sums as CUDA kernels, when a CUDA driver and NVRTC load. The kernels run in a CUDA context of airamp's own, so no call on NCCL's threads can wait for the application (docs/gpu.md). Off by default: that context costs about 270 MiB of GPU memory per process, NCCL uses GPU buffers only where its GPUDirect check passes (NCCL_NET_GDR_LEVEL), and it is measured on one H200 under MPS (docs/results/gpu-path-h200.md). false keeps the collective network on host buffers.",
         example: "false",
         apply: |c, r| {
             c.gpu.collnet = want_bool(r)?;

@@ -450,6 +450,9 @@ pub fn selftest(o: &Opts) -> R<ExitCode> {
         reduce_cases(&lab, &mut tally)?;
         zero_copy_cases(&lab, &mut tally)?;
     }
+    let lab = Lab::new(KernelOptions::default(), "copy")?;
+    copy_cases(&lab, &mut tally)?;
+    exact_cases(&lab, &mut tally)?;
     println!(
         "gpu selftest: {} passed, {} failed ({:.1} s)",
         tally.passed,
@@ -745,6 +748,140 @@ fn reduce_one(
     let got_dst = lab.download(&dst)?;
     diff_wire(n, &cpu_wire, &got_wire, None)?;
     diff_elems(&cpu_out, &got_dst)
+}
+
+/// The copy kernel (the data path's only way to move bytes): every
+/// direction, lengths around its 16-byte words, and source and destination
+/// at equal and at different alignments (byte path).
+fn copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
+    for len in [1usize, 15, 16, 17, 4099, (1 << 20) + 7] {
+        for (src_off, dst_off) in [(0usize, 0usize), (3, 3), (1, 8), (15, 0)] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let src = lab.upload_at(&bytes, src_off)?;
+            let dst = lab.scratch_at(len, dst_off)?;
+            lab.q.copy_async(dst.addr()?, src.addr()?, len).s()?;
+            let same = |got: Vec<u8>| {
+                if got == bytes {
+                    Ok(())
+                } else {
+                    let at = got.iter().zip(&bytes).position(|(g, e)| g != e);
+                    Err(format!("  first difference at byte {at:?}"))
+                }
+            };
+            let label = format!("[copy] device to device, {len} bytes, +{src_off} to +{dst_off}");
+            tally.record(
+                &label,
+                lab.sync().and_then(|()| lab.download(&dst)).and_then(same),
+            );
+
+            let mut host = vec![FILL; dst_off + len + GUARD];
+            let pinned = lab.pinned_with(&host)?;
+            lab.q
+                .copy_async(pinned.device_addr(dst_off).s()?, src.addr()?, len)
+                .s()?;
+            let label =
+                format!("[copy] device to pinned host, {len} bytes, +{src_off} to +{dst_off}");
+            tally.record(
+                &label,
+                lab.read_pinned(&pinned, dst_off, len).and_then(same),
+            );
+
+            host.truncate(src_off);
+            host.extend_from_slice(&bytes);
+            host.extend_from_slice(&[FILL; GUARD]);
+            let pinned = lab.pinned_with(&host)?;
+            let dst = lab.scratch_at(len, dst_off)?;
+            lab.q
+                .copy_async(dst.addr()?, pinned.device_addr(src_off).s()?, len)
+                .s()?;
+            let label =
+                format!("[copy] pinned host to device, {len} bytes, +{src_off} to +{dst_off}");
+            tally.record(
+                &label,
+                lab.sync().and_then(|()| lab.download(&dst)).and_then(same),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The exact path's fold against `reference::sum_exact` (pinned to the
+/// host path's reducer): every element type, 1 to 8 members, the owner
+/// first and last, every value class, members' elements and the output
+/// wire in mapped pinned memory as on the data path.
+fn exact_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
+    for elem in Elem::ALL {
+        for (kind, members, n) in [
+            ("normal", 1usize, 33usize),
+            ("specials", 2, 100_003),
+            ("heavy-tailed", 3, 4099),
+            ("subnormal", 8, 70_001),
+            ("huge", 2, 1),
+        ] {
+            for own in [0, members - 1] {
+                let inputs: Vec<Vec<u8>> = (0..members)
+                    .map(|m| {
+                        Data::F32(random_f32(kind, n, (m * 31 + n) as u64))
+                            .as_elem(elem)
+                            .bytes()
+                    })
+                    .collect();
+                let label = format!(
+                    "[exact] sum {} {kind} members={members} own={own} n={n}",
+                    elem.name()
+                );
+                tally.record(&label, exact_one(lab, elem, own, &inputs));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn exact_one(lab: &Lab, elem: Elem, own: usize, inputs: &[Vec<u8>]) -> R<()> {
+    let size = elem.size();
+    let n = inputs[own].len() / size;
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let expected = reference::sum_exact(elem, &refs);
+    let own_src = lab.upload_at(&inputs[own], size)?;
+    let dst = lab.scratch_at(n * size, size)?;
+    let wires: Vec<PinnedBuf> = inputs
+        .iter()
+        .map(|w| lab.pinned_with(w))
+        .collect::<R<_>>()?;
+    let mut table = Vec::with_capacity(inputs.len() * 8);
+    for (m, w) in wires.iter().enumerate() {
+        let addr = if m == own { 0 } else { w.device_addr(0).s()?.0 };
+        table.extend_from_slice(&addr.to_ne_bytes());
+    }
+    let table = lab.pinned_with(&table)?;
+    let out = lab.pinned_with(&vec![FILL; size + n * size + GUARD])?;
+    lab.q
+        .reduce_exact(
+            elem,
+            &Fold {
+                members: inputs.len(),
+                own_index: own,
+                own_src: own_src.addr()?,
+                wire_table: table.device_addr(0).s()?,
+                n,
+                wire_out: out.device_addr(size).s()?,
+                dst: dst.addr()?,
+            },
+        )
+        .s()?;
+    let got_wire = lab.read_pinned(&out, size, n * size)?;
+    let got_dst = lab.download(&dst)?;
+    let first_diff = |got: &[u8]| {
+        got.chunks(size)
+            .zip(expected.chunks(size))
+            .position(|(g, e)| g != e)
+    };
+    match (first_diff(&got_wire), first_diff(&got_dst)) {
+        (None, None) => Ok(()),
+        (w, d) => Err(format!(
+            "  first different element: sent shard {w:?}, own output {d:?}"
+        )),
+    }
 }
 
 /// Kernels reading and writing mapped pinned host memory directly.

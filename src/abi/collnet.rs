@@ -464,20 +464,40 @@ enum CollRegion {
 }
 
 /// Whether the collective network offers NCCL GPU buffers: configured on,
-/// and a CUDA driver and the kernels' compiler load in this process.
+/// and a CUDA driver and the kernels' compiler load in this process (a GPU
+/// buffer could not be registered without them). Logged once either way.
 pub fn offers_gpu_buffers() -> bool {
-    config::global().gpu.collnet && gpu::available()
+    static OFFERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFFERS.get_or_init(|| {
+        if !config::global().gpu.collnet {
+            return false;
+        }
+        let why_not = match (gpu::available(), gpu::nvrtc::load()) {
+            (false, _) => gpu::unavailable_reason().map(|e| e.to_string()),
+            (true, Err(e)) => Some(e.to_string()),
+            (true, Ok(_)) => None,
+        };
+        match why_not {
+            None => {
+                crate::info!(
+                    crate::log::SUBSYS_INIT,
+                    "NET/airamp collnet: offering NCCL GPU buffers (gpu.collnet): FP8 allreduce and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
+                );
+                true
+            }
+            Some(why) => {
+                crate::warn!(
+                    "NET/airamp collnet: gpu.collnet is on, but the GPU path cannot run here ({why}): NCCL gets host buffers"
+                );
+                false
+            }
+        }
+    })
 }
 
 /// `ptrSupport` of the collective network's devices.
 pub fn ptr_support() -> c_int {
     if offers_gpu_buffers() {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| {
-            crate::warn!(
-                "NET/airamp collnet: offering NCCL GPU buffers (gpu.collnet, experimental): the GPU path makes CUDA calls on NCCL's proxy thread, which deadlocked on an H200 as soon as the application made a CUDA call that waits for NCCL's kernel (docs/results/gpu-path-h200.md); for measurements only"
-            )
-        });
         PTR_HOST | PTR_CUDA
     } else {
         PTR_HOST

@@ -1,17 +1,19 @@
-//! One FP8 allreduce segment run by GPU kernels on NCCL's device buffers.
+//! One allreduce segment run by GPU kernels on NCCL's device buffers, FP8
+//! or exact (a sum of f32/f16/bf16).
 //!
 //! The same algorithm as [`super::algo::Member`], with the same bytes on the
 //! wire, so members on the host path and on the GPU agree bit for bit:
 //!
 //! 1. start: encode every other member's shard of the input straight into
-//!    pinned staging slots (one kernel each); once their event completes the
-//!    slots go out as contributions;
+//!    pinned staging slots (one kernel each; exact: a copy kernel); once
+//!    their event completes the slots go out as contributions;
 //! 2. when every contribution to the owned shard has arrived (into pinned
 //!    slots), one kernel folds them in member order with the own shard kept
-//!    exact, encodes the reduced shard into a slot and decodes it into the
-//!    owned part of the output; once its event completes the slot goes to
-//!    every other member;
-//! 3. each other member's reduced shard is decoded into the output.
+//!    exact, encodes the reduced shard into a slot (exact: writes its
+//!    elements) and decodes it into the owned part of the output; once its
+//!    event completes the slot goes to every other member;
+//! 3. each other member's reduced shard is decoded (exact: copied) into the
+//!    output.
 //!
 //! Kernel launches and event records are asynchronous; completion is an
 //! event query. The step is done once every kernel that reads its input
@@ -20,11 +22,10 @@
 
 use std::sync::Arc;
 
-use super::algo::Spec;
+use super::algo::{Path, Spec};
 use super::device::{PinnedSlot, SlotPool};
 use super::lend::{Payload, RecvBuf};
 use super::steps::Lane;
-use crate::codec::{encoded_len, WireFormat};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::gpu::{DevAddr, Elem, Fence, Fold, GpuQueue};
 
@@ -45,7 +46,6 @@ pub struct GpuExpect {
 pub struct GpuStep {
     spec: Spec,
     rank: usize,
-    fmt: WireFormat,
     elem: Elem,
     /// Device address of this segment's input and output.
     input: DevAddr,
@@ -95,7 +95,6 @@ impl GpuStep {
     pub fn new(
         spec: Spec,
         rank: usize,
-        fmt: WireFormat,
         elem: Elem,
         input: DevAddr,
         output: DevAddr,
@@ -103,7 +102,7 @@ impl GpuStep {
     ) -> NetResult<(GpuStep, Vec<GpuExpect>)> {
         let n = spec.n;
         let no_slot = || NetError::Internal("GPU staging slots ran out".into());
-        let own_len = encoded_len(fmt, spec.shard(rank).len());
+        let own_len = spec.payload_len(rank);
         let own = !spec.shard(rank).is_empty();
         let mut expects = Vec::new();
         for j in (0..n).filter(|&j| j != rank) {
@@ -115,7 +114,7 @@ impl GpuStep {
                 });
             }
             if !spec.shard(j).is_empty() {
-                let len = encoded_len(fmt, spec.shard(j).len());
+                let len = spec.payload_len(j);
                 expects.push(GpuExpect {
                     from: j,
                     lane: Lane::Result,
@@ -125,7 +124,7 @@ impl GpuStep {
         }
         let mut contributions = Vec::new();
         for s in (0..n).filter(|&s| s != rank && !spec.shard(s).is_empty()) {
-            let len = encoded_len(fmt, spec.shard(s).len());
+            let len = spec.payload_len(s);
             contributions.push((s, pool.take(len).ok_or_else(no_slot)?));
         }
         let (table, reduced) = if own {
@@ -142,7 +141,6 @@ impl GpuStep {
         let step = GpuStep {
             spec,
             rank,
-            fmt,
             elem,
             input,
             output,
@@ -170,13 +168,11 @@ impl GpuStep {
     pub fn start(&mut self, q: &GpuQueue) -> NetResult<()> {
         for (s, slot) in &self.contributions {
             let n = self.spec.shard(*s).len();
-            q.encode(
-                self.fmt,
-                self.elem,
-                self.at(self.input, *s),
-                n,
-                slot.device_addr(),
-            )?;
+            let src = self.at(self.input, *s);
+            match self.spec.path {
+                Path::Compressed(fmt) => q.encode(fmt, self.elem, src, n, slot.device_addr())?,
+                Path::Exact => q.copy_async(slot.device_addr(), src, n * self.elem.size())?,
+            }
         }
         self.start_fence = Some(q.record()?);
         // A lone member folds its own shard at once.
@@ -202,7 +198,7 @@ impl GpuStep {
         }
         match lane {
             Lane::Contrib => {
-                let want = encoded_len(self.fmt, self.spec.shard(rank).len());
+                let want = self.spec.payload_len(rank);
                 if slot.len() != want || self.received[from].is_some() {
                     return Err(protocol(
                         rank,
@@ -215,14 +211,21 @@ impl GpuStep {
             }
             Lane::Result => {
                 let count = self.spec.shard(from).len();
-                if slot.len() != encoded_len(self.fmt, count) || self.reduced_left == 0 {
+                if slot.len() != self.spec.payload_len(from) || self.reduced_left == 0 {
                     return Err(protocol(
                         rank,
                         format!("reduced shard of {} bytes from member {from}", slot.len()),
                     ));
                 }
                 let dst = self.at(self.output, from);
-                q.decode(self.fmt, self.elem, slot.device_addr(), count, dst)?;
+                match self.spec.path {
+                    Path::Compressed(fmt) => {
+                        q.decode(fmt, self.elem, slot.device_addr(), count, dst)?
+                    }
+                    Path::Exact => {
+                        q.copy_async(dst, slot.device_addr(), count * self.elem.size())?
+                    }
+                }
                 self.decodes.push((q.record()?, slot));
                 self.reduced_left -= 1;
                 Ok(())
@@ -248,19 +251,19 @@ impl GpuStep {
             .collect();
         table.write_u64s(&wires);
         let count = self.spec.shard(self.rank).len();
-        q.reduce_encode(
-            self.fmt,
-            self.elem,
-            &Fold {
-                members: self.spec.n,
-                own_index: self.rank,
-                own_src,
-                wire_table: table.device_addr(),
-                n: count,
-                wire_out: reduced.device_addr(),
-                dst: own_dst,
-            },
-        )?;
+        let fold = Fold {
+            members: self.spec.n,
+            own_index: self.rank,
+            own_src,
+            wire_table: table.device_addr(),
+            n: count,
+            wire_out: reduced.device_addr(),
+            dst: own_dst,
+        };
+        match self.spec.path {
+            Path::Compressed(fmt) => q.reduce_encode(fmt, self.elem, &fold)?,
+            Path::Exact => q.reduce_exact(self.elem, &fold)?,
+        }
         self.reduce_fence = Some(q.record()?);
         Ok(())
     }

@@ -73,13 +73,12 @@ struct Queued {
 /// A step not yet admitted into the window.
 enum Pending {
     Cpu(Box<Step>),
-    /// An FP8 allreduce segment on device memory, run by kernels.
+    /// An allreduce segment on device memory, run by kernels.
     Gpu(GpuSegment),
 }
 
 struct GpuSegment {
     spec: Spec,
-    fmt: WireFormat,
     elem: Elem,
     input: DevAddr,
     output: DevAddr,
@@ -637,23 +636,20 @@ impl Group {
         });
         let input = input.prefix(bytes);
         let output = output.prefix(bytes);
-        // FP8 on device buffers: kernels encode, fold and decode in place;
-        // only compressed bytes cross PCIe and the wire.
-        // (INT8 has no kernels yet: staged like the exact path.)
-        let on_gpu = match (path, gpu_elem(dtype), &input, &output) {
-            (Path::Compressed(fmt), Some(elem), Place::Device(i), Place::Device(o))
-                if has_gpu_kernels(fmt) =>
-            {
-                Some((fmt, elem, i.device(), o.device()))
+        // FP8, and exact sums of floats, on device buffers: kernels encode
+        // (or copy), fold and decode in place; only wire bytes cross PCIe.
+        // (INT8 and other exact reductions have no kernels: staged.)
+        let on_gpu = match (gpu_elem(dtype), &input, &output) {
+            (Some(elem), Place::Device(i), Place::Device(o)) if has_gpu_kernels(path, op) => {
+                Some((elem, i.device(), o.device()))
             }
             _ => None,
         };
-        if let Some((fmt, elem, i, o)) = on_gpu {
+        if let Some((elem, i, o)) = on_gpu {
             let steps = specs
                 .map(|(offset, spec)| {
                     Pending::Gpu(GpuSegment {
                         spec,
-                        fmt,
                         elem,
                         input: i.offset(offset),
                         output: o.offset(offset),
@@ -933,7 +929,6 @@ impl Group {
                     let (mut step, expects) = GpuStep::new(
                         seg.spec,
                         self.params.rank,
-                        seg.fmt,
                         seg.elem,
                         seg.input,
                         seg.output,
@@ -1197,9 +1192,13 @@ impl Group {
     }
 }
 
-/// Whether the GPU codec has kernels for `fmt`.
-fn has_gpu_kernels(fmt: WireFormat) -> bool {
-    matches!(fmt, WireFormat::E4M3 | WireFormat::E5M2)
+/// Whether the kernels run `path` for `op`: the FP8 formats, and exact
+/// sums.
+fn has_gpu_kernels(path: Path, op: RedOp) -> bool {
+    match path {
+        Path::Compressed(fmt) => matches!(fmt, WireFormat::E4M3 | WireFormat::E5M2),
+        Path::Exact => op == RedOp::Sum,
+    }
 }
 
 /// The kernels' element type for `dtype`, if they take it.
@@ -1212,17 +1211,24 @@ fn gpu_elem(dtype: DataType) -> Option<Elem> {
     }
 }
 
-/// Pinned staging for GPU steps: slots as large as the largest compressed
-/// shard of a segment (2-byte elements, the smallest shard count), and
-/// enough for a full window of steps, each taking at most `3n - 1`.
+/// Pinned staging for GPU steps: slots as large as the largest shard of a
+/// segment on the wire (compressed, or raw elements on the exact path; a
+/// shard is whole blocks), and enough for a full window of steps, each
+/// taking at most `3n - 1`.
 fn gpu_staging_layout(n: usize) -> (usize, usize) {
-    let elems = SEGMENT_BYTES / 2;
-    let shard = crate::codec::num_blocks(elems).div_ceil(n.max(1)) * crate::codec::BLOCK;
+    let shard_elems = |size: usize| {
+        crate::codec::num_blocks(SEGMENT_BYTES / size).div_ceil(n.max(1)) * crate::codec::BLOCK
+    };
     let wire = crate::codec::WireFormat::ALL
         .into_iter()
-        .map(|f| crate::codec::encoded_len(f, shard))
+        .map(|f| crate::codec::encoded_len(f, shard_elems(2)))
         .max()
         .unwrap_or(0);
-    let slot_bytes = wire.max(n * 8).next_multiple_of(4096);
+    let raw = [2, 4]
+        .map(|size| shard_elems(size) * size)
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let slot_bytes = wire.max(raw).max(n * 8).next_multiple_of(4096);
     (slot_bytes, WINDOW * (3 * n.max(1) - 1))
 }

@@ -1,6 +1,17 @@
-//! One CUDA context as the GPU layer sees it: the device, and the codec
-//! kernels loaded into it (compiled once per architecture, loaded once per
-//! context).
+//! airamp's own CUDA context on a device, and the kernels loaded into it
+//! (compiled once per architecture, loaded once per context).
+//!
+//! Why a context of its own: inside NCCL every data-path call comes from
+//! NCCL's proxy thread, and in the application's (primary) context a
+//! kernel launch or event record there waits on a driver lock that an
+//! application thread holds while its pageable copy (`.item()`) waits for
+//! NCCL's kernel, which waits for the proxy: a deadlock. In a context
+//! created with `cuCtxCreate`, launches, event records and event queries
+//! do not wait on that lock (copies through `cuMemcpy*` still do, so the
+//! GPU layer copies with a kernel), the application's
+//! `cudaDeviceSynchronize`/`cudaFree` do not wait for airamp's work, and
+//! its kernels read and write the application's `cudaMalloc` and VMM
+//! memory (measured on the H200: examples/gpu-residency).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,11 +68,15 @@ struct Kernels([[[Kernel; 3]; 2]; 3]);
 
 const FORMATS: [Fp8; 2] = [Fp8::E4M3, Fp8::E5M2];
 
-/// A CUDA context with the codec kernels loaded. Shared (`Arc`) by every
-/// queue and buffer made from it; cached for the life of the process, so
-/// its module is never unloaded.
+/// airamp's own context on one device, with the codec kernels loaded.
+/// Shared (`Arc`) by every queue and buffer made from it; cached for the
+/// life of the process, so neither the context nor its module is ever
+/// destroyed.
 pub struct GpuContext {
     ctx: usize,
+    copy: Kernel,
+    /// The exact path's fold, by element type.
+    sum_exact: [Kernel; 3],
     device: i32,
     name: String,
     capability: (u32, u32),
@@ -83,37 +98,39 @@ impl std::fmt::Debug for GpuContext {
 }
 
 impl GpuContext {
-    /// The context current on this thread, with the kernels loaded
-    /// (default [`KernelOptions`]). NCCL's threads have it current (they
-    /// called `cudaSetDevice`); this never creates or retains one. The
-    /// first call per context compiles (per architecture) and loads the
+    /// airamp's context on the device of the context current on this
+    /// thread, with the kernels loaded (default [`KernelOptions`]). NCCL's
+    /// threads have the application's context current (they called
+    /// `cudaSetDevice`). The first call per device creates the context, the
+    /// first per (device, options) compiles (per architecture) and loads the
     /// kernels: call it at connect/regMr time, not on the data path.
     pub fn current() -> Result<Arc<GpuContext>, GpuError> {
         GpuContext::current_with(KernelOptions::default())
     }
 
     /// As [`GpuContext::current`] with explicit kernel options (tests and
-    /// benchmarks); each (context, options) pair is loaded once.
+    /// benchmarks); each (device, options) pair is loaded once.
     pub fn current_with(options: KernelOptions) -> Result<Arc<GpuContext>, GpuError> {
         options.validate()?;
         driver::init()?;
-        let ctx = driver::current_context()?.ok_or(GpuError::NoContext)?;
-        type Registry = Mutex<HashMap<(usize, KernelOptions), Arc<GpuContext>>>;
+        driver::current_context()?.ok_or(GpuError::NoContext)?;
+        let device = driver::current_device()?;
+        type Registry = Mutex<HashMap<(i32, KernelOptions), Arc<GpuContext>>>;
         static REGISTRY: OnceLock<Registry> = OnceLock::new();
         let mut registry = REGISTRY
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = registry.get(&(ctx, options)) {
+        if let Some(c) = registry.get(&(device, options)) {
             return Ok(c.clone());
         }
-        let c = Arc::new(GpuContext::load(ctx, options)?);
-        registry.insert((ctx, options), c.clone());
+        let c = Arc::new(GpuContext::load(own_context(device)?, device, options)?);
+        registry.insert((device, options), c.clone());
         Ok(c)
     }
 
-    fn load(ctx: usize, options: KernelOptions) -> Result<GpuContext, GpuError> {
-        let device = driver::current_device()?;
+    fn load(ctx: usize, device: i32, options: KernelOptions) -> Result<GpuContext, GpuError> {
+        let _bound = bind_context(ctx)?;
         let major =
             driver::device_attribute(device, Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?
                 as u32;
@@ -146,14 +163,29 @@ impl GpuContext {
                 }
             }
         }
+        let kernel = |name: &str| -> Result<Kernel, GpuError> {
+            let function = driver::module_function(module, name)?;
+            Ok(Kernel {
+                function,
+                ctas_per_sm: driver::ctas_per_sm(function, THREADS)?,
+            })
+        };
+        let copy = kernel("airamp_copy")?;
+        let sum_exact = [
+            kernel("airamp_sum_exact_f32")?,
+            kernel("airamp_sum_exact_f16")?,
+            kernel("airamp_sum_exact_bf16")?,
+        ];
         crate::info!(
             crate::log::SUBSYS_INIT,
-            "gpu: codec kernels loaded on device {device} ({name}, sm_{major}{minor}, {} {} bytes, options {options:?})",
+            "gpu: codec kernels loaded in airamp's own context on device {device} ({name}, sm_{major}{minor}, {} {} bytes, options {options:?})",
             image.kind(),
             image.bytes().len()
         );
         Ok(GpuContext {
             ctx,
+            copy,
+            sum_exact,
             device,
             name,
             capability: (major, minor),
@@ -194,29 +226,37 @@ impl GpuContext {
 
     /// A new queue (its own non-blocking stream and event pool).
     pub fn queue(self: &Arc<Self>) -> Result<GpuQueue, GpuError> {
-        self.ensure_current()?;
+        let _bound = self.bind()?;
         GpuQueue::new(self.clone())
     }
 
     /// `bytes` of pinned host memory mapped into the device's address space.
     pub fn alloc_pinned(self: &Arc<Self>, bytes: usize) -> Result<PinnedBuf, GpuError> {
-        self.ensure_current()?;
+        let _bound = self.bind()?;
         PinnedBuf::new(self.clone(), bytes)
     }
 
     /// `bytes` of device memory.
     pub fn alloc_device(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuf, GpuError> {
-        self.ensure_current()?;
+        let _bound = self.bind()?;
         DeviceBuf::new(self.clone(), bytes)
     }
 
-    /// Errors unless this context is current on the calling thread (the
-    /// driver would otherwise act on another context).
-    pub(crate) fn ensure_current(&self) -> Result<(), GpuError> {
-        match driver::current_context()? {
-            Some(c) if c == self.ctx => Ok(()),
-            _ => Err(GpuError::NoContext),
-        }
+    /// Makes this context current on the calling thread until the guard
+    /// drops. Every driver call of the GPU layer runs bound, so callers
+    /// (NCCL's threads) keep their own context current around it.
+    pub(crate) fn bind(&self) -> Result<Bound, GpuError> {
+        bind_context(self.ctx)
+    }
+
+    /// The byte-copy kernel (`airamp_copy`).
+    pub(crate) fn copy_kernel(&self) -> Kernel {
+        self.copy
+    }
+
+    /// The exact fold of `elem` (`airamp_sum_exact_*`).
+    pub(crate) fn sum_exact_kernel(&self, elem: Elem) -> Kernel {
+        self.sum_exact[elem as usize]
     }
 
     /// The kernel of `op` for `fmt` (the FP8 formats: INT8 has no kernels
@@ -226,5 +266,50 @@ impl GpuContext {
             GpuError::InvalidArgument(format!("no GPU kernels for the {fmt:?} wire format"))
         })?;
         Ok(self.kernels.0[op as usize][fp8 as usize][elem as usize])
+    }
+}
+
+/// airamp's context on `device`: one per device and process, created on
+/// first use.
+fn own_context(device: i32) -> Result<usize, GpuError> {
+    static OWN: OnceLock<Mutex<HashMap<i32, usize>>> = OnceLock::new();
+    let mut own = OWN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(&c) = own.get(&device) {
+        return Ok(c);
+    }
+    let c = driver::create_context(device)?;
+    own.insert(device, c);
+    Ok(c)
+}
+
+/// A context made current on this thread; the previous one (or none) is
+/// current again when this drops.
+#[must_use = "the context is unbound when the guard drops"]
+pub(crate) struct Bound {
+    /// `Some(previous)` when binding changed the current context.
+    restore: Option<Option<usize>>,
+}
+
+fn bind_context(ctx: usize) -> Result<Bound, GpuError> {
+    let previous = driver::current_context()?;
+    if previous == Some(ctx) {
+        return Ok(Bound { restore: None });
+    }
+    driver::set_current_context(Some(ctx))?;
+    Ok(Bound {
+        restore: Some(previous),
+    })
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(previous) = self.restore {
+            if let Err(e) = driver::set_current_context(previous) {
+                crate::warn!("gpu: could not make the caller's CUDA context current again: {e}");
+            }
+        }
     }
 }

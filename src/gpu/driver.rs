@@ -29,6 +29,9 @@ const SYMBOLS: &[&str] = &[
     "cuDeviceGetName",
     "cuDevicePrimaryCtxRetain",
     "cuDevicePrimaryCtxRelease_v2",
+    "cuCtxCreate_v4",
+    "cuCtxPopCurrent_v2",
+    "cuCtxSetLimit",
     "cuCtxGetCurrent",
     "cuCtxSetCurrent",
     "cuCtxGetDevice",
@@ -49,7 +52,6 @@ const SYMBOLS: &[&str] = &[
     "cuMemFreeHost",
     "cuMemAlloc_v2",
     "cuMemFree_v2",
-    "cuMemcpyAsync",
     "cuLaunchKernel",
     "cuGetErrorName",
 ];
@@ -130,6 +132,60 @@ pub fn current_context() -> Result<Option<usize>, GpuError> {
     // SAFETY: writes one handle.
     check("cuCtxGetCurrent", unsafe { sys::cuCtxGetCurrent(&mut c) })?;
     Ok((!c.is_null()).then_some(c as usize))
+}
+
+/// Makes `ctx` (or no context, for `None`) current on this thread. Never
+/// waits for the GPU: a thread-local switch.
+pub fn set_current_context(ctx: Option<usize>) -> Result<(), GpuError> {
+    let c = ctx.map_or(ptr::null_mut(), |c| c as sys::CUcontext);
+    // SAFETY: `c` is null (unbind) or a live context handle owned by the
+    // GPU layer or the application.
+    check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(c) })
+}
+
+/// A new context on device `ordinal`, for airamp alone. `cuCtxCreate`
+/// pushes it on this thread's stack; it is popped again here, so the
+/// caller's current context is unchanged. Never destroyed: it lives as
+/// long as the process, like the modules loaded into it.
+pub fn create_context(ordinal: i32) -> Result<usize, GpuError> {
+    let mut dev = 0;
+    // SAFETY: writes one int.
+    check("cuDeviceGet", unsafe {
+        sys::cuDeviceGet(&mut dev, ordinal)
+    })?;
+    let mut c: sys::CUcontext = ptr::null_mut();
+    let mut params = sys::CUctxCreateParams {
+        execAffinityParams: ptr::null_mut(),
+        numExecAffinityParams: 0,
+        cigParams: ptr::null_mut(),
+    };
+    // SAFETY: writes one handle; `params` asks for nothing special (no
+    // execution affinity, no CIG), flags 0 is CU_CTX_SCHED_AUTO.
+    check("cuCtxCreate_v4", unsafe {
+        sys::cuCtxCreate_v4(&mut c, &mut params, 0, dev)
+    })?;
+    // A context reserves local memory for every thread the device can hold
+    // at its stack limit (1 KiB by default: hundreds of MiB on an H200),
+    // plus a printf FIFO and a device heap. The kernels need at most 40
+    // bytes of stack (ptxas) and neither printf nor malloc; the driver
+    // grows the stack on its own if a kernel ever needs more.
+    for (limit, value) in [
+        (sys::CUlimit::CU_LIMIT_STACK_SIZE, 64),
+        (sys::CUlimit::CU_LIMIT_PRINTF_FIFO_SIZE, 4096),
+        (sys::CUlimit::CU_LIMIT_MALLOC_HEAP_SIZE, 0),
+    ] {
+        // SAFETY: the new context is current (cuCtxCreate pushed it).
+        let set = check("cuCtxSetLimit", unsafe { sys::cuCtxSetLimit(limit, value) });
+        if let Err(e) = set {
+            crate::warn!("gpu: could not set {limit:?} of airamp's context to {value}: {e}");
+        }
+    }
+    let mut popped: sys::CUcontext = ptr::null_mut();
+    // SAFETY: pops the context cuCtxCreate just pushed; writes one handle.
+    check("cuCtxPopCurrent_v2", unsafe {
+        sys::cuCtxPopCurrent_v2(&mut popped)
+    })?;
+    Ok(c as usize)
 }
 
 /// The device of the current context.
@@ -354,16 +410,6 @@ pub fn mem_alloc(bytes: usize) -> Result<u64, GpuError> {
 pub fn mem_free(addr: u64) {
     // SAFETY: `addr` came from cuMemAlloc and is freed once (Drop).
     let _ = unsafe { sys::cuMemFree_v2(addr) };
-}
-
-/// Queues a copy of `bytes` between any two unified addresses.
-pub fn memcpy_async(dst: u64, src: u64, bytes: usize, stream: usize) -> Result<(), GpuError> {
-    // SAFETY: the driver validates both ranges against its allocations
-    // when it can; the caller (GpuQueue) documents that both must stay
-    // valid until the work completes.
-    check("cuMemcpyAsync", unsafe {
-        sys::cuMemcpyAsync(dst, src, bytes, stream as sys::CUstream)
-    })
 }
 
 /// Launches `function` on a 1-D grid.

@@ -14,7 +14,7 @@ use super::DevAddr;
 /// sends and receives from [`PinnedBuf::as_ptr`].
 #[derive(Debug)]
 pub struct PinnedBuf {
-    _ctx: Arc<GpuContext>,
+    ctx: Arc<GpuContext>,
     host: usize,
     dev: u64,
     len: usize,
@@ -26,7 +26,7 @@ impl PinnedBuf {
         // the pointers are valid.
         let (host, dev) = driver::mem_host_alloc(len.max(1))?;
         Ok(PinnedBuf {
-            _ctx: ctx,
+            ctx,
             host,
             dev,
             len,
@@ -96,6 +96,7 @@ impl PinnedBuf {
 
 impl Drop for PinnedBuf {
     fn drop(&mut self) {
+        let _bound = self.ctx.bind();
         driver::mem_free_host(self.host);
     }
 }
@@ -103,7 +104,7 @@ impl Drop for PinnedBuf {
 /// Device memory (`cuMemAlloc`).
 #[derive(Debug)]
 pub struct DeviceBuf {
-    _ctx: Arc<GpuContext>,
+    ctx: Arc<GpuContext>,
     addr: u64,
     len: usize,
 }
@@ -111,11 +112,7 @@ pub struct DeviceBuf {
 impl DeviceBuf {
     pub(crate) fn new(ctx: Arc<GpuContext>, len: usize) -> Result<DeviceBuf, GpuError> {
         let addr = driver::mem_alloc(len.max(1))?;
-        Ok(DeviceBuf {
-            _ctx: ctx,
-            addr,
-            len,
-        })
+        Ok(DeviceBuf { ctx, addr, len })
     }
 
     pub fn len(&self) -> usize {
@@ -140,6 +137,7 @@ impl DeviceBuf {
 
 impl Drop for DeviceBuf {
     fn drop(&mut self) {
+        let _bound = self.ctx.bind();
         driver::mem_free(self.addr);
     }
 }

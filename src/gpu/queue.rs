@@ -12,7 +12,7 @@ use super::{DevAddr, Elem};
 use crate::codec::WireFormat;
 
 /// Events made when the queue is created; more are made on demand.
-const INITIAL_EVENTS: usize = 16;
+const INITIAL_EVENTS: usize = 64;
 /// Most members [`GpuQueue::reduce_encode`] folds (the collective network's
 /// largest group).
 pub const MAX_MEMBERS: usize = 256;
@@ -129,21 +129,10 @@ impl GpuQueue {
     /// or member `m`'s wire decoded); then `wire_out = encode(acc)` and
     /// `dst = decode(wire_out)`.
     pub fn reduce_encode(&self, fmt: WireFormat, elem: Elem, fold: &Fold) -> Result<(), GpuError> {
-        if fold.members == 0 || fold.members > MAX_MEMBERS || fold.own_index >= fold.members {
-            return Err(GpuError::InvalidArgument(format!(
-                "reduce_encode: member {} of {} (1..={MAX_MEMBERS} members)",
-                fold.own_index, fold.members
-            )));
-        }
+        check_fold(fold)?;
         if fold.n == 0 {
             return Ok(());
         }
-        non_null(&[
-            ("own_src", fold.own_src),
-            ("wire_table", fold.wire_table),
-            ("wire_out", fold.wire_out),
-            ("dst", fold.dst),
-        ])?;
         let k = self.ctx.kernel(Op::ReduceEncode, fmt, elem)?;
         let (mut own_src, mut table) = (fold.own_src.0, fold.wire_table.0);
         let (mut members, mut own) = (fold.members as u32, fold.own_index as u32);
@@ -162,15 +151,65 @@ impl GpuQueue {
         })
     }
 
+    /// Queues the owner's exact fold of one shard, as
+    /// `collnet::algo::Reducer` does on the exact path for a sum: member
+    /// 0's elements as they are (f32) or widened (f16/bf16), then `+ x_m`
+    /// for every further member in order, in f32, narrowed once with
+    /// round-to-nearest-even. `fold.wire_table` points at each member's raw
+    /// elements (not wire bytes); the result goes to `fold.wire_out` (raw
+    /// elements, for the other members) and to `fold.dst`.
+    pub fn reduce_exact(&self, elem: Elem, fold: &Fold) -> Result<(), GpuError> {
+        check_fold(fold)?;
+        if fold.n == 0 {
+            return Ok(());
+        }
+        let k = self.ctx.sum_exact_kernel(elem);
+        let _bound = self.ctx.bind()?;
+        let (ctas, mut stride) = thread_grid(fold.n, self.ctx.sm_count(), k.ctas_per_sm);
+        let (mut own_src, mut table) = (fold.own_src.0, fold.wire_table.0);
+        let (mut members, mut own) = (fold.members as u32, fold.own_index as u32);
+        let (mut n64, mut wire_out, mut dst) = (fold.n as u64, fold.wire_out.0, fold.dst.0);
+        let mut p: [*mut c_void; 8] = [
+            (&mut own_src as *mut u64).cast(),
+            (&mut table as *mut u64).cast(),
+            (&mut members as *mut u32).cast(),
+            (&mut own as *mut u32).cast(),
+            (&mut n64 as *mut u64).cast(),
+            (&mut wire_out as *mut u64).cast(),
+            (&mut dst as *mut u64).cast(),
+            (&mut stride as *mut u64).cast(),
+        ];
+        // SAFETY: one pointer per parameter of `airamp_sum_exact_*` in
+        // cuda/codec.cu, of exactly its type (u32 member count and own
+        // index, u64 otherwise); addresses were checked non-null and the
+        // caller keeps them alive until the work's fence completes.
+        unsafe { driver::launch(k.function, ctas, THREADS, self.stream, &mut p) }
+    }
+
     /// Queues a copy of `bytes` between any two addresses the device can
-    /// reach (device, pinned host; D2H, H2D, D2D all work with UVA).
+    /// reach (device memory, mapped pinned host memory), with the copy
+    /// kernel: a driver copy (`cuMemcpyAsync`) waits on a lock that
+    /// application threads hold while they wait for the GPU.
     pub fn copy_async(&self, dst: DevAddr, src: DevAddr, bytes: usize) -> Result<(), GpuError> {
         if bytes == 0 {
             return Ok(());
         }
         non_null(&[("dst", dst), ("src", src)])?;
-        self.ctx.ensure_current()?;
-        driver::memcpy_async(dst.0, src.0, bytes, self.stream)
+        let k = self.ctx.copy_kernel();
+        let _bound = self.ctx.bind()?;
+        let (ctas, mut stride) =
+            thread_grid(bytes.div_ceil(16), self.ctx.sm_count(), k.ctas_per_sm);
+        let (mut src, mut dst, mut bytes) = (src.0, dst.0, bytes as u64);
+        let mut p: [*mut c_void; 4] = [
+            (&mut src as *mut u64).cast(),
+            (&mut dst as *mut u64).cast(),
+            (&mut bytes as *mut u64).cast(),
+            (&mut stride as *mut u64).cast(),
+        ];
+        // SAFETY: four u64 parameters, as `airamp_copy` in cuda/codec.cu
+        // declares them; both ranges were checked non-null and the caller
+        // keeps them alive until the work's fence completes.
+        unsafe { driver::launch(k.function, ctas, THREADS, self.stream, &mut p) }
     }
 
     /// A fence after everything queued so far.
@@ -178,11 +217,12 @@ impl GpuQueue {
     /// only (freeing memory kernels may still use), never the data path.
     pub fn synchronize(&self) -> Result<(), GpuError> {
         let fence = self.record()?;
+        let _bound = self.ctx.bind()?;
         driver::event_synchronize(fence.event)
     }
 
     pub fn record(&self) -> Result<Fence, GpuError> {
-        self.ctx.ensure_current()?;
+        let _bound = self.ctx.bind()?;
         let pooled = self.events.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let event = match pooled {
             Some(e) => e,
@@ -198,7 +238,7 @@ impl GpuQueue {
 
     /// A timing event after everything queued so far (benchmarks).
     pub fn record_timing(&self) -> Result<TimingMark, GpuError> {
-        self.ctx.ensure_current()?;
+        let _bound = self.ctx.bind()?;
         let mark = TimingMark {
             event: driver::event_create(true)?,
         };
@@ -214,7 +254,7 @@ impl GpuQueue {
         n: usize,
         params: impl FnOnce(&mut u64) -> Vec<*mut c_void>,
     ) -> Result<(), GpuError> {
-        self.ctx.ensure_current()?;
+        let _bound = self.ctx.bind()?;
         let (ctas, mut stride) = grid(
             n,
             self.ctx.options().tile_blocks,
@@ -233,6 +273,7 @@ impl GpuQueue {
 
 impl Drop for GpuQueue {
     fn drop(&mut self) {
+        let _bound = self.ctx.bind();
         driver::stream_destroy(self.stream);
         for e in self
             .events
@@ -254,6 +295,33 @@ fn grid(n: usize, tile_blocks: u32, sm_count: u32, ctas_per_sm: u32) -> (u32, u6
     let resident = (sm_count as usize) * (ctas_per_sm as usize);
     let ctas = tiles.div_ceil(warps_per_cta).clamp(1, resident.max(1));
     (ctas as u32, (ctas * warps_per_cta) as u64)
+}
+
+/// CTAs for `items` one-per-thread work items (at most as many CTAs as are
+/// resident; the kernel loops over the rest) and the grid-wide stride in
+/// threads. A copy's item is 16 bytes, an exact fold's one element.
+fn thread_grid(items: usize, sm_count: u32, ctas_per_sm: u32) -> (u32, u64) {
+    let resident = (sm_count as usize) * (ctas_per_sm as usize);
+    let ctas = items.div_ceil(THREADS as usize).clamp(1, resident.max(1));
+    (ctas as u32, (ctas * THREADS as usize) as u64)
+}
+
+fn check_fold(fold: &Fold) -> Result<(), GpuError> {
+    if fold.members == 0 || fold.members > MAX_MEMBERS || fold.own_index >= fold.members {
+        return Err(GpuError::InvalidArgument(format!(
+            "fold: member {} of {} (1..={MAX_MEMBERS} members)",
+            fold.own_index, fold.members
+        )));
+    }
+    if fold.n == 0 {
+        return Ok(());
+    }
+    non_null(&[
+        ("own_src", fold.own_src),
+        ("wire_table", fold.wire_table),
+        ("wire_out", fold.wire_out),
+        ("dst", fold.dst),
+    ])
 }
 
 fn non_null(addrs: &[(&str, DevAddr)]) -> Result<(), GpuError> {
@@ -311,7 +379,16 @@ impl Drop for TimingMark {
 
 #[cfg(test)]
 mod tests {
-    use super::grid;
+    use super::{grid, thread_grid};
+
+    #[test]
+    fn thread_grid_covers_every_item_resident_at_most() {
+        assert_eq!(thread_grid(1, 132, 8), (1, 256));
+        assert_eq!(thread_grid(256, 132, 8), (1, 256));
+        assert_eq!(thread_grid(257, 132, 8), (2, 512));
+        assert_eq!(thread_grid(1 << 30, 132, 8), (1056, 1056 * 256));
+        assert_eq!(thread_grid(1 << 30, 1, 0), (1, 256));
+    }
 
     #[test]
     fn grid_covers_every_tile_once_resident_at_most() {

@@ -17,6 +17,7 @@
 //! FP8 NaN code when two NaNs meet; decoded values are the canonical NaN
 //! either way.
 
+use super::Elem;
 use crate::codec::{Codec, CodecError, Dst, Src};
 
 /// x86's default NaN, the result of Inf - Inf.
@@ -74,6 +75,40 @@ fn fold_native(own: Src<'_>, acc: &mut [f32]) {
     }
 }
 
+/// The owner's exact fold of one shard (the exact path's sum), from every
+/// member's raw native-endian elements in member order: member 0's
+/// elements as they are (f32) or widened (f16/bf16), then `+ x_m` in f32
+/// for each further member (accumulator first for f32, element first for
+/// f16/bf16, as in [`reduce_encode`]), narrowed once with
+/// round-to-nearest-even. What `airamp_sum_exact_*` computes.
+pub fn sum_exact(elem: Elem, members: &[&[u8]]) -> Vec<u8> {
+    let size = elem.size();
+    let n = members.first().map_or(0, |m| m.len() / size);
+    let widen = |b: &[u8]| match elem {
+        Elem::F32 => f32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        Elem::F16 => crate::codec::f16_to_f32(u16::from_ne_bytes([b[0], b[1]])),
+        Elem::Bf16 => crate::codec::bf16_to_f32(u16::from_ne_bytes([b[0], b[1]])),
+    };
+    let mut out = Vec::with_capacity(n * size);
+    for i in 0..n {
+        let mut acc = 0f32;
+        for (m, bytes) in members.iter().enumerate() {
+            let x = widen(&bytes[i * size..(i + 1) * size]);
+            acc = match (m, elem) {
+                (0, _) => x,
+                (_, Elem::F32) => add_nan_first(acc, x),
+                _ => add_nan_first(x, acc),
+            };
+        }
+        match elem {
+            Elem::F32 => out.extend_from_slice(&acc.to_ne_bytes()),
+            Elem::F16 => out.extend_from_slice(&crate::codec::f32_to_f16(acc).to_ne_bytes()),
+            Elem::Bf16 => out.extend_from_slice(&crate::codec::f32_to_bf16(acc).to_ne_bytes()),
+        }
+    }
+    out
+}
+
 /// `p + q` with x86 SSE NaN rules: the first NaN operand, quieted; a NaN
 /// made by the addition itself is the default NaN.
 pub fn add_nan_first(p: f32, q: f32) -> f32 {
@@ -95,7 +130,9 @@ pub fn add_nan_first(p: f32, q: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{encoded_len, f32_to_bf16, f32_to_f16, fp8_to_f32, WireFormat};
+    use crate::codec::{
+        bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, fp8_to_f32, WireFormat,
+    };
     use crate::collnet::algo::{DataType, RedOp, Reducer};
 
     /// Deterministic values with every special class mixed in.
@@ -156,6 +193,46 @@ mod tests {
                             let seed = (members * 7 + own_index) as u64 * 1000 + n as u64;
                             check_one(&codec, dtype, members, own_index, n, seed);
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The exact reference fold equals the exact path's `Reducer` bit for
+    /// bit (a NaN's sign aside in unoptimized builds, as above).
+    #[test]
+    fn sum_exact_matches_the_collnet_reducer() {
+        for (elem, dtype) in [
+            (Elem::F32, DataType::F32),
+            (Elem::F16, DataType::F16),
+            (Elem::Bf16, DataType::Bf16),
+        ] {
+            for members in 1..=5usize {
+                for n in [1usize, 31, 300] {
+                    let seed = members as u64 * 977 + n as u64;
+                    let inputs: Vec<Vec<u8>> = (0..members)
+                        .map(|m| native_bytes(dtype, &values(seed * 13 + m as u64, n)))
+                        .collect();
+                    let mut reducer = Reducer::new(dtype, RedOp::Sum, None, members, 0, n);
+                    let mut expected = None;
+                    for (m, bytes) in inputs.iter().enumerate() {
+                        expected = reducer.accept(m, bytes.clone()).unwrap().or(expected);
+                    }
+                    let expected = expected.expect("reducer finished");
+                    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+                    let got = sum_exact(elem, &refs);
+                    let what = format!("{dtype:?} members={members} n={n}");
+                    assert_eq!(got.len(), expected.len(), "{what}");
+                    let size = elem.size();
+                    for (i, (a, b)) in got.chunks(size).zip(expected.chunks(size)).enumerate() {
+                        let nan = |c: &[u8]| match elem {
+                            Elem::F32 => f32::from_ne_bytes([c[0], c[1], c[2], c[3]]).is_nan(),
+                            Elem::F16 => f16_to_f32(u16::from_ne_bytes([c[0], c[1]])).is_nan(),
+                            Elem::Bf16 => bf16_to_f32(u16::from_ne_bytes([c[0], c[1]])).is_nan(),
+                        };
+                        let same = a == b || (cfg!(debug_assertions) && nan(a) && nan(b));
+                        assert!(same, "{what}: element {i}: {a:?} vs reducer {b:?}");
                     }
                 }
             }

@@ -8,7 +8,7 @@
 //! ```text
 //! gpu::available() -> bool                      libcuda loads, cuInit works, >= 1 device (cached)
 //! gpu::is_device_pointer(addr) -> bool          CU_POINTER_ATTRIBUTE_MEMORY_TYPE == DEVICE
-//! GpuContext::current() -> Arc<GpuContext>      the thread's current context + kernels
+//! GpuContext::current() -> Arc<GpuContext>      airamp's own context on this device + kernels
 //!   .queue() -> GpuQueue                        own non-blocking stream + event pool
 //!   .alloc_pinned(bytes) -> PinnedBuf           mapped pinned host memory (host ptr + device addr)
 //!   .alloc_device(bytes) -> DeviceBuf           device memory
@@ -16,20 +16,25 @@
 //!   .encode(fmt, elem, src, n, wire)            wire = ceil(n/32) scales then n codes
 //!   .decode(fmt, elem, wire, n, dst)            narrowed with round-to-nearest-even
 //!   .reduce_encode(fmt, elem, &Fold)            the owner's fold (collnet Reducer on FP8)
-//!   .copy_async(dst, src, bytes)                any direction (UVA)
+//!   .reduce_exact(elem, &Fold)                  the exact path's fold (sums of floats)
+//!   .copy_async(dst, src, bytes)                copy kernel, any direction
 //!   .record() -> Fence                          Fence::is_complete() polls cuEventQuery
 //! ```
 //! Results are bit-identical to the CPU codec and reducer
 //! ([`reference`]); `airamp gpu selftest` checks it on a GPU host.
 //!
 //! # Threads and contexts
-//! [`GpuContext::current`] captures `cuCtxGetCurrent()` (NCCL's threads
-//! have called `cudaSetDevice`); it never creates or retains a context.
-//! The first call for a context compiles the kernels for its device's
-//! architecture (cached per architecture in-process) and loads them (once
-//! per context): make it at connect/regMr time. Later calls return the
-//! cached `Arc`. Every method checks that its context is current on the
-//! calling thread and returns [`GpuError::NoContext`] otherwise.
+//! [`GpuContext::current`] returns airamp's own CUDA context on the device
+//! of the calling thread's current context (created once per device with
+//! `cuCtxCreate`; NCCL's threads have the application's context current).
+//! In a context of its own, kernel launches and event records never wait
+//! on the driver lock an application thread holds during a pageable copy
+//! (the GPU path's old deadlock), and the application's synchronize/free
+//! never wait for airamp's work. Driver copies do wait on that lock in any
+//! context, so the layer copies with a kernel. Every method binds that
+//! context on the calling thread and restores the caller's afterwards.
+//! The first call per device and options compiles the kernels (cached per
+//! architecture) and loads them: make it at connect/regMr time.
 //!
 //! On NCCL's progress thread use only queue methods and
 //! [`Fence::is_complete`]: they enqueue work or query an event and return.

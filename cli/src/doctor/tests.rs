@@ -528,13 +528,14 @@ fn gpu_collnet_on_a_virtual_nic_without_gdr_level() {
     let (f, code) = fx.run();
     let g = of(&f, "gpu.collnet");
     assert_eq!(g.len(), 2, "{}", render_text(&f));
-    assert!(g.iter().all(|x| x.status == Status::Warn));
-    assert!(g[0].message.contains("experimental") && g[0].message.contains("gpu-path-h200.md"));
+    assert_eq!(g[0].status, Status::Ok);
+    assert!(g[0].message.contains("270 MiB") && g[0].message.contains("gpu-path-h200.md"));
+    assert_eq!(g[1].status, Status::Warn);
     assert!(g[1].message.contains("eth0"), "{}", g[1].message);
     assert_eq!(g[1].fix.as_deref(), Some("export NCCL_NET_GDR_LEVEL=PHB"));
     assert_eq!(code, 0);
 
-    // With the level set, or on a PCI NIC: only the experimental warning.
+    // With the level set, or on a PCI NIC: only the note on its memory.
     fx.set("NCCL_NET_GDR_LEVEL", "PHB");
     let (f, _) = fx.run();
     assert_eq!(of(&f, "gpu.collnet").len(), 1);

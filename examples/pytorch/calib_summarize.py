@@ -63,7 +63,7 @@ def human(b):
 def summarize(out):
     ok = True
     print(f"## {out}\n")
-    ring, fp8, tuner = (best_rows(out, m) for m in ("ring", "cn_fp8", "tuner"))
+    ring, fp8, tuner, ring_cn = (best_rows(out, m) for m in ("ring", "cn_fp8", "tuner", "ring_cn"))
     runs = [r for r in ("tuner", "tuner-2") if glob.glob(os.path.join(out, r + ".nccl.*.log"))]
     per_run = {r: process_logs(out, r) for r in runs}
     for run, procs in per_run.items():
@@ -97,11 +97,20 @@ def summarize(out):
     # NCCL logs "AllReduce: N Bytes -> Algo ..." on rank 0 only; every
     # rank's choices are compared through the tuner's decision digests
     # above.
-    print("| size | Ring GB/s | CollNet FP8 GB/s | tuner GB/s | tuner / best | bar | NCCL ran (tuner runs, rank 0) |")
-    print("|---|---|---|---|---|---|---|")
-    worst = None
+    # With ring_cn measured (Ring forced while CollNet is enabled, as in
+    # the tuner's run), a second ratio isolates the tuner's decision from
+    # what enabling CollNet costs NCCL's Ring itself.
+    in_setup = bool(ring_cn)
+    extra_head = " Ring, CollNet on GB/s | tuner / best (CollNet on) |" if in_setup else ""
+    print("| size | Ring GB/s | CollNet FP8 GB/s | tuner GB/s | tuner / best | bar |" + extra_head
+          + " NCCL ran (tuner runs, rank 0) |")
+    print("|---|---|---|---|---|---|" + ("---|---|" if in_setup else "") + "---|")
+    worst = worst_in_setup = None
     for s in sizes:
         r, f, t = ring.get(s), fp8.get(s), tuner.get(s)
+        rc = ring_cn.get(s)
+        best_cn = max(v for v in (rc, f) if v is not None) if (rc or f) else None
+        ratio_cn = t / best_cn if t and best_cn else None
         best = max(v for v in (r, f) if v is not None) if (r or f) else None
         ratio = t / best if t and best else None
         bar = 0.95 if s >= 4 << 20 else 0.9
@@ -113,9 +122,19 @@ def summarize(out):
             for p in procs:
                 ran |= p["algos"].get(s, set())
         fmt = lambda v: f"{v:.3f}" if v is not None else "-"
-        print(f"| {human(s)} | {fmt(r)} | {fmt(f)} | {fmt(t)} | {fmt(ratio)} | {'ok' if passed else 'FAIL'} >= {bar} "
-              f"| {', '.join(sorted(ran)) or '-'} |")
-    print(f"\nworst tuner / best: {worst if worst is None else f'{worst:.3f}'}\n")
+        extra = ""
+        if in_setup:
+            if ratio_cn is not None and (worst_in_setup is None or ratio_cn < worst_in_setup):
+                worst_in_setup = ratio_cn
+            verdict = "ok" if ratio_cn is not None and ratio_cn >= bar else "below"
+            extra = f" {fmt(rc)} | {fmt(ratio_cn)} ({verdict}) |"
+        print(f"| {human(s)} | {fmt(r)} | {fmt(f)} | {fmt(t)} | {fmt(ratio)} | {'ok' if passed else 'FAIL'} >= {bar} |"
+              + extra + f" {', '.join(sorted(ran)) or '-'} |")
+    print(f"\nworst tuner / best: {worst if worst is None else f'{worst:.3f}'}")
+    if in_setup:
+        print(f"worst tuner / best with Ring measured with CollNet on: "
+              f"{worst_in_setup if worst_in_setup is None else f'{worst_in_setup:.3f}'}")
+    print()
     return ok
 
 

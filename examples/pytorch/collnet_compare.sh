@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # bf16 all_reduce, 2 ranks on one GPU (one NCCL_HOSTID each), in one run:
 #   ring     Ring over airamp's net plugin (CollNet off)
+#   ring_cn  Ring forced while CollNet is enabled and FP8 on, as in the
+#            tuner's run (not in the default MODES): what the tuner gets
+#            when it picks Ring
 #   cn_exact NCCL's CollNet Chain over airamp's collective network, exact
 #   cn_fp8   the same with AIRAMP_ENABLE_FP8_ALLREDUCE=1
 #   tuner    CollNet enabled, FP8 on, no NCCL_ALGO: airamp's tuner decides
@@ -38,9 +41,10 @@ ring() { run ring NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE
 cn_exact() { run cn_exact NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_fp8() { run cn_fp8 NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain" AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 tuner() { run tuner NCCL_COLLNET_ENABLE=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+ring_cn() { run ring_cn NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 modes=${MODES:-ring cn_exact cn_fp8 tuner}
 for mode in $modes; do
-    case $mode in ring | cn_exact | cn_fp8 | tuner) ;; *) echo "unknown mode $mode"; exit 2 ;; esac
+    case $mode in ring | ring_cn | cn_exact | cn_fp8 | tuner) ;; *) echo "unknown mode $mode"; exit 2 ;; esac
 done
 for mode in $modes; do "$mode"; done
 for mode in $(printf '%s\n' $modes | tac); do "$mode"; done

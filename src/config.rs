@@ -310,7 +310,7 @@ impl Default for Config {
             tuner: TunerConfig {
                 enabled: true,
                 calibrate: true,
-                min_gain: 0.10,
+                min_gain: 0.05,
                 link_gbps: None,
                 link_latency_us: None,
                 encode_gvps: None,
@@ -786,10 +786,10 @@ pub static KEYS: &[KeySpec] = &[
     KeySpec {
         name: "tuner.min_gain",
         env: "AIRAMP_TUNER_MIN_GAIN",
-        default: "0.1",
+        default: "0.05",
         accepted: "number 0.0..=1.0",
-        doc: "The compressed collective network is chosen only when predicted at least this fraction faster than NCCL's best raw algorithm.",
-        example: "0.1",
+        doc: "The compressed collective network is chosen only when predicted at least this fraction faster than NCCL's best raw algorithm. The margin bounds what keeping the raw algorithm can cost when the prediction is right: at most 1 - 1/(1 + min_gain) of the faster path's speed (0.05: under 5%).",
+        example: "0.05",
         apply: |c, r| {
             let x = want_float(r)?;
             if !(0.0..=1.0).contains(&x) {

@@ -136,7 +136,7 @@ fn defaults() {
     assert!(!c.gpu.ghost_kernels);
     assert!(c.tuner.enabled);
     assert!(c.tuner.calibrate);
-    assert_eq!(c.tuner.min_gain, 0.10);
+    assert_eq!(c.tuner.min_gain, 0.05);
     assert_eq!(c.tuner.link_gbps, None);
     assert_eq!(c.tuner.link_latency_us, None);
     assert_eq!(c.tuner.encode_gvps, None);

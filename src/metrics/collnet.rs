@@ -226,7 +226,7 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_gpu_calls_total",
         "counter",
-        "Collective-network calls on NCCL's GPU buffers: FP8 allreduce run by the codec kernels, or staged through pinned mirrors (everything else).",
+        "Collective-network calls on NCCL's GPU buffers: run by kernels (FP8 allreduce, exact float sums), or staged through pinned mirrors (everything else).",
     );
     for (i, how) in GPU_CALLS.iter().enumerate() {
         let _ = writeln!(
@@ -239,7 +239,7 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_gpu_pinned_bytes",
         "gauge",
-        "Pinned host memory held for NCCL's GPU buffers (mirrors and staging slots); the GPU path allocates no device memory.",
+        "Pinned host memory held for NCCL's GPU buffers (mirrors and staging slots); the GPU path allocates no device memory beyond its CUDA context.",
     );
     let _ = writeln!(
         out,

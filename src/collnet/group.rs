@@ -526,7 +526,7 @@ impl Group {
     /// NCCL's setup thread with its device current); returns its base.
     pub fn register_device(&mut self, ptr: usize, len: usize) -> NetResult<usize> {
         if self.device.is_none() {
-            let (slot_bytes, slots) = gpu_staging_layout(self.params.n);
+            let (slot_bytes, slots) = gpu_staging_layout(self.params.n, self.params.fp8.is_some());
             self.device = Some(DeviceMemory::new(slot_bytes, slots)?);
         }
         self.device
@@ -1212,23 +1212,68 @@ fn gpu_elem(dtype: DataType) -> Option<Elem> {
 }
 
 /// Pinned staging for GPU steps: slots as large as the largest shard of a
-/// segment on the wire (compressed, or raw elements on the exact path; a
-/// shard is whole blocks), and enough for a full window of steps, each
-/// taking at most `3n - 1`.
-fn gpu_staging_layout(n: usize) -> (usize, usize) {
+/// segment on the wire, and enough for a full window of steps, each taking
+/// at most `3n - 1`. A group that compresses runs every float sum
+/// compressed, so its kernels only ever stage wire bytes; one that does not
+/// stages raw elements (its exact float sums). A shard is whole blocks.
+fn gpu_staging_layout(n: usize, compresses: bool) -> (usize, usize) {
     let shard_elems = |size: usize| {
         crate::codec::num_blocks(SEGMENT_BYTES / size).div_ceil(n.max(1)) * crate::codec::BLOCK
     };
-    let wire = crate::codec::WireFormat::ALL
-        .into_iter()
-        .map(|f| crate::codec::encoded_len(f, shard_elems(2)))
-        .max()
-        .unwrap_or(0);
-    let raw = [2, 4]
-        .map(|size| shard_elems(size) * size)
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-    let slot_bytes = wire.max(raw).max(n * 8).next_multiple_of(4096);
+    let payload = if compresses {
+        crate::codec::WireFormat::ALL
+            .into_iter()
+            .map(|f| crate::codec::encoded_len(f, shard_elems(2)))
+            .max()
+            .unwrap_or(0)
+    } else {
+        [2, 4]
+            .map(|size| shard_elems(size) * size)
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+    };
+    let slot_bytes = payload.max(n * 8).next_multiple_of(4096);
     (slot_bytes, WINDOW * (3 * n.max(1) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every payload a GPU step stages fits its slot: every shard of every
+    /// segment size a plan can cut (whole segments and tails), for the
+    /// element types the kernels take, 1 to 256 members, on the path the
+    /// group runs float sums on.
+    #[test]
+    fn gpu_staging_slots_hold_every_shard() {
+        for n in (1..=9).chain([16, 64, 255, 256]) {
+            for fp8 in [None, Some(WireFormat::E4M3), Some(WireFormat::E5M2)] {
+                let (slot_bytes, slots) = gpu_staging_layout(n, fp8.is_some());
+                assert_eq!(slots, WINDOW * (3 * n - 1));
+                assert!(slot_bytes >= n * 8, "the fold's pointer table fits");
+                for dtype in [DataType::F32, DataType::F16, DataType::Bf16] {
+                    let path = choose_path(dtype, RedOp::Sum, fp8);
+                    let plan =
+                        Plan::with_segment_bytes(usize::MAX / 64, n, dtype.size(), SEGMENT_BYTES);
+                    for count in [plan.segment_elems(), plan.segment_elems() - 1, 33, 1] {
+                        let spec = Spec {
+                            n,
+                            dtype,
+                            op: RedOp::Sum,
+                            path,
+                            count,
+                        };
+                        for s in 0..n {
+                            assert!(
+                                spec.payload_len(s) <= slot_bytes,
+                                "n={n} {dtype:?} {path:?} count={count} shard {s}: {} > {slot_bytes}",
+                                spec.payload_len(s)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

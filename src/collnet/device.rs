@@ -203,12 +203,13 @@ pub struct DeviceMemory {
 }
 
 impl DeviceMemory {
-    /// Captures the calling thread's current CUDA context (NCCL has made
-    /// its device current), creates this group's stream and its staging
-    /// slots: `slots` of `slot_bytes` each.
-    pub fn new(slot_bytes: usize, slots: usize) -> NetResult<DeviceMemory> {
+    /// Takes airamp's CUDA context on the calling thread's device (NCCL has
+    /// made its device current), creates this group's stream with `fences`
+    /// events ready and its staging slots: `slots` of `slot_bytes` each.
+    pub fn new(slot_bytes: usize, slots: usize, fences: usize) -> NetResult<DeviceMemory> {
         let ctx = GpuContext::current()?;
         let queue = ctx.queue()?;
+        queue.reserve_events(fences)?;
         let slots = SlotPool::new(&ctx, slot_bytes, slots)?;
         metrics::collnet().gpu_pinned(slots.arena_len() as i64);
         Ok(DeviceMemory {

@@ -42,6 +42,9 @@ use crate::transport::wire::ListenHandle;
 const STUCK_REPORT: Duration = Duration::from_secs(10);
 /// Steps in flight at once (bounded by the transport's request pool).
 const WINDOW: usize = 16;
+/// Fences reserved for staged calls on GPU buffers (their copies in and
+/// out), beyond those of the kernel steps.
+const STAGED_FENCES: usize = 32;
 /// Input bytes per allreduce step: small enough that encoding one step
 /// overlaps sending the previous ones, large enough to amortise per-message
 /// costs.
@@ -526,8 +529,12 @@ impl Group {
     /// NCCL's setup thread with its device current); returns its base.
     pub fn register_device(&mut self, ptr: usize, len: usize) -> NetResult<usize> {
         if self.device.is_none() {
-            let (slot_bytes, slots) = gpu_staging_layout(self.params.n, self.params.fp8.is_some());
-            self.device = Some(DeviceMemory::new(slot_bytes, slots)?);
+            let n = self.params.n;
+            let (slot_bytes, slots) = gpu_staging_layout(n, self.params.fp8.is_some());
+            // A GPU step holds at most a start fence, a fold fence and n - 1
+            // decode fences; staged calls hold a few more.
+            let fences = WINDOW * (n + 1) + STAGED_FENCES;
+            self.device = Some(DeviceMemory::new(slot_bytes, slots, fences)?);
         }
         self.device
             .as_mut()
@@ -640,7 +647,9 @@ impl Group {
         // (or copy), fold and decode in place; only wire bytes cross PCIe.
         // (INT8 and other exact reductions have no kernels: staged.)
         let on_gpu = match (gpu_elem(dtype), &input, &output) {
-            (Some(elem), Place::Device(i), Place::Device(o)) if has_gpu_kernels(path, op) => {
+            (Some(elem), Place::Device(i), Place::Device(o))
+                if has_gpu_kernels(path, op, self.params.n) =>
+            {
                 Some((elem, i.device(), o.device()))
             }
             _ => None,
@@ -1192,13 +1201,15 @@ impl Group {
     }
 }
 
-/// Whether the kernels run `path` for `op`: the FP8 formats, and exact
-/// sums.
-fn has_gpu_kernels(path: Path, op: RedOp) -> bool {
-    match path {
-        Path::Compressed(fmt) => matches!(fmt, WireFormat::E4M3 | WireFormat::E5M2),
-        Path::Exact => op == RedOp::Sum,
-    }
+/// Whether the kernels run `path` for `op` in a group of `n`: the FP8
+/// formats, and exact sums, for as many members as the fold takes (larger
+/// groups are staged).
+fn has_gpu_kernels(path: Path, op: RedOp, n: usize) -> bool {
+    n <= crate::gpu::MAX_MEMBERS
+        && match path {
+            Path::Compressed(fmt) => matches!(fmt, WireFormat::E4M3 | WireFormat::E5M2),
+            Path::Exact => op == RedOp::Sum,
+        }
 }
 
 /// The kernels' element type for `dtype`, if they take it.
@@ -1240,6 +1251,21 @@ fn gpu_staging_layout(n: usize, compresses: bool) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_take_fp8_and_exact_sums_of_at_most_256_members() {
+        let e4m3 = Path::Compressed(WireFormat::E4M3);
+        assert!(has_gpu_kernels(e4m3, RedOp::Sum, 256));
+        assert!(has_gpu_kernels(Path::Exact, RedOp::Sum, 2));
+        assert!(!has_gpu_kernels(Path::Exact, RedOp::Max, 2));
+        assert!(!has_gpu_kernels(
+            Path::Compressed(WireFormat::Int8),
+            RedOp::Sum,
+            2
+        ));
+        assert!(!has_gpu_kernels(e4m3, RedOp::Sum, 257));
+        assert!(!has_gpu_kernels(Path::Exact, RedOp::Sum, 257));
+    }
 
     /// Every payload a GPU step stages fits its slot: every shard of every
     /// segment size a plan can cut (whole segments and tails), for the

@@ -60,12 +60,23 @@ impl GpuQueue {
             stream,
             events: Arc::new(Mutex::new(Vec::with_capacity(INITIAL_EVENTS))),
         };
-        let mut made = Vec::with_capacity(INITIAL_EVENTS);
-        for _ in 0..INITIAL_EVENTS {
-            made.push(driver::event_create(false)?);
-        }
-        *queue.events.lock().unwrap_or_else(|p| p.into_inner()) = made;
+        queue.reserve_events(INITIAL_EVENTS)?;
         Ok(queue)
+    }
+
+    /// Makes sure `count` events are ready for fences, creating the missing
+    /// ones now. Call it at setup with the most fences the caller holds at
+    /// once: `record` creates one only when the pool is empty, and event
+    /// creation is a driver call the data path should not make.
+    pub fn reserve_events(&self, count: usize) -> Result<(), GpuError> {
+        let _bound = self.ctx.bind()?;
+        let mut pool = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        while pool.len() < count {
+            // Into the pool one by one: on an error the queue's drop
+            // destroys the ones made so far.
+            pool.push(driver::event_create(false)?);
+        }
+        Ok(())
     }
 
     pub fn context(&self) -> &Arc<GpuContext> {
@@ -231,6 +242,7 @@ impl GpuQueue {
         let fence = Fence {
             event,
             pool: self.events.clone(),
+            ctx: self.ctx.clone(),
         };
         driver::event_record(event, self.stream)?;
         Ok(fence)
@@ -241,6 +253,7 @@ impl GpuQueue {
         let _bound = self.ctx.bind()?;
         let mark = TimingMark {
             event: driver::event_create(true)?,
+            ctx: self.ctx.clone(),
         };
         driver::event_record(mark.event, self.stream)?;
         Ok(mark)
@@ -339,11 +352,13 @@ fn non_null(addrs: &[(&str, DevAddr)]) -> Result<(), GpuError> {
 pub struct Fence {
     event: usize,
     pool: EventPool,
+    ctx: Arc<GpuContext>,
 }
 
 impl Fence {
     /// Whether the work is done (`cuEventQuery`; never blocks).
     pub fn is_complete(&self) -> Result<bool, GpuError> {
+        let _bound = self.ctx.bind()?;
         driver::event_query(self.event)
     }
 }
@@ -361,11 +376,13 @@ impl Drop for Fence {
 #[derive(Debug)]
 pub struct TimingMark {
     event: usize,
+    ctx: Arc<GpuContext>,
 }
 
 impl TimingMark {
     /// Milliseconds from `self` to `later`, blocking until `later` is done.
     pub fn elapsed_ms(&self, later: &TimingMark) -> Result<f32, GpuError> {
+        let _bound = self.ctx.bind()?;
         driver::event_synchronize(later.event)?;
         driver::event_elapsed_ms(self.event, later.event)
     }
@@ -373,6 +390,7 @@ impl TimingMark {
 
 impl Drop for TimingMark {
     fn drop(&mut self) {
+        let _bound = self.ctx.bind();
         driver::event_destroy(self.event);
     }
 }

@@ -26,14 +26,16 @@
 #           tuner, loopback. Inside a node P2P/SHM stay on (NCCL will not put
 #           two GPUs of one host id on a loopback net device); between nodes,
 #           the network.
-#   gpu_lo, gpu_25  the experimental GPU data path of the collective network:
-#           ring_ub, cn_exact_gpu_ub, cn_fp8_gpu_ub (AIRAMP_GPU_COLLNET=1,
-#           user buffers registered, NCCL_NET_GDR_LEVEL=SYS: the loopback NIC
-#           hangs off one CPU, and with PHB the GPUs of the other socket
-#           would decide GDR otherwise). It deadlocks on one GPU
-#           (docs/results/gpu-path-h200.md), so only with GPU_PATH=1 or named
+#   gpu_lo, gpu_25  the GPU data path of the collective network (opt-in,
+#           kernels in airamp's own CUDA context): ring_ub, cn_exact_gpu_ub,
+#           cn_fp8_gpu_ub (AIRAMP_GPU_COLLNET=1, user buffers registered,
+#           NCCL_NET_GDR_LEVEL=SYS: the loopback NIC hangs off one CPU, and
+#           with PHB the GPUs of the other socket would decide GDR
+#           otherwise). Measured on one GPU under MPS only
+#           (docs/results/gpu-path-h200.md); here, one rank per GPU without
+#           MPS, the two contexts time-slice. Only with GPU_PATH=1 or named
 #           in PARTS; runs get RUN_TIMEOUT_GPU (90 s), a hung run's thread
-#           stacks go to NAME.stacks, and its hangs are reported, not judged.
+#           stacks go to NAME.stacks, and a hang fails the summary.
 # Env: PARTS, BUDGET_S (540: the whole call, summary and tar included; a run
 #   that would not fit is skipped and listed as such), RUN_TIMEOUT (240 s
 #   per run), ABBA (1: every mode again in reverse order; default 1 on 2
@@ -45,8 +47,9 @@
 #   (print the plan and the time estimate, run nothing). A run cut short by
 #   the budget (not its own RUN_TIMEOUT) is CUT, not a hang: INCOMPLETE.
 # Needs: PyTorch with NCCL, root and ip/tc on PATH for the shaped parts (a
-#   staged .tools/bin at the repository root is added to PATH; see the GPU
-#   host README). No CUDA MPS: every rank has its own GPU.
+#   staged .tools/bin at the repository root is appended to PATH, for what
+#   the host lacks; see the GPU host README). No CUDA MPS: every rank has
+#   its own GPU.
 set -uo pipefail
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 [ $# -ge 2 ] || { usage; exit 2; }
@@ -55,7 +58,7 @@ out=$(realpath -m "$2") || exit 2
 here=$(cd "$(dirname "$0")" && pwd)
 bench=$(cd "$here/../pytorch" && pwd)
 repo=$(cd "$here/../.." && pwd)
-[ -d "$repo/.tools/bin" ] && PATH=$repo/.tools/bin:$PATH
+[ -d "$repo/.tools/bin" ] && PATH=$PATH:$repo/.tools/bin
 gpus=${3:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')}
 case $gpus in '' | *[!0-9]*) echo "GPUS must be a number (got '$gpus')"; exit 2 ;; esac
 [ "$gpus" -ge 2 ] || { echo "needs 2 or more GPUs (found $gpus); one-GPU runs: examples/pytorch/"; exit 2; }

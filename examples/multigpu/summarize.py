@@ -15,8 +15,7 @@ Prints, for the parts that ran:
 - that every rank reached its peers through the network (NET), never P2P
   or SHM.
 
-Verdict and exit status: PASS (0) when nothing hung (outside the
-experimental GPU path, which is reported, not judged), no answer was wrong,
+Verdict and exit status: PASS (0) when nothing hung, no answer was wrong,
 every cross-rank check held and, on 2 GPUs, the ratios met their bars; FAIL
 (1) otherwise; INCOMPLETE (2) when nothing failed but a run was skipped
 (budget, no namespace) or a part has no results. Only the parts in OUTDIR
@@ -36,7 +35,6 @@ from calib_summarize import process_logs  # noqa: E402  (per-rank log parsing, s
 
 MiB = 1 << 20
 CN_PARTS = ("cn_lo", "cn_25", "heads", "gpu_lo", "gpu_25")
-EXPERIMENTAL = ("gpu_lo", "gpu_25")
 # Relative L2 error bars against the fp64 sum (docs/collnet.md: the tests'
 # bars per wire format; exact bf16 results carry one bf16 rounding of the
 # sum, ~0.2-0.4% at 2-8 members).
@@ -103,9 +101,7 @@ def section_runs(out):
             continue
         print(f"- {r['part']}/{r['run']}: {r['status']} ({r['seconds']} s)")
         where = f"{r['part']}/{r['run']}: {r['status']}"
-        if r["part"] in EXPERIMENTAL and not r["status"].startswith(("skipped", "CUT")):
-            notes.append(where + " (experimental GPU path: not judged)")
-        elif r["status"].startswith("TIMEOUT"):
+        if r["status"].startswith("TIMEOUT"):
             fail("hang", where)
         elif r["status"].startswith("FAILED"):
             fail("failed run", where)
@@ -249,10 +245,9 @@ def ratios(part, gpus, best, ring, comp, sizes):
     big = [s for s in sizes if s >= 64 * MiB and best.get(ring, {}).get(s)]
     if bar is None or not comp or not big:
         return
-    applies = gpus == 2 and part not in EXPERIMENTAL
+    applies = gpus == 2
     print(f"Acceptance, {part}: compressed / Ring >= {bar}x at 64 MiB and up"
-          + ("" if applies else " (experimental GPU path: reported, not judged)" if part in EXPERIMENTAL
-             else f" (the issue's bar is for 2 GPUs; {gpus} here: reported, not judged)") + ":\n")
+          + ("" if applies else f" (the issue's bar is for 2 GPUs; {gpus} here: reported, not judged)") + ":\n")
     for s in big:
         c = max(best[m].get(s, 0.0) for m in comp)
         which = max(comp, key=lambda m: best[m].get(s, 0.0))

@@ -84,7 +84,7 @@ def main():
     shaped = bool(env.get("FAKE_NETNS"))
     ring = 1.5 if shaped else 10.0
     gain = {"ring": 1.0, "ring_ub": 1.0, "airamp": 1.0, "socket": 0.5, "socket4x4": 0.8, "cn_exact": 0.4,
-            "cn_exact_gpu_ub": 0.3, "cn_fp8": 1.9 if shaped else 1.7, "cn_fp8_gpu_ub": 1.6,
+            "cn_exact_gpu_ub": 0.3, "cn_fp8": 1.9 if shaped else 1.7, "cn_fp8_gpu_ub": 1.95 if shaped else 1.75,
             "cn_int8": 1.85 if shaped else 1.65, "tuner": 1.9 if shaped else 1.7}[mode]
     err = {"cn_fp8": 0.033, "cn_fp8_gpu_ub": 0.033, "cn_int8": 0.008, "tuner": 0.033}.get(mode, 0.003)
     wrong = "wrong" in faults

@@ -98,8 +98,8 @@ impl GpuQueue {
         non_null(&[("src", src), ("wire", wire)])?;
         let k = self.ctx.kernel(Op::Encode, fmt, elem)?;
         let (mut src, mut n64, mut wire) = (src.0, n as u64, wire.0);
-        self.launch(k, n, |stride| {
-            vec![
+        self.launch(k, self.warp_grid(k, n), |stride| {
+            [
                 (&mut src as *mut u64).cast(),
                 (&mut n64 as *mut u64).cast(),
                 (&mut wire as *mut u64).cast(),
@@ -124,8 +124,8 @@ impl GpuQueue {
         non_null(&[("wire", wire), ("dst", dst)])?;
         let k = self.ctx.kernel(Op::Decode, fmt, elem)?;
         let (mut wire, mut n64, mut dst) = (wire.0, n as u64, dst.0);
-        self.launch(k, n, |stride| {
-            vec![
+        self.launch(k, self.warp_grid(k, n), |stride| {
+            [
                 (&mut wire as *mut u64).cast(),
                 (&mut n64 as *mut u64).cast(),
                 (&mut dst as *mut u64).cast(),
@@ -145,21 +145,7 @@ impl GpuQueue {
             return Ok(());
         }
         let k = self.ctx.kernel(Op::ReduceEncode, fmt, elem)?;
-        let (mut own_src, mut table) = (fold.own_src.0, fold.wire_table.0);
-        let (mut members, mut own) = (fold.members as u32, fold.own_index as u32);
-        let (mut n64, mut wire_out, mut dst) = (fold.n as u64, fold.wire_out.0, fold.dst.0);
-        self.launch(k, fold.n, |stride| {
-            vec![
-                (&mut own_src as *mut u64).cast(),
-                (&mut table as *mut u64).cast(),
-                (&mut members as *mut u32).cast(),
-                (&mut own as *mut u32).cast(),
-                (&mut n64 as *mut u64).cast(),
-                (&mut wire_out as *mut u64).cast(),
-                (&mut dst as *mut u64).cast(),
-                (stride as *mut u64).cast(),
-            ]
-        })
+        self.launch_fold(k, self.warp_grid(k, fold.n), fold)
     }
 
     /// Queues the owner's exact fold of one shard, as
@@ -175,26 +161,11 @@ impl GpuQueue {
             return Ok(());
         }
         let k = self.ctx.sum_exact_kernel(elem);
-        let _bound = self.ctx.bind()?;
-        let (ctas, mut stride) = thread_grid(fold.n, self.ctx.sm_count(), k.ctas_per_sm);
-        let (mut own_src, mut table) = (fold.own_src.0, fold.wire_table.0);
-        let (mut members, mut own) = (fold.members as u32, fold.own_index as u32);
-        let (mut n64, mut wire_out, mut dst) = (fold.n as u64, fold.wire_out.0, fold.dst.0);
-        let mut p: [*mut c_void; 8] = [
-            (&mut own_src as *mut u64).cast(),
-            (&mut table as *mut u64).cast(),
-            (&mut members as *mut u32).cast(),
-            (&mut own as *mut u32).cast(),
-            (&mut n64 as *mut u64).cast(),
-            (&mut wire_out as *mut u64).cast(),
-            (&mut dst as *mut u64).cast(),
-            (&mut stride as *mut u64).cast(),
-        ];
-        // SAFETY: one pointer per parameter of `airamp_sum_exact_*` in
-        // cuda/codec.cu, of exactly its type (u32 member count and own
-        // index, u64 otherwise); addresses were checked non-null and the
-        // caller keeps them alive until the work's fence completes.
-        unsafe { driver::launch(k.function, ctas, THREADS, self.stream, &mut p) }
+        self.launch_fold(
+            k,
+            thread_grid(fold.n, self.ctx.sm_count(), k.ctas_per_sm),
+            fold,
+        )
     }
 
     /// Queues a copy of `bytes` between any two addresses the device can
@@ -207,23 +178,18 @@ impl GpuQueue {
         }
         non_null(&[("dst", dst), ("src", src)])?;
         let k = self.ctx.copy_kernel();
-        let _bound = self.ctx.bind()?;
-        let (ctas, mut stride) =
-            thread_grid(bytes.div_ceil(16), self.ctx.sm_count(), k.ctas_per_sm);
+        let grid = thread_grid(bytes.div_ceil(16), self.ctx.sm_count(), k.ctas_per_sm);
         let (mut src, mut dst, mut bytes) = (src.0, dst.0, bytes as u64);
-        let mut p: [*mut c_void; 4] = [
-            (&mut src as *mut u64).cast(),
-            (&mut dst as *mut u64).cast(),
-            (&mut bytes as *mut u64).cast(),
-            (&mut stride as *mut u64).cast(),
-        ];
-        // SAFETY: four u64 parameters, as `airamp_copy` in cuda/codec.cu
-        // declares them; both ranges were checked non-null and the caller
-        // keeps them alive until the work's fence completes.
-        unsafe { driver::launch(k.function, ctas, THREADS, self.stream, &mut p) }
+        self.launch(k, grid, |stride| {
+            [
+                (&mut src as *mut u64).cast(),
+                (&mut dst as *mut u64).cast(),
+                (&mut bytes as *mut u64).cast(),
+                (stride as *mut u64).cast(),
+            ]
+        })
     }
 
-    /// A fence after everything queued so far.
     /// Blocks until everything queued so far has completed. For close time
     /// only (freeing memory kernels may still use), never the data path.
     pub fn synchronize(&self) -> Result<(), GpuError> {
@@ -232,6 +198,7 @@ impl GpuQueue {
         driver::event_synchronize(fence.event)
     }
 
+    /// A fence after everything queued so far.
     pub fn record(&self) -> Result<Fence, GpuError> {
         let _bound = self.ctx.bind()?;
         let pooled = self.events.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -259,27 +226,54 @@ impl GpuQueue {
         Ok(mark)
     }
 
-    /// Launches `k` over `n` values. `params(stride)` returns pointers to
-    /// the kernel's arguments in order, the last being `stride`.
-    fn launch(
-        &self,
-        k: Kernel,
-        n: usize,
-        params: impl FnOnce(&mut u64) -> Vec<*mut c_void>,
-    ) -> Result<(), GpuError> {
-        let _bound = self.ctx.bind()?;
-        let (ctas, mut stride) = grid(
+    /// The grid of a codec kernel over `n` values: tiles, one per warp.
+    fn warp_grid(&self, k: Kernel, n: usize) -> (u32, u64) {
+        grid(
             n,
             self.ctx.options().tile_blocks,
             self.ctx.sm_count(),
             k.ctas_per_sm,
-        );
+        )
+    }
+
+    /// Launches a fold kernel (`reduce_encode` or `sum_exact`: the same
+    /// parameters) on `grid`.
+    fn launch_fold(&self, k: Kernel, grid: (u32, u64), fold: &Fold) -> Result<(), GpuError> {
+        let (mut own_src, mut table) = (fold.own_src.0, fold.wire_table.0);
+        let (mut members, mut own) = (fold.members as u32, fold.own_index as u32);
+        let (mut n64, mut wire_out, mut dst) = (fold.n as u64, fold.wire_out.0, fold.dst.0);
+        self.launch(k, grid, |stride| {
+            [
+                (&mut own_src as *mut u64).cast(),
+                (&mut table as *mut u64).cast(),
+                (&mut members as *mut u32).cast(),
+                (&mut own as *mut u32).cast(),
+                (&mut n64 as *mut u64).cast(),
+                (&mut wire_out as *mut u64).cast(),
+                (&mut dst as *mut u64).cast(),
+                (stride as *mut u64).cast(),
+            ]
+        })
+    }
+
+    /// Launches `k` on `grid` = (CTAs, grid-wide stride). `params(stride)`
+    /// returns pointers to the kernel's arguments in order, the last being
+    /// `stride` (an array: nothing is allocated per launch).
+    fn launch<const N: usize>(
+        &self,
+        k: Kernel,
+        grid: (u32, u64),
+        params: impl FnOnce(&mut u64) -> [*mut c_void; N],
+    ) -> Result<(), GpuError> {
+        let _bound = self.ctx.bind()?;
+        let (ctas, mut stride) = grid;
         let mut p = params(&mut stride);
         // SAFETY: `p` points at locals of the calling method that live across
         // this call, one per kernel parameter of exactly its type: u64 for
-        // every address and count, u32 for member count and own index (the
-        // signatures in cuda/codec.cu). Addresses were checked non-null; the
-        // caller keeps the memory alive until the work's fence completes.
+        // every address, count and stride, u32 for member count and own
+        // index (the signatures in cuda/codec.cu). Addresses were checked
+        // non-null; the caller keeps the memory alive until the work's fence
+        // completes.
         unsafe { driver::launch(k.function, ctas, THREADS, self.stream, &mut p) }
     }
 }

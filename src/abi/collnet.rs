@@ -17,7 +17,7 @@ use crate::codec::WireFormat;
 use crate::collnet::calibrate::probe::{Calibrated, RecordKey, Setup};
 use crate::collnet::calibrate::store::RecordFile;
 use crate::collnet::calibrate::{self, Agreed, ExecutorRates};
-use crate::collnet::device::Place;
+use crate::collnet::device::{self, Place};
 use crate::collnet::group::Group;
 use crate::collnet::{DataType, RedOp};
 use crate::config;
@@ -292,7 +292,7 @@ unsafe fn place(g: &Group, ptr: *mut c_void, len: usize) -> NetResult<Place> {
     if let Some(range) = g.device_range(ptr as usize, len) {
         return Ok(Place::Device(range));
     }
-    if len > 0 && offers_gpu_buffers() && gpu::is_device_pointer(ptr as usize) {
+    if len > 0 && device::offers_gpu_buffers() && gpu::is_device_pointer(ptr as usize) {
         return Err(NetError::InvalidUsage(format!(
             "collnet buffer {ptr:?} (+{len} bytes) is device memory outside every region registered with regMr"
         )));
@@ -463,41 +463,9 @@ enum CollRegion {
     Device { base: usize },
 }
 
-/// Whether the collective network offers NCCL GPU buffers: configured on,
-/// and a CUDA driver and the kernels' compiler load in this process (a GPU
-/// buffer could not be registered without them). Logged once either way.
-pub fn offers_gpu_buffers() -> bool {
-    static OFFERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFFERS.get_or_init(|| {
-        if !config::global().gpu.collnet {
-            return false;
-        }
-        let why_not = match (gpu::available(), gpu::nvrtc::load()) {
-            (false, _) => gpu::unavailable_reason().map(|e| e.to_string()),
-            (true, Err(e)) => Some(e.to_string()),
-            (true, Ok(_)) => None,
-        };
-        match why_not {
-            None => {
-                crate::info!(
-                    crate::log::SUBSYS_INIT,
-                    "NET/airamp collnet: offering NCCL GPU buffers (gpu.collnet): FP8 allreduce and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
-                );
-                true
-            }
-            Some(why) => {
-                crate::warn!(
-                    "NET/airamp collnet: gpu.collnet is on, but the GPU path cannot run here ({why}): NCCL gets host buffers"
-                );
-                false
-            }
-        }
-    })
-}
-
 /// `ptrSupport` of the collective network's devices.
 pub fn ptr_support() -> c_int {
-    if offers_gpu_buffers() {
+    if device::offers_gpu_buffers() {
         PTR_HOST | PTR_CUDA
     } else {
         PTR_HOST
@@ -515,7 +483,7 @@ pub unsafe fn reg_mr(
     mhandle: *mut *mut c_void,
 ) -> NetResult<()> {
     let region = if ptr_type & PTR_CUDA != 0 {
-        if !offers_gpu_buffers() {
+        if !device::offers_gpu_buffers() {
             return Err(NetError::InvalidArgument(format!(
                 "collnet regMr of GPU memory {data:?}, but GPU buffers were not offered"
             )));

@@ -352,7 +352,10 @@ pub unsafe fn close_send(comm: *mut c_void) -> NetResult<()> {
 /// at all: otherwise NCCL hands host memory only, and the hot path pays no
 /// driver query.
 fn refuse_unregistered_device(ptr: *mut c_void, len: usize) -> NetResult<()> {
-    if len > 0 && super::collnet::offers_gpu_buffers() && gpu::is_device_pointer(ptr as usize) {
+    if len > 0
+        && crate::collnet::device::offers_gpu_buffers()
+        && gpu::is_device_pointer(ptr as usize)
+    {
         return Err(NetError::InvalidUsage(format!(
             "buffer {ptr:?} (+{len} bytes) is GPU memory outside every region registered with regMr"
         )));

@@ -16,12 +16,44 @@
 //! handle NCCL passes along, which may come from the other side's view.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::NetResult;
-use crate::gpu::{DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
-use crate::metrics;
+use crate::gpu::{self, DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
 use crate::sys::RawBuf;
+use crate::{config, metrics};
+
+/// Whether the collective network offers NCCL GPU buffers: configured on,
+/// and a CUDA driver and the kernels' compiler load in this process (a GPU
+/// buffer could not be registered without them). Logged once either way.
+pub fn offers_gpu_buffers() -> bool {
+    static OFFERS: OnceLock<bool> = OnceLock::new();
+    *OFFERS.get_or_init(|| {
+        if !config::global().gpu.collnet {
+            return false;
+        }
+        let why_not = if gpu::available() {
+            gpu::nvrtc::load().err().map(|e| e.to_string())
+        } else {
+            Some(gpu::unavailable_reason().map_or("no CUDA driver".into(), |e| e.to_string()))
+        };
+        match why_not {
+            None => {
+                crate::info!(
+                    crate::log::SUBSYS_INIT,
+                    "NET/airamp collnet: offering NCCL GPU buffers (gpu.collnet): FP8 allreduce and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
+                );
+                true
+            }
+            Some(why) => {
+                crate::warn!(
+                    "NET/airamp collnet: gpu.collnet is on, but the GPU path cannot run here ({why}): NCCL gets host buffers"
+                );
+                false
+            }
+        }
+    })
+}
 
 /// One registered device range and its host mirror.
 pub struct DeviceRegion {

@@ -145,24 +145,6 @@ impl GpuContext {
         let name = driver::device_name(device)?;
         let image = nvrtc::compile_for_device(major, minor, options)?;
         let module = driver::module_load(image.bytes())?;
-        let mut table = [[[Kernel {
-            function: 0,
-            ctas_per_sm: 1,
-        }; 3]; 2]; 3];
-        for op in Op::ALL {
-            for fmt in FORMATS {
-                for elem in Elem::ALL {
-                    let function = driver::module_function(
-                        module,
-                        &format!("airamp_{}_{}_{}", op.name(), fmt_name(fmt), elem.name()),
-                    )?;
-                    table[op as usize][fmt as usize][elem as usize] = Kernel {
-                        function,
-                        ctas_per_sm: driver::ctas_per_sm(function, THREADS)?,
-                    };
-                }
-            }
-        }
         let kernel = |name: &str| -> Result<Kernel, GpuError> {
             let function = driver::module_function(module, name)?;
             Ok(Kernel {
@@ -170,6 +152,22 @@ impl GpuContext {
                 ctas_per_sm: driver::ctas_per_sm(function, THREADS)?,
             })
         };
+        let mut table = [[[Kernel {
+            function: 0,
+            ctas_per_sm: 1,
+        }; 3]; 2]; 3];
+        for op in Op::ALL {
+            for fmt in FORMATS {
+                for elem in Elem::ALL {
+                    table[op as usize][fmt as usize][elem as usize] = kernel(&format!(
+                        "airamp_{}_{}_{}",
+                        op.name(),
+                        fmt_name(fmt),
+                        elem.name()
+                    ))?;
+                }
+            }
+        }
         let copy = kernel("airamp_copy")?;
         let sum_exact = [
             kernel("airamp_sum_exact_f32")?,

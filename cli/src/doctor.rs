@@ -122,6 +122,9 @@ pub struct Host<'a> {
     pub pci_nics: BTreeSet<String>,
     /// The plugin installed beside this binary, offered as the fix.
     pub beside_binary: Option<PathBuf>,
+    /// Whether a CUDA MPS control daemon runs for this user
+    /// ([`mps_daemon_running`]).
+    pub mps_daemon: bool,
     /// Loads a library as NCCL does (`RTLD_NOW | RTLD_LOCAL`), calling nothing in it.
     pub load: &'a dyn Fn(&Path) -> LoadResult,
     /// The `--peer` test: `(HOST:PORT, plugin)` → a line on success.
@@ -704,11 +707,19 @@ fn check_compression(
         "gpu.collnet",
         Status::Ok,
         format!(
-            "gpu.collnet on ({}): kernels in airamp's own CUDA context, about 270 MiB of GPU memory per process; measured with MPS only (docs/results/gpu-path-h200.md)",
+            "gpu.collnet on ({}): kernels in airamp's own CUDA context, about 270 MiB of GPU memory per process (docs/results/gpu-path-h200.md)",
             source("gpu.collnet")
         ),
         None,
     ));
+    if !host.mps_daemon {
+        out.push(finding(
+            "gpu.collnet",
+            Status::Warn,
+            "no CUDA MPS daemon found: without MPS, airamp's kernels take turns with NCCL's on the GPU (measured on H200s: the GPU path at 0.34-0.49x Ring unshaped, against 1.6-1.8x with MPS; docs/results/multigpu-h200x2.md)".to_string(),
+            Some("nvidia-cuda-mps-control -d".into()),
+        ));
+    }
     let virtual_nics: Vec<&str> = devices
         .iter()
         .filter(|d| d.loopback || !host.pci_nics.contains(&d.ifname))
@@ -994,6 +1005,16 @@ fn process_vars() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Whether the MPS control daemon's pipe exists: `control` in
+/// `CUDA_MPS_PIPE_DIRECTORY`, default `/tmp/nvidia-mps`, where
+/// `nvidia-cuda-mps-control -d` creates it.
+fn mps_daemon_running() -> bool {
+    let dir = std::env::var_os("CUDA_MPS_PIPE_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/tmp/nvidia-mps"), PathBuf::from);
+    dir.join("control").exists()
+}
+
 /// The plugin installed beside this binary (as `--plugin`'s default).
 fn beside_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -1027,6 +1048,7 @@ pub fn run(opts: &DoctorOpts) -> Result<ExitCode, String> {
         interfaces,
         pci_nics,
         beside_binary: beside_binary(),
+        mps_daemon: mps_daemon_running(),
         load: &load_in_child,
         peer: &peer,
     };

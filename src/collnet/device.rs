@@ -43,6 +43,7 @@ pub fn offers_gpu_buffers() -> bool {
                     crate::log::SUBSYS_INIT,
                     "NET/airamp collnet: offering NCCL GPU buffers (gpu.collnet): FP8 allreduce and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
                 );
+                warn_without_mps();
                 true
             }
             Some(why) => {
@@ -53,6 +54,20 @@ pub fn offers_gpu_buffers() -> bool {
             }
         }
     })
+}
+
+/// Without MPS the GPU takes turns between airamp's context and the
+/// application's, whose NCCL kernel stays resident for the whole
+/// collective: airamp's kernels then wait for a time slice. Measured on
+/// two H200s, one rank per GPU: FP8 on GPU kernels at 0.34-0.49x Ring on
+/// loopback, against 1.6-1.8x with MPS (docs/results/multigpu-h200x2.md).
+fn warn_without_mps() {
+    let devices = gpu::devices_without_mps().unwrap_or_default();
+    if !devices.is_empty() {
+        crate::warn!(
+            "NET/airamp collnet: MPS is not enabled on GPU(s) {devices:?}: airamp's kernels and NCCL's take turns on the GPU, and the GPU path runs at a fraction of its speed (measured 0.34-0.49x Ring unshaped); start the MPS daemon (nvidia-cuda-mps-control -d) on GPU hosts that use gpu.collnet (docs/gpu.md)"
+        );
+    }
 }
 
 /// One registered device range and its host mirror.

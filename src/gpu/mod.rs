@@ -8,6 +8,7 @@
 //! ```text
 //! gpu::available() -> bool                      libcuda loads, cuInit works, >= 1 device (cached)
 //! gpu::is_device_pointer(addr) -> bool          CU_POINTER_ATTRIBUTE_MEMORY_TYPE == DEVICE
+//! gpu::devices_without_mps() -> Vec<i32>        devices whose contexts take turns (no MPS)
 //! GpuContext::current() -> Arc<GpuContext>      airamp's own context on this device + kernels
 //!   .queue() -> GpuQueue                        own non-blocking stream + event pool
 //!   .alloc_pinned(bytes) -> PinnedBuf           mapped pinned host memory (host ptr + device addr)
@@ -158,6 +159,26 @@ pub fn unavailable_reason() -> Option<GpuError> {
 /// with a GPU memory handle, so classify by pointer.
 pub fn is_device_pointer(addr: usize) -> bool {
     available() && driver::memory_type(addr as u64) == Some(driver::MEMORY_TYPE_DEVICE)
+}
+
+/// Devices on which contexts are not shared through MPS
+/// (`CU_DEVICE_ATTRIBUTE_MPS_ENABLED` = 0). Without MPS, kernels of two
+/// contexts never run at the same time on one GPU (CUDA programming guide),
+/// so airamp's context takes turns with the application's. A device whose
+/// driver cannot say is not listed.
+pub fn devices_without_mps() -> Result<Vec<i32>, GpuError> {
+    driver::init()?;
+    let mut without = Vec::new();
+    for device in 0..driver::device_count()? {
+        if driver::device_attribute(
+            device,
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MPS_ENABLED,
+        ) == Ok(0)
+        {
+            without.push(device);
+        }
+    }
+    Ok(without)
 }
 
 /// CUDA driver version (e.g. 13000), when available.

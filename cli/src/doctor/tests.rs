@@ -78,6 +78,7 @@ struct Fixture {
     pci_nics: BTreeSet<String>,
     glibc: Option<String>,
     default_lib_dirs: Vec<PathBuf>,
+    mps_daemon: bool,
 }
 
 impl Fixture {
@@ -101,6 +102,7 @@ impl Fixture {
             pci_nics: ["eth0".to_string()].into(),
             glibc: Some("2.36".into()),
             default_lib_dirs: Vec::new(),
+            mps_daemon: true,
             tmp,
         }
     }
@@ -129,6 +131,7 @@ impl Fixture {
             interfaces: self.interfaces.clone(),
             pci_nics: self.pci_nics.clone(),
             beside_binary: None,
+            mps_daemon: self.mps_daemon,
             load: &load_in_process,
             peer: &peer,
         };
@@ -543,6 +546,25 @@ fn gpu_collnet_on_a_virtual_nic_without_gdr_level() {
     fx.pci_nics.insert("eth0".into());
     let (f, _) = fx.run();
     assert_eq!(of(&f, "gpu.collnet").len(), 1);
+}
+
+#[test]
+fn gpu_collnet_without_an_mps_daemon() {
+    let mut fx = Fixture::new();
+    fx.set("AIRAMP_GPU_COLLNET", "1");
+    fx.mps_daemon = false;
+    let (f, code) = fx.run();
+    let g = of(&f, "gpu.collnet");
+    assert_eq!(g.len(), 2, "{}", render_text(&f));
+    assert_eq!(g[1].status, Status::Warn);
+    assert!(g[1].message.contains("MPS"), "{}", g[1].message);
+    assert_eq!(g[1].fix.as_deref(), Some("nvidia-cuda-mps-control -d"));
+    assert_eq!(code, 0);
+
+    // gpu.collnet off: MPS does not matter.
+    fx.unset("AIRAMP_GPU_COLLNET");
+    let (f, _) = fx.run();
+    assert!(of(&f, "gpu.collnet").is_empty(), "{}", render_text(&f));
 }
 
 #[test]

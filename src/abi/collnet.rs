@@ -491,7 +491,7 @@ pub unsafe fn reg_mr(
         let base = lock(group_of(coll_comm)?).register_device(data as usize, size)?;
         crate::info!(
             crate::log::SUBSYS_NET,
-            "NET/airamp collnet: registered GPU buffer {data:?} ({size} bytes) with a pinned host mirror"
+            "collnet: registered GPU buffer {data:?} ({size} bytes) with a pinned host mirror"
         );
         CollRegion::Device { base }
     } else if ptr_type & PTR_HOST != 0 {

@@ -41,14 +41,14 @@ pub fn offers_gpu_buffers() -> bool {
             None => {
                 crate::info!(
                     crate::log::SUBSYS_INIT,
-                    "NET/airamp collnet: offering NCCL GPU buffers (gpu.collnet): FP8 allreduce and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
+                    "collnet: offering NCCL GPU buffers (gpu.collnet): FP8 allreduce and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
                 );
                 warn_without_mps();
                 true
             }
             Some(why) => {
                 crate::warn!(
-                    "NET/airamp collnet: gpu.collnet is on, but the GPU path cannot run here ({why}): NCCL gets host buffers"
+                    "collnet: gpu.collnet is on, but the GPU path cannot run here ({why}): NCCL gets host buffers"
                 );
                 false
             }
@@ -65,7 +65,7 @@ fn warn_without_mps() {
     let devices = gpu::devices_without_mps().unwrap_or_default();
     if !devices.is_empty() {
         crate::warn!(
-            "NET/airamp collnet: MPS is not enabled on GPU(s) {devices:?}: airamp's kernels and NCCL's take turns on the GPU, and the GPU path runs at a fraction of its speed (measured 0.34-0.49x Ring unshaped); start the MPS daemon (nvidia-cuda-mps-control -d) on GPU hosts that use gpu.collnet (docs/gpu.md)"
+            "collnet: MPS is not enabled on GPU(s) {devices:?}: airamp's kernels and NCCL's take turns on the GPU, and the GPU path runs at a fraction of its speed (measured 0.34-0.49x Ring unshaped); start the MPS daemon (nvidia-cuda-mps-control -d) on GPU hosts that use gpu.collnet (docs/gpu.md)"
         );
     }
 }

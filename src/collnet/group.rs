@@ -227,7 +227,7 @@ impl Drop for Group {
         }
         crate::info!(
             crate::log::SUBSYS_NET,
-            "NET/airamp collnet: member {} of {} closing after {} calls, {} MiB: {}..{} bytes per call (mean {}), {:.0} us mean from call to completion",
+            "collnet: member {} of {} closing after {} calls, {} MiB: {}..{} bytes per call (mean {}), {:.0} us mean from call to completion",
             self.params.rank,
             self.params.n,
             a.calls,
@@ -455,7 +455,7 @@ impl Group {
         };
         crate::info!(
             crate::log::SUBSYS_NET,
-            "NET/airamp collnet: member {rank} of {n} joined; allreduce {path}; {workers} worker thread(s)"
+            "collnet: member {rank} of {n} joined; allreduce {path}; {workers} worker thread(s)"
         );
         let group = Group::from_links(
             GroupParams {

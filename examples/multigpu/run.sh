@@ -31,11 +31,12 @@
 #           cn_fp8_gpu_ub (AIRAMP_GPU_COLLNET=1, user buffers registered,
 #           NCCL_NET_GDR_LEVEL=SYS: the loopback NIC hangs off one CPU, and
 #           with PHB the GPUs of the other socket would decide GDR
-#           otherwise). Measured on one GPU under MPS only
-#           (docs/results/gpu-path-h200.md); here, one rank per GPU without
-#           MPS, the two contexts time-slice. Only with GPU_PATH=1 or named
-#           in PARTS; runs get RUN_TIMEOUT_GPU (90 s), a hung run's thread
-#           stacks go to NAME.stacks, and a hang fails the summary.
+#           otherwise). Without MPS the two contexts take turns on each GPU
+#           (0.34-0.49x Ring unshaped on 2 H200s,
+#           docs/results/multigpu-h200x2.md); MPS=1 runs them under MPS.
+#           Only with GPU_PATH=1 or named in PARTS; runs get
+#           RUN_TIMEOUT_GPU (90 s), a hung run's thread stacks go to
+#           NAME.stacks, and a hang fails the summary.
 # Env: PARTS, BUDGET_S (540: the whole call, summary and tar included; a run
 #   that would not fit is skipped and listed as such), RUN_TIMEOUT (240 s
 #   per run), ABBA (1: every mode again in reverse order; default 1 on 2
@@ -46,10 +47,14 @@
 #   mode's wire format), PORT (29600), TARBALL (OUTDIR.tar.gz), PLAN=1
 #   (print the plan and the time estimate, run nothing). A run cut short by
 #   the budget (not its own RUN_TIMEOUT) is CUT, not a hang: INCOMPLETE.
+#   MPS=1: start the CUDA MPS daemon (nvidia-cuda-mps-control -d) before
+#   the runs and stop it at the end, so every part runs under MPS.
+#   /usr/local/cuda*/lib64 holding libnvrtc is appended to LD_LIBRARY_PATH
+#   (the gpu parts compile their kernels with NVRTC).
 # Needs: PyTorch with NCCL, root and ip/tc on PATH for the shaped parts (a
 #   staged .tools/bin at the repository root is appended to PATH, for what
-#   the host lacks; see the GPU host README). No CUDA MPS: every rank has
-#   its own GPU.
+#   the host lacks; see the GPU host README). No CUDA MPS unless MPS=1:
+#   every rank has its own GPU.
 set -uo pipefail
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 [ $# -ge 2 ] || { usage; exit 2; }
@@ -59,6 +64,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 bench=$(cd "$here/../pytorch" && pwd)
 repo=$(cd "$here/../.." && pwd)
 [ -d "$repo/.tools/bin" ] && PATH=$PATH:$repo/.tools/bin
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64; do
+    if compgen -G "$d/libnvrtc.so*" >/dev/null; then
+        export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d
+        break
+    fi
+done
 gpus=${3:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')}
 case $gpus in '' | *[!0-9]*) echo "GPUS must be a number (got '$gpus')"; exit 2 ;; esac
 [ "$gpus" -ge 2 ] || { echo "needs 2 or more GPUs (found $gpus); one-GPU runs: examples/pytorch/"; exit 2; }
@@ -196,11 +207,23 @@ echo "  estimated total ~${total} s (+ ~15 s summary and tar)"
 mkdir -p "$out" || exit 2
 : >"$out/empty.conf"
 
+# --- MPS, when asked ----------------------------------------------------------
+mps=${MPS:-0}
+if [ "$mps" = 1 ]; then
+    if nvidia-cuda-mps-control -d; then
+        trap 'echo quit | nvidia-cuda-mps-control' EXIT
+        echo "MPS daemon started (MPS=1)"
+    else
+        echo "MPS=1: cannot start the MPS daemon (nvidia-cuda-mps-control -d)"; exit 2
+    fi
+fi
+
 # --- the host, for the record ---------------------------------------------
 {
     date -u; uname -a
     nvidia-smi -L 2>&1; nvidia-smi topo -m 2>&1
     nproc; python3 -c 'import torch; print("torch", torch.__version__, "nccl", torch.cuda.nccl.version(), "gpus", torch.cuda.device_count())' 2>&1
+    echo "MPS=$mps"
     sha256sum "$lib"
     git -C "$repo" rev-parse HEAD 2>/dev/null
     env | grep -E '^(NCCL|AIRAMP|TORCH)_' | sort

@@ -43,6 +43,12 @@ case "$1 $2" in
 esac
 EOF
 printf '#!/usr/bin/env bash\nexit 0\n' >"$tmp/bin/tc"
+# MPS control: -d starts (a marker file), "quit" on stdin stops.
+cat >"$tmp/bin/nvidia-cuda-mps-control" <<'EOF'
+#!/usr/bin/env bash
+if [ "${1:-}" = -d ]; then touch "$FAKE_STATE/mps"; echo "mps -d" >>"$FAKE_STATE/mps.log"; exit 0; fi
+read -r cmd; [ "$cmd" = quit ] && rm -f "$FAKE_STATE/mps"; echo "mps $cmd" >>"$FAKE_STATE/mps.log"
+EOF
 chmod +x "$tmp/bin/"*
 : >"$tmp/libnccl-net-airamp.so"
 export PATH=$tmp/bin:$PATH FAKE_STATE=$tmp/state FAKE_RUN_S=0.05
@@ -89,6 +95,12 @@ check "tuner digests compared on both ranks" grep -q "decision digests from 2 of
 check "tarball holds the runs" bash -c "tar -tzf '$tmp/two.tar.gz' | grep -q 'two/cn_25/tuner-2.json'"
 check "calib_summarize ran on cn_lo" grep -q "decision digests" "$tmp/two/cn_lo/calib.md"
 check "a port of its own per run" [ "$(cat "$tmp/two"/*/*.log | grep -o 'port [0-9]*' | sort -u | wc -l)" = 32 ]
+
+echo "== 2 GPUs, MPS=1, the GPU path"
+FAKE_GPUS=2 MPS=1 PARTS=gpu_lo "$run" "$tmp/libnccl-net-airamp.so" "$tmp/mps" >"$tmp/mps.txt" 2>&1
+check "MPS=1: started before the runs, stopped at the end" \
+    bash -c "[ \"\$(cat '$FAKE_STATE/mps.log')\" = \"\$(printf 'mps -d\nmps quit')\" ] && [ ! -e '$FAKE_STATE/mps' ]"
+check "MPS=1 is in host.txt, the runs ok" bash -c "grep -q '^MPS=1$' '$tmp/mps/host.txt' && [ \"\$(grep -c '	ok$' '$tmp/mps/runs.tsv')\" = 3 ]"
 
 echo "== 8 GPUs, faults: a hang (cn_fp8), a wrong answer (cn_int8), ranks disagreeing (tuner), P2P (ring)"
 FAKE_GPUS=8 PARTS="cn_lo heads" RUN_TIMEOUT=3 TARBALL=$tmp/eight-out.tar.gz \

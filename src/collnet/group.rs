@@ -28,6 +28,7 @@ use super::lend::{OwnedRecv, OwnedSend, Payload, RecvBuf};
 use super::link::tcp::{TcpRx, TcpTx};
 use super::link::{PeerLinks, RxLink, TxLink};
 use super::plan::Plan;
+use super::pola::{Pattern, Seen, Summary};
 use super::pool::{self, Shared};
 use super::steps::{Lane, Step};
 use super::workers::{Done, Event, Job, Workers};
@@ -171,10 +172,19 @@ struct OpState {
     kind: OpKind,
 }
 
-#[derive(Clone, Copy)]
+/// What a call is, as metrics and the call pattern ([`Pattern`]) see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct OpKind {
+    collective: Collective,
     dtype: DataType,
     path: Path,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Collective {
+    AllReduce,
+    AllGather,
+    ReduceScatter,
 }
 
 pub struct Group {
@@ -192,6 +202,9 @@ pub struct Group {
     next_seq: u64,
     failure: Option<NetError>,
     activity: Activity,
+    /// The cycle of calls NCCL drives this group with (PoLA, F9): kind
+    /// and bytes of each call.
+    pattern: Pattern<(OpKind, usize)>,
 }
 
 /// What a group did, logged when it closes: how NCCL drove it (call sizes,
@@ -221,13 +234,17 @@ impl Activity {
 
 impl Drop for Group {
     fn drop(&mut self) {
+        if self.pattern.locked().is_some() {
+            metrics::collnet().pola_unlocked();
+        }
         let a = &self.activity;
         if a.calls == 0 {
             return;
         }
+        let p = &self.pattern;
         crate::info!(
             crate::log::SUBSYS_NET,
-            "collnet: member {} of {} closing after {} calls, {} MiB: {}..{} bytes per call (mean {}), {:.0} us mean from call to completion",
+            "collnet: member {} of {} closing after {} calls, {} MiB: {}..{} bytes per call (mean {}), {:.0} us mean from call to completion; call pattern {}, {} hits, {} misses, locked {} time(s)",
             self.params.rank,
             self.params.n,
             a.calls,
@@ -235,7 +252,12 @@ impl Drop for Group {
             a.smallest,
             a.largest,
             a.bytes / a.calls,
-            a.in_flight.as_secs_f64() * 1e6 / a.calls as f64
+            a.in_flight.as_secs_f64() * 1e6 / a.calls as f64,
+            p.locked()
+                .map_or("learning".to_string(), |period| format!("locked (period {period} calls)")),
+            p.hits(),
+            p.misses(),
+            p.locks()
         );
     }
 }
@@ -511,6 +533,7 @@ impl Group {
             next_seq: 0,
             failure: None,
             activity: Activity::default(),
+            pattern: Pattern::new(),
         })
     }
 
@@ -604,9 +627,33 @@ impl Group {
             },
         );
         self.waiting.extend(steps.into_iter().map(|s| (id, s)));
+        self.observe_pattern(kind, bytes);
         self.progress();
         self.check()?;
         Ok(id)
+    }
+
+    /// The call pattern NCCL drives this group with (PoLA).
+    pub fn call_pattern(&self) -> Summary {
+        self.pattern.summary()
+    }
+
+    /// Feeds a new call to the call pattern; metrics, and one log line the
+    /// first time the group locks.
+    fn observe_pattern(&mut self, kind: OpKind, bytes: usize) {
+        let seen = self.pattern.observe((kind, bytes));
+        metrics::collnet().pola_call(seen);
+        if let Seen::Locked { period } = seen {
+            if self.pattern.locks() == 1 {
+                crate::info!(
+                    crate::log::SUBSYS_NET,
+                    "collnet: member {} of {}: call pattern locked after {} calls, a cycle of {period} calls",
+                    self.params.rank,
+                    self.params.n,
+                    self.next_op
+                );
+            }
+        }
     }
 
     /// Starts an allreduce of `count` elements from `input` into `output`.
@@ -666,7 +713,12 @@ impl Group {
                 })
                 .collect();
             metrics::collnet().gpu_call(GpuCall::Kernels);
-            return self.add_op(vec![], vec![], bytes, steps, OpKind { dtype, path });
+            let kind = OpKind {
+                collective: Collective::AllReduce,
+                dtype,
+                path,
+            };
+            return self.add_op(vec![], vec![], bytes, steps, kind);
         }
         let steps = specs
             .map(|(offset, spec)| {
@@ -679,7 +731,11 @@ impl Group {
             vec![output],
             bytes,
             steps,
-            OpKind { dtype, path },
+            OpKind {
+                collective: Collective::AllReduce,
+                dtype,
+                path,
+            },
         )
     }
 
@@ -718,6 +774,7 @@ impl Group {
             window_bytes,
             steps,
             OpKind {
+                collective: Collective::AllGather,
                 dtype: DataType::U8,
                 path: Path::Exact,
             },
@@ -765,6 +822,7 @@ impl Group {
             piece,
             steps,
             OpKind {
+                collective: Collective::ReduceScatter,
                 dtype,
                 path: Path::Exact,
             },

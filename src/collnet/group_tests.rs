@@ -125,6 +125,44 @@ fn check(n: usize, fp8: Option<WireFormat>, workers: usize, count: usize, seed: 
     }
 }
 
+/// A training-like cycle of calls locks every member's call pattern at
+/// the same period; the results stay the model's, and a call off the
+/// cycle is a miss.
+#[test]
+fn the_call_pattern_locks_on_every_member_without_changing_results() {
+    let (n, dtype, fp8) = (2, DataType::Bf16, Some(WireFormat::E4M3));
+    let (mut groups, _) = joined(n, fp8, 2, 11);
+    let cycle = [1000, 1000, 77];
+    for (i, &count) in cycle.iter().cycle().take(5 * cycle.len()).enumerate() {
+        let mut inputs = bf16_inputs(n, 1, count, i as u64);
+        let outputs = run_calls(&mut groups, &mut inputs, dtype, RedOp::Sum, count).expect("call");
+        let call = Call {
+            n,
+            dtype,
+            op: RedOp::Sum,
+            path: Path::Compressed(WireFormat::E4M3),
+            count,
+            segment_elems: SEGMENT_BYTES / dtype.size(),
+        };
+        let per_member: Vec<Vec<u8>> = inputs.iter().map(|m| m[0].clone()).collect();
+        let want = sim::run(&call, &per_member, 11).expect("model");
+        for m in 0..n {
+            assert!(outputs[m][0] == want[m], "member {m} call {i}");
+        }
+    }
+    for g in &groups {
+        let p = g.call_pattern();
+        assert_eq!((p.locked, p.misses, p.locks), (Some(3), 0, 1), "{p:?}");
+        assert!(p.hits >= 1, "{p:?}");
+    }
+    let mut inputs = bf16_inputs(n, 1, 500, 99);
+    run_calls(&mut groups, &mut inputs, dtype, RedOp::Sum, 500).expect("call");
+    for g in &groups {
+        let p = g.call_pattern();
+        assert_eq!((p.locked, p.misses), (None, 1), "{p:?}");
+    }
+}
+
 #[test]
 fn exact_and_fp8_match_the_model_with_and_without_workers() {
     for n in [2, 3, 4] {

@@ -24,6 +24,7 @@ pub mod join;
 pub mod lend;
 pub mod link;
 pub mod plan;
+pub mod pola;
 pub mod pool;
 #[cfg(any(test, feature = "tools"))] // a simulator for tests and `airamp bench collnet`
 pub mod sim;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::histogram::Histogram;
 use super::render::header;
 use super::{LATENCY_BOUNDS_NS, LATENCY_BUCKETS};
+use crate::collnet::pola::Seen;
 use crate::collnet::{DataType, Path};
 
 const DTYPES: [&str; 10] = [
@@ -53,6 +54,10 @@ pub struct CollnetMetrics {
     /// Calls on GPU buffers: run by kernels, or staged through mirrors.
     gpu_calls: [AtomicU64; 2],
     gpu_pinned: AtomicU64,
+    /// Calls against their group's call pattern: learning, hit, miss.
+    pola_calls: [AtomicU64; 3],
+    pola_locks: AtomicU64,
+    pola_locked_groups: AtomicU64,
 }
 
 static COLLNET: CollnetMetrics = CollnetMetrics {
@@ -67,7 +72,12 @@ static COLLNET: CollnetMetrics = CollnetMetrics {
     pool_held: AtomicU64::new(0),
     gpu_calls: [const { AtomicU64::new(0) }; 2],
     gpu_pinned: AtomicU64::new(0),
+    pola_calls: [const { AtomicU64::new(0) }; 3],
+    pola_locks: AtomicU64::new(0),
+    pola_locked_groups: AtomicU64::new(0),
 };
+
+const POLA_RESULTS: [&str; 3] = ["learning", "hit", "miss"];
 
 /// How a call on GPU buffers runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +131,30 @@ impl CollnetMetrics {
     /// A call on GPU buffers started.
     pub fn gpu_call(&self, how: GpuCall) {
         self.gpu_calls[how as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A call was seen against its group's call pattern. A lock and a
+    /// miss move the gauge of locked groups.
+    pub fn pola_call(&self, seen: Seen) {
+        let result = match seen {
+            Seen::Learning => 0,
+            Seen::Locked { .. } => {
+                self.pola_locks.fetch_add(1, Relaxed);
+                self.pola_locked_groups.fetch_add(1, Relaxed);
+                0
+            }
+            Seen::Hit => 1,
+            Seen::Miss => {
+                self.pola_locked_groups.fetch_sub(1, Relaxed);
+                2
+            }
+        };
+        self.pola_calls[result].fetch_add(1, Relaxed);
+    }
+
+    /// A locked group closed.
+    pub fn pola_unlocked(&self) {
+        self.pola_locked_groups.fetch_sub(1, Relaxed);
     }
 
     /// Pinned host memory for GPU buffers (mirrors, staging slots) was
@@ -245,6 +279,41 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_gpu_pinned_bytes {}",
         m.gpu_pinned.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_pola_calls_total",
+        "counter",
+        "Collective-network calls against their group's learned call pattern (PoLA): learning (no cycle locked), hit (the call the locked cycle predicted), miss (it broke the cycle).",
+    );
+    for (i, result) in POLA_RESULTS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "airamp_collnet_pola_calls_total{{result=\"{result}\"}} {}",
+            m.pola_calls[i].load(Relaxed)
+        );
+    }
+    header(
+        out,
+        "airamp_collnet_pola_locks_total",
+        "counter",
+        "Times a collective group's call pattern locked (the same cycle of calls three times in a row).",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_pola_locks_total {}",
+        m.pola_locks.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_pola_locked_groups",
+        "gauge",
+        "Collective groups whose call pattern is locked now.",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_pola_locked_groups {}",
+        m.pola_locked_groups.load(Relaxed)
     );
     header(
         out,

@@ -315,7 +315,7 @@ fn buckets_match_spec() {
     assert!(LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
 }
 
-const FAMILIES: [&str; 28] = [
+const FAMILIES: [&str; 31] = [
     "airamp_status",
     "airamp_info",
     "airamp_bytes_sent_total",
@@ -339,6 +339,9 @@ const FAMILIES: [&str; 28] = [
     "airamp_collnet_pool_bytes",
     "airamp_collnet_gpu_calls_total",
     "airamp_collnet_gpu_pinned_bytes",
+    "airamp_collnet_pola_calls_total",
+    "airamp_collnet_pola_locks_total",
+    "airamp_collnet_pola_locked_groups",
     "airamp_tuner_link_bytes_per_second",
     "airamp_tuner_link_latency_seconds",
     "airamp_tuner_codec_values_per_second",

@@ -196,13 +196,21 @@ fn log_calibration(
     });
     crate::info!(
         crate::log::SUBSYS_NET,
-        "collnet calibration, member {rank} of {n}, {comm}: {what}{local}; {:.1} ms in connect (+{:.1} ms timing the codec)",
+        "collnet calibration, member {rank} of {n}, {comm}: {what}{local}; {:.1} ms in connect (links {:.1}, lone calls {:.1}, streamed {:.1}, agreement {:.1}; +{:.1} ms timing the codec)",
         c.took.as_secs_f64() * 1e3,
+        ms(c.phases.links),
+        ms(c.phases.lone),
+        ms(c.phases.streamed),
+        ms(c.phases.agree),
         codec_timing.as_secs_f64() * 1e3
     );
     if let (Some(id), Agreed::Measured(_)) = (comm_id, c.agreed) {
         crate::metrics::calibration().connect_took(id, c.took);
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// Whether `(dtype, op)` (NCCL's codes) can be reduced by the group.

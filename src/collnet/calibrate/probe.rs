@@ -91,6 +91,13 @@ const PROBE_ROUND_BUDGET: Duration = Duration::from_millis(60);
 const PROBE_IN_FLIGHT: usize = 8;
 /// Streamed rounds: the first warms up, the best of the rest counts.
 const PROBE_ROUNDS: usize = 3;
+/// What a timed streamed round may take, as the members predict it from
+/// the warm-up round (run at half the agreed calls). On a fast link the
+/// agreed calls fit and the timed rounds keep them (32 MiB at 25 Gbit/s on
+/// the H200 host: 23 ms); on a slow one they shrink: at 5 Gbit/s a 32 MiB
+/// round took 53-90 ms, and three of them were most of a 330-550 ms
+/// calibration.
+const TIMED_ROUND_BUDGET: Duration = Duration::from_millis(40);
 
 /// The best times of the two probes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -119,6 +126,20 @@ pub fn streamed_calls_for(one_call: Duration) -> usize {
     } else {
         calls
     }
+}
+
+/// Calls this member proposes for the timed streamed rounds: the agreed
+/// `calls`, fewer if the warm-up round of `warm_calls` calls, which took
+/// `warm`, says they would outlast [`TIMED_ROUND_BUDGET`]; never fewer than
+/// [`PROBE_MIN_CALLS`]. The group runs the smallest proposal.
+pub fn timed_calls_for(calls: usize, warm_calls: usize, warm: Duration) -> usize {
+    let per_call = warm.as_secs_f64() / warm_calls.max(1) as f64;
+    let fit = if per_call > 0.0 {
+        (TIMED_ROUND_BUDGET.as_secs_f64() / per_call).floor()
+    } else {
+        f64::INFINITY
+    };
+    (fit.min(calls as f64) as usize).max(PROBE_MIN_CALLS.min(calls))
 }
 
 /// Where a group's agreed record is filed.
@@ -160,8 +181,24 @@ pub struct Calibrated {
     pub took: Duration,
     /// This member's probe times, if they ran.
     pub probe: Option<ProbeTimes>,
+    /// Where [`Calibrated::took`] went, on this member.
+    pub phases: Phases,
     /// The filed record; dropping it removes the file (when the group closes).
     pub record: Option<RecordFile>,
+}
+
+/// The calibration's time by phase, for the log: what to shorten when
+/// `connect` takes too long.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Phases {
+    /// Latency rounds and the bandwidth burst ([`measure_links`]).
+    pub links: Duration,
+    /// The lone FP8 calls and the agreement on the streamed round's size.
+    pub lone: Duration,
+    /// The streamed rounds.
+    pub streamed: Duration,
+    /// Reports, agreement, the record and the commit.
+    pub agree: Duration,
 }
 
 struct Ctx<'a> {
@@ -485,20 +522,21 @@ fn time_one_call(
     Ok(best)
 }
 
-/// Best seconds of a streamed round: `calls` FP8 allreduces of `values`
-/// bf16 values each through the group, at most [`PROBE_IN_FLIGHT`] in
-/// flight, each on its own slice of the buffers.
+/// A warm-up round of half of `calls` FP8 allreduces of `values` bf16
+/// values each, then [`PROBE_ROUNDS`] - 1 timed rounds of as many calls as
+/// the members agree fit [`TIMED_ROUND_BUDGET`] ([`timed_calls_for`]); at
+/// most [`PROBE_IN_FLIGHT`] calls in flight, each on its own slice of the
+/// buffers. Returns the timed rounds' calls and their best seconds.
 fn time_streamed(
     group: &mut Group,
     bufs: &mut Buffers,
     values: usize,
     calls: usize,
     deadline: Instant,
-) -> NetResult<f64> {
+) -> NetResult<(usize, f64)> {
     let call_bytes = values * 2;
     probe_data(bufs, values * calls);
-    let mut best = f64::INFINITY;
-    for round in 0..PROBE_ROUNDS {
+    let round = |group: &mut Group, bufs: &mut Buffers, calls: usize| -> NetResult<f64> {
         let start = Instant::now();
         let mut in_flight = std::collections::VecDeque::with_capacity(PROBE_IN_FLIGHT);
         let mut inputs = bufs.input.chunks_exact_mut(call_bytes);
@@ -521,11 +559,33 @@ fn time_streamed(
         for op in in_flight {
             complete(group, op, deadline, "probing allreduce")?;
         }
-        if round > 0 {
-            best = best.min(start.elapsed().as_secs_f64());
-        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    let warm_calls = (calls / 2).max(PROBE_MIN_CALLS.min(calls));
+    let warm = round(group, bufs, warm_calls)?;
+    // Its own buffers: the probe data stays in place for the timed rounds.
+    let mut plan = Buffers {
+        input: Vec::new(),
+        output: Vec::new(),
+    };
+    let mine = timed_calls_for(calls, warm_calls, Duration::from_secs_f64(warm)) as u64;
+    let timed = all_gather(
+        group,
+        &mut plan,
+        &mine.to_le_bytes(),
+        deadline,
+        "timed round plan",
+    )?
+    .iter()
+    .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes each")))
+    .min()
+    .unwrap_or(mine)
+    .min(calls as u64) as usize;
+    let mut best = f64::INFINITY;
+    for _ in 1..PROBE_ROUNDS {
+        best = best.min(round(group, bufs, timed)?);
     }
-    Ok(best)
+    Ok((timed, best))
 }
 
 /// The codec rates both probes support: each probe fitted to the model,
@@ -651,6 +711,10 @@ fn finish_on(
     started: Instant,
 ) -> NetResult<Calibrated> {
     let (rank, n) = (group.params().rank, group.params().n);
+    let mut phases = Phases {
+        links: started.elapsed(),
+        ..Phases::default()
+    };
     let record_of = |key: RecordKey, agreed| Record {
         comm_id: key.comm_id,
         group_key: key.group_key,
@@ -671,12 +735,14 @@ fn finish_on(
             local: None,
             took: started.elapsed(),
             probe: None,
+            phases,
             record,
         });
     }
     // Every member runs the probing calls (the group agreed on FP8 or not
     // identically); only their use depends on this member's figures.
     let fp8 = group.params().fp8.is_some();
+    let probing = Instant::now();
     let probe = if fp8 {
         let values = setup.probe_values;
         let one_call = Duration::from_secs_f64(time_one_call(group, bufs, values, deadline)?);
@@ -690,8 +756,10 @@ fn finish_on(
             .min()
             .unwrap_or(0)
             .min(PROBE_CALLS_PER_ROUND as u64) as usize;
+        phases.lone = probing.elapsed();
         let streamed = if calls > 0 {
-            let took = time_streamed(group, bufs, values / 2, calls, deadline)?;
+            let (calls, took) = time_streamed(group, bufs, values / 2, calls, deadline)?;
+            phases.streamed = probing.elapsed() - phases.lone;
             Some((calls, Duration::from_secs_f64(took)))
         } else {
             None
@@ -700,6 +768,7 @@ fn finish_on(
     } else {
         None
     };
+    let agreeing = Instant::now();
     let local = match (&setup.rates, link, probe) {
         (Ok(rates), Some(link), Some(times)) => {
             let fitted = fit_probes(
@@ -761,11 +830,13 @@ fn finish_on(
             return Err(protocol(j, "bad commit message".into()));
         }
     }
+    phases.agree = agreeing.elapsed();
     Ok(Calibrated {
         agreed,
         local,
         took: started.elapsed(),
         probe,
+        phases,
         record,
     })
 }

@@ -331,6 +331,22 @@ fn streamed_rounds_shrink_with_slow_calls_and_stop_below_the_minimum() {
 }
 
 #[test]
+fn timed_rounds_keep_the_agreed_calls_on_fast_links_and_shrink_on_slow_ones() {
+    let ms = |x: f64| std::time::Duration::from_secs_f64(x / 1e3);
+    let full = probe::PROBE_CALLS_PER_ROUND;
+    // 25 Gbit/s on the H200 host: 64 calls in 23 ms, so a 32-call warm-up
+    // of about 12 ms; the timed rounds keep all 64.
+    assert_eq!(probe::timed_calls_for(full, full / 2, ms(12.0)), full);
+    // 5 Gbit/s: 64 calls took 53-90 ms; the timed rounds fit 40 ms.
+    assert_eq!(probe::timed_calls_for(full, full / 2, ms(30.0)), 42);
+    assert_eq!(probe::timed_calls_for(full, full / 2, ms(45.0)), 28);
+    // Never below the minimum round, nor above the agreed calls.
+    assert_eq!(probe::timed_calls_for(full, full / 2, ms(900.0)), 8);
+    assert_eq!(probe::timed_calls_for(5, 5, ms(900.0)), 5);
+    assert_eq!(probe::timed_calls_for(full, full / 2, ms(0.0)), full);
+}
+
+#[test]
 fn configured_keys_override_agreed_figures() {
     let agreed = figures(2.5, 40.0, 1.5, 5.5);
     let mut t = Config::default().tuner;

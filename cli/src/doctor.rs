@@ -122,8 +122,8 @@ pub struct Host<'a> {
     pub pci_nics: BTreeSet<String>,
     /// The plugin installed beside this binary, offered as the fix.
     pub beside_binary: Option<PathBuf>,
-    /// Whether a CUDA MPS control daemon runs for this user
-    /// ([`mps_daemon_running`]).
+    /// Whether a CUDA MPS control daemon listens on the pipe directory this
+    /// environment names ([`mps_daemon_running`]).
     pub mps_daemon: bool,
     /// Loads a library as NCCL does (`RTLD_NOW | RTLD_LOCAL`), calling nothing in it.
     pub load: &'a dyn Fn(&Path) -> LoadResult,
@@ -1005,14 +1005,27 @@ fn process_vars() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Whether the MPS control daemon's pipe exists: `control` in
+/// Whether an MPS control daemon reads its pipe: `control` in
 /// `CUDA_MPS_PIPE_DIRECTORY`, default `/tmp/nvidia-mps`, where
-/// `nvidia-cuda-mps-control -d` creates it.
+/// `nvidia-cuda-mps-control -d` creates it. Opening a FIFO for writing
+/// without blocking fails (ENXIO) when nobody reads it, as after a daemon
+/// that was killed left its pipe behind.
 fn mps_daemon_running() -> bool {
     let dir = std::env::var_os("CUDA_MPS_PIPE_DIRECTORY")
         .filter(|d| !d.is_empty())
         .map_or_else(|| PathBuf::from("/tmp/nvidia-mps"), PathBuf::from);
-    dir.join("control").exists()
+    pipe_has_reader(&dir.join("control"))
+}
+
+/// Whether something reads the FIFO at `path` (false: no such file, or no
+/// reader).
+fn pipe_has_reader(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .is_ok()
 }
 
 /// The plugin installed beside this binary (as `--plugin`'s default).

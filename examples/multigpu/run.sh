@@ -47,10 +47,9 @@
 #   mode's wire format), PORT (29600), TARBALL (OUTDIR.tar.gz), PLAN=1
 #   (print the plan and the time estimate, run nothing). A run cut short by
 #   the budget (not its own RUN_TIMEOUT) is CUT, not a hang: INCOMPLETE.
-#   MPS=1: start the CUDA MPS daemon (nvidia-cuda-mps-control -d) before
-#   the runs and stop it at the end, so every part runs under MPS.
-#   /usr/local/cuda*/lib64 holding libnvrtc is appended to LD_LIBRARY_PATH
-#   (the gpu parts compile their kernels with NVRTC).
+#   MPS=1: every part runs under the CUDA MPS daemon. A daemon already
+#   running is used as it is; otherwise one is started
+#   (nvidia-cuda-mps-control -d) and stopped at the end.
 # Needs: PyTorch with NCCL, root and ip/tc on PATH for the shaped parts (a
 #   staged .tools/bin at the repository root is appended to PATH, for what
 #   the host lacks; see the GPU host README). No CUDA MPS unless MPS=1:
@@ -64,12 +63,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 bench=$(cd "$here/../pytorch" && pwd)
 repo=$(cd "$here/../.." && pwd)
 [ -d "$repo/.tools/bin" ] && PATH=$PATH:$repo/.tools/bin
-for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64; do
-    if compgen -G "$d/libnvrtc.so*" >/dev/null; then
-        export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d
-        break
-    fi
-done
 gpus=${3:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')}
 case $gpus in '' | *[!0-9]*) echo "GPUS must be a number (got '$gpus')"; exit 2 ;; esac
 [ "$gpus" -ge 2 ] || { echo "needs 2 or more GPUs (found $gpus); one-GPU runs: examples/pytorch/"; exit 2; }
@@ -210,8 +203,11 @@ mkdir -p "$out" || exit 2
 # --- MPS, when asked ----------------------------------------------------------
 mps=${MPS:-0}
 if [ "$mps" = 1 ]; then
-    if nvidia-cuda-mps-control -d; then
-        trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    if pgrep -x nvidia-cuda-mps-control >/dev/null; then
+        echo "MPS=1: using the MPS daemon already running"
+    elif nvidia-cuda-mps-control -d; then
+        # quit -t: ranks left over from a hung run do not keep it alive.
+        trap 'echo "quit -t 10" | nvidia-cuda-mps-control' EXIT
         echo "MPS daemon started (MPS=1)"
     else
         echo "MPS=1: cannot start the MPS daemon (nvidia-cuda-mps-control -d)"; exit 2

@@ -567,6 +567,26 @@ fn gpu_collnet_without_an_mps_daemon() {
     assert!(of(&f, "gpu.collnet").is_empty(), "{}", render_text(&f));
 }
 
+/// The MPS probe: a pipe left behind by a killed daemon (no reader) is
+/// not a running daemon.
+#[test]
+fn the_mps_pipe_counts_only_with_a_reader() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = Tmp::new();
+    let pipe = tmp.0.join("control");
+    assert!(!super::pipe_has_reader(&pipe), "no file");
+    let c = std::ffi::CString::new(pipe.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: a valid C string; creates a FIFO in the test's directory.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert!(!super::pipe_has_reader(&pipe), "a FIFO nobody reads");
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&pipe)
+        .expect("open for reading");
+    assert!(super::pipe_has_reader(&pipe), "a FIFO with a reader");
+}
+
 #[test]
 fn tuner_plugin_points_elsewhere() {
     let mut fx = Fixture::new();

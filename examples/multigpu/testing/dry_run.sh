@@ -47,7 +47,7 @@ printf '#!/usr/bin/env bash\nexit 0\n' >"$tmp/bin/tc"
 cat >"$tmp/bin/nvidia-cuda-mps-control" <<'EOF'
 #!/usr/bin/env bash
 if [ "${1:-}" = -d ]; then touch "$FAKE_STATE/mps"; echo "mps -d" >>"$FAKE_STATE/mps.log"; exit 0; fi
-read -r cmd; [ "$cmd" = quit ] && rm -f "$FAKE_STATE/mps"; echo "mps $cmd" >>"$FAKE_STATE/mps.log"
+read -r cmd; case $cmd in quit*) rm -f "$FAKE_STATE/mps" ;; esac; echo "mps $cmd" >>"$FAKE_STATE/mps.log"
 EOF
 chmod +x "$tmp/bin/"*
 : >"$tmp/libnccl-net-airamp.so"
@@ -99,7 +99,9 @@ check "a port of its own per run" [ "$(cat "$tmp/two"/*/*.log | grep -o 'port [0
 echo "== 2 GPUs, MPS=1, the GPU path"
 FAKE_GPUS=2 MPS=1 PARTS=gpu_lo "$run" "$tmp/libnccl-net-airamp.so" "$tmp/mps" >"$tmp/mps.txt" 2>&1
 check "MPS=1: started before the runs, stopped at the end" \
-    bash -c "[ \"\$(cat '$FAKE_STATE/mps.log')\" = \"\$(printf 'mps -d\nmps quit')\" ] && [ ! -e '$FAKE_STATE/mps' ]"
+    bash -c "[ \"\$(cat '$FAKE_STATE/mps.log')\" = \"\$(printf 'mps -d\nmps quit -t 10')\" ] && [ ! -e '$FAKE_STATE/mps' ]"
+check "MPS=1 keeps the summary's verdict (a wrong answer fails the call)" bash -c "FAKE_GPUS=2 MPS=1 PARTS=gpu_lo FAKE_FAULT=wrong:cn_fp8_gpu_ub \
+    '$run' '$tmp/libnccl-net-airamp.so' '$tmp/mps-wrong' >/dev/null 2>&1; [ \$? = 1 ]"
 check "MPS=1 is in host.txt, the runs ok" bash -c "grep -q '^MPS=1$' '$tmp/mps/host.txt' && [ \"\$(grep -c '	ok$' '$tmp/mps/runs.tsv')\" = 3 ]"
 
 echo "== 8 GPUs, faults: a hang (cn_fp8), a wrong answer (cn_int8), ranks disagreeing (tuner), P2P (ring)"

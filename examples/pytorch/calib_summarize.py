@@ -24,13 +24,20 @@ RANK = re.compile(r"\brank (\d+) nranks (\d+)\b", re.IGNORECASE)
 ALGO = re.compile(r"AllReduce: (\d+) Bytes -> Algo (\S+) proto (\S+)")
 
 
+def passes(out, mode, ext):
+    """The files of every pass of `mode`: m.EXT, m-2.EXT, m-3.EXT, ..."""
+    first = os.path.join(out, mode + ext)
+    rest = sorted(glob.glob(os.path.join(out, f"{mode}-[0-9]*{ext}")),
+                  key=lambda p: int(re.search(r"-(\d+)" + re.escape(ext) + "$", p).group(1)))
+    return ([first] if os.path.exists(first) else []) + rest
+
+
 def best_rows(out, mode):
-    """bytes -> best busbw over the mode's runs (m.json, m-2.json)."""
+    """bytes -> best busbw over the mode's passes (m.json, m-2.json, ...)."""
     rows = {}
-    for p in (os.path.join(out, mode + ".json"), os.path.join(out, mode + "-2.json")):
-        if os.path.exists(p):
-            for r in json.load(open(p))["results"]:
-                rows[r["bytes"]] = max(rows.get(r["bytes"], 0.0), r["busbw_GBps"])
+    for p in passes(out, mode, ".json"):
+        for r in json.load(open(p))["results"]:
+            rows[r["bytes"]] = max(rows.get(r["bytes"], 0.0), r["busbw_GBps"])
     return rows
 
 
@@ -64,7 +71,8 @@ def summarize(out):
     ok = True
     print(f"## {out}\n")
     ring, fp8, tuner, ring_cn = (best_rows(out, m) for m in ("ring", "cn_fp8", "tuner", "ring_cn"))
-    runs = [r for r in ("tuner", "tuner-2") if glob.glob(os.path.join(out, r + ".nccl.*.log"))]
+    runs = [os.path.basename(p)[:-len(".json")] for p in passes(out, "tuner", ".json")]
+    runs = [r for r in runs if glob.glob(os.path.join(out, r + ".nccl.*.log"))]
     per_run = {r: process_logs(out, r) for r in runs}
     for run, procs in per_run.items():
         print(f"### {run}: {len(procs)} processes")

@@ -9,6 +9,10 @@
 # 4 MiB), decisions per rank compared, calibration time per communicator,
 # the decision table.
 #
+# PASSES (default 2) runs every mode that many times, alternating the
+# order (ABBA...), and each cell is the best pass: the ratio bars sit
+# within the host's run-to-run spread (docs/results/calibration-h200.md).
+#
 # Needs CUDA MPS running (nvidia-cuda-mps-control -d) and ip/tc on PATH
 # (../shared/gpu/stage-tools .tools; PATH=$PWD/.tools/bin:$PATH), as root.
 # Usage: calib_sweep.sh /abs/path/libnccl-net-airamp.so OUTDIR

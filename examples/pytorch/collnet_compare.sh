@@ -7,16 +7,17 @@
 #   cn_exact NCCL's CollNet Chain over airamp's collective network, exact
 #   cn_fp8   the same with AIRAMP_ENABLE_FP8_ALLREDUCE=1
 #   tuner    CollNet enabled, FP8 on, no NCCL_ALGO: airamp's tuner decides
-# Every mode runs twice, the second pass in reverse order (ABBA), and the
-# summary keeps each mode's best: runs on a shared GPU are noisy.
+# Every mode runs PASSES times (default 2), every other pass in reverse
+# order (ABBA...), and the summary keeps each mode's best: runs on a shared
+# GPU are noisy. Pass k of a mode writes MODE-k (the first, MODE).
 # Each process logs to its own file, OUTDIR/MODE[-2].nccl.HOST.PID.log
 # (NCCL_DEBUG_FILE): NCCL's per-call "AllReduce: N Bytes -> Algo ..." lines
 # and airamp's calibration, tuner and decision-digest lines, per rank, for
 # calib_summarize.py. Without TUNER_PROFILE the tuner uses the figures the
 # collective network measures and agrees on in connect.
 # Usage: collnet_compare.sh /abs/path/libnccl-net-airamp.so OUTDIR [TUNER_PROFILE.toml]
-# Env: MODES (default "ring cn_exact cn_fp8 tuner"; the second pass runs them
-#      in reverse), RUN_TIMEOUT seconds per run (300), BENCH_ARGS.
+# Env: MODES (default "ring cn_exact cn_fp8 tuner"), PASSES (2),
+#      RUN_TIMEOUT seconds per run (300), BENCH_ARGS.
 # Run it inside `ip netns exec NS` for a shaped link (see scripts/bench).
 set -uo pipefail
 plugin=$(realpath "$1"); out=${2:-.}; profile=${3:-}; here=$(dirname "$0")
@@ -25,8 +26,8 @@ common=(NCCL_NET_PLUGIN="$plugin" NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_D
         NCCL_DEBUG_SUBSYS=INIT,NET,TUNING AIRAMP_SOCKET_IFNAME=lo AIRAMP_METRICS=0)
 [ -n "$profile" ] && common+=(AIRAMP_CONF="$(realpath "$profile")")
 run() {
-    local name=$1; shift
-    [ -e "$out/$name.json" ] && name=$name-2
+    local base=$1 name=$1 k=2; shift
+    while [ -e "$out/$name.json" ] || [ -e "$out/$name.log" ]; do name=$base-$k; k=$((k + 1)); done
     echo "== $name"
     timeout -k 10 "${RUN_TIMEOUT:-300}" env "${common[@]}" NCCL_DEBUG_FILE="$out/$name.nccl.%h.%p.log" "$@" \
         python3 "$here/collnet_bench.py" --out "$out/$name.json" ${BENCH_ARGS:-} >"$out/$name.log" 2>&1
@@ -46,8 +47,12 @@ modes=${MODES:-ring cn_exact cn_fp8 tuner}
 for mode in $modes; do
     case $mode in ring | ring_cn | cn_exact | cn_fp8 | tuner) ;; *) echo "unknown mode $mode"; exit 2 ;; esac
 done
-for mode in $modes; do "$mode"; done
-for mode in $(printf '%s\n' $modes | tac); do "$mode"; done
+passes=${PASSES:-2}
+for pass in $(seq 1 "$passes"); do
+    order=$modes
+    [ $((pass % 2)) -eq 0 ] && order=$(printf '%s\n' $modes | tac)
+    for mode in $order; do "$mode"; done
+done
 python3 "$here/collnet_summarize.py" "$out"
 python3 "$here/calib_summarize.py" "$out"
 "$here/plot_busbw.sh" "$out" "$plugin"

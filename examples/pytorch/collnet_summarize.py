@@ -2,6 +2,7 @@
 """Table of collnet_compare.sh results: bus bandwidth of each mode per size,
 the tuner's bandwidth against the better fixed choice, FP8 error, agreement
 between ranks, and whether exact CollNet equals Ring bit for bit."""
+import glob
 import json
 import os
 import sys
@@ -10,9 +11,11 @@ out = sys.argv[1]
 modes = ["ring", "cn_exact", "cn_fp8", "tuner"]
 data = {}
 for m in modes:
-    # Each mode may have run twice (m.json, m-2.json): keep the faster row
+    # Each mode may have run several passes (m.json, m-2.json, ...): keep the faster row
     # per size; errors and agreement must hold in every run.
-    for p in (os.path.join(out, m + ".json"), os.path.join(out, m + "-2.json")):
+    for p in [os.path.join(out, m + ".json")] + sorted(
+            glob.glob(os.path.join(out, m + "-[0-9]*.json")),
+            key=lambda p: int(p.rsplit("-", 1)[1][:-len(".json")])):
         if not os.path.exists(p):
             continue
         for r in json.load(open(p))["results"]:

@@ -3,6 +3,7 @@
 size (ABBA passes), the ratios against Ring the GPU-path issue asks for,
 FP8 error and agreement, exact == Ring bit for bit, GPU memory per process
 and CPU time per GB."""
+import glob
 import json
 import os
 import sys
@@ -11,7 +12,9 @@ out = sys.argv[1]
 modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host", "ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub"]
 data, mem = {}, {}
 for m in modes:
-    for p in (os.path.join(out, m + ".json"), os.path.join(out, m + "-2.json")):
+    for p in [os.path.join(out, m + ".json")] + sorted(
+            glob.glob(os.path.join(out, m + "-[0-9]*.json")),
+            key=lambda p: int(p.rsplit("-", 1)[1][:-len(".json")])):
         if not os.path.exists(p):
             continue
         doc = json.load(open(p))

@@ -8,7 +8,7 @@ airamp_bin=${AIRAMP_BIN:-$(dirname "$plugin")/airamp}
 [ -x "$airamp_bin" ] || exit 0
 series=()
 for f in "$out"/*.json; do
-    case $f in *-2.json) continue ;; esac
+    case $f in *-[0-9].json | *-[0-9][0-9].json) continue ;; esac
     series+=("$(basename "$f" .json)=$f")
 done
 [ ${#series[@]} -gt 0 ] || exit 0

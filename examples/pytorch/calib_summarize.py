@@ -25,11 +25,13 @@ ALGO = re.compile(r"AllReduce: (\d+) Bytes -> Algo (\S+) proto (\S+)")
 
 
 def passes(out, mode, ext):
-    """The files of every pass of `mode`: m.EXT, m-2.EXT, m-3.EXT, ..."""
-    first = os.path.join(out, mode + ext)
-    rest = sorted(glob.glob(os.path.join(out, f"{mode}-[0-9]*{ext}")),
-                  key=lambda p: int(re.search(r"-(\d+)" + re.escape(ext) + "$", p).group(1)))
-    return ([first] if os.path.exists(first) else []) + rest
+    """The files of every pass of `mode`, in pass order: m.EXT, m-2.EXT, ..."""
+    found = []
+    for path in glob.glob(os.path.join(out, f"{mode}*{ext}")):
+        m = re.fullmatch(re.escape(mode) + r"(?:-(\d+))?" + re.escape(ext), os.path.basename(path))
+        if m:
+            found.append((int(m.group(1) or 1), path))
+    return [p for _, p in sorted(found)]
 
 
 def best_rows(out, mode):
@@ -71,7 +73,9 @@ def summarize(out):
     ok = True
     print(f"## {out}\n")
     ring, fp8, tuner, ring_cn = (best_rows(out, m) for m in ("ring", "cn_fp8", "tuner", "ring_cn"))
-    runs = [os.path.basename(p)[:-len(".json")] for p in passes(out, "tuner", ".json")]
+    # From the logs, so a tuner pass that wrote no JSON (it crashed or
+    # timed out) is still checked.
+    runs = [os.path.basename(p)[:-len(".log")] for p in passes(out, "tuner", ".log")]
     runs = [r for r in runs if glob.glob(os.path.join(out, r + ".nccl.*.log"))]
     per_run = {r: process_logs(out, r) for r in runs}
     for run, procs in per_run.items():

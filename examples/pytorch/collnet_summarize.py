@@ -5,6 +5,7 @@ between ranks, and whether exact CollNet equals Ring bit for bit."""
 import glob
 import json
 import os
+import re
 import sys
 
 out = sys.argv[1]
@@ -13,9 +14,9 @@ data = {}
 for m in modes:
     # Each mode may have run several passes (m.json, m-2.json, ...): keep the faster row
     # per size; errors and agreement must hold in every run.
-    for p in [os.path.join(out, m + ".json")] + sorted(
-            glob.glob(os.path.join(out, m + "-[0-9]*.json")),
-            key=lambda p: int(p.rsplit("-", 1)[1][:-len(".json")])):
+    for p in [os.path.join(out, m + ".json")] + [
+            q for q in glob.glob(os.path.join(out, m + "-*.json"))
+            if re.fullmatch(re.escape(m) + r"-\d+\.json", os.path.basename(q))]:
         if not os.path.exists(p):
             continue
         for r in json.load(open(p))["results"]:

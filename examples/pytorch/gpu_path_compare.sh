@@ -52,8 +52,8 @@ dump_stacks() {
     done
 }
 run() {
-    local name=$1; shift
-    [ -e "$out/$name.json" ] && name=$name-2
+    local base=$1 name=$1 k=2; shift
+    while [ -e "$out/$name.json" ] || [ -e "$out/$name.log" ]; do name=$base-$k; k=$((k + 1)); done
     echo "== $name"
     setsid "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
         --sizes "${SIZES:-4194304:268435456}" --out "$out/$name.json" >"$out/$name.log" 2>&1 &

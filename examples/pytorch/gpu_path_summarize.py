@@ -6,15 +6,16 @@ and CPU time per GB."""
 import glob
 import json
 import os
+import re
 import sys
 
 out = sys.argv[1]
 modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host", "ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub"]
 data, mem = {}, {}
 for m in modes:
-    for p in [os.path.join(out, m + ".json")] + sorted(
-            glob.glob(os.path.join(out, m + "-[0-9]*.json")),
-            key=lambda p: int(p.rsplit("-", 1)[1][:-len(".json")])):
+    for p in [os.path.join(out, m + ".json")] + [
+            q for q in glob.glob(os.path.join(out, m + "-*.json"))
+            if re.fullmatch(re.escape(m) + r"-\d+\.json", os.path.basename(q))]:
         if not os.path.exists(p):
             continue
         doc = json.load(open(p))

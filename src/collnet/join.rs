@@ -14,8 +14,10 @@ use crate::codec::WireFormat;
 pub const MEMBER_HELLO_BYTES: usize = 32;
 const MAGIC: &[u8; 8] = b"AIRCOLL1";
 /// Bumped whenever the collective protocol changes incompatibly (2: the
-/// hello carries flags, calibration rounds follow READY).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// hello carries flags, calibration rounds follow READY; 3: the streamed
+/// probe agrees on its timed rounds' size after a warm-up round, one more
+/// allgather, so members of different builds would issue different calls).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Hello flag: this member asks for the calibration rounds.
 const FLAG_CALIBRATE: u32 = 1;
 /// Sent on every contribution link once a member holds all its links.

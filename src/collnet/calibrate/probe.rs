@@ -191,7 +191,8 @@ pub struct Calibrated {
 /// `connect` takes too long.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Phases {
-    /// Latency rounds and the bandwidth burst ([`measure_links`]).
+    /// Latency rounds and the bandwidth burst ([`measure_links`]), and
+    /// starting the group (its worker threads) before the probes.
     pub links: Duration,
     /// The lone FP8 calls and the agreement on the streamed round's size.
     pub lone: Duration,
@@ -530,6 +531,7 @@ fn time_one_call(
 fn time_streamed(
     group: &mut Group,
     bufs: &mut Buffers,
+    plan: &mut Buffers,
     values: usize,
     calls: usize,
     deadline: Instant,
@@ -563,15 +565,12 @@ fn time_streamed(
     };
     let warm_calls = (calls / 2).max(PROBE_MIN_CALLS.min(calls));
     let warm = round(group, bufs, warm_calls)?;
-    // Its own buffers: the probe data stays in place for the timed rounds.
-    let mut plan = Buffers {
-        input: Vec::new(),
-        output: Vec::new(),
-    };
+    // `plan`, not `bufs`: the probe data stays in place for the timed
+    // rounds.
     let mine = timed_calls_for(calls, warm_calls, Duration::from_secs_f64(warm)) as u64;
     let timed = all_gather(
         group,
-        &mut plan,
+        plan,
         &mine.to_le_bytes(),
         deadline,
         "timed round plan",
@@ -579,8 +578,8 @@ fn time_streamed(
     .iter()
     .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes each")))
     .min()
-    .unwrap_or(mine)
-    .min(calls as u64) as usize;
+    .expect("a group of two or more")
+    .clamp(PROBE_MIN_CALLS.min(calls) as u64, calls as u64) as usize;
     let mut best = f64::INFINITY;
     for _ in 1..PROBE_ROUNDS {
         best = best.min(round(group, bufs, timed)?);
@@ -689,21 +688,31 @@ pub fn finish(
         input: Vec::new(),
         output: Vec::new(),
     };
-    let result = finish_on(&mut group, &mut bufs, run, link, setup, deadline, started);
+    // The streamed probe's plan allgather: apart from the probe data.
+    let mut plan = Buffers {
+        input: Vec::new(),
+        output: Vec::new(),
+    };
+    let result = finish_on(
+        &mut group, &mut bufs, &mut plan, run, link, setup, deadline, started,
+    );
     match result {
         Ok(c) => Ok((group, c)),
         Err(e) => {
             // The group (and its workers) go before the buffers they use.
             drop(group);
             drop(bufs);
+            drop(plan);
             Err(e)
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish_on(
     group: &mut Group,
     bufs: &mut Buffers,
+    plan: &mut Buffers,
     run: bool,
     link: Option<LinkFigures>,
     setup: Setup,
@@ -758,8 +767,8 @@ fn finish_on(
             .min(PROBE_CALLS_PER_ROUND as u64) as usize;
         phases.lone = probing.elapsed();
         let streamed = if calls > 0 {
-            let (calls, took) = time_streamed(group, bufs, values / 2, calls, deadline)?;
-            phases.streamed = probing.elapsed() - phases.lone;
+            let (calls, took) = time_streamed(group, bufs, plan, values / 2, calls, deadline)?;
+            phases.streamed = probing.elapsed().saturating_sub(phases.lone);
             Some((calls, Duration::from_secs_f64(took)))
         } else {
             None

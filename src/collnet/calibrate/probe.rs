@@ -440,6 +440,7 @@ pub fn measure_links(
 }
 
 /// Host buffers the group works on during calibration.
+#[derive(Default)]
 struct Buffers {
     input: Vec<u8>,
     output: Vec<u8>,
@@ -487,6 +488,23 @@ fn all_gather(
     let op = group.all_gather(input, vec![output], mine.len(), 0, n * mine.len())?;
     complete(group, op, deadline, what)?;
     Ok(bufs.output.chunks(mine.len()).map(<[u8]>::to_vec).collect())
+}
+
+/// The smallest of every member's proposed call count, identical on every
+/// member (each must make the same calls).
+fn smallest_proposal(
+    group: &mut Group,
+    bufs: &mut Buffers,
+    mine: usize,
+    deadline: Instant,
+    what: &str,
+) -> NetResult<usize> {
+    let proposals = all_gather(group, bufs, &(mine as u64).to_le_bytes(), deadline, what)?;
+    Ok(proposals
+        .iter()
+        .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes each")) as usize)
+        .min()
+        .expect("a group of two or more"))
 }
 
 /// Fills the buffers with `values` bf16 values of probe data (and as much
@@ -567,19 +585,9 @@ fn time_streamed(
     let warm = round(group, bufs, warm_calls)?;
     // `plan`, not `bufs`: the probe data stays in place for the timed
     // rounds.
-    let mine = timed_calls_for(calls, warm_calls, Duration::from_secs_f64(warm)) as u64;
-    let timed = all_gather(
-        group,
-        plan,
-        &mine.to_le_bytes(),
-        deadline,
-        "timed round plan",
-    )?
-    .iter()
-    .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes each")))
-    .min()
-    .expect("a group of two or more")
-    .clamp(PROBE_MIN_CALLS.min(calls) as u64, calls as u64) as usize;
+    let mine = timed_calls_for(calls, warm_calls, Duration::from_secs_f64(warm));
+    let timed = smallest_proposal(group, plan, mine, deadline, "timed round plan")?
+        .clamp(PROBE_MIN_CALLS.min(calls), calls);
     let mut best = f64::INFINITY;
     for _ in 1..PROBE_ROUNDS {
         best = best.min(round(group, bufs, timed)?);
@@ -684,15 +692,9 @@ pub fn finish(
     started: Instant,
 ) -> NetResult<(Group, Calibrated)> {
     let mut group = group;
-    let mut bufs = Buffers {
-        input: Vec::new(),
-        output: Vec::new(),
-    };
+    let mut bufs = Buffers::default();
     // The streamed probe's plan allgather: apart from the probe data.
-    let mut plan = Buffers {
-        input: Vec::new(),
-        output: Vec::new(),
-    };
+    let mut plan = Buffers::default();
     let result = finish_on(
         &mut group, &mut bufs, &mut plan, run, link, setup, deadline, started,
     );
@@ -757,14 +759,9 @@ fn finish_on(
         let one_call = Duration::from_secs_f64(time_one_call(group, bufs, values, deadline)?);
         // The group runs the smallest round any member proposes (every
         // member must make the same calls).
-        let mine = (streamed_calls_for(one_call) as u64).to_le_bytes();
-        let proposals = all_gather(group, bufs, &mine, deadline, "probe plan")?;
-        let calls = proposals
-            .iter()
-            .map(|b| u64::from_le_bytes(b[..8].try_into().expect("8 bytes each")))
-            .min()
-            .unwrap_or(0)
-            .min(PROBE_CALLS_PER_ROUND as u64) as usize;
+        let mine = streamed_calls_for(one_call);
+        let calls = smallest_proposal(group, bufs, mine, deadline, "probe plan")?
+            .min(PROBE_CALLS_PER_ROUND);
         phases.lone = probing.elapsed();
         let streamed = if calls > 0 {
             let (calls, took) = time_streamed(group, bufs, plan, values / 2, calls, deadline)?;

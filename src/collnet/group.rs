@@ -690,6 +690,11 @@ impl Group {
         });
         let input = input.prefix(bytes);
         let output = output.prefix(bytes);
+        let kind = OpKind {
+            collective: Collective::AllReduce,
+            dtype,
+            path,
+        };
         // FP8, and exact sums of floats, on device buffers: kernels encode
         // (or copy), fold and decode in place; only wire bytes cross PCIe.
         // (INT8 and other exact reductions have no kernels: staged.)
@@ -713,11 +718,6 @@ impl Group {
                 })
                 .collect();
             metrics::collnet().gpu_call(GpuCall::Kernels);
-            let kind = OpKind {
-                collective: Collective::AllReduce,
-                dtype,
-                path,
-            };
             return self.add_op(vec![], vec![], bytes, steps, kind);
         }
         let steps = specs
@@ -726,17 +726,7 @@ impl Group {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| collnet_error(self.params.rank, e))?;
-        self.add_op(
-            vec![input],
-            vec![output],
-            bytes,
-            steps,
-            OpKind {
-                collective: Collective::AllReduce,
-                dtype,
-                path,
-            },
-        )
+        self.add_op(vec![input], vec![output], bytes, steps, kind)
     }
 
     /// Starts NCCL's windowed allgather (exact).

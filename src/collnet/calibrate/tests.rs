@@ -86,8 +86,15 @@ fn rate_skips_a_token_bucket_burst() {
     c.extend((1..=12u64).map(|i| (10_004 + i * 3_355_443, mib)));
     let gbps = rate_gbps(&c).expect("enough completions");
     assert!((gbps - 2.5).abs() < 0.01, "{gbps}");
+    // Completions in clumps of the send window: 4 MiB every 6.71 ms
+    // (5 Gbit/s). Counting from the first of a clump read 6.9.
+    let c: Vec<(u64, usize)> = (0..16u64)
+        .map(|i| (1_000 + i / 4 * 6_710_886 + i % 4 * 10, mib))
+        .collect();
+    let gbps = rate_gbps(&c).expect("enough completions");
+    assert!((gbps - 5.0).abs() < 0.01, "{gbps}");
     // Bunched completions (one poll saw most at once): whole burst.
-    let c: Vec<(u64, usize)> = [1000, 1000, 7900, 7900, 7900, 7900, 7900, 8000]
+    let c: Vec<(u64, usize)> = [5000, 5000, 7900, 7900, 7900, 7900, 7900, 8000]
         .iter()
         .map(|&t| (t, mib))
         .collect();

@@ -1,12 +1,16 @@
-// Block-scaled FP8 codec kernels: a bit-exact port of the CPU codec
-// (src/codec/format.rs, src/codec/scalar.rs) and of the FP8 fold of
-// src/collnet/algo.rs (Reducer). src/gpu/reference.rs is the CPU definition
-// these kernels are tested against (`airamp gpu selftest`).
+// Block-scaled 8-bit codec kernels (FP8 E4M3/E5M2 and INT8): a bit-exact
+// port of the CPU codec (src/codec/format.rs, src/codec/scalar.rs) and of
+// the compressed fold of src/collnet/algo.rs (Reducer). src/gpu/reference.rs
+// is the CPU definition these kernels are tested against (`airamp gpu
+// selftest`).
 //
-// Wire layout of one message of n values: ceil(n/32) E8M0 scale bytes, then
-// n FP8 code bytes. Every pointer is a plain address: device memory, or
-// mapped pinned host memory (unified addressing), so the same kernel writes
-// compressed bytes straight into host staging over PCIe.
+// Wire layout of one message of n values: ceil(n/32) block scales, then n
+// code bytes. FP8: one E8M0 byte per scale. INT8: two bytes per scale (the
+// bf16 bits, little-endian), so the codes start at 2 * ceil(n/32); a wire
+// may start at any address, so scales are read and written bytewise. Every
+// pointer is a plain address: device memory, or mapped pinned host memory
+// (unified addressing), so the same kernel writes compressed bytes
+// straight into host staging over PCIe.
 //
 // Work split: a logical warp of 32 lanes handles a tile of TILE_BLOCKS
 // consecutive blocks of 32 values; lane l holds value l of every block, so
@@ -15,8 +19,10 @@
 // and hands it to the others. A grid-stride loop walks the tiles.
 //
 // Numerics: exact adds and multiplies with one rounding (fadd_rn/fmul_rn,
-// --fmad=false), denormals kept. NaN signs follow the CPU build (x86 SSE,
-// see add_nan_first): they only show in the sign bit of FP8 NaN codes.
+// --fmad=false), denormals kept; INT8's two f32 divisions are done exactly
+// in integers (int8_scale_for_max, int8_inverse). NaN signs follow the CPU
+// build (x86 SSE, see add_nan_first): they only show in the sign bit of FP8
+// NaN codes (INT8 has one NaN code).
 #include "airamp_gpu.h"
 
 namespace airamp {
@@ -38,17 +44,27 @@ constexpr u32 QUIET_BIT = 0x00400000u;
 constexpr u32 E8M0_NAN = 0xFFu;
 constexpr u32 E8M0_ZERO_BLOCK = 127u;
 
+// The wire formats. FP8: E8M0 scale byte, minifloat codes. INT8 (IS_INT8):
+// bf16 scale in SCALE_BYTES = 2 bytes, symmetric integer codes.
 struct E4M3 {
+    static constexpr bool IS_INT8 = false;
+    static constexpr u32 SCALE_BYTES = 1;
     static constexpr u32 MAN = 3, BIAS = 7, MAX_CODE = 0x7E, NAN_CODE = 0x7F, INF_CODE = 0x7F,
                          FIRST_SPECIAL = 0x7F;
     static constexpr int EMAX = 8;
     static constexpr bool HAS_INF = false;
 };
 struct E5M2 {
+    static constexpr bool IS_INT8 = false;
+    static constexpr u32 SCALE_BYTES = 1;
     static constexpr u32 MAN = 2, BIAS = 15, MAX_CODE = 0x7B, NAN_CODE = 0x7E, INF_CODE = 0x7C,
                          FIRST_SPECIAL = 0x7C;
     static constexpr int EMAX = 15;
     static constexpr bool HAS_INF = true;
+};
+struct Int8 {
+    static constexpr bool IS_INT8 = true;
+    static constexpr u32 SCALE_BYTES = 2;
 };
 
 AIRAMP_DEV u32 umax(u32 a, u32 b) { return a > b ? a : b; }
@@ -114,14 +130,9 @@ template <class F> AIRAMP_DEV u32 fp8_to_f32_bits(u32 code) {
     return v;
 }
 
-// scalar.rs element: fp8 * scale, one rounding; every NaN canonical.
-template <class F> AIRAMP_DEV u32 decode_value(u32 code, float scale) {
-    const u32 b = as_u(fmul_rn(as_f(fp8_to_f32_bits<F>(code)), scale));
-    return is_nan_bits(b) ? CANONICAL_NAN : b;
-}
-
-// The encoder's x * 2^-e: exact for finite x (or one rounding far below the
-// FP8 range); a non-finite x keeps its class and sign, as on the CPU.
+// The encoder's x * (1 / scale): FP8, exact for finite x (or one rounding
+// far below the FP8 range); INT8, one rounding. A non-finite x keeps its
+// class and sign, as on the CPU.
 AIRAMP_DEV u32 scaled(u32 x, float inv) { return is_finite_bits(x) ? as_u(fmul_rn(as_f(x), inv)) : x; }
 
 // p + q with x86 SSE NaN rules, which the CPU codec's compiled loops follow:
@@ -136,6 +147,140 @@ AIRAMP_DEV u32 add_nan_first(u32 p, u32 q) {
         return q | QUIET_BIT;
     }
     return is_nan_bits(r) ? X86_DEFAULT_NAN : r;
+}
+
+// ---------- INT8 (format.rs int8_*) ----------
+
+constexpr u32 INT8_NAN = 0x80u;
+// bf16 1.0: the scale of a block with no nonzero finite value.
+constexpr u32 INT8_ZERO_BLOCK_SCALE = 0x3F80u;
+
+// format.rs int8_scale_for_max: the f32 quotient max / 127 (round to
+// nearest even), at least 2^-126, rounded up to bf16. The division is done
+// in integers, exactly: max = m * 2^(e-150) with m's 24 bits; (m << 7) / 127
+// (or (m << 6) / 127 for m >= 127 << 17) is the quotient's 24-bit
+// significand, and 127 is odd, so a remainder of 64..126 rounds up and there
+// is never a tie. A quotient below 2^-126 (biased exponent < 1, also every
+// subnormal max) is 2^-126. src/gpu/reference.rs mirrors this and checks it
+// against the codec.
+AIRAMP_DEV u32 int8_scale_for_max(u32 max_abs_bits) {
+    const u32 e = max_abs_bits >> 23;
+    const u32 m = (max_abs_bits & 0x7FFFFFu) | 0x800000u;
+    const bool small = m < (127u << 17);
+    const u32 num = small ? m << 7 : m << 6;
+    u32 q = num / 127u;
+    q += num - q * 127u >= 64u ? 1u : 0u;
+    const int biased = (int)e - (small ? 7 : 6);
+    // q's leading bit (2^23, or 2^24 after a carry) adds into the exponent.
+    const u32 ideal = biased >= 1 ? ((u32)(biased - 1) << 23) + q : 0x00800000u;
+    u32 s = ideal >> 16;
+    s += (s << 16) != ideal ? 1u : 0u;
+    return max_abs_bits == 0 ? INT8_ZERO_BLOCK_SCALE : s;
+}
+
+// format.rs block_scale's multiplier for INT8: 1 / scale (f32 division,
+// round to nearest even), for scales the encoder chose (normal bf16, below
+// 2^122). scale = mb * 2^(es-134) with mb = 128..255, so 1 / scale =
+// (2^31 / mb) * 2^(103-es): 2^31 / mb has 24 significant bits (2^24 for
+// mb = 128, which the exponent absorbs) and is never a tie.
+AIRAMP_DEV float int8_inverse(u32 s) {
+    const u32 es = (s >> 7) & 0xFFu;
+    const u32 mb = (s & 0x7Fu) | 0x80u;
+    u32 q = 0x80000000u / mb;
+    q += 2u * (0x80000000u - q * mb) > mb ? 1u : 0u;
+    return as_f(((252u - es) << 23) + q);
+}
+
+// format.rs int8_scale_to_f32: Inf/NaN scale bits make a NaN block.
+AIRAMP_DEV float int8_scale_to_f32(u32 s) { return as_f((s & 0x7F80u) == 0x7F80u ? CANONICAL_NAN : s << 16); }
+
+// format.rs f32_to_int8: round to nearest even, saturate at +-127; NaN and
+// +-Inf -> -128. Adding 1.5 * 2^23 rounds |v| <= 127 to an integer (the
+// sum's ulp is 1), which then sits in the low mantissa bits as two's
+// complement.
+AIRAMP_DEV u32 f32_to_int8(u32 y) {
+    float v = as_f(y);
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    const u32 r = as_u(fadd_rn(v, 12582912.0f)) - 0x4B400000u;
+    return is_finite_bits(y) ? (r & 0xFFu) : INT8_NAN;
+}
+
+// format.rs int8_to_f32 (exact); -128 is the canonical NaN.
+AIRAMP_DEV u32 int8_to_f32_bits(u32 code) {
+    return code == INT8_NAN ? CANONICAL_NAN : as_u((float)((int)code - (code >= 128u ? 256 : 0)));
+}
+
+// ---------- per format ----------
+
+// Block b's scale on the wire (SCALE_BYTES little-endian bytes at any
+// alignment).
+template <class F> AIRAMP_DEV u32 load_scale(const u8* scales, u64 b) {
+    if constexpr (F::SCALE_BYTES == 1) {
+        return scales[b];
+    } else {
+        return (u32)scales[2 * b] | ((u32)scales[2 * b + 1] << 8);
+    }
+}
+template <class F> AIRAMP_DEV void store_scale(u8* scales, u64 b, u32 s) {
+    if constexpr (F::SCALE_BYTES == 1) {
+        scales[b] = (u8)s;
+    } else {
+        scales[2 * b] = (u8)s;
+        scales[2 * b + 1] = (u8)(s >> 8);
+    }
+}
+// Where the codes of a wire of nb blocks start.
+template <class F> AIRAMP_DEV u64 codes_offset(u64 nb) { return nb * F::SCALE_BYTES; }
+
+// A block's scale from its largest finite magnitude (format.rs block_scale).
+template <class F> AIRAMP_DEV u32 block_scale(u32 max_abs_bits) {
+    if constexpr (F::IS_INT8) {
+        return int8_scale_for_max(max_abs_bits);
+    } else {
+        return scale_for_max<F>(max_abs_bits);
+    }
+}
+// The multiplier that divides by a scale the encoder chose.
+template <class F> AIRAMP_DEV float scale_inverse(u32 s) {
+    if constexpr (F::IS_INT8) {
+        return int8_inverse(s);
+    } else {
+        return e8m0_inverse(s);
+    }
+}
+// A scale's value on decode (format.rs scale_value).
+template <class F> AIRAMP_DEV float scale_value(u32 s) {
+    if constexpr (F::IS_INT8) {
+        return int8_scale_to_f32(s);
+    } else {
+        return e8m0_to_f32(s);
+    }
+}
+
+// acc + x in the fold. FP8 keeps the CPU's NaN operand order
+// (add_nan_first: the NaN's sign reaches the FP8 NaN code); INT8 encodes
+// every NaN as -128 and decodes it as the canonical NaN, so a plain add.
+template <class F> AIRAMP_DEV u32 fold_add(u32 p, u32 q) {
+    if constexpr (F::IS_INT8) {
+        return as_u(fadd_rn(as_f(p), as_f(q)));
+    } else {
+        return add_nan_first(p, q);
+    }
+}
+
+// A code's exact value before the scale (format.rs code_to_f32).
+template <class F> AIRAMP_DEV u32 code_bits(u32 code) {
+    if constexpr (F::IS_INT8) {
+        return int8_to_f32_bits(code);
+    } else {
+        return fp8_to_f32_bits<F>(code);
+    }
+}
+
+// scalar.rs element: code * scale, one rounding; every NaN canonical.
+template <class F> AIRAMP_DEV u32 decode_value(u32 code, float scale) {
+    const u32 b = as_u(fmul_rn(as_f(code_bits<F>(code)), scale));
+    return is_nan_bits(b) ? CANONICAL_NAN : b;
 }
 
 // ---------- element types ----------
@@ -210,11 +355,32 @@ struct Tile {
     }
 };
 
+// FP8 codes of scaled values y (f32 bits).
+template <class F> AIRAMP_DEV void fp8_codes(const u32 (&y)[TILE_BLOCKS], u32 (&code)[TILE_BLOCKS]) {
+#if defined(AIRAMP_HAS_CVT_FP8) && !defined(AIRAMP_SOFT_FP8)
+#pragma unroll
+    for (u32 k = 0; k < TILE_BLOCKS; k += 2) {
+        const u32 pair = F::BIAS == E4M3::BIAS ? cvt_e4m3x2(as_f(y[k + 1]), as_f(y[k]))
+                                               : cvt_e5m2x2(as_f(y[k + 1]), as_f(y[k]));
+        // The sign comes from the value itself, so a negative value that
+        // rounds to zero is -0 (0x80) however the hardware signs it.
+        code[k] = is_finite_bits(y[k]) ? ((pair & 0x7Fu) | ((y[k] >> 24) & 0x80u)) : special_code<F>(y[k]);
+        code[k + 1] = is_finite_bits(y[k + 1]) ? (((pair >> 8) & 0x7Fu) | ((y[k + 1] >> 24) & 0x80u))
+                                               : special_code<F>(y[k + 1]);
+    }
+#else
+#pragma unroll
+    for (u32 k = 0; k < TILE_BLOCKS; ++k) {
+        code[k] = f32_to_fp8<F>(y[k]);
+    }
+#endif
+}
+
 // Quantizes x[k] (f32 bits, value `lane` of block k) like scalar.rs
-// encode_block; returns the codes and, in lane k, block k's scale byte.
-// On sm_89+ finite values go through the hardware conversion (both round
-// to nearest even and saturate: bit-identical, the selftest checks it)
-// unless AIRAMP_SOFT_FP8 is defined.
+// encode_block; returns the codes and, in lane k, block k's scale (its wire
+// value). FP8 on sm_89+: finite values go through the hardware conversion
+// (both round to nearest even and saturate: bit-identical, the selftest
+// checks it) unless AIRAMP_SOFT_FP8 is defined. INT8 has one path.
 template <class F>
 AIRAMP_DEV u32 quantize(const Tile& t, const u32 (&x)[TILE_BLOCKS], u32 (&code)[TILE_BLOCKS]) {
     u32 my_max = 0;
@@ -224,32 +390,21 @@ AIRAMP_DEV u32 quantize(const Tile& t, const u32 (&x)[TILE_BLOCKS], u32 (&code)[
         const u32 m = warp_max(a <= 0x7F7FFFFFu ? a : 0u);
         my_max = t.lane == k ? m : my_max;
     }
-    const u32 my_scale = scale_for_max<F>(my_max);
-    const u32 my_inv = as_u(e8m0_inverse(my_scale));
+    const u32 my_scale = block_scale<F>(my_max);
+    const u32 my_inv = as_u(scale_inverse<F>(my_scale));
     u32 y[TILE_BLOCKS];
 #pragma unroll
     for (u32 k = 0; k < TILE_BLOCKS; ++k) {
         y[k] = scaled(x[k], as_f(warp_bcast(my_inv, k)));
     }
-#if defined(AIRAMP_HAS_CVT_FP8) && !defined(AIRAMP_SOFT_FP8)
-    {
+    if constexpr (F::IS_INT8) {
 #pragma unroll
-        for (u32 k = 0; k < TILE_BLOCKS; k += 2) {
-            const u32 pair = F::BIAS == E4M3::BIAS ? cvt_e4m3x2(as_f(y[k + 1]), as_f(y[k]))
-                                                   : cvt_e5m2x2(as_f(y[k + 1]), as_f(y[k]));
-            // The sign comes from the value itself, so a negative value
-            // that rounds to zero is -0 (0x80) however the hardware signs it.
-            code[k] = is_finite_bits(y[k]) ? ((pair & 0x7Fu) | ((y[k] >> 24) & 0x80u)) : special_code<F>(y[k]);
-            code[k + 1] = is_finite_bits(y[k + 1]) ? (((pair >> 8) & 0x7Fu) | ((y[k + 1] >> 24) & 0x80u))
-                                                   : special_code<F>(y[k + 1]);
+        for (u32 k = 0; k < TILE_BLOCKS; ++k) {
+            code[k] = f32_to_int8(y[k]);
         }
+    } else {
+        fp8_codes<F>(y, code);
     }
-#else
-#pragma unroll
-    for (u32 k = 0; k < TILE_BLOCKS; ++k) {
-        code[k] = f32_to_fp8<F>(y[k]);
-    }
-#endif
     return my_scale;
 }
 
@@ -264,7 +419,7 @@ AIRAMP_DEV void encode_tile(const Tile& t, const typename E::raw* __restrict__ s
     u32 code[TILE_BLOCKS];
     const u32 my_scale = quantize<F>(t, x, code);
     if (t.lane_has_block<FULL>()) {
-        scales[t.b0 + t.lane] = (u8)my_scale;
+        store_scale<F>(scales, t.b0 + t.lane, my_scale);
     }
 #pragma unroll
     for (u32 k = 0; k < TILE_BLOCKS; ++k) {
@@ -282,7 +437,7 @@ AIRAMP_DEV void decode_tile(const Tile& t, const u8* __restrict__ scales, const 
     for (u32 k = 0; k < TILE_BLOCKS; ++k) {
         c[k] = t.has<FULL>(k) ? codes[t.index(k)] : 0u;
     }
-    const u32 my_scale = t.lane_has_block<FULL>() ? as_u(e8m0_to_f32(scales[t.b0 + t.lane])) : 0u;
+    const u32 my_scale = t.lane_has_block<FULL>() ? as_u(scale_value<F>(load_scale<F>(scales, t.b0 + t.lane))) : 0u;
 #pragma unroll
     for (u32 k = 0; k < TILE_BLOCKS; ++k) {
         const u32 v = decode_value<F>(c[k], as_f(warp_bcast(my_scale, k)));
@@ -309,7 +464,7 @@ AIRAMP_DEV void reduce_tile(const Tile& t, u32 members, u32 own, const typename 
     for (u32 m = 0; m < members; ++m) {
         const bool mine = m == own;
         const u8* scales = (const u8*)wires[m];
-        const u8* codes = scales + t.nb;
+        const u8* codes = scales + codes_offset<F>(t.nb);
         u32 c[TILE_BLOCKS];
         u32 native[TILE_BLOCKS];
 #pragma unroll
@@ -317,22 +472,23 @@ AIRAMP_DEV void reduce_tile(const Tile& t, u32 members, u32 own, const typename 
             c[k] = !mine && t.has<FULL>(k) ? codes[t.index(k)] : 0u;
             native[k] = mine && t.has<FULL>(k) ? E::widen(own_src[t.index(k)]) : 0u;
         }
-        const u32 my_scale = !mine && t.lane_has_block<FULL>() ? as_u(e8m0_to_f32(scales[t.b0 + t.lane])) : 0u;
+        const u32 my_scale =
+            !mine && t.lane_has_block<FULL>() ? as_u(scale_value<F>(load_scale<F>(scales, t.b0 + t.lane))) : 0u;
         // NaN operand order of the CPU loops: scalar.rs decode_accumulate
         // puts the decoded value first; the own-element loops see ElemX.
         const bool acc_first = mine && E::ACC_NAN_FIRST;
 #pragma unroll
         for (u32 k = 0; k < TILE_BLOCKS; ++k) {
             const u32 x = mine ? native[k] : decode_value<F>(c[k], as_f(warp_bcast(my_scale, k)));
-            acc[k] = acc_first ? add_nan_first(acc[k], x) : add_nan_first(x, acc[k]);
+            acc[k] = acc_first ? fold_add<F>(acc[k], x) : fold_add<F>(x, acc[k]);
         }
     }
     u32 code[TILE_BLOCKS];
     const u32 my_scale = quantize<F>(t, acc, code);
     if (t.lane_has_block<FULL>()) {
-        out_scales[t.b0 + t.lane] = (u8)my_scale;
+        store_scale<F>(out_scales, t.b0 + t.lane, my_scale);
     }
-    const u32 my_scale_f = as_u(e8m0_to_f32(my_scale));
+    const u32 my_scale_f = as_u(scale_value<F>(my_scale));
 #pragma unroll
     for (u32 k = 0; k < TILE_BLOCKS; ++k) {
         // Every lane takes part in the broadcast, in range or not.
@@ -464,8 +620,35 @@ AIRAMP_DEV u64 load_codes(const u8* p, u32 lane) {
     return (w >> s) | (next << (64 - s));
 }
 
+// FP8 codes of one lane's 8 values x (f32 bits) in a block of scale s;
+// `special`: some value of the warp is NaN/Inf.
+template <class F>
+AIRAMP_DEV void vec_fp8_codes(const u32 (&x)[VPL], u32 s, bool special, u32 (&c)[VPL]) {
+    // 2^(127-s): a normal number for every scale the encoder picks.
+    const float inv = as_f((254u - s) << 23);
+#pragma unroll
+    for (u32 j = 0; j < VPL; j += 2) {
+        const u32 y0 = as_u(fmul_rn(as_f(x[j]), inv));
+        const u32 y1 = as_u(fmul_rn(as_f(x[j + 1]), inv));
+#if defined(AIRAMP_HAS_CVT_FP8) && !defined(AIRAMP_SOFT_FP8)
+        const u32 pair = F::BIAS == E4M3::BIAS ? cvt_e4m3x2(as_f(y1), as_f(y0)) : cvt_e5m2x2(as_f(y1), as_f(y0));
+        c[j] = (pair & 0x7Fu) | ((y0 >> 24) & 0x80u);
+        c[j + 1] = ((pair >> 8) & 0x7Fu) | ((y1 >> 24) & 0x80u);
+#else
+        c[j] = f32_to_fp8<F>(y0);
+        c[j + 1] = f32_to_fp8<F>(y1);
+#endif
+    }
+    if (special) {
+#pragma unroll
+        for (u32 j = 0; j < VPL; ++j) {
+            c[j] = is_finite_bits(x[j]) ? c[j] : special_code<F>(x[j]);
+        }
+    }
+}
+
 // Quantizes VEC_RUNS runs (encode_block per 32 values): codes packed 8 per
-// lane, and each lane's block scale.
+// lane, and each lane's block scale (its wire value).
 template <class F>
 AIRAMP_DEV void vec_quantize(const u32 (&x)[VEC_RUNS][VPL], u64 (&codes)[VEC_RUNS], u32 (&scale)[VEC_RUNS]) {
     u32 m[VEC_RUNS];
@@ -499,29 +682,18 @@ AIRAMP_DEV void vec_quantize(const u32 (&x)[VEC_RUNS][VPL], u64 (&codes)[VEC_RUN
     }
 #pragma unroll
     for (u32 t = 0; t < VEC_RUNS; ++t) {
-        const u32 s = scale_for_max<F>(m[t]);
+        const u32 s = block_scale<F>(m[t]);
         scale[t] = s;
-        // 2^(127-s): a normal number for every scale the encoder picks.
-        const float inv = as_f((254u - s) << 23);
         u32 c[VPL];
-#pragma unroll
-        for (u32 j = 0; j < VPL; j += 2) {
-            const u32 y0 = as_u(fmul_rn(as_f(x[t][j]), inv));
-            const u32 y1 = as_u(fmul_rn(as_f(x[t][j + 1]), inv));
-#if defined(AIRAMP_HAS_CVT_FP8) && !defined(AIRAMP_SOFT_FP8)
-            const u32 pair = F::BIAS == E4M3::BIAS ? cvt_e4m3x2(as_f(y1), as_f(y0)) : cvt_e5m2x2(as_f(y1), as_f(y0));
-            c[j] = (pair & 0x7Fu) | ((y0 >> 24) & 0x80u);
-            c[j + 1] = ((pair >> 8) & 0x7Fu) | ((y1 >> 24) & 0x80u);
-#else
-            c[j] = f32_to_fp8<F>(y0);
-            c[j + 1] = f32_to_fp8<F>(y1);
-#endif
-        }
-        if (special) {
+        if constexpr (F::IS_INT8) {
+            // A non-finite x stays non-finite and becomes the NaN code.
+            const float inv = int8_inverse(s);
 #pragma unroll
             for (u32 j = 0; j < VPL; ++j) {
-                c[j] = is_finite_bits(x[t][j]) ? c[j] : special_code<F>(x[t][j]);
+                c[j] = f32_to_int8(as_u(fmul_rn(as_f(x[t][j]), inv)));
             }
+        } else {
+            vec_fp8_codes<F>(x[t], s, special, c);
         }
         u64 packed = 0;
 #pragma unroll
@@ -546,7 +718,7 @@ AIRAMP_DEV void vec_encode_step(const typename E::raw* __restrict__ src, u8* __r
 #pragma unroll
     for (u32 t = 0; t < VEC_RUNS; ++t) {
         if ((lane & 3) == 0) {
-            scales[(v0 + t * RUN) / BLOCK + lane / 4] = (u8)s[t];
+            store_scale<F>(scales, (v0 + t * RUN) / BLOCK + lane / 4, s[t]);
         }
         store_codes(codes + v0 + t * RUN, c[t], lane);
     }
@@ -560,11 +732,11 @@ AIRAMP_DEV void vec_decode_step(const u8* __restrict__ scales, const u8* __restr
 #pragma unroll
     for (u32 t = 0; t < VEC_RUNS; ++t) {
         c[t] = load_codes(codes + v0 + t * RUN, lane);
-        s[t] = scales[(v0 + t * RUN) / BLOCK + lane / 4];
+        s[t] = load_scale<F>(scales, (v0 + t * RUN) / BLOCK + lane / 4);
     }
 #pragma unroll
     for (u32 t = 0; t < VEC_RUNS; ++t) {
-        const float sc = e8m0_to_f32(s[t]);
+        const float sc = scale_value<F>(s[t]);
         u32 y[VPL];
 #pragma unroll
         for (u32 j = 0; j < VPL; ++j) {
@@ -597,26 +769,26 @@ AIRAMP_DEV void vec_reduce_step(u32 members, u32 own, const typename E::raw* __r
             for (u32 t = 0; t < VEC_RUNS; ++t) {
 #pragma unroll
                 for (u32 j = 0; j < VPL; ++j) {
-                    acc[t][j] = E::ACC_NAN_FIRST ? add_nan_first(acc[t][j], x[t][j]) : add_nan_first(x[t][j], acc[t][j]);
+                    acc[t][j] = E::ACC_NAN_FIRST ? fold_add<F>(acc[t][j], x[t][j]) : fold_add<F>(x[t][j], acc[t][j]);
                 }
             }
             continue;
         }
         const u8* scales = (const u8*)wires[m];
-        const u8* codes = scales + nb;
+        const u8* codes = scales + codes_offset<F>(nb);
         u64 c[VEC_RUNS];
         u32 s[VEC_RUNS];
 #pragma unroll
         for (u32 t = 0; t < VEC_RUNS; ++t) {
             c[t] = load_codes(codes + v0 + t * RUN, lane);
-            s[t] = scales[(v0 + t * RUN) / BLOCK + lane / 4];
+            s[t] = load_scale<F>(scales, (v0 + t * RUN) / BLOCK + lane / 4);
         }
 #pragma unroll
         for (u32 t = 0; t < VEC_RUNS; ++t) {
-            const float sc = e8m0_to_f32(s[t]);
+            const float sc = scale_value<F>(s[t]);
 #pragma unroll
             for (u32 j = 0; j < VPL; ++j) {
-                acc[t][j] = add_nan_first(decode_value<F>((u32)(c[t] >> (8 * j)) & 0xFFu, sc), acc[t][j]);
+                acc[t][j] = fold_add<F>(decode_value<F>((u32)(c[t] >> (8 * j)) & 0xFFu, sc), acc[t][j]);
             }
         }
     }
@@ -626,10 +798,10 @@ AIRAMP_DEV void vec_reduce_step(u32 members, u32 own, const typename E::raw* __r
 #pragma unroll
     for (u32 t = 0; t < VEC_RUNS; ++t) {
         if ((lane & 3) == 0) {
-            out_scales[(v0 + t * RUN) / BLOCK + lane / 4] = (u8)s[t];
+            store_scale<F>(out_scales, (v0 + t * RUN) / BLOCK + lane / 4, s[t]);
         }
         store_codes(out_codes + v0 + t * RUN, c[t], lane);
-        const float sc = e8m0_to_f32(s[t]);
+        const float sc = scale_value<F>(s[t]);
         u32 y[VPL];
 #pragma unroll
         for (u32 j = 0; j < VPL; ++j) {
@@ -671,7 +843,7 @@ template <class Body> AIRAMP_DEV void for_each_tile(u64 n, u64 first_block, u64 
 template <class F, class E> AIRAMP_DEV void encode(u64 src, u64 n, u64 wire, u64 warp_stride) {
     const typename E::raw* s = (const typename E::raw*)src;
     u8* scales = (u8*)wire;
-    u8* codes = scales + (n + BLOCK - 1) / BLOCK;
+    u8* codes = scales + codes_offset<F>((n + BLOCK - 1) / BLOCK);
     u64 first_block = 0;
 #if defined(AIRAMP_VECTOR)
     if (aligned16(s)) {
@@ -691,7 +863,7 @@ template <class F, class E> AIRAMP_DEV void encode(u64 src, u64 n, u64 wire, u64
 
 template <class F, class E> AIRAMP_DEV void decode(u64 wire, u64 n, u64 dst, u64 warp_stride) {
     const u8* scales = (const u8*)wire;
-    const u8* codes = scales + (n + BLOCK - 1) / BLOCK;
+    const u8* codes = scales + codes_offset<F>((n + BLOCK - 1) / BLOCK);
     typename E::raw* d = (typename E::raw*)dst;
     u64 first_block = 0;
 #if defined(AIRAMP_VECTOR)
@@ -717,7 +889,7 @@ AIRAMP_DEV void reduce_encode(u64 own_src, u64 wire_table, u32 members, u32 own,
     const u64* wires = (const u64*)wire_table;
     const u64 nb = (n + BLOCK - 1) / BLOCK;
     u8* scales = (u8*)wire_out;
-    u8* codes = scales + nb;
+    u8* codes = scales + codes_offset<F>(nb);
     typename E::raw* d = (typename E::raw*)dst;
     u64 first_block = 0;
 #if defined(AIRAMP_VECTOR)
@@ -766,9 +938,10 @@ AIRAMP_DEV void sum_exact(u64 own_src, u64 wire_table, u32 members, u32 own, u64
 } // namespace airamp
 
 // ---------- exported kernels ----------
-// airamp_{encode,decode,reduce_encode}_{e4m3,e5m2}_{f32,f16,bf16}.
+// airamp_{encode,decode,reduce_encode}_{e4m3,e5m2,int8}_{f32,f16,bf16}.
 // Compiled with -DAIRAMP_SOFT_FP8 they never use the sm_89+ conversion
-// instruction, so the selftest also proves the sm_80 path on newer GPUs.
+// instruction, so the selftest also proves the sm_80 path on newer GPUs
+// (INT8 has no such instruction: the same code either way).
 
 #define AIRAMP_INSTANTIATE(FMT, fmt, ELEM, elem)                                                              \
     AIRAMP_KERNEL airamp_encode_##fmt##_##elem(u64 src, u64 n, u64 wire, u64 warp_stride) {                   \
@@ -789,6 +962,9 @@ AIRAMP_INSTANTIATE(E4M3, e4m3, ElemBf16, bf16)
 AIRAMP_INSTANTIATE(E5M2, e5m2, ElemF32, f32)
 AIRAMP_INSTANTIATE(E5M2, e5m2, ElemF16, f16)
 AIRAMP_INSTANTIATE(E5M2, e5m2, ElemBf16, bf16)
+AIRAMP_INSTANTIATE(Int8, int8, ElemF32, f32)
+AIRAMP_INSTANTIATE(Int8, int8, ElemF16, f16)
+AIRAMP_INSTANTIATE(Int8, int8, ElemBf16, bf16)
 
 // airamp_sum_exact_{f32,f16,bf16}: the exact path's fold.
 #define AIRAMP_INSTANTIATE_SUM(ELEM, elem)                                                                    \

@@ -1,10 +1,12 @@
 //! `airamp gpu ...`: the CUDA layer on a GPU host.
 //!
 //! * `selftest`: every kernel against the CPU codec and reducer, bit for
-//!   bit (exhaustive fp16/bf16 patterns, random f32, odd lengths, every
-//!   wire byte, 2/3/8 members), with the production kernels and the sm_80
-//!   ("soft") conversion path.
-//! * `bench`: encode/decode throughput next to memcpy on the same device.
+//!   bit, in every wire format (E4M3, E5M2, INT8): exhaustive fp16/bf16
+//!   patterns, random f32, edge blocks, odd lengths, every wire byte, 2/3/8
+//!   members; with the production kernels and the sm_80 ("soft") FP8
+//!   conversion path.
+//! * `bench`: encode/decode/fold throughput (E4M3 and INT8) next to memcpy
+//!   on the same device.
 //! * `compile-check`: NVRTC compile of the kernels for sm_80/90/100 (no GPU
 //!   needed).
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use airamp::codec::{
-    bf16_to_f32, encoded_len, f16_to_f32, num_blocks, Codec, Dst, Src, WireFormat,
+    bf16_to_f32, encoded_len, f16_to_f32, num_blocks, scales_len, Codec, Dst, Src, WireFormat,
 };
 use airamp::gpu::{
     self, nvrtc, reference, DevAddr, DeviceBuf, Elem, Fold, GpuContext, GpuError, GpuQueue,
@@ -34,7 +36,9 @@ impl<T> OrString<T> for Result<T, GpuError> {
     }
 }
 
-const FORMATS: [WireFormat; 2] = [WireFormat::E4M3, WireFormat::E5M2];
+/// The FP8 formats; the hardware conversion and `soft_fp8` change their
+/// code.
+const FP8_FORMATS: [WireFormat; 2] = [WireFormat::E4M3, WireFormat::E5M2];
 
 fn fmt_name(f: WireFormat) -> &'static str {
     f.name()
@@ -210,6 +214,72 @@ fn random_f32(kind: &str, n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Blocks at the codecs' edges, 32 values each: values that tie after
+/// scaling (a block of max 127 * 2^e holding half-integer multiples of
+/// 2^e: INT8's scale is then exactly 2^e), block maxima at both ends of
+/// every exponent's mantissa and where INT8's integer division of the
+/// maximum by 127 changes case, f32 subnormal and extreme maxima, lone
+/// values, blocks of nothing but zeros, NaN or Inf.
+fn edge_blocks() -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::new();
+    let mut block = |xs: &[f32]| {
+        let mut b = [0f32; 32];
+        b[..xs.len()].copy_from_slice(xs);
+        v.extend_from_slice(&b);
+    };
+    let pow2 = |e: i32| 2f64.powi(e);
+    for e in -148..=120 {
+        for j in 0..8 {
+            let mut xs = vec![(127.0 * pow2(e)) as f32];
+            xs.extend(
+                (0..31)
+                    .map(|i| ((-127 + j * 31 + i) as f64 + 0.5) * pow2(e))
+                    .map(|x| x as f32),
+            );
+            block(&xs);
+        }
+    }
+    let split = (127u32 << 17) - 0x80_0000;
+    let ratios = [
+        1.0f32,
+        -0.5,
+        0.25,
+        -0.75,
+        0.3,
+        1.0 / 127.0,
+        0.5 / 127.0,
+        -1.5 / 127.0,
+    ];
+    for e in 0..=254u32 {
+        for m in [0, 1, 2, split - 1, split, split + 1, 0x7F_FFFE, 0x7F_FFFF] {
+            let max = f32::from_bits((e << 23) | m);
+            let xs: Vec<f32> = ratios.iter().map(|&r| max * r).collect();
+            block(&xs);
+        }
+    }
+    let sub = f32::from_bits;
+    for xs in [
+        vec![f32::MAX, -f32::MAX, 1.0, f32::MIN_POSITIVE],
+        vec![
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            sub(1),
+            sub(0x40_0000),
+        ],
+        vec![sub(1), sub(2), sub(3), -sub(1)],
+        vec![sub(0x7F_FFFF), -sub(0x7F_FFFF), sub(0x20_0000)],
+        vec![1.0],
+        vec![-0.0; 32],
+        vec![f32::NAN; 32],
+        vec![f32::INFINITY, f32::NEG_INFINITY],
+        vec![f32::NAN, 1.0, -2.0, f32::INFINITY, 3.5, -0.0],
+        vec![126.5, 127.0, -126.5, 0.5, -0.5, 1.5, -1.5, 2.5],
+    ] {
+        block(&xs);
+    }
+    v
+}
+
 // ---------- device plumbing ----------
 
 /// One context + queue, with blocking helpers (this is a tool).
@@ -242,6 +312,17 @@ impl Lab {
         let ctx = GpuContext::current_with(options).s()?;
         let q = ctx.queue().s()?;
         Ok(Lab { ctx, q, tag })
+    }
+
+    /// The wire formats to test in this build: all of them, except that
+    /// the `soft_fp8` builds test only FP8 (the option changes nothing
+    /// else, and INT8 runs in the other builds).
+    fn formats(&self) -> &'static [WireFormat] {
+        if self.ctx.options().soft_fp8 {
+            &FP8_FORMATS
+        } else {
+            &WireFormat::ALL
+        }
     }
 
     /// Waits for the queue by polling its fence, as the plugin's progress
@@ -355,9 +436,15 @@ impl Tally {
     }
 }
 
-/// First mismatches between two wire buffers of `n` values.
-fn diff_wire(n: usize, expected: &[u8], got: &[u8], input: Option<&Data>) -> R<()> {
-    let nb = num_blocks(n);
+/// First mismatches between two wire buffers of `n` values in `fmt`.
+fn diff_wire(
+    fmt: WireFormat,
+    n: usize,
+    expected: &[u8],
+    got: &[u8],
+    input: Option<&Data>,
+) -> R<()> {
+    let scales = scales_len(fmt, n);
     let bad: Vec<usize> = (0..expected.len())
         .filter(|&i| expected[i] != got[i])
         .collect();
@@ -366,13 +453,15 @@ fn diff_wire(n: usize, expected: &[u8], got: &[u8], input: Option<&Data>) -> R<(
     }
     let mut out = format!("  {} wire bytes differ", bad.len());
     for &i in bad.iter().take(6) {
-        if i < nb {
+        if i < scales {
             out += &format!(
-                "\n  scale[{i}]: cpu {:#04x} gpu {:#04x}",
-                expected[i], got[i]
+                "\n  scale byte {i} (block {}): cpu {:#04x} gpu {:#04x}",
+                i / fmt.scale_bytes(),
+                expected[i],
+                got[i]
             );
         } else {
-            let v = i - nb;
+            let v = i - scales;
             let x = input.map_or(String::new(), |d| format!(" input bits {:#x}", d.bits(v)));
             out += &format!(
                 "\n  code[{v}] (block {}): cpu {:#04x} gpu {:#04x}{x}",
@@ -423,7 +512,8 @@ pub fn selftest(o: &Opts) -> R<ExitCode> {
     let mut tally = Tally::default();
     let started = Instant::now();
     // Every code path the plugin can take: vector and lane-strided layouts,
-    // each with the hardware FP8 conversion (sm_89+) and without (sm_80).
+    // each with the hardware FP8 conversion (sm_89+) and without (sm_80;
+    // FP8 only: INT8 has one conversion path).
     let variant = |vector, soft_fp8| KernelOptions {
         vector,
         soft_fp8,
@@ -485,6 +575,10 @@ fn codec_inputs() -> Vec<(String, Data)> {
             Data::F32(random_f32(kind, n, i as u64 + 1)),
         ));
     }
+    let edges = Data::F32(edge_blocks());
+    v.push(("edge blocks as f16".into(), edges.as_elem(Elem::F16)));
+    v.push(("edge blocks as bf16".into(), edges.as_elem(Elem::Bf16)));
+    v.push(("edge blocks".into(), edges));
     // Random data narrowed to the 16-bit types (tails of other lengths).
     let mixed = Data::F32(random_f32("heavy-tailed", 100_003, 99));
     v.push((
@@ -500,7 +594,7 @@ fn codec_inputs() -> Vec<(String, Data)> {
 
 fn codec_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
     let inputs = codec_inputs();
-    for fmt in FORMATS {
+    for &fmt in lab.formats() {
         let codec = Codec::new(fmt);
         for (i, (what, data)) in inputs.iter().enumerate() {
             let n = data.len();
@@ -522,7 +616,7 @@ fn codec_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
             );
             let result = lab
                 .download(&wire)
-                .and_then(|got| diff_wire(n, &cpu_wire, &got, Some(data)));
+                .and_then(|got| diff_wire(fmt, n, &cpu_wire, &got, Some(data)));
             tally.record(&label, result);
 
             // Decode the CPU's bytes, so a decode bug is not masked by an
@@ -550,10 +644,18 @@ fn codec_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
     Ok(())
 }
 
-/// Decode of every (scale byte, code byte) pair, including bytes the
-/// encoder never writes (scale 0xFF, every NaN code): wire bytes come from
-/// the network.
+/// Decode of every (scale, code byte) pair, including bytes the encoder
+/// never writes (E8M0 0xFF, every NaN code; INT8 scales that are Inf, NaN,
+/// negative, zero or subnormal): wire bytes come from the network.
 fn every_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
+    every_fp8_wire_byte(lab, tally)?;
+    if lab.formats().contains(&WireFormat::Int8) {
+        every_int8_wire_byte(lab, tally)?;
+    }
+    Ok(())
+}
+
+fn every_fp8_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
     let n = 256 * 256;
     let nb = num_blocks(n);
     // The FP8 formats share one layout: one scale byte per block.
@@ -566,7 +668,7 @@ fn every_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
         *c = (v % 256) as u8;
     }
     let dev_wire = lab.upload(&wire)?;
-    for fmt in FORMATS {
+    for fmt in FP8_FORMATS {
         let codec = Codec::new(fmt);
         for elem in Elem::ALL {
             let mut cpu_out = Data::zeros(elem, n);
@@ -593,6 +695,47 @@ fn every_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
     Ok(())
 }
 
+/// INT8: every one of the 65536 bf16 scale patterns with each of the 256
+/// code bytes (8 blocks per scale), the wire at an odd address (its 2-byte
+/// scales unaligned).
+fn every_int8_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
+    let fmt = WireFormat::Int8;
+    let n = 65536 * 256;
+    let nb = num_blocks(n);
+    let mut wire = vec![0u8; encoded_len(fmt, n)];
+    let (scales, codes) = wire.split_at_mut(nb * 2);
+    for (b, s) in scales.chunks_exact_mut(2).enumerate() {
+        s.copy_from_slice(&((b / 8) as u16).to_le_bytes());
+    }
+    for (v, c) in codes.iter_mut().enumerate() {
+        *c = (v % 256) as u8;
+    }
+    let wire_off = 1;
+    let dev_wire = lab.upload_at(&wire, wire_off)?;
+    let codec = Codec::new(fmt);
+    for elem in Elem::ALL {
+        let mut cpu_out = Data::zeros(elem, n);
+        codec
+            .decode_into_wire(&wire, cpu_out.dst())
+            .map_err(|e| e.to_string())?;
+        let dst = lab.scratch(n * elem.size())?;
+        lab.q
+            .decode(fmt, elem, dev_wire.addr()?, n, dst.addr()?)
+            .s()?;
+        let label = format!(
+            "[{}] decode int8 -> {} of every bf16 scale x every code byte (wire +{wire_off})",
+            lab.tag,
+            elem.name()
+        );
+        tally.record(
+            &label,
+            lab.download(&dst)
+                .and_then(|got| diff_elems(&cpu_out, &got)),
+        );
+    }
+    Ok(())
+}
+
 /// One member's values for a reduce case.
 fn member_values(case: usize, m: usize, n: usize) -> Vec<f32> {
     let kind = KINDS[(case + m) % (KINDS.len() - 1)];
@@ -602,7 +745,7 @@ fn member_values(case: usize, m: usize, n: usize) -> Vec<f32> {
 fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
     let n = 65_536 + 29;
     let mut case = 0;
-    for fmt in FORMATS {
+    for &fmt in lab.formats() {
         for elem in Elem::ALL {
             for members in [2usize, 3, 8] {
                 let mut owns = vec![0, members / 2, members - 1];
@@ -746,7 +889,7 @@ fn reduce_one(
         lab.download(&out)?
     };
     let got_dst = lab.download(&dst)?;
-    diff_wire(n, &cpu_wire, &got_wire, None)?;
+    diff_wire(fmt, n, &cpu_wire, &got_wire, None)?;
     diff_elems(&cpu_out, &got_dst)
 }
 
@@ -886,7 +1029,7 @@ fn exact_one(lab: &Lab, elem: Elem, own: usize, inputs: &[Vec<u8>]) -> R<()> {
 
 /// Kernels reading and writing mapped pinned host memory directly.
 fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
-    for (i, fmt) in FORMATS.into_iter().enumerate() {
+    for (i, &fmt) in lab.formats().iter().enumerate() {
         let codec = Codec::new(fmt);
         let data = Data::F32(random_f32("heavy-tailed", 300_001, 5)).as_elem(Elem::Bf16);
         let n = data.len();
@@ -913,7 +1056,7 @@ fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
         );
         let result = lab
             .read_pinned(&wire, wire_off, encoded_len(fmt, n))
-            .and_then(|got| diff_wire(n, &cpu_wire, &got, Some(&data)));
+            .and_then(|got| diff_wire(fmt, n, &cpu_wire, &got, Some(&data)));
         tally.record(&label, result);
 
         let inputs: Vec<Data> = (0..8)
@@ -1113,14 +1256,16 @@ fn time(q: &GpuQueue, iters: usize, mut f: impl FnMut() -> Result<(), GpuError>)
 fn bench_one(lab: &Lab, kernels: &'static str, src: &[u8], report: &mut BenchReport) -> R<()> {
     let q = &lab.q;
     let iters = report.iters;
-    let fmt = WireFormat::E4M3;
     let n = src.len() / 2;
-    let wire_bytes = encoded_len(fmt, n);
+    // The largest wire of the formats measured (INT8's 2-byte scales).
+    let wire_room = encoded_len(WireFormat::Int8, n);
     let src_bytes = n * 2;
     let src = lab.upload(src)?;
-    let wire = lab.scratch(wire_bytes)?;
+    let wire = lab.scratch(wire_room)?;
     let dst = lab.scratch(src_bytes)?;
     let (s, w, d) = (src.addr()?, wire.addr()?, dst.addr()?);
+    let pinned = lab.ctx.alloc_pinned(wire_room).s()?;
+    let p = pinned.device_addr(0).s()?;
 
     let copy = time(q, iters, || q.copy_async(d, s, src_bytes))?;
     let copy_gbs = 2.0 * src_bytes as f64 / copy / 1e9;
@@ -1137,77 +1282,84 @@ fn bench_one(lab: &Lab, kernels: &'static str, src: &[u8], report: &mut BenchRep
             memcpy_fraction: vs_memcpy.then(|| gbytes_per_s / copy_gbs),
         });
     };
-    let moved = (src_bytes + wire_bytes) as f64;
-    let enc = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, w))?;
-    row(
-        "encode bf16 -> e4m3 (device)".into(),
-        moved,
-        enc,
-        Some(n),
-        true,
-    );
-    let dec = time(q, iters, || q.decode(fmt, Elem::Bf16, w, n, d))?;
-    row(
-        "decode e4m3 -> bf16 (device)".into(),
-        moved,
-        dec,
-        Some(n),
-        true,
-    );
-
-    // The real path: compressed bytes written straight into pinned host
-    // staging over PCIe, next to copying the same bytes D2H.
-    let pinned = lab.ctx.alloc_pinned(wire_bytes).s()?;
-    let p = pinned.device_addr(0).s()?;
-    let enc_pinned = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, p))?;
-    let pcie = wire_bytes as f64;
-    row(
-        "encode bf16 -> e4m3 -> pinned host".into(),
-        pcie,
-        enc_pinned,
-        Some(n),
-        false,
-    );
-    let d2h = time(q, iters, || q.copy_async(p, w, wire_bytes))?;
-    row(
-        "memcpy DtoH of the same wire bytes".into(),
-        pcie,
-        d2h,
-        None,
-        false,
-    );
-
-    // The owner's fold of one shard: n/8 values per member.
-    let shard = n / 8;
-    let shard_wire = encoded_len(fmt, shard);
-    for members in [2usize, 8] {
-        let member_wires = lab.scratch(shard_wire * members)?;
-        let mut table = Vec::new();
-        for m in 0..members {
-            let mw = member_wires.addr()?.offset(m * shard_wire);
-            q.encode(fmt, Elem::Bf16, s.offset(m * shard * 2), shard, mw)
-                .s()?;
-            table.extend_from_slice(&mw.0.to_ne_bytes());
-        }
-        let table = lab.upload(&table)?;
-        let fold = Fold {
-            members,
-            own_index: 0,
-            own_src: s,
-            wire_table: table.addr()?,
-            n: shard,
-            wire_out: w,
-            dst: d,
-        };
-        let t = time(q, iters, || q.reduce_encode(fmt, Elem::Bf16, &fold))?;
-        let bytes = (shard * 2 + (members - 1) * shard_wire + shard_wire + shard * 2) as f64;
+    // E4M3 (the default format) and INT8 (E5M2 runs E4M3's code); the
+    // soft-FP8 builds only change FP8.
+    let formats = [WireFormat::E4M3, WireFormat::Int8]
+        .into_iter()
+        .filter(|f| lab.formats().contains(f));
+    for fmt in formats {
+        let f = fmt_name(fmt);
+        let wire_bytes = encoded_len(fmt, n);
+        let moved = (src_bytes + wire_bytes) as f64;
+        let enc = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, w))?;
         row(
-            format!("reduce_encode bf16 e4m3 members={members}"),
-            bytes,
-            t,
-            Some(shard),
+            format!("encode bf16 -> {f} (device)"),
+            moved,
+            enc,
+            Some(n),
             true,
         );
+        let dec = time(q, iters, || q.decode(fmt, Elem::Bf16, w, n, d))?;
+        row(
+            format!("decode {f} -> bf16 (device)"),
+            moved,
+            dec,
+            Some(n),
+            true,
+        );
+
+        // The real path: compressed bytes written straight into pinned host
+        // staging over PCIe, next to copying the same bytes D2H.
+        let enc_pinned = time(q, iters, || q.encode(fmt, Elem::Bf16, s, n, p))?;
+        let pcie = wire_bytes as f64;
+        row(
+            format!("encode bf16 -> {f} -> pinned host"),
+            pcie,
+            enc_pinned,
+            Some(n),
+            false,
+        );
+        let d2h = time(q, iters, || q.copy_async(p, w, wire_bytes))?;
+        row(
+            format!("memcpy DtoH of the same {f} wire bytes"),
+            pcie,
+            d2h,
+            None,
+            false,
+        );
+
+        // The owner's fold of one shard: n/8 values per member.
+        let shard = n / 8;
+        let shard_wire = encoded_len(fmt, shard);
+        for members in [2usize, 8] {
+            let member_wires = lab.scratch(shard_wire * members)?;
+            let mut table = Vec::new();
+            for m in 0..members {
+                let mw = member_wires.addr()?.offset(m * shard_wire);
+                q.encode(fmt, Elem::Bf16, s.offset(m * shard * 2), shard, mw)
+                    .s()?;
+                table.extend_from_slice(&mw.0.to_ne_bytes());
+            }
+            let table = lab.upload(&table)?;
+            let fold = Fold {
+                members,
+                own_index: 0,
+                own_src: s,
+                wire_table: table.addr()?,
+                n: shard,
+                wire_out: w,
+                dst: d,
+            };
+            let t = time(q, iters, || q.reduce_encode(fmt, Elem::Bf16, &fold))?;
+            let bytes = (shard * 2 + (members - 1) * shard_wire + shard_wire + shard * 2) as f64;
+            row(
+                format!("reduce_encode bf16 {f} members={members}"),
+                bytes,
+                t,
+                Some(shard),
+                true,
+            );
+        }
     }
     lab.sync()
 }

@@ -24,12 +24,12 @@ use super::memory::{DeviceBuf, PinnedBuf};
 use super::nvrtc;
 use super::queue::GpuQueue;
 use super::{Elem, KernelOptions};
-use crate::codec::{Fp8, WireFormat};
+use crate::codec::WireFormat;
 
 /// Threads per CTA of every kernel (`THREADS` in cuda/codec.cu).
 pub(crate) const THREADS: u32 = 256;
 
-/// The three kernels, as indexed in [`Kernels`].
+/// The three codec kernels, as indexed in [`Kernels`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     Encode,
@@ -49,13 +49,6 @@ impl Op {
     }
 }
 
-fn fmt_name(f: Fp8) -> &'static str {
-    match f {
-        Fp8::E4M3 => "e4m3",
-        Fp8::E5M2 => "e5m2",
-    }
-}
-
 /// One loaded kernel and how many of its CTAs fit on one SM.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernel {
@@ -63,10 +56,10 @@ pub(crate) struct Kernel {
     pub ctas_per_sm: u32,
 }
 
-/// Handles of every kernel, by [op][format][element].
-struct Kernels([[[Kernel; 3]; 2]; 3]);
-
-const FORMATS: [Fp8; 2] = [Fp8::E4M3, Fp8::E5M2];
+/// Handles of every codec kernel, by [op][format][element]: formats in
+/// [`WireFormat::ALL`] order (E4M3, E5M2, INT8), kernels named
+/// `airamp_{op}_{format}_{element}` (`airamp_encode_int8_bf16`).
+struct Kernels([[[Kernel; 3]; 3]; 3]);
 
 /// airamp's own context on one device, with the codec kernels loaded.
 /// Shared (`Arc`) by every queue and buffer made from it; cached for the
@@ -155,16 +148,12 @@ impl GpuContext {
         let mut table = [[[Kernel {
             function: 0,
             ctas_per_sm: 1,
-        }; 3]; 2]; 3];
+        }; 3]; 3]; 3];
         for op in Op::ALL {
-            for fmt in FORMATS {
+            for fmt in WireFormat::ALL {
                 for elem in Elem::ALL {
-                    table[op as usize][fmt as usize][elem as usize] = kernel(&format!(
-                        "airamp_{}_{}_{}",
-                        op.name(),
-                        fmt_name(fmt),
-                        elem.name()
-                    ))?;
+                    table[op as usize][format_index(fmt)][elem as usize] =
+                        kernel(&kernel_name(op, fmt, elem))?;
                 }
             }
         }
@@ -257,14 +246,25 @@ impl GpuContext {
         self.sum_exact[elem as usize]
     }
 
-    /// The kernel of `op` for `fmt` (the FP8 formats: INT8 has no kernels
-    /// yet, and is refused).
-    pub(crate) fn kernel(&self, op: Op, fmt: WireFormat, elem: Elem) -> Result<Kernel, GpuError> {
-        let fp8 = fmt.fp8().ok_or_else(|| {
-            GpuError::InvalidArgument(format!("no GPU kernels for the {fmt:?} wire format"))
-        })?;
-        Ok(self.kernels.0[op as usize][fp8 as usize][elem as usize])
+    /// The codec kernel of `op` for `fmt` and `elem` (every wire format
+    /// has its kernels).
+    pub(crate) fn kernel(&self, op: Op, fmt: WireFormat, elem: Elem) -> Kernel {
+        self.kernels.0[op as usize][format_index(fmt)][elem as usize]
     }
+}
+
+/// Index of `fmt` in [`Kernels`].
+fn format_index(fmt: WireFormat) -> usize {
+    match fmt {
+        WireFormat::E4M3 => 0,
+        WireFormat::E5M2 => 1,
+        WireFormat::Int8 => 2,
+    }
+}
+
+/// The exported name of a codec kernel in cuda/codec.cu.
+fn kernel_name(op: Op, fmt: WireFormat, elem: Elem) -> String {
+    format!("airamp_{}_{}_{}", op.name(), fmt.name(), elem.name())
 }
 
 /// airamp's context on `device`: one per device and process, created on
@@ -309,5 +309,43 @@ impl Drop for Bound {
                 crate::warn!("gpu: could not make the caller's CUDA context current again: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every codec kernel the table loads is built by cuda/codec.cu (INT8
+    /// included) under the name the table asks for.
+    #[test]
+    fn every_kernel_in_the_table_is_instantiated_by_the_source() {
+        let source = super::nvrtc::SOURCE;
+        for op in Op::ALL {
+            assert!(
+                source.contains(&format!(
+                    "AIRAMP_KERNEL airamp_{}_##fmt##_##elem(",
+                    op.name()
+                )),
+                "AIRAMP_INSTANTIATE exports no {} kernel",
+                op.name()
+            );
+        }
+        for fmt in WireFormat::ALL {
+            let format_type = ["E4M3", "E5M2", "Int8"][format_index(fmt)];
+            for elem in Elem::ALL {
+                let elem_type = ["ElemF32", "ElemF16", "ElemBf16"][elem as usize];
+                let line = format!(
+                    "AIRAMP_INSTANTIATE({format_type}, {}, {elem_type}, {})",
+                    fmt.name(),
+                    elem.name()
+                );
+                assert!(source.contains(&line), "no `{line}` in cuda/codec.cu");
+            }
+        }
+        assert_eq!(
+            kernel_name(Op::ReduceEncode, WireFormat::Int8, Elem::Bf16),
+            "airamp_reduce_encode_int8_bf16"
+        );
     }
 }

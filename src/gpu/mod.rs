@@ -1,8 +1,8 @@
-//! The CUDA layer of the collective network: FP8 codec kernels
-//! (`cuda/codec.cu`) compiled with NVRTC and launched through the CUDA
-//! driver API, both loaded at run time through cudarc (no link-time CUDA:
-//! the plugin loads on hosts without a GPU, and [`available`] is then
-//! `false`).
+//! The CUDA layer of the collective network: block-scaled codec kernels
+//! (FP8 E4M3/E5M2 and INT8, `cuda/codec.cu`) compiled with NVRTC and
+//! launched through the CUDA driver API, both loaded at run time through
+//! cudarc (no link-time CUDA: the plugin loads on hosts without a GPU, and
+//! [`available`] is then `false`).
 //!
 //! # API
 //! ```text
@@ -14,9 +14,9 @@
 //!   .alloc_pinned(bytes) -> PinnedBuf           mapped pinned host memory (host ptr + device addr)
 //!   .alloc_device(bytes) -> DeviceBuf           device memory
 //! GpuQueue (all asynchronous, nothing synchronizes)
-//!   .encode(fmt, elem, src, n, wire)            wire = ceil(n/32) scales then n codes
+//!   .encode(fmt, elem, src, n, wire)            wire = ceil(n/32) scales (1 byte FP8, 2 INT8), n codes
 //!   .decode(fmt, elem, wire, n, dst)            narrowed with round-to-nearest-even
-//!   .reduce_encode(fmt, elem, &Fold)            the owner's fold (collnet Reducer on FP8)
+//!   .reduce_encode(fmt, elem, &Fold)            the owner's fold (collnet Reducer, compressed)
 //!   .reduce_exact(elem, &Fold)                  the exact path's fold (sums of floats)
 //!   .copy_async(dst, src, bytes)                copy kernel, any direction
 //!   .record() -> Fence                          Fence::is_complete() polls cuEventQuery
@@ -72,7 +72,8 @@ impl DevAddr {
     }
 }
 
-/// Element types of the FP8 path.
+/// Element types of the kernels (the compressed path's and the exact
+/// sum's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Elem {
     F32,

@@ -96,7 +96,7 @@ impl GpuQueue {
             return Ok(());
         }
         non_null(&[("src", src), ("wire", wire)])?;
-        let k = self.ctx.kernel(Op::Encode, fmt, elem)?;
+        let k = self.ctx.kernel(Op::Encode, fmt, elem);
         let (mut src, mut n64, mut wire) = (src.0, n as u64, wire.0);
         self.launch(k, self.warp_grid(k, n), |stride| {
             [
@@ -122,7 +122,7 @@ impl GpuQueue {
             return Ok(());
         }
         non_null(&[("wire", wire), ("dst", dst)])?;
-        let k = self.ctx.kernel(Op::Decode, fmt, elem)?;
+        let k = self.ctx.kernel(Op::Decode, fmt, elem);
         let (mut wire, mut n64, mut dst) = (wire.0, n as u64, dst.0);
         self.launch(k, self.warp_grid(k, n), |stride| {
             [
@@ -135,16 +135,16 @@ impl GpuQueue {
     }
 
     /// Queues the owner's fold of one shard, exactly as
-    /// `collnet::algo::Reducer` does on the FP8 path: `acc = 0` in f32; for
-    /// each member in order `acc += x_m` (the owner's own element widened,
-    /// or member `m`'s wire decoded); then `wire_out = encode(acc)` and
-    /// `dst = decode(wire_out)`.
+    /// `collnet::algo::Reducer` does on the compressed path (FP8 or INT8):
+    /// `acc = 0` in f32; for each member in order `acc += x_m` (the owner's
+    /// own element widened, or member `m`'s wire decoded); then
+    /// `wire_out = encode(acc)` and `dst = decode(wire_out)`.
     pub fn reduce_encode(&self, fmt: WireFormat, elem: Elem, fold: &Fold) -> Result<(), GpuError> {
         check_fold(fold)?;
         if fold.n == 0 {
             return Ok(());
         }
-        let k = self.ctx.kernel(Op::ReduceEncode, fmt, elem)?;
+        let k = self.ctx.kernel(Op::ReduceEncode, fmt, elem);
         self.launch_fold(k, self.warp_grid(k, fold.n), fold)
     }
 

@@ -1,10 +1,17 @@
 //! The CPU definition of what the GPU fold computes, bit for bit.
 //!
-//! Encode and decode are the CPU codec itself (`crate::codec::Codec`). The
-//! owner's fold is spelled out here, mirroring `collnet::algo::Reducer` on
-//! the FP8 path; a unit test pins the two together, so a change to the
-//! reducer shows up as a failing test rather than as GPU owners silently
-//! computing something else.
+//! Encode and decode are the CPU codec itself (`crate::codec::Codec`), for
+//! every wire format (E4M3, E5M2, INT8). The owner's fold is spelled out
+//! here, mirroring `collnet::algo::Reducer` on the compressed path; a unit
+//! test pins the two together, so a change to the reducer shows up as a
+//! failing test rather than as GPU owners silently computing something
+//! else.
+//!
+//! INT8's two f32 divisions (`max / 127` for the scale, `1 / scale` for
+//! the encoder's multiplier) are done by the kernels in integers, exactly;
+//! this module's tests mirror that integer arithmetic and check it against
+//! the codec (every scale, and a dense sample of maxima; an ignored test
+//! covers every f32).
 //!
 //! NaN signs: IEEE leaves the sign of a NaN sum open. x86 SSE returns the
 //! first NaN operand (quieted) and makes Inf - Inf the negative "default
@@ -15,7 +22,7 @@
 //! that order explicitly (as `cuda/codec.cu` does), so it does not depend
 //! on how this file is compiled. The sign only shows in the sign bit of an
 //! FP8 NaN code when two NaNs meet; decoded values are the canonical NaN
-//! either way.
+//! either way. INT8 has a single NaN code (-128), so there it never shows.
 
 use super::Elem;
 use crate::codec::{Codec, CodecError, Dst, Src};
@@ -131,7 +138,7 @@ pub fn add_nan_first(p: f32, q: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::codec::{
-        bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, fp8_to_f32, WireFormat,
+        bf16_to_f32, code_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, WireFormat,
     };
     use crate::collnet::algo::{DataType, RedOp, Reducer};
 
@@ -184,7 +191,7 @@ mod tests {
     /// and decoded output (NaN code signs too, in an optimized build).
     #[test]
     fn matches_the_collnet_reducer() {
-        for fmt in [WireFormat::E4M3, WireFormat::E5M2] {
+        for fmt in WireFormat::ALL {
             let codec = Codec::new(fmt);
             for dtype in [DataType::F32, DataType::F16, DataType::Bf16] {
                 for members in 1..=4usize {
@@ -297,12 +304,13 @@ mod tests {
         );
         if cfg!(debug_assertions) {
             // Unoptimized code orders the reducer's NaN operands differently
-            // (see the module docs): only there, a NaN code's sign may differ.
+            // (see the module docs): only there, an FP8 NaN code's sign may
+            // differ (INT8's one NaN code has no sign).
             assert_eq!(wire_out.len(), expected.len());
-            let fp8 = codec.format().fp8().expect("an FP8 format");
-            let nan = |c: u8| fp8_to_f32(c, fp8).is_nan();
+            let fmt = codec.format();
+            let nan = |c: u8| code_to_f32(c, fmt).is_nan();
             for (i, (&a, &b)) in wire_out.iter().zip(&expected).enumerate() {
-                let is_code = i >= crate::codec::num_blocks(n);
+                let is_code = i >= crate::codec::scales_len(fmt, n);
                 let same = a == b || (is_code && nan(a) && nan(b) && (a ^ b) == 0x80);
                 assert!(same, "{what}: byte {i}: {a:#04x} vs reducer {b:#04x}");
             }
@@ -315,5 +323,139 @@ mod tests {
             .unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&out), bits(&decoded));
+    }
+}
+
+/// The INT8 arithmetic of `cuda/codec.cu`, line by line, against the
+/// codec's f32 divisions (`codec::block_scale`).
+#[cfg(test)]
+mod int8_kernel_tests {
+    use crate::codec::{bf16_to_f32, block_scale, f32_to_int8, WireFormat};
+
+    /// cuda/codec.cu `int8_scale_for_max`: `max / 127` rounded to nearest
+    /// even in integers, at least 2^-126, rounded up to bf16.
+    fn kernel_scale_for_max(max_abs_bits: u32) -> u16 {
+        let e = max_abs_bits >> 23;
+        let m = (max_abs_bits & 0x7F_FFFF) | 0x80_0000;
+        let small = m < (127 << 17);
+        let num = if small { m << 7 } else { m << 6 };
+        let mut q = num / 127;
+        q += u32::from(num - q * 127 >= 64);
+        let biased = e as i32 - if small { 7 } else { 6 };
+        let ideal = if biased >= 1 {
+            (((biased - 1) as u32) << 23) + q
+        } else {
+            0x0080_0000
+        };
+        let mut s = ideal >> 16;
+        s += u32::from(s << 16 != ideal);
+        if max_abs_bits == 0 {
+            0x3F80
+        } else {
+            s as u16
+        }
+    }
+
+    /// cuda/codec.cu `int8_inverse`: `1 / scale` rounded to nearest even.
+    fn kernel_inverse(s: u16) -> f32 {
+        let s = u32::from(s);
+        let es = (s >> 7) & 0xFF;
+        let mb = (s & 0x7F) | 0x80;
+        let mut q = 0x8000_0000 / mb;
+        q += u32::from(2 * (0x8000_0000 - q * mb) > mb);
+        f32::from_bits(((252 - es) << 23) + q)
+    }
+
+    /// cuda/codec.cu `f32_to_int8`: clamp, then round by adding 1.5 * 2^23.
+    fn kernel_to_int8(y: f32) -> u8 {
+        if !y.is_finite() {
+            return 0x80;
+        }
+        let v = y.clamp(-127.0, 127.0);
+        ((v + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000) & 0xFF) as u8
+    }
+
+    fn check_max(bits: u32) {
+        let (scale, inv) = block_scale(WireFormat::Int8, bits);
+        let got = kernel_scale_for_max(bits);
+        assert_eq!(got, scale, "scale of max {bits:#010x}");
+        assert_eq!(
+            kernel_inverse(got).to_bits(),
+            inv.to_bits(),
+            "inverse of scale {got:#06x} (max {bits:#010x})"
+        );
+    }
+
+    /// Every exponent, with the mantissas where the integer division
+    /// changes case or rounds at an edge, and a stride through the rest.
+    #[test]
+    fn scale_matches_the_codec() {
+        let edges = [0u32, 0x7F_FFFF, (127 << 17) - 0x80_0000];
+        for e in 0..=254u32 {
+            let mut mantissas: Vec<u32> = edges
+                .iter()
+                .flat_map(|&c| c.saturating_sub(600)..=(c + 600).min(0x7F_FFFF))
+                .collect();
+            mantissas.extend((0..0x80_0000).step_by(9973));
+            for m in mantissas {
+                check_max((e << 23) | m);
+            }
+        }
+    }
+
+    /// Every scale the encoder can choose, and the inverse of each.
+    #[test]
+    fn inverse_matches_the_codec_for_every_scale() {
+        let largest = kernel_scale_for_max(f32::MAX.to_bits());
+        assert_eq!(largest, block_scale(WireFormat::Int8, f32::MAX.to_bits()).0);
+        for s in 0x0080..=largest {
+            assert_eq!(
+                kernel_inverse(s).to_bits(),
+                (1.0 / bf16_to_f32(s)).to_bits(),
+                "scale {s:#06x}"
+            );
+        }
+    }
+
+    /// Rounding and saturation around every integer and half-integer of
+    /// the code range, specials, and a stride through all f32.
+    #[test]
+    fn code_matches_the_codec() {
+        let mut values = vec![
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::MAX,
+            -f32::MAX,
+            f32::from_bits(1),
+        ];
+        for k in -260..=260 {
+            let h = k as f32 * 0.5;
+            let b = h.to_bits();
+            values.extend((b.saturating_sub(3)..=b + 3).map(f32::from_bits));
+        }
+        values.extend((0..=u32::MAX).step_by(65_537).map(f32::from_bits));
+        for y in values {
+            assert_eq!(
+                kernel_to_int8(y),
+                f32_to_int8(y),
+                "{y:e} ({:#010x})",
+                y.to_bits()
+            );
+        }
+    }
+
+    /// Every finite non-negative f32 as a block maximum (2^31 values):
+    /// `cargo test --release --lib int8_kernel_tests -- --ignored`.
+    #[test]
+    #[ignore = "every f32: run in release with --ignored"]
+    fn scale_matches_the_codec_for_every_f32() {
+        for bits in 0..=0x7F7F_FFFFu32 {
+            let (scale, _) = block_scale(WireFormat::Int8, bits);
+            assert_eq!(kernel_scale_for_max(bits), scale, "max {bits:#010x}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! With GPUDirect, NCCL registers each half of its collective-network
 //! buffer (`regMr(NCCL_PTR_CUDA)`) and passes pointers into them to every
 //! call. The group gets one non-blocking stream and a pinned staging arena
-//! for the FP8 kernels' slots ([`SlotPool`]) at its first registration,
+//! for the codec kernels' slots ([`SlotPool`]) at its first registration,
 //! and every registered region a pinned host *mirror* of the same size, all
 //! allocated at registration (never on the data path). A call that the
 //! kernels do not run and whose buffers are device memory is *staged*: its
@@ -41,7 +41,7 @@ pub fn offers_gpu_buffers() -> bool {
             None => {
                 crate::info!(
                     crate::log::SUBSYS_INIT,
-                    "collnet: offering NCCL GPU buffers (gpu.collnet): FP8 allreduce and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
+                    "collnet: offering NCCL GPU buffers (gpu.collnet): compressed allreduce (FP8, INT8) and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
                 );
                 warn_without_mps();
                 true

@@ -1,5 +1,5 @@
-//! One allreduce segment run by GPU kernels on NCCL's device buffers, FP8
-//! or exact (a sum of f32/f16/bf16).
+//! One allreduce segment run by GPU kernels on NCCL's device buffers,
+//! compressed (FP8 or INT8) or exact (a sum of f32/f16/bf16).
 //!
 //! The same algorithm as [`super::algo::Member`], with the same bytes on the
 //! wire, so members on the host path and on the GPU agree bit for bit:

@@ -695,9 +695,10 @@ impl Group {
             dtype,
             path,
         };
-        // FP8, and exact sums of floats, on device buffers: kernels encode
-        // (or copy), fold and decode in place; only wire bytes cross PCIe.
-        // (INT8 and other exact reductions have no kernels: staged.)
+        // Compressed sums (FP8, INT8), and exact sums of floats, on device
+        // buffers: kernels encode (or copy), fold and decode in place; only
+        // wire bytes cross PCIe. (Other exact reductions have no kernels:
+        // staged.)
         let on_gpu = match (gpu_elem(dtype), &input, &output) {
             (Some(elem), Place::Device(i), Place::Device(o))
                 if has_gpu_kernels(path, op, self.params.n) =>
@@ -1249,13 +1250,14 @@ impl Group {
     }
 }
 
-/// Whether the kernels run `path` for `op` in a group of `n`: the FP8
-/// formats, and exact sums, for as many members as the fold takes (larger
+/// Whether the kernels run `path` for `op` in a group of `n`: every
+/// compressed format (E4M3, E5M2, INT8: `choose_path` compresses only
+/// sums), and exact sums, for as many members as the fold takes (larger
 /// groups are staged).
 fn has_gpu_kernels(path: Path, op: RedOp, n: usize) -> bool {
     n <= crate::gpu::MAX_MEMBERS
         && match path {
-            Path::Compressed(fmt) => matches!(fmt, WireFormat::E4M3 | WireFormat::E5M2),
+            Path::Compressed(_) => true,
             Path::Exact => op == RedOp::Sum,
         }
 }
@@ -1301,18 +1303,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernels_take_fp8_and_exact_sums_of_at_most_256_members() {
-        let e4m3 = Path::Compressed(WireFormat::E4M3);
-        assert!(has_gpu_kernels(e4m3, RedOp::Sum, 256));
+    fn kernels_take_compressed_and_exact_sums_of_at_most_256_members() {
+        for fmt in WireFormat::ALL {
+            let path = Path::Compressed(fmt);
+            assert!(has_gpu_kernels(path, RedOp::Sum, 2), "{fmt}");
+            assert!(has_gpu_kernels(path, RedOp::Sum, 256), "{fmt}");
+            assert!(!has_gpu_kernels(path, RedOp::Sum, 257), "{fmt}");
+        }
         assert!(has_gpu_kernels(Path::Exact, RedOp::Sum, 2));
         assert!(!has_gpu_kernels(Path::Exact, RedOp::Max, 2));
-        assert!(!has_gpu_kernels(
-            Path::Compressed(WireFormat::Int8),
-            RedOp::Sum,
-            2
-        ));
-        assert!(!has_gpu_kernels(e4m3, RedOp::Sum, 257));
         assert!(!has_gpu_kernels(Path::Exact, RedOp::Sum, 257));
+    }
+
+    /// What an allreduce on device buffers runs as, from what the group
+    /// chose for the call: INT8 sums go to the kernels like FP8 (not the
+    /// staged host path), other ops and dtypes are staged.
+    #[test]
+    fn int8_sums_on_device_buffers_run_on_the_kernels() {
+        let on_kernels = |dtype, op, fp8| {
+            gpu_elem(dtype).is_some() && has_gpu_kernels(choose_path(dtype, op, fp8), op, 4)
+        };
+        let int8 = Some(WireFormat::Int8);
+        for dtype in [DataType::F32, DataType::F16, DataType::Bf16] {
+            assert_eq!(
+                choose_path(dtype, RedOp::Sum, int8),
+                Path::Compressed(WireFormat::Int8)
+            );
+            assert!(on_kernels(dtype, RedOp::Sum, int8), "{dtype:?}");
+            assert!(!on_kernels(dtype, RedOp::Max, int8), "{dtype:?} max");
+        }
+        assert!(!on_kernels(DataType::I32, RedOp::Sum, int8));
+        assert!(!on_kernels(DataType::F64, RedOp::Sum, int8));
     }
 
     /// Every payload a GPU step stages fits its slot: every shard of every
@@ -1322,7 +1343,12 @@ mod tests {
     #[test]
     fn gpu_staging_slots_hold_every_shard() {
         for n in (1..=9).chain([16, 64, 255, 256]) {
-            for fp8 in [None, Some(WireFormat::E4M3), Some(WireFormat::E5M2)] {
+            for fp8 in [
+                None,
+                Some(WireFormat::E4M3),
+                Some(WireFormat::E5M2),
+                Some(WireFormat::Int8),
+            ] {
                 let (slot_bytes, slots) = gpu_staging_layout(n, fp8.is_some());
                 assert_eq!(slots, WINDOW * (3 * n - 1));
                 assert!(slot_bytes >= n * 8, "the fold's pointer table fits");

@@ -307,12 +307,14 @@ pub fn agree(reports: &[MemberReport]) -> Agreed {
 /// speed. The burst keeps both directions busy to the end (each member
 /// sends only a few messages ahead of what it received).
 ///
-/// The clock starts at the last completion of the first quarter and
-/// counts the bytes completed after it. Completions arrive in clumps of
-/// the send window (measured: 4 within a few microseconds, then a gap), so
-/// starting at the first completion of a clump and counting the rest of
-/// it would credit bytes that crossed the link before the clock started:
-/// with windows of 4 out of 16 messages that read 37% high. If the counted
+/// The clock starts at a completion and counts the bytes completed after
+/// it. Completions arrive in clumps (measured with 2 members: the send
+/// window's 4 within a few microseconds, then a gap; with more members the
+/// peers' windows land together), so a clock started inside a clump would
+/// credit bytes that crossed the link before it started: from the first of
+/// a clump of 4 out of 16 messages that read 37% high. So it starts at the
+/// widest gap of the second quarter, a clump boundary whenever there are
+/// clumps (in an even stream any completion is as good). If the counted
 /// part bunches up (a polling artefact: it spans less than half the
 /// burst), the whole burst counts.
 pub fn rate_gbps(completions: &[(u64, usize)]) -> Option<f64> {
@@ -323,8 +325,20 @@ pub fn rate_gbps(completions: &[(u64, usize)]) -> Option<f64> {
     c.sort_unstable();
     let (t_end, _) = *c.last().expect("non-empty");
     let q1 = c.len() / 4;
-    let t1 = c[q1 - 1].0;
-    let counted: usize = c[q1..].iter().map(|&(_, b)| b).sum();
+    let gap = |i: usize| c[i].0 - c[i - 1].0;
+    let start =
+        (q1..=(2 * q1).min(c.len() - 1)).fold(
+            q1,
+            |widest, i| {
+                if gap(i) > gap(widest) {
+                    i
+                } else {
+                    widest
+                }
+            },
+        );
+    let t1 = c[start - 1].0;
+    let counted: usize = c[start..].iter().map(|&(_, b)| b).sum();
     let all: usize = c.iter().map(|&(_, b)| b).sum();
     let bits_per_ns = |bytes: usize, ns: u64| bytes as f64 * 8.0 / ns as f64;
     let rate = if t_end > t1 && (t_end - t1) * 2 >= t_end {

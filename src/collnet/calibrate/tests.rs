@@ -93,6 +93,20 @@ fn rate_skips_a_token_bucket_burst() {
         .collect();
     let gbps = rate_gbps(&c).expect("enough completions");
     assert!((gbps - 5.0).abs() < 0.01, "{gbps}");
+    // Three members: both peers' windows land together, clumps of 8 every
+    // 13.42 ms (5 Gbit/s). A clock started at the end of the first quarter
+    // (mid-clump) read 7.5.
+    let c: Vec<(u64, usize)> = (0..16u64)
+        .map(|i| (1_000 + i / 8 * 13_421_773 + i % 8 * 10, mib))
+        .collect();
+    let gbps = rate_gbps(&c).expect("enough completions");
+    assert!((gbps - 5.0).abs() < 0.01, "{gbps}");
+    // Two arrive early, the rest later: counted from the second one.
+    let c: Vec<(u64, usize)> = [1000, 1000, 7900, 7900, 7900, 7900, 7900, 8000]
+        .iter()
+        .map(|&t| (t, mib))
+        .collect();
+    assert_eq!(rate_gbps(&c), Some(6.0 * mib as f64 * 8.0 / 7000.0));
     // Bunched completions (one poll saw most at once): whole burst.
     let c: Vec<(u64, usize)> = [5000, 5000, 7900, 7900, 7900, 7900, 7900, 8000]
         .iter()

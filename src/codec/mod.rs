@@ -48,10 +48,13 @@ pub mod bench;
 mod format;
 mod scalar;
 
+// For the GPU reference tests, which mirror the scale arithmetic.
+#[cfg(test)]
+pub(crate) use format::block_scale;
 pub use format::{
-    bf16_to_f32, block_scale, code_to_f32, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_code,
-    f32_to_f16, f32_to_fp8, f32_to_int8, fp8_to_f32, int8_scale_to_f32, int8_to_f32, Fp8,
-    WireFormat, E8M0_NAN, E8M0_ZERO_BLOCK, INT8_NAN, INT8_ZERO_BLOCK_SCALE,
+    bf16_to_f32, code_to_f32, e8m0_to_f32, f16_to_f32, f32_to_bf16, f32_to_code, f32_to_f16,
+    f32_to_fp8, f32_to_int8, fp8_to_f32, int8_scale_to_f32, int8_to_f32, Fp8, WireFormat, E8M0_NAN,
+    E8M0_ZERO_BLOCK, INT8_NAN, INT8_ZERO_BLOCK_SCALE,
 };
 
 use std::fmt;

@@ -699,10 +699,8 @@ impl Group {
         // buffers: kernels encode (or copy), fold and decode in place; only
         // wire bytes cross PCIe. (Other exact reductions have no kernels:
         // staged.)
-        let on_gpu = match (gpu_elem(dtype), &input, &output) {
-            (Some(elem), Place::Device(i), Place::Device(o))
-                if has_gpu_kernels(path, op, self.params.n) =>
-            {
+        let on_gpu = match (kernel_elem(dtype, op, path, self.params.n), &input, &output) {
+            (Some(elem), Place::Device(i), Place::Device(o)) => {
                 Some((elem, i.device(), o.device()))
             }
             _ => None,
@@ -1262,6 +1260,13 @@ fn has_gpu_kernels(path: Path, op: RedOp, n: usize) -> bool {
         }
 }
 
+/// The kernels' element type for an allreduce of `dtype` and `op` that
+/// the group runs on `path` with `n` members, if kernels run it (on device
+/// buffers; anything else is staged).
+fn kernel_elem(dtype: DataType, op: RedOp, path: Path, n: usize) -> Option<Elem> {
+    gpu_elem(dtype).filter(|_| has_gpu_kernels(path, op, n))
+}
+
 /// The kernels' element type for `dtype`, if they take it.
 fn gpu_elem(dtype: DataType) -> Option<Elem> {
     match dtype {
@@ -1320,9 +1325,8 @@ mod tests {
     /// staged host path), other ops and dtypes are staged.
     #[test]
     fn int8_sums_on_device_buffers_run_on_the_kernels() {
-        let on_kernels = |dtype, op, fp8| {
-            gpu_elem(dtype).is_some() && has_gpu_kernels(choose_path(dtype, op, fp8), op, 4)
-        };
+        let on_kernels =
+            |dtype, op, fp8| kernel_elem(dtype, op, choose_path(dtype, op, fp8), 4).is_some();
         let int8 = Some(WireFormat::Int8);
         for dtype in [DataType::F32, DataType::F16, DataType::Bf16] {
             assert_eq!(

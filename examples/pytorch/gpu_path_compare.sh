@@ -8,11 +8,14 @@
 #   cn_fp8_gpu     the same with AIRAMP_ENABLE_FP8_ALLREDUCE=1: GPU kernels
 #   cn_exact_host  CollNet on host buffers (AIRAMP_GPU_COLLNET=0)
 #   cn_fp8_host    the same with FP8: the CPU worker pool runs the codec
+#   cn_int8_gpu, cn_int8_host  the same two with AIRAMP_COMPRESSION_FORMAT=int8
+#                  (GPU: the INT8 kernels; the two must agree bit for bit)
 #   *_ub           the same with user buffers registered with NCCL
 #                  (TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1): with one
 #                  rank per node, NCCL then hands the collective network the
 #                  whole tensor in one call instead of 256 KiB chunks of its
-#                  own buffer (ring_ub, cn_fp8_gpu_ub, cn_exact_gpu_ub)
+#                  own buffer (ring_ub, cn_fp8_gpu_ub, cn_exact_gpu_ub,
+#                  cn_int8_gpu_ub)
 # Usage: gpu_path_compare.sh /abs/libnccl-net-airamp.so OUTDIR [RATE]
 #   RATE (e.g. 25gbit) runs every rank in a network namespace whose
 #   loopback is shaped with tc tbf; needs ip/tc on PATH (as root).
@@ -79,10 +82,14 @@ cn_exact_gpu() { run cn_exact_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_
 cn_fp8_gpu() { run cn_fp8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 cn_exact_host() { run cn_exact_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_fp8_host() { run cn_fp8_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+int8=(AIRAMP_ENABLE_FP8_ALLREDUCE=1 AIRAMP_COMPRESSION_FORMAT=int8)
+cn_int8_gpu() { run cn_int8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 "${int8[@]}"; }
+cn_int8_host() { run cn_int8_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 "${int8[@]}"; }
 ub=(TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1)
 ring_ub() { run ring_ub "${ub[@]}" NCCL_COLLNET_ENABLE=0 NCCL_ALGO="allreduce:ring" AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_exact_gpu_ub() { run cn_exact_gpu_ub "${ub[@]}" "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_fp8_gpu_ub() { run cn_fp8_gpu_ub "${ub[@]}" "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
+cn_int8_gpu_ub() { run cn_int8_gpu_ub "${ub[@]}" "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 "${int8[@]}"; }
 for m in $modes; do $m; done
 [ "${ABBA:-1}" = 1 ] && for m in $(echo $modes | tr ' ' '\n' | tac); do $m; done
 python3 "$here/gpu_path_summarize.py" "$out" | tee "$out/summary.md"

@@ -10,7 +10,8 @@ import re
 import sys
 
 out = sys.argv[1]
-modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host", "ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub"]
+modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host", "ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub",
+         "cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub"]
 data, mem = {}, {}
 for m in modes:
     for p in [os.path.join(out, m + ".json")] + [
@@ -51,6 +52,20 @@ if any(m in data for m in ("ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub")):
         print(f"| {s >> 20} MiB | {f(bw['ring_ub'])} | {f(bw['cn_exact_gpu_ub'])} | {f(bw['cn_fp8_gpu_ub'])} | "
               f"{ratio(bw['cn_fp8_gpu_ub'], bw['ring'])} | {ratio(bw['cn_fp8_gpu_ub'], bw['ring_ub'])} | "
               f"{ratio(bw['cn_exact_gpu_ub'], bw['ring'])} | {d('cn_exact_gpu_ub', 'ring')} |")
+if any(m in data for m in ("cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub")):
+    print("\nINT8 (AIRAMP_COMPRESSION_FORMAT=int8), GB/s; each GPU mode against Ring and FP8 with the same buffers\n")
+    print("| size | INT8 GPU | INT8 host | INT8 GPU (UB) | INT8 GPU / ring | INT8 host / ring | INT8 GPU UB / ring UB | INT8 / FP8, GPU UB "
+          "| INT8 GPU err | INT8 host err | INT8 GPU == INT8 host |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in sizes:
+        bw = {m: g(m, s, "busbw_GBps") for m in modes}
+        same = (g("cn_int8_gpu", s, "digest") == g("cn_int8_host", s, "digest")) \
+            if g("cn_int8_gpu", s, "digest") is not None and g("cn_int8_host", s, "digest") is not None else "-"
+        err = lambda m: f"{100 * g(m, s, 'rel_err'):.2f}%" if isinstance(g(m, s, "rel_err"), float) else "-"
+        print(f"| {s >> 20} MiB | {f(bw['cn_int8_gpu'])} | {f(bw['cn_int8_host'])} | {f(bw['cn_int8_gpu_ub'])} | "
+              f"{ratio(bw['cn_int8_gpu'], bw['ring'])} | {ratio(bw['cn_int8_host'], bw['ring'])} | "
+              f"{ratio(bw['cn_int8_gpu_ub'], bw['ring_ub'])} | {ratio(bw['cn_int8_gpu_ub'], bw['cn_fp8_gpu_ub'])} | "
+              f"{err('cn_int8_gpu' if 'cn_int8_gpu' in data else 'cn_int8_gpu_ub')} | {err('cn_int8_host')} | {same} |")
 print("\nCorrectness\n")
 print("| size | FP8 GPU err | FP8 host err | every mode identical on all ranks | exact GPU == ring | exact host == ring | FP8 GPU == FP8 host |")
 print("|---|---|---|---|---|---|---|")

@@ -160,6 +160,12 @@ impl Workers {
         }
     }
 
+    /// Runs a job on the caller's thread now (a light one, not worth a
+    /// hand-off); its result comes back through [`Workers::poll`].
+    pub fn run_here(&mut self, job: Job) {
+        self.inline.push_back(run(job));
+    }
+
     /// A finished job, if any.
     pub fn poll(&mut self) -> Option<Done> {
         self.inline

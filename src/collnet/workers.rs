@@ -8,7 +8,9 @@
 //! with the messages it produced. A step is on at most one worker at a
 //! time, so its own events stay ordered while different steps run in
 //! parallel. Idle workers block on the job queue: no spinning without
-//! traffic.
+//! traffic. The scheduler runs light jobs (codec-free steps of a few
+//! hundred KiB) on its own thread instead ([`Workers::run_here`]): for
+//! them the hand-off's wake-ups cost more than the work.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};

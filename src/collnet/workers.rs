@@ -158,14 +158,14 @@ impl Workers {
                 // Drop causes; the job's step is then dropped with the group.
                 let _ = tx.send(job);
             }
-            None => self.inline.push_back(run(job)),
+            None => self.inline.push_back(run_guarded(job)),
         }
     }
 
     /// Runs a job on the caller's thread now (a light one, not worth a
     /// hand-off); its result comes back through [`Workers::poll`].
     pub fn run_here(&mut self, job: Job) {
-        self.inline.push_back(run(job));
+        self.inline.push_back(run_guarded(job));
     }
 
     /// A finished job, if any.
@@ -174,6 +174,19 @@ impl Workers {
             .pop_front()
             .or_else(|| self.results.try_recv().ok())
     }
+}
+
+/// Runs a job; a panic fails the group (its step is lost, so it can never
+/// finish) instead of killing the process or leaving NCCL polling forever.
+fn run_guarded(job: Job) -> Done {
+    let (seq, rank) = (job.seq, job.rank);
+    catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| Done {
+        seq,
+        step: None,
+        sends: Err(NetError::Internal(format!(
+            "collnet member {rank}: step {seq} panicked"
+        ))),
+    })
 }
 
 fn worker(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>) {
@@ -185,17 +198,7 @@ fn worker(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>) {
         let Ok(job) = job else {
             return; // the group closed
         };
-        let (seq, rank) = (job.seq, job.rank);
-        // A panic fails the group (its step is lost, so it can never finish)
-        // instead of killing the process or leaving NCCL polling forever.
-        let result = catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| Done {
-            seq,
-            step: None,
-            sends: Err(NetError::Internal(format!(
-                "collnet member {rank}: a worker panicked in step {seq}"
-            ))),
-        });
-        if done.send(result).is_err() {
+        if done.send(run_guarded(job)).is_err() {
             return;
         }
     }

@@ -46,6 +46,11 @@ const WINDOW: usize = 16;
 /// Fences reserved for staged calls on GPU buffers (their copies in and
 /// out), beyond those of the kernel steps.
 const STAGED_FENCES: usize = 32;
+/// Steps that run no codec and cover at most this many bytes of the call
+/// run on the caller's thread (NCCL's proxy) instead of a worker: their
+/// work is a few copies and folds over those bytes (tens of microseconds),
+/// no more than handing them to a worker and back costs in wake-ups.
+const INLINE_STEP_BYTES: usize = 256 << 10;
 /// Input bytes per allreduce step: small enough that encoding one step
 /// overlaps sending the previous ones, large enough to amortise per-message
 /// costs.
@@ -205,6 +210,9 @@ pub struct Group {
     /// The cycle of calls NCCL drives this group with (PoLA, F9): kind
     /// and bytes of each call.
     pattern: Pattern<(OpKind, usize)>,
+    /// Codec-free steps up to this many bytes run on the caller's thread
+    /// ([`INLINE_STEP_BYTES`]).
+    inline_step_bytes: usize,
 }
 
 /// What a group did, logged when it closes: how NCCL drove it (call sizes,
@@ -445,16 +453,13 @@ impl Group {
                 ));
             }
         }
-        // From here on the stream threads do all socket I/O, on other cores;
-        // the proxy thread schedules and the workers run codec work.
+        // From here on the proxy thread moves messages up to the transport's
+        // `inline_bytes` itself inside `test` (as on the point-to-point
+        // path: no stream thread woken per message), the stream threads
+        // move larger ones and whatever a full socket leaves; the workers
+        // run codec work.
         let mut links: Vec<Option<PeerLinks>> = (0..n).map(|_| None).collect();
         for (j, tx, rx) in comms {
-            for c in &tx {
-                c.set_caller_assists(false);
-            }
-            for c in &rx {
-                c.set_caller_assists(false);
-            }
             links[j] = Some(PeerLinks {
                 tx: tx.map(|c| Box::new(TcpTx::new(c)) as Box<dyn TxLink>),
                 rx: rx.map(|c| Box::new(TcpRx::new(c)) as Box<dyn RxLink>),
@@ -534,7 +539,15 @@ impl Group {
             failure: None,
             activity: Activity::default(),
             pattern: Pattern::new(),
+            inline_step_bytes: INLINE_STEP_BYTES,
         })
+    }
+
+    /// Sends every host step to the workers (tests: the worker path for
+    /// steps that would otherwise run inline).
+    #[cfg(test)]
+    pub fn no_inline_steps(&mut self) {
+        self.inline_step_bytes = 0;
     }
 
     pub fn params(&self) -> &GroupParams {
@@ -1050,7 +1063,15 @@ impl Group {
             input: op.input.clone(),
             output: op.output.clone(),
         };
-        self.workers.submit(job);
+        let light = job
+            .step
+            .exact_bytes()
+            .is_some_and(|b| b <= self.inline_step_bytes);
+        if light {
+            self.workers.run_here(job);
+        } else {
+            self.workers.submit(job);
+        }
     }
 
     fn index_of(&self, seq: u64) -> Option<usize> {

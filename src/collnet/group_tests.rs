@@ -17,7 +17,9 @@ use crate::error::NetResult;
 use crate::sys::RawBuf;
 
 /// `n` groups joined by in-memory links, delivery timing drawn from
-/// `seed`, and a breaker for every pipe (see [`mesh`]).
+/// `seed`, and a breaker for every pipe (see [`mesh`]). With one worker,
+/// light steps run on the caller's thread as in production; with more,
+/// every step goes to the workers.
 fn joined(
     n: usize,
     fp8: Option<WireFormat>,
@@ -29,7 +31,11 @@ fn joined(
         .into_iter()
         .enumerate()
         .map(|(rank, l)| {
-            Group::from_links(GroupParams { rank, n, fp8 }, l, workers).expect("group")
+            let mut g = Group::from_links(GroupParams { rank, n, fp8 }, l, workers).expect("group");
+            if workers > 1 {
+                g.no_inline_steps();
+            }
+            g
         })
         .collect();
     (groups, breakers)
@@ -167,7 +173,7 @@ fn the_call_pattern_locks_on_every_member_without_changing_results() {
 fn exact_and_fp8_match_the_model_with_and_without_workers() {
     for n in [2, 3, 4] {
         for fp8 in [None, Some(WireFormat::E4M3)] {
-            for workers in [0, 2] {
+            for workers in [0, 1, 2] {
                 // A segment and a tail, so steps of one call overlap.
                 check(n, fp8, workers, SEGMENT_BYTES / 2 + 77, 7 + n as u64);
             }

@@ -20,7 +20,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::algo::{CollError, DataType, Member, Msg, Outgoing, RedOp, Reducer, Spec};
+use super::algo::{CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Reducer, Spec};
 use super::pool::{self, Shared};
 
 /// Which of the two links from one member to another a message uses.
@@ -229,6 +229,18 @@ impl Step {
             Step::AllReduce(s) => s.offset..s.offset + s.spec.input_bytes(),
             Step::AllGather(s) => 0..s.pieces[s.rank].len(),
             Step::ReduceScatter(s) => 0..s.window_bytes,
+        }
+    }
+
+    /// The bytes of the call this step covers, when it runs no codec (an
+    /// exact allreduce segment, an allgather or reduce-scatter window):
+    /// its work is then only copies and folds over about that many bytes.
+    /// `None` for a compressed allreduce segment (encode and decode).
+    pub fn exact_bytes(&self) -> Option<usize> {
+        match self {
+            Step::AllReduce(s) => (s.spec.path == Path::Exact).then(|| s.spec.input_bytes()),
+            Step::AllGather(s) => Some(s.pieces.iter().map(|p| p.len()).sum()),
+            Step::ReduceScatter(s) => Some(s.window_bytes),
         }
     }
 

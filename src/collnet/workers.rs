@@ -8,7 +8,9 @@
 //! with the messages it produced. A step is on at most one worker at a
 //! time, so its own events stay ordered while different steps run in
 //! parallel. Idle workers block on the job queue: no spinning without
-//! traffic.
+//! traffic. The scheduler runs light jobs (codec-free steps of a few
+//! hundred KiB) on its own thread instead ([`Workers::run_here`]): for
+//! them the hand-off's wake-ups cost more than the work.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -156,8 +158,14 @@ impl Workers {
                 // Drop causes; the job's step is then dropped with the group.
                 let _ = tx.send(job);
             }
-            None => self.inline.push_back(run(job)),
+            None => self.inline.push_back(run_guarded(job)),
         }
+    }
+
+    /// Runs a job on the caller's thread now (a light one, not worth a
+    /// hand-off); its result comes back through [`Workers::poll`].
+    pub fn run_here(&mut self, job: Job) {
+        self.inline.push_back(run_guarded(job));
     }
 
     /// A finished job, if any.
@@ -166,6 +174,19 @@ impl Workers {
             .pop_front()
             .or_else(|| self.results.try_recv().ok())
     }
+}
+
+/// Runs a job; a panic fails the group (its step is lost, so it can never
+/// finish) instead of killing the process or leaving NCCL polling forever.
+fn run_guarded(job: Job) -> Done {
+    let (seq, rank) = (job.seq, job.rank);
+    catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| Done {
+        seq,
+        step: None,
+        sends: Err(NetError::Internal(format!(
+            "collnet member {rank}: step {seq} panicked"
+        ))),
+    })
 }
 
 fn worker(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>) {
@@ -177,17 +198,7 @@ fn worker(jobs: &Mutex<Receiver<Job>>, done: &Sender<Done>) {
         let Ok(job) = job else {
             return; // the group closed
         };
-        let (seq, rank) = (job.seq, job.rank);
-        // A panic fails the group (its step is lost, so it can never finish)
-        // instead of killing the process or leaving NCCL polling forever.
-        let result = catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| Done {
-            seq,
-            step: None,
-            sends: Err(NetError::Internal(format!(
-                "collnet member {rank}: a worker panicked in step {seq}"
-            ))),
-        });
-        if done.send(result).is_err() {
+        if done.send(run_guarded(job)).is_err() {
             return;
         }
     }

@@ -433,9 +433,9 @@ impl SendComm {
 
     /// By default the caller's thread also moves small messages in
     /// `isend`/`test` (lowest latency when the caller polls anyway). A
-    /// caller with heavy work of its own (the collective network's codec)
-    /// turns that off and leaves all I/O to the stream threads, on other
-    /// cores.
+    /// caller with heavy work of its own on its polling thread may turn
+    /// that off and leave all I/O to the stream threads, on other cores
+    /// (the collective network keeps it on: its codec runs on workers).
     pub fn set_caller_assists(&self, on: bool) {
         self.shared.caller_assists.store(on, Ordering::Relaxed);
         self.shared.wake_all();

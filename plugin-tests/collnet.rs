@@ -97,6 +97,32 @@ pub fn collnet_exact_bit_identical() -> TestResult {
     Ok(())
 }
 
+/// `collnet.proxy_assist` (NCCL's proxy thread moves small messages and
+/// runs light steps itself) returns the same bytes as the default, exact
+/// and FP8, identical on every member.
+pub fn collnet_proxy_assist_same_bytes() -> TestResult {
+    let assist = ("AIRAMP_COLLNET_PROXY_ASSIST", "1");
+    let fp8 = ("AIRAMP_ENABLE_FP8_ALLREDUCE", "1");
+    for (n, version, role, env) in [
+        (2, 12, "coll-exact", vec![]),
+        (4, 10, "coll-exact", vec![]),
+        (3, 11, "coll-fp8", vec![fp8]),
+    ] {
+        let plain = run_group(n, version, role, &env)?;
+        let mut with_assist = env.clone();
+        with_assist.push(assist);
+        let assisted = run_group(n, version, role, &with_assist)?;
+        identical(&assisted).map_err(|e| format!("{role} n={n} with proxy assist: {e}"))?;
+        if assisted[0] != plain[0] {
+            return Err(format!(
+                "{role} n={n}: proxy assist changed the results:\n{:?}\nvs\n{:?}",
+                assisted[0], plain[0]
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn collnet_fp8_error_and_nan() -> TestResult {
     // AIRAMP_ENABLE_FP8_ALLREDUCE alone: E4M3, the documented default.
     let env = [("AIRAMP_ENABLE_FP8_ALLREDUCE", "1")];

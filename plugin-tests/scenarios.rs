@@ -51,6 +51,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         collnet::collnet_exact_bit_identical,
     ),
     (
+        "collnet_proxy_assist_same_bytes",
+        collnet::collnet_proxy_assist_same_bytes,
+    ),
+    (
         "collnet_fp8_error_and_nan",
         collnet::collnet_fp8_error_and_nan,
     ),

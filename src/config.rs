@@ -200,6 +200,10 @@ pub struct CollnetConfig {
     /// Codec/fold worker threads per collective group; `None` means auto
     /// ([`CollnetConfig::workers`]), 0 runs everything on NCCL's proxy thread.
     pub workers: Option<u32>,
+    /// NCCL's proxy thread moves the group's small messages and runs its
+    /// light codec-free steps itself (measured on 2 cores only; off until
+    /// measured under NCCL on a many-core host).
+    pub proxy_assist: bool,
 }
 
 impl CollnetConfig {
@@ -302,7 +306,10 @@ impl Default for Config {
                 fp8_allreduce: false,
                 format: WireFormat::E4M3,
             },
-            collnet: CollnetConfig { workers: None },
+            collnet: CollnetConfig {
+                workers: None,
+                proxy_assist: false,
+            },
             gpu: GpuConfig {
                 ghost_kernels: false,
                 collnet: false,
@@ -730,6 +737,19 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         show: |c| c.collnet.workers.map_or_else(|| "auto".to_string(), |n| n.to_string()),
+    },
+    KeySpec {
+        name: "collnet.proxy_assist",
+        env: "AIRAMP_COLLNET_PROXY_ASSIST",
+        default: "false",
+        accepted: "boolean: true, false, 1, 0, yes, no, on, off",
+        doc: "Host path: NCCL's proxy thread moves the collective network's messages up to transport.inline_bytes itself inside test (no stream thread woken per message) and runs codec-free steps of at most 256 KiB (exact sums, allgather, reduce-scatter) itself instead of handing them to a worker. On the 2-core build machine it cut a 256 KiB exact allreduce from about 370 to 200 us (docs/collnet.md). Off by default until measured under NCCL on a many-core host, where that work competes with NCCL's other channels for the proxy thread; false leaves all the group's socket I/O to the stream threads and all its steps to the workers.",
+        example: "false",
+        apply: |c, r| {
+            c.collnet.proxy_assist = want_bool(r)?;
+            Ok(())
+        },
+        show: |c| c.collnet.proxy_assist.to_string(),
     },
     KeySpec {
         name: "gpu.collnet",

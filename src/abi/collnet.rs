@@ -108,12 +108,21 @@ pub unsafe fn connect(
     let settings = &net::plugin()?.settings;
     let timeout = settings.peer_timeout.max(settings.handshake_timeout);
     let workers = config::global().collnet.workers();
+    let proxy_assist = config::global().collnet.proxy_assist;
     let fp8 = configured_fp8();
     let codec_timing = Instant::now();
     let setup = calibration_setup(comm_id, group_key, fp8.is_some(), workers);
     let codec_timing = codec_timing.elapsed();
     let (group, calibrated) = Group::join(
-        listener, &decoded, rank, settings, fp8, timeout, workers, setup,
+        listener,
+        &decoded,
+        rank,
+        settings,
+        fp8,
+        timeout,
+        workers,
+        proxy_assist,
+        setup,
     )?;
     log_calibration(rank, n, comm_id, &calibrated, codec_timing);
     let comm = CollComm {

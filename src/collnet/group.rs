@@ -211,8 +211,8 @@ pub struct Group {
     /// and bytes of each call.
     pattern: Pattern<(OpKind, usize)>,
     /// Codec-free steps up to this many bytes run on the caller's thread
-    /// ([`INLINE_STEP_BYTES`]).
-    inline_step_bytes: usize,
+    /// ([`INLINE_STEP_BYTES`]); `None`: every host step goes to the workers.
+    inline_step_bytes: Option<usize>,
 }
 
 /// What a group did, logged when it closes: how NCCL drove it (call sizes,
@@ -298,6 +298,7 @@ impl Group {
         fp8: Option<WireFormat>,
         timeout: Duration,
         workers: usize,
+        proxy_assist: bool,
         calibration: probe::Setup,
     ) -> NetResult<(Group, Calibrated)> {
         let n = handles.len();
@@ -453,13 +454,22 @@ impl Group {
                 ));
             }
         }
-        // From here on the proxy thread moves messages up to the transport's
-        // `inline_bytes` itself inside `test` (as on the point-to-point
-        // path: no stream thread woken per message), the stream threads
-        // move larger ones and whatever a full socket leaves; the workers
-        // run codec work.
+        // From here on, with `proxy_assist`, the proxy thread moves messages
+        // up to the transport's `inline_bytes` itself inside `test` (as on
+        // the point-to-point path: no stream thread woken per message), the
+        // stream threads move larger ones and whatever a full socket leaves;
+        // without it the stream threads do all socket I/O. The workers run
+        // codec work.
         let mut links: Vec<Option<PeerLinks>> = (0..n).map(|_| None).collect();
         for (j, tx, rx) in comms {
+            if !proxy_assist {
+                for c in &tx {
+                    c.set_caller_assists(false);
+                }
+                for c in &rx {
+                    c.set_caller_assists(false);
+                }
+            }
             links[j] = Some(PeerLinks {
                 tx: tx.map(|c| Box::new(TcpTx::new(c)) as Box<dyn TxLink>),
                 rx: rx.map(|c| Box::new(TcpRx::new(c)) as Box<dyn RxLink>),
@@ -484,7 +494,7 @@ impl Group {
             crate::log::SUBSYS_NET,
             "collnet: member {rank} of {n} joined; allreduce {path}; {workers} worker thread(s)"
         );
-        let group = Group::from_links(
+        let mut group = Group::from_links(
             GroupParams {
                 rank,
                 n,
@@ -493,6 +503,9 @@ impl Group {
             links,
             workers,
         )?;
+        if !proxy_assist {
+            group.inline_step_bytes = None;
+        }
         probe::finish(group, run, link, calibration, deadline, started)
     }
 
@@ -539,7 +552,7 @@ impl Group {
             failure: None,
             activity: Activity::default(),
             pattern: Pattern::new(),
-            inline_step_bytes: INLINE_STEP_BYTES,
+            inline_step_bytes: Some(INLINE_STEP_BYTES),
         })
     }
 
@@ -547,7 +560,7 @@ impl Group {
     /// steps that would otherwise run inline).
     #[cfg(test)]
     pub fn no_inline_steps(&mut self) {
-        self.inline_step_bytes = 0;
+        self.inline_step_bytes = None;
     }
 
     pub fn params(&self) -> &GroupParams {
@@ -1063,10 +1076,10 @@ impl Group {
             input: op.input.clone(),
             output: op.output.clone(),
         };
-        let light = job
-            .step
-            .exact_bytes()
-            .is_some_and(|b| b <= self.inline_step_bytes);
+        let light = match (job.step.exact_bytes(), self.inline_step_bytes) {
+            (Some(bytes), Some(most)) => bytes <= most,
+            _ => false,
+        };
         if light {
             self.workers.run_here(job);
         } else {

@@ -435,7 +435,7 @@ impl SendComm {
     /// `isend`/`test` (lowest latency when the caller polls anyway). A
     /// caller with heavy work of its own on its polling thread may turn
     /// that off and leave all I/O to the stream threads, on other cores
-    /// (the collective network keeps it on: its codec runs on workers).
+    /// (the collective network does, unless `collnet.proxy_assist`).
     pub fn set_caller_assists(&self, on: bool) {
         self.shared.caller_assists.store(on, Ordering::Relaxed);
         self.shared.wake_all();

@@ -10,6 +10,9 @@
 #   cn_fp8_host    the same with FP8: the CPU worker pool runs the codec
 #   cn_int8_gpu, cn_int8_host  the same two with AIRAMP_COMPRESSION_FORMAT=int8
 #                  (GPU: the INT8 kernels; the two must agree bit for bit)
+#   cn_exact_host_pa, cn_fp8_host_pa  the host path with collnet.proxy_assist
+#                  (AIRAMP_COLLNET_PROXY_ASSIST=1: NCCL's proxy thread moves
+#                  small messages and runs light steps itself)
 #   *_ub           the same with user buffers registered with NCCL
 #                  (TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1): with one
 #                  rank per node, NCCL then hands the collective network the
@@ -83,6 +86,8 @@ cn_fp8_gpu() { run cn_fp8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_
 cn_exact_host() { run cn_exact_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=0; }
 cn_fp8_host() { run cn_fp8_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=1; }
 int8=(AIRAMP_ENABLE_FP8_ALLREDUCE=1 AIRAMP_COMPRESSION_FORMAT=int8)
+cn_exact_host_pa() { run cn_exact_host_pa "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=0 AIRAMP_COLLNET_PROXY_ASSIST=1; }
+cn_fp8_host_pa() { run cn_fp8_host_pa "${collnet[@]}" AIRAMP_GPU_COLLNET=0 AIRAMP_ENABLE_FP8_ALLREDUCE=1 AIRAMP_COLLNET_PROXY_ASSIST=1; }
 cn_int8_gpu() { run cn_int8_gpu "${collnet[@]}" NCCL_NET_GDR_LEVEL=PHB AIRAMP_GPU_COLLNET=1 "${int8[@]}"; }
 cn_int8_host() { run cn_int8_host "${collnet[@]}" AIRAMP_GPU_COLLNET=0 "${int8[@]}"; }
 ub=(TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1)

@@ -11,7 +11,7 @@ import sys
 
 out = sys.argv[1]
 modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host", "ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub",
-         "cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub"]
+         "cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub", "cn_exact_host_pa", "cn_fp8_host_pa"]
 data, mem = {}, {}
 for m in modes:
     for p in [os.path.join(out, m + ".json")] + [
@@ -66,6 +66,17 @@ if any(m in data for m in ("cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub")):
               f"{ratio(bw['cn_int8_gpu'], bw['ring'])} | {ratio(bw['cn_int8_host'], bw['ring'])} | "
               f"{ratio(bw['cn_int8_gpu_ub'], bw['ring_ub'])} | {ratio(bw['cn_int8_gpu_ub'], bw['cn_fp8_gpu_ub'])} | "
               f"{err('cn_int8_gpu' if 'cn_int8_gpu' in data else 'cn_int8_gpu_ub')} | {err('cn_int8_host')} | {same} |")
+if any(m in data for m in ("cn_exact_host_pa", "cn_fp8_host_pa")):
+    print("\nHost path with collnet.proxy_assist (pa) against the default, GB/s\n")
+    print("| size | exact host | exact host pa | pa / default | exact pa / ring | FP8 host | FP8 host pa | pa / default | FP8 pa / ring | exact pa == ring | FP8 pa == FP8 host |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in sizes:
+        bw = {m: g(m, s, "busbw_GBps") for m in modes}
+        same = lambda a, b: (g(a, s, "digest") == g(b, s, "digest")) if g(a, s, "digest") is not None and g(b, s, "digest") is not None else "-"
+        print(f"| {s >> 20} MiB | {f(bw['cn_exact_host'])} | {f(bw['cn_exact_host_pa'])} | {ratio(bw['cn_exact_host_pa'], bw['cn_exact_host'])} | "
+              f"{ratio(bw['cn_exact_host_pa'], bw['ring'])} | {f(bw['cn_fp8_host'])} | {f(bw['cn_fp8_host_pa'])} | "
+              f"{ratio(bw['cn_fp8_host_pa'], bw['cn_fp8_host'])} | {ratio(bw['cn_fp8_host_pa'], bw['ring'])} | "
+              f"{same('cn_exact_host_pa', 'ring')} | {same('cn_fp8_host_pa', 'cn_fp8_host')} |")
 print("\nCorrectness\n")
 print("| size | FP8 GPU err | FP8 host err | every mode identical on all ranks | exact GPU == ring | exact host == ring | FP8 GPU == FP8 host |")
 print("|---|---|---|---|---|---|---|")

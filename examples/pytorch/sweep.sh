@@ -16,6 +16,9 @@
 # ranks time-slice the GPU and every transport measures the same.
 # Time: about 12 s per run, ROUNDS x (3 + extras) runs: 6 rounds, one extra
 # -> ~5 min. ROUNDS (default 6) and PORT (default 29533) are read from the env.
+# PROTOCOLS=1 adds one short untimed run per configuration with NCCL's TUNING
+# log and prints the algorithm and protocol NCCL picked per size (kept out
+# of the timed runs: NCCL logs every call there).
 set -uo pipefail
 plugin=$(realpath "$1"); out=${2:-sweep}; shift 2 || shift $#
 here=$(dirname "$0"); rounds=${ROUNDS:-6}
@@ -45,4 +48,18 @@ for round in $(seq 1 "$rounds"); do
     for i in $order; do run "$i" "$round"; done
 done
 echo "sweep took $(( $(date +%s) - start )) s"
+if [ "${PROTOCOLS:-0}" = 1 ]; then
+    echo "NCCL's choice per size (one untimed run each, NCCL_DEBUG_SUBSYS=TUNING):"
+    for i in "${!names[@]}"; do
+        tag="${names[$i]}.protocols"
+        # shellcheck disable=SC2086  # the config's variables are words
+        timeout 150 env "${common[@]}" NCCL_DEBUG_SUBSYS=INIT,NET,TUNING ${envs[$i]//,/ } \
+            python3 "$here/allreduce_bench.py" --port $((${PORT:-29533} + 8 * 16 + i)) \
+            --out "$out/$tag.json" --dtypes float32 --warmup 1 \
+            --size-list 8,262144,1048576,4194304,8388608,33554432 --iters-list 2,2,2,2,2,2 \
+            >"$out/$tag.log" 2>&1
+        printf '  %-18s %s\n' "${names[$i]}" "$(grep -ohE 'AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+( channel\{Lo..Hi\}=\{[0-9.]+\})?' \
+            "$out/$tag.log" | sed -E 's/AllReduce: ([0-9]+) Bytes -> Algo ([A-Z_]+) proto ([A-Z0-9]+)( channel.Lo..Hi.=.([0-9.]+).)?/\1:\2\/\3\/ch\5/' | sort -un | tr '\n' ' ')"
+    done
+fi
 python3 "$here/sweep_summary.py" "$out" | tee "$out/summary.txt"

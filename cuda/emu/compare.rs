@@ -1,0 +1,606 @@
+//! The GPU codec kernels (cuda/codec.cu) run on the CPU against the CPU
+//! codec, bit for bit. `cuda/emu/driver.cpp` builds codec.cu, unmodified,
+//! as a host library in which one logical warp is 32 threads
+//! (cuda/emu/airamp_gpu.h) and a launch is one CTA of 1 to 3 such warps;
+//! this test dlopens it and compares every
+//! encode, decode and reduce_encode kernel (E4M3, E5M2, INT8 x f32, f16,
+//! bf16) with `airamp::codec` and `airamp::gpu::reference::reduce_encode`.
+//!
+//! Ignored by default (it needs the library, built by g++):
+//! `scripts/check-kernels-emu` builds the vector and the lane-strided
+//! variants and runs it once for each, with `AIRAMP_EMU_LIB=<library>`
+//! (and `AIRAMP_EMU_BUILD=vector|lane-strided`, checked against it).
+//! `AIRAMP_EMU_CASES=quick` leaves out the large inputs (see cases()).
+#![deny(unsafe_code)]
+
+use airamp::codec::{
+    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, Dst, Src, WireFormat,
+};
+use airamp::gpu::reference;
+use std::time::Instant;
+
+/// The emulated kernels, from the library built of driver.cpp.
+#[allow(unsafe_code)]
+mod emu {
+    use std::ffi::{c_char, c_int, c_void, CStr, CString};
+
+    type CodecFn = unsafe extern "C" fn(*const c_char, u32, u64, u64, u64) -> c_int;
+    type ReduceFn =
+        unsafe extern "C" fn(*const c_char, u32, u64, u64, u32, u32, u64, u64, u64) -> c_int;
+    type VectorFn = unsafe extern "C" fn() -> c_int;
+
+    pub struct Lib {
+        codec: CodecFn,
+        reduce: ReduceFn,
+        pub vector: bool,
+    }
+
+    fn sym(h: *mut c_void, name: &CStr) -> *mut c_void {
+        // SAFETY: `h` is a live handle from dlopen (never closed) and
+        // `name` is NUL-terminated.
+        let p = unsafe { libc::dlsym(h, name.as_ptr()) };
+        assert!(!p.is_null(), "{name:?} missing from the emulation library");
+        p
+    }
+
+    impl Lib {
+        pub fn load(path: &str) -> Lib {
+            let c = CString::new(path).expect("library path");
+            // SAFETY: a NUL-terminated path; the library is ours
+            // (driver.cpp) and runs no code at load beyond C++ static
+            // initialisers (its kernel table).
+            let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+            assert!(!h.is_null(), "dlopen {path} failed");
+            let (codec, reduce, vector) = (
+                sym(h, c"emu_codec"),
+                sym(h, c"emu_reduce"),
+                sym(h, c"emu_vector"),
+            );
+            // SAFETY: the three symbols are defined in driver.cpp as
+            // `extern "C"` functions with exactly these signatures; the
+            // handle stays open for the whole process.
+            let (codec, reduce, vector) = unsafe {
+                (
+                    std::mem::transmute::<*mut c_void, CodecFn>(codec),
+                    std::mem::transmute::<*mut c_void, ReduceFn>(reduce),
+                    std::mem::transmute::<*mut c_void, VectorFn>(vector),
+                )
+            };
+            // SAFETY: takes no arguments, only returns a constant.
+            let vector = unsafe { vector() } != 0;
+            Lib {
+                codec,
+                reduce,
+                vector,
+            }
+        }
+
+        /// Runs `airamp_{encode,decode}_<fmt>_<elem>(a, n, b)` on `warps`
+        /// (1..=8) logical warps. The caller passes addresses of live
+        /// buffers large enough for `n` values (elements and wire), as the
+        /// kernel's contract requires.
+        pub fn codec(&self, kernel: &str, warps: u32, a: u64, n: u64, b: u64) {
+            let k = CString::new(kernel).unwrap();
+            // SAFETY: `k` is NUL-terminated; the buffers behind `a` and `b`
+            // are checked for size by the callers (Buf) and outlive the call,
+            // which joins every emulated lane before returning.
+            let r = unsafe { (self.codec)(k.as_ptr(), warps, a, n, b) };
+            assert_eq!(r, 0, "no kernel {kernel}");
+        }
+
+        /// Runs `airamp_reduce_encode_<fmt>_<elem>`; same contract.
+        #[allow(clippy::too_many_arguments)]
+        pub fn reduce(
+            &self,
+            kernel: &str,
+            warps: u32,
+            own_src: u64,
+            table: u64,
+            members: u32,
+            own: u32,
+            n: u64,
+            wire_out: u64,
+            dst: u64,
+        ) {
+            let k = CString::new(kernel).unwrap();
+            // SAFETY: as in `codec`; `table` holds `members` addresses of
+            // live wires of `n` values (the own slot is never read).
+            let r = unsafe {
+                (self.reduce)(
+                    k.as_ptr(),
+                    warps,
+                    own_src,
+                    table,
+                    members,
+                    own,
+                    n,
+                    wire_out,
+                    dst,
+                )
+            };
+            assert_eq!(r, 0, "no kernel {kernel}");
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Data {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+    Bf16(Vec<u16>),
+}
+
+impl Data {
+    fn name(&self) -> &'static str {
+        match self {
+            Data::F32(_) => "f32",
+            Data::F16(_) => "f16",
+            Data::Bf16(_) => "bf16",
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F16(v) | Data::Bf16(v) => v.len(),
+        }
+    }
+    fn size(&self) -> usize {
+        match self {
+            Data::F32(_) => 4,
+            _ => 2,
+        }
+    }
+    fn src(&self) -> Src<'_> {
+        match self {
+            Data::F32(v) => Src::F32(v),
+            Data::F16(v) => Src::F16(v),
+            Data::Bf16(v) => Src::Bf16(v),
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Data::F16(v) | Data::Bf16(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+        }
+    }
+    fn zeros_like(&self) -> Data {
+        Data::from_f32(&vec![0.0; self.len()], self.name())
+    }
+    fn dst(&mut self) -> Dst<'_> {
+        match self {
+            Data::F32(v) => Dst::F32(v),
+            Data::F16(v) => Dst::F16(v),
+            Data::Bf16(v) => Dst::Bf16(v),
+        }
+    }
+    fn from_f32(v: &[f32], elem: &str) -> Data {
+        match elem {
+            "f32" => Data::F32(v.to_vec()),
+            "f16" => Data::F16(v.iter().map(|&x| f32_to_f16(x)).collect()),
+            _ => Data::Bf16(v.iter().map(|&x| f32_to_bf16(x)).collect()),
+        }
+    }
+}
+
+const GUARD: u8 = 0xA5;
+const GUARD_LEN: usize = 64;
+
+/// A byte buffer whose data starts `off` bytes past a 16-byte boundary,
+/// with guard bytes on both sides to catch stray writes.
+struct Buf {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Buf {
+    fn new(bytes: &[u8], off: usize) -> Buf {
+        let mut mem = vec![GUARD; GUARD_LEN + 16 + off + bytes.len() + GUARD_LEN];
+        let start = GUARD_LEN + mem[GUARD_LEN..].as_ptr().align_offset(16) + off;
+        mem[start..start + bytes.len()].copy_from_slice(bytes);
+        Buf {
+            mem,
+            start,
+            len: bytes.len(),
+        }
+    }
+    fn scratch(len: usize, off: usize) -> Buf {
+        Buf::new(&vec![GUARD; len], off)
+    }
+    fn addr(&self) -> u64 {
+        self.mem[self.start..].as_ptr() as u64
+    }
+    fn data(&self) -> &[u8] {
+        let (before, rest) = self.mem.split_at(self.start);
+        let (data, after) = rest.split_at(self.len);
+        assert!(
+            before.iter().all(|&b| b == GUARD),
+            "kernel wrote before its buffer"
+        );
+        assert!(
+            after.iter().all(|&b| b == GUARD),
+            "kernel wrote past its buffer"
+        );
+        data
+    }
+}
+
+fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// xorshift64*: reproducible inputs without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// A finite f32 with a random sign and significand, exponent in lo..=hi.
+    fn f32(&mut self, lo: i32, hi: i32) -> f32 {
+        let r = self.next();
+        let exp = lo + (r % (hi - lo + 1) as u64) as i32;
+        f32::from_bits(
+            ((r >> 63) as u32) << 31
+                | (((exp + 127) as u32) << 23)
+                | ((r >> 20) as u32 & 0x7F_FFFF),
+        )
+    }
+}
+
+/// Random values over a wide and a tiny exponent range (in runs of 2048),
+/// with NaN, -Inf, -0, subnormals and f32::MAX sprinkled in.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed | 1);
+    (0..n)
+        .map(|i| match i % 97 {
+            13 => f32::NAN,
+            14 => f32::NEG_INFINITY,
+            15 => -0.0,
+            16 => f32::from_bits((r.next() as u32) & 0x807F_FFFF),
+            17 => f32::MAX,
+            _ if (i / 2048) % 3 == 0 => r.f32(-130, -110),
+            _ => r.f32(-20, 20),
+        })
+        .collect()
+}
+
+/// Blocks of 32 built to sit on rounding and scale edges: ties of INT8
+/// codes at every power of two, maxima at every exponent with significands
+/// around the INT8 scale's split point, zeros, NaN, Inf, subnormals.
+fn edge_blocks() -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::new();
+    let mut block = |xs: &[f32]| {
+        let mut b = [0f32; 32];
+        b[..xs.len()].copy_from_slice(xs);
+        v.extend_from_slice(&b);
+    };
+    let pow2 = |e: i32| 2f64.powi(e);
+    for e in -148..=120 {
+        for j in 0..8 {
+            let mut xs = vec![(127.0 * pow2(e)) as f32];
+            xs.extend(
+                (0..31)
+                    .map(|i| ((-127 + j * 31 + i) as f64 + 0.5) * pow2(e))
+                    .map(|x| x as f32),
+            );
+            block(&xs);
+        }
+    }
+    let split = (127u32 << 17) - 0x80_0000;
+    let ratios = [
+        1.0f32,
+        -0.5,
+        0.25,
+        -0.75,
+        0.3,
+        1.0 / 127.0,
+        0.5 / 127.0,
+        -1.5 / 127.0,
+    ];
+    for e in 0..=254u32 {
+        for m in [0, 1, 2, split - 1, split, split + 1, 0x7F_FFFE, 0x7F_FFFF] {
+            let max = f32::from_bits((e << 23) | m);
+            let xs: Vec<f32> = ratios.iter().map(|&r| max * r).collect();
+            block(&xs);
+        }
+    }
+    let sub = f32::from_bits;
+    for xs in [
+        vec![f32::MAX, -f32::MAX, 1.0, f32::MIN_POSITIVE],
+        vec![
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            sub(1),
+            sub(0x40_0000),
+        ],
+        vec![sub(1), sub(2), sub(3), -sub(1)],
+        vec![1.0],
+        vec![-0.0; 32],
+        vec![f32::NAN; 32],
+        vec![f32::INFINITY, f32::NEG_INFINITY],
+        vec![f32::NAN, 1.0, -2.0, f32::INFINITY, 3.5, -0.0],
+        vec![126.5, 127.0, -126.5, 0.5, -0.5, 1.5, -1.5, 2.5],
+    ] {
+        block(&xs);
+    }
+    v
+}
+
+struct Tally {
+    cases: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn check(&mut self, what: &str, expected: &[u8], got: &[u8]) {
+        self.cases += 1;
+        match first_diff(expected, got) {
+            None => println!("ok   {what}"),
+            Some(d) => {
+                self.failed += 1;
+                println!(
+                    "FAIL {what}: byte {d} of {}: cpu {:#04x} emu {:#04x}",
+                    expected.len(),
+                    expected[d],
+                    got[d]
+                );
+            }
+        }
+    }
+}
+
+/// Encode and decode inputs. Quick mode keeps every f16 and bf16 pattern
+/// (as themselves; the f32 widening of every pattern only in full mode),
+/// the edge blocks in f32, and the random inputs; full mode adds the
+/// scattered patterns and the edge blocks narrowed to f16/bf16.
+fn inputs(quick: bool) -> Vec<(String, Data)> {
+    let mut inputs: Vec<(String, Data)> = Vec::new();
+    let pats: Vec<u16> = (0..=u16::MAX).collect();
+    let widen = |f: fn(u16) -> f32| pats.iter().map(|&h| f(h)).collect::<Vec<f32>>();
+    inputs.push(("every f16".into(), Data::F16(pats.clone())));
+    inputs.push(("every bf16".into(), Data::Bf16(pats.clone())));
+    if !quick {
+        inputs.push(("every f16 as f32".into(), Data::F32(widen(f16_to_f32))));
+        inputs.push(("every bf16 as f32".into(), Data::F32(widen(bf16_to_f32))));
+        let scattered: Vec<u16> = pats.iter().map(|i| i.wrapping_mul(40503)).collect();
+        inputs.push(("scattered bf16".into(), Data::Bf16(scattered.clone())));
+        inputs.push(("scattered f16".into(), Data::F16(scattered)));
+    }
+    let e = edge_blocks();
+    for t in ["f32", "f16", "bf16"] {
+        if !quick || t == "f32" {
+            inputs.push((format!("edges {t}"), Data::from_f32(&e, t)));
+        }
+        inputs.push((format!("random {t}"), Data::from_f32(&random(20_011, 5), t)));
+    }
+    inputs
+}
+
+fn encode_decode(lib: &emu::Lib, codec: &Codec, inputs: &[(String, Data)], tally: &mut Tally) {
+    let fmt = codec.format();
+    for (i, (what, data)) in inputs.iter().enumerate() {
+        let n = data.len();
+        // Every third input starts one element past a 16-byte boundary
+        // (the vector build's lane-strided fallback); wires at any offset.
+        let elem_off = if i % 3 == 2 { data.size() } else { 0 };
+        let wire_off = (i * 3 + 1) % 8;
+        // Every other input is split between 3 warps (grid-stride loops).
+        let warps = if i % 2 == 1 { 3 } else { 1 };
+        let mut cpu = vec![0u8; encoded_len(fmt, n)];
+        codec.encode_wire(data.src(), &mut cpu).unwrap();
+        let src = Buf::new(&data.bytes(), elem_off);
+        let wire = Buf::scratch(cpu.len(), wire_off);
+        let kernel = format!("airamp_encode_{}_{}", fmt.name(), data.name());
+        lib.codec(&kernel, warps, src.addr(), n as u64, wire.addr());
+        let at = format!("n={n} elem+{elem_off} wire+{wire_off} warps={warps}");
+        tally.check(&format!("encode {fmt} {what} {at}"), &cpu, wire.data());
+
+        let mut out = data.zeros_like();
+        codec.decode_into_wire(&cpu, out.dst()).unwrap();
+        let wire = Buf::new(&cpu, wire_off);
+        let dst = Buf::scratch(n * data.size(), elem_off);
+        let kernel = format!("airamp_decode_{}_{}", fmt.name(), data.name());
+        lib.codec(&kernel, warps, wire.addr(), n as u64, dst.addr());
+        tally.check(
+            &format!("decode {fmt} {what} {at}"),
+            &out.bytes(),
+            dst.data(),
+        );
+    }
+}
+
+/// INT8 decode of (scale, code) pairs: block b has the bf16 scale pattern
+/// b / 8 * step and codes 0..=255 over its 8 blocks. step 1 (full) is every
+/// bf16 scale with every code; quick mode takes every 16th scale pattern.
+fn int8_scale_codes(lib: &emu::Lib, codec: &Codec, quick: bool, tally: &mut Tally) {
+    let step = if quick { 16 } else { 1 };
+    let scales = 65536 / step;
+    let n = scales * 8 * 32;
+    let nb = n / 32;
+    let mut w = vec![0u8; encoded_len(WireFormat::Int8, n)];
+    let (s, c) = w.split_at_mut(nb * 2);
+    for (b, sc) in s.chunks_exact_mut(2).enumerate() {
+        sc.copy_from_slice(&(((b / 8) * step) as u16).to_le_bytes());
+    }
+    for (v, x) in c.iter_mut().enumerate() {
+        *x = v as u8;
+    }
+    for t in ["f32", "f16", "bf16"] {
+        let mut out = Data::from_f32(&vec![0.0; n], t);
+        codec.decode_into_wire(&w, out.dst()).unwrap();
+        let wire = Buf::new(&w, 1);
+        let dst = Buf::scratch(n * out.size(), 0);
+        lib.codec(
+            &format!("airamp_decode_int8_{t}"),
+            2,
+            wire.addr(),
+            n as u64,
+            dst.addr(),
+        );
+        let what = format!("decode int8 {scales} scales x 256 codes {t} (n={n}, warps=2)");
+        tally.check(&what, &out.bytes(), dst.data());
+    }
+}
+
+/// reduce_encode: folds of 1, 2, 3 and 8 members with the own member
+/// first, middle and last, random inputs (odd members scaled by 3), and
+/// (full mode) two members holding every f16/bf16 pattern.
+fn reduces(lib: &emu::Lib, codec: &Codec, quick: bool, tally: &mut Tally) {
+    let mut case = 0;
+    for t in ["f32", "f16", "bf16"] {
+        for members in [1usize, 2, 3, 8] {
+            let mut owns = vec![0, members / 2, members - 1];
+            owns.dedup();
+            for own in owns {
+                case += 1;
+                let n = if quick { 2_000 } else { 9_000 } + 29 + case;
+                let inputs: Vec<Data> = (0..members)
+                    .map(|m| {
+                        let mut v = random(n, (case * 100 + m) as u64);
+                        if m % 2 == 1 {
+                            v.iter_mut().for_each(|x| *x *= 3.0);
+                        }
+                        Data::from_f32(&v, t)
+                    })
+                    .collect();
+                reduce_one(lib, codec, own, &inputs, case, tally);
+            }
+        }
+        if t != "f32" && !quick {
+            let p: Vec<u16> = (0..=u16::MAX).collect();
+            let q: Vec<u16> = p.iter().rev().map(|x| x.rotate_left(5)).collect();
+            let (a, b) = if t == "f16" {
+                (Data::F16(p), Data::F16(q))
+            } else {
+                (Data::Bf16(p), Data::Bf16(q))
+            };
+            for own in [0, 1] {
+                case += 1;
+                reduce_one(lib, codec, own, &[a.clone(), b.clone()], case, tally);
+            }
+        }
+    }
+}
+
+fn reduce_one(
+    lib: &emu::Lib,
+    codec: &Codec,
+    own: usize,
+    inputs: &[Data],
+    case: usize,
+    tally: &mut Tally,
+) {
+    let fmt = codec.format();
+    let n = inputs[own].len();
+    let size = inputs[own].size();
+    let wires: Vec<Vec<u8>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(m, d)| {
+            let mut w = vec![0u8; encoded_len(fmt, n)];
+            if m != own {
+                codec.encode_wire(d.src(), &mut w).unwrap();
+            }
+            w
+        })
+        .collect();
+    let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
+    let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
+    let mut cpu_out = inputs[own].zeros_like();
+    reference::reduce_encode(
+        codec,
+        own,
+        inputs[own].src(),
+        &refs,
+        &mut cpu_wire,
+        cpu_out.dst(),
+    )
+    .unwrap();
+
+    let elem_off = if case % 3 == 2 { size } else { 0 };
+    let own_src = Buf::new(&inputs[own].bytes(), elem_off);
+    let dst = Buf::scratch(n * size, elem_off);
+    let bufs: Vec<Buf> = wires
+        .iter()
+        .enumerate()
+        .map(|(m, w)| Buf::new(w, (m * 3 + case) % 8))
+        .collect();
+    let table: Vec<u8> = bufs
+        .iter()
+        .enumerate()
+        .flat_map(|(m, b)| (if m == own { 0 } else { b.addr() }).to_ne_bytes())
+        .collect();
+    let table = Buf::new(&table, 0);
+    let out = Buf::scratch(cpu_wire.len(), case % 8);
+    let kernel = format!("airamp_reduce_encode_{}_{}", fmt.name(), inputs[own].name());
+    // Every other case is split between 2 warps.
+    let warps = 1 + (case % 2) as u32;
+    lib.reduce(
+        &kernel,
+        warps,
+        own_src.addr(),
+        table.addr(),
+        inputs.len() as u32,
+        own as u32,
+        n as u64,
+        out.addr(),
+        dst.addr(),
+    );
+    let what = format!(
+        "reduce {fmt} {} members={} own={own} n={n} elem+{elem_off} warps={warps}",
+        inputs[own].name(),
+        inputs.len()
+    );
+    tally.check(&format!("{what}: wire"), &cpu_wire, out.data());
+    tally.check(&format!("{what}: output"), &cpu_out.bytes(), dst.data());
+}
+
+#[test]
+#[ignore = "needs the emulation library: run scripts/check-kernels-emu"]
+fn kernels_match_the_cpu_codec() {
+    let path = std::env::var("AIRAMP_EMU_LIB")
+        .expect("AIRAMP_EMU_LIB: the library built of cuda/emu/driver.cpp");
+    let quick = match std::env::var("AIRAMP_EMU_CASES").as_deref() {
+        Ok("quick") => true,
+        Ok("full") | Err(_) => false,
+        Ok(other) => panic!("AIRAMP_EMU_CASES={other}: quick or full"),
+    };
+    let lib = emu::Lib::load(&path);
+    let build = if lib.vector { "vector" } else { "lane-strided" };
+    if let Ok(want) = std::env::var("AIRAMP_EMU_BUILD") {
+        assert_eq!(want, build, "{path} is not the build asked for");
+    }
+    println!(
+        "{path}: {build} build, {} cases",
+        if quick { "quick" } else { "full" }
+    );
+    let t0 = Instant::now();
+    let inputs = inputs(quick);
+    let mut tally = Tally {
+        cases: 0,
+        failed: 0,
+    };
+    for fmt in WireFormat::ALL {
+        let codec = Codec::new(fmt);
+        encode_decode(&lib, &codec, &inputs, &mut tally);
+        if fmt == WireFormat::Int8 {
+            int8_scale_codes(&lib, &codec, quick, &mut tally);
+        }
+        reduces(&lib, &codec, quick, &mut tally);
+    }
+    println!(
+        "kernels-emu ({build}): {} cases, {} failed ({:.1} s)",
+        tally.cases,
+        tally.failed,
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        tally.failed, 0,
+        "emulated kernels differ from the CPU codec"
+    );
+}

@@ -16,6 +16,7 @@
 use airamp::codec::{
     bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, Dst, Src, WireFormat,
 };
+use airamp::gpu::inputs::{edge_blocks, Rng};
 use airamp::gpu::reference;
 use std::time::Instant;
 
@@ -230,28 +231,6 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-/// xorshift64*: reproducible inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// A finite f32 with a random sign and significand, exponent in lo..=hi.
-    fn f32(&mut self, lo: i32, hi: i32) -> f32 {
-        let r = self.next();
-        let exp = lo + (r % (hi - lo + 1) as u64) as i32;
-        f32::from_bits(
-            ((r >> 63) as u32) << 31
-                | (((exp + 127) as u32) << 23)
-                | ((r >> 20) as u32 & 0x7F_FFFF),
-        )
-    }
-}
-
 /// Random values over a wide and a tiny exponent range (in runs of 2048),
 /// with NaN, -Inf, -0, subnormals and f32::MAX sprinkled in.
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -261,74 +240,12 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
             13 => f32::NAN,
             14 => f32::NEG_INFINITY,
             15 => -0.0,
-            16 => f32::from_bits((r.next() as u32) & 0x807F_FFFF),
+            16 => f32::from_bits((r.next_u64() as u32) & 0x807F_FFFF),
             17 => f32::MAX,
-            _ if (i / 2048) % 3 == 0 => r.f32(-130, -110),
-            _ => r.f32(-20, 20),
+            _ if (i / 2048) % 3 == 0 => r.f32_with_exp(-130, -110),
+            _ => r.f32_with_exp(-20, 20),
         })
         .collect()
-}
-
-/// Blocks of 32 built to sit on rounding and scale edges: ties of INT8
-/// codes at every power of two, maxima at every exponent with significands
-/// around the INT8 scale's split point, zeros, NaN, Inf, subnormals.
-fn edge_blocks() -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::new();
-    let mut block = |xs: &[f32]| {
-        let mut b = [0f32; 32];
-        b[..xs.len()].copy_from_slice(xs);
-        v.extend_from_slice(&b);
-    };
-    let pow2 = |e: i32| 2f64.powi(e);
-    for e in -148..=120 {
-        for j in 0..8 {
-            let mut xs = vec![(127.0 * pow2(e)) as f32];
-            xs.extend(
-                (0..31)
-                    .map(|i| ((-127 + j * 31 + i) as f64 + 0.5) * pow2(e))
-                    .map(|x| x as f32),
-            );
-            block(&xs);
-        }
-    }
-    let split = (127u32 << 17) - 0x80_0000;
-    let ratios = [
-        1.0f32,
-        -0.5,
-        0.25,
-        -0.75,
-        0.3,
-        1.0 / 127.0,
-        0.5 / 127.0,
-        -1.5 / 127.0,
-    ];
-    for e in 0..=254u32 {
-        for m in [0, 1, 2, split - 1, split, split + 1, 0x7F_FFFE, 0x7F_FFFF] {
-            let max = f32::from_bits((e << 23) | m);
-            let xs: Vec<f32> = ratios.iter().map(|&r| max * r).collect();
-            block(&xs);
-        }
-    }
-    let sub = f32::from_bits;
-    for xs in [
-        vec![f32::MAX, -f32::MAX, 1.0, f32::MIN_POSITIVE],
-        vec![
-            f32::MIN_POSITIVE,
-            -f32::MIN_POSITIVE,
-            sub(1),
-            sub(0x40_0000),
-        ],
-        vec![sub(1), sub(2), sub(3), -sub(1)],
-        vec![1.0],
-        vec![-0.0; 32],
-        vec![f32::NAN; 32],
-        vec![f32::INFINITY, f32::NEG_INFINITY],
-        vec![f32::NAN, 1.0, -2.0, f32::INFINITY, 3.5, -0.0],
-        vec![126.5, 127.0, -126.5, 0.5, -0.5, 1.5, -1.5, 2.5],
-    ] {
-        block(&xs);
-    }
-    v
 }
 
 struct Tally {

@@ -48,6 +48,8 @@
 mod context;
 mod driver;
 mod error;
+#[cfg(any(test, feature = "tools"))]
+pub mod inputs;
 mod memory;
 pub mod nvrtc;
 mod queue;

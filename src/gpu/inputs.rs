@@ -1,0 +1,105 @@
+//! Inputs for testing the codec kernels against the CPU codec, shared by
+//! `airamp gpu selftest` (on a GPU) and the CPU emulation of the kernels
+//! (`scripts/check-kernels-emu`): every 16-bit pattern, blocks on the
+//! codecs' rounding and scale edges, and a deterministic generator. Built
+//! for the tools (CLI, tests) only, not into the plugin.
+
+/// Every 16-bit pattern in three arrangements (sequential: neighbours share
+/// an exponent; scattered by an odd multiplier; bit-reversed: neighbours
+/// differ in sign and exponent), then a 13-value tail block.
+pub fn all_patterns() -> Vec<u16> {
+    let mut v: Vec<u16> = (0..=u16::MAX).collect();
+    v.extend((0..=u16::MAX).map(|i| i.wrapping_mul(40503)));
+    v.extend((0..=u16::MAX).map(u16::reverse_bits));
+    v.extend((0..13u16).map(|i| 0x3C00u16.wrapping_add(i.wrapping_mul(4099))));
+    v
+}
+
+/// xorshift64*: deterministic test data without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A finite f32 with a random sign and significand, exponent in
+    /// `lo..=hi`.
+    pub fn f32_with_exp(&mut self, lo: i32, hi: i32) -> f32 {
+        let r = self.next_u64();
+        let exp = lo + (r % (hi - lo + 1) as u64) as i32;
+        let bits = ((r >> 63) as u32) << 31
+            | (((exp + 127) as u32) << 23)
+            | ((r >> 20) as u32 & 0x7F_FFFF);
+        f32::from_bits(bits)
+    }
+}
+
+/// Blocks at the codecs' edges, 32 values each: values that tie after
+/// scaling (a block of max 127 * 2^e holding half-integer multiples of
+/// 2^e: INT8's scale is then exactly 2^e), block maxima at both ends of
+/// every exponent's mantissa and where INT8's integer division of the
+/// maximum by 127 changes case, f32 subnormal and extreme maxima, lone
+/// values, blocks of nothing but zeros, NaN or Inf.
+pub fn edge_blocks() -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::new();
+    let mut block = |xs: &[f32]| {
+        let mut b = [0f32; 32];
+        b[..xs.len()].copy_from_slice(xs);
+        v.extend_from_slice(&b);
+    };
+    let pow2 = |e: i32| 2f64.powi(e);
+    for e in -148..=120 {
+        for j in 0..8 {
+            let mut xs = vec![(127.0 * pow2(e)) as f32];
+            xs.extend(
+                (0..31)
+                    .map(|i| ((-127 + j * 31 + i) as f64 + 0.5) * pow2(e))
+                    .map(|x| x as f32),
+            );
+            block(&xs);
+        }
+    }
+    let split = (127u32 << 17) - 0x80_0000;
+    let ratios = [
+        1.0f32,
+        -0.5,
+        0.25,
+        -0.75,
+        0.3,
+        1.0 / 127.0,
+        0.5 / 127.0,
+        -1.5 / 127.0,
+    ];
+    for e in 0..=254u32 {
+        for m in [0, 1, 2, split - 1, split, split + 1, 0x7F_FFFE, 0x7F_FFFF] {
+            let max = f32::from_bits((e << 23) | m);
+            let xs: Vec<f32> = ratios.iter().map(|&r| max * r).collect();
+            block(&xs);
+        }
+    }
+    let sub = f32::from_bits;
+    for xs in [
+        vec![f32::MAX, -f32::MAX, 1.0, f32::MIN_POSITIVE],
+        vec![
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            sub(1),
+            sub(0x40_0000),
+        ],
+        vec![sub(1), sub(2), sub(3), -sub(1)],
+        vec![sub(0x7F_FFFF), -sub(0x7F_FFFF), sub(0x20_0000)],
+        vec![1.0],
+        vec![-0.0; 32],
+        vec![f32::NAN; 32],
+        vec![f32::INFINITY, f32::NEG_INFINITY],
+        vec![f32::NAN, 1.0, -2.0, f32::INFINITY, 3.5, -0.0],
+        vec![126.5, 127.0, -126.5, 0.5, -0.5, 1.5, -1.5, 2.5],
+    ] {
+        block(&xs);
+    }
+    v
+}

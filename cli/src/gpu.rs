@@ -14,15 +14,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use airamp::codec::{
-    bf16_to_f32, encoded_len, f16_to_f32, num_blocks, scales_len, Codec, Dst, Src, WireFormat,
-};
+use airamp::codec::{encoded_len, num_blocks, scales_len, Codec, WireFormat};
 use airamp::gpu::{
     self, nvrtc, reference, DevAddr, DeviceBuf, Elem, Fold, GpuContext, GpuError, GpuQueue,
     KernelOptions, PinnedBuf, PrimaryContext,
 };
 
-use airamp::gpu::inputs::{all_patterns, edge_blocks, Rng};
+use airamp::gpu::inputs::{all_patterns, edge_blocks, Rng, Values};
 
 use crate::Opts;
 
@@ -47,92 +45,6 @@ fn fmt_name(f: WireFormat) -> &'static str {
 }
 
 // ---------- host data ----------
-
-/// Host values of one element type.
-#[derive(Clone, Debug)]
-enum Data {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
-    Bf16(Vec<u16>),
-}
-
-impl Data {
-    fn zeros(elem: Elem, n: usize) -> Data {
-        match elem {
-            Elem::F32 => Data::F32(vec![0.0; n]),
-            Elem::F16 => Data::F16(vec![0; n]),
-            Elem::Bf16 => Data::Bf16(vec![0; n]),
-        }
-    }
-
-    fn elem(&self) -> Elem {
-        match self {
-            Data::F32(_) => Elem::F32,
-            Data::F16(_) => Elem::F16,
-            Data::Bf16(_) => Elem::Bf16,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Data::F32(v) => v.len(),
-            Data::F16(v) | Data::Bf16(v) => v.len(),
-        }
-    }
-
-    fn src(&self) -> Src<'_> {
-        match self {
-            Data::F32(v) => Src::F32(v),
-            Data::F16(v) => Src::F16(v),
-            Data::Bf16(v) => Src::Bf16(v),
-        }
-    }
-
-    fn dst(&mut self) -> Dst<'_> {
-        match self {
-            Data::F32(v) => Dst::F32(v),
-            Data::F16(v) => Dst::F16(v),
-            Data::Bf16(v) => Dst::Bf16(v),
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        match self {
-            Data::F32(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
-            Data::F16(v) | Data::Bf16(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
-        }
-    }
-
-    /// Bits of element `i`.
-    fn bits(&self, i: usize) -> u32 {
-        match self {
-            Data::F32(v) => v[i].to_bits(),
-            Data::F16(v) | Data::Bf16(v) => v[i] as u32,
-        }
-    }
-
-    /// The same values widened to f32 (exact).
-    fn widened(&self) -> Data {
-        match self {
-            Data::F32(v) => Data::F32(v.clone()),
-            Data::F16(v) => Data::F32(v.iter().map(|&h| f16_to_f32(h)).collect()),
-            Data::Bf16(v) => Data::F32(v.iter().map(|&h| bf16_to_f32(h)).collect()),
-        }
-    }
-
-    /// The same values in `elem` (f32 narrowed with the codec's RNE).
-    fn as_elem(&self, elem: Elem) -> Data {
-        let w = match self.widened() {
-            Data::F32(v) => v,
-            _ => unreachable!("widened is f32"),
-        };
-        match elem {
-            Elem::F32 => Data::F32(w),
-            Elem::F16 => Data::F16(w.iter().map(|&x| airamp::codec::f32_to_f16(x)).collect()),
-            Elem::Bf16 => Data::Bf16(w.iter().map(|&x| airamp::codec::f32_to_bf16(x)).collect()),
-        }
-    }
-}
 
 const KINDS: [&str; 6] = [
     "normal",
@@ -346,7 +258,7 @@ fn diff_wire(
     n: usize,
     expected: &[u8],
     got: &[u8],
-    input: Option<&Data>,
+    input: Option<&Values>,
 ) -> R<()> {
     let scales = scales_len(fmt, n);
     let bad: Vec<usize> = (0..expected.len())
@@ -379,7 +291,7 @@ fn diff_wire(
 }
 
 /// First mismatches between two element buffers.
-fn diff_elems(expected: &Data, got_bytes: &[u8]) -> R<()> {
+fn diff_elems(expected: &Values, got_bytes: &[u8]) -> R<()> {
     let size = expected.elem().size();
     let exp_bytes = expected.bytes();
     let bad: Vec<usize> = (0..expected.len())
@@ -462,10 +374,10 @@ pub fn selftest(o: &Opts) -> R<ExitCode> {
 
 /// Inputs for encode/decode: exhaustive 16-bit patterns in their own type
 /// and widened to f32, and random f32 of every kind.
-fn codec_inputs() -> Vec<(String, Data)> {
+fn codec_inputs() -> Vec<(String, Values)> {
     let patterns = all_patterns();
-    let f16 = Data::F16(patterns.clone());
-    let bf16 = Data::Bf16(patterns);
+    let f16 = Values::F16(patterns.clone());
+    let bf16 = Values::Bf16(patterns);
     let mut v = vec![
         ("every f16 pattern".to_string(), f16.clone()),
         ("every bf16 pattern".to_string(), bf16.clone()),
@@ -476,15 +388,15 @@ fn codec_inputs() -> Vec<(String, Data)> {
         let n = (1 << 18) + 7 + i;
         v.push((
             format!("random f32 {kind}"),
-            Data::F32(random_f32(kind, n, i as u64 + 1)),
+            Values::F32(random_f32(kind, n, i as u64 + 1)),
         ));
     }
-    let edges = Data::F32(edge_blocks());
+    let edges = Values::F32(edge_blocks());
     v.push(("edge blocks as f16".into(), edges.as_elem(Elem::F16)));
     v.push(("edge blocks as bf16".into(), edges.as_elem(Elem::Bf16)));
     v.push(("edge blocks".into(), edges));
     // Random data narrowed to the 16-bit types (tails of other lengths).
-    let mixed = Data::F32(random_f32("heavy-tailed", 100_003, 99));
+    let mixed = Values::F32(random_f32("heavy-tailed", 100_003, 99));
     v.push((
         "random heavy-tailed as f16".into(),
         mixed.as_elem(Elem::F16),
@@ -525,7 +437,7 @@ fn codec_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
 
             // Decode the CPU's bytes, so a decode bug is not masked by an
             // encode bug.
-            let mut cpu_out = Data::zeros(elem, n);
+            let mut cpu_out = Values::zeros(elem, n);
             codec
                 .decode_into_wire(&cpu_wire, cpu_out.dst())
                 .map_err(|e| e.to_string())?;
@@ -573,28 +485,50 @@ fn every_fp8_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
     }
     let dev_wire = lab.upload(&wire)?;
     for fmt in FP8_FORMATS {
-        let codec = Codec::new(fmt);
-        for elem in Elem::ALL {
-            let mut cpu_out = Data::zeros(elem, n);
-            codec
-                .decode_into_wire(&wire, cpu_out.dst())
-                .map_err(|e| e.to_string())?;
-            let dst = lab.scratch(n * elem.size())?;
-            lab.q
-                .decode(fmt, elem, dev_wire.addr()?, n, dst.addr()?)
-                .s()?;
-            let label = format!(
-                "[{}] decode {} -> {} of every scale x every code byte",
-                lab.tag,
-                fmt_name(fmt),
-                elem.name()
-            );
-            tally.record(
-                &label,
-                lab.download(&dst)
-                    .and_then(|got| diff_elems(&cpu_out, &got)),
-            );
-        }
+        decode_into_every_elem(
+            lab,
+            tally,
+            fmt,
+            (&wire, &dev_wire),
+            n,
+            "every scale x every code byte",
+        )?;
+    }
+    Ok(())
+}
+
+/// Decodes `wire` (on the device: `dev_wire`) of `n` values of `fmt` into
+/// every element type, by the kernel and by the CPU codec, and records
+/// whether they agree bit for bit.
+fn decode_into_every_elem(
+    lab: &Lab,
+    tally: &mut Tally,
+    fmt: WireFormat,
+    (wire, dev_wire): (&[u8], &Placed),
+    n: usize,
+    what: &str,
+) -> R<()> {
+    let codec = Codec::new(fmt);
+    for elem in Elem::ALL {
+        let mut cpu_out = Values::zeros(elem, n);
+        codec
+            .decode_into_wire(wire, cpu_out.dst())
+            .map_err(|e| e.to_string())?;
+        let dst = lab.scratch(n * elem.size())?;
+        lab.q
+            .decode(fmt, elem, dev_wire.addr()?, n, dst.addr()?)
+            .s()?;
+        let label = format!(
+            "[{}] decode {} -> {} of {what}",
+            lab.tag,
+            fmt_name(fmt),
+            elem.name()
+        );
+        tally.record(
+            &label,
+            lab.download(&dst)
+                .and_then(|got| diff_elems(&cpu_out, &got)),
+        );
     }
     Ok(())
 }
@@ -616,28 +550,14 @@ fn every_int8_wire_byte(lab: &Lab, tally: &mut Tally) -> R<()> {
     }
     let wire_off = 1;
     let dev_wire = lab.upload_at(&wire, wire_off)?;
-    let codec = Codec::new(fmt);
-    for elem in Elem::ALL {
-        let mut cpu_out = Data::zeros(elem, n);
-        codec
-            .decode_into_wire(&wire, cpu_out.dst())
-            .map_err(|e| e.to_string())?;
-        let dst = lab.scratch(n * elem.size())?;
-        lab.q
-            .decode(fmt, elem, dev_wire.addr()?, n, dst.addr()?)
-            .s()?;
-        let label = format!(
-            "[{}] decode int8 -> {} of every bf16 scale x every code byte (wire +{wire_off})",
-            lab.tag,
-            elem.name()
-        );
-        tally.record(
-            &label,
-            lab.download(&dst)
-                .and_then(|got| diff_elems(&cpu_out, &got)),
-        );
-    }
-    Ok(())
+    decode_into_every_elem(
+        lab,
+        tally,
+        fmt,
+        (&wire, &dev_wire),
+        n,
+        &format!("every bf16 scale x every code byte (wire +{wire_off})"),
+    )
 }
 
 /// One member's values for a reduce case.
@@ -656,8 +576,8 @@ fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
                 owns.dedup();
                 for own in owns {
                     case += 1;
-                    let inputs: Vec<Data> = (0..members)
-                        .map(|m| Data::F32(member_values(case, m, n)).as_elem(elem))
+                    let inputs: Vec<Values> = (0..members)
+                        .map(|m| Values::F32(member_values(case, m, n)).as_elem(elem))
                         .collect();
                     let (elem_off, wire_off) = offsets(case, elem);
                     let label = format!(
@@ -675,8 +595,8 @@ fn reduce_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
                 let p = all_patterns();
                 let scattered: Vec<u16> = p.iter().rev().map(|x| x.rotate_left(5)).collect();
                 let (a, b) = match elem {
-                    Elem::F16 => (Data::F16(p), Data::F16(scattered)),
-                    _ => (Data::Bf16(p), Data::Bf16(scattered)),
+                    Elem::F16 => (Values::F16(p), Values::F16(scattered)),
+                    _ => (Values::Bf16(p), Values::Bf16(scattered)),
                 };
                 for own in [0, 1] {
                     case += 1;
@@ -706,7 +626,7 @@ fn reduce_one(
     lab: &Lab,
     fmt: WireFormat,
     own: usize,
-    inputs: &[Data],
+    inputs: &[Values],
     case: usize,
     pinned: bool,
 ) -> R<()> {
@@ -729,7 +649,7 @@ fn reduce_one(
         .collect::<R<_>>()?;
     let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
     let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
-    let mut cpu_out = Data::zeros(elem, n);
+    let mut cpu_out = Values::zeros(elem, n);
     reference::reduce_encode(
         &codec,
         own,
@@ -868,7 +788,7 @@ fn exact_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
             for own in [0, members - 1] {
                 let inputs: Vec<Vec<u8>> = (0..members)
                     .map(|m| {
-                        Data::F32(random_f32(kind, n, (m * 31 + n) as u64))
+                        Values::F32(random_f32(kind, n, (m * 31 + n) as u64))
                             .as_elem(elem)
                             .bytes()
                     })
@@ -935,7 +855,7 @@ fn exact_one(lab: &Lab, elem: Elem, own: usize, inputs: &[Vec<u8>]) -> R<()> {
 fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
     for (i, &fmt) in lab.formats().iter().enumerate() {
         let codec = Codec::new(fmt);
-        let data = Data::F32(random_f32("heavy-tailed", 300_001, 5)).as_elem(Elem::Bf16);
+        let data = Values::F32(random_f32("heavy-tailed", 300_001, 5)).as_elem(Elem::Bf16);
         let n = data.len();
         let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
         codec
@@ -963,8 +883,8 @@ fn zero_copy_cases(lab: &Lab, tally: &mut Tally) -> R<()> {
             .and_then(|got| diff_wire(fmt, n, &cpu_wire, &got, Some(&data)));
         tally.record(&label, result);
 
-        let inputs: Vec<Data> = (0..8)
-            .map(|m| Data::F32(member_values(77, m, 50_001)).as_elem(Elem::Bf16))
+        let inputs: Vec<Values> = (0..8)
+            .map(|m| Values::F32(member_values(77, m, 50_001)).as_elem(Elem::Bf16))
             .collect();
         let label = format!(
             "[{}] reduce_encode {} bf16 members=8 own=3, wires in pinned host memory",
@@ -1114,7 +1034,7 @@ pub fn bench(o: &Opts) -> R<ExitCode> {
         ]);
     }
     let n = mib * (1 << 20) / 2; // bf16 values
-    let src = Data::F32(random_f32("normal", n, 3))
+    let src = Values::F32(random_f32("normal", n, 3))
         .as_elem(Elem::Bf16)
         .bytes();
     let mut report: Option<BenchReport> = None;

@@ -13,11 +13,10 @@
 //! `AIRAMP_EMU_CASES=quick` leaves out the large inputs (see cases()).
 #![deny(unsafe_code)]
 
-use airamp::codec::{
-    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, Codec, Dst, Src, WireFormat,
-};
-use airamp::gpu::inputs::{edge_blocks, Rng};
+use airamp::codec::{bf16_to_f32, encoded_len, f16_to_f32, Codec, WireFormat};
+use airamp::gpu::inputs::{edge_blocks, Rng, Values};
 use airamp::gpu::reference;
+use airamp::gpu::Elem;
 use std::time::Instant;
 
 /// The emulated kernels, from the library built of driver.cpp.
@@ -124,65 +123,6 @@ mod emu {
     }
 }
 
-#[derive(Clone)]
-enum Data {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
-    Bf16(Vec<u16>),
-}
-
-impl Data {
-    fn name(&self) -> &'static str {
-        match self {
-            Data::F32(_) => "f32",
-            Data::F16(_) => "f16",
-            Data::Bf16(_) => "bf16",
-        }
-    }
-    fn len(&self) -> usize {
-        match self {
-            Data::F32(v) => v.len(),
-            Data::F16(v) | Data::Bf16(v) => v.len(),
-        }
-    }
-    fn size(&self) -> usize {
-        match self {
-            Data::F32(_) => 4,
-            _ => 2,
-        }
-    }
-    fn src(&self) -> Src<'_> {
-        match self {
-            Data::F32(v) => Src::F32(v),
-            Data::F16(v) => Src::F16(v),
-            Data::Bf16(v) => Src::Bf16(v),
-        }
-    }
-    fn bytes(&self) -> Vec<u8> {
-        match self {
-            Data::F32(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
-            Data::F16(v) | Data::Bf16(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
-        }
-    }
-    fn zeros_like(&self) -> Data {
-        Data::from_f32(&vec![0.0; self.len()], self.name())
-    }
-    fn dst(&mut self) -> Dst<'_> {
-        match self {
-            Data::F32(v) => Dst::F32(v),
-            Data::F16(v) => Dst::F16(v),
-            Data::Bf16(v) => Dst::Bf16(v),
-        }
-    }
-    fn from_f32(v: &[f32], elem: &str) -> Data {
-        match elem {
-            "f32" => Data::F32(v.to_vec()),
-            "f16" => Data::F16(v.iter().map(|&x| f32_to_f16(x)).collect()),
-            _ => Data::Bf16(v.iter().map(|&x| f32_to_bf16(x)).collect()),
-        }
-    }
-}
-
 const GUARD: u8 = 0xA5;
 const GUARD_LEN: usize = 64;
 
@@ -275,36 +215,40 @@ impl Tally {
 /// (as themselves; the f32 widening of every pattern only in full mode),
 /// the edge blocks in f32, and the random inputs; full mode adds the
 /// scattered patterns and the edge blocks narrowed to f16/bf16.
-fn inputs(quick: bool) -> Vec<(String, Data)> {
-    let mut inputs: Vec<(String, Data)> = Vec::new();
+fn inputs(quick: bool) -> Vec<(String, Values)> {
+    let mut inputs: Vec<(String, Values)> = Vec::new();
     let pats: Vec<u16> = (0..=u16::MAX).collect();
     let widen = |f: fn(u16) -> f32| pats.iter().map(|&h| f(h)).collect::<Vec<f32>>();
-    inputs.push(("every f16".into(), Data::F16(pats.clone())));
-    inputs.push(("every bf16".into(), Data::Bf16(pats.clone())));
+    inputs.push(("every f16".into(), Values::F16(pats.clone())));
+    inputs.push(("every bf16".into(), Values::Bf16(pats.clone())));
     if !quick {
-        inputs.push(("every f16 as f32".into(), Data::F32(widen(f16_to_f32))));
-        inputs.push(("every bf16 as f32".into(), Data::F32(widen(bf16_to_f32))));
+        inputs.push(("every f16 as f32".into(), Values::F32(widen(f16_to_f32))));
+        inputs.push(("every bf16 as f32".into(), Values::F32(widen(bf16_to_f32))));
         let scattered: Vec<u16> = pats.iter().map(|i| i.wrapping_mul(40503)).collect();
-        inputs.push(("scattered bf16".into(), Data::Bf16(scattered.clone())));
-        inputs.push(("scattered f16".into(), Data::F16(scattered)));
+        inputs.push(("scattered bf16".into(), Values::Bf16(scattered.clone())));
+        inputs.push(("scattered f16".into(), Values::F16(scattered)));
     }
     let e = edge_blocks();
-    for t in ["f32", "f16", "bf16"] {
+    for elem in Elem::ALL {
+        let t = elem.name();
         if !quick || t == "f32" {
-            inputs.push((format!("edges {t}"), Data::from_f32(&e, t)));
+            inputs.push((format!("edges {t}"), Values::F32(e.to_vec()).as_elem(elem)));
         }
-        inputs.push((format!("random {t}"), Data::from_f32(&random(20_011, 5), t)));
+        inputs.push((
+            format!("random {t}"),
+            Values::F32(random(20_011, 5)).as_elem(elem),
+        ));
     }
     inputs
 }
 
-fn encode_decode(lib: &emu::Lib, codec: &Codec, inputs: &[(String, Data)], tally: &mut Tally) {
+fn encode_decode(lib: &emu::Lib, codec: &Codec, inputs: &[(String, Values)], tally: &mut Tally) {
     let fmt = codec.format();
     for (i, (what, data)) in inputs.iter().enumerate() {
         let n = data.len();
         // Every third input starts one element past a 16-byte boundary
         // (the vector build's lane-strided fallback); wires at any offset.
-        let elem_off = if i % 3 == 2 { data.size() } else { 0 };
+        let elem_off = if i % 3 == 2 { data.elem().size() } else { 0 };
         let wire_off = (i * 3 + 1) % 8;
         // Every other input is split between 3 warps (grid-stride loops).
         let warps = if i % 2 == 1 { 3 } else { 1 };
@@ -312,16 +256,16 @@ fn encode_decode(lib: &emu::Lib, codec: &Codec, inputs: &[(String, Data)], tally
         codec.encode_wire(data.src(), &mut cpu).unwrap();
         let src = Buf::new(&data.bytes(), elem_off);
         let wire = Buf::scratch(cpu.len(), wire_off);
-        let kernel = format!("airamp_encode_{}_{}", fmt.name(), data.name());
+        let kernel = format!("airamp_encode_{}_{}", fmt.name(), data.elem().name());
         lib.codec(&kernel, warps, src.addr(), n as u64, wire.addr());
         let at = format!("n={n} elem+{elem_off} wire+{wire_off} warps={warps}");
         tally.check(&format!("encode {fmt} {what} {at}"), &cpu, wire.data());
 
-        let mut out = data.zeros_like();
+        let mut out = Values::zeros(data.elem(), data.len());
         codec.decode_into_wire(&cpu, out.dst()).unwrap();
         let wire = Buf::new(&cpu, wire_off);
-        let dst = Buf::scratch(n * data.size(), elem_off);
-        let kernel = format!("airamp_decode_{}_{}", fmt.name(), data.name());
+        let dst = Buf::scratch(n * data.elem().size(), elem_off);
+        let kernel = format!("airamp_decode_{}_{}", fmt.name(), data.elem().name());
         lib.codec(&kernel, warps, wire.addr(), n as u64, dst.addr());
         tally.check(
             &format!("decode {fmt} {what} {at}"),
@@ -347,11 +291,12 @@ fn int8_scale_codes(lib: &emu::Lib, codec: &Codec, quick: bool, tally: &mut Tall
     for (v, x) in c.iter_mut().enumerate() {
         *x = v as u8;
     }
-    for t in ["f32", "f16", "bf16"] {
-        let mut out = Data::from_f32(&vec![0.0; n], t);
+    for elem in Elem::ALL {
+        let t = elem.name();
+        let mut out = Values::zeros(elem, n);
         codec.decode_into_wire(&w, out.dst()).unwrap();
         let wire = Buf::new(&w, 1);
-        let dst = Buf::scratch(n * out.size(), 0);
+        let dst = Buf::scratch(n * out.elem().size(), 0);
         lib.codec(
             &format!("airamp_decode_int8_{t}"),
             2,
@@ -369,20 +314,21 @@ fn int8_scale_codes(lib: &emu::Lib, codec: &Codec, quick: bool, tally: &mut Tall
 /// (full mode) two members holding every f16/bf16 pattern.
 fn reduces(lib: &emu::Lib, codec: &Codec, quick: bool, tally: &mut Tally) {
     let mut case = 0;
-    for t in ["f32", "f16", "bf16"] {
+    for elem in Elem::ALL {
+        let t = elem.name();
         for members in [1usize, 2, 3, 8] {
             let mut owns = vec![0, members / 2, members - 1];
             owns.dedup();
             for own in owns {
                 case += 1;
                 let n = if quick { 2_000 } else { 9_000 } + 29 + case;
-                let inputs: Vec<Data> = (0..members)
+                let inputs: Vec<Values> = (0..members)
                     .map(|m| {
                         let mut v = random(n, (case * 100 + m) as u64);
                         if m % 2 == 1 {
                             v.iter_mut().for_each(|x| *x *= 3.0);
                         }
-                        Data::from_f32(&v, t)
+                        Values::F32(v).as_elem(elem)
                     })
                     .collect();
                 reduce_one(lib, codec, own, &inputs, case, tally);
@@ -392,9 +338,9 @@ fn reduces(lib: &emu::Lib, codec: &Codec, quick: bool, tally: &mut Tally) {
             let p: Vec<u16> = (0..=u16::MAX).collect();
             let q: Vec<u16> = p.iter().rev().map(|x| x.rotate_left(5)).collect();
             let (a, b) = if t == "f16" {
-                (Data::F16(p), Data::F16(q))
+                (Values::F16(p), Values::F16(q))
             } else {
-                (Data::Bf16(p), Data::Bf16(q))
+                (Values::Bf16(p), Values::Bf16(q))
             };
             for own in [0, 1] {
                 case += 1;
@@ -408,13 +354,13 @@ fn reduce_one(
     lib: &emu::Lib,
     codec: &Codec,
     own: usize,
-    inputs: &[Data],
+    inputs: &[Values],
     case: usize,
     tally: &mut Tally,
 ) {
     let fmt = codec.format();
     let n = inputs[own].len();
-    let size = inputs[own].size();
+    let size = inputs[own].elem().size();
     let wires: Vec<Vec<u8>> = inputs
         .iter()
         .enumerate()
@@ -428,7 +374,7 @@ fn reduce_one(
         .collect();
     let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
     let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
-    let mut cpu_out = inputs[own].zeros_like();
+    let mut cpu_out = Values::zeros(inputs[own].elem(), inputs[own].len());
     reference::reduce_encode(
         codec,
         own,
@@ -454,7 +400,11 @@ fn reduce_one(
         .collect();
     let table = Buf::new(&table, 0);
     let out = Buf::scratch(cpu_wire.len(), case % 8);
-    let kernel = format!("airamp_reduce_encode_{}_{}", fmt.name(), inputs[own].name());
+    let kernel = format!(
+        "airamp_reduce_encode_{}_{}",
+        fmt.name(),
+        inputs[own].elem().name()
+    );
     // Every other case is split between 2 warps.
     let warps = 1 + (case % 2) as u32;
     lib.reduce(
@@ -470,7 +420,7 @@ fn reduce_one(
     );
     let what = format!(
         "reduce {fmt} {} members={} own={own} n={n} elem+{elem_off} warps={warps}",
-        inputs[own].name(),
+        inputs[own].elem().name(),
         inputs.len()
     );
     tally.check(&format!("{what}: wire"), &cpu_wire, out.data());

@@ -4,6 +4,9 @@
 //! codecs' rounding and scale edges, and a deterministic generator. Built
 //! for the tools (CLI, tests) only, not into the plugin.
 
+use super::Elem;
+use crate::codec::{bf16_to_f32, f16_to_f32, Dst, Src};
+
 /// Every 16-bit pattern in three arrangements (sequential: neighbours share
 /// an exponent; scattered by an odd multiplier; bit-reversed: neighbours
 /// differ in sign and exponent), then a 13-value tail block.
@@ -102,4 +105,95 @@ pub fn edge_blocks() -> Vec<f32> {
         block(&xs);
     }
     v
+}
+
+/// Host values of one element type, as the kernels and the CPU codec take
+/// them.
+#[derive(Clone, Debug)]
+pub enum Values {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+    Bf16(Vec<u16>),
+}
+
+impl Values {
+    pub fn zeros(elem: Elem, n: usize) -> Values {
+        match elem {
+            Elem::F32 => Values::F32(vec![0.0; n]),
+            Elem::F16 => Values::F16(vec![0; n]),
+            Elem::Bf16 => Values::Bf16(vec![0; n]),
+        }
+    }
+
+    pub fn elem(&self) -> Elem {
+        match self {
+            Values::F32(_) => Elem::F32,
+            Values::F16(_) => Elem::F16,
+            Values::Bf16(_) => Elem::Bf16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F16(v) | Values::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn src(&self) -> Src<'_> {
+        match self {
+            Values::F32(v) => Src::F32(v),
+            Values::F16(v) => Src::F16(v),
+            Values::Bf16(v) => Src::Bf16(v),
+        }
+    }
+
+    pub fn dst(&mut self) -> Dst<'_> {
+        match self {
+            Values::F32(v) => Dst::F32(v),
+            Values::F16(v) => Dst::F16(v),
+            Values::Bf16(v) => Dst::Bf16(v),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Values::F32(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Values::F16(v) | Values::Bf16(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+        }
+    }
+
+    /// Bits of element `i`.
+    pub fn bits(&self, i: usize) -> u32 {
+        match self {
+            Values::F32(v) => v[i].to_bits(),
+            Values::F16(v) | Values::Bf16(v) => v[i] as u32,
+        }
+    }
+
+    /// The same values widened to f32 (exact).
+    pub fn widened(&self) -> Values {
+        match self {
+            Values::F32(v) => Values::F32(v.clone()),
+            Values::F16(v) => Values::F32(v.iter().map(|&h| f16_to_f32(h)).collect()),
+            Values::Bf16(v) => Values::F32(v.iter().map(|&h| bf16_to_f32(h)).collect()),
+        }
+    }
+
+    /// The same values in `elem` (f32 narrowed with the codec's RNE).
+    pub fn as_elem(&self, elem: Elem) -> Values {
+        let w = match self.widened() {
+            Values::F32(v) => v,
+            _ => unreachable!("widened is f32"),
+        };
+        match elem {
+            Elem::F32 => Values::F32(w),
+            Elem::F16 => Values::F16(w.iter().map(|&x| crate::codec::f32_to_f16(x)).collect()),
+            Elem::Bf16 => Values::Bf16(w.iter().map(|&x| crate::codec::f32_to_bf16(x)).collect()),
+        }
+    }
 }

@@ -198,6 +198,15 @@ enum BenchCmd {
         /// Rounds per size [default: 2].
         #[arg(long, value_name = "N", value_parser = num_arg)]
         rounds: Option<String>,
+        /// Cut each allreduce into collective-network calls of this many
+        /// bytes, as NCCL cuts a collective into chunks of its buffer
+        /// (512 KiB on the host path) [default: the whole allreduce].
+        #[arg(long, value_name = "BYTES", value_parser = bytes_arg)]
+        call: Option<String>,
+        /// Calls in flight at once, as NCCL keeps several chunks posted
+        /// [default: 1].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        depth: Option<String>,
         #[command(flatten)]
         out: JsonArg,
         /// Also draw bus bandwidth against size for each path (raw ring,
@@ -389,6 +398,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 min,
                 max,
                 rounds,
+                call,
+                depth,
                 out,
                 plot,
                 reference,
@@ -398,6 +409,8 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     .with("min", min)
                     .with("max", max)
                     .with("rounds", rounds)
+                    .with("call", call)
+                    .with("depth", depth)
                     .with("plot", plot)
                     .with_all("reference", reference)
                     .with_flag("json", out.json),

@@ -450,12 +450,75 @@ fn widen_half(dtype: DataType, bytes: &[u8], acc: &mut [f32], f: impl Fn(f32, f3
     }
 }
 
-fn f32_to_half(dtype: DataType, x: f32) -> u16 {
-    if dtype == DataType::F16 {
-        f32_to_f16(x)
-    } else {
-        f32_to_bf16(x)
+/// Calls `body` with the widening and rounding conversions of `dtype`
+/// (f16 or bf16) as generic arguments, so each loop is compiled per type
+/// with the conversions inlined (no dispatch, no call per element).
+macro_rules! with_half_conversions {
+    ($dtype:expr, $body:ident($($arg:expr),*)) => {
+        if $dtype == DataType::Bf16 {
+            $body($($arg,)* bf16_to_f32, f32_to_bf16)
+        } else {
+            $body($($arg,)* f16_to_f32, f32_to_f16)
+        }
+    };
+}
+
+fn half(c: &[u8]) -> u16 {
+    u16::from_ne_bytes([c[0], c[1]])
+}
+
+/// `acc[i] = f(half(a[i]), half(b[i]))`: the first two contributions of
+/// a longer exact f16/bf16 sum, in one pass.
+fn widen_pair(dtype: DataType, a: &[u8], b: &[u8], acc: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    fn run(
+        a: &[u8],
+        b: &[u8],
+        acc: &mut [f32],
+        f: impl Fn(f32, f32) -> f32,
+        widen: impl Fn(u16) -> f32,
+        _narrow: impl Fn(f32) -> u16,
+    ) {
+        for ((o, x), y) in acc.iter_mut().zip(a.chunks_exact(2)).zip(b.chunks_exact(2)) {
+            *o = f(widen(half(x)), widen(half(y)));
+        }
     }
+    with_half_conversions!(dtype, run(a, b, acc, f))
+}
+
+/// `b[i] = round(f(half(a[i]), half(b[i])))` in place: the last fold of an
+/// exact f16/bf16 sum whose earlier contributions are one buffer of halves.
+fn narrow_pair(dtype: DataType, a: &[u8], b: &mut [u8], f: impl Fn(f32, f32) -> f32) {
+    fn run(
+        a: &[u8],
+        b: &mut [u8],
+        f: impl Fn(f32, f32) -> f32,
+        widen: impl Fn(u16) -> f32,
+        narrow: impl Fn(f32) -> u16,
+    ) {
+        for (y, x) in b.chunks_exact_mut(2).zip(a.chunks_exact(2)) {
+            let r = narrow(f(widen(half(x)), widen(half(y))));
+            y.copy_from_slice(&r.to_ne_bytes());
+        }
+    }
+    with_half_conversions!(dtype, run(a, b, f))
+}
+
+/// `b[i] = round(f(acc[i], half(b[i])))` in place: the last fold of a
+/// longer exact f16/bf16 sum.
+fn narrow_acc(dtype: DataType, acc: &[f32], b: &mut [u8], f: impl Fn(f32, f32) -> f32) {
+    fn run(
+        acc: &[f32],
+        b: &mut [u8],
+        f: impl Fn(f32, f32) -> f32,
+        widen: impl Fn(u16) -> f32,
+        narrow: impl Fn(f32) -> u16,
+    ) {
+        for (y, &a) in b.chunks_exact_mut(2).zip(acc) {
+            let r = narrow(f(a, widen(half(y))));
+            y.copy_from_slice(&r.to_ne_bytes());
+        }
+    }
+    with_half_conversions!(dtype, run(acc, b, f))
 }
 
 /// Values converted per pass: a multiple of the FP8 block, small enough
@@ -558,9 +621,12 @@ fn fp8_decode(
 enum Acc {
     /// Nothing folded yet.
     Empty,
-    /// Exact path, dtype other than f16/bf16: native bytes.
+    /// Exact path: native bytes (the result once done; for f16/bf16 also
+    /// the first contribution, kept as it is until the second arrives so
+    /// that a sum of two needs no accumulator at all).
     Native(Vec<u8>),
-    /// f16/bf16 exact path, and every FP8 path: f32 accumulator.
+    /// f16/bf16 exact path from the second of three or more contributions,
+    /// and every FP8 path: f32 accumulator (pooled).
     Wide(Vec<f32>),
 }
 
@@ -698,7 +764,9 @@ impl Reducer {
         let op = self.op;
         if let Some(codec) = &self.codec {
             if let Acc::Empty = self.acc {
-                self.acc = Acc::Wide(vec![0.0; self.len]);
+                let mut acc = pool::take_wide(self.len);
+                acc.fill(0.0);
+                self.acc = Acc::Wide(acc);
             }
             if let Acc::Wide(acc) = &mut self.acc {
                 match (native, dtype) {
@@ -714,47 +782,83 @@ impl Reducer {
             pool::give(bytes);
             return Ok(());
         }
-        let half = matches!(dtype, DataType::F16 | DataType::Bf16);
+        if matches!(dtype, DataType::F16 | DataType::Bf16) {
+            self.fold_half(bytes);
+            return Ok(());
+        }
         match &mut self.acc {
-            Acc::Empty if half => {
-                let mut v = vec![0f32; self.len];
-                widen_half(dtype, &bytes, &mut v, |_, x| x);
-                self.acc = Acc::Wide(v);
-                pool::give(bytes);
-            }
             Acc::Empty => self.acc = Acc::Native(bytes),
-            Acc::Wide(acc) => {
-                match op {
-                    RedOp::Sum => widen_half(dtype, &bytes, acc, |a, x| a + x),
-                    _ => widen_half(dtype, &bytes, acc, |a, x| f32::apply(op, a, x)),
-                }
-                pool::give(bytes);
-            }
             Acc::Native(acc) => {
                 fold_bytes(dtype, op, acc, &bytes);
                 pool::give(bytes);
             }
+            Acc::Wide(_) => unreachable!("native dtypes never widen"),
         }
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<Vec<u8>, CollError> {
+    /// Exact f16/bf16: the sum runs in f32 in member order and rounds once,
+    /// in as few passes as the member count allows. The first contribution
+    /// waits as it is; the last fold rounds straight into its own buffer,
+    /// which becomes the result. Two members: one pass, no accumulator.
+    fn fold_half(&mut self, bytes: Vec<u8>) {
+        let op = self.op;
+        match op {
+            // Written `x + a`, the operand order the kernels' reference
+            // (gpu::reference::sum_exact) gives NaNs.
+            RedOp::Sum => self.fold_half_with(bytes, |a, x| x + a),
+            _ => self.fold_half_with(bytes, |a, x| f32::apply(op, a, x)),
+        }
+    }
+
+    fn fold_half_with(&mut self, mut bytes: Vec<u8>, f: impl Fn(f32, f32) -> f32 + Copy) {
         let dtype = self.dtype;
+        let last = self.next_fold + 1 == self.received.len();
+        self.acc = match std::mem::replace(&mut self.acc, Acc::Empty) {
+            Acc::Empty if last => {
+                // One member: the sum is its contribution rounded through f32.
+                let first = pool::copy_of(&bytes);
+                narrow_pair(dtype, &first, &mut bytes, |x, _| x);
+                pool::give(first);
+                Acc::Native(bytes)
+            }
+            Acc::Empty => Acc::Native(bytes),
+            Acc::Native(first) if last => {
+                narrow_pair(dtype, &first, &mut bytes, f);
+                pool::give(first);
+                Acc::Native(bytes)
+            }
+            Acc::Native(first) => {
+                let mut acc = pool::take_wide(self.len);
+                widen_pair(dtype, &first, &bytes, &mut acc, f);
+                pool::give(first);
+                pool::give(bytes);
+                Acc::Wide(acc)
+            }
+            Acc::Wide(acc) if last => {
+                narrow_acc(dtype, &acc, &mut bytes, f);
+                pool::give_wide(acc);
+                Acc::Native(bytes)
+            }
+            Acc::Wide(mut acc) => {
+                widen_half(dtype, &bytes, &mut acc, f);
+                pool::give(bytes);
+                Acc::Wide(acc)
+            }
+        };
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, CollError> {
         let acc = std::mem::replace(&mut self.acc, Acc::Empty);
         Ok(match (&self.codec, acc) {
             (Some(codec), Acc::Wide(acc)) => {
                 let mut wire = pool::take(encoded_len(codec.format(), acc.len()));
                 codec.encode_wire(Src::F32(&acc), &mut wire)?;
                 self.sampled_error = sample_error(codec, &acc);
+                pool::give_wide(acc);
                 wire
             }
-            (None, Acc::Wide(acc)) => {
-                let mut out = pool::take(acc.len() * 2);
-                for (o, &x) in out.chunks_exact_mut(2).zip(&acc) {
-                    o.copy_from_slice(&f32_to_half(dtype, x).to_ne_bytes());
-                }
-                out
-            }
+            (None, Acc::Wide(_)) => unreachable!("the last exact fold rounds into native bytes"),
             (_, Acc::Native(v)) => v,
             // A shard of zero elements with n >= 1 folds to nothing.
             (_, Acc::Empty) => Vec::new(),
@@ -794,7 +898,13 @@ pub struct Member {
     /// Shards whose final bytes are in `output`.
     have: Vec<bool>,
     remaining: usize,
+    /// The assembled result; stays empty for a lending member.
     output: Vec<u8>,
+    /// Lending members hand each final shard out instead of copying it into
+    /// `output`: `(byte offset in the segment, bytes)`, for the driver to
+    /// write straight into the caller's buffer.
+    lending: bool,
+    ready: Vec<(usize, Shared)>,
 }
 
 impl Member {
@@ -823,9 +933,11 @@ impl Member {
         Member::build(spec, rank, input, codec, false).map(|(m, out, _)| (m, out))
     }
 
-    /// As [`Member::new`], except that on the exact path the contributions
-    /// are not copied: they are returned as `(to, byte range of input)`,
-    /// for a driver that sends straight from the caller's buffer.
+    /// As [`Member::new`], for a driver that moves bytes straight between
+    /// the caller's buffers: on the exact path the contributions are not
+    /// copied but returned as `(to, byte range of input)`, and final shards
+    /// are not assembled into [`Member::output`] but handed out by
+    /// [`Member::take_ready`].
     #[allow(clippy::type_complexity)]
     pub fn new_lending(
         spec: Spec,
@@ -873,7 +985,13 @@ impl Member {
                 .then(|| Reducer::new(spec.dtype, spec.op, codec, n, rank, own.len())),
             have: vec![false; n],
             remaining: (0..n).filter(|&s| !spec.shard(s).is_empty()).count(),
-            output: pool::take(spec.input_bytes()),
+            output: if lend {
+                Vec::new()
+            } else {
+                pool::take(spec.input_bytes())
+            },
+            lending: lend,
+            ready: Vec::new(),
         };
         let mut out = Vec::new();
         let mut lent = Vec::new();
@@ -948,9 +1066,10 @@ impl Member {
         self.output
     }
 
-    /// Moves the output out (leaving it empty), for a complete member.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.output)
+    /// Final shards not yet handed out (lending members only): `(byte
+    /// offset in the segment, bytes)`.
+    pub fn take_ready(&mut self) -> Vec<(usize, Shared)> {
+        std::mem::take(&mut self.ready)
     }
 
     /// Handles one message from the network. On error nothing changed.
@@ -975,7 +1094,7 @@ impl Member {
                     return Err(CollError::DuplicateReduced { shard });
                 }
                 self.check_len(shard, bytes.len())?;
-                self.apply_reduced(shard, &bytes)?;
+                self.apply_reduced(shard, bytes)?;
                 Ok(Vec::new())
             }
         }
@@ -1021,7 +1140,7 @@ impl Member {
             return Ok(Vec::new());
         };
         let bytes: Shared = Arc::new(bytes);
-        self.apply_reduced(self.rank, &bytes)?;
+        self.apply_reduced(self.rank, Arc::clone(&bytes))?;
         let shard = self.rank;
         Ok((0..self.spec.n)
             .filter(|&to| to != shard)
@@ -1035,13 +1154,19 @@ impl Member {
             .collect())
     }
 
-    fn apply_reduced(&mut self, shard: usize, bytes: &[u8]) -> Result<(), CollError> {
+    fn apply_reduced(&mut self, shard: usize, bytes: Shared) -> Result<(), CollError> {
         let size = self.spec.dtype.size();
         let r = self.spec.shard(shard);
-        let out = &mut self.output[r.start * size..r.end * size];
-        match &self.codec {
-            None => out.copy_from_slice(bytes),
-            Some(c) => fp8_decode(c, self.spec.dtype, bytes, out)?,
+        let range = r.start * size..r.end * size;
+        match (&self.codec, self.lending) {
+            (None, false) => self.output[range].copy_from_slice(&bytes),
+            (Some(c), false) => fp8_decode(c, self.spec.dtype, &bytes, &mut self.output[range])?,
+            (None, true) => self.ready.push((range.start, bytes)),
+            (Some(c), true) => {
+                let mut out = pool::take(range.len());
+                fp8_decode(c, self.spec.dtype, &bytes, &mut out)?;
+                self.ready.push((range.start, Arc::new(out)));
+            }
         }
         self.have[shard] = true;
         self.remaining -= 1;

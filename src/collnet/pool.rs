@@ -8,6 +8,7 @@
 //! and the bytes held are metrics (`airamp_collnet_pool_*`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::metrics;
@@ -15,61 +16,88 @@ use crate::metrics;
 /// Bytes shared between a member's outgoing messages and its output.
 pub type Shared = Arc<Vec<u8>>;
 
-/// Most buffers kept per size class, and bytes kept over all classes.
+/// Most buffers kept per size class, and bytes kept over all classes of
+/// both pools.
 const PER_CLASS: usize = 64;
 const MAX_HELD: usize = 1 << 30;
 
-struct Pool {
-    classes: BTreeMap<usize, Vec<Vec<u8>>>,
-    held: usize,
+/// Buffers of one element type, by power-of-two capacity (in elements).
+struct Pool<T> {
+    classes: BTreeMap<usize, Vec<Vec<T>>>,
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool {
+/// Byte buffers: staging, messages, outputs.
+static BYTES: Mutex<Pool<u8>> = Mutex::new(Pool {
     classes: BTreeMap::new(),
-    held: 0,
 });
+/// f32 accumulators of f16/bf16 and compressed reductions.
+static WIDE: Mutex<Pool<f32>> = Mutex::new(Pool {
+    classes: BTreeMap::new(),
+});
+/// Bytes held by both pools.
+static HELD: AtomicUsize = AtomicUsize::new(0);
 
 fn class_of(len: usize) -> usize {
     len.max(64).next_power_of_two()
 }
 
-/// A buffer of exactly `len` bytes. Its contents are unspecified (a
-/// recycled buffer keeps old bytes): callers overwrite all of it.
-pub fn take(len: usize) -> Vec<u8> {
+fn take_from<T: Copy + Default>(pool: &Mutex<Pool<T>>, len: usize) -> Vec<T> {
     let class = class_of(len);
-    let reused = POOL.lock().ok().and_then(|mut p| {
+    let reused = pool.lock().ok().and_then(|mut p| {
         let v = p.classes.get_mut(&class)?.pop()?;
-        p.held -= v.capacity();
+        HELD.fetch_sub(v.capacity() * size_of::<T>(), Relaxed);
         Some(v)
     });
     metrics::collnet().pool_lookup(reused.is_some());
     let mut v = reused.unwrap_or_else(|| Vec::with_capacity(class));
-    // Only bytes never initialized before are written here.
+    // Only elements never initialized before are written here.
     if v.len() < len {
-        v.resize(len, 0);
+        v.resize(len, T::default());
     } else {
         v.truncate(len);
     }
     v
 }
 
-/// Returns a buffer for reuse (dropped if the pool is full or it was not
-/// made by [`take`]).
-pub fn give(v: Vec<u8>) {
+fn give_to<T>(pool: &Mutex<Pool<T>>, v: Vec<T>) {
     let class = v.capacity();
     if !class.is_power_of_two() || class < 64 {
         return;
     }
+    let bytes = class * size_of::<T>();
     // Keep the initialized length so the next `take` need not fill it.
-    if let Ok(mut guard) = POOL.lock() {
-        let p = &mut *guard;
+    if let Ok(mut p) = pool.lock() {
         let list = p.classes.entry(class).or_default();
-        if list.len() < PER_CLASS && p.held + class <= MAX_HELD {
+        let held = HELD.load(Relaxed);
+        if list.len() < PER_CLASS && held + bytes <= MAX_HELD {
             list.push(v);
-            p.held += class;
-            metrics::collnet().pool_held(p.held);
+            metrics::collnet().pool_held(HELD.fetch_add(bytes, Relaxed) + bytes);
         }
     }
+}
+
+/// A buffer of exactly `len` bytes. Its contents are unspecified (a
+/// recycled buffer keeps old bytes): callers overwrite all of it.
+pub fn take(len: usize) -> Vec<u8> {
+    take_from(&BYTES, len)
+}
+
+/// Returns a buffer for reuse (dropped if the pool is full or it was not
+/// made by [`take`]).
+pub fn give(v: Vec<u8>) {
+    give_to(&BYTES, v);
+}
+
+/// An f32 accumulator of exactly `len` values, contents unspecified (as
+/// [`take`]): a fresh one per shard would cost page faults and zeroing on
+/// every call.
+pub fn take_wide(len: usize) -> Vec<f32> {
+    take_from(&WIDE, len)
+}
+
+/// Returns an accumulator made by [`take_wide`] for reuse.
+pub fn give_wide(v: Vec<f32>) {
+    give_to(&WIDE, v);
 }
 
 /// Returns shared bytes once their last user lets go.
@@ -104,5 +132,17 @@ mod tests {
         let _ = p;
         give(w);
         give(Vec::with_capacity(1000)); // not a pool buffer: ignored
+    }
+
+    #[test]
+    fn accumulators_come_back_with_the_requested_length() {
+        let mut v = take_wide(3000);
+        assert_eq!(v.len(), 3000);
+        assert_eq!(v.capacity(), 4096);
+        v[2999] = 1.5;
+        give_wide(v);
+        let w = take_wide(4096);
+        assert_eq!(w.len(), 4096);
+        give_wide(w);
     }
 }

@@ -113,7 +113,6 @@ pub struct AllReduceStep {
     rank: usize,
     offset: usize,
     member: Option<Member>,
-    wrote: bool,
 }
 
 /// One windowed allgather: member `r` contributes `pieces[r]` (window
@@ -167,7 +166,6 @@ impl Step {
             rank,
             offset,
             member: None,
-            wrote: false,
         }))
     }
 
@@ -417,7 +415,8 @@ impl Step {
     /// Every output byte of this step has been written.
     pub fn is_done(&self) -> bool {
         match self {
-            Step::AllReduce(s) => s.wrote,
+            // Shards are written out in the event that made them final.
+            Step::AllReduce(s) => s.member.as_ref().is_some_and(Member::is_done),
             // Done once every expected piece arrived: the driver counts them.
             Step::AllGather(_) => true,
             Step::ReduceScatter(s) => s.reducer.as_ref().map_or(true, Reducer::is_done),
@@ -443,15 +442,14 @@ impl Step {
 }
 
 impl AllReduceStep {
+    /// Writes each shard into the caller's output as soon as it is final.
     fn collect_output(&mut self, fx: &mut Effects) {
         if let Some(m) = &mut self.member {
-            if m.is_done() && !self.wrote {
-                self.wrote = true;
-                fx.writes.push(Write {
-                    offset: self.offset,
-                    bytes: Arc::new(m.take_output()),
-                });
-            }
+            fx.writes
+                .extend(m.take_ready().into_iter().map(|(offset, bytes)| Write {
+                    offset: self.offset + offset,
+                    bytes,
+                }));
         }
     }
 }

@@ -201,8 +201,8 @@ pub struct CollnetConfig {
     /// ([`CollnetConfig::workers`]), 0 runs everything on NCCL's proxy thread.
     pub workers: Option<u32>,
     /// NCCL's proxy thread moves the group's small messages and runs its
-    /// light codec-free steps itself (measured on 2 cores only; off until
-    /// measured under NCCL on a many-core host).
+    /// light codec-free steps itself (a gain on 2 cores, a loss under NCCL
+    /// on a 16-core host: off by default).
     pub proxy_assist: bool,
 }
 
@@ -743,7 +743,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_COLLNET_PROXY_ASSIST",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Host path: NCCL's proxy thread moves the collective network's messages up to transport.inline_bytes itself inside test (no stream thread woken per message) and runs codec-free steps of at most 256 KiB (exact sums, allgather, reduce-scatter) itself instead of handing them to a worker. On the 2-core build machine it cut a 256 KiB exact allreduce from about 370 to 200 us (docs/collnet.md). Off by default until measured under NCCL on a many-core host, where that work competes with NCCL's other channels for the proxy thread; false leaves all the group's socket I/O to the stream threads and all its steps to the workers.",
+        doc: "Host path: NCCL's proxy thread moves the collective network's messages up to transport.inline_bytes itself inside test (no stream thread woken per message) and runs codec-free steps of at most 256 KiB (exact sums, allgather, reduce-scatter) itself instead of handing them to a worker. For hosts with few cores: on the 2-core build machine it cut a 256 KiB exact allreduce from about 370 to 200 us, while under NCCL on a 16-core H200 host it ran exact sums at 0.65-0.76x the default at 4-16 MiB and at par from 64 MiB, as that work then competes with NCCL's other channels for the proxy thread (docs/collnet.md). false leaves all the group's socket I/O to the stream threads and all its steps to the workers.",
         example: "false",
         apply: |c, r| {
             c.collnet.proxy_assist = want_bool(r)?;

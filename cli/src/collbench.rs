@@ -13,6 +13,7 @@
 //! under the communicator id it was given, as the tuner does), with any
 //! calibration keys of this process's configuration overriding them.
 
+use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,10 @@ fn run_group(
                     list.clone(),
                     "--comm".into(),
                     format!("{comm:x}"),
+                    "--call".into(),
+                    o.bytes("call", 0)?.to_string(),
+                    "--depth".into(),
+                    o.num("depth", 1)?.max(1).to_string(),
                 ],
             )
         })
@@ -424,6 +429,8 @@ fn join<'a>(
 pub fn member(o: &Opts) -> Result<(), String> {
     let rank = o.num("rank", 0)?;
     let n = o.num("ranks", 2)?;
+    let call_bytes = o.bytes("call", 0)? as usize;
+    let depth = o.num("depth", 1)?.max(1);
     let sizes: Vec<usize> = o
         .get("sizes")
         .ok_or("--sizes")?
@@ -460,25 +467,44 @@ pub fn member(o: &Opts) -> Result<(), String> {
             crate::demo::ring_allreduce(&net, ring_send, ring_recv, ring, rank, n)?;
         }
         ring_times.push(start.elapsed().as_secs_f64() / iters as f64);
-        let count = size / 2;
+        // NCCL's pattern: the allreduce cut into calls of `call` bytes
+        // (whole when 0), at most `depth` of them in flight.
+        let call = match call_bytes {
+            0 => size,
+            c => c.clamp(2, size.max(2)) & !1,
+        };
         let mut once = || -> Result<(), String> {
-            // SAFETY: both buffers outlive the request, awaited right here.
-            let req = unsafe {
-                coll.iallreduce(
-                    comm,
-                    input.as_ptr().cast_mut().cast(),
-                    output.as_mut_ptr().cast(),
-                    count,
-                    BFLOAT16,
-                    SUM,
-                    std::ptr::null_mut(),
-                )
+            let mut in_flight = VecDeque::new();
+            for offset in (0..size).step_by(call.max(1)) {
+                let bytes = call.min(size - offset);
+                if in_flight.len() == depth {
+                    let oldest = in_flight.pop_front().ok_or("no call in flight")?;
+                    coll.wait(oldest, TIMEOUT)
+                        .map_err(|c| format!("test: {c:?}"))?;
+                }
+                // SAFETY: each call reads and writes its own range of the
+                // two buffers, which outlive it: every request is awaited
+                // before this closure returns.
+                let req = unsafe {
+                    coll.iallreduce(
+                        comm,
+                        input.as_ptr().add(offset).cast_mut().cast(),
+                        output.as_mut_ptr().add(offset).cast(),
+                        bytes / 2,
+                        BFLOAT16,
+                        SUM,
+                        std::ptr::null_mut(),
+                    )
+                }
+                .map_err(|c| format!("iallreduce: {c:?}"))?
+                .ok_or("iallreduce: no request")?;
+                in_flight.push_back(req);
             }
-            .map_err(|c| format!("iallreduce: {c:?}"))?
-            .ok_or("iallreduce: no request")?;
-            coll.wait(req, TIMEOUT)
-                .map(drop)
-                .map_err(|c| format!("test: {c:?}"))
+            for req in in_flight {
+                coll.wait(req, TIMEOUT)
+                    .map_err(|c| format!("test: {c:?}"))?;
+            }
+            Ok(())
         };
         once()?;
         // Every member runs the same number of calls: derive it from the

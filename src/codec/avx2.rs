@@ -501,3 +501,82 @@ pub fn decode_into(fmt: WireFormat, scales: &[u8], codes: &[u8], dst: &mut Dst<'
     unsafe { decode_into_kernel(fmt, scales, codes.as_ptr(), out, kind) };
     blocks
 }
+
+// ------------------------------------------------- exact bf16 sums
+
+/// Eight bf16 at `p` (unaligned) widened to f32.
+#[inline(always)]
+unsafe fn load_bf16x8(p: *const u8) -> __m256 {
+    let h = _mm_loadu_si128(p as *const __m128i);
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+}
+
+/// Eight f32 rounded to bf16 exactly as `format::f32_to_bf16` (nearest
+/// even; a NaN keeps its top bits, quieted), stored at `p` (unaligned).
+#[inline(always)]
+unsafe fn store_bf16x8(v: __m256, p: *mut u8) {
+    let bits = _mm256_castps_si256(v);
+    let high = _mm256_srli_epi32(bits, 16);
+    let lsb = _mm256_and_si256(high, _mm256_set1_epi32(1));
+    let rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))),
+        16,
+    );
+    let quiet = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
+    let magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFF_FFFF));
+    let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7F80_0000));
+    let r = _mm256_blendv_epi8(rounded, quiet, nan);
+    // Every lane is at most 0xFFFF: pack without saturating, then bring
+    // the two 128-bit halves' four values together.
+    let packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0b1000);
+    _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(packed));
+}
+
+/// `b[i] = bf16(bf16(b[i]) + bf16(a[i]))` over the first `n` values
+/// (`_mm256_add_ps(b, a)`: `b`'s NaN wins, as `x + a` in the scalar fold).
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_sum_pair_kernel(a: *const u8, b: *mut u8, n: usize) {
+    for i in (0..n).step_by(8) {
+        let sum = _mm256_add_ps(load_bf16x8(b.add(2 * i)), load_bf16x8(a.add(2 * i)));
+        store_bf16x8(sum, b.add(2 * i));
+    }
+}
+
+/// `b[i] = bf16(bf16(b[i]) + acc[i])` over the first `n` values.
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_sum_acc_kernel(acc: *const f32, b: *mut u8, n: usize) {
+    for i in (0..n).step_by(8) {
+        let sum = _mm256_add_ps(load_bf16x8(b.add(2 * i)), _mm256_loadu_ps(acc.add(i)));
+        store_bf16x8(sum, b.add(2 * i));
+    }
+}
+
+/// Values of `len_a` and `len_b` bf16 bytes both hold, in whole 8s.
+fn whole_eights(a_values: usize, b_bytes: usize) -> usize {
+    (a_values.min(b_bytes / 2) / 8) * 8
+}
+
+/// See `codec::bf16_sum_pair`.
+pub fn bf16_sum_pair(a: &[u8], b: &mut [u8]) -> usize {
+    let n = whole_eights(a.len() / 2, b.len());
+    if !features_ok() {
+        return 0;
+    }
+    // SAFETY: AVX2 was just detected; the kernel reads `2 * n` bytes of `a`
+    // and reads and writes `2 * n` bytes of `b`, both bounded above; `b`
+    // is borrowed mutably, so it cannot alias `a`.
+    unsafe { bf16_sum_pair_kernel(a.as_ptr(), b.as_mut_ptr(), n) };
+    n
+}
+
+/// See `codec::bf16_sum_acc`.
+pub fn bf16_sum_acc(acc: &[f32], b: &mut [u8]) -> usize {
+    let n = whole_eights(acc.len(), b.len());
+    if !features_ok() {
+        return 0;
+    }
+    // SAFETY: AVX2 was just detected; the kernel reads `n` values of `acc`
+    // and reads and writes `2 * n` bytes of `b`, bounded above.
+    unsafe { bf16_sum_acc_kernel(acc.as_ptr(), b.as_mut_ptr(), n) };
+    n
+}

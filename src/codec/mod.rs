@@ -59,6 +59,27 @@ pub use format::{
 
 use std::fmt;
 
+/// The exact bf16 sum's last fold, vectorized where the CPU allows:
+/// `b[i] = bf16(x + y)` with `x = b[i]` and `y = a[i]` widened to f32, so
+/// `b`'s NaN wins as in the scalar fold's `x + a`, and rounded as
+/// [`f32_to_bf16`]. Returns how many leading values it did (a multiple of
+/// 8; 0 without AVX2): the caller folds the rest.
+pub fn bf16_sum_pair(a: &[u8], b: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::bf16_sum_pair(a, b);
+    #[cfg(not(target_arch = "x86_64"))]
+    return 0;
+}
+
+/// As [`bf16_sum_pair`] with the earlier members' sum already in f32:
+/// `b[i] = bf16(bf16(b[i]) + acc[i])`.
+pub fn bf16_sum_acc(acc: &[f32], b: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::bf16_sum_acc(acc, b);
+    #[cfg(not(target_arch = "x86_64"))]
+    return 0;
+}
+
 /// Values per scale block.
 pub const BLOCK: usize = 32;
 

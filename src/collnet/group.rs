@@ -70,6 +70,8 @@ struct Outgoing {
     op: u64,
     bytes: Payload,
     tag: i32,
+    /// When it joined its lane's queue.
+    queued: Instant,
 }
 
 /// A message a step produced, waiting for its lane's turn.
@@ -103,16 +105,18 @@ enum Exec {
 struct Tx {
     link: Box<dyn TxLink>,
     queue: VecDeque<Outgoing>,
-    /// Calls of the sends in the link, oldest first.
-    inflight: VecDeque<u64>,
+    /// Calls of the sends in the link and when each joined the lane's
+    /// queue, oldest first.
+    inflight: VecDeque<(u64, Instant)>,
 }
 
 struct Rx {
     link: Box<dyn RxLink>,
     /// Receives to post: (step, buffer).
     queue: VecDeque<(u64, RecvBuf)>,
-    /// Steps of the receives in the link, oldest first.
-    inflight: VecDeque<u64>,
+    /// Steps of the receives in the link and when each was posted, oldest
+    /// first.
+    inflight: VecDeque<(u64, Instant)>,
 }
 
 struct Peer {
@@ -134,6 +138,20 @@ struct Active {
     contrib_queue: Vec<Queued>,
     /// Result-lane messages waiting for earlier steps to close that lane.
     result_queue: Vec<Queued>,
+    times: StepTimes,
+}
+
+/// When a step reached each point of its life ([`Phases`]).
+struct StepTimes {
+    /// The call was made, and the step entered the window.
+    called: Instant,
+    admitted: Instant,
+    /// Expected messages per lane not yet delivered.
+    left: [usize; 2],
+    /// The last message of each lane arrived.
+    arrived: [Option<Instant>; 2],
+    /// Its first result-lane message (a reduced shard) was ready to send.
+    reduced: Option<Instant>,
 }
 
 impl Active {
@@ -224,6 +242,68 @@ struct Activity {
     smallest: usize,
     largest: usize,
     in_flight: Duration,
+    phases: Phases,
+}
+
+/// Where the steps' time goes, summed over retired steps and logged at
+/// close: the breakdown behind the call-to-completion mean (a step waiting
+/// for the window, for its contributions, for a worker, or for the wire).
+#[derive(Default)]
+struct Phases {
+    steps: u32,
+    /// Call to admission into the window.
+    waiting: Duration,
+    /// Admission to: the last contribution in, the reduced shard ready, the
+    /// last result in, retirement.
+    contributions: Duration,
+    reduced: Duration,
+    results: Duration,
+    retired: Duration,
+    /// Per message and lane, queued on the lane to sent, and posted to
+    /// arrived: `(sum, count)`.
+    sends: [(Duration, u32); 2],
+    receives: [(Duration, u32); 2],
+    /// Per worker job, waiting for a worker; per event kind (start,
+    /// contribution, result), running: `(sum, count)`.
+    jobs: u32,
+    job_queued: Duration,
+    events: [(Duration, u32); 3],
+}
+
+impl Phases {
+    fn retire(&mut self, t: &StepTimes) {
+        let since = |at: Option<Instant>| at.map_or(Duration::ZERO, |at| at - t.admitted);
+        self.steps += 1;
+        self.waiting += t.admitted - t.called;
+        self.contributions += since(t.arrived[Lane::Contrib as usize]);
+        self.reduced += since(t.reduced);
+        self.results += since(t.arrived[Lane::Result as usize]);
+        self.retired += t.admitted.elapsed();
+    }
+
+    /// One line of mean microseconds.
+    fn describe(&self) -> String {
+        let us = |d: Duration, n: u32| d.as_secs_f64() * 1e6 / f64::from(n.max(1));
+        let lane = |v: &[(Duration, u32); 2], l: Lane| us(v[l as usize].0, v[l as usize].1);
+        let n = self.steps;
+        format!(
+            "mean per step, us after entering the window: contributions in {:.0}, reduced shard ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}",
+            us(self.contributions, n),
+            us(self.reduced, n),
+            us(self.results, n),
+            us(self.retired, n),
+            us(self.waiting, n),
+            lane(&self.sends, Lane::Contrib),
+            lane(&self.sends, Lane::Result),
+            lane(&self.receives, Lane::Contrib),
+            lane(&self.receives, Lane::Result),
+            self.jobs,
+            us(self.job_queued, self.jobs),
+            us(self.events[0].0, self.events[0].1),
+            us(self.events[1].0, self.events[1].1),
+            us(self.events[2].0, self.events[2].1),
+        )
+    }
 }
 
 impl Activity {
@@ -266,6 +346,13 @@ impl Drop for Group {
             p.hits(),
             p.misses(),
             p.locks()
+        );
+        crate::info!(
+            crate::log::SUBSYS_NET,
+            "collnet: member {} of {}: {}",
+            self.params.rank,
+            self.params.n,
+            a.phases.describe()
         );
     }
 }
@@ -1025,6 +1112,18 @@ impl Group {
                 }
             };
             let outstanding = receives.len();
+            let mut left = [0; 2];
+            for (_, lane, _) in &receives {
+                left[*lane as usize] += 1;
+            }
+            let now = Instant::now();
+            let times = StepTimes {
+                called: self.ops.get(&op).map_or(now, |o| o.started),
+                admitted: now,
+                left,
+                arrived: left.map(|l| (l == 0).then_some(now)),
+                reduced: None,
+            };
             for (from, lane, buf) in receives {
                 self.peer(from)?.rx[lane as usize]
                     .queue
@@ -1039,6 +1138,7 @@ impl Group {
                 started: false,
                 contrib_queue: Vec::new(),
                 result_queue: Vec::new(),
+                times,
             });
             self.dispatch(self.active.len() - 1);
         }
@@ -1070,6 +1170,7 @@ impl Group {
         let op = self.ops.get(&a.op).expect("op of an active step");
         let job = Job {
             seq: a.seq,
+            submitted: Instant::now(),
             rank: self.params.rank,
             step: slot.take().expect("checked"),
             events: std::mem::take(&mut a.events),
@@ -1080,6 +1181,7 @@ impl Group {
             (Some(bytes), Some(most)) => bytes <= most,
             _ => false,
         };
+
         if light {
             self.workers.run_here(job);
         } else {
@@ -1107,7 +1209,7 @@ impl Group {
                     if let Some((seq, buf)) = link.queue.pop_front() {
                         match link.link.post(buf, tag_of(seq))? {
                             Ok(()) => {
-                                link.inflight.push_back(seq);
+                                link.inflight.push_back((seq, Instant::now()));
                                 continue;
                             }
                             Err(buf) => link.queue.push_front((seq, buf)),
@@ -1116,7 +1218,9 @@ impl Group {
                     let Some(buf) = link.link.poll_received()? else {
                         break;
                     };
-                    let seq = link.inflight.pop_front().expect("a posted receive");
+                    let (seq, posted) = link.inflight.pop_front().expect("a posted receive");
+                    let r = &mut self.activity.phases.receives[lane as usize];
+                    *r = (r.0 + posted.elapsed(), r.1 + 1);
                     self.deliver(seq, j, lane, buf)?;
                 }
             }
@@ -1133,6 +1237,11 @@ impl Group {
         })?;
         let a = &mut self.active[idx];
         a.outstanding = a.outstanding.saturating_sub(1);
+        let left = &mut a.times.left[lane as usize];
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            a.times.arrived[lane as usize] = Some(Instant::now());
+        }
         match &mut a.exec {
             Exec::Cpu(_) => {
                 let bytes = buf
@@ -1158,6 +1267,9 @@ impl Group {
         let op = self.ops.get_mut(&a.op).expect("op of an active step");
         op.wire += bytes.len() as u64;
         op.sends_left += 1;
+        if lane == Lane::Result && a.times.reduced.is_none() {
+            a.times.reduced = Some(Instant::now());
+        }
         let q = Queued { to, lane, bytes };
         match lane {
             Lane::Contrib => a.contrib_queue.push(q),
@@ -1168,7 +1280,20 @@ impl Group {
     /// Takes finished jobs back: their steps return to the window and
     /// their messages wait for their lane's turn.
     fn collect(&mut self) -> NetResult<()> {
-        while let Some(Done { seq, step, sends }) = self.workers.poll() {
+        while let Some(Done {
+            seq,
+            queued,
+            ran,
+            step,
+            sends,
+        }) = self.workers.poll()
+        {
+            let p = &mut self.activity.phases;
+            p.jobs += 1;
+            p.job_queued += queued;
+            for (sum, (took, n)) in p.events.iter_mut().zip(ran) {
+                *sum = (sum.0 + took, sum.1 + n);
+            }
             let idx = self
                 .index_of(seq)
                 .expect("a step on a worker stays in the window");
@@ -1227,6 +1352,7 @@ impl Group {
                     op,
                     bytes: s.bytes,
                     tag,
+                    queued: Instant::now(),
                 });
             }
         }
@@ -1244,6 +1370,7 @@ impl Group {
                 break;
             }
             let a = self.active.pop_front().expect("front");
+            self.activity.phases.retire(&a.times);
             if let Exec::Cpu(Some(step)) = &a.exec {
                 if let Some(e) = step.sampled_error() {
                     metrics::collnet().fp8_error_sample(e);
@@ -1257,10 +1384,10 @@ impl Group {
 
     fn pump_sends(&mut self) -> NetResult<()> {
         for p in self.peers.iter_mut().flatten() {
-            for link in &mut p.tx {
+            for (lane, link) in p.tx.iter_mut().enumerate() {
                 while let Some(m) = link.queue.pop_front() {
                     match link.link.send(m.bytes, m.tag)? {
-                        Ok(()) => link.inflight.push_back(m.op),
+                        Ok(()) => link.inflight.push_back((m.op, m.queued)),
                         Err(bytes) => {
                             link.queue.push_front(Outgoing { bytes, ..m });
                             break;
@@ -1268,7 +1395,9 @@ impl Group {
                     }
                 }
                 while let Some(bytes) = link.link.poll_sent()? {
-                    let op = link.inflight.pop_front().expect("a queued send");
+                    let (op, queued) = link.inflight.pop_front().expect("a queued send");
+                    let sent = &mut self.activity.phases.sends[lane];
+                    *sent = (sent.0 + queued.elapsed(), sent.1 + 1);
                     if let Some(state) = self.ops.get_mut(&op) {
                         state.sends_left -= 1;
                     }

@@ -17,6 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::algo::CollError;
 use super::buffers::Buffers;
@@ -37,9 +38,21 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// 0: a start, 1: a contribution, 2: a result-lane message.
+    pub fn kind(&self) -> usize {
+        match self {
+            Event::Start => 0,
+            Event::Message { lane, .. } => 1 + *lane as usize,
+        }
+    }
+}
+
 /// A step and the events it must handle now.
 pub struct Job {
     pub seq: u64,
+    /// When the scheduler handed it over (its wait for a worker is timed).
+    pub submitted: Instant,
     pub rank: usize,
     pub step: Box<Step>,
     pub events: Vec<Event>,
@@ -58,6 +71,10 @@ pub struct Outbound {
 /// The step is lost only when its job panicked.
 pub struct Done {
     pub seq: u64,
+    /// From hand-over to a worker taking it.
+    pub queued: Duration,
+    /// Time spent on each kind of event ([`Event::kind`]) and how many.
+    pub ran: [(Duration, u32); 3],
     pub step: Option<Box<Step>>,
     pub sends: NetResult<Vec<Outbound>>,
 }
@@ -72,8 +89,10 @@ fn step_error(rank: usize, e: CollError) -> NetError {
 /// Runs the job's events in order and applies their output writes; stops
 /// at the first error.
 fn run(job: Job) -> Done {
+    let began = Instant::now();
     let Job {
         seq,
+        submitted,
         rank,
         mut step,
         events,
@@ -81,7 +100,9 @@ fn run(job: Job) -> Done {
         output,
     } = job;
     let mut sends = Vec::new();
+    let mut ran = [(Duration::ZERO, 0); 3];
     let mut handle = |step: &mut Step, event: Event| -> NetResult<()> {
+        let (kind, began) = (event.kind(), Instant::now());
         let fx: Effects = match event {
             Event::Start => input
                 .with_bytes(step.input_range(), |bytes| step.start(bytes))?
@@ -101,6 +122,7 @@ fn run(job: Job) -> Done {
             };
             sends.push(Outbound { to, lane, bytes });
         }
+        ran[kind] = (ran[kind].0 + began.elapsed(), ran[kind].1 + 1);
         Ok(())
     };
     let mut result = Ok(());
@@ -112,6 +134,8 @@ fn run(job: Job) -> Done {
     }
     Done {
         seq,
+        queued: began.saturating_duration_since(submitted),
+        ran,
         step: Some(step),
         sends: result.map(|()| sends),
     }
@@ -182,6 +206,8 @@ fn run_guarded(job: Job) -> Done {
     let (seq, rank) = (job.seq, job.rank);
     catch_unwind(AssertUnwindSafe(|| run(job))).unwrap_or_else(|_| Done {
         seq,
+        queued: Duration::ZERO,
+        ran: [(Duration::ZERO, 0); 3],
         step: None,
         sends: Err(NetError::Internal(format!(
             "collnet member {rank}: step {seq} panicked"

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use super::format::{
     block_scale, pow2, scale_value, Fp8, WireFormat, CANONICAL_NAN_BITS, INT8_NAN,
 };
-use super::{Dst, Src, BLOCK};
+use super::{Dst, HalfType, Src, BLOCK};
 
 /// Number of whole blocks that every buffer can hold; a belt against
 /// out-of-bounds pointer arithmetic should a caller ever skip validation.
@@ -502,7 +502,44 @@ pub fn decode_into(fmt: WireFormat, scales: &[u8], codes: &[u8], dst: &mut Dst<'
     blocks
 }
 
-// ------------------------------------------------- exact bf16 sums
+// ------------------------------------------------- exact half sums
+
+/// A 16-bit float type the exact sums fold: eight values to and from f32.
+trait Half: Copy {
+    unsafe fn load8(p: *const u8) -> __m256;
+    unsafe fn store8(v: __m256, p: *mut u8);
+}
+
+#[derive(Clone, Copy)]
+struct Bf16;
+#[derive(Clone, Copy)]
+struct F16;
+
+impl Half for Bf16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        load_bf16x8(p)
+    }
+    #[inline(always)]
+    unsafe fn store8(v: __m256, p: *mut u8) {
+        store_bf16x8(v, p)
+    }
+}
+
+impl Half for F16 {
+    /// F16C widens exactly, quieting a NaN as `format::f16_to_f32` does.
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    /// F16C rounds to nearest even, overflows to ±Inf and keeps a NaN's
+    /// top payload bits, quieted, as `format::f32_to_f16` does.
+    #[inline(always)]
+    unsafe fn store8(v: __m256, p: *mut u8) {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+        _mm_storeu_si128(p as *mut __m128i, h);
+    }
+}
 
 /// Eight bf16 at `p` (unaligned) widened to f32.
 #[inline(always)]
@@ -532,22 +569,38 @@ unsafe fn store_bf16x8(v: __m256, p: *mut u8) {
     _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(packed));
 }
 
-/// `b[i] = bf16(bf16(b[i]) + bf16(a[i]))` over the first `n` values
+/// `b[i] = half(half(b[i]) + half(a[i]))` over the first `n` values
 /// (`_mm256_add_ps(b, a)`: `b`'s NaN wins, as `x + a` in the scalar fold).
-#[target_feature(enable = "avx2")]
-unsafe fn bf16_sum_pair_kernel(a: *const u8, b: *mut u8, n: usize) {
+#[inline(always)]
+unsafe fn sum_pair<H: Half>(a: *const u8, b: *mut u8, n: usize) {
     for i in (0..n).step_by(8) {
-        let sum = _mm256_add_ps(load_bf16x8(b.add(2 * i)), load_bf16x8(a.add(2 * i)));
-        store_bf16x8(sum, b.add(2 * i));
+        let sum = _mm256_add_ps(H::load8(b.add(2 * i)), H::load8(a.add(2 * i)));
+        H::store8(sum, b.add(2 * i));
     }
 }
 
-/// `b[i] = bf16(bf16(b[i]) + acc[i])` over the first `n` values.
-#[target_feature(enable = "avx2")]
-unsafe fn bf16_sum_acc_kernel(acc: *const f32, b: *mut u8, n: usize) {
+/// `b[i] = half(half(b[i]) + acc[i])` over the first `n` values.
+#[inline(always)]
+unsafe fn sum_acc<H: Half>(acc: *const f32, b: *mut u8, n: usize) {
     for i in (0..n).step_by(8) {
-        let sum = _mm256_add_ps(load_bf16x8(b.add(2 * i)), _mm256_loadu_ps(acc.add(i)));
-        store_bf16x8(sum, b.add(2 * i));
+        let sum = _mm256_add_ps(H::load8(b.add(2 * i)), _mm256_loadu_ps(acc.add(i)));
+        H::store8(sum, b.add(2 * i));
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn sum_pair_kernel(half: HalfType, a: *const u8, b: *mut u8, n: usize) {
+    match half {
+        HalfType::Bf16 => sum_pair::<Bf16>(a, b, n),
+        HalfType::F16 => sum_pair::<F16>(a, b, n),
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn sum_acc_kernel(half: HalfType, acc: *const f32, b: *mut u8, n: usize) {
+    match half {
+        HalfType::Bf16 => sum_acc::<Bf16>(acc, b, n),
+        HalfType::F16 => sum_acc::<F16>(acc, b, n),
     }
 }
 
@@ -556,27 +609,27 @@ fn whole_eights(a_values: usize, b_bytes: usize) -> usize {
     (a_values.min(b_bytes / 2) / 8) * 8
 }
 
-/// See `codec::bf16_sum_pair`.
-pub fn bf16_sum_pair(a: &[u8], b: &mut [u8]) -> usize {
+/// See `codec::half_sum_pair`.
+pub fn half_sum_pair(half: HalfType, a: &[u8], b: &mut [u8]) -> usize {
     let n = whole_eights(a.len() / 2, b.len());
     if !features_ok() {
         return 0;
     }
-    // SAFETY: AVX2 was just detected; the kernel reads `2 * n` bytes of `a`
-    // and reads and writes `2 * n` bytes of `b`, both bounded above; `b`
-    // is borrowed mutably, so it cannot alias `a`.
-    unsafe { bf16_sum_pair_kernel(a.as_ptr(), b.as_mut_ptr(), n) };
+    // SAFETY: AVX2+F16C were just detected; the kernel reads `2 * n` bytes
+    // of `a` and reads and writes `2 * n` bytes of `b`, both bounded above;
+    // `b` is borrowed mutably, so it cannot alias `a`.
+    unsafe { sum_pair_kernel(half, a.as_ptr(), b.as_mut_ptr(), n) };
     n
 }
 
-/// See `codec::bf16_sum_acc`.
-pub fn bf16_sum_acc(acc: &[f32], b: &mut [u8]) -> usize {
+/// See `codec::half_sum_acc`.
+pub fn half_sum_acc(half: HalfType, acc: &[f32], b: &mut [u8]) -> usize {
     let n = whole_eights(acc.len(), b.len());
     if !features_ok() {
         return 0;
     }
-    // SAFETY: AVX2 was just detected; the kernel reads `n` values of `acc`
-    // and reads and writes `2 * n` bytes of `b`, bounded above.
-    unsafe { bf16_sum_acc_kernel(acc.as_ptr(), b.as_mut_ptr(), n) };
+    // SAFETY: AVX2+F16C were just detected; the kernel reads `n` values of
+    // `acc` and reads and writes `2 * n` bytes of `b`, bounded above.
+    unsafe { sum_acc_kernel(half, acc.as_ptr(), b.as_mut_ptr(), n) };
     n
 }

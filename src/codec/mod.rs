@@ -59,23 +59,31 @@ pub use format::{
 
 use std::fmt;
 
-/// The exact bf16 sum's last fold, vectorized where the CPU allows:
-/// `b[i] = bf16(x + y)` with `x = b[i]` and `y = a[i]` widened to f32, so
+/// A 16-bit float type of the exact sums' SIMD folds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalfType {
+    Bf16,
+    F16,
+}
+
+/// The exact f16/bf16 sum's last fold, vectorized where the CPU allows:
+/// `b[i] = half(x + y)` with `x = b[i]` and `y = a[i]` widened to f32, so
 /// `b`'s NaN wins as in the scalar fold's `x + a`, and rounded as
-/// [`f32_to_bf16`]. Returns how many leading values it did (a multiple of
-/// 8; 0 without AVX2): the caller folds the rest.
-pub fn bf16_sum_pair(a: &[u8], b: &mut [u8]) -> usize {
+/// [`f32_to_bf16`] / [`f32_to_f16`]. Returns how many leading values it
+/// did (a multiple of 8; 0 without AVX2 and F16C): the caller folds the
+/// rest.
+pub fn half_sum_pair(half: HalfType, a: &[u8], b: &mut [u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
-    return avx2::bf16_sum_pair(a, b);
+    return avx2::half_sum_pair(half, a, b);
     #[cfg(not(target_arch = "x86_64"))]
     return 0;
 }
 
-/// As [`bf16_sum_pair`] with the earlier members' sum already in f32:
-/// `b[i] = bf16(bf16(b[i]) + acc[i])`.
-pub fn bf16_sum_acc(acc: &[f32], b: &mut [u8]) -> usize {
+/// As [`half_sum_pair`] with the earlier members' sum already in f32:
+/// `b[i] = half(half(b[i]) + acc[i])`.
+pub fn half_sum_acc(half: HalfType, acc: &[f32], b: &mut [u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
-    return avx2::bf16_sum_acc(acc, b);
+    return avx2::half_sum_acc(half, acc, b);
     #[cfg(not(target_arch = "x86_64"))]
     return 0;
 }

@@ -689,42 +689,69 @@ fn x86_add(x: f32, a: f32) -> f32 {
     }
 }
 
-/// Every bf16 pattern as `b` against `a` values of every class (zeros,
-/// subnormals, normals, ±Inf, NaNs of both signs): the SIMD fold equals
-/// the scalar definition bit for bit, with and without an f32 accumulator,
-/// and leaves a tail that is not a whole 8 to the caller.
+/// Every f16 and bf16 pattern as `b` against `a` values of every class
+/// (zeros, subnormals, normals, the largest finite, ±Inf, quiet and
+/// signalling NaNs of both signs): the SIMD fold equals the scalar
+/// definition bit for bit, with and without an f32 accumulator, and only
+/// takes whole 8s.
 #[test]
-fn bf16_sums_match_the_scalar_fold_for_every_pattern() {
-    let classes: [u16; 16] = [
-        0x0000, 0x8000, 0x0001, 0x807F, 0x3F80, 0xBF80, 0x7F7F, 0xFF7F, 0x7F80, 0xFF80, 0x7FC0,
-        0xFFC1, 0x7F81, 0x4049, 0xC2F7, 0x0080,
+fn half_sums_match_the_scalar_fold_for_every_pattern() {
+    /// The type, its scalar conversions, and the `a` values tried.
+    type Case = (HalfType, fn(u16) -> f32, fn(f32) -> u16, [u16; 16]);
+    let cases: [Case; 2] = [
+        (
+            HalfType::Bf16,
+            bf16_to_f32,
+            f32_to_bf16,
+            [
+                0x0000, 0x8000, 0x0001, 0x807F, 0x3F80, 0xBF80, 0x7F7F, 0xFF7F, 0x7F80, 0xFF80,
+                0x7FC0, 0xFFC1, 0x7F81, 0x4049, 0xC2F7, 0x0080,
+            ],
+        ),
+        (
+            HalfType::F16,
+            f16_to_f32,
+            f32_to_f16,
+            [
+                0x0000, 0x8000, 0x0001, 0x83FF, 0x3C00, 0xBC00, 0x7BFF, 0xFBFF, 0x7C00, 0xFC00,
+                0x7E00, 0xFE01, 0x7C01, 0x4248, 0xC7D0, 0x0400,
+            ],
+        ),
     ];
     let count = 1 << 16;
     let b_in: Vec<u16> = (0..count).map(|v| v as u16).collect();
-    for &a in &classes {
-        let a_f = bf16_to_f32(a);
-        let want: Vec<u16> = b_in
-            .iter()
-            .map(|&x| f32_to_bf16(x86_add(bf16_to_f32(x), a_f)))
-            .collect();
-        let a_bytes: Vec<u8> = (0..count).flat_map(|_| a.to_ne_bytes()).collect();
-        let acc = vec![a_f; count];
-        let fresh = || -> Vec<u8> { b_in.iter().flat_map(|x| x.to_ne_bytes()).collect() };
-        for (name, mut b, done) in [("pair", fresh(), None), ("acc", fresh(), Some(()))] {
-            let n = match done {
-                None => bf16_sum_pair(&a_bytes, &mut b),
-                Some(()) => bf16_sum_acc(&acc, &mut b),
-            };
-            if Backend::Avx2.is_available() {
-                assert_eq!(n, count, "{name}: every whole 8 done");
-            }
-            for (i, got) in b.chunks_exact(2).take(n).enumerate() {
-                let got = u16::from_ne_bytes([got[0], got[1]]);
-                assert_eq!(got, want[i], "{name}: {:#06x} + {a:#06x}", b_in[i]);
+    for (half, widen, narrow, classes) in cases {
+        for a in classes {
+            let a_f = widen(a);
+            let want: Vec<u16> = b_in
+                .iter()
+                .map(|&x| narrow(x86_add(widen(x), a_f)))
+                .collect();
+            let a_bytes: Vec<u8> = (0..count).flat_map(|_| a.to_ne_bytes()).collect();
+            let acc = vec![a_f; count];
+            let fresh = || -> Vec<u8> { b_in.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+            for with_acc in [false, true] {
+                let mut b = fresh();
+                let n = if with_acc {
+                    half_sum_acc(half, &acc, &mut b)
+                } else {
+                    half_sum_pair(half, &a_bytes, &mut b)
+                };
+                if Backend::Avx2.is_available() {
+                    assert_eq!(n, count, "{half:?}: every whole 8 done");
+                }
+                for (i, got) in b.chunks_exact(2).take(n).enumerate() {
+                    let got = u16::from_ne_bytes([got[0], got[1]]);
+                    assert_eq!(
+                        got, want[i],
+                        "{half:?} acc={with_acc}: {:#06x} + {a:#06x}",
+                        b_in[i]
+                    );
+                }
             }
         }
     }
     let mut short = vec![0u8; 2 * 13];
-    let n = bf16_sum_pair(&[0u8; 2 * 13], &mut short);
+    let n = half_sum_pair(HalfType::Bf16, &[0u8; 2 * 13], &mut short);
     assert!(n == 0 || n == 8, "only whole 8s: {n}");
 }

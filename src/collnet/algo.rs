@@ -44,8 +44,8 @@ use std::sync::Arc;
 use super::plan::shard_range;
 use super::pool::{self, Shared};
 use crate::codec::{
-    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, scales_len, Codec, CodecError,
-    Dst, Src, WireFormat,
+    bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, half_sum_acc, half_sum_pair,
+    scales_len, Codec, CodecError, Dst, HalfType, Src, WireFormat,
 };
 
 /// Element types the collective supports (NCCL's numbering in
@@ -813,9 +813,13 @@ impl Reducer {
 
     fn fold_half_with(&mut self, mut bytes: Vec<u8>, f: impl Fn(f32, f32) -> f32 + Copy) {
         let dtype = self.dtype;
-        // The rounding folds of a bf16 sum have SIMD kernels (bit for bit
-        // the scalar loop's results).
-        let vector_sum = dtype == DataType::Bf16 && self.op == RedOp::Sum;
+        // The rounding folds of a sum have SIMD kernels (bit for bit the
+        // scalar loop's results).
+        let vector_sum = match (dtype, self.op) {
+            (DataType::Bf16, RedOp::Sum) => Some(HalfType::Bf16),
+            (DataType::F16, RedOp::Sum) => Some(HalfType::F16),
+            _ => None,
+        };
         let last = self.next_fold + 1 == self.received.len();
         self.acc = match std::mem::replace(&mut self.acc, Acc::Empty) {
             Acc::Empty if last => {
@@ -827,11 +831,7 @@ impl Reducer {
             }
             Acc::Empty => Acc::Native(bytes),
             Acc::Native(first) if last => {
-                let done = if vector_sum {
-                    crate::codec::bf16_sum_pair(&first, &mut bytes)
-                } else {
-                    0
-                };
+                let done = vector_sum.map_or(0, |h| half_sum_pair(h, &first, &mut bytes));
                 narrow_pair(dtype, &first[2 * done..], &mut bytes[2 * done..], f);
                 pool::give(first);
                 Acc::Native(bytes)
@@ -844,11 +844,7 @@ impl Reducer {
                 Acc::Wide(acc)
             }
             Acc::Wide(acc) if last => {
-                let done = if vector_sum {
-                    crate::codec::bf16_sum_acc(&acc, &mut bytes)
-                } else {
-                    0
-                };
+                let done = vector_sum.map_or(0, |h| half_sum_acc(h, &acc, &mut bytes));
                 narrow_acc(dtype, &acc[done..], &mut bytes[2 * done..], f);
                 pool::give_wide(acc);
                 Acc::Native(bytes)

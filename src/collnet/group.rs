@@ -1470,6 +1470,48 @@ fn gpu_staging_layout(n: usize, compresses: bool) -> (usize, usize) {
 mod tests {
     use super::*;
 
+    /// The closing line's means: each point of a step is timed from its
+    /// admission, a lane with nothing to receive counts as in at once, and
+    /// messages and jobs average over their own counts.
+    #[test]
+    fn phases_average_each_point_from_admission() {
+        let us = Duration::from_micros;
+        let admitted = Instant::now() - us(1000);
+        let mut p = Phases::default();
+        for (contrib, reduced, results) in [(100, 300, 500), (300, 500, 700)] {
+            p.retire(&StepTimes {
+                called: admitted - us(20),
+                admitted,
+                left: [0, 0],
+                arrived: [Some(admitted + us(contrib)), Some(admitted + us(results))],
+                reduced: Some(admitted + us(reduced)),
+            });
+        }
+        p.sends[Lane::Result as usize] = (us(90), 3);
+        p.jobs = 2;
+        p.job_queued = us(50);
+        p.events[1] = (us(80), 4);
+        let line = p.describe();
+        for part in [
+            "contributions in 200,",
+            "reduced shard ready 400,",
+            "results in 600,",
+            "(waited 20 for the window)",
+            "contributions 0, results 30;",
+            "per worker job (2): 25 waiting",
+            "contribution 20,",
+        ] {
+            assert!(line.contains(part), "{part:?} in {line}");
+        }
+        let retired: f64 = line
+            .split("retired ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .expect("a retired figure");
+        assert!(retired >= 1000.0, "retired is timed to now: {line}");
+    }
+
     #[test]
     fn kernels_take_compressed_and_exact_sums_of_at_most_256_members() {
         for fmt in WireFormat::ALL {

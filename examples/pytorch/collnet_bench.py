@@ -5,7 +5,8 @@ collective network (exact and FP8) and the tuner's choice.
 
 Multi-GPU (examples/multigpu/run.sh): --device-of-rank local puts rank i on
 GPU i mod device count; --nodes K gives ranks rank*K//world one NCCL_HOSTID
-(K "nodes", so NCCL uses collective-network heads); --dtype float32. The
+(K "nodes", so NCCL uses collective-network heads); --dtype float16 or
+float32. The
 defaults (shared, one host id per rank, bfloat16) are the one-GPU runs.
 
 The mode is entirely in the environment (NCCL_ALGO, NCCL_COLLNET_ENABLE,
@@ -38,9 +39,9 @@ def sizes_from(spec):
     return out
 
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # The integer view the result digest is taken over, per dtype.
-BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 
 
 def inputs_of(rank, n, dtype=torch.bfloat16):

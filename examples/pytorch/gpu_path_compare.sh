@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The collective network's GPU path against Ring and against its host path:
-# bf16 all_reduce, 2 ranks on one GPU (one NCCL_HOSTID each, CUDA MPS), in
+# bf16 (or DTYPE) all_reduce, 2 ranks on one GPU (one NCCL_HOSTID each, CUDA MPS), in
 # one run, ABBA order:
 #   ring           Ring over airamp's net plugin (CollNet off)
 #   cn_exact_gpu   CollNet Chain on NCCL's GPU buffers (AIRAMP_GPU_COLLNET=1,
@@ -23,6 +23,7 @@
 #   RATE (e.g. 25gbit) runs every rank in a network namespace whose
 #   loopback is shaped with tc tbf; needs ip/tc on PATH (as root).
 # Env: SIZES (min:max bytes, x4 steps; default 4 MiB..256 MiB), MODES,
+#      DTYPE (bfloat16, the default; float16; float32),
 #      ABBA (1: run the modes again in reverse order, the default; 0: once),
 #      RUN_TIMEOUT (seconds per mode run, default 180; a run still going then
 #      has its threads' stacks written to NAME.stacks before it is killed).
@@ -62,7 +63,7 @@ run() {
     while [ -e "$out/$name.json" ] || [ -e "$out/$name.log" ]; do name=$base-$k; k=$((k + 1)); done
     echo "== $name"
     setsid "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
-        --sizes "${SIZES:-4194304:268435456}" --out "$out/$name.json" >"$out/$name.log" 2>&1 &
+        --sizes "${SIZES:-4194304:268435456}" --dtype "${DTYPE:-bfloat16}" --out "$out/$name.json" >"$out/$name.log" 2>&1 &
     local pid=$! waited=0
     while kill -0 $pid 2>/dev/null && [ $waited -lt "${RUN_TIMEOUT:-180}" ]; do sleep 1; waited=$((waited + 1)); done
     if kill -0 $pid 2>/dev/null; then

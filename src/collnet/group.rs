@@ -250,7 +250,7 @@ struct Activity {
 /// for the window, for its contributions, for a worker, or for the wire).
 #[derive(Default)]
 struct Phases {
-    steps: u32,
+    steps: u64,
     /// Call to admission into the window.
     waiting: Duration,
     /// Admission to: the last contribution in, the reduced shard ready, the
@@ -261,13 +261,13 @@ struct Phases {
     retired: Duration,
     /// Per message and lane, queued on the lane to sent, and posted to
     /// arrived: `(sum, count)`.
-    sends: [(Duration, u32); 2],
-    receives: [(Duration, u32); 2],
+    sends: [(Duration, u64); 2],
+    receives: [(Duration, u64); 2],
     /// Per worker job, waiting for a worker; per event kind (start,
     /// contribution, result), running: `(sum, count)`.
-    jobs: u32,
+    jobs: u64,
     job_queued: Duration,
-    events: [(Duration, u32); 3],
+    events: [(Duration, u64); 3],
 }
 
 impl Phases {
@@ -283,8 +283,8 @@ impl Phases {
 
     /// One line of mean microseconds.
     fn describe(&self) -> String {
-        let us = |d: Duration, n: u32| d.as_secs_f64() * 1e6 / f64::from(n.max(1));
-        let lane = |v: &[(Duration, u32); 2], l: Lane| us(v[l as usize].0, v[l as usize].1);
+        let us = |d: Duration, n: u64| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+        let lane = |v: &[(Duration, u64); 2], l: Lane| us(v[l as usize].0, v[l as usize].1);
         let n = self.steps;
         format!(
             "mean per step, us after entering the window: contributions in {:.0}, reduced shard ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}",
@@ -1292,7 +1292,7 @@ impl Group {
             p.jobs += 1;
             p.job_queued += queued;
             for (sum, (took, n)) in p.events.iter_mut().zip(ran) {
-                *sum = (sum.0 + took, sum.1 + n);
+                *sum = (sum.0 + took, sum.1 + u64::from(n));
             }
             let idx = self
                 .index_of(seq)

@@ -475,36 +475,43 @@ pub fn member(o: &Opts) -> Result<(), String> {
         };
         let mut once = || -> Result<(), String> {
             let mut in_flight = VecDeque::new();
-            for offset in (0..size).step_by(call.max(1)) {
-                let bytes = call.min(size - offset);
-                if in_flight.len() == depth {
-                    let oldest = in_flight.pop_front().ok_or("no call in flight")?;
-                    coll.wait(oldest, TIMEOUT)
-                        .map_err(|c| format!("test: {c:?}"))?;
+            let mut post_all = || -> Result<(), String> {
+                for offset in (0..size).step_by(call.max(1)) {
+                    let bytes = call.min(size - offset);
+                    if in_flight.len() == depth {
+                        let oldest = in_flight.pop_front().ok_or("no call in flight")?;
+                        coll.wait(oldest, TIMEOUT)
+                            .map_err(|c| format!("test: {c:?}"))?;
+                    }
+                    // SAFETY: each call reads and writes its own range of
+                    // the two buffers, which outlive it: every request still
+                    // in flight is awaited below, after an error too.
+                    let req = unsafe {
+                        coll.iallreduce(
+                            comm,
+                            input.as_ptr().add(offset).cast_mut().cast(),
+                            output.as_mut_ptr().add(offset).cast(),
+                            bytes / 2,
+                            BFLOAT16,
+                            SUM,
+                            std::ptr::null_mut(),
+                        )
+                    }
+                    .map_err(|c| format!("iallreduce: {c:?}"))?
+                    .ok_or("iallreduce: no request")?;
+                    in_flight.push_back(req);
                 }
-                // SAFETY: each call reads and writes its own range of the
-                // two buffers, which outlive it: every request is awaited
-                // before this closure returns.
-                let req = unsafe {
-                    coll.iallreduce(
-                        comm,
-                        input.as_ptr().add(offset).cast_mut().cast(),
-                        output.as_mut_ptr().add(offset).cast(),
-                        bytes / 2,
-                        BFLOAT16,
-                        SUM,
-                        std::ptr::null_mut(),
-                    )
-                }
-                .map_err(|c| format!("iallreduce: {c:?}"))?
-                .ok_or("iallreduce: no request")?;
-                in_flight.push_back(req);
-            }
+                Ok(())
+            };
+            let posted = post_all();
+            let mut drained = Ok(());
             for req in in_flight {
-                coll.wait(req, TIMEOUT)
-                    .map_err(|c| format!("test: {c:?}"))?;
+                let waited = coll.wait(req, TIMEOUT);
+                if drained.is_ok() {
+                    drained = waited.map(drop).map_err(|c| format!("test: {c:?}"));
+                }
             }
-            Ok(())
+            posted.and(drained)
         };
         once()?;
         // Every member runs the same number of calls: derive it from the

@@ -505,6 +505,7 @@ pub fn decode_into(fmt: WireFormat, scales: &[u8], codes: &[u8], dst: &mut Dst<'
 // ------------------------------------------------- exact half sums
 
 /// A 16-bit float type the exact sums fold: eight values to and from f32.
+/// Both methods need AVX2 and F16C, and `p` valid for 16 bytes.
 trait Half: Copy {
     unsafe fn load8(p: *const u8) -> __m256;
     unsafe fn store8(v: __m256, p: *mut u8);
@@ -571,8 +572,13 @@ unsafe fn store_bf16x8(v: __m256, p: *mut u8) {
 
 /// `b[i] = half(half(b[i]) + half(a[i]))` over the first `n` values
 /// (`_mm256_add_ps(b, a)`: `b`'s NaN wins, as `x + a` in the scalar fold).
+///
+/// # Safety
+/// AVX2 and F16C are present; `n` is a multiple of 8; `a` and `b` are
+/// valid for `2 * n` bytes (reads; reads and writes) and do not overlap.
 #[inline(always)]
 unsafe fn sum_pair<H: Half>(a: *const u8, b: *mut u8, n: usize) {
+    debug_assert_eq!(n % 8, 0, "whole groups of 8 only");
     for i in (0..n).step_by(8) {
         let sum = _mm256_add_ps(H::load8(b.add(2 * i)), H::load8(a.add(2 * i)));
         H::store8(sum, b.add(2 * i));
@@ -580,8 +586,12 @@ unsafe fn sum_pair<H: Half>(a: *const u8, b: *mut u8, n: usize) {
 }
 
 /// `b[i] = half(half(b[i]) + acc[i])` over the first `n` values.
+///
+/// # Safety
+/// As [`sum_pair`], with `acc` valid for `n` f32 reads.
 #[inline(always)]
 unsafe fn sum_acc<H: Half>(acc: *const f32, b: *mut u8, n: usize) {
+    debug_assert_eq!(n % 8, 0, "whole groups of 8 only");
     for i in (0..n).step_by(8) {
         let sum = _mm256_add_ps(H::load8(b.add(2 * i)), _mm256_loadu_ps(acc.add(i)));
         H::store8(sum, b.add(2 * i));
@@ -604,7 +614,8 @@ unsafe fn sum_acc_kernel(half: HalfType, acc: *const f32, b: *mut u8, n: usize) 
     }
 }
 
-/// Values of `len_a` and `len_b` bf16 bytes both hold, in whole 8s.
+/// Values that `a_values` and `b_bytes` of 16-bit halves both hold, in
+/// whole groups of 8.
 fn whole_eights(a_values: usize, b_bytes: usize) -> usize {
     (a_values.min(b_bytes / 2) / 8) * 8
 }

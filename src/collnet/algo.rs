@@ -805,7 +805,11 @@ impl Reducer {
         let op = self.op;
         match op {
             // Written `x + a`, the operand order the kernels' reference
-            // (gpu::reference::sum_exact) gives NaNs.
+            // (gpu::reference::sum_exact) and the AVX2 fold give NaNs. Rust
+            // does not promise which NaN an add returns: this relies on the
+            // compiler keeping the order, which
+            // `sum_exact_matches_the_collnet_reducer` checks in release
+            // builds.
             RedOp::Sum => self.fold_half_with(bytes, |a, x| x + a),
             _ => self.fold_half_with(bytes, |a, x| f32::apply(op, a, x)),
         }

@@ -143,8 +143,9 @@ struct Active {
 
 /// When a step reached each point of its life ([`Phases`]).
 struct StepTimes {
-    /// The call was made, and the step entered the window.
+    /// The call was made.
     called: Instant,
+    /// The step entered the window.
     admitted: Instant,
     /// Expected messages per lane not yet delivered.
     left: [usize; 2],
@@ -253,10 +254,11 @@ struct Phases {
     steps: u64,
     /// Call to admission into the window.
     waiting: Duration,
-    /// Admission to: the last contribution in, the reduced shard ready, the
-    /// last result in, retirement.
+    /// Admission to: the last contribution in, the first result-lane
+    /// message ready (`(sum, count)`: only steps that send one), the last
+    /// result in, retirement.
     contributions: Duration,
-    reduced: Duration,
+    reduced: (Duration, u64),
     results: Duration,
     retired: Duration,
     /// Per message and lane, queued on the lane to sent, and posted to
@@ -272,11 +274,17 @@ struct Phases {
 
 impl Phases {
     fn retire(&mut self, t: &StepTimes) {
-        let since = |at: Option<Instant>| at.map_or(Duration::ZERO, |at| at - t.admitted);
+        let since = |at: Option<Instant>| {
+            at.map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(t.admitted)
+            })
+        };
         self.steps += 1;
-        self.waiting += t.admitted - t.called;
+        self.waiting += t.admitted.saturating_duration_since(t.called);
         self.contributions += since(t.arrived[Lane::Contrib as usize]);
-        self.reduced += since(t.reduced);
+        if t.reduced.is_some() {
+            self.reduced = (self.reduced.0 + since(t.reduced), self.reduced.1 + 1);
+        }
         self.results += since(t.arrived[Lane::Result as usize]);
         self.retired += t.admitted.elapsed();
     }
@@ -287,9 +295,9 @@ impl Phases {
         let lane = |v: &[(Duration, u64); 2], l: Lane| us(v[l as usize].0, v[l as usize].1);
         let n = self.steps;
         format!(
-            "mean per step, us after entering the window: contributions in {:.0}, reduced shard ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}",
+            "mean per step, us after entering the window: contributions in {:.0}, reduced shard (first result-lane message) ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}",
             us(self.contributions, n),
-            us(self.reduced, n),
+            us(self.reduced.0, self.reduced.1),
             us(self.results, n),
             us(self.retired, n),
             us(self.waiting, n),
@@ -1478,15 +1486,23 @@ mod tests {
         let us = Duration::from_micros;
         let admitted = Instant::now() - us(1000);
         let mut p = Phases::default();
-        for (contrib, reduced, results) in [(100, 300, 500), (300, 500, 700)] {
+        for (contrib, reduced, results) in [(100, Some(300), 500), (300, Some(500), 700)] {
             p.retire(&StepTimes {
                 called: admitted - us(20),
                 admitted,
                 left: [0, 0],
                 arrived: [Some(admitted + us(contrib)), Some(admitted + us(results))],
-                reduced: Some(admitted + us(reduced)),
+                reduced: reduced.map(|r| admitted + us(r)),
             });
         }
+        // A step that never sends on the result lane leaves that mean alone.
+        p.retire(&StepTimes {
+            called: admitted - us(20),
+            admitted,
+            left: [0, 0],
+            arrived: [Some(admitted + us(200)), Some(admitted + us(600))],
+            reduced: None,
+        });
         p.sends[Lane::Result as usize] = (us(90), 3);
         p.jobs = 2;
         p.job_queued = us(50);
@@ -1494,7 +1510,7 @@ mod tests {
         let line = p.describe();
         for part in [
             "contributions in 200,",
-            "reduced shard ready 400,",
+            "ready 400,",
             "results in 600,",
             "(waited 20 for the window)",
             "contributions 0, results 30;",

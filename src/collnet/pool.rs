@@ -17,7 +17,8 @@ use crate::metrics;
 pub type Shared = Arc<Vec<u8>>;
 
 /// Most buffers kept per size class, and bytes kept over all classes of
-/// both pools.
+/// both pools (a soft limit: the two pools check it apart, so together
+/// they may pass it by a buffer).
 const PER_CLASS: usize = 64;
 const MAX_HELD: usize = 1 << 30;
 

@@ -243,7 +243,41 @@ struct Activity {
     smallest: usize,
     largest: usize,
     in_flight: Duration,
+    depth: Depth,
     phases: Phases,
+}
+
+/// How many calls NCCL keeps in flight, averaged over time: with the mean
+/// time per call, this gives the group's bandwidth (Little's law), and says
+/// whether a faster call would raise it or NCCL posts too few.
+#[derive(Default)]
+struct Depth {
+    /// First call, and the last change of the count.
+    first: Option<Instant>,
+    last: Option<Instant>,
+    /// Calls in flight integrated over time, call-seconds.
+    area: f64,
+}
+
+impl Depth {
+    /// The count is about to change from `before`.
+    fn change(&mut self, before: usize) {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            self.area += before as f64 * now.saturating_duration_since(last).as_secs_f64();
+        }
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    fn mean(&self) -> f64 {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) if last > first => {
+                self.area / last.duration_since(first).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
 }
 
 /// Where the steps' time goes, summed over retired steps and logged at
@@ -340,7 +374,7 @@ impl Drop for Group {
         let p = &self.pattern;
         crate::info!(
             crate::log::SUBSYS_NET,
-            "collnet: member {} of {} closing after {} calls, {} MiB: {}..{} bytes per call (mean {}), {:.0} us mean from call to completion; call pattern {}, {} hits, {} misses, locked {} time(s)",
+            "collnet: member {} of {} closing after {} calls, {} MiB: {}..{} bytes per call (mean {}), {:.0} us mean from call to completion, {:.1} calls in flight on average; call pattern {}, {} hits, {} misses, locked {} time(s)",
             self.params.rank,
             self.params.n,
             a.calls,
@@ -349,6 +383,7 @@ impl Drop for Group {
             a.largest,
             a.bytes / a.calls,
             a.in_flight.as_secs_f64() * 1e6 / a.calls as f64,
+            a.depth.mean(),
             p.locked()
                 .map_or("learning".to_string(), |period| format!("locked (period {period} calls)")),
             p.hits(),
@@ -730,6 +765,7 @@ impl Group {
                 staging_out.push(r.clone());
             }
         }
+        self.activity.depth.change(self.ops.len());
         self.ops.insert(
             id,
             OpState {
@@ -953,6 +989,7 @@ impl Group {
             self.report_if_stuck(op);
             return Ok(None);
         }
+        self.activity.depth.change(self.ops.len());
         let state = self.ops.remove(&op).expect("present");
         self.activity.record(state.bytes, state.started.elapsed());
         metrics::collnet().op_done(
@@ -1477,6 +1514,26 @@ fn gpu_staging_layout(n: usize, compresses: bool) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two calls in flight for the first half of the time, one for the
+    /// rest: 1.5 on average.
+    #[test]
+    fn depth_averages_calls_in_flight_over_time() {
+        let mut d = Depth::default();
+        assert_eq!(d.mean(), 0.0);
+        let t0 = Instant::now();
+        d.first = Some(t0);
+        d.last = Some(t0);
+        d.area = 2.0 * 0.5 + 1.0 * 0.5;
+        d.last = Some(t0 + Duration::from_secs(1));
+        assert!((d.mean() - 1.5).abs() < 1e-9, "{}", d.mean());
+        // A change adds the count before it over the time since the last.
+        let mut d = Depth::default();
+        d.change(0);
+        std::thread::sleep(Duration::from_millis(20));
+        d.change(2);
+        assert!((d.mean() - 2.0).abs() < 1e-6, "{}", d.mean());
+    }
 
     /// The closing line's means: each point of a step is timed from its
     /// admission, a lane with nothing to receive counts as in at once, and

@@ -34,6 +34,12 @@ sizes = sorted(set().union(*[d.keys() for d in data.values()])) if data else []
 g = lambda m, s, k: data.get(m, {}).get(s, {}).get(k)
 f = lambda v: f"{v:.2f}" if isinstance(v, float) else "-"
 ratio = lambda a, b: f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) and b > 0 else "-"
+
+
+def same_bytes(a, b, s):
+    """Whether modes a and b returned the same bytes at size s ("-" when one did not run)."""
+    da, db = g(a, s, "digest"), g(b, s, "digest")
+    return da == db if da is not None and db is not None else "-"
 print("Bus bandwidth, GB/s (best of the ABBA passes)\n")
 print("| size | ring | exact GPU | FP8 GPU | exact host | FP8 host | FP8 GPU / ring | exact GPU / ring | exact host / ring | FP8 host / ring |")
 print("|---|---|---|---|---|---|---|---|---|---|")
@@ -48,10 +54,9 @@ if any(m in data for m in ("ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub")):
     print("|---|---|---|---|---|---|---|---|")
     for s in sizes:
         bw = {m: g(m, s, "busbw_GBps") for m in modes}
-        d = lambda a, b: (g(a, s, "digest") == g(b, s, "digest")) if g(a, s, "digest") is not None and g(b, s, "digest") is not None else "-"
         print(f"| {s >> 20} MiB | {f(bw['ring_ub'])} | {f(bw['cn_exact_gpu_ub'])} | {f(bw['cn_fp8_gpu_ub'])} | "
               f"{ratio(bw['cn_fp8_gpu_ub'], bw['ring'])} | {ratio(bw['cn_fp8_gpu_ub'], bw['ring_ub'])} | "
-              f"{ratio(bw['cn_exact_gpu_ub'], bw['ring'])} | {d('cn_exact_gpu_ub', 'ring')} |")
+              f"{ratio(bw['cn_exact_gpu_ub'], bw['ring'])} | {same_bytes('cn_exact_gpu_ub', 'ring', s)} |")
 if any(m in data for m in ("cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub")):
     print("\nINT8 (AIRAMP_COMPRESSION_FORMAT=int8), GB/s; each GPU mode against Ring and FP8 with the same buffers\n")
     print("| size | INT8 GPU | INT8 host | INT8 GPU (UB) | INT8 GPU / ring | INT8 host / ring | INT8 GPU UB / ring UB | INT8 / FP8, GPU UB "
@@ -59,8 +64,7 @@ if any(m in data for m in ("cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub")):
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in sizes:
         bw = {m: g(m, s, "busbw_GBps") for m in modes}
-        same = (g("cn_int8_gpu", s, "digest") == g("cn_int8_host", s, "digest")) \
-            if g("cn_int8_gpu", s, "digest") is not None and g("cn_int8_host", s, "digest") is not None else "-"
+        same = same_bytes("cn_int8_gpu", "cn_int8_host", s)
         err = lambda m: f"{100 * g(m, s, 'rel_err'):.2f}%" if isinstance(g(m, s, "rel_err"), float) else "-"
         print(f"| {s >> 20} MiB | {f(bw['cn_int8_gpu'])} | {f(bw['cn_int8_host'])} | {f(bw['cn_int8_gpu_ub'])} | "
               f"{ratio(bw['cn_int8_gpu'], bw['ring'])} | {ratio(bw['cn_int8_host'], bw['ring'])} | "
@@ -72,11 +76,10 @@ if any(m in data for m in ("cn_exact_host_pa", "cn_fp8_host_pa")):
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in sizes:
         bw = {m: g(m, s, "busbw_GBps") for m in modes}
-        same = lambda a, b: (g(a, s, "digest") == g(b, s, "digest")) if g(a, s, "digest") is not None and g(b, s, "digest") is not None else "-"
         print(f"| {s >> 20} MiB | {f(bw['cn_exact_host'])} | {f(bw['cn_exact_host_pa'])} | {ratio(bw['cn_exact_host_pa'], bw['cn_exact_host'])} | "
               f"{ratio(bw['cn_exact_host_pa'], bw['ring'])} | {f(bw['cn_fp8_host'])} | {f(bw['cn_fp8_host_pa'])} | "
               f"{ratio(bw['cn_fp8_host_pa'], bw['cn_fp8_host'])} | {ratio(bw['cn_fp8_host_pa'], bw['ring'])} | "
-              f"{same('cn_exact_host_pa', 'ring')} | {same('cn_fp8_host_pa', 'cn_fp8_host')} |")
+              f"{same_bytes('cn_exact_host_pa', 'ring', s)} | {same_bytes('cn_fp8_host_pa', 'cn_fp8_host', s)} |")
 print("\nCorrectness\n")
 print("| size | FP8 GPU err | FP8 host err | every mode identical on all ranks | exact GPU == ring | exact host == ring | FP8 GPU == FP8 host |")
 print("|---|---|---|---|---|---|---|")
@@ -88,9 +91,9 @@ e = lambda v: f"{100 * v:.2f}%" if isinstance(v, float) else "-"
 gpu = lambda m: m if m in data else m + "_ub"
 for s in sizes:
     ident = all(g(m, s, "identical") for m in data if g(m, s, "identical") is not None)
-    same = lambda a, b: (g(a, s, "digest") == g(b, s, "digest")) if g(a, s, "digest") is not None and g(b, s, "digest") is not None else "-"
     print(f"| {s >> 20} MiB | {e(g(gpu('cn_fp8_gpu'), s, 'rel_err'))} | {e(g('cn_fp8_host', s, 'rel_err'))} | {ident} | "
-          f"{same(gpu('cn_exact_gpu'), 'ring')} | {same('cn_exact_host', 'ring')} | {same('cn_fp8_gpu', 'cn_fp8_host')} |")
+          f"{same_bytes(gpu('cn_exact_gpu'), 'ring', s)} | {same_bytes('cn_exact_host', 'ring', s)} | "
+          f"{same_bytes('cn_fp8_gpu', 'cn_fp8_host', s)} |")
 print("\nOverheads (GPU memory per process from NVML at the end of the run; CPU seconds of the process per GB reduced, best pass)\n")
 print("| mode | GPU MiB per process | " + " | ".join(f"CPU s/GB at {s >> 20} MiB" for s in sizes) + " |")
 print("|---|---|" + "---|" * len(sizes))

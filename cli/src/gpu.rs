@@ -20,7 +20,7 @@ use airamp::gpu::{
     KernelOptions, PinnedBuf, PrimaryContext,
 };
 
-use airamp::gpu::inputs::{all_patterns, edge_blocks, Rng, Values};
+use airamp::gpu::inputs::{all_patterns, edge_blocks, member_wires, Rng, Values};
 
 use crate::Opts;
 
@@ -634,19 +634,7 @@ fn reduce_one(
     let n = inputs[own].len();
     let elem = inputs[own].elem();
     let (elem_off, wire_off) = offsets(case, elem);
-    let wires: Vec<Vec<u8>> = inputs
-        .iter()
-        .enumerate()
-        .map(|(m, d)| {
-            let mut w = vec![0u8; encoded_len(fmt, n)];
-            if m != own {
-                codec
-                    .encode_wire(d.src(), &mut w)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(w)
-        })
-        .collect::<R<_>>()?;
+    let wires = member_wires(&codec, inputs, own).map_err(|e| e.to_string())?;
     let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
     let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
     let mut cpu_out = Values::zeros(elem, n);

@@ -14,7 +14,7 @@
 #![deny(unsafe_code)]
 
 use airamp::codec::{bf16_to_f32, encoded_len, f16_to_f32, Codec, WireFormat};
-use airamp::gpu::inputs::{edge_blocks, Rng, Values};
+use airamp::gpu::inputs::{edge_blocks, member_wires, Rng, Values};
 use airamp::gpu::reference;
 use airamp::gpu::Elem;
 use std::time::Instant;
@@ -361,17 +361,7 @@ fn reduce_one(
     let fmt = codec.format();
     let n = inputs[own].len();
     let size = inputs[own].elem().size();
-    let wires: Vec<Vec<u8>> = inputs
-        .iter()
-        .enumerate()
-        .map(|(m, d)| {
-            let mut w = vec![0u8; encoded_len(fmt, n)];
-            if m != own {
-                codec.encode_wire(d.src(), &mut w).unwrap();
-            }
-            w
-        })
-        .collect();
+    let wires = member_wires(codec, inputs, own).unwrap();
     let refs: Vec<&[u8]> = wires.iter().map(Vec::as_slice).collect();
     let mut cpu_wire = vec![0u8; encoded_len(fmt, n)];
     let mut cpu_out = Values::zeros(inputs[own].elem(), inputs[own].len());

@@ -5,7 +5,7 @@
 //! for the tools (CLI, tests) only, not into the plugin.
 
 use super::Elem;
-use crate::codec::{bf16_to_f32, f16_to_f32, Dst, Src};
+use crate::codec::{bf16_to_f32, encoded_len, f16_to_f32, Codec, CodecError, Dst, Src};
 
 /// Every 16-bit pattern in three arrangements (sequential: neighbours share
 /// an exponent; scattered by an odd multiplier; bit-reversed: neighbours
@@ -196,4 +196,26 @@ impl Values {
             Elem::Bf16 => Values::Bf16(w.iter().map(|&x| crate::codec::f32_to_bf16(x)).collect()),
         }
     }
+}
+
+/// The wire each member of a fold sends: every other member's values
+/// encoded with `codec`; the owner's slot stays zero, as the owner folds
+/// its own values unencoded.
+pub fn member_wires(
+    codec: &Codec,
+    members: &[Values],
+    own: usize,
+) -> Result<Vec<Vec<u8>>, CodecError> {
+    let n = members.get(own).map_or(0, Values::len);
+    members
+        .iter()
+        .enumerate()
+        .map(|(m, values)| {
+            let mut wire = vec![0u8; encoded_len(codec.format(), n)];
+            if m != own {
+                codec.encode_wire(values.src(), &mut wire)?;
+            }
+            Ok(wire)
+        })
+        .collect()
 }

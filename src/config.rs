@@ -126,6 +126,8 @@ pub struct TransportConfig {
     pub streams: u32,
     /// Bytes, 4 KiB..=16 MiB.
     pub chunk_size: usize,
+    /// Bytes, 4 KiB..=16 MiB: a message up to this size is not split.
+    pub min_chunk_size: usize,
     /// `SO_SNDBUF`/`SO_RCVBUF` bytes; 0 = kernel autotuning.
     pub socket_buffer: usize,
     pub peer_timeout_ms: u64,
@@ -292,6 +294,7 @@ impl Default for Config {
                 socket_family: SocketFamily::Auto,
                 streams: 0,
                 chunk_size: 512 << 10,
+                min_chunk_size: 64 << 10,
                 socket_buffer: 0,
                 peer_timeout_ms: 30_000,
                 inline_bytes: None,
@@ -595,6 +598,19 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         show: |c| c.transport.chunk_size.to_string(),
+    },
+    KeySpec {
+        name: "transport.min_chunk_size",
+        env: "AIRAMP_MIN_CHUNK_SIZE",
+        default: "65536 (64K)",
+        accepted: "bytes 4096..=16777216; plain integer or suffix K, KiB, M, MiB",
+        doc: "A message up to this size travels whole on one stream; a larger one is spread over the streams in chunks of at least this size (and at most transport.chunk_size, which wins). Fewer, larger chunks wake fewer stream threads per message; smaller ones copy more of a mid-size message in parallel.",
+        example: "\"64K\"",
+        apply: |c, r| {
+            c.transport.min_chunk_size = want_bytes(r, |n| (4096..=16 << 20).contains(&n))?;
+            Ok(())
+        },
+        show: |c| c.transport.min_chunk_size.to_string(),
     },
     KeySpec {
         name: "transport.socket_buffer",

@@ -207,6 +207,7 @@ impl Plugin {
             settings: TcpSettings {
                 streams: t.streams(),
                 chunk_bytes: t.chunk_size as u32,
+                min_chunk_bytes: t.min_chunk_size as u32,
                 socket_buffer: t.socket_buffer,
                 peer_timeout: t.peer_timeout(),
                 inline_bytes: t.inline_bytes(),

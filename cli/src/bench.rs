@@ -198,11 +198,12 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
         }
     };
     say(format!(
-        "airamp bench net: {} {} | streams={} chunk={} B inline={} B | messages of {} B, window {}, {} MiB total",
+        "airamp bench net: {} {} | streams={} chunk={} B min_chunk={} B inline={} B | messages of {} B, window {}, {} MiB total",
         dev.net.ifname,
         dev.net.addr,
         plugin.settings.streams,
         plugin.settings.chunk_bytes,
+        plugin.settings.min_chunk_bytes,
         plugin.settings.inline_bytes,
         p.size,
         p.window,
@@ -237,6 +238,7 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
             "address": dev.net.addr.to_string(),
             "streams": plugin.settings.streams,
             "chunk_bytes": plugin.settings.chunk_bytes,
+            "min_chunk_bytes": plugin.settings.min_chunk_bytes,
             "inline_bytes": plugin.settings.inline_bytes,
             "message_bytes": p.size,
             "window": p.window,

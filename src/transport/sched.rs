@@ -8,8 +8,9 @@ use std::collections::VecDeque;
 
 use super::wire::FrameHeader;
 
-/// Chunks never get smaller than this when a message is spread over streams:
-/// below it the per-chunk overhead outweighs the parallelism.
+/// The default floor of a chunk when a message is spread over streams
+/// (`transport.min_chunk_size`): below it the per-chunk overhead outweighs
+/// the parallelism.
 pub const MIN_SPLIT_BYTES: u64 = 64 << 10;
 const CHUNK_ALIGN: u64 = 4096;
 
@@ -35,24 +36,29 @@ pub struct SendScheduler<T> {
     queue: VecDeque<Queued<T>>,
     next_seq: u64,
     max_chunk: u64,
+    min_chunk: u64,
     streams: u64,
 }
 
 impl<T: Clone> SendScheduler<T> {
-    pub fn new(max_chunk: u32, streams: usize) -> Self {
+    /// Chunks of at most `max_chunk` bytes, and, where a message is spread
+    /// over the `streams`, of at least `min_chunk` (a message up to that
+    /// size travels whole on one stream).
+    pub fn new(max_chunk: u32, min_chunk: u32, streams: usize) -> Self {
         SendScheduler {
             queue: VecDeque::new(),
             next_seq: 0,
             max_chunk: u64::from(max_chunk.max(1)),
+            min_chunk: u64::from(min_chunk),
             streams: streams.max(1) as u64,
         }
     }
 
     /// Chunk size for a message of `total` bytes: spread it over all streams,
-    /// but keep chunks between `MIN_SPLIT_BYTES` and the configured maximum.
+    /// but keep chunks between the minimum and the maximum (which wins).
     pub fn chunk_size(&self, total: u64) -> u64 {
         let per_stream = total.div_ceil(self.streams).next_multiple_of(CHUNK_ALIGN);
-        per_stream.max(MIN_SPLIT_BYTES).min(self.max_chunk)
+        per_stream.max(self.min_chunk).min(self.max_chunk)
     }
 
     /// Queues a message; returns its sequence number and how many chunks
@@ -115,7 +121,7 @@ mod tests {
 
     #[test]
     fn large_message_is_spread_over_streams() {
-        let mut s = SendScheduler::new(512 << 10, 4);
+        let mut s = SendScheduler::new(512 << 10, 64 << 10, 4);
         let (seq, chunks) = s.push('a', 7, 1 << 20);
         assert_eq!((seq, chunks), (0, 4));
         assert_eq!(s.head_total(), Some(1 << 20));
@@ -128,8 +134,18 @@ mod tests {
     }
 
     #[test]
+    fn message_up_to_the_minimum_chunk_travels_whole() {
+        let mut s = SendScheduler::new(512 << 10, 256 << 10, 4);
+        assert_eq!(s.push('a', 0, 256 << 10).1, 1);
+        assert_eq!(s.push('b', 0, 1 << 20).1, 4);
+        assert_eq!(s.next_chunk().unwrap().header.len, 256 << 10);
+        let mut small_floor = SendScheduler::new(512 << 10, 64 << 10, 4);
+        assert_eq!(small_floor.push('a', 0, 256 << 10).1, 4);
+    }
+
+    #[test]
     fn zero_byte_message_sends_one_empty_frame() {
-        let mut s = SendScheduler::new(512 << 10, 4);
+        let mut s = SendScheduler::new(512 << 10, 64 << 10, 4);
         assert_eq!(s.push(1u8, 0, 0), (0, 1));
         assert_eq!(s.push(2u8, 0, 10), (1, 1));
         let a = s.next_chunk().unwrap();
@@ -144,15 +160,19 @@ mod tests {
         /// is what push() promised.
         #[test]
         fn chunks_tile_messages(sizes in proptest::collection::vec(0u64..5_000_000, 1..20),
-                                max_chunk in 4096u32..2_000_000, streams in 1usize..16) {
-            let mut s = SendScheduler::new(max_chunk, streams);
+                                max_chunk in 4096u32..2_000_000, min_chunk in 0u32..2_000_000,
+                                streams in 1usize..16) {
+            let mut s = SendScheduler::new(max_chunk, min_chunk, streams);
             let promised: Vec<u32> = sizes.iter().enumerate().map(|(i, &n)| s.push(i, i as i32, n).1).collect();
             let mut seen = vec![(0u64, 0u32); sizes.len()];
             while let Some(c) = s.next_chunk() {
                 let h = c.header;
                 prop_assert_eq!(h.seq as usize, c.op);
                 prop_assert_eq!(h.offset, seen[c.op].0, "in-order tiling");
-                prop_assert!(u64::from(h.len) <= u64::from(max_chunk).max(MIN_SPLIT_BYTES));
+                prop_assert!(h.len <= max_chunk.max(1));
+                if h.offset + u64::from(h.len) < h.total {
+                    prop_assert!(h.len >= min_chunk.min(max_chunk), "only a message's last chunk is short");
+                }
                 seen[c.op].0 += u64::from(h.len);
                 seen[c.op].1 += 1;
             }

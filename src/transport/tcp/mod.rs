@@ -33,6 +33,9 @@ pub use send::{SendComm, SendRequest};
 pub struct TcpSettings {
     pub streams: usize,
     pub chunk_bytes: u32,
+    /// A message up to this size travels whole on one stream; larger ones
+    /// are cut into chunks no smaller than this.
+    pub min_chunk_bytes: u32,
     /// SO_SNDBUF/SO_RCVBUF; 0 leaves the kernel's autotuning on.
     pub socket_buffer: usize,
     /// How long a peer may stay silent (no data, no heartbeat) before the
@@ -50,6 +53,7 @@ impl Default for TcpSettings {
         TcpSettings {
             streams: 2,
             chunk_bytes: 512 << 10,
+            min_chunk_bytes: 64 << 10,
             socket_buffer: 0,
             peer_timeout: Duration::from_secs(30),
             inline_bytes: 64 << 10,

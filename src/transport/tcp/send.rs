@@ -382,7 +382,11 @@ impl SendComm {
         let shared = Arc::new(Shared {
             peer,
             caller_assists: AtomicBool::new(true),
-            queue: Mutex::new(SendScheduler::new(s.chunk_bytes, socks.len())),
+            queue: Mutex::new(SendScheduler::new(
+                s.chunk_bytes,
+                s.min_chunk_bytes,
+                socks.len(),
+            )),
             wake: Condvar::new(),
             sleepers: Sleepers::default(),
             streams: socks

@@ -23,6 +23,7 @@ fn settings(streams: usize) -> TcpSettings {
     TcpSettings {
         streams,
         chunk_bytes: 64 << 10,
+        min_chunk_bytes: 64 << 10,
         peer_timeout: Duration::from_secs(2),
         ..TcpSettings::default()
     }

@@ -1,9 +1,11 @@
-//! Readiness polling over many sockets (the metrics exporter): `poll(2)`
-//! and one socket option.
+//! Readiness polling over many sockets: `poll(2)` (the metrics exporter),
+//! an `epoll(7)` set that answers "which of these are readable" in one
+//! system call however many sockets it holds (a connection's streams), and
+//! one socket option.
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 pub use libc::{POLLIN, POLLOUT};
@@ -40,6 +42,65 @@ pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     }
 }
 
+/// A fixed set of descriptors, each known by its index, asked without
+/// waiting which of them are readable (level-triggered: a descriptor stays
+/// reported while bytes, an error or the peer's close wait on it).
+pub struct ReadableSet {
+    epoll: OwnedFd,
+    len: usize,
+}
+
+impl ReadableSet {
+    /// Watches `fds`; index `i` in `readable` means `fds[i]`.
+    pub fn new(fds: &[RawFd]) -> io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative return is a
+        // new descriptor that nothing else owns.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by epoll_create1 and is owned here only.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        for (index, &watched) in fds.iter().enumerate() {
+            let mut event = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                u64: index as u64,
+            };
+            // SAFETY: `event` is a live, initialised epoll_event that the
+            // kernel only reads during the call; both descriptors are open.
+            let rc = unsafe {
+                libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, watched, &mut event)
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(ReadableSet {
+            epoll,
+            len: fds.len(),
+        })
+    }
+
+    /// Calls `each` with the index of every descriptor readable now (or in
+    /// error, or closed by the peer); never waits.
+    pub fn readable(&self, mut each: impl FnMut(usize)) -> io::Result<()> {
+        const MAX_EVENTS: usize = 16;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let max = self.len.clamp(1, MAX_EVENTS) as i32;
+        // SAFETY: `events` is an exclusively borrowed array of at least `max`
+        // epoll_event structs that outlives the call; epoll_wait writes at
+        // most `max` of them and returns how many.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), max, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for event in &events[..n as usize] {
+            each(event.u64 as usize);
+        }
+        Ok(())
+    }
+}
+
 /// Sets `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept` only
 /// once its first data has arrived (or after about `secs`), so an accepted
 /// client has normally sent its request already.
@@ -69,6 +130,47 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
     use std::time::Instant;
+
+    #[test]
+    fn readable_set_names_exactly_the_sockets_with_bytes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut clients, servers): (Vec<_>, Vec<_>) = (0..3)
+            .map(|_| {
+                let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                (Some(c), l.accept().unwrap().0)
+            })
+            .unzip();
+        let fds: Vec<RawFd> = servers.iter().map(AsRawFd::as_raw_fd).collect();
+        let set = ReadableSet::new(&fds).unwrap();
+        let ready = || {
+            let mut got = Vec::new();
+            set.readable(|i| got.push(i)).unwrap();
+            got.sort_unstable();
+            got
+        };
+        assert_eq!(ready(), Vec::<usize>::new());
+        let client = |i: usize| clients[i].as_ref().unwrap();
+        client(2).write_all(b"x").unwrap();
+        client(0).write_all(b"y").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ready() != [0, 2] {
+            assert!(
+                Instant::now() < deadline,
+                "readiness never reported: {:?}",
+                ready()
+            );
+        }
+        // Level-triggered: still reported until read.
+        assert_eq!(ready(), [0, 2]);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut &servers[0], &mut byte).unwrap();
+        assert_eq!(ready(), [2]);
+        // A peer's close is reported too.
+        clients[1] = None;
+        while !ready().contains(&1) {
+            assert!(Instant::now() < deadline, "close never reported");
+        }
+    }
 
     #[test]
     fn reports_readiness_and_times_out() {

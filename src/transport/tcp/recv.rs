@@ -21,7 +21,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use super::{
 };
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
+use crate::sys::poll::ReadableSet;
 use crate::sys::{self, RawBuf};
 use crate::transport::liveness::{Liveness, StreamClock};
 use crate::transport::matching::{HeaderOutcome, MatchError, Placement, RecvMatcher};
@@ -173,13 +175,26 @@ struct Shared {
     /// Streams waiting for a receive to be posted or matched (`generation`).
     post_wake: Condvar,
     post_sleepers: Sleepers,
-    /// Stream threads with nothing to do until handed a large payload.
-    idle_wake: Condvar,
+    /// Stream threads with nothing to do until handed a large payload, one
+    /// condition per stream: a hand-off wakes only that stream's thread.
+    idle_wake: Vec<Condvar>,
     idle_sleepers: Sleepers,
     /// Those of them that sleep on an idle connection (no look for an
     /// absent caller): the next `irecv` wakes them.
     unwatched_sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
+    /// Which streams have bytes waiting, in one system call: the caller's
+    /// test reads only those (and the hint), not every stream of the
+    /// connection. `None` with one stream, or if epoll is unavailable (then
+    /// the caller tries every stream).
+    readable: Option<ReadableSet>,
+    /// The stream on which the caller last completed a receive, read first
+    /// without asking: the sender puts small messages on its first free
+    /// stream, so the next one most likely comes the same way.
+    hint: AtomicUsize,
+    /// Streams holding a header that waits for a receive to be posted, one
+    /// bit each: no bytes will make them readable, a post makes them ready.
+    waiting_post: AtomicU32,
     /// Set by the caller's thread when it leaves a large payload on a stream
     /// to that stream's thread.
     handoff: Vec<AtomicBool>,
@@ -213,7 +228,7 @@ impl Shared {
     fn wake_all(&self) {
         let _guard = self.lock();
         self.post_wake.notify_all();
-        self.idle_wake.notify_all();
+        self.idle_wake.iter().for_each(Condvar::notify_all);
     }
 
     /// Records the connection's first failure; `loud` failures are logged
@@ -300,13 +315,23 @@ impl Shared {
             && self.idle_sleepers.any()
         {
             let _guard = self.lock();
-            self.idle_wake.notify_all();
+            self.idle_wake[index].notify_one();
         }
     }
 
     /// Reads on stream `index` until it runs out of data or of posted
     /// receives, or (for the caller) reaches a payload its thread reads.
     fn pump(&self, index: usize, st: &mut Stream, who: Pumper) -> Result<Blocked, Fault> {
+        let blocked = self.pump_frames(index, st, who);
+        let bit = 1u32 << index;
+        match blocked {
+            Ok(Blocked::NoPost(_)) => self.waiting_post.fetch_or(bit, Ordering::AcqRel),
+            _ => self.waiting_post.fetch_and(!bit, Ordering::AcqRel),
+        };
+        blocked
+    }
+
+    fn pump_frames(&self, index: usize, st: &mut Stream, who: Pumper) -> Result<Blocked, Fault> {
         let m = metrics::transport(TransportKind::Tcp);
         let Stream {
             sock,
@@ -508,18 +533,48 @@ impl Shared {
             return;
         }
         self.caller_visits.fetch_add(1, Ordering::Relaxed);
-        for (index, s) in self.streams.iter().enumerate() {
-            if let Ok(mut stream) = s.try_lock() {
-                if let Err(f) = self.pump(index, &mut stream, Pumper::Caller) {
-                    drop(stream);
-                    self.fault(f);
-                    return;
-                }
-            }
-            if op.sizes.get().is_some() {
+        let all = u32::MAX >> (32 - self.streams.len());
+        let Some(readable) = &self.readable else {
+            return self.visit_each(all, op);
+        };
+        let hint = self.hint.load(Ordering::Relaxed);
+        if self.visit(hint, op) {
+            return;
+        }
+        let mut due = self.waiting_post.load(Ordering::Acquire);
+        if readable.readable(|index| due |= 1 << index).is_err() {
+            due = all;
+        }
+        self.visit_each(due, op);
+    }
+
+    /// Visits the streams whose bits are set in `streams`, lowest first,
+    /// until `op` is complete.
+    fn visit_each(&self, mut streams: u32, op: &RecvOp) {
+        while streams != 0 {
+            let index = streams.trailing_zeros() as usize;
+            streams &= streams - 1;
+            if self.visit(index, op) {
                 return;
             }
         }
+    }
+
+    /// The caller reads stream `index` unless another thread holds it;
+    /// returns whether `op` is complete (or the connection failed).
+    fn visit(&self, index: usize, op: &RecvOp) -> bool {
+        if let Ok(mut stream) = self.streams[index].try_lock() {
+            if let Err(f) = self.pump(index, &mut stream, Pumper::Caller) {
+                drop(stream);
+                self.fault(f);
+                return true;
+            }
+        }
+        let complete = op.sizes.get().is_some();
+        if complete {
+            self.hint.store(index, Ordering::Relaxed);
+        }
+        complete
     }
 }
 
@@ -589,15 +644,17 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                 if unwatched {
                     shared.unwatched_sleepers.enter();
                 }
-                let _woken =
-                    shared
-                        .idle_sleepers
-                        .wait(&shared.idle_wake, shared.lock(), timeout, |_| {
-                            shared.handoff[index].load(Ordering::SeqCst)
-                                || !shared.caller_assists.load(Ordering::Relaxed)
-                                || shared.stopped()
-                                || (unwatched && shared.in_flight.load(Ordering::SeqCst) > 0)
-                        });
+                let _woken = shared.idle_sleepers.wait(
+                    &shared.idle_wake[index],
+                    shared.lock(),
+                    timeout,
+                    |_| {
+                        shared.handoff[index].load(Ordering::SeqCst)
+                            || !shared.caller_assists.load(Ordering::Relaxed)
+                            || shared.stopped()
+                            || (unwatched && shared.in_flight.load(Ordering::SeqCst) > 0)
+                    },
+                );
                 if unwatched {
                     shared.unwatched_sleepers.leave();
                 }
@@ -622,6 +679,20 @@ impl RecvComm {
         peer_heartbeat_ms: u32,
     ) -> NetResult<Self> {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
+        assert!(
+            (1..=32).contains(&socks.len()),
+            "a stream bit per stream fits a u32"
+        );
+        let readable = if socks.len() > 1 {
+            let fds: Vec<_> = socks.iter().map(|s| s.as_raw_fd()).collect();
+            ReadableSet::new(&fds)
+                .inspect_err(|e| {
+                    warn!("tcp: recv from {peer}: no epoll ({e}); each receive test reads every stream")
+                })
+                .ok()
+        } else {
+            None
+        };
         let now = now_ms();
         let shared = Arc::new(Shared {
             peer,
@@ -630,7 +701,7 @@ impl RecvComm {
             state: Mutex::new(State::default()),
             post_wake: Condvar::new(),
             post_sleepers: Sleepers::default(),
-            idle_wake: Condvar::new(),
+            idle_wake: socks.iter().map(|_| Condvar::new()).collect(),
             idle_sleepers: Sleepers::default(),
             unwatched_sleepers: Sleepers::default(),
             streams: socks
@@ -645,6 +716,9 @@ impl RecvComm {
                     })
                 })
                 .collect(),
+            readable,
+            hint: AtomicUsize::new(0),
+            waiting_post: AtomicU32::new(0),
             handoff: socks.iter().map(|_| AtomicBool::new(false)).collect(),
             socks,
             failure: OnceLock::new(),
@@ -727,7 +801,7 @@ impl RecvComm {
             if self.shared.in_flight.fetch_add(1, Ordering::SeqCst) == 0
                 && self.shared.unwatched_sleepers.any()
             {
-                self.shared.idle_wake.notify_all();
+                self.shared.idle_wake.iter().for_each(Condvar::notify_all);
             }
         }
         metrics::transport(TransportKind::Tcp).request_started();

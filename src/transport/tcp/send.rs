@@ -466,7 +466,12 @@ impl SendComm {
             // Set before anyone can take a chunk: that needs this lock.
             op.chunks_left.store(chunks, Ordering::Release);
             if self.shared.is_bulk(size) && self.shared.sleepers.any() {
-                self.shared.wake.notify_all();
+                // One thread per chunk: a woken thread writes until the
+                // queue is empty, so none is left behind, and threads with
+                // nothing to take are not woken for nothing.
+                for _ in 0..(chunks as usize).min(self.shared.streams.len()) {
+                    self.shared.wake.notify_one();
+                }
             }
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);

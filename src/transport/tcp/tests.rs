@@ -30,8 +30,12 @@ fn settings(streams: usize) -> TcpSettings {
 }
 
 fn pair(s: &TcpSettings) -> (SendComm, RecvComm) {
-    let (mut listener, handle) = Listener::bind(&lo(), s).unwrap();
-    let mut connecting = Connecting::start(&handle, s).unwrap();
+    pair_with(s, s)
+}
+
+fn pair_with(send_side: &TcpSettings, recv_side: &TcpSettings) -> (SendComm, RecvComm) {
+    let (mut listener, handle) = Listener::bind(&lo(), recv_side).unwrap();
+    let mut connecting = Connecting::start(&handle, send_side).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut send, mut recv) = (None, None);
     while send.is_none() || recv.is_none() {
@@ -372,6 +376,61 @@ fn small_messages_piled_up_arrive_intact() {
     for (s, d) in srcs.iter().zip(&dsts) {
         assert_eq!(&d[..s.len()], &s[..]);
     }
+}
+
+/// A header read before its receive was posted leaves no bytes in the
+/// socket for the receive test's readiness set to report; once the receive
+/// is posted it must still be read. Here the sender's threads put small
+/// messages on different streams and the receiver reads on the caller's
+/// thread (NCCL's proxy path), so one stage read takes several frames and
+/// later headers wait on several streams. Every message must arrive intact
+/// and in order; the 3 s bound (milliseconds are normal) catches receives
+/// left to the stream threads' 100 ms looks.
+#[test]
+fn headers_waiting_for_a_post_are_read_once_it_is_posted() {
+    const LEN: usize = 100;
+    let send_side = TcpSettings {
+        inline_bytes: 0,
+        min_chunk_bytes: 4096,
+        ..settings(4)
+    };
+    let recv_side = TcpSettings {
+        inline_bytes: 1 << 30,
+        ..settings(4)
+    };
+    let (send, recv) = pair_with(&send_side, &recv_side);
+    let mut dst = vec![0u8; LEN];
+    let started = Instant::now();
+    for round in 0..100usize.div_ceil(MAX_REQUESTS) {
+        let mut srcs: Vec<Vec<u8>> = (0..MAX_REQUESTS.min(100 - round * MAX_REQUESTS))
+            .map(|i| pattern(LEN, (round * MAX_REQUESTS + i) as u8))
+            .collect();
+        // One at a time: each wakes the next sleeping thread, so the
+        // messages land on different streams.
+        let sends: Vec<_> = srcs
+            .iter_mut()
+            .map(|b| {
+                let t = send.isend(buf(b), 5).unwrap().unwrap();
+                wait(|| t.test()).unwrap();
+                t
+            })
+            .collect();
+        for (i, src) in srcs.iter().enumerate() {
+            let r = recv.irecv(vec![(buf(&mut dst), 5)]).unwrap().unwrap();
+            assert_eq!(
+                wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap(),
+                vec![LEN as u64]
+            );
+            drop(r);
+            assert!(dst == *src, "message {i} of round {round}");
+        }
+        drop(sends);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "100 receives took {:?}: waiting headers were left to the stream threads",
+        started.elapsed()
+    );
 }
 
 /// Settings for the progress tests: everything inline on the caller's

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 pub use libc::{POLLIN, POLLOUT};
@@ -51,8 +51,9 @@ pub struct ReadableSet {
 }
 
 impl ReadableSet {
-    /// Watches `fds`; index `i` in `readable` means `fds[i]`.
-    pub fn new(fds: &[RawFd]) -> io::Result<Self> {
+    /// Watches `fds`; index `i` in `readable` means `fds[i]`. The set keeps
+    /// no borrow: a descriptor closed later simply leaves it.
+    pub fn new(fds: &[BorrowedFd<'_>]) -> io::Result<Self> {
         // SAFETY: epoll_create1 takes no pointers; a non-negative return is a
         // new descriptor that nothing else owns.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -61,15 +62,21 @@ impl ReadableSet {
         }
         // SAFETY: `fd` was just returned by epoll_create1 and is owned here only.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        for (index, &watched) in fds.iter().enumerate() {
+        for (index, watched) in fds.iter().enumerate() {
             let mut event = libc::epoll_event {
                 events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
                 u64: index as u64,
             };
             // SAFETY: `event` is a live, initialised epoll_event that the
-            // kernel only reads during the call; both descriptors are open.
+            // kernel only reads during the call; both descriptors are open
+            // (one owned here, one borrowed for the call).
             let rc = unsafe {
-                libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, watched, &mut event)
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    watched.as_raw_fd(),
+                    &mut event,
+                )
             };
             if rc != 0 {
                 return Err(io::Error::last_os_error());
@@ -128,7 +135,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
     use std::time::Instant;
 
     #[test]
@@ -140,7 +147,7 @@ mod tests {
                 (Some(c), l.accept().unwrap().0)
             })
             .unzip();
-        let fds: Vec<RawFd> = servers.iter().map(AsRawFd::as_raw_fd).collect();
+        let fds: Vec<BorrowedFd<'_>> = servers.iter().map(AsFd::as_fd).collect();
         let set = ReadableSet::new(&fds).unwrap();
         let ready = || {
             let mut got = Vec::new();

@@ -43,13 +43,13 @@ pub struct SendScheduler<T> {
 impl<T: Clone> SendScheduler<T> {
     /// Chunks of at most `max_chunk` bytes, and, where a message is spread
     /// over the `streams`, of at least `min_chunk` (a message up to that
-    /// size travels whole on one stream).
+    /// size travels whole on one stream); the floor is never below 4 KiB.
     pub fn new(max_chunk: u32, min_chunk: u32, streams: usize) -> Self {
         SendScheduler {
             queue: VecDeque::new(),
             next_seq: 0,
             max_chunk: u64::from(max_chunk.max(1)),
-            min_chunk: u64::from(min_chunk),
+            min_chunk: u64::from(min_chunk).max(CHUNK_ALIGN),
             streams: streams.max(1) as u64,
         }
     }
@@ -138,9 +138,29 @@ mod tests {
         let mut s = SendScheduler::new(512 << 10, 256 << 10, 4);
         assert_eq!(s.push('a', 0, 256 << 10).1, 1);
         assert_eq!(s.push('b', 0, 1 << 20).1, 4);
-        assert_eq!(s.next_chunk().unwrap().header.len, 256 << 10);
+        let lens: Vec<_> = std::iter::from_fn(|| s.next_chunk())
+            .map(|c| (c.op, c.header.len))
+            .collect();
+        assert_eq!(
+            lens,
+            [
+                ('a', 256 << 10),
+                ('b', 256 << 10),
+                ('b', 256 << 10),
+                ('b', 256 << 10),
+                ('b', 256 << 10)
+            ]
+        );
         let mut small_floor = SendScheduler::new(512 << 10, 64 << 10, 4);
         assert_eq!(small_floor.push('a', 0, 256 << 10).1, 4);
+    }
+
+    #[test]
+    fn zero_floor_still_cuts_whole_chunks() {
+        let mut s = SendScheduler::new(512 << 10, 0, 4);
+        assert_eq!(s.push('a', 0, 0).1, 1);
+        assert_eq!(s.push('b', 0, 10).1, 1);
+        assert_eq!(s.chunk_size(16 << 10), 4096);
     }
 
     #[test]
@@ -163,6 +183,7 @@ mod tests {
                                 max_chunk in 4096u32..2_000_000, min_chunk in 0u32..2_000_000,
                                 streams in 1usize..16) {
             let mut s = SendScheduler::new(max_chunk, min_chunk, streams);
+            let sizes: Vec<u64> = std::iter::once(0).chain(sizes).collect();
             let promised: Vec<u32> = sizes.iter().enumerate().map(|(i, &n)| s.push(i, i as i32, n).1).collect();
             let mut seen = vec![(0u64, 0u32); sizes.len()];
             while let Some(c) = s.next_chunk() {

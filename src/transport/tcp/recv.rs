@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -38,7 +38,9 @@ use crate::sys::poll::ReadableSet;
 use crate::sys::{self, RawBuf};
 use crate::transport::liveness::{Liveness, StreamClock};
 use crate::transport::matching::{HeaderOutcome, MatchError, Placement, RecvMatcher};
-use crate::transport::wire::{Frame, FrameHeader, FRAME_HEADER_BYTES, REVERSE_HEARTBEAT};
+use crate::transport::wire::{
+    Frame, FrameHeader, FRAME_HEADER_BYTES, MAX_STREAMS, REVERSE_HEARTBEAT,
+};
 use crate::warn;
 
 /// Bytes read ahead of the current frame on each stream: room for a small
@@ -51,7 +53,7 @@ const STAGE_BYTES: usize = 8192;
 /// stream's thread reads them itself, until the caller is back. NCCL's proxy
 /// tests every request it holds, so with NCCL this only costs the thread a
 /// look every so often while the connection is in use.
-const CALLER_ABSENT_MS: u64 = 100;
+pub(super) const CALLER_ABSENT_MS: u64 = 100;
 
 /// A connection with no receive posted and no caller visit for this long
 /// is idle: its stream threads stop looking (back to the liveness
@@ -324,10 +326,16 @@ impl Shared {
     fn pump(&self, index: usize, st: &mut Stream, who: Pumper) -> Result<Blocked, Fault> {
         let blocked = self.pump_frames(index, st, who);
         let bit = 1u32 << index;
-        match blocked {
-            Ok(Blocked::NoPost(_)) => self.waiting_post.fetch_or(bit, Ordering::AcqRel),
-            _ => self.waiting_post.fetch_and(!bit, Ordering::AcqRel),
-        };
+        let waiting = matches!(blocked, Ok(Blocked::NoPost(_)));
+        // Only the holder of the stream's lock changes its bit: a plain
+        // look first spares the shared word a write on every pump.
+        if (self.waiting_post.load(Ordering::Acquire) & bit != 0) != waiting {
+            if waiting {
+                self.waiting_post.fetch_or(bit, Ordering::AcqRel);
+            } else {
+                self.waiting_post.fetch_and(!bit, Ordering::AcqRel);
+            }
+        }
         blocked
     }
 
@@ -545,7 +553,9 @@ impl Shared {
         if readable.readable(|index| due |= 1 << index).is_err() {
             due = all;
         }
-        self.visit_each(due, op);
+        // The hint was just read; only new bytes would make it worth a
+        // second visit, and the next test sees those.
+        self.visit_each(due & !(1 << hint), op);
     }
 
     /// Visits the streams whose bits are set in `streams`, lowest first,
@@ -680,11 +690,11 @@ impl RecvComm {
     ) -> NetResult<Self> {
         let socks: Vec<Arc<Socket>> = socks.into_iter().map(Arc::new).collect();
         assert!(
-            (1..=32).contains(&socks.len()),
-            "a stream bit per stream fits a u32"
+            (1..=MAX_STREAMS).contains(&socks.len()),
+            "the handshake admits 1..={MAX_STREAMS} streams"
         );
         let readable = if socks.len() > 1 {
-            let fds: Vec<_> = socks.iter().map(|s| s.as_raw_fd()).collect();
+            let fds: Vec<_> = socks.iter().map(|s| s.as_fd()).collect();
             ReadableSet::new(&fds)
                 .inspect_err(|e| {
                     warn!("tcp: recv from {peer}: no epoll ({e}); each receive test reads every stream")

@@ -466,9 +466,10 @@ impl SendComm {
             // Set before anyone can take a chunk: that needs this lock.
             op.chunks_left.store(chunks, Ordering::Release);
             if self.shared.is_bulk(size) && self.shared.sleepers.any() {
-                // One thread per chunk: a woken thread writes until the
-                // queue is empty, so none is left behind, and threads with
-                // nothing to take are not woken for nothing.
+                // One thread per chunk, not every thread: a thread takes
+                // chunks until the queue is empty or its socket is full, and
+                // every awake thread looks at the queue again before it
+                // sleeps, so no chunk is left without one.
                 for _ in 0..(chunks as usize).min(self.shared.streams.len()) {
                     self.shared.wake.notify_one();
                 }

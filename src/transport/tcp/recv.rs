@@ -187,8 +187,8 @@ struct Shared {
     streams: Vec<Mutex<Stream>>,
     /// Which streams have bytes waiting, in one system call: the caller's
     /// test reads only those (and the hint), not every stream of the
-    /// connection. `None` with one stream, or if epoll is unavailable (then
-    /// the caller tries every stream).
+    /// connection. `None` with one or two streams, or if epoll is
+    /// unavailable (then the caller tries every stream).
     readable: Option<ReadableSet>,
     /// The stream on which the caller last completed a receive, read first
     /// without asking: the sender puts small messages on its first free
@@ -693,7 +693,9 @@ impl RecvComm {
             (1..=MAX_STREAMS).contains(&socks.len()),
             "the handshake admits 1..={MAX_STREAMS} streams"
         );
-        let readable = if socks.len() > 1 {
+        // With two streams, asking which one has bytes costs as much as
+        // reading the one that is not the hint.
+        let readable = if socks.len() > 2 {
             let fds: Vec<_> = socks.iter().map(|s| s.as_fd()).collect();
             ReadableSet::new(&fds)
                 .inspect_err(|e| {

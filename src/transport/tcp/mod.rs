@@ -14,6 +14,7 @@ mod listen;
 mod recv;
 mod send;
 mod socket;
+mod timeline;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};

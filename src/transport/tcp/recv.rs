@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use super::timeline::Timeline;
 use super::{
     now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_RECVS, MAX_REQUESTS,
 };
@@ -65,6 +66,12 @@ pub struct RecvOp {
     slots: Vec<RawBuf>,
     sizes: OnceLock<Vec<u64>>,
     posted: Instant,
+    /// When its first frame was matched to it.
+    first_frame: OnceLock<Instant>,
+    /// Calls of `test` so far.
+    tests: AtomicU64,
+    /// Whether a `test` has reported it complete (counted once).
+    reported: AtomicBool,
 }
 
 #[derive(Default)]
@@ -208,6 +215,7 @@ struct Shared {
     in_flight: AtomicUsize,
     liveness: Liveness,
     inline_bytes: u64,
+    timeline: Timeline,
 }
 
 pub struct RecvComm {
@@ -398,7 +406,11 @@ impl Shared {
                     match state.matcher.on_header(&header).map_err(Fault::Match)? {
                         HeaderOutcome::Wait => return Ok(Blocked::NoPost(state.generation)),
                         HeaderOutcome::Deliver(at) => {
-                            let buf = state.ops[&at.request].slots[at.slot];
+                            let op = &state.ops[&at.request];
+                            let buf = op.slots[at.slot];
+                            if op.first_frame.get().is_none() {
+                                let _ = op.first_frame.set(Instant::now());
+                            }
                             state.generation += 1;
                             // A new match may be what another stream waits for.
                             if self.post_sleepers.any() {
@@ -739,6 +751,7 @@ impl RecvComm {
             in_flight: AtomicUsize::new(0),
             liveness: Liveness::new(s.peer_timeout.as_millis() as u64, peer_heartbeat_ms),
             inline_bytes: s.inline_bytes,
+            timeline: Timeline::default(),
         });
         let mut comm = RecvComm {
             shared,
@@ -766,6 +779,12 @@ impl RecvComm {
 
     pub fn peer(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// The timeline's closing line so far (`None` before a receive
+    /// completes).
+    pub(super) fn timeline(&self) -> Option<String> {
+        self.shared.timeline.summary("receives")
     }
 
     /// See `SendComm::set_caller_assists`.
@@ -797,6 +816,9 @@ impl RecvComm {
             slots: slots.into_iter().map(|(b, _)| b).collect(),
             sizes: OnceLock::new(),
             posted: Instant::now(),
+            first_frame: OnceLock::new(),
+            tests: AtomicU64::new(0),
+            reported: AtomicBool::new(false),
         });
         {
             let mut state = self.shared.lock();
@@ -827,16 +849,28 @@ impl RecvComm {
 impl RecvRequest {
     /// The received size of every slot, once all of them are complete.
     pub fn test(&self) -> NetResult<Option<&[u64]>> {
+        let tests = self.op.tests.fetch_add(1, Ordering::Relaxed) + 1;
         if self.op.sizes.get().is_none() {
             self.shared.assist(&self.op);
         }
         if let Some(sizes) = self.op.sizes.get() {
-            let m = metrics::transport(TransportKind::Tcp);
-            for &s in sizes {
-                m.message_received();
-                m.message_size(s);
+            if !self.op.reported.swap(true, Ordering::Relaxed) {
+                let pending = self.op.posted.elapsed();
+                let m = metrics::transport(TransportKind::Tcp);
+                for &s in sizes {
+                    m.message_received();
+                    m.message_size(s);
+                }
+                m.request_latency(pending);
+                let first_frame = self
+                    .op
+                    .first_frame
+                    .get()
+                    .map(|t| t.saturating_duration_since(self.op.posted));
+                self.shared
+                    .timeline
+                    .record(sizes.iter().sum(), tests, pending, first_frame);
             }
-            m.request_latency(self.op.posted.elapsed());
             return Ok(Some(sizes));
         }
         match self.shared.failure.get() {
@@ -855,6 +889,13 @@ impl Drop for RecvRequest {
 
 impl Drop for RecvComm {
     fn drop(&mut self) {
+        if let Some(line) = self.timeline() {
+            crate::info!(
+                crate::log::SUBSYS_NET,
+                "tcp: receive from {}: {line}",
+                self.shared.peer
+            );
+        }
         self.shared.closing.store(true, Ordering::Release);
         self.shared.wake_all();
         for s in &self.shared.socks {

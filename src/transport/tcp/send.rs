@@ -15,13 +15,14 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use socket2::Socket;
 
+use super::timeline::Timeline;
 use super::{now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_REQUESTS};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
@@ -37,6 +38,10 @@ pub struct SendOp {
     chunks_left: AtomicU32,
     buf: RawBuf,
     posted: Instant,
+    /// Calls of `test` so far.
+    tests: AtomicU64,
+    /// Whether a `test` has reported it complete (counted once).
+    reported: AtomicBool,
 }
 
 /// The frame a stream is writing and how many of its bytes are out.
@@ -94,6 +99,7 @@ struct Shared {
     in_flight: AtomicUsize,
     liveness: Liveness,
     inline_bytes: u64,
+    timeline: Timeline,
 }
 
 pub struct SendComm {
@@ -406,6 +412,7 @@ impl SendComm {
             in_flight: AtomicUsize::new(0),
             liveness: Liveness::new(s.peer_timeout.as_millis() as u64, peer_heartbeat_ms),
             inline_bytes: s.inline_bytes,
+            timeline: Timeline::default(),
         });
         let mut comm = SendComm {
             shared,
@@ -435,6 +442,11 @@ impl SendComm {
         self.shared.peer
     }
 
+    /// The timeline's closing line so far (`None` before a send completes).
+    pub(super) fn timeline(&self) -> Option<String> {
+        self.shared.timeline.summary("sends")
+    }
+
     /// By default the caller's thread also moves small messages in
     /// `isend`/`test` (lowest latency when the caller polls anyway). A
     /// caller with heavy work of its own on its polling thread may turn
@@ -459,6 +471,8 @@ impl SendComm {
             chunks_left: AtomicU32::new(u32::MAX),
             buf,
             posted: Instant::now(),
+            tests: AtomicU64::new(0),
+            reported: AtomicBool::new(false),
         });
         {
             let mut queue = self.shared.queue();
@@ -493,15 +507,20 @@ impl SendRequest {
 
     /// `Some(size)` once every byte has been handed to the kernel.
     pub fn test(&self) -> NetResult<Option<u64>> {
+        let tests = self.op.tests.fetch_add(1, Ordering::Relaxed) + 1;
         let done = self.done().or_else(|| {
             self.shared.assist();
             self.done()
         });
         if let Some(size) = done {
-            let m = metrics::transport(TransportKind::Tcp);
-            m.message_sent();
-            m.message_size(size);
-            m.request_latency(self.op.posted.elapsed());
+            if !self.op.reported.swap(true, Ordering::Relaxed) {
+                let pending = self.op.posted.elapsed();
+                let m = metrics::transport(TransportKind::Tcp);
+                m.message_sent();
+                m.message_size(size);
+                m.request_latency(pending);
+                self.shared.timeline.record(size, tests, pending, None);
+            }
             return Ok(Some(size));
         }
         match self.shared.failure.get() {
@@ -520,6 +539,13 @@ impl Drop for SendRequest {
 
 impl Drop for SendComm {
     fn drop(&mut self) {
+        if let Some(line) = self.timeline() {
+            crate::info!(
+                crate::log::SUBSYS_NET,
+                "tcp: send to {}: {line}",
+                self.shared.peer
+            );
+        }
         self.shared.closing.store(true, Ordering::Release);
         self.shared.wake_all();
         for s in &self.shared.socks {

@@ -504,3 +504,30 @@ fn inline_receive_progresses_while_the_caller_tests_only_its_send() {
         assert!(dst == src, "payload differs");
     }
 }
+
+#[test]
+fn the_timeline_counts_each_completed_request_once() {
+    let (send, recv) = pair(&settings(2));
+    assert_eq!((send.timeline(), recv.timeline()), (None, None));
+    for i in 0..3u8 {
+        let mut src = pattern(1000, i);
+        let mut dst = vec![0u8; 1000];
+        let r = recv.irecv(vec![(buf(&mut dst), 1)]).unwrap().unwrap();
+        let t = send.isend(buf(&mut src), 1).unwrap().unwrap();
+        wait(|| t.test()).unwrap();
+        wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
+        // A test after completion is not a second message.
+        assert!(t.test().unwrap().is_some() && r.test().unwrap().is_some());
+    }
+    let sent = send.timeline().unwrap();
+    let received = recv.timeline().unwrap();
+    assert!(
+        sent.starts_with("3 sends of 1000 B on average; mean us from post: complete"),
+        "{sent}"
+    );
+    assert!(
+        received
+            .starts_with("3 receives of 1000 B on average; mean us from post: first frame matched"),
+        "{received}"
+    );
+}

@@ -8,10 +8,6 @@ use std::collections::VecDeque;
 
 use super::wire::FrameHeader;
 
-/// The default floor of a chunk when a message is spread over streams
-/// (`transport.min_chunk_size`): below it the per-chunk overhead outweighs
-/// the parallelism.
-pub const MIN_SPLIT_BYTES: u64 = 64 << 10;
 const CHUNK_ALIGN: u64 = 4096;
 
 /// One chunk to put on a stream: the header, and the op it belongs to.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use super::timeline::Timeline;
+use super::timeline::{RequestClock, Timeline};
 use super::{
     now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_RECVS, MAX_REQUESTS,
 };
@@ -65,13 +65,9 @@ const IDLE_AFTER_MS: u64 = 10 * CALLER_ABSENT_MS;
 pub struct RecvOp {
     slots: Vec<RawBuf>,
     sizes: OnceLock<Vec<u64>>,
-    posted: Instant,
+    clock: RequestClock,
     /// When its first frame was matched to it.
     first_frame: OnceLock<Instant>,
-    /// Calls of `test` so far.
-    tests: AtomicU64,
-    /// Whether a `test` has reported it complete (counted once).
-    reported: AtomicBool,
 }
 
 #[derive(Default)]
@@ -815,10 +811,8 @@ impl RecvComm {
         let op = Arc::new(RecvOp {
             slots: slots.into_iter().map(|(b, _)| b).collect(),
             sizes: OnceLock::new(),
-            posted: Instant::now(),
+            clock: RequestClock::start(),
             first_frame: OnceLock::new(),
-            tests: AtomicU64::new(0),
-            reported: AtomicBool::new(false),
         });
         {
             let mut state = self.shared.lock();
@@ -849,13 +843,12 @@ impl RecvComm {
 impl RecvRequest {
     /// The received size of every slot, once all of them are complete.
     pub fn test(&self) -> NetResult<Option<&[u64]>> {
-        let tests = self.op.tests.fetch_add(1, Ordering::Relaxed) + 1;
+        let tests = self.op.clock.tested();
         if self.op.sizes.get().is_none() {
             self.shared.assist(&self.op);
         }
         if let Some(sizes) = self.op.sizes.get() {
-            if !self.op.reported.swap(true, Ordering::Relaxed) {
-                let pending = self.op.posted.elapsed();
+            if let Some(pending) = self.op.clock.first_completion() {
                 let m = metrics::transport(TransportKind::Tcp);
                 for &s in sizes {
                     m.message_received();
@@ -866,7 +859,7 @@ impl RecvRequest {
                     .op
                     .first_frame
                     .get()
-                    .map(|t| t.saturating_duration_since(self.op.posted));
+                    .map(|t| t.saturating_duration_since(self.op.clock.posted()));
                 self.shared
                     .timeline
                     .record(sizes.iter().sum(), tests, pending, first_frame);

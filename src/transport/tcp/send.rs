@@ -15,14 +15,13 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use socket2::Socket;
 
-use super::timeline::Timeline;
+use super::timeline::{RequestClock, Timeline};
 use super::{now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_REQUESTS};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
@@ -37,11 +36,7 @@ pub struct SendOp {
     size: u64,
     chunks_left: AtomicU32,
     buf: RawBuf,
-    posted: Instant,
-    /// Calls of `test` so far.
-    tests: AtomicU64,
-    /// Whether a `test` has reported it complete (counted once).
-    reported: AtomicBool,
+    clock: RequestClock,
 }
 
 /// The frame a stream is writing and how many of its bytes are out.
@@ -470,9 +465,7 @@ impl SendComm {
             size,
             chunks_left: AtomicU32::new(u32::MAX),
             buf,
-            posted: Instant::now(),
-            tests: AtomicU64::new(0),
-            reported: AtomicBool::new(false),
+            clock: RequestClock::start(),
         });
         {
             let mut queue = self.shared.queue();
@@ -507,14 +500,13 @@ impl SendRequest {
 
     /// `Some(size)` once every byte has been handed to the kernel.
     pub fn test(&self) -> NetResult<Option<u64>> {
-        let tests = self.op.tests.fetch_add(1, Ordering::Relaxed) + 1;
+        let tests = self.op.clock.tested();
         let done = self.done().or_else(|| {
             self.shared.assist();
             self.done()
         });
         if let Some(size) = done {
-            if !self.op.reported.swap(true, Ordering::Relaxed) {
-                let pending = self.op.posted.elapsed();
+            if let Some(pending) = self.op.clock.first_completion() {
                 let m = metrics::transport(TransportKind::Tcp);
                 m.message_sent();
                 m.message_size(size);

@@ -7,8 +7,41 @@
 //! receive how long until its first frame was matched. A few relaxed atomic
 //! adds per completed request, and one clock read per matched frame.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// One request's clock: when it was posted, how often it was tested, and
+/// whether a test has already seen it complete (so it is counted once).
+pub(super) struct RequestClock {
+    posted: Instant,
+    tests: AtomicU64,
+    reported: AtomicBool,
+}
+
+impl RequestClock {
+    pub(super) fn start() -> Self {
+        RequestClock {
+            posted: Instant::now(),
+            tests: AtomicU64::new(0),
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn posted(&self) -> Instant {
+        self.posted
+    }
+
+    /// Counts one call of `test`; returns the count so far.
+    pub(super) fn tested(&self) -> u64 {
+        self.tests.fetch_add(1, Relaxed) + 1
+    }
+
+    /// The time since the post, for the first test that sees the request
+    /// complete; `None` for any later one.
+    pub(super) fn first_completion(&self) -> Option<Duration> {
+        (!self.reported.swap(true, Relaxed)).then(|| self.posted.elapsed())
+    }
+}
 
 #[derive(Default)]
 pub(super) struct Timeline {

@@ -50,6 +50,11 @@ const OTHER_ENV: [&str; 4] = [
 /// allreduce took 270-300 us against 85-180 us of the rest, on a 5 and a
 /// 25 Gbit/s link and on loopback.
 pub const DEFAULT_CALL_OVERHEAD_US: f64 = 150.0;
+/// `tuner.single_channel_bytes` by default. On the H200 host (NCCL 2.28.9,
+/// one rank per node, loopback) a 256 KiB allreduce ran 15% faster on one
+/// channel than on NCCL's two, 1 MiB the same, 4 MiB 27% slower
+/// (docs/tuner.md, "Channels for mid-size allreduce").
+pub const DEFAULT_SINGLE_CHANNEL_BYTES: u64 = 512 << 10;
 /// Configuration file used when `AIRAMP_CONF` is unset or empty.
 pub const DEFAULT_CONF_PATH: &str = "/etc/airamp.conf";
 /// Values longer than this are cut in diagnostics.
@@ -249,6 +254,9 @@ pub struct TunerConfig {
     pub decode_gvps: Option<f64>,
     /// Fixed cost of one collective-network call, microseconds.
     pub call_overhead_us: f64,
+    /// Allreduces up to this size run on one NCCL channel where every hop
+    /// is a network hop (0: NCCL's channel count everywhere).
+    pub single_channel_bytes: u64,
 }
 
 /// Where an effective value came from.
@@ -326,6 +334,7 @@ impl Default for Config {
                 encode_gvps: None,
                 decode_gvps: None,
                 call_overhead_us: DEFAULT_CALL_OVERHEAD_US,
+                single_channel_bytes: DEFAULT_SINGLE_CHANNEL_BYTES,
             },
             sources: vec![Source::Default; KEYS.len()],
             file: None,
@@ -920,6 +929,19 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         show: |c| c.tuner.call_overhead_us.to_string(),
+    },
+    KeySpec {
+        name: "tuner.single_channel_bytes",
+        env: "AIRAMP_TUNER_SINGLE_CHANNEL_BYTES",
+        default: "524288 (512K)",
+        accepted: "bytes 0..=1073741824; plain integer or suffix K, KiB, M, MiB; 0 turns it off",
+        doc: "Where every rank is a node of its own (each hop of NCCL's ring or tree goes through airamp's net), an allreduce up to this size runs on one NCCL channel. airamp moves messages of this size inline on NCCL's one proxy thread, so more channels only add per-message costs there; larger allreduces keep NCCL's channel count, where the stream threads copy in parallel. Must be the same on every host.",
+        example: "\"512K\"",
+        apply: |c, r| {
+            c.tuner.single_channel_bytes = want_bytes(r, |n| n <= 1 << 30)? as u64;
+            Ok(())
+        },
+        show: |c| c.tuner.single_channel_bytes.to_string(),
     },
 ];
 

@@ -235,9 +235,16 @@ pub unsafe fn finalize(ctx: *mut c_void) -> NetResult<()> {
 
 /// One decision's contribution to a context's digest: the call and the
 /// (algorithm, protocol) NCCL runs after the tuner (`None`: NCCL decides).
-pub fn decision_hash(func: i32, bytes: u64, pipe_ops: i32, pick: Option<(usize, usize)>) -> u64 {
+pub fn decision_hash(
+    func: i32,
+    bytes: u64,
+    pipe_ops: i32,
+    pick: Option<(usize, usize)>,
+    channels: Option<u32>,
+) -> u64 {
     let (a, p) = pick.map_or((u64::MAX, u64::MAX), |(a, p)| (a as u64, p as u64));
-    [func as u64, bytes, pipe_ops as u64, a, p]
+    let c = channels.map_or(u64::MAX, u64::from);
+    [func as u64, bytes, pipe_ops as u64, a, p, c]
         .iter()
         .flat_map(|w| w.to_le_bytes())
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -316,8 +323,10 @@ fn ms(us: f64) -> String {
 /// # Safety
 /// `ctx` must come from [`init`]; `table` must be null or point at
 /// `n_algo * n_proto` contiguous, writable `f32` (NCCL passes its
-/// `float[numAlgo][numProto]` cast to `float**`). `n_channels` is never read
-/// nor written.
+/// `float[numAlgo][numProto]` cast to `float**`); `n_channels` must be null
+/// or valid for writes of an `int`. It is written only where
+/// [`Tuner::channels`] caps the count, never read.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn coll_info_table(
     ctx: *mut c_void,
     func: i32,
@@ -326,6 +335,7 @@ pub unsafe fn coll_info_table(
     table: *mut *mut f32,
     n_algo: c_int,
     n_proto: c_int,
+    n_channels: *mut c_int,
 ) -> ncclResult_t {
     never_fail(ctx, |t| {
         let (Ok(na), Ok(np)) = (usize::try_from(n_algo), usize::try_from(n_proto)) else {
@@ -346,6 +356,11 @@ pub unsafe fn coll_info_table(
         };
         let (edit, choice) = t.edit_cost_table(call, &mut table);
         let pick = table.nccl_pick();
+        let channels = t.channels(call, pick).filter(|_| !n_channels.is_null());
+        if let Some(n) = channels {
+            // SAFETY: non-null, and per the contract valid for an int write.
+            unsafe { n_channels.write(c_int::try_from(n).unwrap_or(1)) };
+        }
         metrics::tuner_decision(func, pick.map(|p| p.0), pick.map(|p| p.1));
         let outcome = match edit {
             TableEdit::Untouched(_) => 0,
@@ -359,17 +374,18 @@ pub unsafe fn coll_info_table(
             };
             info!(
                 SUBSYS_TUNING,
-                "tuner: {} of {} B on {} nodes: {}{why}; NCCL runs {}; predicted collnet {} vs raw {} (first of its size bucket, not logged again)",
+                "tuner: {} of {} B on {} nodes: {}{why}; NCCL runs {}{}; predicted collnet {} vs raw {} (first of its size bucket, not logged again)",
                 collective_name(func),
                 bytes,
                 t.nodes,
                 edit.kind(),
                 pair_name(pick),
+                channels.map_or(String::new(), |n| format!(" on {n} channel(s)")),
                 ms(choice.collnet_us),
                 ms(choice.raw_us),
             );
         }
-        Some(decision_hash(func, call.bytes, pipe_ops, pick))
+        Some(decision_hash(func, call.bytes, pipe_ops, pick, channels))
     })
 }
 
@@ -422,7 +438,7 @@ pub unsafe fn coll_info_v2(
                 ms(choice.raw_us),
             );
         }
-        Some(decision_hash(func, call.bytes, pipe_ops, written))
+        Some(decision_hash(func, call.bytes, pipe_ops, written, None))
     })
 }
 
@@ -508,6 +524,7 @@ mod tests {
             fp8: Some(WireFormat::E4M3),
             min_gain: 0.1,
             owns_collnet: true,
+            single_channel_bytes: 512 << 10,
         };
         object::into_raw(
             Kind::Tuner,
@@ -559,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn v3_to_v6_edit_only_collnet_and_never_revive_or_pin_channels() {
+    fn v3_to_v6_edit_only_collnet_never_revive_and_cap_channels_of_small_raw_allreduce() {
         for (v, get) in table_fns() {
             let ctx = slow_link_ctx();
             let mut t = table();
@@ -588,7 +605,13 @@ mod tests {
             assert!(t[ALGO_COLLNET_CHAIN][PROTO_SIMPLE] > 20.0, "{v}");
             assert_eq!(t[ALGO_COLLNET_CHAIN][PROTO_LL], IGNORE);
             assert_eq!(t[ALGO_RING][PROTO_SIMPLE], 20.0);
-            assert_eq!(nch, 0);
+            // Ring at 4 KiB, one rank per node: one channel.
+            assert_eq!(nch, 1, "{v}");
+            // NULL nChannels: nothing written, no failure.
+            let mut t = table();
+            t[ALGO_RING][PROTO_SIMPLE] = 20.0;
+            // SAFETY: as above; the shim checks the NULL.
+            assert_eq!(unsafe { get(ctx, 4096, &mut t, null_mut()) }, OK);
             finalize(v, ctx);
         }
     }

@@ -66,9 +66,10 @@ pub(super) unsafe extern "C" fn get_coll_info(
     num_algo: c_int,
     num_proto: c_int,
     _reg_buff: c_int,
-    _n_channels: *mut c_int,
+    n_channels: *mut c_int,
 ) -> ncclResult_t {
-    // SAFETY: NCCL passes our context and its float[numAlgo][numProto] table.
+    // SAFETY: NCCL passes our context, its float[numAlgo][numProto] table and
+    // its writable nChannels (or NULL).
     unsafe {
         tuner::coll_info_table(
             context,
@@ -78,6 +79,7 @@ pub(super) unsafe extern "C" fn get_coll_info(
             coll_cost_table,
             num_algo,
             num_proto,
+            n_channels,
         )
     }
 }

@@ -65,6 +65,7 @@ const VALID: &[(&str, &str, &str, &str)] = &[
     ("tuner.encode_gvps", "2.5", "3", "2.5"),
     ("tuner.decode_gvps", "7", "6.5", "7"),
     ("tuner.call_overhead_us", "0", "12.5", "0"),
+    ("tuner.single_channel_bytes", "0", "\"1M\"", "0"),
 ];
 
 /// (key, invalid env value, invalid TOML literal)
@@ -96,6 +97,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("tuner.encode_gvps", "0", "-1"),
     ("tuner.decode_gvps", "fast", "\"inf\""),
     ("tuner.call_overhead_us", "-1", "100001"),
+    ("tuner.single_channel_bytes", "2G", "-1"),
 ];
 
 #[test]

@@ -1,8 +1,10 @@
 //! The tuner's decision model: pure functions, no I/O, no globals.
 //!
 //! The tuner owns one question: **collective network (CollNet) or NCCL's own
-//! algorithms?** Everything else (ring vs tree vs NVLS vs PAT, protocols,
-//! channel counts, chunk sizes) stays NCCL's. It answers from inputs that are
+//! algorithms?** and one narrow rule about channels ([`Tuner::channels`]:
+//! mid-size allreduce on one channel where every hop is airamp's net).
+//! Everything else (ring vs tree vs NVLS vs PAT, protocols, chunk sizes)
+//! stays NCCL's. It answers from inputs that are
 //! identical on every rank of a communicator (collective type, byte count,
 //! rank and node counts, NCCL's cost table, the configuration and the link
 //! profile it carries), with deterministic arithmetic, so ranks cannot
@@ -239,6 +241,9 @@ pub struct Policy {
     /// host-side reduction is not). When false the tuner never touches
     /// CollNet: it is someone else's (e.g. SHARP) and NCCL's model fits it.
     pub owns_collnet: bool,
+    /// Allreduces up to this many bytes run on one NCCL channel where every
+    /// rank is a node of its own (0: never); see [`Tuner::channels`].
+    pub single_channel_bytes: u64,
 }
 
 impl Policy {
@@ -256,6 +261,7 @@ impl Policy {
                 0.1
             },
             owns_collnet: true,
+            single_channel_bytes: cfg.tuner.single_channel_bytes,
         }
     }
 }
@@ -627,6 +633,32 @@ impl Tuner {
         } else {
             (TableEdit::Untouched(choice.declined), choice)
         }
+    }
+}
+
+impl Tuner {
+    /// How many NCCL channels this call may use, `None` to keep NCCL's count;
+    /// `pick` is the `(algorithm, protocol)` NCCL takes from the edited table.
+    ///
+    /// One channel for an allreduce of at most `single_channel_bytes` that
+    /// NCCL runs as ring, tree or PAT, when every rank is a node of its own:
+    /// then each hop of each channel is a message through airamp's net, and
+    /// messages of this size travel inline on NCCL's one proxy thread, so a
+    /// second channel adds per-message work to that thread without copying
+    /// anything in parallel (H200: 256 KiB 15% faster on one channel, 4 MiB
+    /// 27% slower). With several ranks per node the other hops are NVLink or
+    /// PCIe, where channels do run in parallel: NCCL's count stays.
+    ///
+    /// Every input is the same on every rank (NCCL's table is computed from
+    /// communicator-wide figures), so ranks never disagree on the count.
+    pub fn channels(&self, call: Call, pick: Option<(usize, usize)>) -> Option<u32> {
+        let raw = matches!(pick, Some((ALGO_RING | ALGO_TREE | ALGO_PAT, _)));
+        (raw && call.func == FUNC_ALLREDUCE
+            && self.nodes >= 2
+            && self.ranks == self.nodes
+            && self.policy.single_channel_bytes > 0
+            && call.bytes <= self.policy.single_channel_bytes)
+            .then_some(1)
     }
 }
 

@@ -15,6 +15,7 @@ fn fp8_on() -> Policy {
         fp8: Some(WireFormat::E4M3),
         min_gain: 0.1,
         owns_collnet: true,
+        single_channel_bytes: 512 << 10,
     }
 }
 
@@ -305,12 +306,16 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         ],
         0.0f64..=1.0,
         any::<bool>(),
+        prop_oneof![Just(0u64), 0u64..(1 << 30)],
     )
-        .prop_map(|(fp8, min_gain, owns_collnet)| Policy {
-            fp8,
-            min_gain,
-            owns_collnet,
-        })
+        .prop_map(
+            |(fp8, min_gain, owns_collnet, single_channel_bytes)| Policy {
+                fp8,
+                min_gain,
+                owns_collnet,
+                single_channel_bytes,
+            },
+        )
 }
 
 fn any_call() -> impl Strategy<Value = Call> {
@@ -387,6 +392,34 @@ proptest! {
     }
 
     #[test]
+    fn channels_capped_only_for_mid_size_raw_allreduce_one_rank_per_node(
+        (n_algo, n_proto, cells) in table_shape(),
+        policy in any_policy(),
+        call in any_call(),
+        ranks in 1usize..512,
+        nodes in 1usize..64,
+    ) {
+        let t = Tuner::new(ranks, nodes, LinkProfile::default(), policy);
+        let mut a = cells.clone();
+        let table = CostTable::new(&mut a, n_algo, n_proto).unwrap();
+        let pick = table.nccl_pick();
+        let cap = t.channels(call, pick);
+        prop_assert_eq!(cap, t.clone().channels(call, pick));
+        if let Some(n) = cap {
+            prop_assert_eq!(n, 1);
+            prop_assert_eq!(call.func, FUNC_ALLREDUCE);
+            prop_assert!(ranks == nodes && nodes >= 2);
+            prop_assert!(policy.single_channel_bytes > 0 && call.bytes <= policy.single_channel_bytes);
+            prop_assert!(matches!(pick, Some((ALGO_RING | ALGO_TREE | ALGO_PAT, _))));
+        } else if call.func == FUNC_ALLREDUCE && ranks == nodes && nodes >= 2
+            && policy.single_channel_bytes > 0 && call.bytes <= policy.single_channel_bytes
+        {
+            // Not capped only because NCCL runs something else.
+            prop_assert!(!matches!(pick, Some((ALGO_RING | ALGO_TREE | ALGO_PAT, _))));
+        }
+    }
+
+    #[test]
     fn never_collnet_when_fp8_off_not_allreduce_or_unavailable(
         (n_algo, n_proto, cells) in table_shape(),
         profile in any_profile(),
@@ -431,4 +464,43 @@ proptest! {
             prop_assert!(a.collnet_us * (1.0 + policy.min_gain) < a.raw_us);
         }
     }
+}
+
+#[test]
+fn one_channel_up_to_the_threshold_where_every_hop_is_the_net() {
+    let ring = Some((ALGO_RING, PROTO_SIMPLE));
+    let one_per_node = Tuner::new(2, 2, LinkProfile::default(), fp8_on());
+    assert_eq!(one_per_node.channels(allreduce(256 << 10), ring), Some(1));
+    assert_eq!(one_per_node.channels(allreduce(512 << 10), ring), Some(1));
+    assert_eq!(
+        one_per_node.channels(allreduce((512 << 10) + 1), ring),
+        None
+    );
+    assert_eq!(
+        one_per_node.channels(allreduce(8), Some((ALGO_TREE, PROTO_LL))),
+        Some(1)
+    );
+    // CollNet (the tuner's own choice or NCCL's), NVLS: NCCL's count.
+    for algo in [ALGO_COLLNET_CHAIN, ALGO_COLLNET_DIRECT, ALGO_NVLS] {
+        assert_eq!(
+            one_per_node.channels(allreduce(256 << 10), Some((algo, PROTO_SIMPLE))),
+            None
+        );
+    }
+    assert_eq!(one_per_node.channels(allreduce(256 << 10), None), None);
+    let other = Call {
+        func: 2,
+        ..allreduce(256 << 10)
+    };
+    assert_eq!(one_per_node.channels(other, ring), None, "allgather");
+    // Eight GPUs per node: the other hops are NVLink, channels stay.
+    let eight_per_node = Tuner::new(16, 2, LinkProfile::default(), fp8_on());
+    assert_eq!(eight_per_node.channels(allreduce(256 << 10), ring), None);
+    let off = Policy {
+        single_channel_bytes: 0,
+        ..fp8_on()
+    };
+    let t = Tuner::new(2, 2, LinkProfile::default(), off);
+    assert_eq!(t.channels(allreduce(256 << 10), ring), None);
+    assert_eq!(t.channels(allreduce(0), ring), None, "0 turns it off");
 }

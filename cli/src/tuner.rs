@@ -219,9 +219,21 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
         "{:>8}  {:>10}  {:>12}  {:>7}  decision",
         "size", "raw", "collnet fp8", "speedup"
     );
+    let channel_rule = tuner::Tuner::new(ranks, nodes, profile, policy);
     let mut bytes: u64 = 4 << 10;
     while bytes <= 1 << 30 {
         let c = tuner::decide_allreduce(bytes, ranks, nodes, &profile, &policy);
+        // Where NCCL runs a ring: does the channel rule apply?
+        let one_channel = channel_rule
+            .channels(
+                tuner::Call {
+                    func: tuner::FUNC_ALLREDUCE,
+                    bytes,
+                    pipe_ops: 1,
+                },
+                Some((tuner::ALGO_RING, tuner::PROTO_SIMPLE)),
+            )
+            .map_or(String::new(), |n| format!(", on {n} channel"));
         let w = tuner::decide_allreduce(bytes, ranks, nodes, &profile, &what_if);
         let decision = if !cfg.tuner.enabled {
             "NCCL decides (tuner off)".to_string()
@@ -230,7 +242,7 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
         } else {
             match c.path {
                 TunerPath::CompressedCollNet => "compressed CollNet".to_string(),
-                TunerPath::Raw => format!("raw, NCCL decides ({:?})", c.declined),
+                TunerPath::Raw => format!("raw, NCCL decides ({:?}){one_channel}", c.declined),
             }
         };
         println!(
@@ -245,6 +257,12 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
     println!(
         "\nother collectives: left to NCCL (the tuner only keeps NCCL from picking airamp's CollNet where its in-network cost model does not hold)"
     );
+    if cfg.tuner.enabled && policy.single_channel_bytes > 0 && ranks == nodes && nodes >= 2 {
+        println!(
+            "one channel: a ring or tree allreduce up to {} B runs on one NCCL channel (tuner.single_channel_bytes; one rank per node)",
+            policy.single_channel_bytes
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -935,7 +935,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_SINGLE_CHANNEL_BYTES",
         default: "524288 (512K)",
         accepted: "bytes 0..=1073741824; plain integer or suffix K, KiB, M, MiB; 0 turns it off",
-        doc: "Where every rank is a node of its own (each hop of NCCL's ring or tree goes through airamp's net), an allreduce up to this size runs on one NCCL channel. airamp moves messages of this size inline on NCCL's one proxy thread, so more channels only add per-message costs there; larger allreduces keep NCCL's channel count, where the stream threads copy in parallel. Must be the same on every host.",
+        doc: "Where every rank is a node of its own (each hop of NCCL's ring or tree goes through airamp's net), an allreduce up to this size runs on one NCCL channel. airamp moves messages of this size inline on NCCL's one proxy thread, so more channels only add per-message costs there; larger allreduces keep NCCL's channel count, where the stream threads copy in parallel. Assumes airamp's net carries the traffic: set 0 when airamp's tuner runs over another net. Must be the same on every host.",
         example: "\"512K\"",
         apply: |c, r| {
             c.tuner.single_channel_bytes = want_bytes(r, |n| n <= 1 << 30)? as u64;

@@ -634,9 +634,7 @@ impl Tuner {
             (TableEdit::Untouched(choice.declined), choice)
         }
     }
-}
 
-impl Tuner {
     /// How many NCCL channels this call may use, `None` to keep NCCL's count;
     /// `pick` is the `(algorithm, protocol)` NCCL takes from the edited table.
     ///

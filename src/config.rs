@@ -51,9 +51,9 @@ const OTHER_ENV: [&str; 4] = [
 /// 25 Gbit/s link and on loopback.
 pub const DEFAULT_CALL_OVERHEAD_US: f64 = 150.0;
 /// `tuner.single_channel_bytes` by default. On the H200 host (NCCL 2.28.9,
-/// one rank per node, loopback) a 256 KiB allreduce ran 15% faster on one
-/// channel than on NCCL's two, 1 MiB the same, 4 MiB 27% slower
-/// (docs/tuner.md, "Channels for mid-size allreduce").
+/// one rank per node, loopback) one channel against NCCL's two ran 64-512
+/// KiB allreduce 1.04-1.45x as fast and 1-2 MiB 0.79-0.89x (docs/tuner.md,
+/// "Channels for mid-size allreduce").
 pub const DEFAULT_SINGLE_CHANNEL_BYTES: u64 = 512 << 10;
 /// Configuration file used when `AIRAMP_CONF` is unset or empty.
 pub const DEFAULT_CONF_PATH: &str = "/etc/airamp.conf";
@@ -807,7 +807,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER",
         default: "true",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Enable the tuner (`ncclTunerPlugin_v2`..`v6`, see docs/tuner.md). It only decides collective network versus NCCL's own algorithms for allreduce; off, it leaves every NCCL choice alone.",
+        doc: "Enable the tuner (`ncclTunerPlugin_v2`..`v6`, see docs/tuner.md). It decides collective network versus NCCL's own algorithms for allreduce, and runs mid-size allreduce on one channel where every hop is the net (tuner.single_channel_bytes); off, it leaves every NCCL choice alone. Must be the same on every host: ranks that disagree on a channel count hang, as with NCCL_MAX_NCHANNELS.",
         example: "true",
         apply: |c, r| {
             c.tuner.enabled = want_bool(r)?;
@@ -935,7 +935,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_SINGLE_CHANNEL_BYTES",
         default: "524288 (512K)",
         accepted: "bytes 0..=1073741824; plain integer or suffix K, KiB, M, MiB; 0 turns it off",
-        doc: "Where every rank is a node of its own (each hop of NCCL's ring or tree goes through airamp's net), an allreduce up to this size runs on one NCCL channel. airamp moves messages of this size inline on NCCL's one proxy thread, so more channels only add per-message costs there; larger allreduces keep NCCL's channel count, where the stream threads copy in parallel. Assumes airamp's net carries the traffic: set 0 when airamp's tuner runs over another net. Must be the same on every host.",
+        doc: "Where every rank is a node of its own and alone in its NVLink domain (each hop of NCCL's ring or tree goes through airamp's net), an allreduce up to this size that NCCL runs as ring or tree uses one NCCL channel. airamp moves messages of this size inline on NCCL's one proxy thread, so more channels only add per-message costs there; larger allreduces keep NCCL's channel count, where the stream threads copy in parallel. Assumes airamp's net carries the traffic: set 0 when airamp's tuner runs over another net. Must be the same on every host (and so must the airamp version): ranks that disagree on a channel count hang, as with NCCL_MAX_NCHANNELS.",
         example: "\"512K\"",
         apply: |c, r| {
             c.tuner.single_channel_bytes = want_bytes(r, |n| n <= 1 << 30)? as u64;

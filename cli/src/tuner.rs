@@ -219,21 +219,21 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
         "{:>8}  {:>10}  {:>12}  {:>7}  decision",
         "size", "raw", "collnet fp8", "speedup"
     );
+    // The tuner's channel rule, as it applies where NCCL runs a ring.
     let channel_rule = tuner::Tuner::new(ranks, nodes, profile, policy);
+    let one_channel = |bytes| {
+        let call = tuner::Call {
+            func: tuner::FUNC_ALLREDUCE,
+            bytes,
+            pipe_ops: 1,
+        };
+        channel_rule
+            .channels(call, Some((tuner::ALGO_RING, tuner::PROTO_SIMPLE)))
+            .is_some()
+    };
     let mut bytes: u64 = 4 << 10;
     while bytes <= 1 << 30 {
         let c = tuner::decide_allreduce(bytes, ranks, nodes, &profile, &policy);
-        // Where NCCL runs a ring: does the channel rule apply?
-        let one_channel = channel_rule
-            .channels(
-                tuner::Call {
-                    func: tuner::FUNC_ALLREDUCE,
-                    bytes,
-                    pipe_ops: 1,
-                },
-                Some((tuner::ALGO_RING, tuner::PROTO_SIMPLE)),
-            )
-            .map_or(String::new(), |n| format!(", on {n} channel"));
         let w = tuner::decide_allreduce(bytes, ranks, nodes, &profile, &what_if);
         let decision = if !cfg.tuner.enabled {
             "NCCL decides (tuner off)".to_string()
@@ -242,7 +242,10 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
         } else {
             match c.path {
                 TunerPath::CompressedCollNet => "compressed CollNet".to_string(),
-                TunerPath::Raw => format!("raw, NCCL decides ({:?}){one_channel}", c.declined),
+                TunerPath::Raw if one_channel(bytes) => {
+                    format!("raw, NCCL decides ({:?}), one channel", c.declined)
+                }
+                TunerPath::Raw => format!("raw, NCCL decides ({:?})", c.declined),
             }
         };
         println!(
@@ -257,9 +260,9 @@ pub fn show(o: &Opts) -> Result<ExitCode, String> {
     println!(
         "\nother collectives: left to NCCL (the tuner only keeps NCCL from picking airamp's CollNet where its in-network cost model does not hold)"
     );
-    if cfg.tuner.enabled && policy.single_channel_bytes > 0 && ranks == nodes && nodes >= 2 {
+    if cfg.tuner.enabled && one_channel(policy.single_channel_bytes) {
         println!(
-            "one channel: a ring or tree allreduce up to {} B runs on one NCCL channel (tuner.single_channel_bytes; one rank per node)",
+            "one channel: where NCCL runs ring or tree, an allreduce up to {} B runs on one NCCL channel (tuner.single_channel_bytes: one rank per node and per NVLink domain)",
             policy.single_channel_bytes
         );
     }

@@ -105,7 +105,13 @@ impl Context {
     /// The context for communicator `comm_id` (tuner v5+) of `ranks` GPUs
     /// on `nodes` nodes, from the process's configuration and the
     /// calibration record on this node; and its one init log line's tail.
-    fn new(ranks: usize, nodes: usize, comm_id: Option<u64>, version: u32) -> (Context, String) {
+    fn new(
+        ranks: usize,
+        nodes: usize,
+        comm_id: Option<u64>,
+        version: u32,
+        max_ranks_per_nvlink_domain: Option<usize>,
+    ) -> (Context, String) {
         let cfg = config::global();
         let calibration = match comm_id {
             _ if !cfg.tuner.enabled => Calibration::Off,
@@ -125,7 +131,8 @@ impl Context {
         let (profile, source) = LinkProfile::resolve(&cfg.tuner, agreed.as_ref());
         let policy = Policy::from_config(cfg);
         let tuner = Tuner::new(ranks, nodes, profile, policy)
-            .with_link_known(LinkProfile::link_known(&cfg.tuner, agreed.as_ref()));
+            .with_link_known(LinkProfile::link_known(&cfg.tuner, agreed.as_ref()))
+            .with_max_ranks_per_nvlink_domain(max_ranks_per_nvlink_domain);
         let crossover = tuner::crossover_bytes(tuner.nodes, &tuner.profile, &tuner.policy);
         metrics::calibration().tuner_profile(&metrics::TunerProfile {
             comm: comm_id,
@@ -155,12 +162,14 @@ impl Context {
 ///
 /// # Safety
 /// `ctx` must be null or valid for a write of a pointer.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn init(
     version: u32,
     ctx: *mut *mut c_void,
     comm_id: Option<u64>,
     ranks: usize,
     nodes: usize,
+    max_ranks_per_nvlink_domain: Option<usize>,
     logger_fn: ncclDebugLogger_t,
     extra: &str,
 ) -> NetResult<()> {
@@ -173,19 +182,21 @@ pub unsafe fn init(
     }
     // Building the context reads the config; a panic there must not fail
     // NCCL's init: fall back to a disabled tuner.
-    let (context, note) = catch_unwind(|| Context::new(ranks, nodes, comm_id, version))
-        .unwrap_or_else(|_| {
-            warn!("tuner: internal error while reading the configuration; tuner off, NCCL decides");
-            (
-                Context {
-                    tuner: None,
-                    comm_id,
-                    digest: AtomicU64::new(0),
-                    calls: AtomicU64::new(0),
-                },
-                String::new(),
-            )
-        });
+    let (context, note) = catch_unwind(|| {
+        Context::new(ranks, nodes, comm_id, version, max_ranks_per_nvlink_domain)
+    })
+    .unwrap_or_else(|_| {
+        warn!("tuner: internal error while reading the configuration; tuner off, NCCL decides");
+        (
+            Context {
+                tuner: None,
+                comm_id,
+                digest: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
+            },
+            String::new(),
+        )
+    });
     log_init(version, ranks, nodes, &context, extra, &note);
     // SAFETY: non-null, and valid for writes per the caller's contract.
     unsafe { write_out(ctx, object::into_raw(Kind::Tuner, context), "context") }
@@ -283,7 +294,7 @@ fn never_fail(ctx: *mut c_void, f: impl FnOnce(&Tuner) -> Option<u64>) -> ncclRe
 /// Log-once buckets: (collective, log2 of bytes, outcome), one bit each.
 const BUCKET_FUNCS: usize = 16;
 const BUCKET_SIZES: usize = 65;
-const BUCKET_OUTCOMES: usize = 3;
+const BUCKET_OUTCOMES: usize = 5;
 static LOGGED: [AtomicU64; (BUCKET_FUNCS * BUCKET_SIZES * BUCKET_OUTCOMES).div_ceil(64)] =
     [const { AtomicU64::new(0) }; (BUCKET_FUNCS * BUCKET_SIZES * BUCKET_OUTCOMES).div_ceil(64)];
 
@@ -324,7 +335,7 @@ fn ms(us: f64) -> String {
 /// `ctx` must come from [`init`]; `table` must be null or point at
 /// `n_algo * n_proto` contiguous, writable `f32` (NCCL passes its
 /// `float[numAlgo][numProto]` cast to `float**`); `n_channels` must be null
-/// or valid for writes of an `int`. It is written only where
+/// or valid and aligned for writes of an `int`. It is written only where
 /// [`Tuner::channels`] caps the count, never read.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn coll_info_table(
@@ -362,10 +373,12 @@ pub unsafe fn coll_info_table(
             unsafe { n_channels.write(c_int::try_from(n).unwrap_or(1)) };
         }
         metrics::tuner_decision(func, pick.map(|p| p.0), pick.map(|p| p.1));
-        let outcome = match edit {
-            TableEdit::Untouched(_) => 0,
-            TableEdit::ChoseCollNet { .. } => 1,
-            TableEdit::RaisedCollNet { .. } => 2,
+        let outcome = match (edit, channels) {
+            (TableEdit::Untouched(_), None) => 0,
+            (TableEdit::Untouched(_), Some(_)) => 3,
+            (TableEdit::ChoseCollNet { .. }, _) => 1,
+            (TableEdit::RaisedCollNet { .. }, None) => 2,
+            (TableEdit::RaisedCollNet { .. }, Some(_)) => 4,
         };
         if first_in_bucket(func, call.bytes, outcome) {
             let why = match edit {
@@ -446,18 +459,29 @@ pub unsafe fn coll_info_v2(
 ///
 /// # Safety
 /// As for [`init`].
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn init_guarded(
     version: u32,
     ctx: *mut *mut c_void,
     comm_id: Option<u64>,
     ranks: usize,
     nodes: usize,
+    max_ranks_per_nvlink_domain: Option<usize>,
     logger_fn: ncclDebugLogger_t,
     extra: &str,
 ) -> ncclResult_t {
     // SAFETY: forwarded contract.
     guard("tuner init", || unsafe {
-        init(version, ctx, comm_id, ranks, nodes, logger_fn, extra)
+        init(
+            version,
+            ctx,
+            comm_id,
+            ranks,
+            nodes,
+            max_ranks_per_nvlink_domain,
+            logger_fn,
+            extra,
+        )
     })
 }
 
@@ -627,6 +651,30 @@ mod tests {
         .unwrap();
         // SAFETY: a live context, finalized once.
         assert_eq!(unsafe { f(ctx) }, OK, "{v} finalize");
+    }
+
+    #[test]
+    fn a_disabled_tuner_writes_no_channel_count() {
+        for (v, get) in table_fns() {
+            let ctx = object::into_raw(
+                Kind::Tuner,
+                Context {
+                    tuner: None,
+                    comm_id: None,
+                    digest: Default::default(),
+                    calls: Default::default(),
+                },
+            );
+            let mut t = table();
+            t[ALGO_RING][PROTO_SIMPLE] = 20.0;
+            let before = t;
+            let mut nch: c_int = 0;
+            // SAFETY: a live context, table and int.
+            assert_eq!(unsafe { get(ctx, 4096, &mut t, &mut nch) }, OK, "{v}");
+            assert_eq!(nch, 0, "{v}");
+            assert_eq!(t, before, "{v}");
+            finalize(v, ctx);
+        }
     }
 
     #[test]

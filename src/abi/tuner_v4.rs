@@ -14,7 +14,7 @@ unsafe extern "C" fn init(
     context: *mut *mut c_void,
 ) -> ncclResult_t {
     // SAFETY: NCCL passes a writable context pointer.
-    unsafe { tuner::init_guarded(4, context, None, n_ranks, n_nodes, logger, "") }
+    unsafe { tuner::init_guarded(4, context, None, n_ranks, n_nodes, None, logger, "") }
 }
 
 #[allow(clippy::too_many_arguments)]

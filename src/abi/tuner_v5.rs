@@ -38,6 +38,11 @@ pub(super) fn describe(
     s
 }
 
+/// The most ranks in one NVLink domain, when NCCL filled the struct in.
+pub(super) fn max_ranks_per_domain(nvl: Option<&ncclNvlDomainInfo_v5_t>) -> Option<usize> {
+    nvl.and_then(|d| usize::try_from(d.maxRanksPerNvlDomain).ok())
+}
+
 unsafe extern "C" fn init(
     context: *mut *mut c_void,
     comm_id: u64,
@@ -48,11 +53,21 @@ unsafe extern "C" fn init(
     constants: *mut ncclTunerConstants_v5_t,
 ) -> ncclResult_t {
     // SAFETY: NCCL passes its structs or NULL; we only read them.
-    let extra = describe(comm_id, unsafe { nvl_domain_info.as_ref() }, unsafe {
-        constants.as_ref()
-    });
+    let (nvl, constants) = unsafe { (nvl_domain_info.as_ref(), constants.as_ref()) };
+    let extra = describe(comm_id, nvl, constants);
     // SAFETY: NCCL passes a writable context pointer.
-    unsafe { tuner::init_guarded(5, context, Some(comm_id), n_ranks, n_nodes, logger, &extra) }
+    unsafe {
+        tuner::init_guarded(
+            5,
+            context,
+            Some(comm_id),
+            n_ranks,
+            n_nodes,
+            max_ranks_per_domain(nvl),
+            logger,
+            &extra,
+        )
+    }
 }
 
 /// Shared with v6 (same signature).

@@ -22,11 +22,21 @@ unsafe extern "C" fn init(
     constants: *mut ncclTunerConstants_v6_t,
 ) -> ncclResult_t {
     // SAFETY: NCCL passes its structs or NULL; we only read them.
-    let extra = tuner_v5::describe(comm_id, unsafe { nvl_domain_info.as_ref() }, unsafe {
-        constants.as_ref()
-    });
+    let (nvl, constants) = unsafe { (nvl_domain_info.as_ref(), constants.as_ref()) };
+    let extra = tuner_v5::describe(comm_id, nvl, constants);
     // SAFETY: NCCL passes a writable context pointer.
-    unsafe { tuner::init_guarded(6, context, Some(comm_id), n_ranks, n_nodes, logger, &extra) }
+    unsafe {
+        tuner::init_guarded(
+            6,
+            context,
+            Some(comm_id),
+            n_ranks,
+            n_nodes,
+            tuner_v5::max_ranks_per_domain(nvl),
+            logger,
+            &extra,
+        )
+    }
 }
 
 #[no_mangle]

@@ -2,7 +2,7 @@
 //!
 //! The tuner owns one question: **collective network (CollNet) or NCCL's own
 //! algorithms?** and one narrow rule about channels ([`Tuner::channels`]:
-//! mid-size allreduce on one channel where every hop is airamp's net).
+//! mid-size allreduce on one channel where every hop is the net).
 //! Everything else (ring vs tree vs NVLS vs PAT, protocols, chunk sizes)
 //! stays NCCL's. It answers from inputs that are
 //! identical on every rank of a communicator (collective type, byte count,
@@ -381,6 +381,10 @@ pub struct Tuner {
     /// bound, whatever NCCL's estimate (which assumes the NIC speed the net
     /// plugin reports) says.
     pub link_known: bool,
+    /// Most ranks in one NVLink domain, when NCCL says (tuner v5+). Above
+    /// one, some hops are NVLink even with one rank per node (multi-node
+    /// NVLink), and [`Tuner::channels`] keeps NCCL's count.
+    pub max_ranks_per_nvlink_domain: Option<usize>,
 }
 
 /// NCCL's cost table for one call: `float[n_algo][n_proto]`, microseconds,
@@ -485,6 +489,7 @@ impl Tuner {
             profile: profile.sanitized(),
             policy,
             link_known: false,
+            max_ranks_per_nvlink_domain: None,
         }
     }
 
@@ -492,6 +497,12 @@ impl Tuner {
     /// ([`LinkProfile::link_known`]).
     pub fn with_link_known(mut self, known: bool) -> Tuner {
         self.link_known = known;
+        self
+    }
+
+    /// The same tuner, told the most ranks NCCL found in one NVLink domain.
+    pub fn with_max_ranks_per_nvlink_domain(mut self, ranks: Option<usize>) -> Tuner {
+        self.max_ranks_per_nvlink_domain = ranks;
         self
     }
 
@@ -639,21 +650,27 @@ impl Tuner {
     /// `pick` is the `(algorithm, protocol)` NCCL takes from the edited table.
     ///
     /// One channel for an allreduce of at most `single_channel_bytes` that
-    /// NCCL runs as ring, tree or PAT, when every rank is a node of its own:
-    /// then each hop of each channel is a message through airamp's net, and
-    /// messages of this size travel inline on NCCL's one proxy thread, so a
-    /// second channel adds per-message work to that thread without copying
-    /// anything in parallel (H200: 256 KiB 15% faster on one channel, 4 MiB
-    /// 27% slower). With several ranks per node the other hops are NVLink or
-    /// PCIe, where channels do run in parallel: NCCL's count stays.
+    /// NCCL runs as ring or tree, when every hop goes through the net: each
+    /// rank a node of its own, and alone in its NVLink domain where NCCL
+    /// says. Each hop of each channel is then a message through airamp's
+    /// net, and messages of this size travel inline on NCCL's one proxy
+    /// thread, so a second channel adds per-message work to that thread
+    /// without copying anything in parallel (H200, one channel against two:
+    /// 64-512 KiB 1.04-1.45x, 1-2 MiB 0.79-0.89x; docs/tuner.md). Where
+    /// other hops are NVLink or PCIe, channels do run in parallel: NCCL's
+    /// count stays.
     ///
-    /// Every input is the same on every rank (NCCL's table is computed from
-    /// communicator-wide figures), so ranks never disagree on the count.
+    /// Every input is the same on every rank (NCCL computes the table and
+    /// the domain shape from communicator-wide figures), so ranks given the
+    /// same configuration never disagree on the count.
     pub fn channels(&self, call: Call, pick: Option<(usize, usize)>) -> Option<u32> {
-        let raw = matches!(pick, Some((ALGO_RING | ALGO_TREE | ALGO_PAT, _)));
-        (raw && call.func == FUNC_ALLREDUCE
-            && self.nodes >= 2
+        let ring_or_tree = matches!(pick, Some((ALGO_RING | ALGO_TREE, _)));
+        let every_hop_is_the_net = self.nodes >= 2
             && self.ranks == self.nodes
+            && self.max_ranks_per_nvlink_domain.map_or(true, |r| r <= 1);
+        (ring_or_tree
+            && every_hop_is_the_net
+            && call.func == FUNC_ALLREDUCE
             && self.policy.single_channel_bytes > 0
             && call.bytes <= self.policy.single_channel_bytes)
             .then_some(1)

@@ -396,27 +396,23 @@ proptest! {
         (n_algo, n_proto, cells) in table_shape(),
         policy in any_policy(),
         call in any_call(),
-        ranks in 1usize..512,
         nodes in 1usize..64,
+        ranks_per_node in prop_oneof![3 => Just(1usize), 1 => 2usize..=8],
+        nvlink in prop_oneof![Just(None), (0usize..=8).prop_map(Some)],
     ) {
-        let t = Tuner::new(ranks, nodes, LinkProfile::default(), policy);
+        let ranks = nodes * ranks_per_node;
+        let t = Tuner::new(ranks, nodes, LinkProfile::default(), policy)
+            .with_max_ranks_per_nvlink_domain(nvlink);
         let mut a = cells.clone();
-        let table = CostTable::new(&mut a, n_algo, n_proto).unwrap();
-        let pick = table.nccl_pick();
-        let cap = t.channels(call, pick);
-        prop_assert_eq!(cap, t.clone().channels(call, pick));
-        if let Some(n) = cap {
-            prop_assert_eq!(n, 1);
-            prop_assert_eq!(call.func, FUNC_ALLREDUCE);
-            prop_assert!(ranks == nodes && nodes >= 2);
-            prop_assert!(policy.single_channel_bytes > 0 && call.bytes <= policy.single_channel_bytes);
-            prop_assert!(matches!(pick, Some((ALGO_RING | ALGO_TREE | ALGO_PAT, _))));
-        } else if call.func == FUNC_ALLREDUCE && ranks == nodes && nodes >= 2
-            && policy.single_channel_bytes > 0 && call.bytes <= policy.single_channel_bytes
-        {
-            // Not capped only because NCCL runs something else.
-            prop_assert!(!matches!(pick, Some((ALGO_RING | ALGO_TREE | ALGO_PAT, _))));
-        }
+        let pick = CostTable::new(&mut a, n_algo, n_proto).unwrap().nccl_pick();
+        let expected = call.func == FUNC_ALLREDUCE
+            && nodes >= 2
+            && ranks_per_node == 1
+            && nvlink.map_or(true, |r| r <= 1)
+            && policy.single_channel_bytes > 0
+            && call.bytes <= policy.single_channel_bytes
+            && matches!(pick, Some((ALGO_RING | ALGO_TREE, _)));
+        prop_assert_eq!(t.channels(call, pick), expected.then_some(1));
     }
 
     #[test]
@@ -468,6 +464,7 @@ proptest! {
 
 #[test]
 fn one_channel_up_to_the_threshold_where_every_hop_is_the_net() {
+    const ALLGATHER: i32 = 2;
     let ring = Some((ALGO_RING, PROTO_SIMPLE));
     let one_per_node = Tuner::new(2, 2, LinkProfile::default(), fp8_on());
     assert_eq!(one_per_node.channels(allreduce(256 << 10), ring), Some(1));
@@ -480,22 +477,42 @@ fn one_channel_up_to_the_threshold_where_every_hop_is_the_net() {
         one_per_node.channels(allreduce(8), Some((ALGO_TREE, PROTO_LL))),
         Some(1)
     );
-    // CollNet (the tuner's own choice or NCCL's), NVLS: NCCL's count.
-    for algo in [ALGO_COLLNET_CHAIN, ALGO_COLLNET_DIRECT, ALGO_NVLS] {
+    // CollNet (the tuner's own choice or NCCL's), NVLS, PAT: NCCL's count.
+    for algo in [
+        ALGO_COLLNET_CHAIN,
+        ALGO_COLLNET_DIRECT,
+        ALGO_NVLS,
+        ALGO_NVLS_TREE,
+        ALGO_PAT,
+    ] {
         assert_eq!(
             one_per_node.channels(allreduce(256 << 10), Some((algo, PROTO_SIMPLE))),
-            None
+            None,
+            "{}",
+            ALGO_NAMES[algo]
         );
     }
     assert_eq!(one_per_node.channels(allreduce(256 << 10), None), None);
     let other = Call {
-        func: 2,
+        func: ALLGATHER,
         ..allreduce(256 << 10)
     };
     assert_eq!(one_per_node.channels(other, ring), None, "allgather");
+    // One rank in all: no hop at all.
+    let alone = Tuner::new(1, 1, LinkProfile::default(), fp8_on());
+    assert_eq!(alone.channels(allreduce(256 << 10), ring), None);
     // Eight GPUs per node: the other hops are NVLink, channels stay.
     let eight_per_node = Tuner::new(16, 2, LinkProfile::default(), fp8_on());
     assert_eq!(eight_per_node.channels(allreduce(256 << 10), ring), None);
+    // One rank per node, but nodes share an NVLink domain (multi-node NVLink).
+    let shared_domain = one_per_node
+        .clone()
+        .with_max_ranks_per_nvlink_domain(Some(2));
+    assert_eq!(shared_domain.channels(allreduce(256 << 10), ring), None);
+    let own_domain = one_per_node
+        .clone()
+        .with_max_ranks_per_nvlink_domain(Some(1));
+    assert_eq!(own_domain.channels(allreduce(256 << 10), ring), Some(1));
     let off = Policy {
         single_channel_bytes: 0,
         ..fp8_on()

@@ -30,6 +30,10 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("peer_killed_is_remote_error", peer_killed_is_remote_error),
     ("silent_peer_times_out", silent_peer_times_out),
     (
+        "disagreeing_tuner_settings_fail_both_ends",
+        disagreeing_tuner_settings_fail_both_ends,
+    ),
+    (
         "hostile_connections_are_harmless",
         hostile_connections_are_harmless,
     ),
@@ -116,6 +120,7 @@ pub fn child(args: &[String]) -> TestResult {
         "send-forever" => child_send_forever(),
         "send-one-then-sleep" => child_send_one_then_sleep(),
         "recv-expect-silence" => child_recv_expect_silence(),
+        "connect-and-report" => child_connect_and_report(),
         "send-many-comms" => child_send_many_comms(arg(1).parse().unwrap_or(1)),
         "recv-one" => child_recv_one(),
         "ring-member" => child_ring_member(arg(1).parse().unwrap_or(0)),
@@ -617,6 +622,52 @@ fn child_send_one_then_sleep() -> TestResult {
     Ok(())
 }
 
+/// Two processes whose tuners would decide differently (one runs mid-size
+/// allreduce on one channel, the other not): instead of NCCL hanging in the
+/// first collective, connect and accept both fail with `ncclInvalidUsage`,
+/// each well within its deadline.
+fn disagreeing_tuner_settings_fail_both_ends() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V11);
+    let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
+    let mut peer = spawn(
+        "connect-and-report",
+        &[],
+        &[("AIRAMP_TUNER_SINGLE_CHANNEL_BYTES", "0")],
+    );
+    peer.send_line(&hex(&handle));
+    let start = Instant::now();
+    let accepted = net.accept_wait(listen, Duration::from_secs(20));
+    let took = start.elapsed();
+    let verdict = peer.read_line();
+    peer.send_line("done");
+    peer.finish()?;
+    let code = format!("{INVALID_USAGE:?}");
+    ensure(matches!(&accepted, Err(e) if e.contains(&code)), || {
+        format!("accept: {accepted:?}, expected {code} within 20 s")
+    })?;
+    ensure(took < Duration::from_secs(10), || {
+        format!("accept failed only after {took:?}")
+    })?;
+    ensure(
+        verdict.starts_with("connect-error") && verdict.contains(&code),
+        || format!("connector reported {verdict:?}, expected {code}"),
+    )
+}
+
+/// Connects to the parent's handle and reports how that went.
+fn child_connect_and_report() -> TestResult {
+    let lib = open();
+    let net = init(&lib, NetVersion::V11);
+    let mut handle = unhex(&read_parent_line());
+    match net.connect_wait(0, &mut handle, Duration::from_secs(20)) {
+        Ok(_) => tell_parent("connected"),
+        Err(e) => tell_parent(&format!("connect-error {e}")),
+    }
+    let _ = read_parent_line();
+    Ok(())
+}
+
 /// A peer that announces a message, sends part of it, then goes silent:
 /// the receiver must fail within its peer timeout instead of hanging.
 fn silent_peer_times_out() -> TestResult {
@@ -633,6 +684,7 @@ fn silent_peer_times_out() -> TestResult {
         stream: 0,
         streams: 1,
         heartbeat_ms: handle.heartbeat_ms,
+        agreement: handle.agreement,
     };
     s.write_all(&hello.encode()).map_err(|e| e.to_string())?;
     let h = FrameHeader {
@@ -701,6 +753,8 @@ fn hostile_connections_are_harmless() -> TestResult {
                 stream: 0,
                 streams: 4,
                 heartbeat_ms: 1000,
+                // Another digest too: a stranger is dropped, never an error.
+                agreement: !0,
             }
             .encode(),
         )

@@ -807,7 +807,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER",
         default: "true",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Enable the tuner (`ncclTunerPlugin_v2`..`v6`, see docs/tuner.md). It decides collective network versus NCCL's own algorithms for allreduce, and runs mid-size allreduce on one channel where every hop is the net (tuner.single_channel_bytes); off, it leaves every NCCL choice alone. Must be the same on every host: ranks that disagree on a channel count hang, as with NCCL_MAX_NCHANNELS.",
+        doc: "Enable the tuner (`ncclTunerPlugin_v2`..`v6`, see docs/tuner.md). It decides collective network versus NCCL's own algorithms for allreduce, and runs mid-size allreduce on one channel where every hop is the net (tuner.single_channel_bytes); off, it leaves every NCCL choice alone. Must be the same on every host (checked at connect: a peer that differs is refused on both ends).",
         example: "true",
         apply: |c, r| {
             c.tuner.enabled = want_bool(r)?;
@@ -833,7 +833,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_MIN_GAIN",
         default: "0.05",
         accepted: "number 0.0..=1.0",
-        doc: "The compressed collective network is chosen only when predicted at least this fraction faster than NCCL's best raw algorithm. The margin bounds what keeping the raw algorithm can cost when the prediction is right: at most 1 - 1/(1 + min_gain) of the faster path's speed (0.05: under 5%).",
+        doc: "The compressed collective network is chosen only when predicted at least this fraction faster than NCCL's best raw algorithm. The margin bounds what keeping the raw algorithm can cost when the prediction is right: at most 1 - 1/(1 + min_gain) of the faster path's speed (0.05: under 5%). Must be the same on every host (checked at connect).",
         example: "0.05",
         apply: |c, r| {
             let x = want_float(r)?;
@@ -850,7 +850,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_LINK_GBPS",
         default: "unset",
         accepted: "number > 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): link bandwidth in Gbit/s; overrides the figure measured in connect. Unset: the measured figure, else the tuner assumes 100 Gbit/s, where compression rarely pays. Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): link bandwidth in Gbit/s; overrides the figure measured in connect. Unset: the measured figure, else the tuner assumes 100 Gbit/s, where compression rarely pays. Must be the same on every host (checked at connect).",
         example: "100.0",
         apply: |c, r| {
             if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
@@ -871,7 +871,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_LINK_LATENCY_US",
         default: "unset",
         accepted: "number >= 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): one-way link latency in microseconds; overrides the figure measured in connect. Unset: the measured figure, else 10 us. Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): one-way link latency in microseconds; overrides the figure measured in connect. Unset: the measured figure, else 10 us. Must be the same on every host (checked at connect).",
         example: "5.0",
         apply: |c, r| {
             if matches!(r, Raw::Str(s) if s.trim().is_empty()) {
@@ -892,7 +892,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_ENCODE_GVPS",
         default: "unset",
         accepted: "number > 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): FP8 encode speed, G values/s (one core; the figure measured in connect is the group's executor: workers x one core); overrides the measured figure. Unset: the measured figure, else 1.9 (AVX2). Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): FP8 encode speed, G values/s (one core; the figure measured in connect is the group's executor: workers x one core); overrides the measured figure. Unset: the measured figure, else 1.9 (AVX2). Must be the same on every host (checked at connect).",
         example: "1.9",
         apply: |c, r| {
             c.tuner.encode_gvps = want_opt_positive(r)?;
@@ -905,7 +905,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_DECODE_GVPS",
         default: "unset",
         accepted: "number > 0 (empty = unset)",
-        doc: "Calibration profile (`airamp calibrate`): FP8 decode-and-accumulate speed, G values/s (one core; the measured figure is the group's executor); overrides the measured figure. Unset: the measured figure, else 6.9 (AVX2). Must be the same on every host.",
+        doc: "Calibration profile (`airamp calibrate`): FP8 decode-and-accumulate speed, G values/s (one core; the measured figure is the group's executor); overrides the measured figure. Unset: the measured figure, else 6.9 (AVX2). Must be the same on every host (checked at connect).",
         example: "6.9",
         apply: |c, r| {
             c.tuner.decode_gvps = want_opt_positive(r)?;
@@ -918,7 +918,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_CALL_OVERHEAD_US",
         default: "150",
         accepted: "number 0..=100000",
-        doc: "Fixed extra cost of one compressed collective-network allreduce over the raw path (NCCL's CollNet kernels and proxy, step scheduling, codec start-up), microseconds; keeps small messages on NCCL's own algorithms. 150 fits the H200 measurements in docs/tuner.md (a 64 KiB FP8 CollNet call: 270-300 us, 120-185 us beyond wire, codec and two latencies).",
+        doc: "Fixed extra cost of one compressed collective-network allreduce over the raw path (NCCL's CollNet kernels and proxy, step scheduling, codec start-up), microseconds; keeps small messages on NCCL's own algorithms. 150 fits the H200 measurements in docs/tuner.md (a 64 KiB FP8 CollNet call: 270-300 us, 120-185 us beyond wire, codec and two latencies). Must be the same on every host (checked at connect).",
         example: "150.0",
         apply: |c, r| {
             let x = want_float(r)?;
@@ -935,7 +935,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_TUNER_SINGLE_CHANNEL_BYTES",
         default: "524288 (512K)",
         accepted: "bytes 0..=1073741824; plain integer or suffix K, KiB, M, MiB; 0 turns it off",
-        doc: "Where every rank is a node of its own and alone in its NVLink domain (each hop of NCCL's ring or tree goes through airamp's net), an allreduce up to this size that NCCL runs as ring or tree uses one NCCL channel. airamp moves messages of this size inline on NCCL's one proxy thread, so more channels only add per-message costs there; larger allreduces keep NCCL's channel count, where the stream threads copy in parallel. Assumes airamp's net carries the traffic: set 0 when airamp's tuner runs over another net. Must be the same on every host (and so must the airamp version): ranks that disagree on a channel count hang, as with NCCL_MAX_NCHANNELS.",
+        doc: "Where every rank is a node of its own and alone in its NVLink domain (each hop of NCCL's ring or tree goes through airamp's net), an allreduce up to this size that NCCL runs as ring or tree uses one NCCL channel. airamp moves messages of this size inline on NCCL's one proxy thread, so more channels only add per-message costs there; larger allreduces keep NCCL's channel count, where the stream threads copy in parallel. Assumes airamp's net carries the traffic: set 0 when airamp's tuner runs over another net. Must be the same on every host, and so must the airamp version (checked at connect: a peer that differs is refused on both ends, since ranks that disagree on a channel count would hang).",
         example: "\"512K\"",
         apply: |c, r| {
             c.tuner.single_channel_bytes = want_bytes(r, |n| n <= 1 << 30)? as u64;

@@ -66,6 +66,9 @@ pub enum PeerFailure {
     Protocol(String),
     /// The sender's message is larger than the posted receive buffer.
     Truncated { message: u64, posted: u64 },
+    /// The peer's airamp would decide collectives differently (its
+    /// agreement digest differs): refused at connect.
+    Disagrees { ours: u64, theirs: u64 },
 }
 
 impl NetError {
@@ -91,7 +94,7 @@ impl NetError {
             NetError::Unsupported(_) | NetError::Internal(_) => ErrorClass::Internal,
             NetError::Io { .. } => ErrorClass::System,
             NetError::Peer {
-                cause: PeerFailure::Truncated { .. },
+                cause: PeerFailure::Truncated { .. } | PeerFailure::Disagrees { .. },
                 ..
             } => ErrorClass::InvalidUsage,
             NetError::Peer { .. } => ErrorClass::Remote,
@@ -121,6 +124,10 @@ impl fmt::Display for PeerFailure {
             PeerFailure::Truncated { message, posted } => write!(
                 f,
                 "message of {message} bytes does not fit the posted receive of {posted} bytes"
+            ),
+            PeerFailure::Disagrees { ours, theirs } => write!(
+                f,
+                "its airamp would run collectives differently (agreement digest {theirs:#018x}, ours {ours:#018x}): every host of a job needs the same airamp build and the same tuner.enabled, tuner.single_channel_bytes, tuner.min_gain, tuner.call_overhead_us and calibration profile (tuner.link_gbps, link_latency_us, encode_gvps, decode_gvps), or ranks pick different NCCL channel counts or algorithms and the job hangs; compare `airamp config check` on both hosts"
             ),
         }
     }

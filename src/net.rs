@@ -212,6 +212,7 @@ impl Plugin {
                 peer_timeout: t.peer_timeout(),
                 inline_bytes: t.inline_bytes(),
                 handshake_timeout: t.handshake_timeout(),
+                agreement: crate::tuner::agreement_digest(cfg),
             },
         }
     }

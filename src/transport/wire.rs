@@ -9,7 +9,7 @@ pub const HANDLE_BYTES: usize = 128;
 /// The last 8 bytes of the handle are ours to keep connect() state in (never sent).
 pub const HANDLE_STAGE_OFFSET: usize = HANDLE_BYTES - 8;
 pub const TOKEN_BYTES: usize = 16;
-pub const HELLO_BYTES: usize = 40;
+pub const HELLO_BYTES: usize = 48;
 pub const FRAME_HEADER_BYTES: usize = 32;
 /// Most streams one connection may use.
 pub const MAX_STREAMS: usize = 16;
@@ -21,8 +21,9 @@ pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
 const HANDLE_MAGIC: [u8; 4] = *b"AMP1";
 const HELLO_MAGIC: [u8; 4] = *b"AMPH";
 /// 2: heartbeats (frames forward, bytes back) and the heartbeat interval in
-/// the handle and the hello.
-const PROTOCOL_VERSION: u8 = 2;
+/// the handle and the hello. 3: the agreement digest in the handle and the
+/// hello.
+const PROTOCOL_VERSION: u8 = 3;
 
 /// Shortest and longest heartbeat interval a peer may ask for: a quarter of
 /// the peer timeout's range (`transport.peer_timeout_ms`, 100 ms..=1 h).
@@ -60,6 +61,8 @@ pub struct ListenHandle {
     pub token: Token,
     /// How often the listener wants to hear from a connected peer.
     pub heartbeat_ms: u32,
+    /// The listener's [`TcpSettings::agreement`](crate::transport::tcp::TcpSettings::agreement).
+    pub agreement: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +129,7 @@ impl ListenHandle {
         out[28..32].copy_from_slice(&scope.to_le_bytes());
         out[32..48].copy_from_slice(&self.token);
         out[48..52].copy_from_slice(&self.heartbeat_ms.to_le_bytes());
+        out[56..64].copy_from_slice(&self.agreement.to_le_bytes());
     }
 
     pub fn decode(b: &[u8; HANDLE_BYTES]) -> Result<Self, WireError> {
@@ -156,6 +160,7 @@ impl ListenHandle {
             streams,
             token: b[32..48].try_into().expect("16 bytes"),
             heartbeat_ms: heartbeat_ms(&b[48..52])?,
+            agreement: u64::from_le_bytes(b[56..64].try_into().expect("8 bytes")),
         })
     }
 }
@@ -170,6 +175,8 @@ pub struct Hello {
     pub streams: u16,
     /// How often the connecting side wants to hear from the listener.
     pub heartbeat_ms: u32,
+    /// The connecting side's [`TcpSettings::agreement`](crate::transport::tcp::TcpSettings::agreement).
+    pub agreement: u64,
 }
 
 /// Reads and range-checks a heartbeat interval (u32 LE).
@@ -192,6 +199,7 @@ impl Hello {
         b[12..28].copy_from_slice(&self.token);
         b[28..36].copy_from_slice(&self.connection.to_le_bytes());
         b[36..40].copy_from_slice(&self.heartbeat_ms.to_le_bytes());
+        b[40..48].copy_from_slice(&self.agreement.to_le_bytes());
         b
     }
 
@@ -220,6 +228,7 @@ impl Hello {
             stream,
             streams,
             heartbeat_ms: heartbeat_ms(&b[36..40])?,
+            agreement: u64::from_le_bytes(b[40..48].try_into().expect("8 bytes")),
         })
     }
 }
@@ -325,6 +334,7 @@ mod tests {
                 streams: 4,
                 token: [7; 16],
                 heartbeat_ms: 7500,
+                agreement: 0x0123_4567_89ab_cdef,
             };
             let mut b = [0xAA; HANDLE_BYTES];
             h.encode(&mut b);
@@ -340,6 +350,7 @@ mod tests {
             streams: 2,
             token: [1; 16],
             heartbeat_ms: MIN_HEARTBEAT_MS,
+            agreement: u64::MAX,
         };
         let mut b = [0; HANDLE_BYTES];
         h.encode(&mut b);
@@ -361,6 +372,9 @@ mod tests {
         let mut old = b;
         old[4] = 1;
         assert_eq!(ListenHandle::decode(&old), Err(WireError::BadVersion(1)));
+        // Version 2 had no agreement digest: refused, not read as zero.
+        old[4] = 2;
+        assert_eq!(ListenHandle::decode(&old), Err(WireError::BadVersion(2)));
     }
 
     #[test]
@@ -371,8 +385,12 @@ mod tests {
             stream: 3,
             streams: 4,
             heartbeat_ms: MAX_HEARTBEAT_MS,
+            agreement: 0xfeed_f00d,
         };
         assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+        let mut v2 = h.encode();
+        v2[4] = 2;
+        assert_eq!(Hello::decode(&v2), Err(WireError::BadVersion(2)));
         let fast = Hello {
             heartbeat_ms: MAX_HEARTBEAT_MS + 1,
             ..h

@@ -521,3 +521,50 @@ fn one_channel_up_to_the_threshold_where_every_hop_is_the_net() {
     assert_eq!(t.channels(allreduce(256 << 10), ring), None);
     assert_eq!(t.channels(allreduce(0), ring), None, "0 turns it off");
 }
+
+/// A configuration with one key set through its environment variable.
+fn config_with(key: &str, value: &str) -> Config {
+    let env = crate::config::KEYS
+        .iter()
+        .find(|k| k.name == key)
+        .unwrap_or_else(|| panic!("no key {key}"))
+        .env;
+    let (cfg, diags) = Config::from_sources(None, [(env, value)]);
+    assert!(diags.is_empty(), "{key}={value}: {diags:?}");
+    cfg
+}
+
+#[test]
+fn the_agreement_digest_covers_exactly_the_keys_ranks_must_share() {
+    let base = agreement_digest(&Config::default());
+    assert_eq!(base, agreement_digest(&Config::default()));
+    let changed = [
+        ("tuner.enabled", "0"),
+        ("tuner.single_channel_bytes", "1M"),
+        ("tuner.min_gain", "0.2"),
+        ("tuner.call_overhead_us", "10"),
+        ("tuner.link_gbps", "25"),
+        ("tuner.link_latency_us", "3"),
+        ("tuner.encode_gvps", "2"),
+        ("tuner.decode_gvps", "5"),
+    ];
+    assert_eq!(
+        changed.map(|(k, _)| k),
+        AGREED_KEYS,
+        "every agreed key is tried"
+    );
+    for (key, value) in changed {
+        assert_ne!(agreement_digest(&config_with(key, value)), base, "{key}");
+    }
+    // What the collective network's members agree on when they join, and
+    // what only shapes this host's own transport or workers.
+    for (key, value) in [
+        ("tuner.calibrate", "0"),
+        ("compression.fp8_allreduce", "1"),
+        ("compression.format", "int8"),
+        ("transport.streams", "8"),
+        ("collnet.workers", "3"),
+    ] {
+        assert_eq!(agreement_digest(&config_with(key, value)), base, "{key}");
+    }
+}

@@ -9,7 +9,7 @@ use socket2::{SockAddr, Socket};
 
 use super::listen::random_u64;
 use super::socket::{new_stream, tune};
-use super::{SendComm, TcpSettings};
+use super::{disagreement, SendComm, TcpSettings};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
 use crate::transport::liveness::Liveness;
@@ -26,6 +26,8 @@ pub struct Connecting {
     hello: Hello,
     /// The heartbeat interval the listener asked for in its handle.
     peer_heartbeat_ms: u32,
+    /// The listener's agreement digest, from its handle.
+    peer_agreement: u64,
     settings: TcpSettings,
     streams: Vec<Option<Stream>>,
     since: Instant,
@@ -63,8 +65,10 @@ impl Connecting {
                 stream: 0,
                 streams: u16::from(handle.streams),
                 heartbeat_ms: Liveness::interval_for(settings.peer_timeout.as_millis() as u64),
+                agreement: settings.agreement,
             },
             peer_heartbeat_ms: handle.heartbeat_ms,
+            peer_agreement: handle.agreement,
             settings,
             streams,
             since: Instant::now(),
@@ -89,6 +93,16 @@ impl Connecting {
                 ));
             }
             return Ok(None);
+        }
+        if self.peer_agreement != self.settings.agreement {
+            // Our hellos are out, so the listener refuses us too: both ends
+            // fail instead of one of them waiting for the other.
+            metrics::transport(TransportKind::Tcp).connection_failed(ConnError::Handshake);
+            return Err(disagreement(
+                self.peer,
+                self.peer_agreement,
+                self.settings.agreement,
+            ));
         }
         let mut socks = Vec::with_capacity(self.streams.len());
         for s in self.streams.drain(..) {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use socket2::{SockAddr, Socket};
 
 use super::socket::{new_stream, tune};
-use super::{RecvComm, TcpSettings};
+use super::{disagreement, RecvComm, TcpSettings};
 use crate::error::{NetError, NetResult};
 use crate::metrics::{self, ConnError, TransportKind};
 use crate::transport::iface::NetDevice;
@@ -44,6 +44,9 @@ pub struct Listener {
     settings: TcpSettings,
     pending: Vec<Pending>,
     groups: Vec<Group>,
+    /// A peer with the right token whose airamp would decide otherwise:
+    /// the next `accept` fails with this.
+    refused: Option<NetError>,
 }
 
 fn random_token() -> io::Result<Token> {
@@ -89,6 +92,7 @@ impl Listener {
             streams: settings.streams as u8,
             token,
             heartbeat_ms: Liveness::interval_for(settings.peer_timeout.as_millis() as u64),
+            agreement: settings.agreement,
         };
         let listener = Listener {
             sock,
@@ -97,6 +101,7 @@ impl Listener {
             settings: settings.clone(),
             pending: Vec::new(),
             groups: Vec::new(),
+            refused: None,
         };
         Ok((listener, handle))
     }
@@ -106,6 +111,9 @@ impl Listener {
     pub fn accept(&mut self) -> NetResult<Option<RecvComm>> {
         self.accept_new()?;
         self.read_hellos();
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
         self.expire();
         let Some(i) = self
             .groups
@@ -195,6 +203,18 @@ impl Listener {
         };
         if !token_eq(&hello.token, &self.token) {
             return self.reject(p.peer, ConnError::BadToken, "wrong token");
+        }
+        if hello.agreement != self.settings.agreement {
+            // The right token: our job's peer, which would decide otherwise.
+            // Fail this accept rather than let NCCL wait on a collective
+            // the ranks run differently.
+            metrics::transport(TransportKind::Tcp).connection_failed(ConnError::Handshake);
+            self.refused = Some(disagreement(
+                p.peer,
+                hello.agreement,
+                self.settings.agreement,
+            ));
+            return;
         }
         if usize::from(hello.streams) != self.streams {
             return self.reject(

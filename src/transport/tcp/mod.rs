@@ -16,13 +16,14 @@ mod send;
 mod socket;
 mod timeline;
 
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{NetError, NetResult};
+use crate::error::{NetError, NetResult, PeerFailure};
 
 pub use connect::Connecting;
 pub use listen::Listener;
@@ -48,6 +49,18 @@ pub struct TcpSettings {
     pub inline_bytes: u64,
     /// How long connect and the hello exchange may take.
     pub handshake_timeout: Duration,
+    /// Digest of what every host of a job must share (the settings the
+    /// tuner decides from, and the version of its rules), set by the layer
+    /// above. Ranks that decide differently pick different NCCL channel
+    /// counts or algorithms and hang; so a peer whose digest differs is
+    /// refused at connect, on both ends.
+    pub agreement: u64,
+}
+
+/// The error both ends of a connection report when the peer's agreement
+/// digest differs from ours ([`TcpSettings::agreement`]).
+pub(crate) fn disagreement(peer: SocketAddr, theirs: u64, ours: u64) -> NetError {
+    NetError::peer(peer, PeerFailure::Disagrees { ours, theirs })
 }
 
 impl Default for TcpSettings {
@@ -60,6 +73,7 @@ impl Default for TcpSettings {
             peer_timeout: Duration::from_secs(30),
             inline_bytes: 64 << 10,
             handshake_timeout: Duration::from_secs(10),
+            agreement: 0,
         }
     }
 }

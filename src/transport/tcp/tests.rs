@@ -278,6 +278,7 @@ fn mute_listener(timeout_ms: u64) -> ListenHandle {
         streams: 1,
         token: [9; 16],
         heartbeat_ms: Liveness::interval_for(timeout_ms),
+        agreement: 0,
     };
     std::thread::spawn(move || {
         let (mut c, _) = l.accept().unwrap();
@@ -334,6 +335,7 @@ fn receiver_fails_a_sender_that_sends_no_heartbeat() {
         stream: 0,
         streams: 1,
         heartbeat_ms: handle.heartbeat_ms,
+        agreement: handle.agreement,
     };
     raw.write_all(&hello.encode()).unwrap();
     let recv = wait(|| listener.accept()).unwrap();
@@ -530,4 +532,87 @@ fn the_timeline_counts_each_completed_request_once() {
             .starts_with("3 receives of 1000 B on average; mean us from post: first frame matched"),
         "{received}"
     );
+}
+
+/// Peers whose airamp would decide collectives differently (their agreement
+/// digests differ) are refused on both ends, promptly: the connect fails
+/// once its hellos are out, the accept on the first of them, both with the
+/// same typed error. A stranger (wrong token) is still only dropped, and
+/// equal digests connect as before.
+#[test]
+fn peers_that_would_decide_differently_are_refused_on_both_ends() {
+    use std::io::Write;
+    let listener_side = TcpSettings {
+        agreement: 1,
+        ..settings(2)
+    };
+    let connector_side = TcpSettings {
+        agreement: 2,
+        ..settings(2)
+    };
+    let (mut listener, handle) = Listener::bind(&lo(), &listener_side).unwrap();
+
+    // A stranger with another digest: dropped, never an error.
+    let mut stranger = std::net::TcpStream::connect(handle.addr).unwrap();
+    let hello = crate::transport::wire::Hello {
+        token: [0x55; 16],
+        connection: 3,
+        stream: 0,
+        streams: 2,
+        heartbeat_ms: handle.heartbeat_ms,
+        agreement: 99,
+    };
+    stranger.write_all(&hello.encode()).unwrap();
+    let quiet_until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < quiet_until {
+        assert!(
+            matches!(listener.accept(), Ok(None)),
+            "a stranger failed the accept"
+        );
+    }
+
+    let mut connecting = Connecting::start(&handle, &connector_side).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut connect_err, mut accept_err) = (None, None);
+    while connect_err.is_none() || accept_err.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a side neither connected nor failed"
+        );
+        if connect_err.is_none() {
+            match connecting.progress() {
+                Ok(Some(_)) => panic!("connected with a different digest"),
+                Ok(None) => {}
+                Err(e) => connect_err = Some(e),
+            }
+        }
+        if accept_err.is_none() {
+            match listener.accept() {
+                Ok(Some(_)) => panic!("accepted a different digest"),
+                Ok(None) => {}
+                Err(e) => accept_err = Some(e),
+            }
+        }
+    }
+    for (side, err, ours, theirs) in [
+        ("connect", connect_err.unwrap(), 2, 1),
+        ("accept", accept_err.unwrap(), 1, 2),
+    ] {
+        assert_eq!(err.class(), ErrorClass::InvalidUsage, "{side}: {err}");
+        let NetError::Peer { cause, .. } = &err else {
+            panic!("{side}: {err}")
+        };
+        assert_eq!(*cause, PeerFailure::Disagrees { ours, theirs }, "{side}");
+        assert!(
+            err.to_string().contains("tuner.single_channel_bytes"),
+            "{err}"
+        );
+    }
+
+    let agreed = TcpSettings {
+        agreement: 7,
+        ..settings(2)
+    };
+    let (send, recv) = pair(&agreed);
+    drop((send, recv));
 }

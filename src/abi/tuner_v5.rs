@@ -38,12 +38,9 @@ pub(super) fn describe(
     s
 }
 
-/// The most ranks in one NVLink domain, when NCCL filled the struct in.
-pub(super) fn max_ranks_per_domain(nvl: Option<&ncclNvlDomainInfo_v5_t>) -> Option<usize> {
-    nvl.and_then(|d| usize::try_from(d.maxRanksPerNvlDomain).ok())
-}
-
-unsafe extern "C" fn init(
+/// `init` of v5 and, as `init::<6>`, of v6 (v6's arguments are v5's);
+/// `VERSION` is what the init line logs.
+pub(super) unsafe extern "C" fn init<const VERSION: u32>(
     context: *mut *mut c_void,
     comm_id: u64,
     n_ranks: usize,
@@ -55,15 +52,16 @@ unsafe extern "C" fn init(
     // SAFETY: NCCL passes its structs or NULL; we only read them.
     let (nvl, constants) = unsafe { (nvl_domain_info.as_ref(), constants.as_ref()) };
     let extra = describe(comm_id, nvl, constants);
+    let max_ranks_per_domain = nvl.and_then(|d| usize::try_from(d.maxRanksPerNvlDomain).ok());
     // SAFETY: NCCL passes a writable context pointer.
     unsafe {
         tuner::init_guarded(
-            5,
+            VERSION,
             context,
             Some(comm_id),
             n_ranks,
             n_nodes,
-            max_ranks_per_domain(nvl),
+            max_ranks_per_domain,
             logger,
             &extra,
         )
@@ -108,7 +106,7 @@ pub(super) unsafe extern "C" fn finalize(context: *mut c_void) -> ncclResult_t {
 #[no_mangle]
 pub static ncclTunerPlugin_v5: Vtable<ncclTuner_v5_t> = Vtable(ncclTuner_v5_t {
     name: tuner::NAME.as_ptr(),
-    init: Some(init),
+    init: Some(init::<5>),
     getCollInfo: Some(get_coll_info),
     finalize: Some(finalize),
 });

@@ -87,9 +87,7 @@ pub fn agreement_digest(cfg: &Config) -> u64 {
         let value = cfg.value_string(key).unwrap_or_default();
         text.push_str(&format!(";{key}={value}"));
     }
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+    crate::collnet::calibrate::fnv64(text.as_bytes())
 }
 
 /// Names of NCCL's algorithms, indexed like the cost table.

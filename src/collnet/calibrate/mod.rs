@@ -383,7 +383,8 @@ pub struct Record {
     pub agreed: Agreed,
 }
 
-fn fnv64(bytes: &[u8]) -> u64 {
+/// 64-bit FNV-1a: stable across builds and hosts, so members can compare.
+pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })

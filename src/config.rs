@@ -535,6 +535,25 @@ fn show_opt<T: fmt::Display>(v: &Option<T>) -> String {
         .map_or_else(|| "(unset)".to_string(), |v| v.to_string())
 }
 
+/// Keys whose effective values every host of a job must share, because
+/// the tuner decides from them alone (`tuner::agreement_digest`, checked at
+/// connect): ranks that differ would run a collective with different
+/// channel counts or algorithms and hang.
+/// `tuner.calibrate` and the `compression.*` keys may differ: the
+/// collective network's members agree on those when they join
+/// (calibration runs only if every member asks; a group whose members
+/// differ in compression runs exact).
+pub const AGREED_KEYS: [&str; 8] = [
+    "tuner.enabled",
+    "tuner.single_channel_bytes",
+    "tuner.min_gain",
+    "tuner.call_overhead_us",
+    "tuner.link_gbps",
+    "tuner.link_latency_us",
+    "tuner.encode_gvps",
+    "tuner.decode_gvps",
+];
+
 /// Every configuration key, in documentation order.
 pub static KEYS: &[KeySpec] = &[
     KeySpec {

@@ -127,7 +127,8 @@ impl fmt::Display for PeerFailure {
             ),
             PeerFailure::Disagrees { ours, theirs } => write!(
                 f,
-                "its airamp would run collectives differently (agreement digest {theirs:#018x}, ours {ours:#018x}): every host of a job needs the same airamp build and the same tuner.enabled, tuner.single_channel_bytes, tuner.min_gain, tuner.call_overhead_us and calibration profile (tuner.link_gbps, link_latency_us, encode_gvps, decode_gvps), or ranks pick different NCCL channel counts or algorithms and the job hangs; compare `airamp config check` on both hosts"
+                "its airamp would run collectives differently (agreement digest {theirs:#018x}, ours {ours:#018x}): every host of a job needs the same airamp build and the same {}, or ranks pick different NCCL channel counts or algorithms and the job hangs; compare `airamp config check` on both hosts",
+                crate::config::AGREED_KEYS.join(", ")
             ),
         }
     }

@@ -58,32 +58,14 @@ pub const FUNC_ALLREDUCE: i32 = 4;
 /// 2: the one-channel rule ([`Tuner::channels`]).
 pub const RULES_VERSION: u32 = 2;
 
-/// Keys whose effective values every host of a job must share, because
-/// the tuner decides from them alone: ranks that differ would run a
-/// collective with different channel counts or algorithms and hang.
-/// `tuner.calibrate` and the `compression.*` keys may differ: the
-/// collective network's members agree on those when they join
-/// (calibration runs only if every member asks; a group whose members
-/// differ in compression runs exact).
-pub const AGREED_KEYS: [&str; 8] = [
-    "tuner.enabled",
-    "tuner.single_channel_bytes",
-    "tuner.min_gain",
-    "tuner.call_overhead_us",
-    "tuner.link_gbps",
-    "tuner.link_latency_us",
-    "tuner.encode_gvps",
-    "tuner.decode_gvps",
-];
-
 /// Digest of what makes this host's tuner decide as it does: the rules'
-/// version and the effective values of [`AGREED_KEYS`] (FNV-1a). Equal on
+/// version and the effective values of [`crate::config::AGREED_KEYS`] (FNV-1a). Equal on
 /// two hosts, their tuners decide alike for the same communicator and the
 /// same agreed calibration; the TCP transport refuses a peer whose digest
 /// differs.
 pub fn agreement_digest(cfg: &Config) -> u64 {
     let mut text = format!("rules {RULES_VERSION}");
-    for key in AGREED_KEYS {
+    for key in crate::config::AGREED_KEYS {
         let value = cfg.value_string(key).unwrap_or_default();
         text.push_str(&format!(";{key}={value}"));
     }

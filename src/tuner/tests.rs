@@ -550,7 +550,7 @@ fn the_agreement_digest_covers_exactly_the_keys_ranks_must_share() {
     ];
     assert_eq!(
         changed.map(|(k, _)| k),
-        AGREED_KEYS,
+        crate::config::AGREED_KEYS,
         "every agreed key is tried"
     );
     for (key, value) in changed {

@@ -26,6 +26,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         "ring_of_two_with_everything_inline",
         ring_of_two_with_everything_inline,
     ),
+    (
+        "ring_of_two_with_everything_on_the_pollers",
+        ring_of_two_with_everything_on_the_pollers,
+    ),
     ("close_during_traffic", close_during_traffic),
     ("peer_killed_is_remote_error", peer_killed_is_remote_error),
     ("silent_peer_times_out", silent_peer_times_out),
@@ -814,13 +818,28 @@ fn ipv6_loopback() -> TestResult {
 /// bound per request: without them both members stalled at the first full
 /// socket until a stream thread woke for its heartbeat.
 fn ring_of_two_with_everything_inline() -> TestResult {
-    let env = [
+    ring_of_two(&[
         ("AIRAMP_INLINE_BYTES", "1G"),
+        ("AIRAMP_POLLER", "off"),
         ("AIRAMP_PEER_TIMEOUT_MS", "600000"),
-    ];
+    ])
+}
+
+/// The same ring with every message moved by the two poller threads
+/// (`transport.poller = two`) instead of the caller's: what a poller cannot
+/// finish (a full socket) must go on on the stream threads too.
+fn ring_of_two_with_everything_on_the_pollers() -> TestResult {
+    ring_of_two(&[
+        ("AIRAMP_INLINE_BYTES", "1G"),
+        ("AIRAMP_POLLER", "two"),
+        ("AIRAMP_PEER_TIMEOUT_MS", "600000"),
+    ])
+}
+
+fn ring_of_two(env: &[(&str, &str)]) -> TestResult {
     let mut members = [
-        spawn("ring-member", &["0"], &env),
-        spawn("ring-member", &["1"], &env),
+        spawn("ring-member", &["0"], env),
+        spawn("ring-member", &["1"], env),
     ];
     let handles = [members[0].read_line(), members[1].read_line()];
     members[0].send_line(&handles[1]);

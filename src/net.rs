@@ -6,10 +6,10 @@
 use std::ffi::CString;
 use std::sync::{Mutex, OnceLock};
 
-use crate::config::{self, Config, SocketFamily};
+use crate::config::{self, Config, PollerThreads, SocketFamily};
 use crate::error::{NetError, NetResult};
 use crate::transport::iface::{self, Family, NetDevice};
-use crate::transport::tcp::{Connecting, Listener, TcpSettings, MAX_RECVS};
+use crate::transport::tcp::{Connecting, Listener, PollerMode, TcpSettings, MAX_RECVS};
 use crate::transport::wire::{ListenHandle, HANDLE_BYTES};
 use crate::{info, log, metrics, warn};
 
@@ -64,11 +64,12 @@ pub fn init() -> &'static Plugin {
             .collect();
         info!(
             log::SUBSYS_INIT | log::SUBSYS_NET,
-            "{VERSION} transport=tcp devices=[{}] streams={} chunk={} B inline={} B peer_timeout={} ms fp8_allreduce={} metrics={}",
+            "{VERSION} transport=tcp devices=[{}] streams={} chunk={} B inline={} B poller={} peer_timeout={} ms fp8_allreduce={} metrics={}",
             devices.join(", "),
             plugin.settings.streams,
             plugin.settings.chunk_bytes,
             plugin.settings.inline_bytes,
+            plugin.settings.poller.name(),
             plugin.settings.peer_timeout.as_millis(),
             if cfg.compression.fp8_allreduce {
                 format!("{} (collective network, where every member enables it)", cfg.compression.format)
@@ -211,6 +212,11 @@ impl Plugin {
                 socket_buffer: t.socket_buffer,
                 peer_timeout: t.peer_timeout(),
                 inline_bytes: t.inline_bytes(),
+                poller: match t.poller() {
+                    PollerThreads::Auto | PollerThreads::Off => PollerMode::Off,
+                    PollerThreads::One => PollerMode::One,
+                    PollerThreads::Two => PollerMode::Two,
+                },
                 handshake_timeout: t.handshake_timeout(),
                 agreement: crate::tuner::agreement_digest(cfg),
             },

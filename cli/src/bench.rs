@@ -198,13 +198,14 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
         }
     };
     say(format!(
-        "airamp bench net: {} {} | streams={} chunk={} B min_chunk={} B inline={} B | messages of {} B, window {}, {} MiB total",
+        "airamp bench net: {} {} | streams={} chunk={} B min_chunk={} B inline={} B poller={} | messages of {} B, window {}, {} MiB total",
         dev.net.ifname,
         dev.net.addr,
         plugin.settings.streams,
         plugin.settings.chunk_bytes,
         plugin.settings.min_chunk_bytes,
         plugin.settings.inline_bytes,
+        plugin.settings.poller.name(),
         p.size,
         p.window,
         p.total >> 20
@@ -240,6 +241,7 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
             "chunk_bytes": plugin.settings.chunk_bytes,
             "min_chunk_bytes": plugin.settings.min_chunk_bytes,
             "inline_bytes": plugin.settings.inline_bytes,
+            "poller": plugin.settings.poller.name(),
             "message_bytes": p.size,
             "window": p.window,
             "total_bytes": p.total,

@@ -37,6 +37,7 @@ const VALID: &[(&str, &str, &str, &str)] = &[
     ("transport.socket_buffer", "64KiB", "65536", "65536"),
     ("transport.peer_timeout_ms", "100", "100", "100"),
     ("transport.inline_bytes", "0", "\"1M\"", "0"),
+    ("transport.poller", "TWO", "\"one\"", "two"),
     (
         "transport.handshake_timeout_ms",
         "600000",
@@ -79,6 +80,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("transport.socket_buffer", "1K", "-1"),
     ("transport.peer_timeout_ms", "99", "3600001"),
     ("transport.inline_bytes", "2G", "-1"),
+    ("transport.poller", "three", "true"),
     ("transport.handshake_timeout_ms", "ten", "1.5"),
     ("metrics.enabled", "maybe", "2"),
     ("metrics.addr", "localhost:9090", "\"1.2.3.4:0\""),
@@ -134,6 +136,11 @@ fn defaults() {
     assert_eq!(super::inline_bytes_auto(7), 1 << 30);
     assert_eq!(super::inline_bytes_auto(8), 64 << 10);
     assert_eq!(super::inline_bytes_auto(128), 64 << 10);
+    // Two spinning pollers only where they are a small share of the cores.
+    assert_eq!(c.transport.poller, PollerThreads::Auto);
+    assert_ne!(c.transport.poller(), PollerThreads::Auto);
+    assert_eq!(super::poller_auto(15), PollerThreads::Off);
+    assert_eq!(super::poller_auto(16), PollerThreads::Two);
     assert_eq!(c.transport.handshake_timeout(), Duration::from_secs(10));
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.addr.to_string(), "127.0.0.1:9090");

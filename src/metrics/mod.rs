@@ -173,6 +173,8 @@ pub struct TransportMetrics {
     request_errors: [AtomicU64; ConnError::COUNT],
     request_latency: Padded<Histogram<LATENCY_BUCKETS>>,
     message_size: Padded<Histogram<SIZE_BUCKETS>>,
+    poller_wakeups: AtomicU64,
+    poller_spin_ns: AtomicU64,
 }
 
 impl TransportMetrics {
@@ -190,6 +192,8 @@ impl TransportMetrics {
             request_errors: [const { AtomicU64::new(0) }; ConnError::COUNT],
             request_latency: Padded(Histogram::new()),
             message_size: Padded(Histogram::new()),
+            poller_wakeups: AtomicU64::new(0),
+            poller_spin_ns: AtomicU64::new(0),
         }
     }
 
@@ -269,6 +273,17 @@ impl TransportMetrics {
     #[inline]
     pub fn message_size(&self, bytes: u64) {
         self.message_size.0.observe(&SIZE_BOUNDS, bytes);
+    }
+
+    /// A poller thread woke up to spin (`transport.poller`).
+    pub fn poller_woke(&self) {
+        self.poller_wakeups.fetch_add(1, Relaxed);
+    }
+
+    /// A poller thread spun for `d` before going back to sleep.
+    pub fn poller_spun(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.poller_spin_ns.fetch_add(ns, Relaxed);
     }
 }
 

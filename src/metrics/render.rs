@@ -81,7 +81,7 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
         );
     }
 
-    let counters: [(&str, &str, Get); 6] = [
+    let counters: [(&str, &str, Get); 7] = [
         (
             "airamp_bytes_sent_total",
             "Payload bytes written to the network.",
@@ -111,6 +111,11 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
             "airamp_connections_closed_total",
             "Connections closed.",
             |t| t.connections_closed.load(Relaxed),
+        ),
+        (
+            "airamp_poller_wakeups_total",
+            "Times a poller thread woke up to move small messages (transport.poller).",
+            |t| t.poller_wakeups.load(Relaxed),
         ),
     ];
     for (name, help, get) in counters {
@@ -150,6 +155,21 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
                 );
             }
         }
+    }
+
+    header(
+        &mut out,
+        "airamp_poller_spin_seconds_total",
+        "counter",
+        "Time poller threads spent spinning, i.e. cores they kept busy (transport.poller).",
+    );
+    for t in ts {
+        let _ = writeln!(
+            out,
+            "airamp_poller_spin_seconds_total{{transport=\"{}\"}} {}",
+            t.kind.as_str(),
+            t.poller_spin_ns.load(Relaxed) as f64 / 1e9
+        );
     }
 
     header(

@@ -315,7 +315,7 @@ fn buckets_match_spec() {
     assert!(LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
 }
 
-const FAMILIES: [&str; 31] = [
+const FAMILIES: [&str; 33] = [
     "airamp_status",
     "airamp_info",
     "airamp_bytes_sent_total",
@@ -324,6 +324,8 @@ const FAMILIES: [&str; 31] = [
     "airamp_messages_received_total",
     "airamp_connections_opened_total",
     "airamp_connections_closed_total",
+    "airamp_poller_wakeups_total",
+    "airamp_poller_spin_seconds_total",
     "airamp_connection_errors_total",
     "airamp_requests_in_flight",
     "airamp_request_errors_total",

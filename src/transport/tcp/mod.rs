@@ -3,7 +3,8 @@
 //!
 //! Small messages (up to `inline_bytes`) are moved by NCCL's own proxy
 //! thread inside `isend`/`test`, with non-blocking calls and no other thread
-//! woken; larger ones by the stream threads, in parallel, which sleep in the
+//! woken, or by the process's poller threads while those spin (`poller`);
+//! larger ones by the stream threads, in parallel, which sleep in the
 //! kernel when there is nothing to do (no spinning). The stream threads also
 //! keep every connection alive in both directions (heartbeats, see
 //! `transport::liveness`). A failure on any stream fails the whole
@@ -11,6 +12,7 @@
 
 mod connect;
 mod listen;
+mod poller;
 mod recv;
 mod send;
 mod socket;
@@ -27,6 +29,7 @@ use crate::error::{NetError, NetResult, PeerFailure};
 
 pub use connect::Connecting;
 pub use listen::Listener;
+pub use poller::PollerMode;
 pub use recv::{RecvComm, RecvRequest};
 pub use send::{SendComm, SendRequest};
 
@@ -47,6 +50,9 @@ pub struct TcpSettings {
     /// Messages up to this size are moved by the caller's thread (NCCL's
     /// proxy) inside `isend`/`test`; larger ones by the stream threads.
     pub inline_bytes: u64,
+    /// Whether one process-wide thread, spinning while requests are posted,
+    /// moves those messages instead of the caller (`transport::tcp::poller`).
+    pub poller: PollerMode,
     /// How long connect and the hello exchange may take.
     pub handshake_timeout: Duration,
     /// Digest of what every host of a job must share (the settings the
@@ -72,6 +78,7 @@ impl Default for TcpSettings {
             socket_buffer: 0,
             peer_timeout: Duration::from_secs(30),
             inline_bytes: 64 << 10,
+            poller: PollerMode::Off,
             handshake_timeout: Duration::from_secs(10),
             agreement: 0,
         }

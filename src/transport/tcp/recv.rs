@@ -31,7 +31,9 @@ use socket2::Socket;
 
 use super::timeline::{RequestClock, Timeline};
 use super::{
-    now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_RECVS, MAX_REQUESTS,
+    now_ms,
+    poller::{is_polled, Polled, Poller},
+    spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_RECVS, MAX_REQUESTS,
 };
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
@@ -173,6 +175,9 @@ struct Shared {
     /// Whether the caller's thread (NCCL's proxy) does I/O itself in
     /// `test`; see `set_caller_assists`.
     caller_assists: AtomicBool,
+    /// Whether the process's poller does that work while it spins
+    /// (`TcpSettings::poller`).
+    poller: Option<&'static Poller>,
     /// Bumped by every `test` that helps: the stream threads watch it to
     /// see whether the caller is still reading.
     caller_visits: AtomicU64,
@@ -203,6 +208,11 @@ struct Shared {
     /// Set by the caller's thread when it leaves a large payload on a stream
     /// to that stream's thread.
     handoff: Vec<AtomicBool>,
+    /// Streams whose thread is reading a large payload, one bit each: the
+    /// caller (or the poller) skips them instead of contending for their
+    /// lock. Set by the caller's hand-off, cleared by the thread once the
+    /// payload is in.
+    thread_owned: AtomicU32,
     socks: Vec<Arc<Socket>>,
     failure: OnceLock<NetError>,
     closing: AtomicBool,
@@ -444,6 +454,7 @@ impl Shared {
                             continue;
                         }
                         if who == Pumper::Caller && *bulk {
+                            self.thread_owned.fetch_or(1 << index, Ordering::AcqRel);
                             self.hand_off(index);
                             return Ok(Blocked::HandedOff);
                         }
@@ -477,7 +488,7 @@ impl Shared {
                         }
                         continue;
                     }
-                    let seq = header.seq;
+                    let (seq, total) = (header.seq, header.total);
                     let mut state = self.lock();
                     if let Some(done) = state
                         .matcher
@@ -490,6 +501,13 @@ impl Shared {
                     }
                     drop(state);
                     *phase = Phase::Header;
+                    // A small message came in: the poller (if any) is worth
+                    // waking, or keeping awake.
+                    if is_polled(total, *bulk) {
+                        if let Some(poller) = self.poller {
+                            poller.nudge();
+                        }
+                    }
                 }
             }
         }
@@ -543,8 +561,8 @@ impl Shared {
     }
 
     /// The proxy thread's share of the work: every stream nobody else holds,
-    /// until `op` is complete.
-    fn assist(&self, op: &RecvOp) {
+    /// until `op` is complete (the poller, with no `op`, reads them all).
+    fn assist(&self, op: Option<&RecvOp>) {
         if !self.caller_assists.load(Ordering::Relaxed) {
             return;
         }
@@ -555,6 +573,11 @@ impl Shared {
         };
         let hint = self.hint.load(Ordering::Relaxed);
         if self.visit(hint, op) {
+            return;
+        }
+        let owned = self.thread_owned.load(Ordering::Acquire);
+        if owned | (1 << hint) == all {
+            // Every other stream's thread is reading a payload.
             return;
         }
         let mut due = self.waiting_post.load(Ordering::Acquire);
@@ -568,7 +591,7 @@ impl Shared {
 
     /// Visits the streams whose bits are set in `streams`, lowest first,
     /// until `op` is complete.
-    fn visit_each(&self, mut streams: u32, op: &RecvOp) {
+    fn visit_each(&self, mut streams: u32, op: Option<&RecvOp>) {
         while streams != 0 {
             let index = streams.trailing_zeros() as usize;
             streams &= streams - 1;
@@ -580,19 +603,41 @@ impl Shared {
 
     /// The caller reads stream `index` unless another thread holds it;
     /// returns whether `op` is complete (or the connection failed).
-    fn visit(&self, index: usize, op: &RecvOp) -> bool {
-        if let Ok(mut stream) = self.streams[index].try_lock() {
-            if let Err(f) = self.pump(index, &mut stream, Pumper::Caller) {
-                drop(stream);
-                self.fault(f);
-                return true;
+    fn visit(&self, index: usize, op: Option<&RecvOp>) -> bool {
+        let owned = self.thread_owned.load(Ordering::Acquire) & (1 << index) != 0;
+        if !owned {
+            if let Ok(mut stream) = self.streams[index].try_lock() {
+                if let Err(f) = self.pump(index, &mut stream, Pumper::Caller) {
+                    drop(stream);
+                    self.fault(f);
+                    return true;
+                }
             }
         }
-        let complete = op.sizes.get().is_some();
+        let complete = op.is_some_and(|op| op.sizes.get().is_some());
         if complete {
             self.hint.store(index, Ordering::Relaxed);
         }
         complete
+    }
+}
+
+impl Shared {
+    /// The caller's share inside `test`, left to the poller while it spins.
+    fn assist_from_caller(&self, op: &RecvOp) {
+        if !self.poller.is_some_and(Poller::covering) {
+            self.assist(Some(op));
+        }
+    }
+}
+
+impl Polled for Shared {
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0 && !self.stopped()
+    }
+
+    fn poll_once(&self) {
+        self.assist(None);
     }
 }
 
@@ -617,6 +662,11 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                     return shared.fault(f);
                 }
             };
+            if !(st.bulk && matches!(st.phase, Phase::Payload { .. })) {
+                shared
+                    .thread_owned
+                    .fetch_and(!(1 << index), Ordering::AcqRel);
+            }
             let deadline = match shared.tend(&mut st) {
                 Ok(d) => d,
                 Err(f) => {
@@ -717,6 +767,7 @@ impl RecvComm {
         let shared = Arc::new(Shared {
             peer,
             caller_assists: AtomicBool::new(true),
+            poller: Poller::for_receives(s.poller),
             caller_visits: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             post_wake: Condvar::new(),
@@ -740,6 +791,7 @@ impl RecvComm {
             hint: AtomicUsize::new(0),
             waiting_post: AtomicU32::new(0),
             handoff: socks.iter().map(|_| AtomicBool::new(false)).collect(),
+            thread_owned: AtomicU32::new(0),
             socks,
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
@@ -769,6 +821,10 @@ impl RecvComm {
                 )
             },
         )?;
+        if let Some(poller) = comm.shared.poller {
+            let polled: Arc<dyn Polled> = comm.shared.clone();
+            poller.join(Arc::downgrade(&polled));
+        }
         metrics::transport(TransportKind::Tcp).connection_opened();
         Ok(comm)
     }
@@ -841,11 +897,17 @@ impl RecvComm {
 }
 
 impl RecvRequest {
+    /// Whether it is complete, without moving any bytes (as `test` would).
+    #[cfg(test)]
+    pub(super) fn completed(&self) -> bool {
+        self.op.sizes.get().is_some()
+    }
+
     /// The received size of every slot, once all of them are complete.
     pub fn test(&self) -> NetResult<Option<&[u64]>> {
         let tests = self.op.clock.tested();
         if self.op.sizes.get().is_none() {
-            self.shared.assist(&self.op);
+            self.shared.assist_from_caller(&self.op);
         }
         if let Some(sizes) = self.op.sizes.get() {
             if let Some(pending) = self.op.clock.first_completion() {
@@ -890,6 +952,9 @@ impl Drop for RecvComm {
             );
         }
         self.shared.closing.store(true, Ordering::Release);
+        if let Some(poller) = self.shared.poller {
+            poller.left();
+        }
         self.shared.wake_all();
         for s in &self.shared.socks {
             let _ = s.shutdown(Shutdown::Both);

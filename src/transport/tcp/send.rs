@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 
 use socket2::Socket;
 
+use super::poller::{is_polled, Polled, Poller};
 use super::timeline::{RequestClock, Timeline};
 use super::{now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_REQUESTS};
 use crate::error::{NetError, NetResult, PeerFailure};
@@ -34,6 +35,9 @@ use crate::warn;
 /// One isend: done when all its chunks are in the kernel's hands.
 pub struct SendOp {
     size: u64,
+    /// Whether it is the poller's to move while it spins: in the caller's
+    /// share and not tiny.
+    polled: bool,
     chunks_left: AtomicU32,
     buf: RawBuf,
     clock: RequestClock,
@@ -78,6 +82,9 @@ struct Shared {
     /// Whether the caller's thread (NCCL's proxy) does I/O itself in
     /// `isend`/`test`; see `set_caller_assists`.
     caller_assists: AtomicBool,
+    /// Whether the process's poller does that work while it spins
+    /// (`TcpSettings::poller`).
+    poller: Option<&'static Poller>,
     queue: Mutex<SendScheduler<Arc<SendOp>>>,
     /// Stream threads with nothing to do until a large message is queued.
     wake: Condvar,
@@ -92,6 +99,9 @@ struct Shared {
     failure: OnceLock<NetError>,
     closing: AtomicBool,
     in_flight: AtomicUsize,
+    /// Requests of the poller's (`SendOp::polled`) not yet out: it visits
+    /// only while there are some, and leaves bulk traffic alone.
+    polled_pending: AtomicUsize,
     liveness: Liveness,
     inline_bytes: u64,
     timeline: Timeline,
@@ -230,7 +240,9 @@ impl Shared {
             }
             if let Some(c) = stream.current.take().and_then(|f| f.chunk) {
                 metrics::transport(TransportKind::Tcp).bytes_sent(u64::from(c.header.len));
-                c.op.chunks_left.fetch_sub(1, Ordering::AcqRel);
+                if c.op.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 && c.op.polled {
+                    self.polled_pending.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }
@@ -328,6 +340,26 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The caller's share inside `isend`/`test`, left to the poller while it
+    /// spins.
+    fn assist_from_caller(&self) {
+        if !self.poller.is_some_and(Poller::covering) {
+            self.assist();
+        }
+    }
+}
+
+impl Polled for Shared {
+    fn busy(&self) -> bool {
+        self.polled_pending.load(Ordering::Acquire) > 0 && !self.stopped()
+    }
+
+    fn poll_once(&self) {
+        self.assist();
+    }
+}
+
 fn stream_worker(shared: Arc<Shared>, index: usize) {
     let sock = Arc::clone(&shared.socks[index]);
     while !shared.stopped() {
@@ -383,6 +415,7 @@ impl SendComm {
         let shared = Arc::new(Shared {
             peer,
             caller_assists: AtomicBool::new(true),
+            poller: Poller::for_sends(s.poller),
             queue: Mutex::new(SendScheduler::new(
                 s.chunk_bytes,
                 s.min_chunk_bytes,
@@ -405,6 +438,7 @@ impl SendComm {
             failure: OnceLock::new(),
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            polled_pending: AtomicUsize::new(0),
             liveness: Liveness::new(s.peer_timeout.as_millis() as u64, peer_heartbeat_ms),
             inline_bytes: s.inline_bytes,
             timeline: Timeline::default(),
@@ -429,6 +463,10 @@ impl SendComm {
                 )
             },
         )?;
+        if let Some(poller) = comm.shared.poller {
+            let polled: Arc<dyn Polled> = comm.shared.clone();
+            poller.join(Arc::downgrade(&polled));
+        }
         metrics::transport(TransportKind::Tcp).connection_opened();
         Ok(comm)
     }
@@ -461,8 +499,13 @@ impl SendComm {
             return Ok(None);
         }
         let size = buf.len() as u64;
+        let polled = self.shared.poller.is_some() && is_polled(size, self.shared.is_bulk(size));
+        if polled {
+            self.shared.polled_pending.fetch_add(1, Ordering::AcqRel);
+        }
         let op = Arc::new(SendOp {
             size,
+            polled,
             chunks_left: AtomicU32::new(u32::MAX),
             buf,
             clock: RequestClock::start(),
@@ -484,8 +527,15 @@ impl SendComm {
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
         metrics::transport(TransportKind::Tcp).request_started();
-        // A small message usually goes out right here, in one sendmsg.
-        self.shared.assist();
+        match self.shared.poller {
+            // A small message goes to the poller if it spins.
+            Some(poller) if polled => {
+                poller.nudge();
+                self.shared.assist_from_caller();
+            }
+            // Otherwise it usually goes out right here, in one sendmsg.
+            _ => self.shared.assist(),
+        }
         Ok(Some(SendRequest {
             shared: Arc::clone(&self.shared),
             op,
@@ -498,11 +548,17 @@ impl SendRequest {
         (self.op.chunks_left.load(Ordering::Acquire) == 0).then_some(self.op.size)
     }
 
+    /// Whether it is complete, without moving any bytes (as `test` would).
+    #[cfg(test)]
+    pub(super) fn completed(&self) -> bool {
+        self.done().is_some()
+    }
+
     /// `Some(size)` once every byte has been handed to the kernel.
     pub fn test(&self) -> NetResult<Option<u64>> {
         let tests = self.op.clock.tested();
         let done = self.done().or_else(|| {
-            self.shared.assist();
+            self.shared.assist_from_caller();
             self.done()
         });
         if let Some(size) = done {
@@ -539,6 +595,9 @@ impl Drop for SendComm {
             );
         }
         self.shared.closing.store(true, Ordering::Release);
+        if let Some(poller) = self.shared.poller {
+            poller.left();
+        }
         self.shared.wake_all();
         for s in &self.shared.socks {
             // Data already queued in the kernel is still delivered before FIN.

@@ -616,3 +616,115 @@ fn peers_that_would_decide_differently_are_refused_on_both_ends() {
     let (send, recv) = pair(&agreed);
     drop((send, recv));
 }
+
+/// Polls `done` until it holds; panics after `bound`.
+fn wait_until(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {bound:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// One message of each size through the pollers and the stream threads.
+fn exchange_every_size(send: &SendComm, recv: &RecvComm, mode: PollerMode) {
+    for (i, len) in [0usize, 8, 4096, 65_536, 65_537, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let mut src = pattern(len, i as u8);
+        let mut dst = vec![0u8; len + 3];
+        let r = recv.irecv(vec![(buf(&mut dst), 2)]).unwrap().unwrap();
+        let t = send.isend(buf(&mut src), 2).unwrap().unwrap();
+        assert_eq!(wait(|| t.test()).unwrap(), len as u64);
+        assert_eq!(
+            wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap(),
+            vec![len as u64]
+        );
+        assert_eq!(&dst[..len], &src[..], "{len} bytes, pollers {mode:?}");
+    }
+}
+
+/// `transport.poller`: the poller threads move small messages for a caller
+/// that only waits, sleep once nothing small flows, are not woken by bulk
+/// traffic, and wake again for small messages. The sleeping and waking are
+/// checked on the `one` poller, which nothing else in this process uses
+/// (`auto` may pick `two` on a large host).
+#[test]
+fn pollers_move_small_messages_and_sleep_when_none_flow() {
+    let two = TcpSettings {
+        poller: PollerMode::Two,
+        ..settings(2)
+    };
+    let (send, recv) = pair(&two);
+    exchange_every_size(&send, &recv, PollerMode::Two);
+    drop((send, recv));
+
+    let one = TcpSettings {
+        poller: PollerMode::One,
+        ..settings(2)
+    };
+    let poller = poller::Poller::for_sends(PollerMode::One).expect("a poller");
+    let (send, recv) = pair(&one);
+    exchange_every_size(&send, &recv, PollerMode::One);
+    // Nobody tests: the poller moves them. Without it, a receive would
+    // wait for a stream thread's look at the absent caller
+    // (CALLER_ABSENT_MS). The send's nudge wakes the poller (the same one
+    // in mode `one`) should it have fallen asleep meanwhile.
+    const SMALL: usize = 2 * poller::TINY_BYTES as usize;
+    let mut slowest = Duration::ZERO;
+    for i in 0..200u8 {
+        let mut src = pattern(SMALL, i);
+        let mut dst = vec![0u8; SMALL];
+        let posted = Instant::now();
+        let r = recv.irecv(vec![(buf(&mut dst), 3)]).unwrap().unwrap();
+        let t = send.isend(buf(&mut src), 3).unwrap().unwrap();
+        wait_until(
+            Duration::from_secs(20),
+            "an untested exchange completes",
+            || r.completed() && t.completed(),
+        );
+        slowest = slowest.max(posted.elapsed());
+        drop((r, t));
+        assert!(dst == src, "message {i}");
+    }
+    assert!(
+        slowest < Duration::from_millis(super::recv::CALLER_ABSENT_MS * 3 / 4),
+        "an untested exchange took {slowest:?}: the poller did not move it"
+    );
+    // Nothing small flows: it sleeps.
+    wait_until(Duration::from_secs(10), "the poller sleeps", || {
+        !poller.covering()
+    });
+    let asleep = poller.wakeups();
+    // Bulk and tiny messages alone do not wake it.
+    for (i, len) in [1 << 20, 8, 1 << 20, poller::TINY_BYTES as usize]
+        .into_iter()
+        .enumerate()
+    {
+        let i = i as u8;
+        let mut src = pattern(len, i);
+        let mut dst = vec![0u8; len];
+        let r = recv.irecv(vec![(buf(&mut dst), 4)]).unwrap().unwrap();
+        let t = send.isend(buf(&mut src), 4).unwrap().unwrap();
+        wait(|| t.test()).unwrap();
+        wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
+        assert!(dst == src, "message {i} of {len} bytes");
+    }
+    assert_eq!(
+        poller.wakeups(),
+        asleep,
+        "bulk or tiny traffic woke the poller"
+    );
+    // A small message does.
+    let mut src = pattern(SMALL, 7);
+    let mut dst = vec![0u8; SMALL];
+    let r = recv.irecv(vec![(buf(&mut dst), 5)]).unwrap().unwrap();
+    let t = send.isend(buf(&mut src), 5).unwrap().unwrap();
+    wait(|| t.test()).unwrap();
+    wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
+    assert_eq!(dst, src);
+    wait_until(Duration::from_secs(10), "a small message wakes it", || {
+        poller.wakeups() > asleep
+    });
+}

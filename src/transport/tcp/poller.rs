@@ -46,6 +46,8 @@ pub(super) fn is_polled(total: u64, bulk: bool) -> bool {
 pub(super) trait Polled: Send + Sync {
     /// Whether it has requests in flight (worth a visit).
     fn busy(&self) -> bool;
+    /// Whether it is closing: the poller lets go of it at once.
+    fn closing(&self) -> bool;
     /// Moves what the caller's thread would, without waiting.
     fn poll_once(&self);
 }
@@ -97,6 +99,9 @@ pub(super) struct Poller {
     wake: Condvar,
     /// Times the thread woke to spin (also summed in the metrics).
     wakeups: AtomicU64,
+    /// The process the thread runs in: a forked child inherits this state
+    /// but not the thread, so its connections get no poller.
+    pid: u32,
 }
 
 fn instance(role: Role) -> &'static Poller {
@@ -134,6 +139,7 @@ fn instance(role: Role) -> &'static Poller {
             sleep: Mutex::new(()),
             wake: Condvar::new(),
             wakeups: AtomicU64::new(0),
+            pid: std::process::id(),
         }
     })
 }
@@ -143,8 +149,8 @@ impl Poller {
     pub(super) fn for_sends(mode: PollerMode) -> Option<&'static Poller> {
         match mode {
             PollerMode::Off => None,
-            PollerMode::One => Some(instance(Role::Both)),
-            PollerMode::Two => Some(instance(Role::Sends)),
+            PollerMode::One => instance(Role::Both).in_this_process(),
+            PollerMode::Two => instance(Role::Sends).in_this_process(),
         }
     }
 
@@ -152,9 +158,16 @@ impl Poller {
     pub(super) fn for_receives(mode: PollerMode) -> Option<&'static Poller> {
         match mode {
             PollerMode::Off => None,
-            PollerMode::One => Some(instance(Role::Both)),
-            PollerMode::Two => Some(instance(Role::Receives)),
+            PollerMode::One => instance(Role::Both).in_this_process(),
+            PollerMode::Two => instance(Role::Receives).in_this_process(),
         }
+    }
+
+    /// `None` in a child forked after the poller started: its thread did
+    /// not come along (and its locks may have been held at the fork), so
+    /// the child's connections are moved by their callers as without one.
+    fn in_this_process(&'static self) -> Option<&'static Poller> {
+        (self.pid == std::process::id()).then_some(self)
     }
 
     /// Adds a connection end; call [`Poller::left`] when it closes, so the
@@ -203,11 +216,11 @@ impl Poller {
         live.clear();
         let mut conns = self.conns.lock().expect("poller list");
         conns.retain(|w| match w.upgrade() {
-            Some(c) => {
+            Some(c) if !c.closing() => {
                 live.push(c);
                 true
             }
-            None => false,
+            _ => false,
         });
     }
 }

@@ -632,6 +632,10 @@ impl Shared {
 }
 
 impl Polled for Shared {
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0 && !self.stopped()
     }
@@ -958,6 +962,13 @@ impl Drop for RecvComm {
         self.shared.wake_all();
         for s in &self.shared.socks {
             let _ = s.shutdown(Shutdown::Both);
+        }
+        // A poller or a stream thread may be moving bytes of this comm
+        // right now: wait for each stream's lock once, so none touches
+        // NCCL's buffers after close returns (later ones find the sockets
+        // shut down).
+        for stream in &self.shared.streams {
+            drop(stream.lock());
         }
         for w in self.workers.drain(..) {
             let _ = w.join();

@@ -157,35 +157,22 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
         }
     }
 
-    header(
+    per_transport(
         &mut out,
+        ts,
         "airamp_poller_spin_seconds_total",
         "counter",
         "Time poller threads spent spinning, i.e. cores they kept busy (transport.poller).",
+        |t| (t.poller_spin_ns.load(Relaxed) as f64 / 1e9).to_string(),
     );
-    for t in ts {
-        let _ = writeln!(
-            out,
-            "airamp_poller_spin_seconds_total{{transport=\"{}\"}} {}",
-            t.kind.as_str(),
-            t.poller_spin_ns.load(Relaxed) as f64 / 1e9
-        );
-    }
-
-    header(
+    per_transport(
         &mut out,
+        ts,
         "airamp_requests_in_flight",
         "gauge",
         "Send/receive requests posted and not yet completed.",
+        |t| t.requests_in_flight.0.load(Relaxed).to_string(),
     );
-    for t in ts {
-        let _ = writeln!(
-            out,
-            "airamp_requests_in_flight{{transport=\"{}\"}} {}",
-            t.kind.as_str(),
-            t.requests_in_flight.0.load(Relaxed)
-        );
-    }
 
     header(
         &mut out,
@@ -227,6 +214,26 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
     super::tuner::render(&mut out);
     super::calibration::render(&mut out);
     out
+}
+
+/// One series per transport, its value rendered by `value`.
+fn per_transport(
+    out: &mut String,
+    ts: &[&TransportMetrics],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&TransportMetrics) -> String,
+) {
+    header(out, name, kind, help);
+    for t in ts {
+        let _ = writeln!(
+            out,
+            "{name}{{transport=\"{}\"}} {}",
+            t.kind.as_str(),
+            value(t)
+        );
+    }
 }
 
 fn histogram<const N: usize>(

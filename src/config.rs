@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::codec::WireFormat;
+use crate::sys;
 
 /// Env var naming the configuration file.
 pub const CONF_ENV: &str = "AIRAMP_CONF";
@@ -87,7 +88,7 @@ pub enum SocketFamily {
 /// would (`transport::tcp::PollerMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PollerThreads {
-    /// `two` on hosts with 16 or more cores, `off` on smaller ones.
+    /// `two` where each rank has 8 cores or more, `off` otherwise.
     #[default]
     Auto,
     Off,
@@ -190,27 +191,62 @@ impl TransportConfig {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }
-    /// Poller threads, never `Auto`: two where a process may use 16 cores
-    /// or more, so the two spinning cores are a small share; none on
-    /// smaller hosts, where they would take the cores the proxy and the
-    /// stream threads run on (docs/transport.md).
+    /// Poller threads, never `Auto`: two where each rank of the host has 8
+    /// cores or more (as measured: 2 ranks on 16 cores), so the two
+    /// spinning cores are a small share; none where they would take the
+    /// cores the proxy and the stream threads run on (docs/transport.md).
     pub fn poller(&self) -> PollerThreads {
         match self.poller {
             PollerThreads::Auto => {
-                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-                poller_auto(cores)
+                let available = std::thread::available_parallelism().map_or(2, |n| n.get());
+                let ranks = local_ranks(|name| std::env::var(name).ok());
+                poller_auto(cores_per_rank(available, sys::online_cpus(), ranks))
             }
             chosen => chosen,
         }
     }
 }
 
-/// `transport.poller = auto` on a host with `cores` cores.
+/// `transport.poller = auto` for a rank with `cores` cores of its own.
 pub(crate) fn poller_auto(cores: usize) -> PollerThreads {
     match cores {
-        0..=15 => PollerThreads::Off,
+        0..=7 => PollerThreads::Off,
         _ => PollerThreads::Two,
     }
+}
+
+/// The cores one rank may count on: those it may run on, shared with the
+/// host's other `local_ranks` when every rank may run everywhere (not
+/// pinned to cores of its own).
+pub(crate) fn cores_per_rank(available: usize, online: usize, local_ranks: usize) -> usize {
+    if available >= online {
+        available / local_ranks.max(1)
+    } else {
+        available
+    }
+}
+
+/// Ranks on this host as the launcher tells them (torchrun, Open MPI,
+/// MPICH, Slurm); 1 when none does.
+pub(crate) fn local_ranks(var: impl Fn(&str) -> Option<String>) -> usize {
+    [
+        "LOCAL_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ]
+    .into_iter()
+    .find_map(|name| {
+        let value = var(name)?;
+        // Slurm may say "8(x2)" or "4,2": the first count is this kind of node's.
+        let digits: String = value
+            .trim()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<usize>().ok().filter(|&n| n > 0)
+    })
+    .unwrap_or(1)
 }
 
 /// `transport.inline_bytes = auto` on a host with `cores` cores.
@@ -726,7 +762,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_POLLER",
         default: "auto",
         accepted: "auto, off, one, two",
-        doc: "Threads that move the messages of up to transport.inline_bytes for every connection of the process instead of NCCL's proxy thread: `one` for sends and receives, `two` one for each. They spin (a core each) while such small messages flow and sleep 1 ms after the last one; bulk traffic never wakes them, and while they sleep the proxy moves small messages itself. Frees NCCL's proxy loop from the copies: on a 16-core H200 host a 256 KiB allreduce ran 1.3x faster with `two`, while `one` and larger sizes did not change (docs/transport.md). `auto`: `two` on hosts with 16 or more cores, `off` on smaller ones.",
+        doc: "Threads that move the messages of up to transport.inline_bytes for every connection of the process instead of NCCL's proxy thread: `one` for sends and receives, `two` one for each. They spin (a core each) while such small messages flow and sleep 1 ms after the last one; bulk traffic never wakes them, and while they sleep the proxy moves small messages itself. Frees NCCL's proxy loop from the copies: on a 16-core H200 host with 2 ranks a 256 KiB allreduce ran 1.3x faster with `two`, while `one` and larger sizes did not change (docs/transport.md). `auto`: `two` where each rank has 8 cores or more (the cores it may run on, divided by the host's ranks from LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or SLURM_NTASKS_PER_NODE unless it is pinned to cores of its own), `off` otherwise.",
         example: "\"auto\"",
         apply: |c, r| {
             c.transport.poller = want_enum(r, PollerThreads::from_name)?;

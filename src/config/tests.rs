@@ -139,8 +139,32 @@ fn defaults() {
     // Two spinning pollers only where they are a small share of the cores.
     assert_eq!(c.transport.poller, PollerThreads::Auto);
     assert_ne!(c.transport.poller(), PollerThreads::Auto);
-    assert_eq!(super::poller_auto(15), PollerThreads::Off);
-    assert_eq!(super::poller_auto(16), PollerThreads::Two);
+    assert_eq!(super::poller_auto(7), PollerThreads::Off);
+    assert_eq!(super::poller_auto(8), PollerThreads::Two);
+    // Ranks that may all run everywhere share the host's cores; a pinned
+    // rank counts its own.
+    assert_eq!(super::cores_per_rank(128, 128, 8), 16);
+    assert_eq!(super::cores_per_rank(16, 16, 2), 8);
+    assert_eq!(super::cores_per_rank(12, 128, 8), 12);
+    assert_eq!(super::cores_per_rank(2, 2, 0), 2);
+    let launcher = |vars: &'static [(&'static str, &'static str)]| {
+        super::local_ranks(move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    assert_eq!(launcher(&[]), 1);
+    assert_eq!(launcher(&[("LOCAL_WORLD_SIZE", "8")]), 8);
+    assert_eq!(launcher(&[("SLURM_NTASKS_PER_NODE", "4(x2)")]), 4);
+    assert_eq!(
+        launcher(&[
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "0"),
+            ("MPI_LOCALNRANKS", "2")
+        ]),
+        2
+    );
+    assert_eq!(launcher(&[("LOCAL_WORLD_SIZE", "many")]), 1);
     assert_eq!(c.transport.handshake_timeout(), Duration::from_secs(10));
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.addr.to_string(), "127.0.0.1:9090");

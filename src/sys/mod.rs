@@ -230,7 +230,16 @@ pub fn try_recv_into(sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
     sock.recv_with_flags(uninit, libc::MSG_DONTWAIT)
 }
 
-/// Blocks until `sock` is readable (or writable), hung up, or `timeout`.
+/// CPUs online on this host, whatever this process may run on; 1 if the
+/// system cannot say.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf reads a system value and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Blocks until `sock` is readable (or writable), hung up, `timeout`, or a
+/// signal; the caller checks which.
 pub fn wait_ready(sock: &Socket, writable: bool, timeout: std::time::Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut pfd = libc::pollfd {
@@ -245,6 +254,9 @@ pub fn wait_ready(sock: &Socket, writable: bool, timeout: std::time::Duration) -
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd for the duration of the call.
     match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        // A signal cut the wait short: the caller looks again, as after
+        // any other wake-up.
+        -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => Ok(()),
         -1 => Err(io::Error::last_os_error()),
         _ => Ok(()),
     }
@@ -258,6 +270,62 @@ mod tests {
     fn lists_loopback() {
         let addrs = interface_addrs().unwrap();
         assert!(addrs.iter().any(|a| a.loopback && a.addr.is_loopback()));
+    }
+
+    extern "C" fn ignore_signal(_: libc::c_int) {}
+
+    /// A signal that lands on a stream thread ends its wait early; it must
+    /// not read as a failed socket (that failed the whole connection).
+    #[test]
+    fn a_signal_ends_a_wait_without_an_error() {
+        use std::sync::mpsc;
+        use std::time::{Duration, Instant};
+        // SAFETY: a handler that does nothing, installed for SIGUSR1 (which
+        // nothing else in the tests uses) without SA_RESTART, so the signal
+        // interrupts poll(2) with EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (a, _b) = Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        let (thread_tx, thread_rx) = mpsc::channel();
+        let (result_tx, result_rx) = mpsc::channel();
+        let (exit_tx, exit_rx) = mpsc::channel::<()>();
+        let waiter = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            thread_tx.send(unsafe { libc::pthread_self() }).unwrap();
+            let started = Instant::now();
+            let result = wait_ready(&a, false, Duration::from_secs(20));
+            result_tx
+                .send((result.map_err(|e| e.kind()), started.elapsed()))
+                .unwrap();
+            // Alive until told, so the signals below never reach a thread
+            // that has exited.
+            let _ = exit_rx.recv();
+        });
+        let thread = thread_rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // A signal sent before the thread is in poll(2) is lost: repeat it.
+        let (result, waited) = loop {
+            // SAFETY: the thread is alive until `exit_tx` speaks.
+            assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
+            match result_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => break r,
+                Err(_) => assert!(Instant::now() < deadline, "no signal ended the wait"),
+            }
+        };
+        exit_tx.send(()).unwrap();
+        waiter.join().unwrap();
+        assert_eq!(result, Ok(()));
+        assert!(
+            waited < Duration::from_secs(10),
+            "the wait ran to its timeout"
+        );
     }
 
     #[test]

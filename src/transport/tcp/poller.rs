@@ -1,6 +1,6 @@
-//! One process-wide thread that moves small messages for every connection
-//! while traffic flows (`transport.poller`), so that NCCL's proxy thread
-//! only posts and tests.
+//! Process-wide threads (one, or one per direction) that move small
+//! messages for every connection while such messages flow
+//! (`transport.poller`), so that NCCL's proxy thread only posts and tests.
 //!
 //! Without it, the proxy thread copies every message up to `inline_bytes`
 //! itself inside `isend`/`test`: at 256 KiB under NCCL one pass of its loop
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::{self, TransportKind};
 
 /// How long the poller spins after the last small message before it sleeps.
-pub(super) const LINGER: Duration = Duration::from_millis(1);
+const LINGER: Duration = Duration::from_millis(1);
 
 /// Messages up to this size neither wake nor keep a poller awake, and the
 /// caller sends them itself: copying a few bytes costs the proxy less than

@@ -119,15 +119,7 @@ pub(crate) fn render_with(info: Option<&InfoLabels>, ts: &[&TransportMetrics]) -
         ),
     ];
     for (name, help, get) in counters {
-        header(&mut out, name, "counter", help);
-        for t in ts {
-            let _ = writeln!(
-                out,
-                "{name}{{transport=\"{}\"}} {}",
-                t.kind.as_str(),
-                get(t)
-            );
-        }
+        per_transport(&mut out, ts, name, "counter", help, |t| get(t).to_string());
     }
 
     let by_cause: [(&str, &str, GetByCause); 2] = [

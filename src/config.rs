@@ -21,6 +21,7 @@ mod tests;
 
 pub use values::{
     format_bytes, parse_bytes, IfnameFilter, MetricsAddr, DEFAULT_METRICS_PORT, LOCAL_RANK_VARS,
+    LOCAL_SIZE_VARS,
 };
 
 use std::collections::BTreeMap;
@@ -196,19 +197,22 @@ impl TransportConfig {
     /// spinning cores are a small share; none where they would take the
     /// cores the proxy and the stream threads run on (docs/transport.md).
     pub fn poller(&self) -> PollerThreads {
+        let available = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let ranks = local_ranks(|name| std::env::var(name).ok());
+        self.poller_for(cores_per_rank(available, sys::online_cpus(), ranks))
+    }
+
+    /// [`TransportConfig::poller`] for a rank with `cores` cores of its own.
+    pub fn poller_for(&self, cores: usize) -> PollerThreads {
         match self.poller {
-            PollerThreads::Auto => {
-                let available = std::thread::available_parallelism().map_or(2, |n| n.get());
-                let ranks = local_ranks(|name| std::env::var(name).ok());
-                poller_auto(cores_per_rank(available, sys::online_cpus(), ranks))
-            }
+            PollerThreads::Auto => poller_auto(cores),
             chosen => chosen,
         }
     }
 }
 
 /// `transport.poller = auto` for a rank with `cores` cores of its own.
-pub(crate) fn poller_auto(cores: usize) -> PollerThreads {
+pub fn poller_auto(cores: usize) -> PollerThreads {
     match cores {
         0..=7 => PollerThreads::Off,
         _ => PollerThreads::Two,
@@ -218,7 +222,7 @@ pub(crate) fn poller_auto(cores: usize) -> PollerThreads {
 /// The cores one rank may count on: those it may run on, shared with the
 /// host's other `local_ranks` when every rank may run everywhere (not
 /// pinned to cores of its own).
-pub(crate) fn cores_per_rank(available: usize, online: usize, local_ranks: usize) -> usize {
+pub fn cores_per_rank(available: usize, online: usize, local_ranks: usize) -> usize {
     if available >= online {
         available / local_ranks.max(1)
     } else {
@@ -226,27 +230,22 @@ pub(crate) fn cores_per_rank(available: usize, online: usize, local_ranks: usize
     }
 }
 
-/// Ranks on this host as the launcher tells them (torchrun, Open MPI,
-/// MPICH, Slurm); 1 when none does.
-pub(crate) fn local_ranks(var: impl Fn(&str) -> Option<String>) -> usize {
-    [
-        "LOCAL_WORLD_SIZE",
-        "OMPI_COMM_WORLD_LOCAL_SIZE",
-        "MPI_LOCALNRANKS",
-        "SLURM_NTASKS_PER_NODE",
-    ]
-    .into_iter()
-    .find_map(|name| {
-        let value = var(name)?;
-        // Slurm may say "8(x2)" or "4,2": the first count is this kind of node's.
-        let digits: String = value
-            .trim()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse::<usize>().ok().filter(|&n| n > 0)
-    })
-    .unwrap_or(1)
+/// Ranks on this host as the launcher tells them ([`LOCAL_SIZE_VARS`]); 1
+/// when none does.
+pub fn local_ranks(var: impl Fn(&str) -> Option<String>) -> usize {
+    LOCAL_SIZE_VARS
+        .into_iter()
+        .find_map(|name| {
+            let value = var(name)?;
+            // Slurm may say "8(x2)" or "4,2": the first count is this kind of node's.
+            let digits: String = value
+                .trim()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<usize>().ok().filter(|&n| n > 0)
+        })
+        .unwrap_or(1)
 }
 
 /// `transport.inline_bytes = auto` on a host with `cores` cores.

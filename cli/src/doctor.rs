@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use airamp::config::{self, Config, Diagnostic, MetricsAddr, SocketFamily, LOCAL_RANK_VARS};
+use airamp::config::{
+    self, Config, Diagnostic, MetricsAddr, PollerThreads, SocketFamily, LOCAL_RANK_VARS,
+};
 use airamp::sys::InterfaceAddr;
 use airamp::transport::iface::{self, Family};
 
@@ -125,6 +127,8 @@ pub struct Host<'a> {
     /// Whether a CUDA MPS control daemon listens on the pipe directory this
     /// environment names ([`mps_daemon_running`]).
     pub mps_daemon: bool,
+    /// Cores this process may run on, and cores online on the host.
+    pub cores: (usize, usize),
     /// Loads a library as NCCL does (`RTLD_NOW | RTLD_LOCAL`), calling nothing in it.
     pub load: &'a dyn Fn(&Path) -> LoadResult,
     /// The `--peer` test: `(HOST:PORT, plugin)` → a line on success.
@@ -150,6 +154,7 @@ pub fn collect(host: &Host<'_>, opts: &DoctorOpts) -> Vec<Finding> {
     check_config(&cfg, &diags, &mut out);
     check_metrics_port(host, &cfg, &mut out);
     check_compression(host, &cfg, &devices, &mut out);
+    check_poller(host, &cfg, &mut out);
     check_tuner(host, plugin.as_deref(), &mut out);
     if let Some(peer) = &opts.peer {
         let lib = plugin.as_deref().or(host.beside_binary.as_deref());
@@ -747,6 +752,53 @@ fn is_airamp_lib(p: &Path) -> bool {
         .is_some_and(|n| n.contains("airamp"))
 }
 
+/// What `transport.poller` comes to on this host, and whether the poller
+/// threads have the cores to spin on.
+fn check_poller(host: &Host<'_>, cfg: &Config, out: &mut Vec<Finding>) {
+    let (available, online) = host.cores;
+    let ranks = config::local_ranks(|name| host.var(name).map(str::to_string));
+    let cores = config::cores_per_rank(available, online, ranks);
+    let share = if available >= online && ranks > 1 {
+        format!("{cores} cores per rank: {available} cores shared by {ranks} ranks")
+    } else {
+        format!("{cores} cores for this rank")
+    };
+    let threads = match cfg.transport.poller_for(cores) {
+        PollerThreads::Two => "two poller threads (sends, receives)",
+        PollerThreads::One => "one poller thread",
+        PollerThreads::Off | PollerThreads::Auto => "no poller threads",
+    };
+    let chosen = cfg.transport.poller;
+    let spinning = !matches!(cfg.transport.poller_for(cores), PollerThreads::Off);
+    let source = cfg
+        .source("transport.poller")
+        .map_or("?".to_string(), |s| s.to_string());
+    out.push(if spinning && chosen != PollerThreads::Auto && cores < 8 {
+        finding(
+            "poller",
+            Status::Warn,
+            format!(
+                "transport.poller = {chosen} ({source}) with {share}: {threads} spin while mid-size messages (4 KiB to transport.inline_bytes) flow, on cores NCCL's proxy thread and the stream threads need (on 2 cores they halved airamp bench net; docs/transport.md)"
+            ),
+            Some("export AIRAMP_POLLER=auto".into()),
+        )
+    } else {
+        finding(
+            "poller",
+            Status::Ok,
+            format!(
+                "transport.poller = {chosen} ({source}), {share}: {threads}{}",
+                if spinning {
+                    ", a core each while mid-size messages (4 KiB to transport.inline_bytes) flow"
+                } else {
+                    "; NCCL's proxy thread moves small messages itself"
+                }
+            ),
+            None,
+        )
+    });
+}
+
 fn check_tuner(host: &Host<'_>, net_plugin: Option<&Path>, out: &mut Vec<Finding>) {
     let value = host.var("NCCL_TUNER_PLUGIN");
     let found = nccl_candidates("libnccl-tuner", value)
@@ -1062,6 +1114,10 @@ pub fn run(opts: &DoctorOpts) -> Result<ExitCode, String> {
         pci_nics,
         beside_binary: beside_binary(),
         mps_daemon: mps_daemon_running(),
+        cores: (
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            airamp::sys::online_cpus(),
+        ),
         load: &load_in_child,
         peer: &peer,
     };

@@ -131,6 +131,15 @@ pub const LOCAL_RANK_VARS: [&str; 4] = [
     "MPI_LOCALRANKID",
 ];
 
+/// Where launchers say how many ranks run on this host (torchrun, Open MPI,
+/// MPICH, Slurm), in the order they are read.
+pub const LOCAL_SIZE_VARS: [&str; 4] = [
+    "LOCAL_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+    "SLURM_NTASKS_PER_NODE",
+];
+
 impl MetricsAddr {
     /// Accepted forms: `IP`, `IP:PORT`, `[IPv6]:PORT`, `[IPv6]`, bare
     /// `IPv6`. Port 0 is rejected (every local rank needs a known port).

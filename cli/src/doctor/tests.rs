@@ -79,6 +79,7 @@ struct Fixture {
     glibc: Option<String>,
     default_lib_dirs: Vec<PathBuf>,
     mps_daemon: bool,
+    cores: (usize, usize),
 }
 
 impl Fixture {
@@ -103,6 +104,7 @@ impl Fixture {
             glibc: Some("2.36".into()),
             default_lib_dirs: Vec::new(),
             mps_daemon: true,
+            cores: (16, 16),
             tmp,
         }
     }
@@ -132,6 +134,7 @@ impl Fixture {
             pci_nics: self.pci_nics.clone(),
             beside_binary: None,
             mps_daemon: self.mps_daemon,
+            cores: self.cores,
             load: &load_in_process,
             peer: &peer,
         };
@@ -565,6 +568,48 @@ fn gpu_collnet_without_an_mps_daemon() {
     fx.unset("AIRAMP_GPU_COLLNET");
     let (f, _) = fx.run();
     assert!(of(&f, "gpu.collnet").is_empty(), "{}", render_text(&f));
+}
+
+/// `transport.poller`: what `auto` comes to per rank, and a warning when
+/// spinning threads are forced onto too few cores.
+#[test]
+fn poller_threads_per_rank() {
+    let mut fx = Fixture::new();
+    let p = one(&fx.run().0, "poller", Status::Ok).message.clone();
+    assert!(
+        p.contains("16 cores for this rank: two poller threads"),
+        "{p}"
+    );
+
+    // Eight ranks share the 16 cores: too few for pollers.
+    fx.set("LOCAL_WORLD_SIZE", "8");
+    let p = one(&fx.run().0, "poller", Status::Ok).message.clone();
+    assert!(
+        p.contains("2 cores per rank: 16 cores shared by 8 ranks: no poller threads"),
+        "{p}"
+    );
+
+    // Pinned to 12 of 128 cores, the rank counts its own.
+    fx.cores = (12, 128);
+    let p = one(&fx.run().0, "poller", Status::Ok).message.clone();
+    assert!(
+        p.contains("12 cores for this rank: two poller threads"),
+        "{p}"
+    );
+
+    // Forced on with 2 cores per rank: a warning, and the way back.
+    fx.cores = (16, 16);
+    fx.set("AIRAMP_POLLER", "two");
+    let (f, code) = fx.run();
+    let p = one(&f, "poller", Status::Warn);
+    assert!(p.message.contains("2 cores per rank"), "{}", p.message);
+    assert_eq!(p.fix.as_deref(), Some("export AIRAMP_POLLER=auto"));
+    assert_eq!(code, 0);
+
+    // Turned off by hand: fine anywhere.
+    fx.set("AIRAMP_POLLER", "off");
+    let p = one(&fx.run().0, "poller", Status::Ok).message.clone();
+    assert!(p.contains("no poller threads"), "{p}");
 }
 
 /// The MPS probe: a pipe left behind by a killed daemon (no reader) is

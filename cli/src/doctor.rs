@@ -763,13 +763,14 @@ fn check_poller(host: &Host<'_>, cfg: &Config, out: &mut Vec<Finding>) {
     } else {
         format!("{cores} cores for this rank")
     };
-    let threads = match cfg.transport.poller_for(cores) {
+    let effective = cfg.transport.poller_for(cores);
+    let threads = match effective {
         PollerThreads::Two => "two poller threads (sends, receives)",
         PollerThreads::One => "one poller thread",
         PollerThreads::Off | PollerThreads::Auto => "no poller threads",
     };
     let chosen = cfg.transport.poller;
-    let spinning = !matches!(cfg.transport.poller_for(cores), PollerThreads::Off);
+    let spinning = effective != PollerThreads::Off;
     let source = cfg
         .source("transport.poller")
         .map_or("?".to_string(), |s| s.to_string());

@@ -50,8 +50,9 @@ pub struct TcpSettings {
     /// Messages up to this size are moved by the caller's thread (NCCL's
     /// proxy) inside `isend`/`test`; larger ones by the stream threads.
     pub inline_bytes: u64,
-    /// Whether one process-wide thread, spinning while requests are posted,
-    /// moves those messages instead of the caller (`transport::tcp::poller`).
+    /// Whether the process's poller threads, spinning while such messages
+    /// flow, move those above 4 KiB instead of the caller
+    /// (`transport::tcp::poller`).
     pub poller: PollerMode,
     /// How long connect and the hello exchange may take.
     pub handshake_timeout: Duration,

@@ -560,6 +560,13 @@ impl Shared {
         Ok(st.clock.next_check(&self.liveness, listening))
     }
 
+    /// The caller's share inside `test`, left to the poller while it spins.
+    fn assist_from_caller(&self, op: &RecvOp) {
+        if !self.poller.is_some_and(Poller::covering) {
+            self.assist(Some(op));
+        }
+    }
+
     /// The proxy thread's share of the work: every stream nobody else holds,
     /// until `op` is complete (the poller, with no `op`, reads them all).
     fn assist(&self, op: Option<&RecvOp>) {
@@ -619,15 +626,6 @@ impl Shared {
             self.hint.store(index, Ordering::Relaxed);
         }
         complete
-    }
-}
-
-impl Shared {
-    /// The caller's share inside `test`, left to the poller while it spins.
-    fn assist_from_caller(&self, op: &RecvOp) {
-        if !self.poller.is_some_and(Poller::covering) {
-            self.assist(Some(op));
-        }
     }
 }
 

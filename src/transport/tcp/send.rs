@@ -309,6 +309,14 @@ impl Shared {
         }
     }
 
+    /// The caller's share inside `isend`/`test`, left to the poller while it
+    /// spins.
+    fn assist_from_caller(&self) {
+        if !self.poller.is_some_and(Poller::covering) {
+            self.assist();
+        }
+    }
+
     /// The proxy thread's share of the work: small messages, on every
     /// stream nobody else holds. What it cannot finish without waiting (a
     /// full socket, a stream another thread holds) it hands to the stream's
@@ -336,16 +344,6 @@ impl Shared {
                 // just before our message was queued.
                 Err(_) => self.hand_off(index),
             }
-        }
-    }
-}
-
-impl Shared {
-    /// The caller's share inside `isend`/`test`, left to the poller while it
-    /// spins.
-    fn assist_from_caller(&self) {
-        if !self.poller.is_some_and(Poller::covering) {
-            self.assist();
         }
     }
 }
@@ -503,7 +501,8 @@ impl SendComm {
             return Ok(None);
         }
         let size = buf.len() as u64;
-        let polled = self.shared.poller.is_some() && is_polled(size, self.shared.is_bulk(size));
+        let bulk = self.shared.is_bulk(size);
+        let polled = self.shared.poller.is_some() && is_polled(size, bulk);
         if polled {
             self.shared.polled_pending.fetch_add(1, Ordering::AcqRel);
         }
@@ -519,7 +518,7 @@ impl SendComm {
             let (_, chunks) = queue.push(Arc::clone(&op), tag, size);
             // Set before anyone can take a chunk: that needs this lock.
             op.chunks_left.store(chunks, Ordering::Release);
-            if self.shared.is_bulk(size) && self.shared.sleepers.any() {
+            if bulk && self.shared.sleepers.any() {
                 // One thread per chunk, not every thread: a thread takes
                 // chunks until the queue is empty or its socket is full, and
                 // every awake thread looks at the queue again before it

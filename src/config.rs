@@ -156,7 +156,7 @@ pub struct TransportConfig {
     /// ([`TransportConfig::inline_bytes`]).
     pub inline_bytes: Option<u64>,
     /// Poller threads that move the messages NCCL's proxy would, spinning
-    /// while requests are posted.
+    /// while such messages flow.
     pub poller: PollerThreads,
     pub handshake_timeout_ms: u64,
 }
@@ -761,7 +761,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_POLLER",
         default: "auto",
         accepted: "auto, off, one, two",
-        doc: "Threads that move the messages of up to transport.inline_bytes for every connection of the process instead of NCCL's proxy thread: `one` for sends and receives, `two` one for each. They spin (a core each) while such small messages flow and sleep 1 ms after the last one; bulk traffic never wakes them, and while they sleep the proxy moves small messages itself. Frees NCCL's proxy loop from the copies: on a 16-core H200 host with 2 ranks a 256 KiB allreduce ran 1.3x faster with `two`, while `one` and larger sizes did not change (docs/transport.md). `auto`: `two` where each rank has 8 cores or more (the cores it may run on, divided by the host's ranks from LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or SLURM_NTASKS_PER_NODE unless it is pinned to cores of its own), `off` otherwise.",
+        doc: "Threads that move the messages above 4 KiB and up to transport.inline_bytes for every connection of the process instead of NCCL's proxy thread: `one` for sends and receives, `two` one for each. They spin (a core each) while such small messages flow and sleep 1 ms after the last one; bulk traffic never wakes them, and while they sleep the proxy moves small messages itself. Frees NCCL's proxy loop from the copies: on a 16-core H200 host with 2 ranks a 256 KiB allreduce ran 1.3x faster with `two`, while `one` and larger sizes did not change (docs/transport.md). `auto`: `two` where each rank has 8 cores or more (the cores it may run on, divided by the host's ranks from LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or SLURM_NTASKS_PER_NODE unless it is pinned to cores of its own), `off` otherwise.",
         example: "\"auto\"",
         apply: |c, r| {
             c.transport.poller = want_enum(r, PollerThreads::from_name)?;

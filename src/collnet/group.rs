@@ -304,6 +304,10 @@ struct Phases {
     jobs: u64,
     job_queued: Duration,
     events: [(Duration, u64); 3],
+    /// Passes over the group by whichever thread drives it, and the time
+    /// spent inside them: whether the driving thread is the bottleneck.
+    passes: u64,
+    in_passes: Duration,
 }
 
 impl Phases {
@@ -329,7 +333,7 @@ impl Phases {
         let lane = |v: &[(Duration, u64); 2], l: Lane| us(v[l as usize].0, v[l as usize].1);
         let n = self.steps;
         format!(
-            "mean per step, us after entering the window: contributions in {:.0}, reduced shard (first result-lane message) ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}",
+            "mean per step, us after entering the window: contributions in {:.0}, reduced shard (first result-lane message) ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}; {} passes over the group, {:.2} us each",
             us(self.contributions, n),
             us(self.reduced.0, self.reduced.1),
             us(self.results, n),
@@ -344,6 +348,8 @@ impl Phases {
             us(self.events[0].0, self.events[0].1),
             us(self.events[1].0, self.events[1].1),
             us(self.events[2].0, self.events[2].1),
+            self.passes,
+            us(self.in_passes, self.passes),
         )
     }
 }
@@ -1078,7 +1084,12 @@ impl Group {
         if self.failure.is_some() {
             return;
         }
-        if let Err(e) = self.try_progress() {
+        let pass = Instant::now();
+        let outcome = self.try_progress();
+        let phases = &mut self.activity.phases;
+        phases.passes += 1;
+        phases.in_passes += pass.elapsed();
+        if let Err(e) = outcome {
             crate::warn!(
                 "collnet member {} of {}: {e}; every call in flight on this group fails",
                 self.params.rank,

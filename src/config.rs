@@ -89,7 +89,8 @@ pub enum SocketFamily {
 /// would (`transport::tcp::PollerMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PollerThreads {
-    /// `two` where each rank has 8 cores or more, `off` otherwise.
+    /// `two` where each rank has 4 cores or more on a host where
+    /// `inline_bytes` is 64 KiB, `off` otherwise.
     #[default]
     Auto,
     Off,
@@ -192,30 +193,38 @@ impl TransportConfig {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }
-    /// Poller threads, never `Auto`: two where each rank of the host has 8
-    /// cores or more (as measured: 2 ranks on 16 cores), so the two
-    /// spinning cores are a small share; none where they would take the
-    /// cores the proxy and the stream threads run on (docs/transport.md).
+    /// Poller threads, never `Auto`: two where each rank of the host has 4
+    /// cores or more and the process may run on 8 or more (so
+    /// `inline_bytes` is 64 KiB and the pollers' share 4–64 KiB), as
+    /// measured on an H200 host with 2 ranks on 16 and on 8 cores; none
+    /// where they would take the cores the proxy and the stream threads
+    /// run on (docs/transport.md).
     pub fn poller(&self) -> PollerThreads {
         let available = std::thread::available_parallelism().map_or(2, |n| n.get());
         let ranks = local_ranks(|name| std::env::var(name).ok());
-        self.poller_for(cores_per_rank(available, sys::online_cpus(), ranks))
+        self.poller_for(
+            cores_per_rank(available, sys::online_cpus(), ranks),
+            available,
+        )
     }
 
-    /// [`TransportConfig::poller`] for a rank with `cores` cores of its own.
-    pub fn poller_for(&self, cores: usize) -> PollerThreads {
+    /// [`TransportConfig::poller`] for a rank with `cores` cores of its own
+    /// in a process that may run on `available` cores.
+    pub fn poller_for(&self, cores: usize, available: usize) -> PollerThreads {
         match self.poller {
-            PollerThreads::Auto => poller_auto(cores),
+            PollerThreads::Auto => poller_auto(cores, available),
             chosen => chosen,
         }
     }
 }
 
-/// `transport.poller = auto` for a rank with `cores` cores of its own.
-pub fn poller_auto(cores: usize) -> PollerThreads {
-    match cores {
-        0..=7 => PollerThreads::Off,
-        _ => PollerThreads::Two,
+/// `transport.poller = auto` for a rank with `cores` cores of its own, in
+/// a process that may run on `available` cores.
+pub fn poller_auto(cores: usize, available: usize) -> PollerThreads {
+    if cores >= 4 && inline_bytes_auto(available) < 1 << 30 {
+        PollerThreads::Two
+    } else {
+        PollerThreads::Off
     }
 }
 
@@ -761,7 +770,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_POLLER",
         default: "auto",
         accepted: "auto, off, one, two",
-        doc: "Threads that move the messages above 4 KiB and up to transport.inline_bytes for every connection of the process instead of NCCL's proxy thread: `one` for sends and receives, `two` one for each. They spin (a core each) while such small messages flow and sleep 1 ms after the last one; bulk traffic never wakes them, and while they sleep the proxy moves small messages itself. Frees NCCL's proxy loop from the copies: on a 16-core H200 host with 2 ranks a 256 KiB allreduce ran 1.3x faster with `two`, while `one` and larger sizes did not change (docs/transport.md). `auto`: `two` where each rank has 8 cores or more (the cores it may run on, divided by the host's ranks from LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or SLURM_NTASKS_PER_NODE unless it is pinned to cores of its own), `off` otherwise.",
+        doc: "Threads that move the messages above 4 KiB and up to transport.inline_bytes for every connection of the process instead of NCCL's proxy thread: `one` for sends and receives, `two` one for each. They spin (a core each) while such small messages flow and sleep 1 ms after the last one; bulk traffic never wakes them, and while they sleep the proxy moves small messages itself. Frees NCCL's proxy loop from the copies: on a 16-core H200 host with 2 ranks a 256 KiB allreduce ran 1.3x faster with `two`, while `one` and larger sizes did not change (docs/transport.md). `auto`: `two` where each rank has 4 cores or more (the cores it may run on, divided by the host's ranks from LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or SLURM_NTASKS_PER_NODE unless it is pinned to cores of its own) and the process may run on 8 or more, `off` otherwise (measured with 2 ranks on 16 and on 8 cores).",
         example: "\"auto\"",
         apply: |c, r| {
             c.transport.poller = want_enum(r, PollerThreads::from_name)?;

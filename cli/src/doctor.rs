@@ -763,7 +763,7 @@ fn check_poller(host: &Host<'_>, cfg: &Config, out: &mut Vec<Finding>) {
     } else {
         format!("{cores} cores for this rank")
     };
-    let effective = cfg.transport.poller_for(cores);
+    let effective = cfg.transport.poller_for(cores, available);
     let threads = match effective {
         PollerThreads::Two => "two poller threads (sends, receives)",
         PollerThreads::One => "one poller thread",
@@ -774,7 +774,7 @@ fn check_poller(host: &Host<'_>, cfg: &Config, out: &mut Vec<Finding>) {
     let source = cfg
         .source("transport.poller")
         .map_or("?".to_string(), |s| s.to_string());
-    out.push(if spinning && chosen != PollerThreads::Auto && cores < 8 {
+    out.push(if spinning && chosen != PollerThreads::Auto && cores < 4 {
         finding(
             "poller",
             Status::Warn,

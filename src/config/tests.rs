@@ -139,8 +139,13 @@ fn defaults() {
     // Two spinning pollers only where they are a small share of the cores.
     assert_eq!(c.transport.poller, PollerThreads::Auto);
     assert_ne!(c.transport.poller(), PollerThreads::Auto);
-    assert_eq!(super::poller_auto(7), PollerThreads::Off);
-    assert_eq!(super::poller_auto(8), PollerThreads::Two);
+    assert_eq!(super::poller_auto(3, 16), PollerThreads::Off);
+    assert_eq!(super::poller_auto(4, 16), PollerThreads::Two);
+    assert_eq!(super::poller_auto(8, 8), PollerThreads::Two);
+    // Below 8 cores the proxy moves every message itself: nothing for a
+    // poller's share to be measured against.
+    assert_eq!(super::poller_auto(4, 4), PollerThreads::Off);
+    assert_eq!(super::poller_auto(7, 7), PollerThreads::Off);
     // Ranks that may all run everywhere share the host's cores; a pinned
     // rank counts its own.
     assert_eq!(super::cores_per_rank(128, 128, 8), 16);

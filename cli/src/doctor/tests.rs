@@ -581,6 +581,15 @@ fn poller_threads_per_rank() {
         "{p}"
     );
 
+    // Four ranks share the 16 cores: 4 each, enough (measured on 8 cores
+    // shared by 2 ranks).
+    fx.set("LOCAL_WORLD_SIZE", "4");
+    let p = one(&fx.run().0, "poller", Status::Ok).message.clone();
+    assert!(
+        p.contains("4 cores per rank: 16 cores shared by 4 ranks: two poller threads"),
+        "{p}"
+    );
+
     // Eight ranks share the 16 cores: too few for pollers.
     fx.set("LOCAL_WORLD_SIZE", "8");
     let p = one(&fx.run().0, "poller", Status::Ok).message.clone();

@@ -2,40 +2,26 @@
 //! `collnet_vN.rs` adapts its signatures and structs to these.
 //!
 //! The collective network shares the net plugin's devices, listener and
-//! memory registration; a collective comm is a [`Group`] behind a mutex
-//! (NCCL calls it from its proxy thread; requests keep it alive).
+//! memory registration. Here NCCL's pointers and codes are checked and
+//! converted; a collective comm is a [`CollComm`] (`collnet::comm`), whose
+//! group the requests in flight keep alive.
 
 use std::collections::BTreeMap;
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use super::net::{PTR_CUDA, PTR_HOST};
 use super::object::{self, Kind};
 use super::write_out;
-use crate::codec::WireFormat;
-use crate::collnet::calibrate::probe::{Calibrated, RecordKey, Setup};
-use crate::collnet::calibrate::store::RecordFile;
-use crate::collnet::calibrate::{self, Agreed, ExecutorRates};
+use crate::collnet::comm::{lock, CollComm, SharedGroup};
 use crate::collnet::device::{self, Place};
 use crate::collnet::group::Group;
 use crate::collnet::{DataType, RedOp};
-use crate::config;
 use crate::error::{NetError, NetResult};
 use crate::gpu;
-use crate::net;
 use crate::sys::RawBuf;
 use crate::transport::tcp::Listener;
 use crate::transport::wire::{ListenHandle, HANDLE_BYTES};
-
-type SharedGroup = Arc<Mutex<Group>>;
-
-/// A collective comm: the group, and the calibration record it filed for
-/// this node's ranks (removed when NCCL closes the comm).
-struct CollComm {
-    group: SharedGroup,
-    _record: Option<RecordFile>,
-}
 
 /// The communicator id of each live collective listen comm (by address),
 /// from the v11+ context `listen` received: `connect` only gets the listen
@@ -53,18 +39,6 @@ enum CollRequest {
     },
     /// iflush of host memory: nothing to do.
     Done,
-}
-
-fn lock(g: &SharedGroup) -> std::sync::MutexGuard<'_, Group> {
-    // A panic while holding the lock already failed that call; the group's
-    // own failure state is what matters afterwards.
-    g.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The wire format this member proposes (the group agrees at connect).
-fn configured_fp8() -> Option<WireFormat> {
-    let c = &config::global().compression;
-    c.fp8_allreduce.then_some(c.format)
 }
 
 /// # Safety
@@ -102,124 +76,11 @@ pub unsafe fn connect(
         })?);
     }
     let comm_id = listen_comm_ids().get(&(listen_comm as usize)).copied();
-    let group_key = calibrate::group_key(raw_handles.iter().map(|h| &h[..]));
     // SAFETY: NCCL passes back our listen object.
     let listener = unsafe { object::get_mut::<Listener>(listen_comm, Kind::Listen)? };
-    let settings = &net::plugin()?.settings;
-    let timeout = settings.peer_timeout.max(settings.handshake_timeout);
-    let workers = config::global().collnet.workers();
-    let proxy_assist = config::global().collnet.proxy_assist;
-    let fp8 = configured_fp8();
-    let codec_timing = Instant::now();
-    let setup = calibration_setup(comm_id, group_key, fp8.is_some(), workers);
-    let codec_timing = codec_timing.elapsed();
-    let (group, calibrated) = Group::join(
-        listener,
-        &decoded,
-        rank,
-        settings,
-        fp8,
-        timeout,
-        workers,
-        proxy_assist,
-        setup,
-    )?;
-    log_calibration(rank, n, comm_id, &calibrated, codec_timing);
-    let comm = CollComm {
-        group: Arc::new(Mutex::new(group)),
-        _record: calibrated.record,
-    };
+    let comm = CollComm::connect(listener, &decoded, &raw_handles, rank, comm_id)?;
     // SAFETY: NCCL's out-pointer; write_out refuses null.
     unsafe { write_out(coll_comm, object::into_raw(Kind::Coll, comm), "collComm") }
-}
-
-/// What this member brings to the calibration rounds. It asks for them when
-/// they can change a decision: the tuner is on, FP8 allreduce is on, the
-/// configuration does not already give every figure, and NCCL named the
-/// communicator (v11+), so every local rank's tuner can find the result.
-fn calibration_setup(comm_id: Option<u64>, group_key: u64, fp8: bool, workers: usize) -> Setup {
-    let t = &config::global().tuner;
-    let configured_all = t.link_gbps.is_some()
-        && t.link_latency_us.is_some()
-        && t.encode_gvps.is_some()
-        && t.decode_gvps.is_some();
-    let ask = t.enabled && t.calibrate && fp8 && !configured_all && comm_id.is_some();
-    Setup {
-        ask,
-        // The host executor's codec; a GPU executor plugs its kernels'
-        // rates in here once the group runs its codec on the GPU.
-        rates: if ask {
-            Ok(ExecutorRates::cpu(workers))
-        } else {
-            Err("calibration not asked for".into())
-        },
-        record: comm_id.map(|comm_id| RecordKey { comm_id, group_key }),
-        call_overhead_us: t.call_overhead_us,
-        probe_values: calibrate::probe::PROBE_VALUES,
-    }
-}
-
-/// One INFO line per joined group: what was agreed and how long it took
-/// (`codec_timing`: timing this process's codec, the first time only).
-fn log_calibration(
-    rank: usize,
-    n: usize,
-    comm_id: Option<u64>,
-    c: &Calibrated,
-    codec_timing: Duration,
-) {
-    let comm = comm_id.map_or("no communicator id (collnet < v11)".to_string(), |id| {
-        format!("comm {id:#x}")
-    });
-    let what = match c.agreed {
-        Agreed::Measured(f) => format!(
-            "agreed link {:.3} Gbit/s, {:.1} us; codec encode {:.3} / decode+acc {:.3} G values/s",
-            f.gbps, f.latency_us, f.encode_gvps, f.decode_gvps
-        ),
-        Agreed::Fallback(calibrate::Fallback::NotRun) => {
-            "not run (some member did not ask: tuner or FP8 off, full profile configured, or no communicator id); tuners use the configured profile".to_string()
-        }
-        Agreed::Fallback(calibrate::Fallback::Failed { member }) => format!(
-            "member {member}'s measurement failed; every rank's tuner uses the configured profile"
-        ),
-    };
-    let local = c.local.map_or(String::new(), |f| {
-        format!(
-            " (this member: {:.3} Gbit/s, {:.1} us, codec {:.3} / {:.3}{})",
-            f.gbps,
-            f.latency_us,
-            f.encode_gvps,
-            f.decode_gvps,
-            c.probe.map_or(String::new(), |p| {
-                let streamed =
-                    p.streamed
-                        .map_or("no streamed round".to_string(), |(calls, took)| {
-                            format!("{:.2} ms for {calls} streamed", took.as_secs_f64() * 1e3)
-                        });
-                format!(
-                    ", probing FP8 allreduce {:.2} ms alone, {streamed}",
-                    p.one_call.as_secs_f64() * 1e3
-                )
-            })
-        )
-    });
-    crate::info!(
-        crate::log::SUBSYS_NET,
-        "collnet calibration, member {rank} of {n}, {comm}: {what}{local}; {:.1} ms in connect (links {:.1}, lone calls {:.1}, streamed {:.1}, agreement {:.1}; +{:.1} ms timing the codec)",
-        c.took.as_secs_f64() * 1e3,
-        ms(c.phases.links),
-        ms(c.phases.lone),
-        ms(c.phases.streamed),
-        ms(c.phases.agree),
-        codec_timing.as_secs_f64() * 1e3
-    );
-    if let (Some(id), Agreed::Measured(_)) = (comm_id, c.agreed) {
-        crate::metrics::calibration().connect_took(id, c.took);
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Whether `(dtype, op)` (NCCL's codes) can be reduced by the group.
@@ -246,7 +107,7 @@ pub unsafe fn write_reduce_support(
 
 fn group_of<'a>(coll_comm: *mut c_void) -> NetResult<&'a SharedGroup> {
     // SAFETY: NCCL passes back our collective comm (checked by its tag).
-    unsafe { object::get_mut::<CollComm>(coll_comm, Kind::Coll) }.map(|c| &c.group)
+    unsafe { object::get_mut::<CollComm>(coll_comm, Kind::Coll) }.map(|c| c.group())
 }
 
 fn finish_post(group: &SharedGroup, op: u64, request: *mut *mut c_void) -> NetResult<()> {

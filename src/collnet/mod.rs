@@ -15,6 +15,7 @@
 pub mod algo;
 pub mod buffers;
 pub mod calibrate;
+pub mod comm;
 #[allow(unsafe_code)] // host views of pinned mirrors
 pub mod device;
 pub mod gpu_step;

@@ -1113,6 +1113,26 @@ impl Member {
         }
     }
 
+    /// Owner `shard`'s reduced bytes (`len` of them) arrived straight in
+    /// the caller's output (exact, lending members only): the shard is
+    /// final, with nothing to write.
+    pub fn reduced_in_place(&mut self, shard: usize, len: usize) -> Result<(), CollError> {
+        self.check_shard(shard)?;
+        if shard == self.rank {
+            return Err(CollError::OwnShardReduced { shard });
+        }
+        if self.codec.is_some() || !self.lending {
+            return Err(CollError::UnknownShard(shard));
+        }
+        if self.have[shard] {
+            return Err(CollError::DuplicateReduced { shard });
+        }
+        self.check_len(shard, len)?;
+        self.have[shard] = true;
+        self.remaining -= 1;
+        Ok(())
+    }
+
     fn check_shard(&self, shard: usize) -> Result<(), CollError> {
         if shard >= self.spec.n || self.spec.shard(shard).is_empty() {
             return Err(CollError::UnknownShard(shard));

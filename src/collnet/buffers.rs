@@ -84,18 +84,23 @@ impl Buffers {
     /// the buffer until the call completes, which waits for the send), else
     /// a pooled copy.
     pub fn lend(&self, range: std::ops::Range<usize>) -> NetResult<Payload> {
-        let mut offset = range.start;
-        for part in &self.0 {
-            if offset < part.len() {
-                if let Some(raw) = part.slice(offset, range.len()) {
-                    return Ok(Payload::Borrowed(raw));
-                }
-                break;
-            }
-            offset -= part.len();
+        if let Some(raw) = self.slice(range.start, range.len()) {
+            return Ok(Payload::Borrowed(raw));
         }
         let bytes = self.with_bytes(range, pool::copy_of)?;
         Ok(Payload::Heap(std::sync::Arc::new(bytes)))
+    }
+
+    /// Bytes `offset..offset + len` as one buffer, if they lie in one part
+    /// (always, for NCCL's allreduce calls).
+    pub fn slice(&self, mut offset: usize, len: usize) -> Option<RawBuf> {
+        for part in &self.0 {
+            if offset < part.len() {
+                return part.slice(offset, len);
+            }
+            offset -= part.len();
+        }
+        None
     }
 
     pub fn write(&self, offset: usize, src: &[u8]) -> NetResult<()> {

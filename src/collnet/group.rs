@@ -130,6 +130,10 @@ struct Active {
     exec: Exec,
     /// Events that arrived for the step, not yet handed to it.
     events: Vec<Event>,
+    /// Messages that arrived straight in the call's output (`from`, lane,
+    /// length), not yet accounted to the step: it takes them on the
+    /// driving thread, once started and not on a worker.
+    in_place: Vec<(usize, Lane, usize)>,
     /// Expected messages not yet delivered.
     outstanding: usize,
     /// The step's start has run: it has produced every contribution.
@@ -308,6 +312,9 @@ struct Phases {
     /// spent inside them: whether the driving thread is the bottleneck.
     passes: u64,
     in_passes: Duration,
+    /// Messages received straight into the call's output (no copy, no
+    /// worker job).
+    in_place: u64,
 }
 
 impl Phases {
@@ -333,7 +340,7 @@ impl Phases {
         let lane = |v: &[(Duration, u64); 2], l: Lane| us(v[l as usize].0, v[l as usize].1);
         let n = self.steps;
         format!(
-            "mean per step, us after entering the window: contributions in {:.0}, reduced shard (first result-lane message) ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}; {} passes over the group, {:.2} us each",
+            "mean per step, us after entering the window: contributions in {:.0}, reduced shard (first result-lane message) ready {:.0}, results in {:.0}, retired {:.0} (waited {:.0} for the window); per message, queued on its lane to sent: contributions {:.0}, results {:.0}; posted to arrived: contributions {:.0}, results {:.0}; per worker job ({}): {:.0} waiting for a worker; per event, running: start {:.0}, contribution {:.0}, result {:.0}; {} messages received in place; {} passes over the group, {:.2} us each",
             us(self.contributions, n),
             us(self.reduced.0, self.reduced.1),
             us(self.results, n),
@@ -348,6 +355,7 @@ impl Phases {
             us(self.events[0].0, self.events[0].1),
             us(self.events[1].0, self.events[1].1),
             us(self.events[2].0, self.events[2].1),
+            self.in_place,
             self.passes,
             us(self.in_passes, self.passes),
         )
@@ -697,6 +705,12 @@ impl Group {
     #[cfg(test)]
     pub fn no_inline_steps(&mut self) {
         self.inline_step_bytes = None;
+    }
+
+    /// Messages received straight into a call's output so far.
+    #[cfg(test)]
+    pub fn received_in_place(&self) -> u64 {
+        self.activity.phases.in_place
     }
 
     pub fn params(&self) -> &GroupParams {
@@ -1139,10 +1153,23 @@ impl Group {
             self.next_seq += 1;
             let (exec, receives, events) = match pending {
                 Pending::Cpu(step) => {
+                    let state = self.ops.get(&op).expect("op of a waiting step");
+                    // Verbatim output bytes land where they belong, unless
+                    // the output is a device buffer's mirror (copied back as
+                    // a whole once every step is done).
+                    let host_output = state.staging_out.is_empty();
                     let receives: Vec<_> = step
                         .expects()
                         .into_iter()
-                        .map(|e| (e.from, e.lane, RecvBuf::Heap(pool::take(e.len))))
+                        .map(|e| {
+                            let in_place = e
+                                .into_output
+                                .filter(|_| host_output)
+                                .and_then(|at| state.output.slice(at, e.len));
+                            let buf = in_place
+                                .map_or_else(|| RecvBuf::Heap(pool::take(e.len)), RecvBuf::Output);
+                            (e.from, e.lane, buf)
+                        })
                         .collect();
                     (Exec::Cpu(Some(step)), receives, vec![Event::Start])
                 }
@@ -1190,13 +1217,14 @@ impl Group {
                 op,
                 exec,
                 events,
+                in_place: Vec::new(),
                 outstanding,
                 started: false,
                 contrib_queue: Vec::new(),
                 result_queue: Vec::new(),
                 times,
             });
-            self.dispatch(self.active.len() - 1);
+            self.dispatch(self.active.len() - 1)?;
         }
         Ok(())
     }
@@ -1214,14 +1242,26 @@ impl Group {
     }
 
     /// Hands the host step at `idx` to a worker if it has events and is
-    /// not already on one.
-    fn dispatch(&mut self, idx: usize) {
+    /// not already on one; first accounts the messages that arrived in
+    /// place, which needs no worker.
+    fn dispatch(&mut self, idx: usize) -> NetResult<()> {
+        let rank = self.params.rank;
         let a = &mut self.active[idx];
         let Exec::Cpu(slot) = &mut a.exec else {
-            return;
+            return Ok(());
         };
-        if a.events.is_empty() || slot.is_none() {
-            return;
+        let Some(step) = slot.as_mut() else {
+            return Ok(());
+        };
+        if a.started {
+            for (from, lane, len) in a.in_place.drain(..) {
+                step.in_place(from, lane, len)
+                    .map_err(|e| collnet_error(rank, e))?;
+                self.activity.phases.in_place += 1;
+            }
+        }
+        if a.events.is_empty() {
+            return Ok(());
         }
         let op = self.ops.get(&a.op).expect("op of an active step");
         let job = Job {
@@ -1243,6 +1283,7 @@ impl Group {
         } else {
             self.workers.submit(job);
         }
+        Ok(())
     }
 
     fn index_of(&self, seq: u64) -> Option<usize> {
@@ -1300,11 +1341,16 @@ impl Group {
         }
         match &mut a.exec {
             Exec::Cpu(_) => {
-                let bytes = buf
-                    .into_heap()
-                    .expect("host steps receive into heap buffers");
-                a.events.push(Event::Message { from, lane, bytes });
-                self.dispatch(idx);
+                match buf {
+                    RecvBuf::Output(raw) => a.in_place.push((from, lane, raw.len())),
+                    buf => {
+                        let bytes = buf
+                            .into_heap()
+                            .expect("host steps receive into heap or output buffers");
+                        a.events.push(Event::Message { from, lane, bytes });
+                    }
+                }
+                self.dispatch(idx)?;
             }
             Exec::Gpu(step) => {
                 let device = self
@@ -1361,7 +1407,7 @@ impl Group {
             for s in sends {
                 self.queue_send(idx, s.to, s.lane, s.bytes);
             }
-            self.dispatch(idx);
+            self.dispatch(idx)?;
         }
         Ok(())
     }
@@ -1419,6 +1465,7 @@ impl Group {
         while let Some(a) = self.active.front() {
             let finished = a.outstanding == 0
                 && a.events.is_empty()
+                && a.in_place.is_empty()
                 && a.contrib_queue.is_empty()
                 && a.result_queue.is_empty()
                 && a.is_done();

@@ -55,12 +55,15 @@ impl Payload {
     }
 }
 
-/// Where a message is received: a heap buffer, or a pinned staging slot a
-/// kernel will read.
+/// Where a message is received: a heap buffer, a pinned staging slot a
+/// kernel will read, or a range of the call's own output that the message
+/// fills verbatim (NCCL keeps that buffer until the call, and so this
+/// receive, completes).
 #[derive(Debug)]
 pub enum RecvBuf {
     Heap(Vec<u8>),
     Pinned(PinnedSlot),
+    Output(RawBuf),
 }
 
 impl RecvBuf {
@@ -68,6 +71,7 @@ impl RecvBuf {
         match self {
             RecvBuf::Heap(b) => b.len(),
             RecvBuf::Pinned(s) => s.len(),
+            RecvBuf::Output(r) => r.len(),
         }
     }
 
@@ -79,15 +83,22 @@ impl RecvBuf {
     pub fn into_heap(self) -> Option<Vec<u8>> {
         match self {
             RecvBuf::Heap(b) => Some(b),
-            RecvBuf::Pinned(_) => None,
+            RecvBuf::Pinned(_) | RecvBuf::Output(_) => None,
         }
     }
 
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        match self {
-            RecvBuf::Heap(b) => b.as_mut_ptr(),
-            RecvBuf::Pinned(s) => s.as_ptr(),
-        }
+    /// The memory the transport writes into.
+    fn raw(&mut self) -> RawBuf {
+        let (ptr, len) = match self {
+            RecvBuf::Heap(b) => (b.as_mut_ptr(), b.len()),
+            RecvBuf::Pinned(s) => (s.as_ptr(), s.len()),
+            RecvBuf::Output(r) => return *r,
+        };
+        // SAFETY: neither a Vec's heap memory nor a pinned slot moves when
+        // its owner is moved into the request that holds it, and nothing
+        // reads or frees it until the request completes (`OwnedRecv::take`
+        // checks) or Drop leaks it.
+        unsafe { RawBuf::new(ptr, len) }
     }
 
     /// Shortens the buffer to the `len` bytes that arrived.
@@ -95,6 +106,7 @@ impl RecvBuf {
         match self {
             RecvBuf::Heap(b) => b.truncate(len),
             RecvBuf::Pinned(s) => s.truncate(len),
+            RecvBuf::Output(r) => *r = r.prefix(len),
         }
     }
 }
@@ -167,10 +179,7 @@ impl OwnedRecv {
         mut buf: RecvBuf,
         tag: i32,
     ) -> NetResult<Result<OwnedRecv, RecvBuf>> {
-        // SAFETY: neither a Vec's heap memory nor a pinned slot moves when
-        // its owner is moved into `self`, and nothing reads or frees it
-        // until the request completes (`take` checks) or Drop leaks it.
-        let raw = unsafe { RawBuf::new(buf.as_mut_ptr(), buf.len()) };
+        let raw = buf.raw();
         Ok(match comm.irecv(vec![(raw, tag)])? {
             Some(request) => Ok(OwnedRecv {
                 request: Some(request),

@@ -140,7 +140,7 @@ pub mod mem {
 
     pub struct MemRx {
         pipe: Arc<Mutex<Pipe>>,
-        posted: VecDeque<(i32, Vec<u8>)>,
+        posted: VecDeque<(i32, RecvBuf)>,
         rng: SplitMix,
         name: String,
     }
@@ -248,7 +248,7 @@ pub mod mem {
     }
 
     fn pinned_unsupported() -> NetError {
-        NetError::InvalidUsage("in-memory links carry heap buffers only".into())
+        NetError::InvalidUsage("in-memory links carry no pinned staging".into())
     }
 
     fn closed() -> NetError {
@@ -296,13 +296,13 @@ pub mod mem {
 
     impl RxLink for MemRx {
         fn post(&mut self, buf: RecvBuf, tag: i32) -> NetResult<Result<(), RecvBuf>> {
-            let RecvBuf::Heap(heap) = buf else {
+            if matches!(buf, RecvBuf::Pinned(_)) {
                 return Err(pinned_unsupported());
-            };
-            if self.posted.len() >= REQUESTS {
-                return Ok(Err(RecvBuf::Heap(heap)));
             }
-            self.posted.push_back((tag, heap));
+            if self.posted.len() >= REQUESTS {
+                return Ok(Err(buf));
+            }
+            self.posted.push_back((tag, buf));
             Ok(Ok(()))
         }
 
@@ -319,7 +319,7 @@ pub mod mem {
             };
             p.delivered += 1;
             drop(p);
-            let (want, mut buf) = self.posted.pop_front().expect("checked non-empty");
+            let (want, buf) = self.posted.pop_front().expect("checked non-empty");
             if tag != want {
                 return Err(self.error(format!("message tag {tag}, posted receive {want}")));
             }
@@ -330,9 +330,19 @@ pub mod mem {
                     buf.len()
                 )));
             }
-            buf.truncate(bytes.len());
-            buf.copy_from_slice(&bytes);
-            Ok(Some(RecvBuf::Heap(buf)))
+            match buf {
+                RecvBuf::Heap(mut heap) => {
+                    heap.truncate(bytes.len());
+                    heap.copy_from_slice(&bytes);
+                    Ok(Some(RecvBuf::Heap(heap)))
+                }
+                RecvBuf::Output(raw) => {
+                    raw.write_at(0, &bytes)
+                        .map_err(|e| NetError::io("mem link receive", e))?;
+                    Ok(Some(RecvBuf::Output(raw.prefix(bytes.len()))))
+                }
+                RecvBuf::Pinned(_) => Err(pinned_unsupported()),
+            }
         }
     }
 }

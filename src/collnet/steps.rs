@@ -58,6 +58,11 @@ pub struct Expect {
     pub from: usize,
     pub lane: Lane,
     pub len: usize,
+    /// The message is the call's output at this byte offset, verbatim (an
+    /// exact reduced shard, an allgather piece): the driver may receive it
+    /// in place and report it with [`Step::in_place`] instead of
+    /// [`Step::on_message`].
+    pub into_output: Option<usize>,
 }
 
 /// Bytes to write at `offset` of the call's output.
@@ -248,19 +253,24 @@ impl Step {
         match self {
             Step::AllReduce(s) => {
                 let own = s.spec.payload_len(s.rank);
+                let size = s.spec.dtype.size();
                 for j in (0..s.spec.n).filter(|&j| j != s.rank) {
                     if !s.spec.shard(s.rank).is_empty() {
                         out.push(Expect {
                             from: j,
                             lane: Lane::Contrib,
                             len: own,
+                            into_output: None,
                         });
                     }
-                    if !s.spec.shard(j).is_empty() {
+                    let shard = s.spec.shard(j);
+                    if !shard.is_empty() {
                         out.push(Expect {
                             from: j,
                             lane: Lane::Result,
                             len: s.spec.payload_len(j),
+                            into_output: (s.spec.path == Path::Exact)
+                                .then_some(s.offset + shard.start * size),
                         });
                     }
                 }
@@ -272,6 +282,7 @@ impl Step {
                             from: j,
                             lane: Lane::Result,
                             len: p.len(),
+                            into_output: Some(p.start),
                         });
                     }
                 }
@@ -284,6 +295,7 @@ impl Step {
                             from: j,
                             lane: Lane::Contrib,
                             len: own,
+                            into_output: None,
                         });
                     }
                 }
@@ -410,6 +422,35 @@ impl Step {
             }
         }
         Ok(fx)
+    }
+
+    /// The message this step expected from `from` on `lane` arrived as
+    /// `len` bytes straight into the call's output, where its
+    /// [`Expect::into_output`] said: nothing to copy, only to account for.
+    pub fn in_place(&mut self, from: usize, lane: Lane, len: usize) -> Result<(), CollError> {
+        match self {
+            Step::AllReduce(s) if lane == Lane::Result && s.spec.path == Path::Exact => s
+                .member
+                .as_mut()
+                .ok_or(CollError::UnknownMember(from))?
+                .reduced_in_place(from, len),
+            Step::AllGather(s) => {
+                let piece = s
+                    .pieces
+                    .get(from)
+                    .filter(|p| lane == Lane::Result && from != s.rank && !p.is_empty())
+                    .ok_or(CollError::UnknownMember(from))?;
+                if len != piece.len() {
+                    return Err(CollError::WrongLength {
+                        shard: from,
+                        expected: piece.len(),
+                        actual: len,
+                    });
+                }
+                Ok(())
+            }
+            _ => Err(CollError::UnknownMember(from)),
+        }
     }
 
     /// Every output byte of this step has been written.

@@ -30,7 +30,7 @@ use super::link::{PeerLinks, RxLink, TxLink};
 use super::plan::Plan;
 use super::pola::{Pattern, Seen, Summary};
 use super::pool::{self, Shared};
-use super::steps::{Lane, Step};
+use super::steps::{Lane, SendBytes, Step};
 use super::workers::{Done, Event, Job, Workers};
 use crate::codec::WireFormat;
 use crate::error::{NetError, NetResult, PeerFailure};
@@ -138,6 +138,9 @@ struct Active {
     outstanding: usize,
     /// The step's start has run: it has produced every contribution.
     started: bool,
+    /// Its contributions were queued when it was admitted, before it
+    /// started ([`Step::take_early_contributions`]).
+    contributed_early: bool,
     /// Contributions waiting for earlier steps to produce theirs.
     contrib_queue: Vec<Queued>,
     /// Result-lane messages waiting for earlier steps to close that lane.
@@ -1151,8 +1154,9 @@ impl Group {
             let (op, pending) = self.waiting.pop_front().expect("front");
             let seq = self.next_seq;
             self.next_seq += 1;
-            let (exec, receives, events) = match pending {
-                Pending::Cpu(step) => {
+            let (exec, receives, events, early) = match pending {
+                Pending::Cpu(mut step) => {
+                    let early = step.take_early_contributions();
                     let state = self.ops.get(&op).expect("op of a waiting step");
                     // Verbatim output bytes land where they belong, unless
                     // the output is a device buffer's mirror (copied back as
@@ -1171,7 +1175,7 @@ impl Group {
                             (e.from, e.lane, buf)
                         })
                         .collect();
-                    (Exec::Cpu(Some(step)), receives, vec![Event::Start])
+                    (Exec::Cpu(Some(step)), receives, vec![Event::Start], early)
                 }
                 Pending::Gpu(seg) => {
                     let device = self
@@ -1191,7 +1195,7 @@ impl Group {
                         .into_iter()
                         .map(|e| (e.from, e.lane, e.buf))
                         .collect();
-                    (Exec::Gpu(Box::new(step)), receives, Vec::new())
+                    (Exec::Gpu(Box::new(step)), receives, Vec::new(), None)
                 }
             };
             let outstanding = receives.len();
@@ -1220,11 +1224,27 @@ impl Group {
                 in_place: Vec::new(),
                 outstanding,
                 started: false,
+                contributed_early: early.is_some(),
                 contrib_queue: Vec::new(),
                 result_queue: Vec::new(),
                 times,
             });
-            self.dispatch(self.active.len() - 1)?;
+            let idx = self.active.len() - 1;
+            // Exact contributions are ranges of NCCL's input: out now, not
+            // after a worker has started the step.
+            for s in early.into_iter().flatten() {
+                let SendBytes::Input(range) = s.bytes else {
+                    unreachable!("early contributions are input ranges")
+                };
+                let bytes = self
+                    .ops
+                    .get(&op)
+                    .expect("op of an admitted step")
+                    .input
+                    .lend(range)?;
+                self.queue_send(idx, s.to, s.lane, bytes);
+            }
+            self.dispatch(idx)?;
         }
         Ok(())
     }
@@ -1437,7 +1457,7 @@ impl Group {
         for a in &mut self.active {
             let (op, tag) = (a.op, tag_of(a.seq));
             pending.extend(a.contrib_queue.drain(..).map(|s| (s, op, tag)));
-            if !a.started {
+            if !(a.started || a.contributed_early) {
                 break;
             }
         }

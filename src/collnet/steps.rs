@@ -118,6 +118,9 @@ pub struct AllReduceStep {
     rank: usize,
     offset: usize,
     member: Option<Member>,
+    /// Its contributions went out before it started
+    /// ([`Step::take_early_contributions`]).
+    sent_early: bool,
 }
 
 /// One windowed allgather: member `r` contributes `pieces[r]` (window
@@ -134,6 +137,7 @@ pub struct ReduceScatterStep {
     window_bytes: usize,
     pieces: Vec<Range<usize>>,
     reducer: Option<Reducer>,
+    sent_early: bool,
 }
 
 pub enum Step {
@@ -171,6 +175,7 @@ impl Step {
             rank,
             offset,
             member: None,
+            sent_early: false,
         }))
     }
 
@@ -222,7 +227,47 @@ impl Step {
             window_bytes,
             pieces,
             reducer,
+            sent_early: false,
         }))
+    }
+
+    /// Every contribution of this step, when they are ranges of the
+    /// caller's input sent as they are (exact allreduce segments,
+    /// reduce-scatter windows): the driver can send them when it admits the
+    /// step, before a worker starts it, and [`Step::start`] then leaves
+    /// them out. `None` when producing them takes work (encoding).
+    pub fn take_early_contributions(&mut self) -> Option<Vec<Send>> {
+        let sends = match self {
+            Step::AllReduce(s) if s.spec.path == Path::Exact => {
+                s.sent_early = true;
+                let size = s.spec.dtype.size();
+                (0..s.spec.n)
+                    .filter(|&to| to != s.rank)
+                    .map(|to| (to, s.spec.shard(to)))
+                    .filter(|(_, r)| !r.is_empty())
+                    .map(|(to, r)| Send {
+                        to,
+                        lane: Lane::Contrib,
+                        bytes: SendBytes::Input(s.offset + r.start * size..s.offset + r.end * size),
+                    })
+                    .collect()
+            }
+            Step::ReduceScatter(s) => {
+                s.sent_early = true;
+                s.pieces
+                    .iter()
+                    .enumerate()
+                    .filter(|(to, p)| *to != s.rank && !p.is_empty())
+                    .map(|(to, p)| Send {
+                        to,
+                        lane: Lane::Contrib,
+                        bytes: SendBytes::Input(p.clone()),
+                    })
+                    .collect()
+            }
+            Step::AllReduce(_) | Step::AllGather(_) => return None,
+        };
+        Some(sends)
     }
 
     /// Bytes of the caller's input this step reads at start:
@@ -311,14 +356,16 @@ impl Step {
             Step::AllReduce(s) => {
                 let (member, out, lent) = Member::new_lending(s.spec, s.rank, input)?;
                 s.member = Some(member);
-                fx.sends = lent
-                    .into_iter()
-                    .map(|(to, r)| Send {
-                        to,
-                        lane: Lane::Contrib,
-                        bytes: SendBytes::Input(s.offset + r.start..s.offset + r.end),
-                    })
-                    .collect();
+                if !s.sent_early {
+                    fx.sends = lent
+                        .into_iter()
+                        .map(|(to, r)| Send {
+                            to,
+                            lane: Lane::Contrib,
+                            bytes: SendBytes::Input(s.offset + r.start..s.offset + r.end),
+                        })
+                        .collect();
+                }
                 fx.sends.extend(map_outgoing(out));
                 s.collect_output(&mut fx);
             }
@@ -353,7 +400,7 @@ impl Step {
                             actual: input.len(),
                         });
                     };
-                    if to != s.rank && !chunk.is_empty() {
+                    if to != s.rank && !chunk.is_empty() && !s.sent_early {
                         fx.sends.push(Send {
                             to,
                             lane: Lane::Contrib,

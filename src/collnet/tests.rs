@@ -693,3 +693,59 @@ proptest! {
         }
     }
 }
+
+/// Exact contributions are the input's own bytes, so the driver sends them
+/// at admission and the step's start leaves them out; compressed ones need
+/// the encoder, so they stay with the start. Exact reduced shards are
+/// received in place.
+#[test]
+fn exact_contributions_go_out_before_the_start() {
+    use super::steps::{Lane, SendBytes, Step};
+    let (n, rank, count) = (3, 1, 3 * crate::codec::BLOCK);
+    let input = vec![0u8; count * 2];
+    let spec = |path| Spec {
+        n,
+        dtype: DataType::Bf16,
+        op: RedOp::Sum,
+        path,
+        count,
+    };
+
+    let mut exact = Step::all_reduce(spec(Path::Exact), rank, 4096).expect("step");
+    let early = exact.take_early_contributions().expect("exact sends early");
+    let ranges: Vec<_> = early
+        .iter()
+        .map(|s| match &s.bytes {
+            SendBytes::Input(r) => (s.to, s.lane, r.clone()),
+            SendBytes::Owned(_) => panic!("an early contribution is an input range"),
+        })
+        .collect();
+    let shard = crate::codec::BLOCK * 2;
+    assert_eq!(
+        ranges,
+        vec![
+            (0, Lane::Contrib, 4096..4096 + shard),
+            (2, Lane::Contrib, 4096 + 2 * shard..4096 + 3 * shard),
+        ]
+    );
+    let started = exact.start(&input).expect("start");
+    assert!(started.sends.iter().all(|s| s.lane != Lane::Contrib));
+    assert!(exact
+        .expects()
+        .iter()
+        .all(|e| (e.lane == Lane::Result) == e.into_output.is_some()));
+
+    let mut compressed =
+        Step::all_reduce(spec(Path::Compressed(WireFormat::E4M3)), rank, 0).expect("step");
+    assert!(compressed.take_early_contributions().is_none());
+    let started = compressed.start(&input).expect("start");
+    assert_eq!(
+        started
+            .sends
+            .iter()
+            .filter(|s| s.lane == Lane::Contrib)
+            .count(),
+        n - 1
+    );
+    assert!(compressed.expects().iter().all(|e| e.into_output.is_none()));
+}

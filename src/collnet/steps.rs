@@ -444,20 +444,9 @@ impl Step {
                 s.collect_output(&mut fx);
             }
             Step::AllGather(s) => {
-                let piece = s
-                    .pieces
-                    .get(from)
-                    .filter(|p| lane == Lane::Result && from != s.rank && !p.is_empty())
-                    .ok_or(CollError::UnknownMember(from))?;
-                if bytes.len() != piece.len() {
-                    return Err(CollError::WrongLength {
-                        shard: from,
-                        expected: piece.len(),
-                        actual: bytes.len(),
-                    });
-                }
+                let offset = s.piece_of(from, lane, bytes.len())?.start;
                 fx.writes.push(Write {
-                    offset: piece.start,
+                    offset,
                     bytes: Arc::new(bytes),
                 });
             }
@@ -481,21 +470,7 @@ impl Step {
                 .as_mut()
                 .ok_or(CollError::UnknownMember(from))?
                 .reduced_in_place(from, len),
-            Step::AllGather(s) => {
-                let piece = s
-                    .pieces
-                    .get(from)
-                    .filter(|p| lane == Lane::Result && from != s.rank && !p.is_empty())
-                    .ok_or(CollError::UnknownMember(from))?;
-                if len != piece.len() {
-                    return Err(CollError::WrongLength {
-                        shard: from,
-                        expected: piece.len(),
-                        actual: len,
-                    });
-                }
-                Ok(())
-            }
+            Step::AllGather(s) => s.piece_of(from, lane, len).map(drop),
             _ => Err(CollError::UnknownMember(from)),
         }
     }
@@ -539,6 +514,26 @@ impl AllReduceStep {
                     bytes,
                 }));
         }
+    }
+}
+
+impl AllGatherStep {
+    /// Member `from`'s piece, checked against a message of `len` bytes on
+    /// `lane`.
+    fn piece_of(&self, from: usize, lane: Lane, len: usize) -> Result<Range<usize>, CollError> {
+        let piece = self
+            .pieces
+            .get(from)
+            .filter(|p| lane == Lane::Result && from != self.rank && !p.is_empty())
+            .ok_or(CollError::UnknownMember(from))?;
+        if len != piece.len() {
+            return Err(CollError::WrongLength {
+                shard: from,
+                expected: piece.len(),
+                actual: len,
+            });
+        }
+        Ok(piece.clone())
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::lend::Payload;
 use super::pool;
+use super::steps::SendBytes;
 use crate::error::{NetError, NetResult};
 use crate::sys::RawBuf;
 
@@ -89,6 +90,15 @@ impl Buffers {
         }
         let bytes = self.with_bytes(range, pool::copy_of)?;
         Ok(Payload::Heap(std::sync::Arc::new(bytes)))
+    }
+
+    /// A step's message as the transport takes it: bytes the step made, or
+    /// a range of this input, lent ([`Buffers::lend`]).
+    pub fn payload(&self, bytes: SendBytes) -> NetResult<Payload> {
+        match bytes {
+            SendBytes::Owned(b) => Ok(Payload::Heap(b)),
+            SendBytes::Input(range) => self.lend(range),
+        }
     }
 
     /// Bytes `offset..offset + len` as one buffer, if they lie in one part

@@ -30,7 +30,7 @@ use super::link::{PeerLinks, RxLink, TxLink};
 use super::plan::Plan;
 use super::pola::{Pattern, Seen, Summary};
 use super::pool::{self, Shared};
-use super::steps::{Lane, SendBytes, Step};
+use super::steps::{Lane, Step};
 use super::workers::{Done, Event, Job, Workers};
 use crate::codec::WireFormat;
 use crate::error::{NetError, NetResult, PeerFailure};
@@ -1156,8 +1156,18 @@ impl Group {
             self.next_seq += 1;
             let (exec, receives, events, early) = match pending {
                 Pending::Cpu(mut step) => {
-                    let early = step.take_early_contributions();
                     let state = self.ops.get(&op).expect("op of a waiting step");
+                    // Exact contributions are ranges of NCCL's input: out
+                    // now, not after a worker has started the step.
+                    let early = step
+                        .take_early_contributions()
+                        .map(|sends| {
+                            sends
+                                .into_iter()
+                                .map(|s| Ok((s.to, s.lane, state.input.payload(s.bytes)?)))
+                                .collect::<NetResult<Vec<_>>>()
+                        })
+                        .transpose()?;
                     // Verbatim output bytes land where they belong, unless
                     // the output is a device buffer's mirror (copied back as
                     // a whole once every step is done).
@@ -1230,19 +1240,8 @@ impl Group {
                 times,
             });
             let idx = self.active.len() - 1;
-            // Exact contributions are ranges of NCCL's input: out now, not
-            // after a worker has started the step.
-            for s in early.into_iter().flatten() {
-                let SendBytes::Input(range) = s.bytes else {
-                    unreachable!("early contributions are input ranges")
-                };
-                let bytes = self
-                    .ops
-                    .get(&op)
-                    .expect("op of an admitted step")
-                    .input
-                    .lend(range)?;
-                self.queue_send(idx, s.to, s.lane, bytes);
+            for (to, lane, bytes) in early.into_iter().flatten() {
+                self.queue_send(idx, to, lane, bytes);
             }
             self.dispatch(idx)?;
         }

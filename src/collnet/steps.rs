@@ -240,15 +240,12 @@ impl Step {
         let sends = match self {
             Step::AllReduce(s) if s.spec.path == Path::Exact => {
                 s.sent_early = true;
-                let size = s.spec.dtype.size();
                 (0..s.spec.n)
-                    .filter(|&to| to != s.rank)
-                    .map(|to| (to, s.spec.shard(to)))
-                    .filter(|(_, r)| !r.is_empty())
-                    .map(|(to, r)| Send {
+                    .filter(|&to| to != s.rank && !s.spec.shard(to).is_empty())
+                    .map(|to| Send {
                         to,
                         lane: Lane::Contrib,
-                        bytes: SendBytes::Input(s.offset + r.start * size..s.offset + r.end * size),
+                        bytes: SendBytes::Input(s.shard_bytes(to)),
                     })
                     .collect()
             }
@@ -298,7 +295,6 @@ impl Step {
         match self {
             Step::AllReduce(s) => {
                 let own = s.spec.payload_len(s.rank);
-                let size = s.spec.dtype.size();
                 for j in (0..s.spec.n).filter(|&j| j != s.rank) {
                     if !s.spec.shard(s.rank).is_empty() {
                         out.push(Expect {
@@ -308,14 +304,13 @@ impl Step {
                             into_output: None,
                         });
                     }
-                    let shard = s.spec.shard(j);
-                    if !shard.is_empty() {
+                    if !s.spec.shard(j).is_empty() {
                         out.push(Expect {
                             from: j,
                             lane: Lane::Result,
                             len: s.spec.payload_len(j),
                             into_output: (s.spec.path == Path::Exact)
-                                .then_some(s.offset + shard.start * size),
+                                .then(|| s.shard_bytes(j).start),
                         });
                     }
                 }
@@ -505,6 +500,12 @@ impl Step {
 }
 
 impl AllReduceStep {
+    /// Member `j`'s shard as bytes of the call's buffers.
+    fn shard_bytes(&self, j: usize) -> Range<usize> {
+        let (r, size) = (self.spec.shard(j), self.spec.dtype.size());
+        self.offset + r.start * size..self.offset + r.end * size
+    }
+
     /// Writes each shard into the caller's output as soon as it is final.
     fn collect_output(&mut self, fx: &mut Effects) {
         if let Some(m) = &mut self.member {

@@ -23,7 +23,7 @@ use super::algo::CollError;
 use super::buffers::Buffers;
 use super::lend::Payload;
 use super::pool;
-use super::steps::{Effects, Lane, Send, SendBytes, Step};
+use super::steps::{Effects, Lane, Send, Step};
 use crate::error::{NetError, NetResult, PeerFailure};
 
 /// Something a step must handle, in the order the scheduler saw it.
@@ -116,10 +116,7 @@ fn run(job: Job) -> Done {
             pool::give_shared(w.bytes);
         }
         for Send { to, lane, bytes } in fx.sends {
-            let bytes = match bytes {
-                SendBytes::Owned(b) => Payload::Heap(b),
-                SendBytes::Input(range) => input.lend(range)?,
-            };
+            let bytes = input.payload(bytes)?;
             sends.push(Outbound { to, lane, bytes });
         }
         ran[kind] = (ran[kind].0 + began.elapsed(), ran[kind].1 + 1);

@@ -943,20 +943,19 @@ impl Member {
         input: &[u8],
         codec: Option<Codec>,
     ) -> Result<(Member, Vec<Outgoing>), CollError> {
-        Member::build(spec, rank, input, codec, false).map(|(m, out, _)| (m, out))
+        Member::build(spec, rank, input, codec, false)
     }
 
     /// As [`Member::new`], for a driver that moves bytes straight between
     /// the caller's buffers: on the exact path the contributions are not
-    /// copied but returned as `(to, byte range of input)`, and final shards
-    /// are not assembled into [`Member::output`] but handed out by
-    /// [`Member::take_ready`].
-    #[allow(clippy::type_complexity)]
+    /// copied (the driver sends the other members' shards of its input as
+    /// they are), and final shards are not assembled into
+    /// [`Member::output`] but handed out by [`Member::take_ready`].
     pub fn new_lending(
         spec: Spec,
         rank: usize,
         input: &[u8],
-    ) -> Result<(Member, Vec<Outgoing>, Vec<(usize, Range<usize>)>), CollError> {
+    ) -> Result<(Member, Vec<Outgoing>), CollError> {
         let codec = match spec.path {
             Path::Exact => None,
             Path::Compressed(f) => Some(Codec::new(f)),
@@ -964,14 +963,13 @@ impl Member {
         Member::build(spec, rank, input, codec, true)
     }
 
-    #[allow(clippy::type_complexity)]
     fn build(
         spec: Spec,
         rank: usize,
         input: &[u8],
         codec: Option<Codec>,
         lend: bool,
-    ) -> Result<(Member, Vec<Outgoing>, Vec<(usize, Range<usize>)>), CollError> {
+    ) -> Result<(Member, Vec<Outgoing>), CollError> {
         spec.validate()?;
         if rank >= spec.n {
             return Err(CollError::BadRank { rank, n: spec.n });
@@ -1007,25 +1005,20 @@ impl Member {
             ready: Vec::new(),
         };
         let mut out = Vec::new();
-        let mut lent = Vec::new();
         let mut mine = None;
         for s in 0..n {
             let r = spec.shard(s);
             if r.is_empty() {
                 continue;
             }
-            let bytes_range = r.start * size..r.end * size;
-            let raw = &input[bytes_range.clone()];
+            let raw = &input[r.start * size..r.end * size];
             if s == rank {
                 // Never on the wire: kept exact (see Reducer::accept_native).
                 mine = Some(pool::copy_of(raw));
                 continue;
             }
             let bytes = match &m.codec {
-                None if lend => {
-                    lent.push((s, bytes_range));
-                    continue;
-                }
+                None if lend => continue,
                 None => pool::copy_of(raw),
                 Some(c) => fp8_encode(c, spec.dtype, raw)?,
             };
@@ -1041,7 +1034,7 @@ impl Member {
         if let Some(bytes) = mine {
             out.extend(m.accept_contribution(rank, bytes, true)?);
         }
-        Ok((m, out, lent))
+        Ok((m, out))
     }
 
     pub fn rank(&self) -> usize {

@@ -237,34 +237,17 @@ impl Step {
     /// step, before a worker starts it, and [`Step::start`] then leaves
     /// them out. `None` when producing them takes work (encoding).
     pub fn take_early_contributions(&mut self) -> Option<Vec<Send>> {
-        let sends = match self {
+        match self {
             Step::AllReduce(s) if s.spec.path == Path::Exact => {
                 s.sent_early = true;
-                (0..s.spec.n)
-                    .filter(|&to| to != s.rank && !s.spec.shard(to).is_empty())
-                    .map(|to| Send {
-                        to,
-                        lane: Lane::Contrib,
-                        bytes: SendBytes::Input(s.shard_bytes(to)),
-                    })
-                    .collect()
+                Some(s.exact_contributions())
             }
             Step::ReduceScatter(s) => {
                 s.sent_early = true;
-                s.pieces
-                    .iter()
-                    .enumerate()
-                    .filter(|(to, p)| *to != s.rank && !p.is_empty())
-                    .map(|(to, p)| Send {
-                        to,
-                        lane: Lane::Contrib,
-                        bytes: SendBytes::Input(p.clone()),
-                    })
-                    .collect()
+                Some(s.contributions())
             }
-            Step::AllReduce(_) | Step::AllGather(_) => return None,
-        };
-        Some(sends)
+            Step::AllReduce(_) | Step::AllGather(_) => None,
+        }
     }
 
     /// Bytes of the caller's input this step reads at start:
@@ -349,17 +332,10 @@ impl Step {
         let mut fx = Effects::default();
         match self {
             Step::AllReduce(s) => {
-                let (member, out, lent) = Member::new_lending(s.spec, s.rank, input)?;
+                let (member, out) = Member::new_lending(s.spec, s.rank, input)?;
                 s.member = Some(member);
-                if !s.sent_early {
-                    fx.sends = lent
-                        .into_iter()
-                        .map(|(to, r)| Send {
-                            to,
-                            lane: Lane::Contrib,
-                            bytes: SendBytes::Input(s.offset + r.start..s.offset + r.end),
-                        })
-                        .collect();
+                if s.spec.path == Path::Exact && !s.sent_early {
+                    fx.sends = s.exact_contributions();
                 }
                 fx.sends.extend(map_outgoing(out));
                 s.collect_output(&mut fx);
@@ -388,20 +364,14 @@ impl Step {
                 }
             }
             Step::ReduceScatter(s) => {
-                for (to, p) in s.pieces.iter().enumerate() {
-                    let Some(chunk) = input.get(p.clone()) else {
-                        return Err(CollError::InputLength {
-                            expected: p.end,
-                            actual: input.len(),
-                        });
-                    };
-                    if to != s.rank && !chunk.is_empty() && !s.sent_early {
-                        fx.sends.push(Send {
-                            to,
-                            lane: Lane::Contrib,
-                            bytes: SendBytes::Input(p.clone()),
-                        });
-                    }
+                if let Some(p) = s.pieces.iter().find(|p| p.end > input.len()) {
+                    return Err(CollError::InputLength {
+                        expected: p.end,
+                        actual: input.len(),
+                    });
+                }
+                if !s.sent_early {
+                    fx.sends = s.contributions();
                 }
                 let own = s.pieces[s.rank].clone();
                 if !own.is_empty() {
@@ -506,6 +476,19 @@ impl AllReduceStep {
         self.offset + r.start * size..self.offset + r.end * size
     }
 
+    /// The exact path's contributions: every other member's shard of the
+    /// input, as it is.
+    fn exact_contributions(&self) -> Vec<Send> {
+        (0..self.spec.n)
+            .filter(|&to| to != self.rank && !self.spec.shard(to).is_empty())
+            .map(|to| Send {
+                to,
+                lane: Lane::Contrib,
+                bytes: SendBytes::Input(self.shard_bytes(to)),
+            })
+            .collect()
+    }
+
     /// Writes each shard into the caller's output as soon as it is final.
     fn collect_output(&mut self, fx: &mut Effects) {
         if let Some(m) = &mut self.member {
@@ -539,6 +522,20 @@ impl AllGatherStep {
 }
 
 impl ReduceScatterStep {
+    /// Every other member's piece of the window, as it is.
+    fn contributions(&self) -> Vec<Send> {
+        self.pieces
+            .iter()
+            .enumerate()
+            .filter(|(to, p)| *to != self.rank && !p.is_empty())
+            .map(|(to, p)| Send {
+                to,
+                lane: Lane::Contrib,
+                bytes: SendBytes::Input(p.clone()),
+            })
+            .collect()
+    }
+
     fn fold(&mut self, from: usize, bytes: Vec<u8>, fx: &mut Effects) -> Result<(), CollError> {
         let Some(reducer) = self.reducer.as_mut() else {
             return Err(CollError::UnknownShard(self.rank));

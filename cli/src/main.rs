@@ -36,6 +36,7 @@ mod plot;
 mod progress;
 mod rendezvous;
 mod tuner;
+mod wake;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -218,6 +219,20 @@ enum BenchCmd {
         #[arg(long, value_name = "LABEL=FILE", requires = "plot")]
         reference: Vec<String>,
     },
+    /// How long a sleeping thread takes to run once signalled, by how long
+    /// it slept: the cost of every hand-off between airamp's threads on
+    /// this host (large on virtual machines).
+    Wake {
+        /// Idle gaps to measure, microseconds, comma-separated
+        /// [default: 50,100,200,300,1000,2000].
+        #[arg(long, value_name = "US,...")]
+        gaps: Option<String>,
+        /// Wake-ups per gap [default: 1000].
+        #[arg(long, value_name = "N", value_parser = num_arg)]
+        wakes: Option<String>,
+        #[command(flatten)]
+        out: JsonArg,
+    },
     /// CPU used while a connection sits idle.
     Idle {
         #[command(flatten)]
@@ -392,6 +407,9 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     .with_flag("json", out.json),
             ),
             BenchCmd::Codec { values, out } => bench::codec(values, out.json),
+            BenchCmd::Wake { gaps, wakes, out } => {
+                wake_bench(gaps.as_deref(), wakes.as_deref(), out.json)
+            }
             BenchCmd::Collnet {
                 plugin,
                 ranks,
@@ -615,6 +633,25 @@ impl Opts {
                 )
             })
     }
+}
+
+/// `airamp bench wake`: the gaps as given (comma-separated µs) or the defaults.
+fn wake_bench(gaps: Option<&str>, wakes: Option<&str>, json: bool) -> Result<ExitCode, String> {
+    let gaps = match gaps {
+        Some(list) => list
+            .split(',')
+            .map(|g| {
+                g.trim()
+                    .parse::<u64>()
+                    .map_err(|e| format!("--gaps {g:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => wake::DEFAULT_GAPS_US.to_vec(),
+    };
+    let wakes = wakes
+        .map_or(Ok(1000), str::parse)
+        .map_err(|e| format!("--wakes: {e}"))?;
+    wake::run(&gaps, wakes, json)
 }
 
 fn config_check(file: Option<&str>) -> Result<ExitCode, String> {

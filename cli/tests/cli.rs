@@ -27,6 +27,7 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["bench", "codec"],
     &["bench", "collnet"],
     &["bench", "idle"],
+    &["bench", "wake"],
     &["demo"],
     &["calibrate"],
     &["tuner"],

@@ -49,6 +49,28 @@ fn idle_json() {
 }
 
 #[test]
+fn wake_json() {
+    let v = json(&[
+        "bench", "wake", "--gaps", "100,300", "--wakes", "50", "--json",
+    ]);
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows[1]["gap_us"], 300);
+    assert!(rows.iter().all(|r| positive(&r["p50_us"])), "{v}");
+    assert_eq!(
+        rows[0]["p50_vs_shortest_gap"], 1.0,
+        "the shortest gap is the reference"
+    );
+}
+
+#[test]
+fn wake_refuses_a_bad_gap() {
+    let out = airamp(&["bench", "wake", "--gaps", "100,x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--gaps"));
+}
+
+#[test]
 fn latency_json() {
     let v = json(&["bench", "latency", "--iters", "100", "--json"]);
     let (p50, p99) = (&v["round_trip_us"]["p50"], &v["round_trip_us"]["p99"]);

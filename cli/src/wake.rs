@@ -6,9 +6,10 @@
 //! it is a few microseconds whatever the gap. On a virtual machine a vCPU
 //! with nothing to run halts, and waking it is the hypervisor's work: on the
 //! H200 host, a VM, a thread asleep for a millisecond took 24–31 µs at the
-//! median and about 150 at the 90th percentile, against 6 µs after 100 µs
-//! (docs/collnet.md). The shortest gap is the reference each row is
-//! compared with.
+//! median and about 150 at the 90th percentile, against 6 µs after a
+//! 100 µs sleep (docs/collnet.md). The shortest gap is the reference each
+//! row is compared with. A gap is the sleep asked for; the idle column is
+//! how long the waiter really sat idle (the timer adds its slack).
 
 use std::process::ExitCode;
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,12 +18,19 @@ use std::time::{Duration, Instant};
 /// Idle gaps measured by default, µs.
 pub const DEFAULT_GAPS_US: [u64; 6] = [50, 100, 200, 300, 1000, 2000];
 
+/// Most a gap may be, µs, and most wake-ups per gap: a run stays minutes
+/// at worst.
+pub const MAX_GAP_US: u64 = 1_000_000;
+pub const MAX_WAKES: usize = 100_000;
+
 /// Wake-up latencies after one idle gap.
 #[derive(Debug)]
 pub struct Row {
+    /// The sleep asked for between the waiter going idle and the signal.
     pub gap_us: u64,
-    /// Wake-ups measured (a signal that found the waiter still running
-    /// the previous one is not a wake-up and is left out).
+    /// How long the waiter really sat idle (median): the sleep plus the
+    /// timer's slack.
+    pub idle_us: f64,
     pub wakes: usize,
     pub mean_us: f64,
     pub p10_us: f64,
@@ -31,80 +39,125 @@ pub struct Row {
     pub p99_us: f64,
 }
 
-/// The signalling side's last signal: its number and when it was sent.
-struct Signal {
-    seq: u64,
-    at: Instant,
+/// One round of the ping-pong between the signalling thread and the waiter.
+struct Round {
+    /// Signals sent so far.
+    sent: u64,
+    /// When the last one was sent.
+    sent_at: Instant,
+    /// Signals the waiter has woken for (it then waits again).
+    seen: u64,
+    /// Whether the waiter has started: the first gap begins only then, so
+    /// no sample times the thread's start.
+    ready: bool,
+    /// When the waiter last went back to waiting.
+    idle_since: Instant,
 }
 
-/// Signals a waiting thread `wakes` times, `gap` apart, and returns how
-/// long after each signal the waiter ran.
+/// Signals a waiting thread `wakes` times, each once it has sat idle for
+/// `gap`, and returns how long after each signal it ran. The signaller
+/// waits for the waiter to be back on its condition variable before each
+/// gap, so every signal is one wake-up, however slow.
 pub fn measure(gap: Duration, wakes: usize) -> Row {
+    let now = Instant::now();
     let shared = Arc::new((
-        Mutex::new(Signal {
-            seq: 0,
-            at: Instant::now(),
+        Mutex::new(Round {
+            sent: 0,
+            sent_at: now,
+            seen: 0,
+            ready: false,
+            idle_since: now,
         }),
+        Condvar::new(),
         Condvar::new(),
     ));
     let waiter = {
         let shared = Arc::clone(&shared);
         std::thread::spawn(move || {
-            let (lock, cv) = &*shared;
-            let mut seen = 0;
-            let mut latencies = Vec::with_capacity(wakes);
-            let mut signal = lock.lock().expect("signal lock");
-            while seen < wakes as u64 {
-                signal = cv
-                    .wait_while(signal, |s| s.seq == seen)
-                    .expect("signal lock");
+            let (lock, signal, back) = &*shared;
+            let mut samples = Vec::with_capacity(wakes);
+            let mut round = lock.lock().expect("round lock");
+            round.ready = true;
+            round.idle_since = Instant::now();
+            back.notify_one();
+            while samples.len() < wakes {
+                round = signal
+                    .wait_while(round, |r| r.sent == r.seen)
+                    .expect("round lock");
                 let ran = Instant::now();
-                if signal.seq == seen + 1 {
-                    latencies.push(ran.duration_since(signal.at));
-                }
-                seen = signal.seq;
+                samples.push((
+                    ran.duration_since(round.sent_at),
+                    round.sent_at.duration_since(round.idle_since),
+                ));
+                round.seen = round.sent;
+                round.idle_since = Instant::now();
+                back.notify_one();
             }
-            latencies
+            samples
         })
     };
-    let (lock, cv) = &*shared;
-    for _ in 0..wakes {
+    let (lock, signal, back) = &*shared;
+    for sent in 1..=wakes as u64 {
+        {
+            let round = lock.lock().expect("round lock");
+            // The waiter is idle (it has woken for every signal so far)
+            // from here on.
+            drop(
+                back.wait_while(round, |r| !r.ready || r.seen + 1 != sent)
+                    .expect("round lock"),
+            );
+        }
         std::thread::sleep(gap);
-        let mut signal = lock.lock().expect("signal lock");
-        signal.seq += 1;
-        signal.at = Instant::now();
-        cv.notify_one();
+        let mut round = lock.lock().expect("round lock");
+        round.sent = sent;
+        round.sent_at = Instant::now();
+        signal.notify_one();
     }
-    let mut latencies = waiter.join().expect("waiter thread");
+    let samples = waiter.join().expect("waiter thread");
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.0).collect();
+    let mut idle: Vec<Duration> = samples.iter().map(|s| s.1).collect();
     latencies.sort_unstable();
-    summarize(gap, &latencies)
+    idle.sort_unstable();
+    let mut row = summarize(gap, &latencies);
+    row.idle_us = percentile(&idle, 0.5);
+    row
+}
+
+/// The `q` quantile of sorted durations, µs (0 when there are none).
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0.0;
+    };
+    sorted[(last as f64 * q) as usize].as_secs_f64() * 1e6
 }
 
 fn summarize(gap: Duration, sorted: &[Duration]) -> Row {
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let at = |q: f64| {
-        let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
-        sorted.get(i).map_or(0.0, |&d| us(d))
-    };
     let mean = if sorted.is_empty() {
         0.0
     } else {
-        sorted.iter().map(|&d| us(d)).sum::<f64>() / sorted.len() as f64
+        sorted.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e6 / sorted.len() as f64
     };
     Row {
         gap_us: gap.as_micros() as u64,
+        idle_us: 0.0,
         wakes: sorted.len(),
         mean_us: mean,
-        p10_us: at(0.10),
-        p50_us: at(0.50),
-        p90_us: at(0.90),
-        p99_us: at(0.99),
+        p10_us: percentile(sorted, 0.10),
+        p50_us: percentile(sorted, 0.50),
+        p90_us: percentile(sorted, 0.90),
+        p99_us: percentile(sorted, 0.99),
     }
 }
 
 pub fn run(gaps_us: &[u64], wakes: usize, json: bool) -> Result<ExitCode, String> {
-    if gaps_us.is_empty() || wakes == 0 {
-        return Err("bench wake needs at least one gap and one wake-up".into());
+    if gaps_us.is_empty() {
+        return Err("--gaps: at least one gap".into());
+    }
+    if let Some(g) = gaps_us.iter().find(|g| !(1..=MAX_GAP_US).contains(g)) {
+        return Err(format!("--gaps: {g} µs is outside 1..={MAX_GAP_US}"));
+    }
+    if !(1..=MAX_WAKES).contains(&wakes) {
+        return Err(format!("--wakes: {wakes} is outside 1..={MAX_WAKES}"));
     }
     let rows: Vec<Row> = gaps_us
         .iter()
@@ -127,6 +180,7 @@ pub fn run(gaps_us: &[u64], wakes: usize, json: bool) -> Result<ExitCode, String
             .map(|r| {
                 serde_json::json!({
                     "gap_us": r.gap_us,
+                    "idle_us": r.idle_us,
                     "wakes": r.wakes,
                     "mean_us": r.mean_us,
                     "p10_us": r.p10_us,
@@ -145,13 +199,14 @@ pub fn run(gaps_us: &[u64], wakes: usize, json: bool) -> Result<ExitCode, String
     }
     println!("thread wake-up after an idle gap, {wakes} wake-ups per gap (µs)");
     println!(
-        "{:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  p50 / shortest gap's",
-        "gap", "mean", "p10", "p50", "p90", "p99"
+        "{:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  p50 / shortest gap's",
+        "gap", "idle", "mean", "p10", "p50", "p90", "p99"
     );
     for r in &rows {
         println!(
-            "{:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}  {:.2}x",
+            "{:>8} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}  {:.2}x",
             r.gap_us,
+            r.idle_us,
             r.mean_us,
             r.p10_us,
             r.p50_us,
@@ -168,28 +223,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_signal_is_counted_once_and_the_percentiles_are_ordered() {
+    fn every_signal_is_one_timed_wake_up_after_at_least_the_gap() {
         let row = measure(Duration::from_micros(200), 50);
-        assert_eq!(row.gap_us, 200);
-        assert!(
-            row.wakes > 0 && row.wakes <= 50,
-            "{} wake-ups of 50",
-            row.wakes
-        );
+        assert_eq!((row.gap_us, row.wakes), (200, 50), "{row:?}");
+        assert!(row.idle_us >= 200.0, "idle {} µs", row.idle_us);
         assert!(row.p10_us <= row.p50_us && row.p50_us <= row.p90_us && row.p90_us <= row.p99_us);
-        assert!(row.mean_us >= row.p10_us, "{row:?}");
+        assert!(row.p10_us > 0.0, "{row:?}");
+    }
+
+    #[test]
+    fn a_gap_shorter_than_the_wake_up_still_times_every_one() {
+        let row = measure(Duration::from_micros(1), 200);
+        assert_eq!(row.wakes, 200, "{row:?}");
     }
 
     #[test]
     fn percentiles_come_from_the_sorted_samples() {
-        let sorted: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        let sorted: Vec<Duration> = (1..=101).map(Duration::from_micros).collect();
         let row = summarize(Duration::from_micros(7), &sorted);
-        assert_eq!(row.wakes, 100);
+        assert_eq!(row.wakes, 101);
         assert_eq!(row.p10_us, 11.0);
         assert_eq!(row.p50_us, 51.0);
         assert_eq!(row.p99_us, 100.0);
-        assert!((row.mean_us - 50.5).abs() < 1e-9);
+        assert!((row.mean_us - 51.0).abs() < 1e-9);
         let empty = summarize(Duration::from_micros(7), &[]);
         assert_eq!((empty.wakes, empty.p50_us), (0, 0.0));
+    }
+
+    #[test]
+    fn out_of_range_arguments_are_refused() {
+        assert!(run(&[], 10, true).unwrap_err().contains("--gaps"));
+        assert!(run(&[0], 10, true).unwrap_err().contains("--gaps"));
+        assert!(run(&[MAX_GAP_US + 1], 10, true)
+            .unwrap_err()
+            .contains("--gaps"));
+        assert!(run(&[100], 0, true).unwrap_err().contains("--wakes"));
+        assert!(run(&[100], MAX_WAKES + 1, true)
+            .unwrap_err()
+            .contains("--wakes"));
     }
 }

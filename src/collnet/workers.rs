@@ -8,9 +8,10 @@
 //! with the messages it produced. A step is on at most one worker at a
 //! time, so its own events stay ordered while different steps run in
 //! parallel. Idle workers sleep on a stack, and a job wakes the one that
-//! went idle last ([`Pool`]): no spinning without traffic. The scheduler runs light jobs (codec-free steps of a few
-//! hundred KiB) on its own thread instead ([`Workers::run_here`]): for
-//! them the hand-off's wake-ups cost more than the work.
+//! went idle last ([`Pool`]): no spinning without traffic. The scheduler
+//! runs light jobs (codec-free steps of a few hundred KiB) on its own
+//! thread instead ([`Workers::run_here`]): for them the hand-off's
+//! wake-ups cost more than the work.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -153,7 +154,7 @@ pub struct Workers {
 /// recently idle, whose core is the likeliest still awake. On the H200
 /// host, a virtual machine, a thread idle for a millisecond took 24-31 µs
 /// to wake at the median and about 150 at the 90th percentile, against
-/// 6 µs after 100 µs (`airamp bench wake`, docs/collnet.md). A shared
+/// 6 µs after a 100 µs sleep (docs/collnet.md; `airamp bench wake`). A shared
 /// queue hands jobs round the pool instead, to the longest idle worker,
 /// and a job waited 74-97 µs for a worker there against 17-26 from the
 /// stack.
@@ -311,55 +312,97 @@ mod tests {
     use std::sync::mpsc::channel;
     use std::time::Duration;
 
+    const BOUND: Duration = Duration::from_secs(10);
+
     /// Waits (bounded) until `n` workers sit on the idle stack.
     fn until_idle<J>(pool: &Pool<J>, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + BOUND;
         while pool.lock().idle.len() < n {
             assert!(Instant::now() < deadline, "workers never went idle");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    fn start(pool: &Arc<Pool<u32>>, n: usize) -> (Vec<JoinHandle<()>>, Receiver<(usize, u32)>) {
+    /// `n` workers that report `Some((worker, job))` per job and `None`
+    /// when they return.
+    fn start(pool: &Arc<Pool<u32>>, n: usize) -> Receiver<Option<(usize, u32)>> {
         let (tx, rx) = channel();
-        let threads = (0..n)
-            .map(|me| {
-                let (pool, tx) = (Arc::clone(pool), tx.clone());
-                std::thread::spawn(move || pool.serve(me, |job| tx.send((me, job)).is_ok()))
-            })
-            .collect();
-        (threads, rx)
+        for me in 0..n {
+            let (pool, tx) = (Arc::clone(pool), tx.clone());
+            std::thread::spawn(move || {
+                pool.serve(me, |job| tx.send(Some((me, job))).is_ok());
+                let _ = tx.send(None);
+            });
+        }
+        rx
+    }
+
+    /// Closes the pool and collects what the workers still report until
+    /// all `n` have returned, every wait bounded.
+    fn close(pool: &Pool<u32>, n: usize, rx: &Receiver<Option<(usize, u32)>>) -> Vec<u32> {
+        pool.close();
+        let (mut jobs, mut returned) = (Vec::new(), 0);
+        while returned < n {
+            match rx.recv_timeout(BOUND).expect("a worker never returned") {
+                Some((_, job)) => jobs.push(job),
+                None => returned += 1,
+            }
+        }
+        jobs
+    }
+
+    fn next_job(rx: &Receiver<Option<(usize, u32)>>) -> (usize, u32) {
+        rx.recv_timeout(BOUND)
+            .expect("a queued job never ran")
+            .expect("no worker returns before close")
     }
 
     #[test]
     fn a_job_goes_to_the_worker_that_went_idle_last() {
         let pool = Arc::new(Pool::new(4));
-        let (threads, done) = start(&pool, 4);
+        let rx = start(&pool, 4);
         until_idle(&pool, 4);
         let top = *pool.lock().idle.last().expect("idle workers");
         for job in 0..20 {
             pool.push(job);
-            let ran = done
-                .recv_timeout(Duration::from_secs(10))
-                .expect("job done");
-            assert_eq!(ran, (top, job), "one at a time, the same warm worker");
+            assert_eq!(
+                next_job(&rx),
+                (top, job),
+                "one at a time, the same warm worker"
+            );
             until_idle(&pool, 4);
             assert_eq!(pool.lock().idle.last(), Some(&top));
         }
-        pool.close();
-        threads.into_iter().for_each(|t| t.join().expect("worker"));
+        assert!(close(&pool, 4, &rx).is_empty());
+    }
+
+    #[test]
+    fn bursts_pushed_while_the_workers_are_busy_all_run_before_close() {
+        let pool = Arc::new(Pool::new(3));
+        let rx = start(&pool, 3);
+        let mut job = 0;
+        for burst in [1, 2, 3, 7, 50, 200] {
+            for _ in 0..burst {
+                pool.push(job);
+                job += 1;
+            }
+            // Every job of the burst runs without another push or a close
+            // to wake anyone: no worker may sleep while a job is queued.
+            let mut ran: Vec<u32> = (0..burst).map(|_| next_job(&rx).1).collect();
+            ran.sort_unstable();
+            assert_eq!(ran, (job - burst..job).collect::<Vec<_>>());
+        }
+        assert!(close(&pool, 3, &rx).is_empty());
     }
 
     #[test]
     fn every_job_runs_once_and_close_drains_the_queue() {
         let pool = Arc::new(Pool::new(3));
-        let (threads, done) = start(&pool, 3);
+        let rx = start(&pool, 3);
         for job in 0..1000 {
             pool.push(job);
         }
-        pool.close();
-        threads.into_iter().for_each(|t| t.join().expect("worker"));
-        let mut ran: Vec<u32> = done.try_iter().map(|(_, job)| job).collect();
+        let mut ran = close(&pool, 3, &rx);
         ran.sort_unstable();
         assert_eq!(ran, (0..1000).collect::<Vec<_>>());
     }

@@ -154,10 +154,10 @@ pub struct Workers {
 /// recently idle, whose core is the likeliest still awake. On the H200
 /// host, a virtual machine, a thread idle for a millisecond took 24-31 µs
 /// to wake at the median and about 150 at the 90th percentile, against
-/// 6 µs after a 100 µs sleep (docs/collnet.md; `airamp bench wake`). A shared
-/// queue hands jobs round the pool instead, to the longest idle worker,
-/// and a job waited 74-97 µs for a worker there against 17-26 from the
-/// stack.
+/// 6 µs after a 100 µs sleep (docs/collnet.md; `airamp bench wake`). A
+/// shared queue hands jobs round the pool instead, to the longest idle
+/// worker, and a job waited 74-97 µs for a worker there against 17-26
+/// from the stack.
 struct Pool<J> {
     queue: Mutex<Queue<J>>,
     /// One per worker, so a job wakes exactly the worker it picked.
@@ -262,7 +262,7 @@ impl Workers {
     pub fn submit(&mut self, job: Job) {
         match &self.pool {
             Some(pool) => pool.push(job),
-            None => self.inline.push_back(run_guarded(job)),
+            None => self.run_here(job),
         }
     }
 

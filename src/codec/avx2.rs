@@ -585,6 +585,21 @@ unsafe fn sum_pair<H: Half>(a: *const u8, b: *mut u8, n: usize) {
     }
 }
 
+/// `out[i] = half(half(later[i]) + half(earlier[i]))` over the first `n`
+/// values: [`sum_pair`] into a third buffer (`later`'s NaN wins).
+///
+/// # Safety
+/// As [`sum_pair`], with `earlier` and `later` valid for `2 * n` byte reads
+/// and `out` for `2 * n` byte writes, not overlapping either.
+#[inline(always)]
+unsafe fn sum_pair_into<H: Half>(earlier: *const u8, later: *const u8, out: *mut u8, n: usize) {
+    debug_assert_eq!(n % 8, 0, "whole groups of 8 only");
+    for i in (0..n).step_by(8) {
+        let sum = _mm256_add_ps(H::load8(later.add(2 * i)), H::load8(earlier.add(2 * i)));
+        H::store8(sum, out.add(2 * i));
+    }
+}
+
 /// `b[i] = half(half(b[i]) + acc[i])` over the first `n` values.
 ///
 /// # Safety
@@ -603,6 +618,20 @@ unsafe fn sum_pair_kernel(half: HalfType, a: *const u8, b: *mut u8, n: usize) {
     match half {
         HalfType::Bf16 => sum_pair::<Bf16>(a, b, n),
         HalfType::F16 => sum_pair::<F16>(a, b, n),
+    }
+}
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn sum_pair_into_kernel(
+    half: HalfType,
+    earlier: *const u8,
+    later: *const u8,
+    out: *mut u8,
+    n: usize,
+) {
+    match half {
+        HalfType::Bf16 => sum_pair_into::<Bf16>(earlier, later, out, n),
+        HalfType::F16 => sum_pair_into::<F16>(earlier, later, out, n),
     }
 }
 
@@ -630,6 +659,19 @@ pub fn half_sum_pair(half: HalfType, a: &[u8], b: &mut [u8]) -> usize {
     // of `a` and reads and writes `2 * n` bytes of `b`, both bounded above;
     // `b` is borrowed mutably, so it cannot alias `a`.
     unsafe { sum_pair_kernel(half, a.as_ptr(), b.as_mut_ptr(), n) };
+    n
+}
+
+/// See `codec::half_sum_pair_into`.
+pub fn half_sum_pair_into(half: HalfType, earlier: &[u8], later: &[u8], out: &mut [u8]) -> usize {
+    let n = whole_eights(earlier.len().min(later.len()) / 2, out.len());
+    if !features_ok() {
+        return 0;
+    }
+    // SAFETY: AVX2+F16C were just detected; the kernel reads `2 * n` bytes
+    // of `earlier` and `later` and writes `2 * n` bytes of `out`, all
+    // bounded above; `out` is borrowed mutably, so it aliases neither.
+    unsafe { sum_pair_into_kernel(half, earlier.as_ptr(), later.as_ptr(), out.as_mut_ptr(), n) };
     n
 }
 

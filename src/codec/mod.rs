@@ -79,6 +79,17 @@ pub fn half_sum_pair(half: HalfType, a: &[u8], b: &mut [u8]) -> usize {
     return 0;
 }
 
+/// As [`half_sum_pair`] into a third buffer: `out[i] = half(x + y)` with
+/// `x = later[i]` and `y = earlier[i]` (`later`'s NaN wins), so both
+/// members of a pair can fold in member order without overwriting either
+/// input.
+pub fn half_sum_pair_into(half: HalfType, earlier: &[u8], later: &[u8], out: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::half_sum_pair_into(half, earlier, later, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    return 0;
+}
+
 /// As [`half_sum_pair`] with the earlier members' sum already in f32:
 /// `b[i] = half(half(b[i]) + acc[i])`.
 pub fn half_sum_acc(half: HalfType, acc: &[f32], b: &mut [u8]) -> usize {

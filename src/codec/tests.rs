@@ -730,12 +730,21 @@ fn half_sums_match_the_scalar_fold_for_every_pattern() {
             let a_bytes: Vec<u8> = (0..count).flat_map(|_| a.to_ne_bytes()).collect();
             let acc = vec![a_f; count];
             let fresh = || -> Vec<u8> { b_in.iter().flat_map(|x| x.to_ne_bytes()).collect() };
-            for with_acc in [false, true] {
-                let mut b = fresh();
-                let n = if with_acc {
-                    half_sum_acc(half, &acc, &mut b)
+            for kernel in ["pair", "acc", "into"] {
+                // "into" writes a third buffer: start it from zeros, so a
+                // kernel that wrote nothing fails.
+                let mut b = if kernel == "into" {
+                    vec![0u8; 2 * count]
                 } else {
-                    half_sum_pair(half, &a_bytes, &mut b)
+                    fresh()
+                };
+                let n = match kernel {
+                    "acc" => half_sum_acc(half, &acc, &mut b),
+                    "pair" => half_sum_pair(half, &a_bytes, &mut b),
+                    _ => {
+                        let later = fresh();
+                        half_sum_pair_into(half, &a_bytes, &later, &mut b)
+                    }
                 };
                 if Backend::Avx2.is_available() {
                     assert_eq!(n, count, "{half:?}: every whole 8 done");
@@ -746,7 +755,7 @@ fn half_sums_match_the_scalar_fold_for_every_pattern() {
                     let got = u16::from_ne_bytes([got[0], got[1]]);
                     assert_eq!(
                         got, want[i],
-                        "{half:?} acc={with_acc}: {:#06x} + {a:#06x}",
+                        "{half:?} {kernel}: {:#06x} + {a:#06x}",
                         b_in[i]
                     );
                 }

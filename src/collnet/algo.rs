@@ -45,7 +45,7 @@ use super::plan::shard_range;
 use super::pool::{self, Shared};
 use crate::codec::{
     bf16_to_f32, encoded_len, f16_to_f32, f32_to_bf16, f32_to_f16, half_sum_acc, half_sum_pair,
-    scales_len, Codec, CodecError, Dst, HalfType, Src, WireFormat,
+    half_sum_pair_into, scales_len, Codec, CodecError, Dst, HalfType, Src, WireFormat,
 };
 
 /// Element types the collective supports (NCCL's numbering in
@@ -519,6 +519,55 @@ fn narrow_acc(dtype: DataType, acc: &[f32], b: &mut [u8], f: impl Fn(f32, f32) -
         }
     }
     with_half_conversions!(dtype, run(acc, b, f))
+}
+
+/// The exact reduction of two members' contributions, in member order,
+/// into a third buffer: `out = earlier ⊕ later` (all three `spec`-sized),
+/// bit for bit what a [`Reducer`] of two members returns. A pair's owner
+/// folds its own input and the other member's contribution straight into
+/// the caller's output with it (`steps::AllReduceStep`): no copy of either
+/// operand first, no copy of the result after.
+pub fn fold_pair_into(dtype: DataType, op: RedOp, earlier: &[u8], later: &[u8], out: &mut [u8]) {
+    debug_assert!(earlier.len() == out.len() && later.len() == out.len());
+    if !matches!(dtype, DataType::F16 | DataType::Bf16) {
+        out.copy_from_slice(earlier);
+        fold_bytes(dtype, op, out, later);
+        return;
+    }
+    let half_type = if dtype == DataType::Bf16 {
+        HalfType::Bf16
+    } else {
+        HalfType::F16
+    };
+    let done = if op == RedOp::Sum {
+        2 * half_sum_pair_into(half_type, earlier, later, out)
+    } else {
+        0
+    };
+    fn run(
+        earlier: &[u8],
+        later: &[u8],
+        out: &mut [u8],
+        op: RedOp,
+        widen: impl Fn(u16) -> f32,
+        narrow: impl Fn(f32) -> u16,
+    ) {
+        for ((o, a), x) in out
+            .chunks_exact_mut(2)
+            .zip(earlier.chunks_exact(2))
+            .zip(later.chunks_exact(2))
+        {
+            let (a, x) = (widen(half(a)), widen(half(x)));
+            // `x + a`, the operand order of the Reducer's fold (NaNs).
+            let r = match op {
+                RedOp::Sum => x + a,
+                _ => f32::apply(op, a, x),
+            };
+            o.copy_from_slice(&narrow(r).to_ne_bytes());
+        }
+    }
+    let (earlier, later, out) = (&earlier[done..], &later[done..], &mut out[done..]);
+    with_half_conversions!(dtype, run(earlier, later, out, op))
 }
 
 /// Values converted per pass: a multiple of the FP8 block, small enough

@@ -80,10 +80,48 @@ impl Buffers {
         Ok(out)
     }
 
-    /// Input bytes `range` to send as they are: lent straight from NCCL's
-    /// buffer when they lie in one part (always, for NCCL's calls; it keeps
-    /// the buffer until the call completes, which waits for the send), else
-    /// a pooled copy.
+    /// Runs `f` on output bytes `range` to fill them: in place when they
+    /// lie in one part (always, for NCCL's calls), else on a pooled buffer
+    /// written back after.
+    pub fn with_bytes_mut<R>(
+        &self,
+        range: std::ops::Range<usize>,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> NetResult<R> {
+        if let Some(raw) = self.slice(range.start, range.len()) {
+            return raw
+                .with_bytes_mut(0, range.len(), f)
+                .map_err(|e| NetError::io("collnet output", e));
+        }
+        let mut buf = pool::take(range.len());
+        let out = f(&mut buf);
+        self.write(range.start, &buf)?;
+        pool::give(buf);
+        Ok(out)
+    }
+
+    /// Whether bytes `range` of these buffers and `other_range` of `other`
+    /// may be the same memory (an in-place call); `true` when either range
+    /// spans several parts, where it is not worth finding out.
+    pub fn may_overlap(
+        &self,
+        range: std::ops::Range<usize>,
+        other: &Buffers,
+        other_range: std::ops::Range<usize>,
+    ) -> bool {
+        match (
+            self.slice(range.start, range.len()),
+            other.slice(other_range.start, other_range.len()),
+        ) {
+            (Some(a), Some(b)) => a.overlaps(&b),
+            _ => true,
+        }
+    }
+
+    /// Bytes `range` (of an input, or of an output once written) to send as
+    /// they are: lent straight from NCCL's buffer when they lie in one part
+    /// (always, for NCCL's calls; it keeps the buffer until the call
+    /// completes, which waits for the send), else a pooled copy.
     pub fn lend(&self, range: std::ops::Range<usize>) -> NetResult<Payload> {
         if let Some(raw) = self.slice(range.start, range.len()) {
             return Ok(Payload::Borrowed(raw));
@@ -93,11 +131,12 @@ impl Buffers {
     }
 
     /// A step's message as the transport takes it: bytes the step made, or
-    /// a range of this input, lent ([`Buffers::lend`]).
-    pub fn payload(&self, bytes: SendBytes) -> NetResult<Payload> {
+    /// a range of the call's `input` or `output`, lent ([`Buffers::lend`]).
+    pub fn payload(input: &Buffers, output: &Buffers, bytes: SendBytes) -> NetResult<Payload> {
         match bytes {
             SendBytes::Owned(b) => Ok(Payload::Heap(b)),
-            SendBytes::Input(range) => self.lend(range),
+            SendBytes::Input(range) => input.lend(range),
+            SendBytes::Output(range) => output.lend(range),
         }
     }
 

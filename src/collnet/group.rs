@@ -1164,7 +1164,11 @@ impl Group {
                         .map(|sends| {
                             sends
                                 .into_iter()
-                                .map(|s| Ok((s.to, s.lane, state.input.payload(s.bytes)?)))
+                                .map(|s| {
+                                    let bytes =
+                                        Buffers::payload(&state.input, &state.output, s.bytes)?;
+                                    Ok((s.to, s.lane, bytes))
+                                })
                                 .collect::<NetResult<Vec<_>>>()
                         })
                         .transpose()?;

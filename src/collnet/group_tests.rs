@@ -193,6 +193,49 @@ fn exact_and_fp8_match_the_model_with_and_without_workers() {
     }
 }
 
+/// An in-place call (input and output one buffer, as NCCL allows): a
+/// pair's owner folds a copy of its own input, and the result is the
+/// model's, with and without workers.
+#[test]
+fn a_pair_reduces_in_place_calls() {
+    let (n, dtype, count) = (2, DataType::Bf16, SEGMENT_BYTES / 2 + 77);
+    for workers in [0, 2] {
+        let mut buffers = bf16_inputs(n, 1, count, 21 + workers as u64);
+        let inputs: Vec<Vec<u8>> = buffers.iter().map(|m| m[0].clone()).collect();
+        let (mut groups, _) = joined(n, None, workers, 21);
+        let ids: Vec<u64> = groups
+            .iter_mut()
+            .zip(&mut buffers)
+            .map(|(g, b)| {
+                let place = raw(&mut b[0]);
+                g.all_reduce(place.clone(), place, count, dtype, RedOp::Sum)
+                    .expect("call")
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut done = vec![false; n];
+        while !done.iter().all(|&d| d) {
+            assert!(Instant::now() < deadline, "group made no progress for 60 s");
+            for (m, g) in groups.iter_mut().enumerate() {
+                done[m] = done[m] || g.test(ids[m]).expect("test").is_some();
+            }
+            std::thread::yield_now();
+        }
+        let call = Call {
+            n,
+            dtype,
+            op: RedOp::Sum,
+            path: Path::Exact,
+            count,
+            segment_elems: SEGMENT_BYTES / dtype.size(),
+        };
+        let want = sim::run(&call, &inputs, 21).expect("model");
+        for m in 0..n {
+            assert!(buffers[m][0] == want[m], "member {m}, {workers} workers");
+        }
+    }
+}
+
 #[test]
 fn eight_members_small_calls() {
     check(8, Some(WireFormat::E4M3), 2, 1000, 3);

@@ -20,7 +20,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::algo::{CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Reducer, Spec};
+use super::algo::{
+    fold_pair_into, CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Reducer, Spec,
+};
 use super::pool::{self, Shared};
 
 /// Which of the two links from one member to another a message uses.
@@ -50,6 +52,9 @@ pub enum SendBytes {
     /// Bytes of the call's input, as they are (exact contributions): the
     /// driver may send them straight from the caller's buffer.
     Input(Range<usize>),
+    /// Bytes of the call's output, once written (a pair's reduced shard,
+    /// folded in place): sent straight from the caller's buffer.
+    Output(Range<usize>),
 }
 
 /// A message this step will receive from `from`, of exactly `len` bytes.
@@ -118,9 +123,26 @@ pub struct AllReduceStep {
     rank: usize,
     offset: usize,
     member: Option<Member>,
+    /// An exact sum of two members runs without a [`Member`]: see [`Pair`].
+    pair: Option<Pair>,
     /// Its contributions went out before it started
     /// ([`Step::take_early_contributions`]).
     sent_early: bool,
+}
+
+/// An exact allreduce segment of a group of two, as the host reduces it
+/// with the least memory traffic (on these hosts its copies, not the wire,
+/// set the pace): the other member's contribution is folded with this
+/// member's own input, where it lies, straight into the output
+/// ([`Step::on_contribution`]), and the reduced shard is sent from there.
+/// The protocol on the wire is [`Member`]'s: the other member may run
+/// either. Bit for bit the same result ([`fold_pair_into`]).
+#[derive(Default)]
+struct Pair {
+    /// Its own shard is reduced (in the output) and queued to the other.
+    folded: bool,
+    /// The other member's reduced shard is in the output.
+    other_in: bool,
 }
 
 /// One windowed allgather: member `r` contributes `pieces[r]` (window
@@ -170,11 +192,16 @@ impl Step {
         if rank >= spec.n {
             return Err(CollError::BadRank { rank, n: spec.n });
         }
+        let pair = (spec.n == 2 && spec.path == Path::Exact).then(|| Pair {
+            folded: spec.shard(rank).is_empty(),
+            other_in: spec.shard(1 - rank).is_empty(),
+        });
         Ok(Step::AllReduce(AllReduceStep {
             spec,
             rank,
             offset,
             member: None,
+            pair,
             sent_early: false,
         }))
     }
@@ -331,6 +358,17 @@ impl Step {
     pub fn start(&mut self, input: &[u8]) -> Result<Effects, CollError> {
         let mut fx = Effects::default();
         match self {
+            Step::AllReduce(s) if s.pair.is_some() => {
+                if input.len() != s.spec.input_bytes() {
+                    return Err(CollError::InputLength {
+                        expected: s.spec.input_bytes(),
+                        actual: input.len(),
+                    });
+                }
+                if !s.sent_early {
+                    fx.sends = s.exact_contributions();
+                }
+            }
             Step::AllReduce(s) => {
                 let (member, out) = Member::new_lending(s.spec, s.rank, input)?;
                 s.member = Some(member);
@@ -392,6 +430,15 @@ impl Step {
     ) -> Result<Effects, CollError> {
         let mut fx = Effects::default();
         match self {
+            Step::AllReduce(s) if s.pair.is_some() => {
+                // The contribution is folded in `on_contribution`; a reduced
+                // shard comes here when it could not land in place.
+                let range = s.other_result(from, lane, bytes.len())?;
+                fx.writes.push(Write {
+                    offset: range.start,
+                    bytes: Arc::new(bytes),
+                });
+            }
             Step::AllReduce(s) => {
                 let member = s.member.as_mut().ok_or(CollError::UnknownMember(from))?;
                 let msg = match lane {
@@ -425,11 +472,81 @@ impl Step {
         Ok(fx)
     }
 
+    /// Whether a message on `lane` is handled with the step's input and
+    /// output bytes ([`Step::on_contribution`]) rather than by
+    /// [`Step::on_message`].
+    pub fn folds_in_place(&self, lane: Lane) -> bool {
+        matches!(self, Step::AllReduce(s) if s.pair.is_some() && lane == Lane::Contrib)
+    }
+
+    /// The output bytes [`Step::on_contribution`] fills.
+    pub fn fold_range(&self) -> Range<usize> {
+        match self {
+            Step::AllReduce(s) => s.shard_bytes(s.rank),
+            _ => 0..0,
+        }
+    }
+
+    /// Folds the contribution that `from` sent on `lane` with this member's
+    /// `input` (the bytes of [`Step::input_range`]) into `out` (the bytes of
+    /// [`Step::fold_range`]), for steps that [`Step::folds_in_place`].
+    pub fn on_contribution(
+        &mut self,
+        from: usize,
+        lane: Lane,
+        bytes: Vec<u8>,
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<Effects, CollError> {
+        let Step::AllReduce(s) = self else {
+            return Err(CollError::UnknownMember(from));
+        };
+        let own = s.shard_bytes(s.rank);
+        let Some(pair) = s.pair.as_mut().filter(|p| !p.folded) else {
+            return Err(CollError::UnknownMember(from));
+        };
+        if lane != Lane::Contrib || from != 1 - s.rank {
+            return Err(CollError::UnknownMember(from));
+        }
+        if bytes.len() != own.len() || out.len() != own.len() {
+            return Err(CollError::WrongLength {
+                shard: s.rank,
+                expected: own.len(),
+                actual: bytes.len(),
+            });
+        }
+        let mine =
+            input
+                .get(own.start - s.offset..own.end - s.offset)
+                .ok_or(CollError::InputLength {
+                    expected: s.spec.input_bytes(),
+                    actual: input.len(),
+                })?;
+        // Member order: member 0's bytes are the earlier operand.
+        let (earlier, later) = if s.rank == 0 {
+            (mine, &bytes[..])
+        } else {
+            (&bytes[..], mine)
+        };
+        fold_pair_into(s.spec.dtype, s.spec.op, earlier, later, out);
+        pool::give(bytes);
+        pair.folded = true;
+        Ok(Effects {
+            sends: vec![Send {
+                to: from,
+                lane: Lane::Result,
+                bytes: SendBytes::Output(own),
+            }],
+            writes: Vec::new(),
+        })
+    }
+
     /// The message this step expected from `from` on `lane` arrived as
     /// `len` bytes straight into the call's output, where its
     /// [`Expect::into_output`] said: nothing to copy, only to account for.
     pub fn in_place(&mut self, from: usize, lane: Lane, len: usize) -> Result<(), CollError> {
         match self {
+            Step::AllReduce(s) if s.pair.is_some() => s.other_result(from, lane, len).map(drop),
             Step::AllReduce(s) if lane == Lane::Result && s.spec.path == Path::Exact => s
                 .member
                 .as_mut()
@@ -444,6 +561,7 @@ impl Step {
     pub fn is_done(&self) -> bool {
         match self {
             // Shards are written out in the event that made them final.
+            Step::AllReduce(AllReduceStep { pair: Some(p), .. }) => p.folded && p.other_in,
             Step::AllReduce(s) => s.member.as_ref().is_some_and(Member::is_done),
             // Done once every expected piece arrived: the driver counts them.
             Step::AllGather(_) => true,
@@ -463,6 +581,7 @@ impl Step {
     /// steps may use that lane.
     pub fn result_lane_closed(&self) -> bool {
         match self {
+            Step::AllReduce(AllReduceStep { pair: Some(p), .. }) => p.folded,
             Step::AllReduce(s) => s.member.as_ref().is_some_and(Member::sent_everything),
             Step::AllGather(_) | Step::ReduceScatter(_) => true,
         }
@@ -487,6 +606,33 @@ impl AllReduceStep {
                 bytes: SendBytes::Input(self.shard_bytes(to)),
             })
             .collect()
+    }
+
+    /// A pair's other reduced shard, `len` bytes from `from` on `lane`:
+    /// checked, and counted as in.
+    fn other_result(
+        &mut self,
+        from: usize,
+        lane: Lane,
+        len: usize,
+    ) -> Result<Range<usize>, CollError> {
+        let other = 1 - self.rank;
+        let range = self.shard_bytes(other);
+        let Some(pair) = self.pair.as_mut() else {
+            return Err(CollError::UnknownMember(from));
+        };
+        if lane != Lane::Result || from != other || pair.other_in {
+            return Err(CollError::DuplicateReduced { shard: from });
+        }
+        if len != range.len() {
+            return Err(CollError::WrongLength {
+                shard: other,
+                expected: range.len(),
+                actual: len,
+            });
+        }
+        pair.other_in = true;
+        Ok(range)
     }
 
     /// Writes each shard into the caller's output as soon as it is final.

@@ -717,7 +717,9 @@ fn exact_contributions_go_out_before_the_start() {
         .iter()
         .map(|s| match &s.bytes {
             SendBytes::Input(r) => (s.to, s.lane, r.clone()),
-            SendBytes::Owned(_) => panic!("an early contribution is an input range"),
+            SendBytes::Owned(_) | SendBytes::Output(_) => {
+                panic!("an early contribution is an input range")
+            }
         })
         .collect();
     let shard = crate::codec::BLOCK * 2;
@@ -748,4 +750,43 @@ fn exact_contributions_go_out_before_the_start() {
         n - 1
     );
     assert!(compressed.expects().iter().all(|e| e.into_output.is_none()));
+}
+
+/// A pair's fold (`fold_pair_into`) is bit for bit a two-member
+/// `Reducer` in member order, for every dtype and op, NaNs and
+/// infinities included, over lengths that leave a scalar tail after the
+/// SIMD part.
+#[test]
+fn pair_fold_into_a_third_buffer_is_the_reducer_of_two() {
+    let ops = [RedOp::Sum, RedOp::Prod, RedOp::Max, RedOp::Min];
+    for dtype in DataType::ALL {
+        for op in ops {
+            for count in [1, 7, 8, 9, 100, 1029] {
+                let mut inputs = random_inputs(dtype, 2, count, count as u64 + 3);
+                if matches!(dtype, DataType::F16 | DataType::Bf16) {
+                    // NaNs of different payloads and infinities, both sides.
+                    let specials: [u16; 4] = if dtype == DataType::Bf16 {
+                        [0x7FC1, 0xFFC2, 0x7F80, 0xFF80]
+                    } else {
+                        [0x7E01, 0xFE02, 0x7C00, 0xFC00]
+                    };
+                    // Element 0 holds a NaN on each side: the order decides.
+                    for i in 0..count.min(4) {
+                        let (a, b) = (specials[i], specials[(i + 1) % 4]);
+                        inputs[0][2 * i..2 * i + 2].copy_from_slice(&a.to_ne_bytes());
+                        inputs[1][2 * i..2 * i + 2].copy_from_slice(&b.to_ne_bytes());
+                    }
+                }
+                let mut reducer = Reducer::new(dtype, op, None, 2, 0, count);
+                assert_eq!(reducer.accept(0, inputs[0].clone()).unwrap(), None);
+                let want = reducer
+                    .accept(1, inputs[1].clone())
+                    .unwrap()
+                    .expect("two of two");
+                let mut got = vec![0u8; want.len()];
+                fold_pair_into(dtype, op, &inputs[0], &inputs[1], &mut got);
+                assert!(got == want, "{dtype:?} {op:?} count {count}");
+            }
+        }
+    }
 }

@@ -108,6 +108,25 @@ fn run(job: Job) -> Done {
             Event::Start => input
                 .with_bytes(step.input_range(), |bytes| step.start(bytes))?
                 .map_err(|e| step_error(rank, e))?,
+            Event::Message { from, lane, bytes } if step.folds_in_place(lane) => {
+                let (own, fold) = (step.input_range(), step.fold_range());
+                let folded = if input.may_overlap(own.clone(), &output, fold.clone()) {
+                    // An in-place call: the fold reads a copy of its input.
+                    let mine = input.with_bytes(own, pool::copy_of)?;
+                    let fx = output.with_bytes_mut(fold, |out| {
+                        step.on_contribution(from, lane, bytes, &mine, out)
+                    })?;
+                    pool::give(mine);
+                    fx
+                } else {
+                    output.with_bytes_mut(fold, |out| {
+                        input.with_bytes(own, |mine| {
+                            step.on_contribution(from, lane, bytes, mine, out)
+                        })
+                    })??
+                };
+                folded.map_err(|e| step_error(rank, e))?
+            }
             Event::Message { from, lane, bytes } => step
                 .on_message(from, lane, bytes)
                 .map_err(|e| step_error(rank, e))?,
@@ -117,7 +136,7 @@ fn run(job: Job) -> Done {
             pool::give_shared(w.bytes);
         }
         for Send { to, lane, bytes } in fx.sends {
-            let bytes = input.payload(bytes)?;
+            let bytes = Buffers::payload(&input, &output, bytes)?;
             sends.push(Outbound { to, lane, bytes });
         }
         ran[kind] = (ran[kind].0 + began.elapsed(), ran[kind].1 + 1);

@@ -130,6 +130,13 @@ impl RawBuf {
         })
     }
 
+    /// Whether the two buffers share any byte (an in-place call's input
+    /// and output).
+    pub fn overlaps(&self, other: &RawBuf) -> bool {
+        let (a, b) = (self.ptr as usize, other.ptr as usize);
+        self.len > 0 && other.len > 0 && a < b + other.len && b < a + self.len
+    }
+
     /// The first `len` bytes (all of them if `len` is larger).
     pub fn prefix(&self, len: usize) -> RawBuf {
         RawBuf {
@@ -155,6 +162,27 @@ impl RawBuf {
         // type's invariant nobody writes it while the request is in flight.
         Ok(f(unsafe {
             std::slice::from_raw_parts(self.ptr.add(off), len)
+        }))
+    }
+
+    /// Runs `f` on bytes `offset..offset+len` to fill them in place (an
+    /// output range that only the caller's step writes, as
+    /// [`RawBuf::write_at`] does).
+    pub fn with_bytes_mut<R>(
+        &self,
+        offset: usize,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> io::Result<R> {
+        let (off, len) = self.checked(offset as u64, len)?;
+        if len == 0 {
+            return Ok(f(&mut []));
+        }
+        // SAFETY: range checked; the buffer is ours to fill until the
+        // request completes (the type's invariant), and callers own
+        // disjoint ranges of it, so this is the only reference to them.
+        Ok(f(unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(off), len)
         }))
     }
 

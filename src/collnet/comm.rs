@@ -68,6 +68,7 @@ impl CollComm {
             timeout,
             workers,
             proxy_assist,
+            !super::device::offers_gpu_buffers(),
             setup,
         )?;
         log_calibration(rank, handles.len(), comm_id, &calibrated, codec_timing);

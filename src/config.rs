@@ -714,7 +714,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_MIN_CHUNK_SIZE",
         default: "65536 (64K)",
         accepted: "bytes 4096..=16777216; plain integer or suffix K, KiB, M, MiB",
-        doc: "A message up to this size (and up to transport.chunk_size) travels whole on one stream; a larger one is spread over the streams in chunks of at least this size and at most transport.chunk_size, which wins. Fewer, larger chunks wake fewer stream threads per message; smaller ones copy more of a mid-size message in parallel.",
+        doc: "A message up to this size (and up to transport.chunk_size) travels whole on one stream; a larger one is spread over the streams in chunks of at least this size and at most transport.chunk_size, which wins. Fewer, larger chunks wake fewer stream threads per message; smaller ones copy more of a mid-size message in parallel. The collective network's links use at least 256K where the process offers NCCL no GPU buffers, so host-path shards travel whole (docs/collnet.md).",
         example: "\"64K\"",
         apply: |c, r| {
             c.transport.min_chunk_size = want_bytes(r, |n| (4096..=16 << 20).contains(&n))?;

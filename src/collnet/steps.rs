@@ -479,7 +479,8 @@ impl Step {
         matches!(self, Step::AllReduce(s) if s.pair.is_some() && lane == Lane::Contrib)
     }
 
-    /// The output bytes [`Step::on_contribution`] fills.
+    /// The bytes [`Step::on_contribution`] folds: this member's shard, of
+    /// the input it reads and of the output it fills.
     pub fn fold_range(&self) -> Range<usize> {
         match self {
             Step::AllReduce(s) => s.shard_bytes(s.rank),
@@ -487,15 +488,15 @@ impl Step {
         }
     }
 
-    /// Folds the contribution that `from` sent on `lane` with this member's
-    /// `input` (the bytes of [`Step::input_range`]) into `out` (the bytes of
-    /// [`Step::fold_range`]), for steps that [`Step::folds_in_place`].
+    /// Folds the contribution that `from` sent on `lane` with `mine` (the
+    /// input's bytes of [`Step::fold_range`]) into `out` (the output's), for
+    /// steps that [`Step::folds_in_place`].
     pub fn on_contribution(
         &mut self,
         from: usize,
         lane: Lane,
         bytes: Vec<u8>,
-        input: &[u8],
+        mine: &[u8],
         out: &mut [u8],
     ) -> Result<Effects, CollError> {
         let Step::AllReduce(s) = self else {
@@ -508,20 +509,19 @@ impl Step {
         if lane != Lane::Contrib || from != 1 - s.rank {
             return Err(CollError::UnknownMember(from));
         }
-        if bytes.len() != own.len() || out.len() != own.len() {
+        if bytes.len() != own.len() {
             return Err(CollError::WrongLength {
                 shard: s.rank,
                 expected: own.len(),
                 actual: bytes.len(),
             });
         }
-        let mine =
-            input
-                .get(own.start - s.offset..own.end - s.offset)
-                .ok_or(CollError::InputLength {
-                    expected: s.spec.input_bytes(),
-                    actual: input.len(),
-                })?;
+        if mine.len() != own.len() || out.len() != own.len() {
+            return Err(CollError::InputLength {
+                expected: own.len(),
+                actual: mine.len().min(out.len()),
+            });
+        }
         // Member order: member 0's bytes are the earlier operand.
         let (earlier, later) = if s.rank == 0 {
             (mine, &bytes[..])

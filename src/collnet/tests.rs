@@ -770,9 +770,12 @@ fn pair_fold_into_a_third_buffer_is_the_reducer_of_two() {
                     } else {
                         [0x7E01, 0xFE02, 0x7C00, 0xFC00]
                     };
-                    // Element 0 holds a NaN on each side: the order decides.
-                    for i in 0..count.min(4) {
-                        let (a, b) = (specials[i], specials[(i + 1) % 4]);
+                    // The first and the last four elements (the SIMD part and
+                    // the scalar tail) each have one element with a NaN on
+                    // both sides: the order decides.
+                    let places = (0..count.min(4)).chain(count.saturating_sub(4).max(4)..count);
+                    for (k, i) in places.enumerate() {
+                        let (a, b) = (specials[k % 4], specials[(k + 1) % 4]);
                         inputs[0][2 * i..2 * i + 2].copy_from_slice(&a.to_ne_bytes());
                         inputs[1][2 * i..2 * i + 2].copy_from_slice(&b.to_ne_bytes());
                     }

@@ -109,18 +109,18 @@ fn run(job: Job) -> Done {
                 .with_bytes(step.input_range(), |bytes| step.start(bytes))?
                 .map_err(|e| step_error(rank, e))?,
             Event::Message { from, lane, bytes } if step.folds_in_place(lane) => {
-                let (own, fold) = (step.input_range(), step.fold_range());
-                let folded = if input.may_overlap(own.clone(), &output, fold.clone()) {
-                    // An in-place call: the fold reads a copy of its input.
-                    let mine = input.with_bytes(own, pool::copy_of)?;
-                    let fx = output.with_bytes_mut(fold, |out| {
+                let shard = step.fold_range();
+                let folded = if input.may_overlap(shard.clone(), &output, shard.clone()) {
+                    // An in-place call: the fold reads a copy of its shard.
+                    let mine = input.with_bytes(shard.clone(), pool::copy_of)?;
+                    let fx = output.with_bytes_mut(shard, |out| {
                         step.on_contribution(from, lane, bytes, &mine, out)
                     })?;
                     pool::give(mine);
                     fx
                 } else {
-                    output.with_bytes_mut(fold, |out| {
-                        input.with_bytes(own, |mine| {
+                    output.with_bytes_mut(shard.clone(), |out| {
+                        input.with_bytes(shard, |mine| {
                             step.on_contribution(from, lane, bytes, mine, out)
                         })
                     })??

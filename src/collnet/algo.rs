@@ -544,30 +544,15 @@ pub fn fold_pair_into(dtype: DataType, op: RedOp, earlier: &[u8], later: &[u8], 
     } else {
         0
     };
-    fn run(
-        earlier: &[u8],
-        later: &[u8],
-        out: &mut [u8],
-        op: RedOp,
-        widen: impl Fn(u16) -> f32,
-        narrow: impl Fn(f32) -> u16,
-    ) {
-        for ((o, a), x) in out
-            .chunks_exact_mut(2)
-            .zip(earlier.chunks_exact(2))
-            .zip(later.chunks_exact(2))
-        {
-            let (a, x) = (widen(half(a)), widen(half(x)));
-            // `x + a`, the operand order of the Reducer's fold (NaNs).
-            let r = match op {
-                RedOp::Sum => x + a,
-                _ => f32::apply(op, a, x),
-            };
-            o.copy_from_slice(&narrow(r).to_ne_bytes());
-        }
+    // The rest (a tail of under 8 values; every value for other ops) is
+    // the Reducer's own last fold, on a copy of `later`.
+    let (earlier, out) = (&earlier[done..], &mut out[done..]);
+    out.copy_from_slice(&later[done..]);
+    match op {
+        // `x + a`, the operand order of the Reducer's fold (NaNs).
+        RedOp::Sum => narrow_pair(dtype, earlier, out, |a, x| x + a),
+        _ => narrow_pair(dtype, earlier, out, |a, x| f32::apply(op, a, x)),
     }
-    let (earlier, later, out) = (&earlier[done..], &later[done..], &mut out[done..]);
-    with_half_conversions!(dtype, run(earlier, later, out, op))
 }
 
 /// Values converted per pass: a multiple of the FP8 block, small enough

@@ -200,14 +200,7 @@ impl RawBuf {
 
     /// Copies `src` into the buffer at `offset`.
     pub fn write_at(&self, offset: usize, src: &[u8]) -> io::Result<()> {
-        let (off, len) = self.checked(offset as u64, src.len())?;
-        if len > 0 {
-            // SAFETY: range checked; the buffer is ours to fill until the
-            // request completes (the type's invariant).
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) };
-            dst.copy_from_slice(src);
-        }
-        Ok(())
+        self.with_bytes_mut(offset, src.len(), |dst| dst.copy_from_slice(src))
     }
 
     /// Sends what it can without blocking of `header` followed by bytes

@@ -523,15 +523,13 @@ fn narrow_acc(dtype: DataType, acc: &[f32], b: &mut [u8], f: impl Fn(f32, f32) -
 
 /// The exact reduction of two members' contributions, in member order,
 /// into a third buffer: `out = earlier ⊕ later` (all three `spec`-sized),
-/// bit for bit what a [`Reducer`] of two members returns. A pair's owner
-/// folds its own input and the other member's contribution straight into
-/// the caller's output with it (`steps::AllReduceStep`): no copy of either
-/// operand first, no copy of the result after.
+/// bit for bit what a [`Reducer`] of two members returns: the last fold of
+/// an [`InPlaceReducer`] of two, which reads the owner's input where it
+/// lies and writes straight into the caller's output.
 pub fn fold_pair_into(dtype: DataType, op: RedOp, earlier: &[u8], later: &[u8], out: &mut [u8]) {
     debug_assert!(earlier.len() == out.len() && later.len() == out.len());
     if !matches!(dtype, DataType::F16 | DataType::Bf16) {
-        out.copy_from_slice(earlier);
-        fold_bytes(dtype, op, out, later);
+        fold_native_into(dtype, op, earlier, later, out);
         return;
     }
     let half_type = if dtype == DataType::Bf16 {
@@ -552,6 +550,51 @@ pub fn fold_pair_into(dtype: DataType, op: RedOp, earlier: &[u8], later: &[u8], 
         // `x + a`, the operand order of the Reducer's fold (NaNs).
         RedOp::Sum => narrow_pair(dtype, earlier, out, |a, x| x + a),
         _ => narrow_pair(dtype, earlier, out, |a, x| f32::apply(op, a, x)),
+    }
+}
+
+/// Bytes of `out` a three-buffer fold fills per pass: a copy and an
+/// in-place fold over it stay in L1/L2, so `out` is written to memory once.
+const INTO_CHUNK_BYTES: usize = 16 * 1024;
+
+/// `out = acc ⊕ later` for native types (not f16/bf16): the fold in
+/// place ([`fold_bytes`]) on a copy of `acc`, a cache-sized chunk at a time.
+fn fold_native_into(dtype: DataType, op: RedOp, acc: &[u8], later: &[u8], out: &mut [u8]) {
+    for ((o, a), l) in out
+        .chunks_mut(INTO_CHUNK_BYTES)
+        .zip(acc.chunks(INTO_CHUNK_BYTES))
+        .zip(later.chunks(INTO_CHUNK_BYTES))
+    {
+        o.copy_from_slice(a);
+        fold_bytes(dtype, op, o, l);
+    }
+}
+
+/// The f16/bf16 exact path's last fold into a third buffer: `out[i] =
+/// half(f(acc[i], later[i]))`, the [`Reducer`]'s last fold (which rounds
+/// into the last contribution's own buffer) on a copy of `later`, a
+/// cache-sized chunk at a time.
+fn fold_wide_into(
+    dtype: DataType,
+    op: RedOp,
+    acc: &[f32],
+    later: &[u8],
+    out: &mut [u8],
+    f: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    let vector_sum = match (dtype, op) {
+        (DataType::Bf16, RedOp::Sum) => Some(HalfType::Bf16),
+        (DataType::F16, RedOp::Sum) => Some(HalfType::F16),
+        _ => None,
+    };
+    for ((o, a), l) in out
+        .chunks_mut(INTO_CHUNK_BYTES)
+        .zip(acc.chunks(INTO_CHUNK_BYTES / 2))
+        .zip(later.chunks(INTO_CHUNK_BYTES))
+    {
+        o.copy_from_slice(l);
+        let done = vector_sum.map_or(0, |h| half_sum_acc(h, a, o));
+        narrow_acc(dtype, &a[done..], &mut o[2 * done..], f);
     }
 }
 
@@ -931,6 +974,180 @@ fn sample_error(codec: &Codec, acc: &[f32]) -> Option<f64> {
         den += f64::from(*a).powi(2);
     }
     (den > 0.0).then(|| (num / den).sqrt())
+}
+
+// ---------- exact reduction into the caller's output ----------
+
+/// The exact reduction of an owner's shard, bit for bit the [`Reducer`]'s
+/// (member order, f16/bf16 summed in f32 and rounded once), that reads the
+/// owner's own input where it lies and whose last fold writes the result
+/// straight into the caller's output. On the host path the copies, not the
+/// wire, set the pace: this leaves out the copy of the own shard before the
+/// first fold and the copy of the result after the last.
+///
+/// The caller passes the owner's input shard (`mine`) and output shard
+/// (`out`) with every contribution; other members' contributions wait, as
+/// received, for their turn. `out` is written only by the last fold, so
+/// until then an in-place call's input shard is intact.
+pub struct InPlaceReducer {
+    dtype: DataType,
+    op: RedOp,
+    /// The owner's member index: its contribution is `mine`.
+    owner: usize,
+    /// Byte length of the shard.
+    bytes: usize,
+    received: Vec<bool>,
+    pending: Vec<Option<Vec<u8>>>,
+    next_fold: usize,
+    /// The fold so far; `None` before the first member's turn and after
+    /// the last.
+    partial: Option<Partial>,
+}
+
+/// An [`InPlaceReducer`]'s fold so far.
+enum Partial {
+    /// The first member's bytes as they are; `None`: the owner's input.
+    First(Option<Vec<u8>>),
+    /// f16/bf16 from the second of three or more members: f32 (pooled).
+    Wide(Vec<f32>),
+    /// Native types from the second of three or more members.
+    Native(Vec<u8>),
+}
+
+impl InPlaceReducer {
+    /// The reduction of a shard of `bytes` bytes of `dtype` over `n >= 2`
+    /// members, owned by member `owner`.
+    pub fn new(
+        dtype: DataType,
+        op: RedOp,
+        n: usize,
+        owner: usize,
+        bytes: usize,
+    ) -> Result<InPlaceReducer, CollError> {
+        if n < 2 || owner >= n {
+            return Err(CollError::BadRank { rank: owner, n });
+        }
+        Ok(InPlaceReducer {
+            dtype,
+            op,
+            owner,
+            bytes,
+            received: (0..n).map(|j| j == owner).collect(),
+            pending: vec![None; n],
+            next_fold: 0,
+            partial: None,
+        })
+    }
+
+    /// Every member's contribution is folded and the result is in `out`.
+    pub fn is_done(&self) -> bool {
+        self.next_fold == self.received.len()
+    }
+
+    /// Takes member `from`'s contribution and folds every one whose turn
+    /// has come, the owner's from `mine`; returns whether the result is now
+    /// in `out`. On error nothing changed.
+    pub fn accept(
+        &mut self,
+        from: usize,
+        bytes: Vec<u8>,
+        mine: &[u8],
+        out: &mut [u8],
+    ) -> Result<bool, CollError> {
+        let shard = self.owner;
+        if from >= self.received.len() || from == self.owner {
+            return Err(CollError::UnknownMember(from));
+        }
+        if self.received[from] {
+            return Err(CollError::DuplicateContribution { from, shard });
+        }
+        for actual in [bytes.len(), mine.len(), out.len()] {
+            if actual != self.bytes {
+                return Err(CollError::WrongLength {
+                    shard,
+                    expected: self.bytes,
+                    actual,
+                });
+            }
+        }
+        self.received[from] = true;
+        self.pending[from] = Some(bytes);
+        while self.next_fold < self.received.len() {
+            let turn = self.next_fold;
+            // `None`: the owner's turn, whose bytes are `mine`.
+            let theirs = match self.pending[turn].take() {
+                Some(b) => Some(b),
+                None if turn == self.owner => None,
+                None => break,
+            };
+            match self.op {
+                // `x + a`, the operand order of the Reducer's fold (NaNs).
+                RedOp::Sum => self.fold(theirs, mine, out, |a, x| x + a),
+                op => self.fold(theirs, mine, out, move |a, x| f32::apply(op, a, x)),
+            }
+            self.next_fold += 1;
+        }
+        Ok(self.is_done())
+    }
+
+    /// Folds the next member's bytes: `theirs`, or `mine` for the owner.
+    fn fold(
+        &mut self,
+        theirs: Option<Vec<u8>>,
+        mine: &[u8],
+        out: &mut [u8],
+        f: impl Fn(f32, f32) -> f32 + Copy,
+    ) {
+        let (dtype, op) = (self.dtype, self.op);
+        let half = matches!(dtype, DataType::F16 | DataType::Bf16);
+        let last = self.next_fold + 1 == self.received.len();
+        let Some(prev) = self.partial.take() else {
+            // Kept as it is until the next member's bytes come (n >= 2).
+            self.partial = Some(Partial::First(theirs));
+            return;
+        };
+        let src = theirs.as_deref().unwrap_or(mine);
+        let (partial, spent) = match prev {
+            Partial::First(first) if last => {
+                fold_pair_into(dtype, op, first.as_deref().unwrap_or(mine), src, out);
+                (None, first)
+            }
+            Partial::First(first) if half => {
+                let mut acc = pool::take_wide(self.bytes / 2);
+                widen_pair(dtype, first.as_deref().unwrap_or(mine), src, &mut acc, f);
+                (Some(Partial::Wide(acc)), first)
+            }
+            Partial::First(Some(mut first)) => {
+                fold_bytes(dtype, op, &mut first, src);
+                (Some(Partial::Native(first)), None)
+            }
+            Partial::First(None) => {
+                let mut acc = pool::take(self.bytes);
+                fold_native_into(dtype, op, mine, src, &mut acc);
+                (Some(Partial::Native(acc)), None)
+            }
+            Partial::Wide(mut acc) if !last => {
+                widen_half(dtype, src, &mut acc, f);
+                (Some(Partial::Wide(acc)), None)
+            }
+            Partial::Wide(acc) => {
+                fold_wide_into(dtype, op, &acc, src, out, f);
+                pool::give_wide(acc);
+                (None, None)
+            }
+            Partial::Native(mut acc) if !last => {
+                fold_bytes(dtype, op, &mut acc, src);
+                (Some(Partial::Native(acc)), None)
+            }
+            Partial::Native(acc) => {
+                fold_native_into(dtype, op, &acc, src, out);
+                pool::give(acc);
+                (None, None)
+            }
+        };
+        self.partial = partial;
+        spent.into_iter().chain(theirs).for_each(pool::give);
+    }
 }
 
 // ---------- the member state machine ----------

@@ -193,13 +193,14 @@ fn exact_and_fp8_match_the_model_with_and_without_workers() {
     }
 }
 
-/// An in-place call (input and output one buffer, as NCCL allows): a
-/// pair's owner folds a copy of its own input, and the result is the
-/// model's, with and without workers.
+/// An in-place call (input and output one buffer, as NCCL allows): each
+/// owner folds copies of its own input while the other members' results
+/// land around it, and the result is the model's, with and without
+/// workers.
 #[test]
-fn a_pair_reduces_in_place_calls() {
-    let (n, dtype, count) = (2, DataType::Bf16, SEGMENT_BYTES / 2 + 77);
-    for workers in [0, 2] {
+fn in_place_calls_reduce_to_the_model() {
+    let (dtype, count) = (DataType::Bf16, SEGMENT_BYTES / 2 + 77);
+    for (n, workers) in [(2, 0), (2, 2), (3, 2), (4, 0), (4, 2)] {
         let mut buffers = bf16_inputs(n, 1, count, 21 + workers as u64);
         let inputs: Vec<Vec<u8>> = buffers.iter().map(|m| m[0].clone()).collect();
         let (mut groups, _) = joined(n, None, workers, 21);
@@ -231,7 +232,10 @@ fn a_pair_reduces_in_place_calls() {
         };
         let want = sim::run(&call, &inputs, 21).expect("model");
         for m in 0..n {
-            assert!(buffers[m][0] == want[m], "member {m}, {workers} workers");
+            assert!(
+                buffers[m][0] == want[m],
+                "member {m} of {n}, {workers} workers"
+            );
         }
     }
 }

@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::algo::{
-    fold_pair_into, CollError, DataType, Member, Msg, Outgoing, Path, RedOp, Reducer, Spec,
+    CollError, DataType, InPlaceReducer, Member, Msg, Outgoing, Path, RedOp, Reducer, Spec,
 };
 use super::pool::{self, Shared};
 
@@ -52,7 +52,7 @@ pub enum SendBytes {
     /// Bytes of the call's input, as they are (exact contributions): the
     /// driver may send them straight from the caller's buffer.
     Input(Range<usize>),
-    /// Bytes of the call's output, once written (a pair's reduced shard,
+    /// Bytes of the call's output, once written (an exact reduced shard,
     /// folded in place): sent straight from the caller's buffer.
     Output(Range<usize>),
 }
@@ -123,26 +123,28 @@ pub struct AllReduceStep {
     rank: usize,
     offset: usize,
     member: Option<Member>,
-    /// An exact sum of two members runs without a [`Member`]: see [`Pair`].
-    pair: Option<Pair>,
+    /// An exact reduction of two or more members runs without a
+    /// [`Member`]: see [`InPlace`].
+    in_place: Option<Box<InPlace>>,
     /// Its contributions went out before it started
     /// ([`Step::take_early_contributions`]).
     sent_early: bool,
 }
 
-/// An exact allreduce segment of a group of two, as the host reduces it
-/// with the least memory traffic (on these hosts its copies, not the wire,
-/// set the pace): the other member's contribution is folded with this
-/// member's own input, where it lies, straight into the output
-/// ([`Step::on_contribution`]), and the reduced shard is sent from there.
-/// The protocol on the wire is [`Member`]'s: the other member may run
-/// either. Bit for bit the same result ([`fold_pair_into`]).
-#[derive(Default)]
-struct Pair {
-    /// Its own shard is reduced (in the output) and queued to the other.
-    folded: bool,
-    /// The other member's reduced shard is in the output.
-    other_in: bool,
+/// An exact allreduce segment as the host reduces it with the least memory
+/// traffic (on these hosts its copies, not the wire, set the pace): the
+/// other members' contributions are folded with this member's own input,
+/// where it lies, and the last fold writes straight into the output
+/// ([`Step::on_contribution`], [`InPlaceReducer`]); the reduced shard is
+/// sent from there, and the others' land in the output as they arrive. The
+/// protocol on the wire is [`Member`]'s: other members may run either. Bit
+/// for bit the same result.
+struct InPlace {
+    /// The own shard's reduction; `None` once it is in the output and
+    /// queued to the others, or when the shard is empty.
+    reducer: Option<InPlaceReducer>,
+    /// Other members whose reduced shard is not in the output yet.
+    awaited: Vec<bool>,
 }
 
 /// One windowed allgather: member `r` contributes `pieces[r]` (window
@@ -192,18 +194,26 @@ impl Step {
         if rank >= spec.n {
             return Err(CollError::BadRank { rank, n: spec.n });
         }
-        let pair = (spec.n == 2 && spec.path == Path::Exact).then(|| Pair {
-            folded: spec.shard(rank).is_empty(),
-            other_in: spec.shard(1 - rank).is_empty(),
-        });
-        Ok(Step::AllReduce(AllReduceStep {
+        let mut step = AllReduceStep {
             spec,
             rank,
             offset,
             member: None,
-            pair,
+            in_place: None,
             sent_early: false,
-        }))
+        };
+        if spec.n >= 2 && spec.path == Path::Exact {
+            let own = step.shard_bytes(rank).len();
+            step.in_place = Some(Box::new(InPlace {
+                reducer: (own > 0)
+                    .then(|| InPlaceReducer::new(spec.dtype, spec.op, spec.n, rank, own))
+                    .transpose()?,
+                awaited: (0..spec.n)
+                    .map(|j| j != rank && !spec.shard(j).is_empty())
+                    .collect(),
+            }));
+        }
+        Ok(Step::AllReduce(step))
     }
 
     pub fn all_gather(
@@ -358,7 +368,7 @@ impl Step {
     pub fn start(&mut self, input: &[u8]) -> Result<Effects, CollError> {
         let mut fx = Effects::default();
         match self {
-            Step::AllReduce(s) if s.pair.is_some() => {
+            Step::AllReduce(s) if s.in_place.is_some() => {
                 if input.len() != s.spec.input_bytes() {
                     return Err(CollError::InputLength {
                         expected: s.spec.input_bytes(),
@@ -430,8 +440,8 @@ impl Step {
     ) -> Result<Effects, CollError> {
         let mut fx = Effects::default();
         match self {
-            Step::AllReduce(s) if s.pair.is_some() => {
-                // The contribution is folded in `on_contribution`; a reduced
+            Step::AllReduce(s) if s.in_place.is_some() => {
+                // Contributions are folded in `on_contribution`; a reduced
                 // shard comes here when it could not land in place.
                 let range = s.other_result(from, lane, bytes.len())?;
                 fx.writes.push(Write {
@@ -476,7 +486,7 @@ impl Step {
     /// output bytes ([`Step::on_contribution`]) rather than by
     /// [`Step::on_message`].
     pub fn folds_in_place(&self, lane: Lane) -> bool {
-        matches!(self, Step::AllReduce(s) if s.pair.is_some() && lane == Lane::Contrib)
+        matches!(self, Step::AllReduce(s) if s.in_place.is_some() && lane == Lane::Contrib)
     }
 
     /// The bytes [`Step::on_contribution`] folds: this member's shard, of
@@ -503,40 +513,31 @@ impl Step {
             return Err(CollError::UnknownMember(from));
         };
         let own = s.shard_bytes(s.rank);
-        let Some(pair) = s.pair.as_mut().filter(|p| !p.folded) else {
+        let Some(p) = s.in_place.as_mut() else {
             return Err(CollError::UnknownMember(from));
         };
-        if lane != Lane::Contrib || from != 1 - s.rank {
+        let Some(reducer) = p.reducer.as_mut().filter(|_| lane == Lane::Contrib) else {
             return Err(CollError::UnknownMember(from));
-        }
-        if bytes.len() != own.len() {
-            return Err(CollError::WrongLength {
-                shard: s.rank,
-                expected: own.len(),
-                actual: bytes.len(),
-            });
-        }
+        };
         if mine.len() != own.len() || out.len() != own.len() {
             return Err(CollError::InputLength {
                 expected: own.len(),
                 actual: mine.len().min(out.len()),
             });
         }
-        // Member order: member 0's bytes are the earlier operand.
-        let (earlier, later) = if s.rank == 0 {
-            (mine, &bytes[..])
-        } else {
-            (&bytes[..], mine)
-        };
-        fold_pair_into(s.spec.dtype, s.spec.op, earlier, later, out);
-        pool::give(bytes);
-        pair.folded = true;
+        if !reducer.accept(from, bytes, mine, out)? {
+            return Ok(Effects::default());
+        }
+        p.reducer = None;
         Ok(Effects {
-            sends: vec![Send {
-                to: from,
-                lane: Lane::Result,
-                bytes: SendBytes::Output(own),
-            }],
+            sends: (0..s.spec.n)
+                .filter(|&to| to != s.rank)
+                .map(|to| Send {
+                    to,
+                    lane: Lane::Result,
+                    bytes: SendBytes::Output(own.clone()),
+                })
+                .collect(),
             writes: Vec::new(),
         })
     }
@@ -546,7 +547,7 @@ impl Step {
     /// [`Expect::into_output`] said: nothing to copy, only to account for.
     pub fn in_place(&mut self, from: usize, lane: Lane, len: usize) -> Result<(), CollError> {
         match self {
-            Step::AllReduce(s) if s.pair.is_some() => s.other_result(from, lane, len).map(drop),
+            Step::AllReduce(s) if s.in_place.is_some() => s.other_result(from, lane, len).map(drop),
             Step::AllReduce(s) if lane == Lane::Result && s.spec.path == Path::Exact => s
                 .member
                 .as_mut()
@@ -561,7 +562,9 @@ impl Step {
     pub fn is_done(&self) -> bool {
         match self {
             // Shards are written out in the event that made them final.
-            Step::AllReduce(AllReduceStep { pair: Some(p), .. }) => p.folded && p.other_in,
+            Step::AllReduce(AllReduceStep {
+                in_place: Some(p), ..
+            }) => p.reducer.is_none() && !p.awaited.contains(&true),
             Step::AllReduce(s) => s.member.as_ref().is_some_and(Member::is_done),
             // Done once every expected piece arrived: the driver counts them.
             Step::AllGather(_) => true,
@@ -581,7 +584,9 @@ impl Step {
     /// steps may use that lane.
     pub fn result_lane_closed(&self) -> bool {
         match self {
-            Step::AllReduce(AllReduceStep { pair: Some(p), .. }) => p.folded,
+            Step::AllReduce(AllReduceStep {
+                in_place: Some(p), ..
+            }) => p.reducer.is_none(),
             Step::AllReduce(s) => s.member.as_ref().is_some_and(Member::sent_everything),
             Step::AllGather(_) | Step::ReduceScatter(_) => true,
         }
@@ -608,30 +613,35 @@ impl AllReduceStep {
             .collect()
     }
 
-    /// A pair's other reduced shard, `len` bytes from `from` on `lane`:
-    /// checked, and counted as in.
+    /// Member `from`'s reduced shard, `len` bytes on `lane`, for an
+    /// in-place segment: checked, and counted as in.
     fn other_result(
         &mut self,
         from: usize,
         lane: Lane,
         len: usize,
     ) -> Result<Range<usize>, CollError> {
-        let other = 1 - self.rank;
-        let range = self.shard_bytes(other);
-        let Some(pair) = self.pair.as_mut() else {
+        if from >= self.spec.n {
+            return Err(CollError::UnknownMember(from));
+        }
+        let range = self.shard_bytes(from);
+        let Some(p) = self.in_place.as_mut() else {
             return Err(CollError::UnknownMember(from));
         };
-        if lane != Lane::Result || from != other || pair.other_in {
+        if !p.awaited[from] {
             return Err(CollError::DuplicateReduced { shard: from });
+        }
+        if lane != Lane::Result {
+            return Err(CollError::UnknownMember(from));
         }
         if len != range.len() {
             return Err(CollError::WrongLength {
-                shard: other,
+                shard: from,
                 expected: range.len(),
                 actual: len,
             });
         }
-        pair.other_in = true;
+        p.awaited[from] = false;
         Ok(range)
     }
 

@@ -752,6 +752,126 @@ fn exact_contributions_go_out_before_the_start() {
     assert!(compressed.expects().iter().all(|e| e.into_output.is_none()));
 }
 
+/// Puts NaNs of different payloads and infinities into every f16/bf16
+/// input at the first and the last four elements (the SIMD part and the
+/// scalar tail), different on each member, so the fold's operand order
+/// decides the bits there.
+fn with_specials(dtype: DataType, inputs: &mut [Vec<u8>], count: usize) {
+    if !matches!(dtype, DataType::F16 | DataType::Bf16) {
+        return;
+    }
+    let specials: [u16; 4] = if dtype == DataType::Bf16 {
+        [0x7FC1, 0xFFC2, 0x7F80, 0xFF80]
+    } else {
+        [0x7E01, 0xFE02, 0x7C00, 0xFC00]
+    };
+    let places: Vec<usize> = (0..count.min(4))
+        .chain(count.saturating_sub(4).max(4)..count)
+        .collect();
+    for (m, input) in inputs.iter_mut().enumerate() {
+        for (k, &i) in places.iter().enumerate() {
+            let v = specials[(k + m) % 4];
+            input[2 * i..2 * i + 2].copy_from_slice(&v.to_ne_bytes());
+        }
+    }
+}
+
+/// The in-place reduction is bit for bit the `Reducer`'s, for every dtype
+/// and op, 2 to 8 members, every owner, contributions in any order, over
+/// lengths that cross its cache-sized chunks and leave a scalar tail; and
+/// it leaves the output alone until its last fold.
+#[test]
+fn in_place_reduction_is_the_reducer_in_any_arrival_order() {
+    let ops = [RedOp::Sum, RedOp::Prod, RedOp::Max, RedOp::Min];
+    let mut rng = SplitMix::new(41);
+    for dtype in DataType::ALL {
+        for op in ops {
+            for n in 2..=8 {
+                for count in [1, 9, 8203] {
+                    let seed = (n * 1000 + count) as u64;
+                    let mut inputs = random_inputs(dtype, n, count, seed);
+                    with_specials(dtype, &mut inputs, count);
+                    let owner = (rng.next_u64() % n as u64) as usize;
+                    let mut reducer = Reducer::new(dtype, op, None, n, owner, count);
+                    let mut want = None;
+                    for (m, input) in inputs.iter().enumerate() {
+                        want = reducer.accept(m, input.clone()).unwrap();
+                    }
+                    let want = want.expect("all members in");
+
+                    let mut order: Vec<usize> = (0..n).filter(|&m| m != owner).collect();
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                    }
+                    let mut fold =
+                        InPlaceReducer::new(dtype, op, n, owner, want.len()).expect("reducer");
+                    let sentinel = vec![0xA5u8; want.len()];
+                    let mut out = sentinel.clone();
+                    for (k, &m) in order.iter().enumerate() {
+                        let done = fold
+                            .accept(m, inputs[m].clone(), &inputs[owner], &mut out)
+                            .unwrap();
+                        let last = k + 1 == order.len();
+                        assert_eq!(done, last, "{dtype:?} {op:?} n {n}");
+                        if !last {
+                            assert!(out == sentinel, "{dtype:?} {op:?} n {n}: out written early");
+                        }
+                    }
+                    assert!(
+                        out == want,
+                        "{dtype:?} {op:?} n {n} owner {owner} count {count}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn in_place_reduction_rejects_what_it_cannot_fold() {
+    use CollError::*;
+    let (n, owner, bytes) = (3, 1, 8);
+    assert_eq!(
+        InPlaceReducer::new(DataType::F32, RedOp::Sum, 1, 0, bytes).err(),
+        Some(BadRank { rank: 0, n: 1 })
+    );
+    assert_eq!(
+        InPlaceReducer::new(DataType::F32, RedOp::Sum, n, n, bytes).err(),
+        Some(BadRank { rank: n, n })
+    );
+    let mut fold = InPlaceReducer::new(DataType::F32, RedOp::Sum, n, owner, bytes).unwrap();
+    let (mine, mut out) = ([1u8; 8], [0u8; 8]);
+    let good = || vec![0u8; bytes];
+    assert_eq!(
+        fold.accept(3, good(), &mine, &mut out),
+        Err(UnknownMember(3))
+    );
+    assert_eq!(
+        fold.accept(owner, good(), &mine, &mut out),
+        Err(UnknownMember(owner))
+    );
+    assert!(matches!(
+        fold.accept(0, vec![0u8; 4], &mine, &mut out),
+        Err(WrongLength { .. })
+    ));
+    assert!(matches!(
+        fold.accept(0, good(), &mine[..4], &mut out),
+        Err(WrongLength { .. })
+    ));
+    // Still works after the rejected ones.
+    assert_eq!(fold.accept(2, good(), &mine, &mut out), Ok(false));
+    assert_eq!(
+        fold.accept(2, good(), &mine, &mut out),
+        Err(DuplicateContribution {
+            from: 2,
+            shard: owner
+        })
+    );
+    assert_eq!(fold.accept(0, good(), &mine, &mut out), Ok(true));
+    assert!(fold.is_done());
+    assert_eq!(out, mine);
+}
+
 /// A pair's fold (`fold_pair_into`) is bit for bit a two-member
 /// `Reducer` in member order, for every dtype and op, NaNs and
 /// infinities included, over lengths that leave a scalar tail after the
@@ -763,23 +883,7 @@ fn pair_fold_into_a_third_buffer_is_the_reducer_of_two() {
         for op in ops {
             for count in [1, 7, 8, 9, 100, 1029] {
                 let mut inputs = random_inputs(dtype, 2, count, count as u64 + 3);
-                if matches!(dtype, DataType::F16 | DataType::Bf16) {
-                    // NaNs of different payloads and infinities, both sides.
-                    let specials: [u16; 4] = if dtype == DataType::Bf16 {
-                        [0x7FC1, 0xFFC2, 0x7F80, 0xFF80]
-                    } else {
-                        [0x7E01, 0xFE02, 0x7C00, 0xFC00]
-                    };
-                    // The first and the last four elements (the SIMD part and
-                    // the scalar tail) each have one element with a NaN on
-                    // both sides: the order decides.
-                    let places = (0..count.min(4)).chain(count.saturating_sub(4).max(4)..count);
-                    for (k, i) in places.enumerate() {
-                        let (a, b) = (specials[k % 4], specials[(k + 1) % 4]);
-                        inputs[0][2 * i..2 * i + 2].copy_from_slice(&a.to_ne_bytes());
-                        inputs[1][2 * i..2 * i + 2].copy_from_slice(&b.to_ne_bytes());
-                    }
-                }
+                with_specials(dtype, &mut inputs, count);
                 let mut reducer = Reducer::new(dtype, op, None, 2, 0, count);
                 assert_eq!(reducer.accept(0, inputs[0].clone()).unwrap(), None);
                 let want = reducer

@@ -1044,9 +1044,22 @@ impl InPlaceReducer {
         self.next_fold == self.received.len()
     }
 
+    /// Whether taking member `from`'s contribution now reads the owner's
+    /// input: the fold of the owner's turn does, or, when the owner is
+    /// member 0, the fold of the next turn, which meets its bytes. A driver
+    /// that must copy the input first (an in-place call) copies it only for
+    /// such a contribution.
+    pub fn reads_mine(&self, from: usize) -> bool {
+        let reading_turn = if self.owner == 0 { 1 } else { self.owner };
+        (self.next_fold..self.received.len())
+            .take_while(|&turn| turn == from || self.received[turn])
+            .any(|turn| turn == reading_turn)
+    }
+
     /// Takes member `from`'s contribution and folds every one whose turn
-    /// has come, the owner's from `mine`; returns whether the result is now
-    /// in `out`. On error nothing changed.
+    /// has come, the owner's from `mine` (which may be empty when
+    /// [`InPlaceReducer::reads_mine`] says it is not read); returns whether
+    /// the result is now in `out`. On error nothing changed.
     pub fn accept(
         &mut self,
         from: usize,
@@ -1061,7 +1074,11 @@ impl InPlaceReducer {
         if self.received[from] {
             return Err(CollError::DuplicateContribution { from, shard });
         }
-        for actual in [bytes.len(), mine.len(), out.len()] {
+        let read = self.reads_mine(from).then_some(mine.len());
+        for actual in [Some(bytes.len()), read, Some(out.len())]
+            .into_iter()
+            .flatten()
+        {
             if actual != self.bytes {
                 return Err(CollError::WrongLength {
                     shard,

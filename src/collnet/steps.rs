@@ -498,9 +498,21 @@ impl Step {
         }
     }
 
+    /// Whether [`Step::on_contribution`] reads `mine` for the contribution
+    /// `from` sent on `lane`; when not, the caller may pass it empty.
+    pub fn reads_own_input(&self, from: usize, lane: Lane) -> bool {
+        match self {
+            Step::AllReduce(AllReduceStep {
+                in_place: Some(p), ..
+            }) if lane == Lane::Contrib => p.reducer.as_ref().is_some_and(|r| r.reads_mine(from)),
+            _ => false,
+        }
+    }
+
     /// Folds the contribution that `from` sent on `lane` with `mine` (the
-    /// input's bytes of [`Step::fold_range`]) into `out` (the output's), for
-    /// steps that [`Step::folds_in_place`].
+    /// input's bytes of [`Step::fold_range`], empty unless
+    /// [`Step::reads_own_input`]) into `out` (the output's), for steps that
+    /// [`Step::folds_in_place`].
     pub fn on_contribution(
         &mut self,
         from: usize,
@@ -513,16 +525,23 @@ impl Step {
             return Err(CollError::UnknownMember(from));
         };
         let own = s.shard_bytes(s.rank);
-        let Some(p) = s.in_place.as_mut() else {
+        let Some(p) = s.in_place.as_mut().filter(|_| lane == Lane::Contrib) else {
             return Err(CollError::UnknownMember(from));
         };
-        let Some(reducer) = p.reducer.as_mut().filter(|_| lane == Lane::Contrib) else {
-            return Err(CollError::UnknownMember(from));
+        let Some(reducer) = p.reducer.as_mut() else {
+            return Err(if own.is_empty() {
+                CollError::UnknownShard(s.rank)
+            } else {
+                CollError::DuplicateContribution {
+                    from,
+                    shard: s.rank,
+                }
+            });
         };
-        if mine.len() != own.len() || out.len() != own.len() {
+        if out.len() != own.len() {
             return Err(CollError::InputLength {
                 expected: own.len(),
-                actual: mine.len().min(out.len()),
+                actual: out.len(),
             });
         }
         if !reducer.accept(from, bytes, mine, out)? {
@@ -623,6 +642,9 @@ impl AllReduceStep {
     ) -> Result<Range<usize>, CollError> {
         if from >= self.spec.n {
             return Err(CollError::UnknownMember(from));
+        }
+        if from == self.rank {
+            return Err(CollError::OwnShardReduced { shard: from });
         }
         let range = self.shard_bytes(from);
         let Some(p) = self.in_place.as_mut() else {

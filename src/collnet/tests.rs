@@ -752,26 +752,143 @@ fn exact_contributions_go_out_before_the_start() {
     assert!(compressed.expects().iter().all(|e| e.into_output.is_none()));
 }
 
-/// Puts NaNs of different payloads and infinities into every f16/bf16
-/// input at the first and the last four elements (the SIMD part and the
-/// scalar tail), different on each member, so the fold's operand order
+/// An exact segment of three members, driven as the worker does: its
+/// contributions fold in place, the owner's input is asked for once, the
+/// reduced shard goes from the output to both others, the others' results
+/// count in once each, and what does not belong is refused by kind.
+#[test]
+fn an_exact_segment_folds_in_place_and_refuses_what_does_not_belong() {
+    use super::steps::{Lane, SendBytes, Step};
+    use CollError::*;
+    let (n, rank, count) = (3, 1, 3 * crate::codec::BLOCK);
+    let shard = crate::codec::BLOCK * 2;
+    let spec = Spec {
+        n,
+        dtype: DataType::Bf16,
+        op: RedOp::Sum,
+        path: Path::Exact,
+        count,
+    };
+    let inputs = random_inputs(DataType::Bf16, n, count, 5);
+    let mut step = Step::all_reduce(spec, rank, 0).expect("step");
+    assert!(step.folds_in_place(Lane::Contrib) && !step.folds_in_place(Lane::Result));
+    assert_eq!(step.fold_range(), shard..2 * shard);
+    step.start(&inputs[rank]).expect("start");
+    let mine = &inputs[rank][shard..2 * shard];
+    let mut out = vec![0u8; shard];
+    let theirs = |m: usize| inputs[m][shard..2 * shard].to_vec();
+
+    // Member 2 first: it waits for member 0, and nobody reads the input.
+    assert!(!step.reads_own_input(2, Lane::Contrib));
+    let fx = step.on_contribution(2, Lane::Contrib, theirs(2), &[], &mut out);
+    assert!(fx.expect("waits").sends.is_empty());
+    assert!(!step.result_lane_closed());
+    assert_eq!(
+        step.on_contribution(0, Lane::Result, theirs(0), mine, &mut out)
+            .err(),
+        Some(UnknownMember(0))
+    );
+    // Member 0 completes it: every fold runs, the owner's among them.
+    assert!(step.reads_own_input(0, Lane::Contrib));
+    let fx = step
+        .on_contribution(0, Lane::Contrib, theirs(0), mine, &mut out)
+        .expect("folds");
+    let to: Vec<_> = fx
+        .sends
+        .iter()
+        .map(|s| match &s.bytes {
+            SendBytes::Output(r) => (s.to, s.lane, r.clone()),
+            _ => panic!("the reduced shard goes from the output"),
+        })
+        .collect();
+    assert_eq!(
+        to,
+        vec![
+            (0, Lane::Result, shard..2 * shard),
+            (2, Lane::Result, shard..2 * shard)
+        ]
+    );
+    let mut reducer = Reducer::new(DataType::Bf16, RedOp::Sum, None, n, rank, shard / 2);
+    let mut want = None;
+    for m in 0..n {
+        want = reducer.accept(m, theirs(m)).unwrap();
+    }
+    assert_eq!(want, Some(out.clone()), "the Reducer's bytes");
+    assert!(step.result_lane_closed() && !step.is_done());
+    assert_eq!(
+        step.on_contribution(0, Lane::Contrib, theirs(0), mine, &mut out)
+            .err(),
+        Some(DuplicateContribution {
+            from: 0,
+            shard: rank
+        })
+    );
+
+    // Results: the others' once each; never its own; the right length.
+    assert_eq!(
+        step.in_place(rank, Lane::Result, shard).err(),
+        Some(OwnShardReduced { shard: rank })
+    );
+    assert_eq!(
+        step.in_place(7, Lane::Result, shard).err(),
+        Some(UnknownMember(7))
+    );
+    assert!(matches!(
+        step.in_place(0, Lane::Result, shard - 2),
+        Err(WrongLength { .. })
+    ));
+    step.in_place(0, Lane::Result, shard)
+        .expect("member 0's result");
+    assert_eq!(
+        step.in_place(0, Lane::Result, shard).err(),
+        Some(DuplicateReduced { shard: 0 })
+    );
+    assert!(!step.is_done());
+    step.in_place(2, Lane::Result, shard)
+        .expect("member 2's result");
+    assert!(step.is_done());
+}
+
+/// Puts NaNs of different payloads, infinities and signed zeros into every
+/// float input at the first and last four elements and around the first
+/// 16 KiB chunk boundary (where the folds' SIMD parts, scalar tails and
+/// chunks meet), different on each member, so the fold's operand order
 /// decides the bits there.
 fn with_specials(dtype: DataType, inputs: &mut [Vec<u8>], count: usize) {
-    if !matches!(dtype, DataType::F16 | DataType::Bf16) {
-        return;
-    }
-    let specials: [u16; 4] = if dtype == DataType::Bf16 {
-        [0x7FC1, 0xFFC2, 0x7F80, 0xFF80]
-    } else {
-        [0x7E01, 0xFE02, 0x7C00, 0xFC00]
+    let specials: Vec<Vec<u8>> = match dtype {
+        DataType::Bf16 => [0x7FC1u16, 0xFFC2, 0x7F80, 0x8000]
+            .iter()
+            .map(|v| v.to_ne_bytes().to_vec())
+            .collect(),
+        DataType::F16 => [0x7E01u16, 0xFE02, 0x7C00, 0x8000]
+            .iter()
+            .map(|v| v.to_ne_bytes().to_vec())
+            .collect(),
+        DataType::F32 => [0x7FC0_0001u32, 0xFFC0_0002, 0x7F80_0000, 0x8000_0000]
+            .iter()
+            .map(|v| v.to_ne_bytes().to_vec())
+            .collect(),
+        DataType::F64 => [
+            0x7FF8_0000_0000_0001u64,
+            0xFFF8_0000_0000_0002,
+            0x7FF0_0000_0000_0000,
+            0x8000_0000_0000_0000,
+        ]
+        .iter()
+        .map(|v| v.to_ne_bytes().to_vec())
+        .collect(),
+        _ => return,
     };
+    let size = dtype.size();
+    let boundary = 16 * 1024 / size;
     let places: Vec<usize> = (0..count.min(4))
         .chain(count.saturating_sub(4).max(4)..count)
+        .chain((boundary.saturating_sub(2)..boundary + 2).filter(|&i| i < count))
         .collect();
     for (m, input) in inputs.iter_mut().enumerate() {
         for (k, &i) in places.iter().enumerate() {
-            let v = specials[(k + m) % 4];
-            input[2 * i..2 * i + 2].copy_from_slice(&v.to_ne_bytes());
+            let v = &specials[(k + m) % 4];
+            input[size * i..size * (i + 1)].copy_from_slice(v);
         }
     }
 }
@@ -787,7 +904,8 @@ fn in_place_reduction_is_the_reducer_in_any_arrival_order() {
     for dtype in DataType::ALL {
         for op in ops {
             for n in 2..=8 {
-                for count in [1, 9, 8203] {
+                let wide = if dtype.size() == 1 { 16411 } else { 8203 };
+                for count in [1, 9, wide] {
                     let seed = (n * 1000 + count) as u64;
                     let mut inputs = random_inputs(dtype, n, count, seed);
                     with_specials(dtype, &mut inputs, count);
@@ -807,10 +925,16 @@ fn in_place_reduction_is_the_reducer_in_any_arrival_order() {
                         InPlaceReducer::new(dtype, op, n, owner, want.len()).expect("reducer");
                     let sentinel = vec![0xA5u8; want.len()];
                     let mut out = sentinel.clone();
+                    let mut reads = 0;
                     for (k, &m) in order.iter().enumerate() {
-                        let done = fold
-                            .accept(m, inputs[m].clone(), &inputs[owner], &mut out)
-                            .unwrap();
+                        // The owner's input only where the fold says it reads it.
+                        let mine: &[u8] = if fold.reads_mine(m) {
+                            reads += 1;
+                            &inputs[owner]
+                        } else {
+                            &[]
+                        };
+                        let done = fold.accept(m, inputs[m].clone(), mine, &mut out).unwrap();
                         let last = k + 1 == order.len();
                         assert_eq!(done, last, "{dtype:?} {op:?} n {n}");
                         if !last {
@@ -821,6 +945,7 @@ fn in_place_reduction_is_the_reducer_in_any_arrival_order() {
                         out == want,
                         "{dtype:?} {op:?} n {n} owner {owner} count {count}"
                     );
+                    assert_eq!(reads, 1, "the owner's input is read by one fold");
                 }
             }
         }

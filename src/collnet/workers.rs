@@ -110,7 +110,12 @@ fn run(job: Job) -> Done {
                 .map_err(|e| step_error(rank, e))?,
             Event::Message { from, lane, bytes } if step.folds_in_place(lane) => {
                 let shard = step.fold_range();
-                let folded = if input.may_overlap(shard.clone(), &output, shard.clone()) {
+                let folded = if !step.reads_own_input(from, lane) {
+                    // It waits for its turn, or meets only others' bytes.
+                    output.with_bytes_mut(shard, |out| {
+                        step.on_contribution(from, lane, bytes, &[], out)
+                    })?
+                } else if input.may_overlap(shard.clone(), &output, shard.clone()) {
                     // An in-place call: the fold reads a copy of its shard.
                     let mine = input.with_bytes(shard.clone(), pool::copy_of)?;
                     let fx = output.with_bytes_mut(shard, |out| {

@@ -27,6 +27,9 @@
 #      ABBA (1: run the modes again in reverse order, the default; 0: once),
 #      RUN_TIMEOUT (seconds per mode run, default 180; a run still going then
 #      has its threads' stacks written to NAME.stacks before it is killed).
+# Summary (gpu_path_summarize.py, OUTDIR/summary.md): each mode's best pass,
+# and with ABBA each pass against its own Ring, flagging a size where a
+# mode's passes differ by more than 15% (the host slowed down for a while).
 set -uo pipefail
 plugin=$(realpath "$1"); out=${2:-.}; rate=${3:-}; here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"

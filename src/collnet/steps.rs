@@ -646,6 +646,9 @@ impl AllReduceStep {
         if from == self.rank {
             return Err(CollError::OwnShardReduced { shard: from });
         }
+        if self.spec.shard(from).is_empty() {
+            return Err(CollError::UnknownShard(from));
+        }
         let range = self.shard_bytes(from);
         let Some(p) = self.in_place.as_mut() else {
             return Err(CollError::UnknownMember(from));

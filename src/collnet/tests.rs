@@ -847,6 +847,25 @@ fn an_exact_segment_folds_in_place_and_refuses_what_does_not_belong() {
     step.in_place(2, Lane::Result, shard)
         .expect("member 2's result");
     assert!(step.is_done());
+
+    // Fewer blocks than members: member 2's shard is empty, so nothing of
+    // it is awaited, nor accepted.
+    let small = Spec {
+        count: 2 * crate::codec::BLOCK,
+        ..spec
+    };
+    let mut step = Step::all_reduce(small, 0, 0).expect("step");
+    assert_eq!(
+        step.in_place(2, Lane::Result, 0).err(),
+        Some(UnknownShard(2))
+    );
+    let mut two = Step::all_reduce(small, 2, 0).expect("step");
+    assert!(!two.folds_in_place(Lane::Result));
+    assert_eq!(
+        two.on_contribution(0, Lane::Contrib, Vec::new(), &[], &mut [])
+            .err(),
+        Some(UnknownShard(2))
+    );
 }
 
 /// Puts NaNs of different payloads, infinities and signed zeros into every

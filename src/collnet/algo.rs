@@ -521,6 +521,16 @@ fn narrow_acc(dtype: DataType, acc: &[f32], b: &mut [u8], f: impl Fn(f32, f32) -
     with_half_conversions!(dtype, run(acc, b, f))
 }
 
+/// The 16-bit type whose exact sums have SIMD folds (bit for bit the
+/// scalar loops), if `dtype` and `op` are one of them.
+fn vector_sum(dtype: DataType, op: RedOp) -> Option<HalfType> {
+    match (dtype, op) {
+        (DataType::Bf16, RedOp::Sum) => Some(HalfType::Bf16),
+        (DataType::F16, RedOp::Sum) => Some(HalfType::F16),
+        _ => None,
+    }
+}
+
 /// The exact reduction of two members' contributions, in member order,
 /// into a third buffer: `out = earlier ⊕ later` (all three `spec`-sized),
 /// bit for bit what a [`Reducer`] of two members returns: the last fold of
@@ -532,16 +542,7 @@ pub fn fold_pair_into(dtype: DataType, op: RedOp, earlier: &[u8], later: &[u8], 
         fold_native_into(dtype, op, earlier, later, out);
         return;
     }
-    let half_type = if dtype == DataType::Bf16 {
-        HalfType::Bf16
-    } else {
-        HalfType::F16
-    };
-    let done = if op == RedOp::Sum {
-        2 * half_sum_pair_into(half_type, earlier, later, out)
-    } else {
-        0
-    };
+    let done = vector_sum(dtype, op).map_or(0, |h| 2 * half_sum_pair_into(h, earlier, later, out));
     // The rest (a tail of under 8 values; every value for other ops) is
     // the Reducer's own last fold, on a copy of `later`.
     let (earlier, out) = (&earlier[done..], &mut out[done..]);
@@ -582,11 +583,7 @@ fn fold_wide_into(
     out: &mut [u8],
     f: impl Fn(f32, f32) -> f32 + Copy,
 ) {
-    let vector_sum = match (dtype, op) {
-        (DataType::Bf16, RedOp::Sum) => Some(HalfType::Bf16),
-        (DataType::F16, RedOp::Sum) => Some(HalfType::F16),
-        _ => None,
-    };
+    let vector_sum = vector_sum(dtype, op);
     for ((o, a), l) in out
         .chunks_mut(INTO_CHUNK_BYTES)
         .zip(acc.chunks(INTO_CHUNK_BYTES / 2))
@@ -896,11 +893,7 @@ impl Reducer {
         let dtype = self.dtype;
         // The rounding folds of a sum have SIMD kernels (bit for bit the
         // scalar loop's results).
-        let vector_sum = match (dtype, self.op) {
-            (DataType::Bf16, RedOp::Sum) => Some(HalfType::Bf16),
-            (DataType::F16, RedOp::Sum) => Some(HalfType::F16),
-            _ => None,
-        };
+        let vector_sum = vector_sum(dtype, self.op);
         let last = self.next_fold + 1 == self.received.len();
         self.acc = match std::mem::replace(&mut self.acc, Acc::Empty) {
             Acc::Empty if last => {

@@ -80,9 +80,9 @@ impl Buffers {
         Ok(out)
     }
 
-    /// Runs `f` on output bytes `range` to fill them: in place when they
-    /// lie in one part (always, for NCCL's calls), else on a pooled buffer
-    /// written back after.
+    /// Runs `f` on output bytes `range`, which it may fill or leave alone:
+    /// in place when they lie in one part (always, for NCCL's calls), else
+    /// on a pooled copy of them, written back after.
     pub fn with_bytes_mut<R>(
         &self,
         range: std::ops::Range<usize>,
@@ -94,6 +94,10 @@ impl Buffers {
                 .map_err(|e| NetError::io("collnet output", e));
         }
         let mut buf = pool::take(range.len());
+        let len = buf.len();
+        self.visit(range.start, len, |part, off, r| {
+            part.read_at(off, &mut buf[r])
+        })?;
         let out = f(&mut buf);
         self.write(range.start, &buf)?;
         pool::give(buf);
@@ -156,5 +160,30 @@ impl Buffers {
         self.visit(offset, src.len(), |part, off, r| {
             part.write_at(off, &src[r])
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Output bytes that span two parts go through a pooled copy: bytes
+    /// the caller leaves alone come back unchanged, bytes it writes land.
+    #[test]
+    #[allow(unsafe_code)]
+    fn output_across_parts_keeps_what_the_caller_leaves() {
+        let (mut a, mut b) = (vec![1u8; 4], vec![2u8; 4]);
+        // SAFETY: both vectors outlive `out` and are read only after its
+        // last use.
+        let out = Buffers(unsafe {
+            vec![
+                RawBuf::new(a.as_mut_ptr(), a.len()),
+                RawBuf::new(b.as_mut_ptr(), b.len()),
+            ]
+        });
+        out.with_bytes_mut(2..6, |_| ()).unwrap();
+        out.with_bytes_mut(3..5, |bytes| bytes.fill(9)).unwrap();
+        drop(out);
+        assert_eq!((a, b), (vec![1, 1, 1, 9], vec![9, 2, 2, 2]));
     }
 }

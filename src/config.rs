@@ -149,6 +149,9 @@ pub struct TransportConfig {
     pub chunk_size: usize,
     /// Bytes, 4 KiB..=16 MiB: a message up to this size is not split.
     pub min_chunk_size: usize,
+    /// Bytes, 0..=16 MiB: messages for the stream threads up to this size
+    /// use the first two streams only; 0: none.
+    pub narrow_bytes: u64,
     /// `SO_SNDBUF`/`SO_RCVBUF` bytes; 0 = kernel autotuning.
     pub socket_buffer: usize,
     pub peer_timeout_ms: u64,
@@ -384,6 +387,7 @@ impl Default for Config {
                 streams: 0,
                 chunk_size: 512 << 10,
                 min_chunk_size: 64 << 10,
+                narrow_bytes: 256 << 10,
                 socket_buffer: 0,
                 peer_timeout_ms: 30_000,
                 inline_bytes: None,
@@ -721,6 +725,19 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         show: |c| c.transport.min_chunk_size.to_string(),
+    },
+    KeySpec {
+        name: "transport.narrow_bytes",
+        env: "AIRAMP_NARROW_BYTES",
+        default: "262144 (256K)",
+        accepted: "bytes 0..=16777216; plain integer or suffix K, KiB, M, MiB; 0 = off",
+        doc: "Messages larger than transport.inline_bytes and up to this size go on the first two streams of a connection only, so the few stream threads that move them stay warm; larger ones use every stream. On the H200 host (4 streams) 1 MiB allreduces, whose messages NCCL cuts to 128 KiB, ran 5 % faster with it and the other sizes the same; 1M slowed 4-32 MiB allreduces by 14-23 % (docs/transport.md). 0: every message uses every stream. The collective network's links do not use it.",
+        example: "\"256K\"",
+        apply: |c, r| {
+            c.transport.narrow_bytes = want_bytes(r, |n| n <= 16 << 20)? as u64;
+            Ok(())
+        },
+        show: |c| c.transport.narrow_bytes.to_string(),
     },
     KeySpec {
         name: "transport.socket_buffer",

@@ -209,6 +209,7 @@ impl Plugin {
                 streams: t.streams(),
                 chunk_bytes: t.chunk_size as u32,
                 min_chunk_bytes: t.min_chunk_size as u32,
+                narrow_bytes: t.narrow_bytes,
                 socket_buffer: t.socket_buffer,
                 peer_timeout: t.peer_timeout(),
                 inline_bytes: t.inline_bytes(),

@@ -26,8 +26,8 @@ mkdir -p "$out"
 common=(NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET
         AIRAMP_METRICS=0 AIRAMP_SOCKET_IFNAME=lo)
 args=(--dtypes float32 --warmup 5
-      --size-list 8,262144,1048576,4194304,8388608,33554432
-      --iters-list 1000,300,150,60,40,15)
+      --size-list 8,262144,1048576,2097152,4194304,8388608,33554432
+      --iters-list 1000,300,150,100,60,40,15)
 names=(airamp socket socket4x4); envs=("NCCL_NET_PLUGIN=$plugin NCCL_NET=airamp" "NCCL_NET=Socket"
       "NCCL_NET=Socket NCCL_SOCKET_NTHREADS=4 NCCL_NSOCKS_PERTHREAD=4")
 for extra in "$@"; do

@@ -1577,9 +1577,11 @@ fn gpu_elem(dtype: DataType) -> Option<Elem> {
     }
 }
 
-/// The transport settings of a member's links ([`HOST_PATH_MIN_CHUNK`]).
+/// The transport settings of a member's links ([`HOST_PATH_MIN_CHUNK`]);
+/// their messages use every stream (`narrow_bytes` 0), as measured.
 fn link_settings(settings: &TcpSettings, host_only: bool) -> TcpSettings {
     let mut s = settings.clone();
+    s.narrow_bytes = 0;
     if host_only {
         s.min_chunk_bytes = s.min_chunk_bytes.max(HOST_PATH_MIN_CHUNK);
     }

@@ -42,6 +42,9 @@ pub struct TcpSettings {
     /// are cut into chunks no smaller than this (below 64 KiB, the default,
     /// the per-chunk overhead outweighs the parallelism).
     pub min_chunk_bytes: u32,
+    /// Messages above `inline_bytes` and up to this size go on the first two
+    /// streams only ([`crate::transport::sched::NARROW_STREAMS`]); 0: none.
+    pub narrow_bytes: u64,
     /// SO_SNDBUF/SO_RCVBUF; 0 leaves the kernel's autotuning on.
     pub socket_buffer: usize,
     /// How long a peer may stay silent (no data, no heartbeat) before the
@@ -76,6 +79,7 @@ impl Default for TcpSettings {
             streams: 2,
             chunk_bytes: 512 << 10,
             min_chunk_bytes: 64 << 10,
+            narrow_bytes: 0,
             socket_buffer: 0,
             peer_timeout: Duration::from_secs(30),
             inline_bytes: 64 << 10,

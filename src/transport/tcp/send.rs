@@ -54,6 +54,7 @@ struct InFlight {
 }
 
 struct Stream {
+    index: usize,
     sock: Arc<Socket>,
     current: Option<InFlight>,
     clock: StreamClock,
@@ -86,8 +87,14 @@ struct Shared {
     /// (`TcpSettings::poller`).
     poller: Option<&'static Poller>,
     queue: Mutex<SendScheduler<Arc<SendOp>>>,
-    /// Stream threads with nothing to do until a large message is queued.
-    wake: Condvar,
+    /// Stream threads with nothing to do until a large message is queued,
+    /// one condition per stream (all with the queue's mutex): a message
+    /// wakes only threads that may take its chunks.
+    wake: Vec<Condvar>,
+    /// Which stream threads sleep on their condition, under the queue's
+    /// mutex: set by the thread each time it goes to sleep, cleared by
+    /// whoever wakes it.
+    asleep: Vec<AtomicBool>,
     sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
     /// Set by the caller's thread when it leaves queued work on a stream
@@ -125,7 +132,26 @@ impl Shared {
 
     fn wake_all(&self) {
         let _guard = self.queue();
-        self.wake.notify_all();
+        self.wake.iter().for_each(Condvar::notify_all);
+    }
+
+    /// Wakes up to `wanted` of the sleeping threads of `streams`, lowest
+    /// first. Call with the queue's mutex held (`_queue`).
+    fn wake_sleeping(
+        &self,
+        _queue: &SendScheduler<Arc<SendOp>>,
+        streams: std::ops::Range<usize>,
+        mut wanted: usize,
+    ) {
+        for index in streams {
+            if wanted == 0 {
+                return;
+            }
+            if self.asleep[index].swap(false, Ordering::SeqCst) {
+                self.wake[index].notify_one();
+                wanted -= 1;
+            }
+        }
     }
 
     /// Records the connection's first failure; `loud` ones are logged and
@@ -195,11 +221,24 @@ impl Shared {
                     // Queued behind small messages, it may not have woken
                     // the threads when it was pushed.
                     if self.sleepers.any() {
-                        self.wake.notify_all();
+                        let streams = queue.streams_for(total) as usize;
+                        self.wake_sleeping(&queue, 0..streams, usize::MAX);
                     }
                     return Ok(Blocked::NoWork);
                 }
+                if bulk && !queue.head_allows(stream.index) {
+                    // A narrow message, for the first streams' threads.
+                    return Ok(Blocked::NoWork);
+                }
                 let chunk = queue.next_chunk().expect("the queue has a head");
+                if let Some(next) = queue.head_total() {
+                    // Past a narrow message, threads it left asleep may take
+                    // the next one.
+                    let (before, after) = (queue.streams_for(total), queue.streams_for(next));
+                    if self.is_bulk(next) && after > before && self.sleepers.any() {
+                        self.wake_sleeping(&queue, before as usize..after as usize, usize::MAX);
+                    }
+                }
                 drop(queue);
                 stream.current = Some(InFlight {
                     header: chunk.header.encode(),
@@ -304,8 +343,8 @@ impl Shared {
             && !flag.swap(true, Ordering::SeqCst)
             && self.sleepers.any()
         {
-            let _guard = self.queue();
-            self.wake.notify_all();
+            let queue = self.queue();
+            self.wake_sleeping(&queue, index..index + 1, 1);
         }
     }
 
@@ -391,13 +430,24 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                 }
             }
             Blocked::NoWork => {
-                let _woken = shared
-                    .sleepers
-                    .wait(&shared.wake, shared.queue(), timeout, |q| {
-                        q.head_total().is_some_and(|t| shared.is_bulk(t))
-                            || shared.handoff[index].load(Ordering::SeqCst)
-                            || shared.stopped()
-                    });
+                let asleep = &shared.asleep[index];
+                let queue =
+                    shared
+                        .sleepers
+                        .wait(&shared.wake[index], shared.queue(), timeout, |q| {
+                            let ready = q
+                                .head_total()
+                                .is_some_and(|t| shared.is_bulk(t) && q.head_allows(index))
+                                || shared.handoff[index].load(Ordering::SeqCst)
+                                || shared.stopped();
+                            // Evaluated under the queue's mutex before every
+                            // sleep, so a waker that cleared it (and whose work
+                            // another thread took) still finds this one asleep.
+                            asleep.store(!ready, Ordering::SeqCst);
+                            ready
+                        });
+                asleep.store(false, Ordering::SeqCst);
+                drop(queue);
             }
         }
     }
@@ -418,17 +468,19 @@ impl SendComm {
             peer,
             caller_assists: AtomicBool::new(true),
             poller: Poller::for_sends(s.poller),
-            queue: Mutex::new(SendScheduler::new(
-                s.chunk_bytes,
-                s.min_chunk_bytes,
-                socks.len(),
-            )),
-            wake: Condvar::new(),
+            queue: Mutex::new(
+                SendScheduler::new(s.chunk_bytes, s.min_chunk_bytes, socks.len())
+                    .with_narrow_bytes(s.narrow_bytes),
+            ),
+            wake: socks.iter().map(|_| Condvar::new()).collect(),
+            asleep: socks.iter().map(|_| AtomicBool::new(false)).collect(),
             sleepers: Sleepers::default(),
             streams: socks
                 .iter()
-                .map(|sock| {
+                .enumerate()
+                .map(|(index, sock)| {
                     Mutex::new(Stream {
+                        index,
                         sock: Arc::clone(sock),
                         current: None,
                         clock: StreamClock::new(now),
@@ -519,13 +571,14 @@ impl SendComm {
             // Set before anyone can take a chunk: that needs this lock.
             op.chunks_left.store(chunks, Ordering::Release);
             if bulk && self.shared.sleepers.any() {
-                // One thread per chunk, not every thread: a thread takes
-                // chunks until the queue is empty or its socket is full, and
-                // every awake thread looks at the queue again before it
-                // sleeps, so no chunk is left without one.
-                for _ in 0..(chunks as usize).min(self.shared.streams.len()) {
-                    self.shared.wake.notify_one();
-                }
+                // One sleeping thread per chunk, among the streams the
+                // message may use, not every thread: a thread takes chunks
+                // until the queue is empty or its socket is full, and every
+                // awake thread looks at the queue again before it sleeps,
+                // so no chunk is left without one.
+                let streams = queue.streams_for(size) as usize;
+                self.shared
+                    .wake_sleeping(&queue, 0..streams, chunks as usize);
             }
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);

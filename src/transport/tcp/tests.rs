@@ -124,6 +124,85 @@ fn messages_of_every_shape_arrive_intact() {
     }
 }
 
+/// Mid-size messages kept to the first two of four streams, larger ones on
+/// all four, one at a time and queued behind each other: each is taken by
+/// a thread it wakes, never left until a heartbeat wakes one (every 15 s
+/// with this timeout), and arrives intact. Without the caller's assists
+/// (as on the collective network's links) only those wake-ups move them;
+/// with them, the caller's tests wake the threads too.
+#[test]
+fn narrow_and_wide_messages_never_wait_for_a_heartbeat() {
+    for assists in [false, true] {
+        narrow_and_wide_messages(assists);
+    }
+}
+
+fn narrow_and_wide_messages(assists: bool) {
+    let s = TcpSettings {
+        narrow_bytes: 256 << 10,
+        peer_timeout: Duration::from_secs(60),
+        ..settings(4)
+    };
+    let (send, recv) = pair(&s);
+    send.set_caller_assists(assists);
+    recv.set_caller_assists(assists);
+    let bound = Duration::from_secs(5);
+    let sizes = [
+        128 << 10,
+        1 << 20,
+        200_000,
+        (4 << 20) + 1,
+        65_537,
+        256 << 10,
+        (256 << 10) + 1,
+    ];
+    let run = |batch: &[usize], seed: u8| {
+        let mut srcs: Vec<Vec<u8>> = batch.iter().map(|&len| pattern(len, seed)).collect();
+        let mut dsts: Vec<Vec<u8>> = batch.iter().map(|&len| vec![0u8; len]).collect();
+        let start = Instant::now();
+        let rs: Vec<_> = dsts
+            .iter_mut()
+            .map(|d| recv.irecv(vec![(buf(d), 3)]).unwrap().unwrap())
+            .collect();
+        let ts: Vec<_> = srcs
+            .iter_mut()
+            .map(|b| send.isend(buf(b), 3).unwrap().unwrap())
+            .collect();
+        let mut pending = batch.len() * 2;
+        let (mut sent, mut received) = (vec![false; ts.len()], vec![false; rs.len()]);
+        while pending > 0 {
+            assert!(
+                start.elapsed() < bound,
+                "messages of {batch:?} B still in flight after {bound:?}"
+            );
+            for (t, done) in ts.iter().zip(&mut sent) {
+                if !*done && t.test().unwrap().is_some() {
+                    (*done, pending) = (true, pending - 1);
+                }
+            }
+            for (r, done) in rs.iter().zip(&mut received) {
+                if !*done && r.test().unwrap().is_some() {
+                    (*done, pending) = (true, pending - 1);
+                }
+            }
+            std::thread::yield_now();
+        }
+        drop((ts, rs));
+        assert!(srcs == dsts, "payloads of {batch:?} B");
+    };
+    for round in 0..3u8 {
+        for (i, &len) in sizes.iter().enumerate() {
+            run(&[len], round * 16 + i as u8);
+        }
+        // A wide message queued behind narrow ones wakes the threads the
+        // narrow ones could not use.
+        run(
+            &[128 << 10, 128 << 10, 4 << 20, 200_000, 1 << 20],
+            100 + round,
+        );
+    }
+}
+
 #[test]
 fn many_requests_in_flight_complete_in_order_and_pool_is_bounded() {
     let s = settings(3);

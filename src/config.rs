@@ -912,7 +912,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_GPU_COLLNET",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Offer NCCL GPU buffers to the collective network (NCCL_PTR_CUDA) and run FP8 allreduce and exact float sums as CUDA kernels, when a CUDA driver and NVRTC load. The kernels run in a CUDA context of airamp's own, so no call on NCCL's threads can wait for the application (docs/gpu.md). Off by default: that context costs about 270 MiB of GPU memory per process, NCCL uses GPU buffers only where its GPUDirect check passes (NCCL_NET_GDR_LEVEL), and it needs MPS to be fast: without MPS the GPU takes turns between that context and the application's, and the path ran at 0.34-0.49x Ring on loopback against 1.6-1.8x with MPS (docs/results/multigpu-h200x2.md; a warning is logged). false keeps the collective network on host buffers.",
+        doc: "Offer NCCL GPU buffers to the collective network (NCCL_PTR_CUDA) and run compressed allreduce (FP8, INT8) and exact float sums as CUDA kernels, when a CUDA driver and NVRTC load. The kernels run in a CUDA context of airamp's own, so no call on NCCL's threads can wait for the application (docs/gpu.md). Off by default: that context costs about 270 MiB of GPU memory per process, NCCL uses GPU buffers only where its GPUDirect check passes (NCCL_NET_GDR_LEVEL), and it needs MPS to be fast: without MPS the GPU takes turns between that context and the application's, and the path ran at 0.34-0.49x Ring on loopback against 1.6-1.8x with MPS (docs/results/multigpu-h200x2.md; a warning is logged). false keeps the collective network on host buffers.",
         example: "false",
         apply: |c, r| {
             c.gpu.collnet = want_bool(r)?;

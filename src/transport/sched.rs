@@ -2,9 +2,10 @@
 //!
 //! Messages are cut into chunks when they are queued; whichever stream is
 //! free takes the next chunk. A slow stream therefore simply takes fewer
-//! chunks and never holds back the others (dynamic scheduling). Mid-size
-//! messages (up to `narrow_bytes`) are kept to the first [`NARROW_STREAMS`]
-//! streams, so the few threads that move them stay warm.
+//! chunks and never holds back the others (dynamic scheduling), with one
+//! exception: mid-size messages ([`SendScheduler::with_narrow`]) are kept to
+//! the first [`NARROW_STREAMS`] streams, so the few threads that move them
+//! stay warm, and while one is next in line only those streams take chunks.
 
 use std::collections::VecDeque;
 
@@ -42,9 +43,9 @@ pub struct SendScheduler<T> {
     max_chunk: u64,
     min_chunk: u64,
     streams: u64,
-    /// Messages up to this size go on the first [`NARROW_STREAMS`] streams
-    /// only; 0: none.
-    narrow_bytes: u64,
+    /// Messages larger than `.0` and up to `.1` go on the first
+    /// [`NARROW_STREAMS`] streams only.
+    narrow: (u64, u64),
 }
 
 impl<T: Clone> SendScheduler<T> {
@@ -58,21 +59,22 @@ impl<T: Clone> SendScheduler<T> {
             max_chunk: u64::from(max_chunk.max(1)),
             min_chunk: u64::from(min_chunk).max(CHUNK_ALIGN),
             streams: streams.max(1) as u64,
-            narrow_bytes: 0,
+            narrow: (0, 0),
         }
     }
 
-    /// Keeps messages of up to `bytes` (and more than 0) on the first
+    /// Keeps messages larger than `above` (those the caller's thread does
+    /// not move itself) and up to `up_to` bytes on the first
     /// [`NARROW_STREAMS`] streams.
-    pub fn with_narrow_bytes(mut self, bytes: u64) -> Self {
-        self.narrow_bytes = bytes;
+    pub fn with_narrow(mut self, above: u64, up_to: u64) -> Self {
+        self.narrow = (above, up_to);
         self
     }
 
     /// How many streams, the first ones, may carry a message of `total`
     /// bytes.
     pub fn streams_for(&self, total: u64) -> u64 {
-        if total <= self.narrow_bytes {
+        if total > self.narrow.0 && total <= self.narrow.1 {
             NARROW_STREAMS.min(self.streams)
         } else {
             self.streams
@@ -193,8 +195,11 @@ mod tests {
 
     #[test]
     fn narrow_messages_keep_to_the_first_streams() {
-        let mut s = SendScheduler::new(512 << 10, 64 << 10, 4).with_narrow_bytes(256 << 10);
+        let mut s = SendScheduler::new(512 << 10, 64 << 10, 4).with_narrow(64 << 10, 256 << 10);
         assert!(!s.head_allows(0), "nothing queued");
+        // Up to the lower end (the caller's own messages): every stream.
+        assert_eq!(s.streams_for(64 << 10), 4);
+        assert_eq!(s.streams_for((64 << 10) + 1), 2);
         // 128 KiB: two chunks, for streams 0 and 1 only.
         assert_eq!(s.push('a', 0, 128 << 10).1, 2);
         assert_eq!(
@@ -206,12 +211,12 @@ mod tests {
         let a: Vec<_> = (0..2).map(|_| s.next_chunk().unwrap()).collect();
         assert!(a.iter().all(|c| c.op == 'a' && c.header.len == 64 << 10));
         assert!((0..4).all(|i| s.head_allows(i)));
-        // Off (0), and a connection of one stream: every stream may take
+        // Off, and a connection of one stream: every stream may take
         // everything it has.
         let mut off = SendScheduler::new(512 << 10, 64 << 10, 4);
         off.push('c', 0, 128 << 10);
         assert!(off.head_allows(3));
-        let mut one = SendScheduler::new(512 << 10, 64 << 10, 1).with_narrow_bytes(1 << 20);
+        let mut one = SendScheduler::new(512 << 10, 64 << 10, 1).with_narrow(0, 1 << 20);
         assert_eq!(one.push('d', 0, 128 << 10).1, 1);
         assert!(one.head_allows(0) && !one.head_allows(1));
     }

@@ -15,7 +15,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
@@ -58,6 +58,8 @@ struct Stream {
     sock: Arc<Socket>,
     current: Option<InFlight>,
     clock: StreamClock,
+    /// Payload bytes written on this stream.
+    written: u64,
 }
 
 /// Why a stream stopped making progress.
@@ -95,6 +97,9 @@ struct Shared {
     /// mutex: set by the thread each time it goes to sleep, cleared by
     /// whoever wakes it.
     asleep: Vec<AtomicBool>,
+    /// Per stream: how often its thread looked for work to sleep on or
+    /// after a wake-up (once per sleep, and once per wake-up).
+    looks: Vec<AtomicU64>,
     sleepers: Sleepers,
     streams: Vec<Mutex<Stream>>,
     /// Set by the caller's thread when it leaves queued work on a stream
@@ -139,7 +144,7 @@ impl Shared {
     /// first. Call with the queue's mutex held (`_queue`).
     fn wake_sleeping(
         &self,
-        _queue: &SendScheduler<Arc<SendOp>>,
+        _queue: &MutexGuard<'_, SendScheduler<Arc<SendOp>>>,
         streams: std::ops::Range<usize>,
         mut wanted: usize,
     ) {
@@ -147,7 +152,8 @@ impl Shared {
             if wanted == 0 {
                 return;
             }
-            if self.asleep[index].swap(false, Ordering::SeqCst) {
+            // Only ever read and written under the queue's mutex.
+            if self.asleep[index].swap(false, Ordering::Relaxed) {
                 self.wake[index].notify_one();
                 wanted -= 1;
             }
@@ -227,14 +233,20 @@ impl Shared {
                     return Ok(Blocked::NoWork);
                 }
                 if bulk && !queue.head_allows(stream.index) {
-                    // A narrow message, for the first streams' threads.
+                    // A narrow message, for the first streams' threads: one
+                    // of them looks, should all of them sleep.
+                    if self.sleepers.any() {
+                        let streams = queue.streams_for(total) as usize;
+                        self.wake_sleeping(&queue, 0..streams, 1);
+                    }
                     return Ok(Blocked::NoWork);
                 }
                 let chunk = queue.next_chunk().expect("the queue has a head");
                 if let Some(next) = queue.head_total() {
-                    // Past a narrow message, threads it left asleep may take
-                    // the next one.
-                    let (before, after) = (queue.streams_for(total), queue.streams_for(next));
+                    // The next message may use streams whose threads this
+                    // one (the caller's, or a narrow one) left asleep.
+                    let before = if bulk { queue.streams_for(total) } else { 0 };
+                    let after = queue.streams_for(next);
                     if self.is_bulk(next) && after > before && self.sleepers.any() {
                         self.wake_sleeping(&queue, before as usize..after as usize, usize::MAX);
                     }
@@ -278,6 +290,7 @@ impl Shared {
                 }
             }
             if let Some(c) = stream.current.take().and_then(|f| f.chunk) {
+                stream.written += u64::from(c.header.len);
                 metrics::transport(TransportKind::Tcp).bytes_sent(u64::from(c.header.len));
                 if c.op.chunks_left.fetch_sub(1, Ordering::AcqRel) == 1 && c.op.polled {
                     self.polled_pending.fetch_sub(1, Ordering::AcqRel);
@@ -435,6 +448,7 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                     shared
                         .sleepers
                         .wait(&shared.wake[index], shared.queue(), timeout, |q| {
+                            shared.looks[index].fetch_add(1, Ordering::Relaxed);
                             let ready = q
                                 .head_total()
                                 .is_some_and(|t| shared.is_bulk(t) && q.head_allows(index))
@@ -443,10 +457,10 @@ fn stream_worker(shared: Arc<Shared>, index: usize) {
                             // Evaluated under the queue's mutex before every
                             // sleep, so a waker that cleared it (and whose work
                             // another thread took) still finds this one asleep.
-                            asleep.store(!ready, Ordering::SeqCst);
+                            asleep.store(!ready, Ordering::Relaxed);
                             ready
                         });
-                asleep.store(false, Ordering::SeqCst);
+                asleep.store(false, Ordering::Relaxed);
                 drop(queue);
             }
         }
@@ -470,10 +484,11 @@ impl SendComm {
             poller: Poller::for_sends(s.poller),
             queue: Mutex::new(
                 SendScheduler::new(s.chunk_bytes, s.min_chunk_bytes, socks.len())
-                    .with_narrow_bytes(s.narrow_bytes),
+                    .with_narrow(s.inline_bytes, s.narrow_bytes),
             ),
             wake: socks.iter().map(|_| Condvar::new()).collect(),
             asleep: socks.iter().map(|_| AtomicBool::new(false)).collect(),
+            looks: socks.iter().map(|_| AtomicU64::new(0)).collect(),
             sleepers: Sleepers::default(),
             streams: socks
                 .iter()
@@ -484,6 +499,7 @@ impl SendComm {
                         sock: Arc::clone(sock),
                         current: None,
                         clock: StreamClock::new(now),
+                        written: 0,
                     })
                 })
                 .collect(),
@@ -523,6 +539,19 @@ impl SendComm {
         }
         metrics::transport(TransportKind::Tcp).connection_opened();
         Ok(comm)
+    }
+
+    /// Per stream: payload bytes written, and how often its thread looked
+    /// for work around a sleep (`Shared::looks`).
+    #[cfg(test)]
+    pub(super) fn stream_counts(&self) -> Vec<(u64, u64)> {
+        let shared = &self.shared;
+        (0..shared.streams.len())
+            .map(|i| {
+                let written = shared.streams[i].lock().expect("stream lock").written;
+                (written, shared.looks[i].load(Ordering::Relaxed))
+            })
+            .collect()
     }
 
     pub fn peer(&self) -> SocketAddr {

@@ -125,11 +125,13 @@ fn messages_of_every_shape_arrive_intact() {
 }
 
 /// Mid-size messages kept to the first two of four streams, larger ones on
-/// all four, one at a time and queued behind each other: each is taken by
-/// a thread it wakes, never left until a heartbeat wakes one (every 15 s
-/// with this timeout), and arrives intact. Without the caller's assists
-/// (as on the collective network's links) only those wake-ups move them;
-/// with them, the caller's tests wake the threads too.
+/// all four, one at a time and queued behind each other: each arrives
+/// intact and is taken by a thread it wakes, never left until a heartbeat
+/// wakes one (every 15 s with this timeout). Narrow messages never touch
+/// streams 2 and 3, whose threads sleep meanwhile (no spinning on a head
+/// they may not take); a wide message wakes them. Without the caller's
+/// assists (as on the collective network's links) only the wake-ups of
+/// `isend` move the bytes; with them, the caller's tests wake threads too.
 #[test]
 fn narrow_and_wide_messages_never_wait_for_a_heartbeat() {
     for assists in [false, true] {
@@ -139,6 +141,7 @@ fn narrow_and_wide_messages_never_wait_for_a_heartbeat() {
 
 fn narrow_and_wide_messages(assists: bool) {
     let s = TcpSettings {
+        inline_bytes: 64 << 10,
         narrow_bytes: 256 << 10,
         peer_timeout: Duration::from_secs(60),
         ..settings(4)
@@ -147,15 +150,6 @@ fn narrow_and_wide_messages(assists: bool) {
     send.set_caller_assists(assists);
     recv.set_caller_assists(assists);
     let bound = Duration::from_secs(5);
-    let sizes = [
-        128 << 10,
-        1 << 20,
-        200_000,
-        (4 << 20) + 1,
-        65_537,
-        256 << 10,
-        (256 << 10) + 1,
-    ];
     let run = |batch: &[usize], seed: u8| {
         let mut srcs: Vec<Vec<u8>> = batch.iter().map(|&len| pattern(len, seed)).collect();
         let mut dsts: Vec<Vec<u8>> = batch.iter().map(|&len| vec![0u8; len]).collect();
@@ -173,7 +167,7 @@ fn narrow_and_wide_messages(assists: bool) {
         while pending > 0 {
             assert!(
                 start.elapsed() < bound,
-                "messages of {batch:?} B still in flight after {bound:?}"
+                "messages of {batch:?} B still in flight after {bound:?} (assists {assists})"
             );
             for (t, done) in ts.iter().zip(&mut sent) {
                 if !*done && t.test().unwrap().is_some() {
@@ -190,15 +184,59 @@ fn narrow_and_wide_messages(assists: bool) {
         drop((ts, rs));
         assert!(srcs == dsts, "payloads of {batch:?} B");
     };
+    // Let the threads settle into their first sleep.
+    std::thread::sleep(Duration::from_millis(50));
+    let before = send.stream_counts();
+    for (i, len) in [128 << 10, 200_000, 256 << 10, (64 << 10) + 1]
+        .into_iter()
+        .cycle()
+        .take(40)
+        .enumerate()
+    {
+        run(&[len], i as u8);
+    }
+    let narrow = send.stream_counts();
+    for stream in 2..4 {
+        assert_eq!(
+            narrow[stream].0, before[stream].0,
+            "narrow messages on stream {stream} (assists {assists})"
+        );
+        // Not woken at all (a spurious wake-up is allowed).
+        assert!(
+            narrow[stream].1 - before[stream].1 < 4,
+            "stream {stream}'s thread looked {} times while it could take nothing (assists {assists})",
+            narrow[stream].1 - before[stream].1
+        );
+    }
+    for (i, len) in [4 << 20, (256 << 10) + 1, 1 << 20].into_iter().enumerate() {
+        run(&[len], 50 + i as u8);
+    }
+    let wide = send.stream_counts();
+    for stream in 2..4 {
+        assert!(
+            wide[stream].1 > narrow[stream].1,
+            "wide messages never woke stream {stream}'s thread (assists {assists})"
+        );
+    }
+    // Narrow messages queued behind a wide one, which woke every thread:
+    // streams 2 and 3 then find a head they may not take, and sleep.
+    let rounds = 20;
+    for round in 0..rounds {
+        run(&[1 << 20, 128 << 10, 128 << 10, 200_000], 100 + round as u8);
+    }
+    let mixed = send.stream_counts();
+    for stream in 2..4 {
+        let looks = mixed[stream].1 - wide[stream].1;
+        assert!(
+            looks < 20 * rounds,
+            "stream {stream}'s thread looked {looks} times in {rounds} rounds (assists {assists})"
+        );
+    }
+    // A wide message queued behind narrow ones.
     for round in 0..3u8 {
-        for (i, &len) in sizes.iter().enumerate() {
-            run(&[len], round * 16 + i as u8);
-        }
-        // A wide message queued behind narrow ones wakes the threads the
-        // narrow ones could not use.
         run(
             &[128 << 10, 128 << 10, 4 << 20, 200_000, 1 << 20],
-            100 + round,
+            150 + round,
         );
     }
 }

@@ -543,7 +543,6 @@ impl SendComm {
 
     /// Per stream: payload bytes written, and how often its thread looked
     /// for work around a sleep (`Shared::looks`).
-    #[cfg(test)]
     pub(super) fn stream_counts(&self) -> Vec<(u64, u64)> {
         let shared = &self.shared;
         (0..shared.streams.len())
@@ -559,8 +558,24 @@ impl SendComm {
     }
 
     /// The timeline's closing line so far (`None` before a send completes).
+    /// The closing line: the requests' means, then per stream the bytes
+    /// written and the thread's looks for work (which streams carried what,
+    /// and how often their threads were woken).
     pub(super) fn timeline(&self) -> Option<String> {
-        self.shared.timeline.summary("sends")
+        let line = self.shared.timeline.summary("sends")?;
+        let counts = self.stream_counts();
+        let join = |f: fn(&(u64, u64)) -> u64| {
+            counts
+                .iter()
+                .map(|c| f(c).to_string())
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        Some(format!(
+            "{line}; per stream: bytes {}, thread looked for work {} times",
+            join(|c| c.0),
+            join(|c| c.1)
+        ))
     }
 
     /// By default the caller's thread also moves small messages in

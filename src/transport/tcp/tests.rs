@@ -644,6 +644,22 @@ fn the_timeline_counts_each_completed_request_once() {
         sent.starts_with("3 sends of 1000 B on average; mean us from post: complete"),
         "{sent}"
     );
+    // Two streams; the 3,000 bytes were written on them, in any split.
+    let per_stream = sent
+        .split_once("; per stream: bytes ")
+        .and_then(|(_, rest)| rest.split_once(','))
+        .map(|(bytes, _)| {
+            bytes
+                .split(" / ")
+                .map(|b| b.parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .expect("per-stream bytes in the closing line");
+    assert_eq!(
+        (per_stream.len(), per_stream.iter().sum::<u64>()),
+        (2, 3000),
+        "{sent}"
+    );
     assert!(
         received
             .starts_with("3 receives of 1000 B on average; mean us from post: first frame matched"),

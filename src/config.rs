@@ -731,7 +731,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_NARROW_BYTES",
         default: "262144 (256K)",
         accepted: "bytes 0..=16777216; plain integer or suffix K, KiB, M, MiB; 0 = off",
-        doc: "Messages larger than transport.inline_bytes and up to this size go on the first two streams of a connection only, so the few stream threads that move them stay warm; larger ones use every stream. On the H200 host (4 streams) 1 MiB allreduces, whose messages NCCL cuts to 128 KiB, ran 5 % faster with it and the other sizes the same; 1M slowed 4-32 MiB allreduces by 14-23 % (docs/transport.md). 0: every message uses every stream. The collective network's links do not use it.",
+        doc: "Messages larger than transport.inline_bytes and up to this size go on the first two streams of a connection only, so the few stream threads that move them stay warm; larger ones use every stream. 256K ran 1 MiB allreduces (NCCL's 128 KiB messages) 5 % faster on the H200 host, other sizes the same (docs/transport.md). 0 = off. The collective network's links do not use it.",
         example: "\"256K\"",
         apply: |c, r| {
             c.transport.narrow_bytes = want_bytes(r, |n| n <= 16 << 20)? as u64;

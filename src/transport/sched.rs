@@ -13,8 +13,8 @@ use super::wire::FrameHeader;
 
 const CHUNK_ALIGN: u64 = 4096;
 /// Streams that carry a narrow message. On the H200 host 1 MiB allreduces
-/// (NCCL's 128 KiB messages) ran 13-18 % faster on connections of one or
-/// two streams than of four, and larger ones 8-20 % slower; keeping only
+/// (NCCL's 128 KiB messages) ran 13-17 % faster on connections of one or
+/// two streams than of four, and larger ones 8-19 % slower; keeping only
 /// the mid-size messages on two of four streams gave 1 MiB most of that
 /// without the loss (docs/transport.md).
 pub const NARROW_STREAMS: u64 = 2;

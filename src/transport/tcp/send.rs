@@ -234,7 +234,7 @@ impl Shared {
                 }
                 if bulk && !queue.head_allows(stream.index) {
                     // A narrow message, for the first streams' threads: one
-                    // of them looks, should all of them sleep.
+                    // of them looks, if one sleeps.
                     if self.sleepers.any() {
                         let streams = queue.streams_for(total) as usize;
                         self.wake_sleeping(&queue, 0..streams, 1);

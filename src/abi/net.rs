@@ -13,7 +13,7 @@ use crate::net::{self, Properties, MAX_REQUEST_BYTES};
 use crate::sys::RawBuf;
 use crate::transport::staged::{self, DeviceRegion, StagedRecv, StagedSend};
 use crate::transport::tcp::{
-    Connecting, Listener, RecvComm, RecvRequest, SendComm, SendRequest, MAX_RECVS,
+    Connecting, Listener, PerSlot, RecvComm, RecvRequest, SendComm, SendRequest, MAX_RECVS,
 };
 use crate::transport::wire::{HANDLE_BYTES, HANDLE_STAGE_OFFSET};
 
@@ -248,8 +248,10 @@ pub unsafe fn irecv(
             comm.peer()
         )));
     }
-    let mut slots = Vec::with_capacity(n);
-    let mut device = Vec::with_capacity(n);
+    // Host buffers (the usual case) are collected without a heap
+    // allocation; device buffers go through their mirrors.
+    let mut slots = PerSlot::<(RawBuf, i32)>::new();
+    let mut device = Vec::new();
     for i in 0..n {
         // SAFETY: NCCL passes arrays of `n` entries.
         let (ptr, tag) = unsafe { (*data.add(i), *tags.add(i)) };
@@ -260,21 +262,22 @@ pub unsafe fn irecv(
             )));
         }
         if let Some((region, mirror)) = staged::recv_target(ptr as usize, size) {
-            slots.push((mirror, tag));
+            device.resize_with(i, || None);
             device.push(Some((region, ptr as usize)));
+            slots.push((mirror, tag));
             continue;
         }
         refuse_unregistered_device(ptr, size)?;
         // SAFETY: NCCL keeps each buffer valid until test() says done.
         slots.push((unsafe { RawBuf::new(ptr.cast(), size) }, tag));
-        device.push(None);
     }
-    let req = if device.iter().any(Option::is_some) {
-        StagedRecv::start(comm, slots, device)?
-            .map(|r| object::into_raw(Kind::Request, Request::StagedRecv(r)))
-    } else {
-        comm.irecv(slots)?
+    let req = if device.is_empty() {
+        comm.irecv(&slots)?
             .map(|r| object::into_raw(Kind::Request, Request::Recv(r)))
+    } else {
+        device.resize_with(n, || None);
+        StagedRecv::start(comm, &slots, device)?
+            .map(|r| object::into_raw(Kind::Request, Request::StagedRecv(r)))
     }
     .unwrap_or(std::ptr::null_mut());
     // SAFETY: NCCL's out-pointer; write_out refuses null.

@@ -180,7 +180,7 @@ impl OwnedRecv {
         tag: i32,
     ) -> NetResult<Result<OwnedRecv, RecvBuf>> {
         let raw = buf.raw();
-        Ok(match comm.irecv(vec![(raw, tag)])? {
+        Ok(match comm.irecv(&[(raw, tag)])? {
             Some(request) => Ok(OwnedRecv {
                 request: Some(request),
                 buf: Some(buf),

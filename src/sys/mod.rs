@@ -94,6 +94,16 @@ unsafe impl Send for RawBuf {}
 // SAFETY: as above; all access goes through range-checked methods.
 unsafe impl Sync for RawBuf {}
 
+/// The empty buffer (no bytes, so nothing to keep valid).
+impl Default for RawBuf {
+    fn default() -> Self {
+        RawBuf {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+        }
+    }
+}
+
 impl RawBuf {
     /// # Safety
     /// `ptr..ptr+len` must be valid host memory (or `len == 0`) until the

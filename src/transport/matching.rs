@@ -8,8 +8,69 @@
 //! it lands in, so a broken peer gets an error, never an out-of-bounds write.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 
 use super::wire::FrameHeader;
+
+/// Most slots in one grouped receive (the `maxRecvs` NCCL is told).
+pub const MAX_RECVS: usize = 8;
+
+/// One value per slot of a grouped receive, held inline: posting and
+/// completing receives allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PerSlot<T: Copy> {
+    len: usize,
+    items: [T; MAX_RECVS],
+}
+
+impl<T: Copy + Default> PerSlot<T> {
+    pub fn new() -> Self {
+        PerSlot {
+            len: 0,
+            items: [T::default(); MAX_RECVS],
+        }
+    }
+
+    /// Appends `item`; callers keep to [`MAX_RECVS`] slots.
+    pub fn push(&mut self, item: T) {
+        assert!(self.len < MAX_RECVS, "more than {MAX_RECVS} slots");
+        self.items[self.len] = item;
+        self.len += 1;
+    }
+}
+
+impl<T: Copy + Default> Default for PerSlot<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy + Default> FromIterator<T> for PerSlot<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut out = Self::new();
+        iter.into_iter().for_each(|item| out.push(item));
+        out
+    }
+}
+
+impl<T: Copy> Deref for PerSlot<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.items[..self.len]
+    }
+}
+
+impl<T: Copy> DerefMut for PerSlot<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.items[..self.len]
+    }
+}
+
+impl<T: Copy + std::fmt::Debug> std::fmt::Debug for PerSlot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MatchError {
@@ -60,9 +121,10 @@ pub enum HeaderOutcome {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Completed {
     pub request: u64,
-    pub sizes: Vec<u64>,
+    pub sizes: PerSlot<u64>,
 }
 
+#[derive(Clone, Copy, Default)]
 struct Slot {
     tag: i32,
     capacity: u64,
@@ -73,7 +135,7 @@ struct Slot {
 
 struct Posted {
     request: u64,
-    slots: Vec<Slot>,
+    slots: PerSlot<Slot>,
     unmatched: usize,
     incomplete: usize,
 }
@@ -87,6 +149,8 @@ struct Active {
     received: u64,
 }
 
+/// Its queues keep their capacity: once the most receives a connection has
+/// in flight have been posted, posting and matching allocate nothing.
 #[derive(Default)]
 pub struct RecvMatcher {
     posted: VecDeque<Posted>,
@@ -99,15 +163,15 @@ impl RecvMatcher {
         Self::default()
     }
 
-    /// Posts one (possibly grouped) receive: `(tag, capacity)` per slot.
-    pub fn post(&mut self, request: u64, slots: &[(i32, u64)]) {
+    /// Posts one (possibly grouped) receive: `(tag, capacity)` per slot,
+    /// at most [`MAX_RECVS`] of them.
+    pub fn post(&mut self, request: u64, slots: impl ExactSizeIterator<Item = (i32, u64)>) {
         self.posted.push_back(Posted {
             request,
             unmatched: slots.len(),
             incomplete: slots.len(),
             slots: slots
-                .iter()
-                .map(|&(tag, capacity)| Slot {
+                .map(|(tag, capacity)| Slot {
                     tag,
                     capacity,
                     message: None,
@@ -241,13 +305,13 @@ mod tests {
         let mut m = RecvMatcher::new();
         let h = hdr(0, 5, 10, 0, 10);
         assert_eq!(m.on_header(&h), Ok(HeaderOutcome::Wait));
-        m.post(1, &[(5, 100)]);
+        m.post(1, [(5, 100)].into_iter());
         assert_eq!(deliver(&mut m, h).offset, 0);
         assert_eq!(
             m.on_chunk_done(0, 10).unwrap(),
             Some(Completed {
                 request: 1,
-                sizes: vec![10]
+                sizes: [10].into_iter().collect()
             })
         );
     }
@@ -255,8 +319,8 @@ mod tests {
     #[test]
     fn later_messages_wait_for_earlier_ones() {
         let mut m = RecvMatcher::new();
-        m.post(1, &[(0, 100)]);
-        m.post(2, &[(0, 100)]);
+        m.post(1, [(0, 100)].into_iter());
+        m.post(2, [(0, 100)].into_iter());
         assert_eq!(m.on_header(&hdr(1, 0, 4, 0, 4)), Ok(HeaderOutcome::Wait));
         assert_eq!(deliver(&mut m, hdr(0, 0, 4, 0, 4)).request, 1);
         assert_eq!(deliver(&mut m, hdr(1, 0, 4, 0, 4)).request, 2);
@@ -267,7 +331,7 @@ mod tests {
     #[test]
     fn grouped_receive_matches_by_tag_and_completes_once() {
         let mut m = RecvMatcher::new();
-        m.post(9, &[(1, 64), (2, 64), (3, 64)]);
+        m.post(9, [(1, 64), (2, 64), (3, 64)].into_iter());
         assert_eq!(deliver(&mut m, hdr(0, 3, 8, 0, 8)).slot, 2);
         assert_eq!(deliver(&mut m, hdr(1, 1, 0, 0, 0)).slot, 0);
         assert_eq!(deliver(&mut m, hdr(2, 2, 16, 0, 16)).slot, 1);
@@ -277,7 +341,7 @@ mod tests {
             m.on_chunk_done(2, 16).unwrap(),
             Some(Completed {
                 request: 9,
-                sizes: vec![0, 16, 8]
+                sizes: [0, 16, 8].into_iter().collect()
             })
         );
     }
@@ -285,7 +349,7 @@ mod tests {
     #[test]
     fn chunks_in_any_order_complete_the_message() {
         let mut m = RecvMatcher::new();
-        m.post(1, &[(0, 300)]);
+        m.post(1, [(0, 300)].into_iter());
         assert!(!m.mid_message());
         assert_eq!(deliver(&mut m, hdr(0, 0, 300, 200, 100)).offset, 200);
         assert!(m.mid_message());
@@ -299,7 +363,7 @@ mod tests {
     #[test]
     fn errors_for_broken_peers() {
         let mut m = RecvMatcher::new();
-        m.post(1, &[(0, 10)]);
+        m.post(1, [(0, 10)].into_iter());
         assert_eq!(
             m.on_header(&hdr(0, 0, 11, 0, 11)),
             Err(MatchError::Truncated {
@@ -322,7 +386,7 @@ mod tests {
             Err(MatchError::Inconsistent { seq: 0 })
         );
         let mut m = RecvMatcher::new();
-        m.post(1, &[(0, 10)]);
+        m.post(1, [(0, 10)].into_iter());
         deliver(&mut m, hdr(0, 0, 1, 0, 1));
         m.on_chunk_done(0, 1).unwrap();
         assert_eq!(

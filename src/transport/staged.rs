@@ -308,7 +308,7 @@ impl StagedRecv {
     /// pool is full.
     pub fn start(
         comm: &RecvComm,
-        slots: Vec<(RawBuf, i32)>,
+        slots: &[(RawBuf, i32)],
         device: Vec<Option<(Arc<DeviceRegion>, usize)>>,
     ) -> NetResult<Option<StagedRecv>> {
         Ok(comm.irecv(slots)?.map(|inner| StagedRecv {

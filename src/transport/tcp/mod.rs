@@ -16,6 +16,7 @@ mod poller;
 mod recv;
 mod send;
 mod socket;
+mod spares;
 mod timeline;
 
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ pub use listen::Listener;
 pub use poller::PollerMode;
 pub use recv::{RecvComm, RecvRequest};
 pub use send::{SendComm, SendRequest};
+
+pub use crate::transport::matching::{PerSlot, MAX_RECVS};
 
 /// Per-connection tunables, from the configuration.
 #[derive(Clone, Debug)]
@@ -92,8 +95,6 @@ impl Default for TcpSettings {
 
 /// Most requests one comm may have in flight (NCCL_NET_MAX_REQUESTS).
 pub const MAX_REQUESTS: usize = 32;
-/// Most slots in one grouped receive that we advertise.
-pub const MAX_RECVS: usize = 8;
 
 /// Starts one thread per stream running `work(shared, stream)`. A panic in
 /// one is handed to `on_panic` (which fails the connection) rather than

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use super::spares::Spares;
 use super::timeline::{RequestClock, Timeline};
 use super::{
     now_ms,
@@ -40,7 +41,7 @@ use crate::metrics::{self, ConnError, TransportKind};
 use crate::sys::poll::ReadableSet;
 use crate::sys::{self, RawBuf};
 use crate::transport::liveness::{Liveness, StreamClock};
-use crate::transport::matching::{HeaderOutcome, MatchError, Placement, RecvMatcher};
+use crate::transport::matching::{HeaderOutcome, MatchError, PerSlot, Placement, RecvMatcher};
 use crate::transport::wire::{
     Frame, FrameHeader, FRAME_HEADER_BYTES, MAX_STREAMS, REVERSE_HEARTBEAT,
 };
@@ -65,8 +66,8 @@ const IDLE_AFTER_MS: u64 = 10 * CALLER_ABSENT_MS;
 
 /// One (possibly grouped) irecv.
 pub struct RecvOp {
-    slots: Vec<RawBuf>,
-    sizes: OnceLock<Vec<u64>>,
+    slots: PerSlot<RawBuf>,
+    sizes: OnceLock<PerSlot<u64>>,
     clock: RequestClock,
     /// When its first frame was matched to it.
     first_frame: OnceLock<Instant>,
@@ -222,6 +223,8 @@ struct Shared {
     liveness: Liveness,
     inline_bytes: u64,
     timeline: Timeline,
+    /// Finished receives' records, reused by the next ones.
+    spares: Spares<RecvOp>,
 }
 
 pub struct RecvComm {
@@ -802,6 +805,12 @@ impl RecvComm {
             liveness: Liveness::new(s.peer_timeout.as_millis() as u64, peer_heartbeat_ms),
             inline_bytes: s.inline_bytes,
             timeline: Timeline::default(),
+            spares: Spares::new(|| RecvOp {
+                slots: PerSlot::new(),
+                sizes: OnceLock::new(),
+                clock: RequestClock::start(),
+                first_frame: OnceLock::new(),
+            }),
         });
         let mut comm = RecvComm {
             shared,
@@ -849,7 +858,7 @@ impl RecvComm {
 
     /// Posts a grouped receive of `(buffer, tag)` slots; `Ok(None)` when the
     /// request pool is full.
-    pub fn irecv(&self, slots: Vec<(RawBuf, i32)>) -> NetResult<Option<RecvRequest>> {
+    pub fn irecv(&self, slots: &[(RawBuf, i32)]) -> NetResult<Option<RecvRequest>> {
         if slots.is_empty() || slots.len() > MAX_RECVS {
             return Err(NetError::InvalidArgument(format!(
                 "{} receives in one group (1..={MAX_RECVS} supported)",
@@ -862,12 +871,8 @@ impl RecvComm {
         if self.shared.in_flight.load(Ordering::Acquire) >= MAX_REQUESTS {
             return Ok(None);
         }
-        let shape: Vec<(i32, u64)> = slots
-            .iter()
-            .map(|(b, tag)| (*tag, b.len() as u64))
-            .collect();
-        let op = Arc::new(RecvOp {
-            slots: slots.into_iter().map(|(b, _)| b).collect(),
+        let op = self.shared.spares.record(RecvOp {
+            slots: slots.iter().map(|&(b, _)| b).collect(),
             sizes: OnceLock::new(),
             clock: RequestClock::start(),
             first_frame: OnceLock::new(),
@@ -877,7 +882,9 @@ impl RecvComm {
             let id = state.next_id;
             state.next_id += 1;
             state.generation += 1;
-            state.matcher.post(id, &shape);
+            state
+                .matcher
+                .post(id, slots.iter().map(|(b, tag)| (*tag, b.len() as u64)));
             state.ops.insert(id, Arc::clone(&op));
             if self.shared.post_sleepers.any() {
                 self.shared.post_wake.notify_all();
@@ -914,7 +921,7 @@ impl RecvRequest {
         if let Some(sizes) = self.op.sizes.get() {
             if let Some(pending) = self.op.clock.first_completion() {
                 let m = metrics::transport(TransportKind::Tcp);
-                for &s in sizes {
+                for &s in sizes.iter() {
                     m.message_received();
                     m.message_size(s);
                 }
@@ -939,6 +946,7 @@ impl RecvRequest {
 
 impl Drop for RecvRequest {
     fn drop(&mut self) {
+        self.shared.spares.keep(Arc::clone(&self.op));
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         metrics::transport(TransportKind::Tcp).request_finished();
     }

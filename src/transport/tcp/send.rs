@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use socket2::Socket;
 
 use super::poller::{is_polled, Polled, Poller};
+use super::spares::Spares;
 use super::timeline::{RequestClock, Timeline};
 use super::{now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_REQUESTS};
 use crate::error::{NetError, NetResult, PeerFailure};
@@ -117,6 +118,8 @@ struct Shared {
     liveness: Liveness,
     inline_bytes: u64,
     timeline: Timeline,
+    /// Finished sends' records, reused by the next ones.
+    spares: Spares<SendOp>,
 }
 
 pub struct SendComm {
@@ -512,6 +515,13 @@ impl SendComm {
             liveness: Liveness::new(s.peer_timeout.as_millis() as u64, peer_heartbeat_ms),
             inline_bytes: s.inline_bytes,
             timeline: Timeline::default(),
+            spares: Spares::new(|| SendOp {
+                size: 0,
+                polled: false,
+                chunks_left: AtomicU32::new(0),
+                buf: RawBuf::default(),
+                clock: RequestClock::start(),
+            }),
         });
         let mut comm = SendComm {
             shared,
@@ -602,7 +612,7 @@ impl SendComm {
         if polled {
             self.shared.polled_pending.fetch_add(1, Ordering::AcqRel);
         }
-        let op = Arc::new(SendOp {
+        let op = self.shared.spares.record(SendOp {
             size,
             polled,
             chunks_left: AtomicU32::new(u32::MAX),
@@ -680,6 +690,7 @@ impl SendRequest {
 
 impl Drop for SendRequest {
     fn drop(&mut self) {
+        self.shared.spares.keep(Arc::clone(&self.op));
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         metrics::transport(TransportKind::Tcp).request_finished();
     }

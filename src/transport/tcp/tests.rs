@@ -108,7 +108,7 @@ fn messages_of_every_shape_arrive_intact() {
         {
             let mut src = pattern(len, i as u8);
             let mut dst = vec![0u8; len + 100];
-            let r = recv.irecv(vec![(buf(&mut dst), 9)]).unwrap().unwrap();
+            let r = recv.irecv(&[(buf(&mut dst), 9)]).unwrap().unwrap();
             let t = send.isend(buf(&mut src), 9).unwrap().unwrap();
             assert_eq!(wait(|| t.test()).unwrap(), len as u64);
             assert_eq!(
@@ -156,7 +156,7 @@ fn narrow_and_wide_messages(assists: bool) {
         let start = Instant::now();
         let rs: Vec<_> = dsts
             .iter_mut()
-            .map(|d| recv.irecv(vec![(buf(d), 3)]).unwrap().unwrap())
+            .map(|d| recv.irecv(&[(buf(d), 3)]).unwrap().unwrap())
             .collect();
         let ts: Vec<_> = srcs
             .iter_mut()
@@ -251,7 +251,7 @@ fn many_requests_in_flight_complete_in_order_and_pool_is_bounded() {
     let mut dsts: Vec<Vec<u8>> = (0..MAX_REQUESTS).map(|_| vec![0u8; 200_000]).collect();
     let rs: Vec<_> = dsts
         .iter_mut()
-        .map(|d| recv.irecv(vec![(buf(d), 1)]).unwrap().unwrap())
+        .map(|d| recv.irecv(&[(buf(d), 1)]).unwrap().unwrap())
         .collect();
     let ts: Vec<_> = srcs
         .iter_mut()
@@ -262,7 +262,7 @@ fn many_requests_in_flight_complete_in_order_and_pool_is_bounded() {
         send.isend(buf(&mut extra), 1).unwrap().is_none(),
         "pool of {MAX_REQUESTS} is full"
     );
-    assert!(recv.irecv(vec![(buf(&mut extra), 1)]).unwrap().is_none());
+    assert!(recv.irecv(&[(buf(&mut extra), 1)]).unwrap().is_none());
     for (i, (t, r)) in ts.iter().zip(&rs).enumerate() {
         wait(|| t.test()).unwrap();
         assert_eq!(
@@ -283,7 +283,7 @@ fn grouped_receive_matches_tags() {
     let mut b = pattern(70_000, 2);
     let (mut da, mut db) = (vec![0u8; 2000], vec![0u8; 80_000]);
     let r = recv
-        .irecv(vec![(buf(&mut da), 10), (buf(&mut db), 20)])
+        .irecv(&[(buf(&mut da), 10), (buf(&mut db), 20)])
         .unwrap()
         .unwrap();
     let tb = send.isend(buf(&mut b), 20).unwrap().unwrap();
@@ -303,7 +303,7 @@ fn oversized_message_is_invalid_usage_not_an_overrun() {
     let (send, recv) = pair(&settings(1));
     let mut src = pattern(100, 0);
     let mut dst = [0xEEu8; 64];
-    let r = recv.irecv(vec![(buf(&mut dst[..50]), 0)]).unwrap().unwrap();
+    let r = recv.irecv(&[(buf(&mut dst[..50]), 0)]).unwrap().unwrap();
     let _t = send.isend(buf(&mut src), 0).unwrap().unwrap();
     let err = wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap_err();
     assert_eq!(err.class(), ErrorClass::InvalidUsage, "{err}");
@@ -317,7 +317,7 @@ fn oversized_message_is_invalid_usage_not_an_overrun() {
 fn peer_close_fails_pending_receive() {
     let (send, recv) = pair(&settings(2));
     let mut dst = vec![0u8; 10];
-    let r = recv.irecv(vec![(buf(&mut dst), 0)]).unwrap().unwrap();
+    let r = recv.irecv(&[(buf(&mut dst), 0)]).unwrap().unwrap();
     drop(send);
     let err = wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Remote, "{err}");
@@ -339,7 +339,7 @@ fn idle_connection_outlives_the_peer_timeout() {
     std::thread::sleep(LIVE_TIMEOUT * 5 / 2);
     let mut src = pattern(100, 3);
     let mut dst = vec![0u8; 100];
-    let r = recv.irecv(vec![(buf(&mut dst), 0)]).unwrap().unwrap();
+    let r = recv.irecv(&[(buf(&mut dst), 0)]).unwrap().unwrap();
     let t = send.isend(buf(&mut src), 0).unwrap().unwrap();
     wait(|| t.test()).unwrap();
     wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
@@ -375,7 +375,7 @@ fn slow_receiver_is_never_failed() {
     let mut dsts: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; LEN]).collect();
     let recvs: Vec<_> = dsts
         .iter_mut()
-        .map(|d| recv.irecv(vec![(buf(d), 5)]).unwrap().unwrap())
+        .map(|d| recv.irecv(&[(buf(d), 5)]).unwrap().unwrap())
         .collect();
     for (t, r) in sends.iter().zip(&recvs) {
         wait(|| t.test()).unwrap();
@@ -457,7 +457,7 @@ fn receiver_fails_a_sender_that_sends_no_heartbeat() {
     raw.write_all(&hello.encode()).unwrap();
     let recv = wait(|| listener.accept()).unwrap();
     let mut dst = vec![0u8; 8];
-    let r = recv.irecv(vec![(buf(&mut dst), 0)]).unwrap().unwrap();
+    let r = recv.irecv(&[(buf(&mut dst), 0)]).unwrap().unwrap();
     let start = Instant::now();
     let err = wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Remote, "{err}");
@@ -483,7 +483,7 @@ fn small_messages_piled_up_arrive_intact() {
     let mut dsts: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n + 7]).collect();
     let recvs: Vec<_> = dsts
         .iter_mut()
-        .map(|d| recv.irecv(vec![(buf(d), 3)]).unwrap().unwrap())
+        .map(|d| recv.irecv(&[(buf(d), 3)]).unwrap().unwrap())
         .collect();
     for (r, &n) in recvs.iter().zip(&sizes) {
         assert_eq!(
@@ -538,7 +538,7 @@ fn headers_waiting_for_a_post_are_read_once_it_is_posted() {
             .collect();
         for (i, src) in srcs.iter().enumerate() {
             let posted = Instant::now();
-            let r = recv.irecv(vec![(buf(&mut dst), 5)]).unwrap().unwrap();
+            let r = recv.irecv(&[(buf(&mut dst), 5)]).unwrap().unwrap();
             assert_eq!(
                 wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap(),
                 vec![LEN as u64]
@@ -581,7 +581,7 @@ fn inline_send_progresses_while_the_caller_tests_only_its_receive() {
         let len = 8 << 20;
         let mut src = pattern(len, 5);
         let mut dst = vec![0u8; len];
-        let r = recv.irecv(vec![(buf(&mut dst), 1)]).unwrap().unwrap();
+        let r = recv.irecv(&[(buf(&mut dst), 1)]).unwrap().unwrap();
         let t = send.isend(buf(&mut src), 1).unwrap().unwrap();
         assert_eq!(
             wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap(),
@@ -604,8 +604,8 @@ fn inline_receive_progresses_while_the_caller_tests_only_its_send() {
     let len = 8 << 20;
     let (mut src_a, mut src_b) = (pattern(len, 1), pattern(len, 2));
     let (mut dst_a, mut dst_b) = (vec![0u8; len], vec![0u8; len]);
-    let ra = a_from_b.irecv(vec![(buf(&mut dst_a), 4)]).unwrap().unwrap();
-    let rb = b_from_a.irecv(vec![(buf(&mut dst_b), 4)]).unwrap().unwrap();
+    let ra = a_from_b.irecv(&[(buf(&mut dst_a), 4)]).unwrap().unwrap();
+    let rb = b_from_a.irecv(&[(buf(&mut dst_b), 4)]).unwrap().unwrap();
     let ta = a_to_b.isend(buf(&mut src_a), 4).unwrap().unwrap();
     let tb = b_to_a.isend(buf(&mut src_b), 4).unwrap().unwrap();
     let (mut a_done, mut b_done) = (false, false);
@@ -631,7 +631,7 @@ fn the_timeline_counts_each_completed_request_once() {
     for i in 0..3u8 {
         let mut src = pattern(1000, i);
         let mut dst = vec![0u8; 1000];
-        let r = recv.irecv(vec![(buf(&mut dst), 1)]).unwrap().unwrap();
+        let r = recv.irecv(&[(buf(&mut dst), 1)]).unwrap().unwrap();
         let t = send.isend(buf(&mut src), 1).unwrap().unwrap();
         wait(|| t.test()).unwrap();
         wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
@@ -767,7 +767,7 @@ fn exchange_every_size(send: &SendComm, recv: &RecvComm, mode: PollerMode) {
     {
         let mut src = pattern(len, i as u8);
         let mut dst = vec![0u8; len + 3];
-        let r = recv.irecv(vec![(buf(&mut dst), 2)]).unwrap().unwrap();
+        let r = recv.irecv(&[(buf(&mut dst), 2)]).unwrap().unwrap();
         let t = send.isend(buf(&mut src), 2).unwrap().unwrap();
         assert_eq!(wait(|| t.test()).unwrap(), len as u64);
         assert_eq!(
@@ -810,7 +810,7 @@ fn pollers_move_small_messages_and_sleep_when_none_flow() {
         let mut src = pattern(SMALL, i);
         let mut dst = vec![0u8; SMALL];
         let posted = Instant::now();
-        let r = recv.irecv(vec![(buf(&mut dst), 3)]).unwrap().unwrap();
+        let r = recv.irecv(&[(buf(&mut dst), 3)]).unwrap().unwrap();
         let t = send.isend(buf(&mut src), 3).unwrap().unwrap();
         wait_until(
             Duration::from_secs(20),
@@ -838,7 +838,7 @@ fn pollers_move_small_messages_and_sleep_when_none_flow() {
         let i = i as u8;
         let mut src = pattern(len, i);
         let mut dst = vec![0u8; len];
-        let r = recv.irecv(vec![(buf(&mut dst), 4)]).unwrap().unwrap();
+        let r = recv.irecv(&[(buf(&mut dst), 4)]).unwrap().unwrap();
         let t = send.isend(buf(&mut src), 4).unwrap().unwrap();
         wait(|| t.test()).unwrap();
         wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
@@ -852,7 +852,7 @@ fn pollers_move_small_messages_and_sleep_when_none_flow() {
     // A small message does.
     let mut src = pattern(SMALL, 7);
     let mut dst = vec![0u8; SMALL];
-    let r = recv.irecv(vec![(buf(&mut dst), 5)]).unwrap().unwrap();
+    let r = recv.irecv(&[(buf(&mut dst), 5)]).unwrap().unwrap();
     let t = send.isend(buf(&mut src), 5).unwrap().unwrap();
     wait(|| t.test()).unwrap();
     wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();

@@ -1017,16 +1017,34 @@ impl InPlaceReducer {
         owner: usize,
         bytes: usize,
     ) -> Result<InPlaceReducer, CollError> {
+        Self::renew(None, dtype, op, n, owner, bytes)
+    }
+
+    /// [`InPlaceReducer::new`] in the lists of a `spare` one.
+    pub fn renew(
+        spare: Option<InPlaceReducer>,
+        dtype: DataType,
+        op: RedOp,
+        n: usize,
+        owner: usize,
+        bytes: usize,
+    ) -> Result<InPlaceReducer, CollError> {
         if n < 2 || owner >= n {
             return Err(CollError::BadRank { rank: owner, n });
         }
+        let (mut received, mut pending) =
+            spare.map_or_else(Default::default, |r| (r.received, r.pending));
+        received.clear();
+        received.extend((0..n).map(|j| j == owner));
+        pending.clear();
+        pending.resize_with(n, || None);
         Ok(InPlaceReducer {
             dtype,
             op,
             owner,
             bytes,
-            received: (0..n).map(|j| j == owner).collect(),
-            pending: vec![None; n],
+            received,
+            pending,
             next_fold: 0,
             partial: None,
         })

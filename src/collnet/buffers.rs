@@ -3,19 +3,43 @@
 //! otherwise). Steps read and write them through range-checked copies, from
 //! whichever thread runs the step.
 
+use std::sync::Arc;
+
 use super::lend::Payload;
 use super::pool;
 use super::steps::SendBytes;
 use crate::error::{NetError, NetResult};
 use crate::sys::RawBuf;
 
-/// A call's input or output.
+/// A call's input or output. Every job of a call holds a copy: one buffer
+/// (each allreduce) is held inline, so copies allocate nothing.
 #[derive(Clone)]
-pub struct Buffers(pub Vec<RawBuf>);
+pub struct Buffers(Parts);
+
+#[derive(Clone)]
+enum Parts {
+    One([RawBuf; 1]),
+    Many(Arc<[RawBuf]>),
+}
 
 impl Buffers {
+    pub fn new(parts: impl ExactSizeIterator<Item = RawBuf>) -> Buffers {
+        let mut parts = parts.peekable();
+        Buffers(match (parts.len(), parts.peek()) {
+            (1, Some(&one)) => Parts::One([one]),
+            _ => Parts::Many(parts.collect()),
+        })
+    }
+
+    fn parts(&self) -> &[RawBuf] {
+        match &self.0 {
+            Parts::One(one) => one,
+            Parts::Many(many) => many,
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
-        self.0.iter().map(RawBuf::len).sum()
+        self.parts().iter().map(RawBuf::len).sum()
     }
 
     fn visit(
@@ -31,7 +55,7 @@ impl Buffers {
             )));
         }
         let mut done = 0;
-        for part in &self.0 {
+        for part in self.parts() {
             if done == len {
                 break;
             }
@@ -59,7 +83,7 @@ impl Buffers {
             return Ok(f(&[]));
         }
         let mut offset = range.start;
-        for part in &self.0 {
+        for part in self.parts() {
             if offset < part.len() {
                 if offset + range.len() <= part.len() {
                     return part
@@ -147,7 +171,7 @@ impl Buffers {
     /// Bytes `offset..offset + len` as one buffer, if they lie in one part
     /// (always, for NCCL's allreduce calls).
     pub fn slice(&self, mut offset: usize, len: usize) -> Option<RawBuf> {
-        for part in &self.0 {
+        for part in self.parts() {
             if offset < part.len() {
                 return part.slice(offset, len);
             }
@@ -175,11 +199,12 @@ mod tests {
         let (mut a, mut b) = (vec![1u8; 4], vec![2u8; 4]);
         // SAFETY: both vectors outlive `out` and are read only after its
         // last use.
-        let out = Buffers(unsafe {
-            vec![
+        let out = Buffers::new(unsafe {
+            [
                 RawBuf::new(a.as_mut_ptr(), a.len()),
                 RawBuf::new(b.as_mut_ptr(), b.len()),
             ]
+            .into_iter()
         });
         out.with_bytes_mut(2..6, |_| ()).unwrap();
         out.with_bytes_mut(3..5, |bytes| bytes.fill(9)).unwrap();

@@ -30,8 +30,9 @@ use super::link::{PeerLinks, RxLink, TxLink};
 use super::plan::Plan;
 use super::pola::{Pattern, Seen, Summary};
 use super::pool::{self, Shared};
-use super::steps::{Lane, Step};
-use super::workers::{Done, Event, Job, Workers};
+use super::recycle::Recycler;
+use super::steps::{Effects, Expect, Lane, Send, Step};
+use super::workers::{Done, Event, Job, Outbound, Workers};
 use crate::codec::WireFormat;
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::gpu::{DevAddr, Elem, Fence};
@@ -248,6 +249,52 @@ pub struct Group {
     /// Codec-free steps up to this many bytes run on the caller's thread
     /// ([`INLINE_STEP_BYTES`]); `None`: every host step goes to the workers.
     inline_step_bytes: Option<usize>,
+    /// Retired steps' lists, emptied, for the next steps.
+    lists: StepLists,
+}
+
+/// The per-step lists of retired steps and finished jobs, kept so that a
+/// steady call pattern allocates none of them again.
+struct StepLists {
+    events: Recycler<Event>,
+    sends: Recycler<Outbound>,
+    in_place: Recycler<(usize, Lane, usize)>,
+    queued: Recycler<Queued>,
+    /// Scratch lists of [`Group::release`] and [`Group::admit`], between
+    /// two calls.
+    released: Vec<(Queued, u64, i32)>,
+    receives: Vec<(usize, Lane, RecvBuf)>,
+    expects: Vec<Expect>,
+    early_sends: Vec<Send>,
+    early: Vec<(usize, Lane, Payload)>,
+    effects: Vec<Effects>,
+    /// Finished host steps, for the next calls' ([`Step::renew_all_reduce`]).
+    #[allow(clippy::vec_box)] // the boxes are what is reused (`Pending::Cpu`)
+    steps: Vec<Box<Step>>,
+    /// The steps of a call being filed ([`Group::add_op`]).
+    pending: Vec<Pending>,
+}
+
+impl StepLists {
+    fn new() -> StepLists {
+        // Every step in the window holds one of each (two queues); as
+        // many again may be on their way back from the workers.
+        let most = 2 * WINDOW;
+        StepLists {
+            events: Recycler::new(most),
+            sends: Recycler::new(most),
+            in_place: Recycler::new(most),
+            queued: Recycler::new(2 * most),
+            released: Vec::new(),
+            receives: Vec::new(),
+            expects: Vec::new(),
+            early_sends: Vec::new(),
+            early: Vec::new(),
+            effects: Vec::new(),
+            steps: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
 }
 
 /// What a group did, logged when it closes: how NCCL drove it (call sizes,
@@ -698,7 +745,7 @@ impl Group {
             })
             .collect();
         Ok(Group {
-            workers: Workers::start(workers, params.rank)?,
+            workers: Workers::start(workers, params.rank, WINDOW)?,
             device: None,
             params,
             peers,
@@ -711,6 +758,7 @@ impl Group {
             activity: Activity::default(),
             pattern: Pattern::new(),
             inline_step_bytes: Some(INLINE_STEP_BYTES),
+            lists: StepLists::new(),
         })
     }
 
@@ -766,12 +814,14 @@ impl Group {
         self.device.as_ref()?.find(ptr, len)
     }
 
+    /// Files call `id` and queues its steps (`steps` is drained and kept as
+    /// the next call's list).
     fn add_op(
         &mut self,
-        input: Vec<Place>,
-        output: Vec<Place>,
+        input: &[Place],
+        output: &[Place],
         bytes: usize,
-        steps: Vec<Pending>,
+        mut steps: Vec<Pending>,
         kind: OpKind,
     ) -> NetResult<u64> {
         let id = self.next_op;
@@ -780,12 +830,12 @@ impl Group {
         let mut staging_out = Vec::new();
         if input
             .iter()
-            .chain(&output)
+            .chain(output)
             .any(|p| matches!(p, Place::Device(_)))
         {
             metrics::collnet().gpu_call(GpuCall::Staged);
         }
-        for place in &input {
+        for place in input {
             if let Place::Device(r) = place {
                 let device = self
                     .device
@@ -794,7 +844,7 @@ impl Group {
                 staging_in.push(device.stage_in(r)?);
             }
         }
-        for place in &output {
+        for place in output {
             if let Place::Device(r) = place {
                 staging_out.push(r.clone());
             }
@@ -803,8 +853,8 @@ impl Group {
         self.ops.insert(
             id,
             OpState {
-                input: Buffers(input.iter().map(Place::host_view).collect()),
-                output: Buffers(output.iter().map(Place::host_view).collect()),
+                input: Buffers::new(input.iter().map(Place::host_view)),
+                output: Buffers::new(output.iter().map(Place::host_view)),
                 staging_in,
                 staging_out,
                 out_fences: Vec::new(),
@@ -817,7 +867,8 @@ impl Group {
                 kind,
             },
         );
-        self.waiting.extend(steps.into_iter().map(|s| (id, s)));
+        self.waiting.extend(steps.drain(..).map(|s| (id, s)));
+        self.lists.pending = steps;
         self.observe_pattern(kind, bytes);
         self.progress();
         self.check()?;
@@ -896,27 +947,28 @@ impl Group {
             }
             _ => None,
         };
+        let mut steps = std::mem::take(&mut self.lists.pending);
         if let Some((elem, i, o)) = on_gpu {
-            let steps = specs
-                .map(|(offset, spec)| {
-                    Pending::Gpu(GpuSegment {
-                        spec,
-                        elem,
-                        input: i.offset(offset),
-                        output: o.offset(offset),
-                    })
+            steps.extend(specs.map(|(offset, spec)| {
+                Pending::Gpu(GpuSegment {
+                    spec,
+                    elem,
+                    input: i.offset(offset),
+                    output: o.offset(offset),
                 })
-                .collect();
+            }));
             metrics::collnet().gpu_call(GpuCall::Kernels);
-            return self.add_op(vec![], vec![], bytes, steps, kind);
+            return self.add_op(&[], &[], bytes, steps, kind);
         }
-        let steps = specs
-            .map(|(offset, spec)| {
-                Step::all_reduce(spec, self.params.rank, offset).map(|s| Pending::Cpu(Box::new(s)))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| collnet_error(self.params.rank, e))?;
-        self.add_op(vec![input], vec![output], bytes, steps, kind)
+        let rank = self.params.rank;
+        for (offset, spec) in specs {
+            let step = match self.lists.steps.pop() {
+                Some(spare) => Step::renew_all_reduce(spare, spec, rank, offset),
+                None => Step::all_reduce(spec, rank, offset).map(Box::new),
+            };
+            steps.push(Pending::Cpu(step.map_err(|e| collnet_error(rank, e))?));
+        }
+        self.add_op(&[input], &[output], bytes, steps, kind)
     }
 
     /// Starts NCCL's windowed allgather (exact).
@@ -949,8 +1001,8 @@ impl Group {
             vec![Pending::Cpu(Box::new(step))]
         };
         self.add_op(
-            vec![input],
-            output,
+            &[input],
+            &output,
             window_bytes,
             steps,
             OpKind {
@@ -997,8 +1049,8 @@ impl Group {
         };
         let piece = output.len();
         self.add_op(
-            input,
-            vec![output],
+            &input,
+            &[output],
             piece,
             steps,
             OpKind {
@@ -1165,42 +1217,37 @@ impl Group {
             let (op, pending) = self.waiting.pop_front().expect("front");
             let seq = self.next_seq;
             self.next_seq += 1;
-            let (exec, receives, events, early) = match pending {
+            let mut receives = std::mem::take(&mut self.lists.receives);
+            let mut early = std::mem::take(&mut self.lists.early);
+            let (exec, events, contributed_early) = match pending {
                 Pending::Cpu(mut step) => {
                     let state = self.ops.get(&op).expect("op of a waiting step");
                     // Exact contributions are ranges of NCCL's input: out
                     // now, not after a worker has started the step.
-                    let early = step
-                        .take_early_contributions()
-                        .map(|sends| {
-                            sends
-                                .into_iter()
-                                .map(|s| {
-                                    let bytes =
-                                        Buffers::payload(&state.input, &state.output, s.bytes)?;
-                                    Ok((s.to, s.lane, bytes))
-                                })
-                                .collect::<NetResult<Vec<_>>>()
-                        })
-                        .transpose()?;
+                    let sends = &mut self.lists.early_sends;
+                    let contributed_early = step.take_early_contributions(sends);
+                    for s in sends.drain(..) {
+                        let bytes = Buffers::payload(&state.input, &state.output, s.bytes)?;
+                        early.push((s.to, s.lane, bytes));
+                    }
                     // Verbatim output bytes land where they belong, unless
                     // the output is a device buffer's mirror (copied back as
                     // a whole once every step is done).
                     let host_output = state.staging_out.is_empty();
-                    let receives: Vec<_> = step
-                        .expects()
-                        .into_iter()
-                        .map(|e| {
-                            let in_place = e
-                                .into_output
-                                .filter(|_| host_output)
-                                .and_then(|at| state.output.slice(at, e.len));
-                            let buf = in_place
-                                .map_or_else(|| RecvBuf::Heap(pool::take(e.len)), RecvBuf::Output);
-                            (e.from, e.lane, buf)
-                        })
-                        .collect();
-                    (Exec::Cpu(Some(step)), receives, vec![Event::Start], early)
+                    let expects = &mut self.lists.expects;
+                    step.expects(expects);
+                    receives.extend(expects.drain(..).map(|e| {
+                        let in_place = e
+                            .into_output
+                            .filter(|_| host_output)
+                            .and_then(|at| state.output.slice(at, e.len));
+                        let buf = in_place
+                            .map_or_else(|| RecvBuf::Heap(pool::take(e.len)), RecvBuf::Output);
+                        (e.from, e.lane, buf)
+                    }));
+                    let mut events = self.lists.events.take();
+                    events.push(Event::Start);
+                    (Exec::Cpu(Some(step)), events, contributed_early)
                 }
                 Pending::Gpu(seg) => {
                     let device = self
@@ -1216,11 +1263,8 @@ impl Group {
                         device.slots(),
                     )?;
                     step.start(device.queue())?;
-                    let receives = expects
-                        .into_iter()
-                        .map(|e| (e.from, e.lane, e.buf))
-                        .collect();
-                    (Exec::Gpu(Box::new(step)), receives, Vec::new(), None)
+                    receives.extend(expects.into_iter().map(|e| (e.from, e.lane, e.buf)));
+                    (Exec::Gpu(Box::new(step)), Vec::new(), false)
                 }
             };
             let outstanding = receives.len();
@@ -1236,28 +1280,30 @@ impl Group {
                 arrived: left.map(|l| (l == 0).then_some(now)),
                 reduced: None,
             };
-            for (from, lane, buf) in receives {
+            for (from, lane, buf) in receives.drain(..) {
                 self.peer(from)?.rx[lane as usize]
                     .queue
                     .push_back((seq, buf));
             }
+            self.lists.receives = receives;
             self.active.push_back(Active {
                 seq,
                 op,
                 exec,
                 events,
-                in_place: Vec::new(),
+                in_place: self.lists.in_place.take(),
                 outstanding,
                 started: false,
-                contributed_early: early.is_some(),
-                contrib_queue: Vec::new(),
-                result_queue: Vec::new(),
+                contributed_early,
+                contrib_queue: self.lists.queued.take(),
+                result_queue: self.lists.queued.take(),
                 times,
             });
             let idx = self.active.len() - 1;
-            for (to, lane, bytes) in early.into_iter().flatten() {
+            for (to, lane, bytes) in early.drain(..) {
                 self.queue_send(idx, to, lane, bytes);
             }
+            self.lists.early = early;
             self.dispatch(idx)?;
         }
         Ok(())
@@ -1303,9 +1349,11 @@ impl Group {
             submitted: Instant::now(),
             rank: self.params.rank,
             step: slot.take().expect("checked"),
-            events: std::mem::take(&mut a.events),
+            events: std::mem::replace(&mut a.events, self.lists.events.take()),
             input: op.input.clone(),
             output: op.output.clone(),
+            sends: self.lists.sends.take(),
+            effects: self.lists.effects.pop().unwrap_or_default(),
         };
         let light = match (job.step.exact_bytes(), self.inline_step_bytes) {
             (Some(bytes), Some(most)) => bytes <= most,
@@ -1422,8 +1470,14 @@ impl Group {
             ran,
             step,
             sends,
+            events,
+            effects,
         }) = self.workers.poll()
         {
+            self.lists.events.give(events);
+            if self.lists.effects.len() < 2 * WINDOW {
+                self.lists.effects.push(effects);
+            }
             let p = &mut self.activity.phases;
             p.jobs += 1;
             p.job_queued += queued;
@@ -1433,14 +1487,15 @@ impl Group {
             let idx = self
                 .index_of(seq)
                 .expect("a step on a worker stays in the window");
-            let sends = sends?;
+            let mut sends = sends?;
             let a = &mut self.active[idx];
             a.exec = Exec::Cpu(step);
             // Every job of a step begins with its start, if not yet run.
             a.started = true;
-            for s in sends {
+            for s in sends.drain(..) {
                 self.queue_send(idx, s.to, s.lane, s.bytes);
             }
+            self.lists.sends.give(sends);
             self.dispatch(idx)?;
         }
         Ok(())
@@ -1467,7 +1522,7 @@ impl Group {
     /// all of its own on that lane. Steps run on workers and GPU streams in
     /// parallel, so they finish out of order.
     fn release(&mut self) {
-        let mut pending: Vec<(Queued, u64, i32)> = Vec::new();
+        let mut pending = std::mem::take(&mut self.lists.released);
         for a in &mut self.active {
             let (op, tag) = (a.op, tag_of(a.seq));
             pending.extend(a.contrib_queue.drain(..).map(|s| (s, op, tag)));
@@ -1482,7 +1537,7 @@ impl Group {
                 break;
             }
         }
-        for (s, op, tag) in pending {
+        for (s, op, tag) in pending.drain(..) {
             if let Some(Some(p)) = self.peers.get_mut(s.to) {
                 p.tx[s.lane as usize].queue.push_back(Outgoing {
                     op,
@@ -1492,6 +1547,7 @@ impl Group {
                 });
             }
         }
+        self.lists.released = pending;
     }
 
     /// Drops finished steps from the front of the window.
@@ -1508,14 +1564,21 @@ impl Group {
             }
             let a = self.active.pop_front().expect("front");
             self.activity.phases.retire(&a.times);
-            if let Exec::Cpu(Some(step)) = &a.exec {
+            if let Exec::Cpu(Some(step)) = a.exec {
                 if let Some(e) = step.sampled_error() {
                     metrics::collnet().fp8_error_sample(e);
+                }
+                if self.lists.steps.len() < WINDOW {
+                    self.lists.steps.push(step);
                 }
             }
             if let Some(op) = self.ops.get_mut(&a.op) {
                 op.steps_left -= 1;
             }
+            self.lists.events.give(a.events);
+            self.lists.in_place.give(a.in_place);
+            self.lists.queued.give(a.contrib_queue);
+            self.lists.queued.give(a.result_queue);
         }
     }
 

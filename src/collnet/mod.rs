@@ -27,6 +27,7 @@ pub mod link;
 pub mod plan;
 pub mod pola;
 pub mod pool;
+pub mod recycle;
 #[cfg(any(test, feature = "tools"))] // a simulator for tests and `airamp bench collnet`
 pub mod sim;
 pub mod steps;

@@ -139,12 +139,15 @@ pub struct AllReduceStep {
 /// sent from there, and the others' land in the output as they arrive. The
 /// protocol on the wire is [`Member`]'s: other members may run either. Bit
 /// for bit the same result.
+#[derive(Default)]
 struct InPlace {
     /// The own shard's reduction; `None` once it is in the output and
     /// queued to the others, or when the shard is empty.
     reducer: Option<InPlaceReducer>,
     /// Other members whose reduced shard is not in the output yet.
     awaited: Vec<bool>,
+    /// The reduction once done, kept for its memory ([`Step::renew_all_reduce`]).
+    spent: Option<InPlaceReducer>,
 }
 
 /// One windowed allgather: member `r` contributes `pieces[r]` (window
@@ -190,6 +193,32 @@ fn map_outgoing(out: Vec<Outgoing>) -> Vec<Send> {
 impl Step {
     /// A segment of an allreduce; `offset` is in bytes.
     pub fn all_reduce(spec: Spec, rank: usize, offset: usize) -> Result<Step, CollError> {
+        Self::all_reduce_in(None, spec, rank, offset)
+    }
+
+    /// [`Step::all_reduce`] in the memory of a finished step: its box and,
+    /// for an exact segment, its lists. Calls of a steady pattern allocate
+    /// no steps.
+    pub fn renew_all_reduce(
+        mut spare: Box<Step>,
+        spec: Spec,
+        rank: usize,
+        offset: usize,
+    ) -> Result<Box<Step>, CollError> {
+        let in_place = match &mut *spare {
+            Step::AllReduce(s) => s.in_place.take(),
+            _ => None,
+        };
+        *spare = Self::all_reduce_in(in_place, spec, rank, offset)?;
+        Ok(spare)
+    }
+
+    fn all_reduce_in(
+        spare: Option<Box<InPlace>>,
+        spec: Spec,
+        rank: usize,
+        offset: usize,
+    ) -> Result<Step, CollError> {
         spec.validate()?;
         if rank >= spec.n {
             return Err(CollError::BadRank { rank, n: spec.n });
@@ -204,14 +233,19 @@ impl Step {
         };
         if spec.n >= 2 && spec.path == Path::Exact {
             let own = step.shard_bytes(rank).len();
-            step.in_place = Some(Box::new(InPlace {
-                reducer: (own > 0)
-                    .then(|| InPlaceReducer::new(spec.dtype, spec.op, spec.n, rank, own))
-                    .transpose()?,
-                awaited: (0..spec.n)
-                    .map(|j| j != rank && !spec.shard(j).is_empty())
-                    .collect(),
-            }));
+            let mut p = spare.unwrap_or_default();
+            let reducer = p.reducer.take().or(p.spent.take());
+            if own > 0 {
+                p.reducer = Some(InPlaceReducer::renew(
+                    reducer, spec.dtype, spec.op, spec.n, rank, own,
+                )?);
+            } else {
+                p.spent = reducer;
+            }
+            p.awaited.clear();
+            p.awaited
+                .extend((0..spec.n).map(|j| j != rank && !spec.shard(j).is_empty()));
+            step.in_place = Some(p);
         }
         Ok(Step::AllReduce(step))
     }
@@ -272,18 +306,21 @@ impl Step {
     /// caller's input sent as they are (exact allreduce segments,
     /// reduce-scatter windows): the driver can send them when it admits the
     /// step, before a worker starts it, and [`Step::start`] then leaves
-    /// them out. `None` when producing them takes work (encoding).
-    pub fn take_early_contributions(&mut self) -> Option<Vec<Send>> {
+    /// them out. They are appended to `out`; false when producing them
+    /// takes work (encoding).
+    pub fn take_early_contributions(&mut self, out: &mut Vec<Send>) -> bool {
         match self {
             Step::AllReduce(s) if s.spec.path == Path::Exact => {
                 s.sent_early = true;
-                Some(s.exact_contributions())
+                s.exact_contributions(out);
+                true
             }
             Step::ReduceScatter(s) => {
                 s.sent_early = true;
-                Some(s.contributions())
+                s.contributions(out);
+                true
             }
-            Step::AllReduce(_) | Step::AllGather(_) => None,
+            Step::AllReduce(_) | Step::AllGather(_) => false,
         }
     }
 
@@ -309,9 +346,9 @@ impl Step {
         }
     }
 
-    /// Every message this step will receive, known before it starts.
-    pub fn expects(&self) -> Vec<Expect> {
-        let mut out = Vec::new();
+    /// Every message this step will receive, known before it starts,
+    /// appended to `out`.
+    pub fn expects(&self, out: &mut Vec<Expect>) {
         match self {
             Step::AllReduce(s) => {
                 let own = s.spec.payload_len(s.rank);
@@ -361,7 +398,6 @@ impl Step {
                 }
             }
         }
-        out
     }
 
     /// Starts the step on the bytes of [`Step::input_range`].
@@ -376,14 +412,14 @@ impl Step {
                     });
                 }
                 if !s.sent_early {
-                    fx.sends = s.exact_contributions();
+                    s.exact_contributions(&mut fx.sends);
                 }
             }
             Step::AllReduce(s) => {
                 let (member, out) = Member::new_lending(s.spec, s.rank, input)?;
                 s.member = Some(member);
                 if s.spec.path == Path::Exact && !s.sent_early {
-                    fx.sends = s.exact_contributions();
+                    s.exact_contributions(&mut fx.sends);
                 }
                 fx.sends.extend(map_outgoing(out));
                 s.collect_output(&mut fx);
@@ -419,7 +455,7 @@ impl Step {
                     });
                 }
                 if !s.sent_early {
-                    fx.sends = s.contributions();
+                    s.contributions(&mut fx.sends);
                 }
                 let own = s.pieces[s.rank].clone();
                 if !own.is_empty() {
@@ -512,7 +548,8 @@ impl Step {
     /// Folds the contribution that `from` sent on `lane` with `mine` (the
     /// input's bytes of [`Step::fold_range`], empty unless
     /// [`Step::reads_own_input`]) into `out` (the output's), for steps that
-    /// [`Step::folds_in_place`].
+    /// [`Step::folds_in_place`]. Once the shard is reduced, the messages
+    /// that send it on are appended to `sends`.
     pub fn on_contribution(
         &mut self,
         from: usize,
@@ -520,7 +557,8 @@ impl Step {
         bytes: Vec<u8>,
         mine: &[u8],
         out: &mut [u8],
-    ) -> Result<Effects, CollError> {
+        sends: &mut Vec<Send>,
+    ) -> Result<(), CollError> {
         let Step::AllReduce(s) = self else {
             return Err(CollError::UnknownMember(from));
         };
@@ -545,20 +583,15 @@ impl Step {
             });
         }
         if !reducer.accept(from, bytes, mine, out)? {
-            return Ok(Effects::default());
+            return Ok(());
         }
-        p.reducer = None;
-        Ok(Effects {
-            sends: (0..s.spec.n)
-                .filter(|&to| to != s.rank)
-                .map(|to| Send {
-                    to,
-                    lane: Lane::Result,
-                    bytes: SendBytes::Output(own.clone()),
-                })
-                .collect(),
-            writes: Vec::new(),
-        })
+        p.spent = p.reducer.take();
+        sends.extend((0..s.spec.n).filter(|&to| to != s.rank).map(|to| Send {
+            to,
+            lane: Lane::Result,
+            bytes: SendBytes::Output(own.clone()),
+        }));
+        Ok(())
     }
 
     /// The message this step expected from `from` on `lane` arrived as
@@ -621,15 +654,16 @@ impl AllReduceStep {
 
     /// The exact path's contributions: every other member's shard of the
     /// input, as it is.
-    fn exact_contributions(&self) -> Vec<Send> {
-        (0..self.spec.n)
-            .filter(|&to| to != self.rank && !self.spec.shard(to).is_empty())
-            .map(|to| Send {
-                to,
-                lane: Lane::Contrib,
-                bytes: SendBytes::Input(self.shard_bytes(to)),
-            })
-            .collect()
+    fn exact_contributions(&self, out: &mut Vec<Send>) {
+        out.extend(
+            (0..self.spec.n)
+                .filter(|&to| to != self.rank && !self.spec.shard(to).is_empty())
+                .map(|to| Send {
+                    to,
+                    lane: Lane::Contrib,
+                    bytes: SendBytes::Input(self.shard_bytes(to)),
+                }),
+        );
     }
 
     /// Member `from`'s reduced shard, `len` bytes on `lane`, for an
@@ -704,17 +738,18 @@ impl AllGatherStep {
 
 impl ReduceScatterStep {
     /// Every other member's piece of the window, as it is.
-    fn contributions(&self) -> Vec<Send> {
-        self.pieces
-            .iter()
-            .enumerate()
-            .filter(|(to, p)| *to != self.rank && !p.is_empty())
-            .map(|(to, p)| Send {
-                to,
-                lane: Lane::Contrib,
-                bytes: SendBytes::Input(p.clone()),
-            })
-            .collect()
+    fn contributions(&self, out: &mut Vec<Send>) {
+        out.extend(
+            self.pieces
+                .iter()
+                .enumerate()
+                .filter(|(to, p)| *to != self.rank && !p.is_empty())
+                .map(|(to, p)| Send {
+                    to,
+                    lane: Lane::Contrib,
+                    bytes: SendBytes::Input(p.clone()),
+                }),
+        );
     }
 
     fn fold(&mut self, from: usize, bytes: Vec<u8>, fx: &mut Effects) -> Result<(), CollError> {

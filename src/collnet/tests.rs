@@ -712,7 +712,11 @@ fn exact_contributions_go_out_before_the_start() {
     };
 
     let mut exact = Step::all_reduce(spec(Path::Exact), rank, 4096).expect("step");
-    let early = exact.take_early_contributions().expect("exact sends early");
+    let mut early = Vec::new();
+    assert!(
+        exact.take_early_contributions(&mut early),
+        "exact sends early"
+    );
     let ranges: Vec<_> = early
         .iter()
         .map(|s| match &s.bytes {
@@ -732,14 +736,15 @@ fn exact_contributions_go_out_before_the_start() {
     );
     let started = exact.start(&input).expect("start");
     assert!(started.sends.iter().all(|s| s.lane != Lane::Contrib));
-    assert!(exact
-        .expects()
+    let mut expects = Vec::new();
+    exact.expects(&mut expects);
+    assert!(expects
         .iter()
         .all(|e| (e.lane == Lane::Result) == e.into_output.is_some()));
 
     let mut compressed =
         Step::all_reduce(spec(Path::Compressed(WireFormat::E4M3)), rank, 0).expect("step");
-    assert!(compressed.take_early_contributions().is_none());
+    assert!(!compressed.take_early_contributions(&mut early));
     let started = compressed.start(&input).expect("start");
     assert_eq!(
         started
@@ -749,7 +754,76 @@ fn exact_contributions_go_out_before_the_start() {
             .count(),
         n - 1
     );
-    assert!(compressed.expects().iter().all(|e| e.into_output.is_none()));
+    expects.clear();
+    compressed.expects(&mut expects);
+    assert!(expects.iter().all(|e| e.into_output.is_none()));
+}
+
+/// Folds every other member's contribution into an exact segment's own
+/// shard, in `order`, as the worker does; returns the shard and the
+/// messages that send it on.
+fn fold_own_shard(
+    step: &mut super::steps::Step,
+    inputs: &[Vec<u8>],
+    rank: usize,
+    order: &[usize],
+) -> (Vec<u8>, usize) {
+    use super::steps::Lane;
+    let shard = step.fold_range();
+    let mine = &inputs[rank][shard.clone()];
+    let mut out = vec![0u8; shard.len()];
+    let mut sends = Vec::new();
+    step.start(&inputs[rank]).expect("start");
+    for &m in order {
+        let theirs = inputs[m][shard.clone()].to_vec();
+        let own = if step.reads_own_input(m, Lane::Contrib) {
+            mine
+        } else {
+            &[]
+        };
+        step.on_contribution(m, Lane::Contrib, theirs, own, &mut out, &mut sends)
+            .expect("fold");
+    }
+    (out, sends.len())
+}
+
+/// A step renewed in a finished one's memory (the group reuses them) folds
+/// exactly as a new one, whatever the spare had been: other members, rank
+/// and length, or a compressed segment.
+#[test]
+fn a_renewed_step_reduces_as_a_new_one() {
+    use super::steps::Step;
+    let block = crate::codec::BLOCK;
+    let spec = |n, count, path| Spec {
+        n,
+        dtype: DataType::Bf16,
+        op: RedOp::Sum,
+        path,
+        count,
+    };
+    let compressed = Path::Compressed(WireFormat::E4M3);
+    let mut spare = Box::new(Step::all_reduce(spec(2, 2 * block, compressed), 0, 0).expect("step"));
+    for (n, rank, count, seed) in [
+        (3, 1, 3 * block, 1),
+        (4, 0, 8 * block, 2),
+        (2, 1, 2 * block, 3),
+        (5, 4, 7 * block, 4),
+    ] {
+        let inputs = random_inputs(DataType::Bf16, n, count, seed);
+        let order: Vec<usize> = (0..n).rev().filter(|&m| m != rank).collect();
+        let mut fresh = Step::all_reduce(spec(n, count, Path::Exact), rank, 0).expect("step");
+        let mut renewed =
+            Step::renew_all_reduce(spare, spec(n, count, Path::Exact), rank, 0).expect("step");
+        let (want, sends) = fold_own_shard(&mut fresh, &inputs, rank, &order);
+        assert_eq!(sends, n - 1);
+        assert_eq!(
+            fold_own_shard(&mut renewed, &inputs, rank, &order),
+            (want, sends),
+            "{n} members, rank {rank}"
+        );
+        assert!(renewed.result_lane_closed() && !renewed.is_done());
+        spare = renewed;
+    }
 }
 
 /// An exact segment of three members, driven as the worker does: its
@@ -780,21 +854,21 @@ fn an_exact_segment_folds_in_place_and_refuses_what_does_not_belong() {
 
     // Member 2 first: it waits for member 0, and nobody reads the input.
     assert!(!step.reads_own_input(2, Lane::Contrib));
-    let fx = step.on_contribution(2, Lane::Contrib, theirs(2), &[], &mut out);
-    assert!(fx.expect("waits").sends.is_empty());
+    let mut sends = Vec::new();
+    step.on_contribution(2, Lane::Contrib, theirs(2), &[], &mut out, &mut sends)
+        .expect("waits");
+    assert!(sends.is_empty());
     assert!(!step.result_lane_closed());
     assert_eq!(
-        step.on_contribution(0, Lane::Result, theirs(0), mine, &mut out)
+        step.on_contribution(0, Lane::Result, theirs(0), mine, &mut out, &mut sends)
             .err(),
         Some(UnknownMember(0))
     );
     // Member 0 completes it: every fold runs, the owner's among them.
     assert!(step.reads_own_input(0, Lane::Contrib));
-    let fx = step
-        .on_contribution(0, Lane::Contrib, theirs(0), mine, &mut out)
+    step.on_contribution(0, Lane::Contrib, theirs(0), mine, &mut out, &mut sends)
         .expect("folds");
-    let to: Vec<_> = fx
-        .sends
+    let to: Vec<_> = sends
         .iter()
         .map(|s| match &s.bytes {
             SendBytes::Output(r) => (s.to, s.lane, r.clone()),
@@ -816,7 +890,7 @@ fn an_exact_segment_folds_in_place_and_refuses_what_does_not_belong() {
     assert_eq!(want, Some(out.clone()), "the Reducer's bytes");
     assert!(step.result_lane_closed() && !step.is_done());
     assert_eq!(
-        step.on_contribution(0, Lane::Contrib, theirs(0), mine, &mut out)
+        step.on_contribution(0, Lane::Contrib, theirs(0), mine, &mut out, &mut sends)
             .err(),
         Some(DuplicateContribution {
             from: 0,
@@ -862,7 +936,7 @@ fn an_exact_segment_folds_in_place_and_refuses_what_does_not_belong() {
     let mut two = Step::all_reduce(small, 2, 0).expect("step");
     assert!(!two.folds_in_place(Lane::Result));
     assert_eq!(
-        two.on_contribution(0, Lane::Contrib, Vec::new(), &[], &mut [])
+        two.on_contribution(0, Lane::Contrib, Vec::new(), &[], &mut [], &mut sends)
             .err(),
         Some(UnknownShard(2))
     );

@@ -59,6 +59,11 @@ pub struct Job {
     pub events: Vec<Event>,
     pub input: Buffers,
     pub output: Buffers,
+    /// Empty; filled with the messages the step produces (a recycled
+    /// vector, see [`Done::events`]).
+    pub sends: Vec<Outbound>,
+    /// Empty; what the step's folds produce passes through it (recycled).
+    pub effects: Effects,
 }
 
 /// A message a job produced, as the transport will take it.
@@ -78,6 +83,10 @@ pub struct Done {
     pub ran: [(Duration, u32); 3],
     pub step: Option<Box<Step>>,
     pub sends: NetResult<Vec<Outbound>>,
+    /// The job's event list and effects, emptied, for the scheduler to
+    /// reuse.
+    pub events: Vec<Event>,
+    pub effects: Effects,
 }
 
 fn step_error(rank: usize, e: CollError) -> NetError {
@@ -96,11 +105,12 @@ fn run(job: Job) -> Done {
         submitted,
         rank,
         mut step,
-        events,
+        mut events,
         input,
         output,
+        mut sends,
+        mut effects,
     } = job;
-    let mut sends = Vec::new();
     let mut ran = [(Duration::ZERO, 0); 3];
     let mut handle = |step: &mut Step, event: Event| -> NetResult<()> {
         let (kind, began) = (event.kind(), Instant::now());
@@ -110,45 +120,53 @@ fn run(job: Job) -> Done {
                 .map_err(|e| step_error(rank, e))?,
             Event::Message { from, lane, bytes } if step.folds_in_place(lane) => {
                 let shard = step.fold_range();
+                let mut fx = std::mem::take(&mut effects);
+                let to = &mut fx.sends;
                 let folded = if !step.reads_own_input(from, lane) {
                     // It waits for its turn, or meets only others' bytes.
                     output.with_bytes_mut(shard, |out| {
-                        step.on_contribution(from, lane, bytes, &[], out)
+                        step.on_contribution(from, lane, bytes, &[], out, to)
                     })?
                 } else if input.may_overlap(shard.clone(), &output, shard.clone()) {
                     // An in-place call: the fold reads a copy of its shard.
                     let mine = input.with_bytes(shard.clone(), pool::copy_of)?;
-                    let fx = output.with_bytes_mut(shard, |out| {
-                        step.on_contribution(from, lane, bytes, &mine, out)
+                    let folded = output.with_bytes_mut(shard, |out| {
+                        step.on_contribution(from, lane, bytes, &mine, out, to)
                     })?;
                     pool::give(mine);
-                    fx
+                    folded
                 } else {
                     output.with_bytes_mut(shard.clone(), |out| {
                         input.with_bytes(shard, |mine| {
-                            step.on_contribution(from, lane, bytes, mine, out)
+                            step.on_contribution(from, lane, bytes, mine, out, to)
                         })
                     })??
                 };
-                folded.map_err(|e| step_error(rank, e))?
+                folded.map_err(|e| step_error(rank, e))?;
+                fx
             }
             Event::Message { from, lane, bytes } => step
                 .on_message(from, lane, bytes)
                 .map_err(|e| step_error(rank, e))?,
         };
-        for w in fx.writes {
+        let mut fx = fx;
+        for w in fx.writes.drain(..) {
             output.write(w.offset, &w.bytes)?;
             pool::give_shared(w.bytes);
         }
-        for Send { to, lane, bytes } in fx.sends {
+        for Send { to, lane, bytes } in fx.sends.drain(..) {
             let bytes = Buffers::payload(&input, &output, bytes)?;
             sends.push(Outbound { to, lane, bytes });
+        }
+        // The larger lists are kept for the next fold.
+        if fx.sends.capacity() > effects.sends.capacity() {
+            effects = fx;
         }
         ran[kind] = (ran[kind].0 + began.elapsed(), ran[kind].1 + 1);
         Ok(())
     };
     let mut result = Ok(());
-    for event in events {
+    for event in events.drain(..) {
         result = handle(&mut step, event);
         if result.is_err() {
             break;
@@ -160,6 +178,8 @@ fn run(job: Job) -> Done {
         ran,
         step: Some(step),
         sends: result.map(|()| sends),
+        events,
+        effects,
     }
 }
 
@@ -260,9 +280,12 @@ impl<J> Pool<J> {
 }
 
 impl Workers {
-    /// Starts `n` worker threads named after the group member.
-    pub fn start(n: usize, rank: usize) -> NetResult<Workers> {
-        let (done_tx, done_rx) = mpsc::channel::<Done>();
+    /// Starts `n` worker threads named after the group member. The caller
+    /// has at most `most_jobs` jobs out at once (its window of steps, each
+    /// on one worker at a time): the results' channel holds that many,
+    /// allocated here, so that handing results back never allocates.
+    pub fn start(n: usize, rank: usize, most_jobs: usize) -> NetResult<Workers> {
+        let (done_tx, done_rx) = mpsc::sync_channel::<Done>(most_jobs);
         let pool = Arc::new(Pool::new(n));
         let mut workers = Workers {
             pool: (n > 0).then(|| Arc::clone(&pool)),
@@ -316,6 +339,8 @@ fn run_guarded(job: Job) -> Done {
         sends: Err(NetError::Internal(format!(
             "collnet member {rank}: step {seq} panicked"
         ))),
+        events: Vec::new(),
+        effects: Effects::default(),
     })
 }
 

@@ -11,13 +11,15 @@ use super::steps::SendBytes;
 use crate::error::{NetError, NetResult};
 use crate::sys::RawBuf;
 
-/// A call's input or output. Every job of a call holds a copy: one buffer
-/// (each allreduce) is held inline, so copies allocate nothing.
+/// A call's input or output. Every job of a call holds a copy: none (a
+/// call the GPU kernels run) or one buffer (each allreduce) is held inline,
+/// so making and copying them allocates nothing.
 #[derive(Clone)]
 pub struct Buffers(Parts);
 
 #[derive(Clone)]
 enum Parts {
+    None,
     One([RawBuf; 1]),
     Many(Arc<[RawBuf]>),
 }
@@ -26,6 +28,7 @@ impl Buffers {
     pub fn new(parts: impl ExactSizeIterator<Item = RawBuf>) -> Buffers {
         let mut parts = parts.peekable();
         Buffers(match (parts.len(), parts.peek()) {
+            (0, _) => Parts::None,
             (1, Some(&one)) => Parts::One([one]),
             _ => Parts::Many(parts.collect()),
         })
@@ -33,6 +36,7 @@ impl Buffers {
 
     fn parts(&self) -> &[RawBuf] {
         match &self.0 {
+            Parts::None => &[],
             Parts::One(one) => one,
             Parts::Many(many) => many,
         }

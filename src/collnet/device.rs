@@ -16,6 +16,7 @@
 //! handle NCCL passes along, which may come from the other side's view.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::NetResult;
@@ -126,14 +127,31 @@ impl DeviceRange {
 
 /// A fixed-size piece of the group's pinned staging arena: where GPU
 /// kernels write compressed bytes for the wire and read received ones.
-/// It goes back to the pool when dropped.
+/// Clones share the slot (a reduced shard goes to every other member); it
+/// goes back to the pool when the last of them is dropped. Neither a clone
+/// nor a drop allocates: the slot's holders are counted in the arena.
 pub struct PinnedSlot {
-    arena: Arc<PinnedBuf>,
-    /// The arena's device-visible address.
-    arena_addr: DevAddr,
+    arena: Arc<Arena>,
     offset: usize,
     len: usize,
-    free: Arc<Mutex<Vec<usize>>>,
+}
+
+/// The pinned staging arena behind a [`SlotPool`] and its slots.
+struct Arena {
+    buf: PinnedBuf,
+    /// The arena's device-visible address.
+    addr: DevAddr,
+    slot_bytes: usize,
+    /// Offsets of the free slots (room for every slot, allocated once).
+    free: Mutex<Vec<usize>>,
+    /// Handles alive per slot.
+    holders: Box<[AtomicUsize]>,
+}
+
+impl Arena {
+    fn holders(&self, offset: usize) -> &AtomicUsize {
+        &self.holders[offset / self.slot_bytes]
+    }
 }
 
 impl PinnedSlot {
@@ -146,12 +164,12 @@ impl PinnedSlot {
     }
 
     pub fn as_ptr(&self) -> *mut u8 {
-        self.arena.as_ptr().wrapping_add(self.offset)
+        self.arena.buf.as_ptr().wrapping_add(self.offset)
     }
 
     /// The address kernels use for this slot.
     pub fn device_addr(&self) -> DevAddr {
-        self.arena_addr.offset(self.offset)
+        self.arena.addr.offset(self.offset)
     }
 
     /// Shortens the slot to its first `len` bytes.
@@ -160,16 +178,34 @@ impl PinnedSlot {
     }
 
     /// Writes `values` at the start of the slot (a kernel's pointer table);
-    /// no kernel may be using the slot.
-    pub fn write_u64s(&mut self, values: &[u64]) {
+    /// no kernel may be using the slot, and it is not shared yet.
+    pub fn write_u64s(&mut self, values: impl ExactSizeIterator<Item = u64>) {
         assert!(
             values.len() * 8 <= self.len,
             "pointer table larger than its slot"
         );
-        for (i, v) in values.iter().enumerate() {
+        assert_eq!(
+            self.arena.holders(self.offset).load(Ordering::Acquire),
+            1,
+            "a shared slot is only read"
+        );
+        for (i, v) in values.enumerate() {
             // SAFETY: in bounds (asserted), pinned host memory owned by this
             // slot, which no kernel uses until the caller launches one.
-            unsafe { self.as_ptr().add(i * 8).cast::<u64>().write_unaligned(*v) };
+            unsafe { self.as_ptr().add(i * 8).cast::<u64>().write_unaligned(v) };
+        }
+    }
+}
+
+impl Clone for PinnedSlot {
+    fn clone(&self) -> Self {
+        self.arena
+            .holders(self.offset)
+            .fetch_add(1, Ordering::Relaxed);
+        PinnedSlot {
+            arena: Arc::clone(&self.arena),
+            offset: self.offset,
+            len: self.len,
         }
     }
 }
@@ -182,8 +218,17 @@ impl fmt::Debug for PinnedSlot {
 
 impl Drop for PinnedSlot {
     fn drop(&mut self) {
-        if let Ok(mut free) = self.free.lock() {
-            free.push(self.offset);
+        // The last handle frees the slot (AcqRel: every other handle's use
+        // happens before the slot is handed out again).
+        if self
+            .arena
+            .holders(self.offset)
+            .fetch_sub(1, Ordering::AcqRel)
+            == 1
+        {
+            if let Ok(mut free) = self.arena.free.lock() {
+                free.push(self.offset);
+            }
         }
     }
 }
@@ -192,47 +237,45 @@ impl Drop for PinnedSlot {
 /// (at the first GPU registration), so the data path never allocates or
 /// registers memory.
 pub struct SlotPool {
-    arena: Arc<PinnedBuf>,
-    arena_addr: DevAddr,
-    slot_bytes: usize,
-    free: Arc<Mutex<Vec<usize>>>,
+    arena: Arc<Arena>,
 }
 
 impl SlotPool {
     fn new(ctx: &Arc<GpuContext>, slot_bytes: usize, slots: usize) -> NetResult<SlotPool> {
-        let arena = Arc::new(ctx.alloc_pinned(slot_bytes * slots)?);
-        let arena_addr = arena.device_addr(0)?;
+        let buf = ctx.alloc_pinned(slot_bytes * slots)?;
+        let addr = buf.device_addr(0)?;
         Ok(SlotPool {
-            arena,
-            arena_addr,
-            slot_bytes,
-            free: Arc::new(Mutex::new(
-                (0..slots).rev().map(|i| i * slot_bytes).collect(),
-            )),
+            arena: Arc::new(Arena {
+                buf,
+                addr,
+                slot_bytes,
+                free: Mutex::new((0..slots).rev().map(|i| i * slot_bytes).collect()),
+                holders: (0..slots).map(|_| AtomicUsize::new(0)).collect(),
+            }),
         })
     }
 
     fn arena_len(&self) -> usize {
-        self.arena.len()
+        self.arena.buf.len()
     }
 
     /// Free slots now.
     pub fn available(&self) -> usize {
-        self.free.lock().map_or(0, |f| f.len())
+        self.arena.free.lock().map_or(0, |f| f.len())
     }
 
     /// A slot of `len` bytes (`len <= slot_bytes`), if one is free.
     pub fn take(&self, len: usize) -> Option<PinnedSlot> {
-        if len > self.slot_bytes {
+        if len > self.arena.slot_bytes {
             return None;
         }
-        let offset = self.free.lock().ok()?.pop()?;
+        let offset = self.arena.free.lock().ok()?.pop()?;
+        // Free, so nobody else holds it.
+        self.arena.holders(offset).store(1, Ordering::Relaxed);
         Some(PinnedSlot {
             arena: Arc::clone(&self.arena),
-            arena_addr: self.arena_addr,
             offset,
             len,
-            free: Arc::clone(&self.free),
         })
     }
 }

@@ -20,8 +20,6 @@
 //! slots or writes its output has completed (NCCL reuses the buffers at
 //! once).
 
-use std::sync::Arc;
-
 use super::algo::{Path, Spec};
 use super::device::{PinnedSlot, SlotPool};
 use super::lend::{Payload, RecvBuf};
@@ -88,23 +86,38 @@ impl GpuStep {
         2 * others + if own { spec.n - 1 + 2 } else { 0 }
     }
 
-    /// The segment of `spec` at device `input`/`output`; takes its slots
-    /// (the caller checked [`GpuStep::slots_needed`] are free) and returns
-    /// the receives to post, in lane order.
+    /// The segment of `spec` at device `input`/`output`, in the memory of
+    /// a finished step if there is a `spare` (a steady call pattern then
+    /// allocates nothing); takes its slots (the caller checked
+    /// [`GpuStep::slots_needed`] are free) and appends the receives to
+    /// post, in lane order, to `expects`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn renew(
+        spare: Option<Box<GpuStep>>,
         spec: Spec,
         rank: usize,
         elem: Elem,
         input: DevAddr,
         output: DevAddr,
         pool: &SlotPool,
-    ) -> NetResult<(GpuStep, Vec<GpuExpect>)> {
+        expects: &mut Vec<GpuExpect>,
+    ) -> NetResult<Box<GpuStep>> {
+        let mut spare = spare;
+        let (mut contributions, mut received, mut decodes) = match spare.as_deref_mut() {
+            Some(s) => (
+                std::mem::take(&mut s.contributions),
+                std::mem::take(&mut s.received),
+                std::mem::take(&mut s.decodes),
+            ),
+            None => Default::default(),
+        };
+        contributions.clear();
+        received.clear();
+        decodes.clear();
         let n = spec.n;
         let no_slot = || NetError::Internal("GPU staging slots ran out".into());
         let own_len = spec.payload_len(rank);
         let own = !spec.shard(rank).is_empty();
-        let mut expects = Vec::new();
         for j in (0..n).filter(|&j| j != rank) {
             if own {
                 expects.push(GpuExpect {
@@ -122,7 +135,6 @@ impl GpuStep {
                 });
             }
         }
-        let mut contributions = Vec::new();
         for s in (0..n).filter(|&s| s != rank && !spec.shard(s).is_empty()) {
             let len = spec.payload_len(s);
             contributions.push((s, pool.take(len).ok_or_else(no_slot)?));
@@ -138,6 +150,7 @@ impl GpuStep {
         let reduced_left = (0..n)
             .filter(|&s| s != rank && !spec.shard(s).is_empty())
             .count();
+        received.resize_with(n, || None);
         let step = GpuStep {
             spec,
             rank,
@@ -147,16 +160,22 @@ impl GpuStep {
             contributions,
             start_fence: None,
             started: false,
-            received: (0..n).map(|_| None).collect(),
+            received,
             contributions_left: if own { n - 1 } else { 0 },
             table,
             reduced,
             reduce_fence: None,
             results_sent: !own,
-            decodes: Vec::new(),
+            decodes,
             reduced_left,
         };
-        Ok((step, expects))
+        Ok(match spare {
+            Some(mut spare) => {
+                *spare = step;
+                spare
+            }
+            None => Box::new(step),
+        })
     }
 
     fn at(&self, base: DevAddr, shard: usize) -> DevAddr {
@@ -244,12 +263,11 @@ impl GpuStep {
         let (Some(table), Some(reduced)) = (self.table.as_mut(), self.reduced.as_ref()) else {
             return Ok(());
         };
-        let wires: Vec<u64> = self
-            .received
-            .iter()
-            .map(|s| s.as_ref().map_or(0, |s| s.device_addr().0))
-            .collect();
-        table.write_u64s(&wires);
+        table.write_u64s(
+            self.received
+                .iter()
+                .map(|s| s.as_ref().map_or(0, |s| s.device_addr().0)),
+        );
         let count = self.spec.shard(self.rank).len();
         let fold = Fold {
             members: self.spec.n,
@@ -268,16 +286,16 @@ impl GpuStep {
         Ok(())
     }
 
-    /// Messages whose kernels have completed, ready to go out.
-    pub fn poll(&mut self) -> NetResult<Vec<GpuSend>> {
-        let mut out = Vec::new();
+    /// Appends to `out` the messages whose kernels have completed, ready
+    /// to go out.
+    pub fn poll(&mut self, out: &mut Vec<GpuSend>) -> NetResult<()> {
         if !self.started && fence_done(&self.start_fence)? {
             self.started = true;
             self.start_fence = None;
             out.extend(self.contributions.drain(..).map(|(to, slot)| GpuSend {
                 to,
                 lane: Lane::Contrib,
-                bytes: Payload::Pinned(Arc::new(slot)),
+                bytes: Payload::Pinned(slot),
             }));
         }
         if !self.results_sent && self.reduce_fence.is_some() && fence_done(&self.reduce_fence)? {
@@ -286,14 +304,14 @@ impl GpuStep {
             // The fold read its inputs: their slots can be reused.
             self.received.iter_mut().for_each(|s| *s = None);
             self.table = None;
-            let bytes = Arc::new(self.reduced.take().expect("reduced slot of an owned shard"));
+            let bytes = self.reduced.take().expect("reduced slot of an owned shard");
             out.extend(
                 (0..self.spec.n)
                     .filter(|&to| to != self.rank)
                     .map(|to| GpuSend {
                         to,
                         lane: Lane::Result,
-                        bytes: Payload::Pinned(Arc::clone(&bytes)),
+                        bytes: Payload::Pinned(bytes.clone()),
                     }),
             );
         }
@@ -305,7 +323,7 @@ impl GpuStep {
                 i += 1;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Every contribution has been handed out.

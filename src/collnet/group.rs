@@ -22,7 +22,7 @@ use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
 use super::buffers::Buffers;
 use super::calibrate::probe::{self, Calibrated};
 use super::device::{DeviceMemory, DeviceRange, Place};
-use super::gpu_step::GpuStep;
+use super::gpu_step::{GpuExpect, GpuSend, GpuStep};
 use super::join::{self, MemberHello, MEMBER_HELLO_BYTES, READY, READY_BYTES};
 use super::lend::{OwnedRecv, OwnedSend, Payload, RecvBuf};
 use super::link::tcp::{TcpRx, TcpTx};
@@ -273,6 +273,11 @@ struct StepLists {
     steps: Vec<Box<Step>>,
     /// The steps of a call being filed ([`Group::add_op`]).
     pending: Vec<Pending>,
+    /// The same for GPU steps ([`GpuStep::renew`], [`GpuStep::poll`]).
+    #[allow(clippy::vec_box)] // the boxes are what is reused (`Exec::Gpu`)
+    gpu_steps: Vec<Box<GpuStep>>,
+    gpu_expects: Vec<GpuExpect>,
+    gpu_sends: Vec<GpuSend>,
 }
 
 impl StepLists {
@@ -293,6 +298,9 @@ impl StepLists {
             effects: Vec::new(),
             steps: Vec::new(),
             pending: Vec::new(),
+            gpu_steps: Vec::new(),
+            gpu_expects: Vec::new(),
+            gpu_sends: Vec::new(),
         }
     }
 }
@@ -1254,17 +1262,20 @@ impl Group {
                         .device
                         .as_ref()
                         .expect("GPU steps need the group's device");
-                    let (mut step, expects) = GpuStep::new(
+                    let expects = &mut self.lists.gpu_expects;
+                    let mut step = GpuStep::renew(
+                        self.lists.gpu_steps.pop(),
                         seg.spec,
                         self.params.rank,
                         seg.elem,
                         seg.input,
                         seg.output,
                         device.slots(),
+                        expects,
                     )?;
                     step.start(device.queue())?;
-                    receives.extend(expects.into_iter().map(|e| (e.from, e.lane, e.buf)));
-                    (Exec::Gpu(Box::new(step)), Vec::new(), false)
+                    receives.extend(expects.drain(..).map(|e| (e.from, e.lane, e.buf)));
+                    (Exec::Gpu(step), Vec::new(), false)
                 }
             };
             let outstanding = receives.len();
@@ -1503,17 +1514,19 @@ impl Group {
 
     /// Collects the messages of GPU steps whose kernels have completed.
     fn poll_gpu(&mut self) -> NetResult<()> {
+        let mut sends = std::mem::take(&mut self.lists.gpu_sends);
         for idx in 0..self.active.len() {
             let Exec::Gpu(step) = &mut self.active[idx].exec else {
                 continue;
             };
-            let sends = step.poll()?;
+            step.poll(&mut sends)?;
             let started = step.started();
             self.active[idx].started = started;
-            for s in sends {
+            for s in sends.drain(..) {
                 self.queue_send(idx, s.to, s.lane, s.bytes);
             }
         }
+        self.lists.gpu_sends = sends;
         Ok(())
     }
 
@@ -1564,13 +1577,19 @@ impl Group {
             }
             let a = self.active.pop_front().expect("front");
             self.activity.phases.retire(&a.times);
-            if let Exec::Cpu(Some(step)) = a.exec {
-                if let Some(e) = step.sampled_error() {
-                    metrics::collnet().fp8_error_sample(e);
+            match a.exec {
+                Exec::Cpu(Some(step)) => {
+                    if let Some(e) = step.sampled_error() {
+                        metrics::collnet().fp8_error_sample(e);
+                    }
+                    if self.lists.steps.len() < WINDOW {
+                        self.lists.steps.push(step);
+                    }
                 }
-                if self.lists.steps.len() < WINDOW {
-                    self.lists.steps.push(step);
+                Exec::Gpu(step) if self.lists.gpu_steps.len() < WINDOW => {
+                    self.lists.gpu_steps.push(step);
                 }
+                Exec::Cpu(None) | Exec::Gpu(_) => {}
             }
             if let Some(op) = self.ops.get_mut(&a.op) {
                 op.steps_left -= 1;

@@ -22,7 +22,8 @@ use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 #[derive(Clone, Debug)]
 pub enum Payload {
     Heap(Arc<Vec<u8>>),
-    Pinned(Arc<PinnedSlot>),
+    /// A GPU staging slot (clones share it, see [`PinnedSlot`]).
+    Pinned(PinnedSlot),
     Borrowed(RawBuf),
 }
 

@@ -11,7 +11,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex};
 
 use super::net::{PTR_CUDA, PTR_HOST};
-use super::object::{self, Kind};
+use super::object::{self, Kind, Recycled};
 use super::write_out;
 use crate::collnet::comm::{lock, CollComm, SharedGroup};
 use crate::collnet::device::{self, Place};
@@ -31,6 +31,9 @@ static LISTEN_COMM_IDS: Mutex<BTreeMap<usize, u64>> = Mutex::new(BTreeMap::new()
 fn listen_comm_ids() -> std::sync::MutexGuard<'static, BTreeMap<usize, u64>> {
     LISTEN_COMM_IDS.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Request objects' boxes, reused from one call to the next.
+static COLL_REQUESTS: Recycled<CollRequest> = Recycled::new();
 
 enum CollRequest {
     Op {
@@ -116,7 +119,13 @@ fn finish_post(group: &SharedGroup, op: u64, request: *mut *mut c_void) -> NetRe
         op,
     };
     // SAFETY: NCCL's out-pointer; write_out refuses null.
-    unsafe { write_out(request, object::into_raw(Kind::CollRequest, req), "request") }
+    unsafe {
+        write_out(
+            request,
+            COLL_REQUESTS.raw(Kind::CollRequest, req),
+            "request",
+        )
+    }
 }
 
 /// # Safety
@@ -300,7 +309,7 @@ pub unsafe fn ireducescatter(
 /// # Safety
 /// `request` must be writable.
 pub unsafe fn iflush(request: *mut *mut c_void) -> NetResult<()> {
-    let req = object::into_raw(Kind::CollRequest, CollRequest::Done);
+    let req = COLL_REQUESTS.raw(Kind::CollRequest, CollRequest::Done);
     // SAFETY: NCCL's out-pointer; write_out refuses null.
     unsafe { write_out(request, req, "request") }
 }
@@ -321,7 +330,7 @@ pub unsafe fn test(request: *mut c_void, done: *mut c_int, size: *mut c_int) -> 
             unsafe { size.write(c_int::try_from(bytes).unwrap_or(c_int::MAX)) };
         }
         // SAFETY: done with the request; NCCL will not pass it again.
-        drop(unsafe { object::take::<CollRequest>(request, Kind::CollRequest)? });
+        drop(unsafe { COLL_REQUESTS.take(request, Kind::CollRequest)? });
     }
     // SAFETY: NCCL's out-pointer; write_out refuses null.
     unsafe { write_out(done, c_int::from(finished.is_some()), "done") }

@@ -5,7 +5,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
 use super::bindings::ncclDebugLogger_t;
-use super::object::{self, Kind};
+use super::object::{self, Kind, Recycled};
 use super::{logger, write_out};
 use crate::error::{NetError, NetResult};
 use crate::gpu;
@@ -21,6 +21,9 @@ pub const NAME: &std::ffi::CStr = c"airamp";
 pub const PTR_HOST: c_int = 0x1;
 /// `NCCL_PTR_CUDA`: device memory (the collective network, with GPUDirect).
 pub const PTR_CUDA: c_int = 0x2;
+
+/// Request objects' boxes, reused from one request to the next.
+static REQUESTS: Recycled<Request> = Recycled::new();
 
 enum Request {
     Send(SendRequest),
@@ -205,7 +208,7 @@ pub unsafe fn isend(
         let send = StagedSend::start(comm, region, data as usize, size, tag)?;
         let req = Request::StagedSend(send, comm as *const SendComm);
         // SAFETY: NCCL's out-pointer; write_out refuses null.
-        return unsafe { write_out(request, object::into_raw(Kind::Request, req), "request") };
+        return unsafe { write_out(request, REQUESTS.raw(Kind::Request, req), "request") };
     }
     refuse_unregistered_device(data, size)?;
     // SAFETY: NCCL keeps `data` valid for `size` bytes until test() says done.
@@ -216,12 +219,12 @@ pub unsafe fn isend(
         Ok(send) => {
             let req = Request::StagedSend(send, comm as *const SendComm);
             // SAFETY: NCCL's out-pointer; write_out refuses null.
-            return unsafe { write_out(request, object::into_raw(Kind::Request, req), "request") };
+            return unsafe { write_out(request, REQUESTS.raw(Kind::Request, req), "request") };
         }
         Err(buf) => buf,
     };
     let req = match comm.isend(buf, tag)? {
-        Some(r) => object::into_raw(Kind::Request, Request::Send(r)),
+        Some(r) => REQUESTS.raw(Kind::Request, Request::Send(r)),
         None => std::ptr::null_mut(),
     };
     // SAFETY: NCCL's out-pointer; write_out refuses null.
@@ -273,11 +276,11 @@ pub unsafe fn irecv(
     }
     let req = if device.is_empty() {
         comm.irecv(&slots)?
-            .map(|r| object::into_raw(Kind::Request, Request::Recv(r)))
+            .map(|r| REQUESTS.raw(Kind::Request, Request::Recv(r)))
     } else {
         device.resize_with(n, || None);
         StagedRecv::start(comm, &slots, device)?
-            .map(|r| object::into_raw(Kind::Request, Request::StagedRecv(r)))
+            .map(|r| REQUESTS.raw(Kind::Request, Request::StagedRecv(r)))
     }
     .unwrap_or(std::ptr::null_mut());
     // SAFETY: NCCL's out-pointer; write_out refuses null.
@@ -335,7 +338,7 @@ pub unsafe fn test(request: *mut c_void, done: *mut c_int, sizes: *mut c_int) ->
     };
     if finished.is_some() {
         // SAFETY: done with the request; NCCL will not pass it again.
-        drop(unsafe { object::take::<Request>(request, Kind::Request)? });
+        drop(unsafe { REQUESTS.take(request, Kind::Request)? });
     }
     // SAFETY: NCCL's out-pointer; write_out refuses null.
     unsafe { write_out(done, c_int::from(finished.is_some()), "done") }

@@ -4,8 +4,9 @@
 //! to the wrong call, a double close, or a comm inherited across `fork()`.
 
 use std::ffi::c_void;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once, PoisonError};
 
 use crate::error::{NetError, NetResult};
 
@@ -99,4 +100,113 @@ pub unsafe fn take<T>(p: *mut c_void, kind: Kind) -> NetResult<T> {
     let mut boxed = unsafe { Box::from_raw(p.cast::<Tagged<T>>()) };
     boxed.kind = 0;
     Ok(boxed.value)
+}
+
+/// Boxes of freed objects of one type, reused for the next ones: NCCL makes
+/// and frees a request per call, and the data path should not allocate.
+/// A kept box holds no value.
+pub struct Recycled<T> {
+    spare: Mutex<Vec<SpareBox<T>>>,
+}
+
+/// A box whose value was moved out.
+struct SpareBox<T>(Box<Tagged<MaybeUninit<T>>>);
+
+// SAFETY: a spare box holds no `T` (its value is uninitialized), only
+// memory, which any thread may reuse.
+unsafe impl<T> Send for SpareBox<T> {}
+
+/// Most boxes kept per type (NCCL's requests in flight at once, over every
+/// connection, are far fewer).
+const MAX_SPARE: usize = 4096;
+
+impl<T> Recycled<T> {
+    pub const fn new() -> Self {
+        Recycled {
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// As [`into_raw`], in a kept box when there is one.
+    pub fn raw(&self, kind: Kind, value: T) -> *mut c_void {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut boxed = spare.map_or_else(
+            || {
+                Box::new(Tagged {
+                    kind: 0,
+                    generation: 0,
+                    value: MaybeUninit::uninit(),
+                })
+            },
+            |s| s.0,
+        );
+        boxed.kind = kind as u32;
+        boxed.generation = FORK_GENERATION.load(Ordering::Acquire);
+        boxed.value.write(value);
+        // `MaybeUninit<T>` has `T`'s layout: [`get_mut`] and [`take`] see a
+        // `Tagged<T>`.
+        Box::into_raw(boxed).cast()
+    }
+
+    /// As [`take`], keeping the box for the next [`Recycled::raw`].
+    ///
+    /// # Safety
+    /// `p` must come from this `Recycled`'s [`Recycled::raw`], under
+    /// [`get_mut`]'s contract.
+    pub unsafe fn take(&self, p: *mut c_void, kind: Kind) -> NetResult<T> {
+        // SAFETY: the caller's contract; this checks the tag.
+        unsafe { get_mut::<T>(p, kind)? };
+        // SAFETY: `p` came from `Box::into_raw` of a `Tagged<MaybeUninit<T>>`
+        // (this type's `raw`) and is live.
+        let mut boxed = unsafe { Box::from_raw(p.cast::<Tagged<MaybeUninit<T>>>()) };
+        boxed.kind = 0;
+        // SAFETY: `into_raw` wrote the value and nothing has moved it out:
+        // the tag, cleared only here, was still set.
+        let value = unsafe { boxed.value.assume_init_read() };
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < MAX_SPARE {
+            spare.push(SpareBox(boxed));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_freed_box_carries_the_next_object() {
+        let boxes = Recycled::<Arc<u32>>::new();
+        let first = Arc::new(1);
+        let p = boxes.raw(Kind::Request, Arc::clone(&first));
+        // SAFETY: `p` came from `boxes` and is live.
+        assert_eq!(
+            **unsafe { get_mut::<Arc<u32>>(p, Kind::Request) }.unwrap(),
+            1
+        );
+        // SAFETY: as above.
+        assert!(unsafe { boxes.take(p, Kind::Coll) }.is_err(), "wrong kind");
+        // SAFETY: as above.
+        let back = unsafe { boxes.take(p, Kind::Request) }.unwrap();
+        assert!(Arc::ptr_eq(&back, &first));
+        drop(back);
+        assert_eq!(Arc::strong_count(&first), 1, "moved out, not copied");
+        // SAFETY: the box is kept (not freed) with its tag cleared.
+        assert!(unsafe { get_mut::<Arc<u32>>(p, Kind::Request) }.is_err());
+
+        let second = Arc::new(2);
+        let q = boxes.raw(Kind::Request, Arc::clone(&second));
+        assert_eq!(q, p, "the kept box");
+        // SAFETY: `q` came from `boxes` and is live.
+        assert_eq!(*unsafe { boxes.take(q, Kind::Request) }.unwrap(), 2);
+        drop(boxes);
+        assert_eq!(Arc::strong_count(&second), 1, "a kept box drops no value");
+    }
 }

@@ -26,6 +26,7 @@ use super::lend::Payload;
 use super::pool;
 use super::steps::{Effects, Lane, Send, Step};
 use crate::error::{NetError, NetResult, PeerFailure};
+use crate::sys::thread::spawn_running;
 
 /// Something a step must handle, in the order the scheduler saw it.
 pub enum Event {
@@ -158,9 +159,12 @@ fn run(job: Job) -> Done {
             let bytes = Buffers::payload(&input, &output, bytes)?;
             sends.push(Outbound { to, lane, bytes });
         }
-        // The larger lists are kept for the next fold.
+        // The larger list of each kind is kept for the next fold.
         if fx.sends.capacity() > effects.sends.capacity() {
-            effects = fx;
+            std::mem::swap(&mut fx.sends, &mut effects.sends);
+        }
+        if fx.writes.capacity() > effects.writes.capacity() {
+            std::mem::swap(&mut fx.writes, &mut effects.writes);
         }
         ran[kind] = (ran[kind].0 + began.elapsed(), ran[kind].1 + 1);
         Ok(())
@@ -296,10 +300,11 @@ impl Workers {
         for i in 0..n {
             let pool = Arc::clone(&pool);
             let done = done_tx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("airamp-cn{rank}-w{i}"))
-                .spawn(move || pool.serve(i, |job| done.send(run_guarded(job)).is_ok()))
-                .map_err(|e| NetError::io("collnet worker thread", e))?;
+            let builder = std::thread::Builder::new().name(format!("airamp-cn{rank}-w{i}"));
+            let handle = spawn_running(builder, move || {
+                pool.serve(i, |job| done.send(run_guarded(job)).is_ok())
+            })
+            .map_err(|e| NetError::io("collnet worker thread", e))?;
             workers.threads.push(handle);
         }
         Ok(workers)
@@ -349,6 +354,10 @@ impl Drop for Workers {
         if let Some(pool) = self.pool.take() {
             pool.close();
         }
+        // No worker may block on a full results channel while joined: with
+        // the receiver gone, a send fails at once.
+        let (_, closed) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.results, closed));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

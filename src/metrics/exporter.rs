@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::render::{render, set_info};
 use crate::sys::poll::{self as os, poll_fd, PollFd, POLLIN, POLLOUT};
+use crate::sys::thread::spawn_running;
 
 /// Content type of text exposition format 0.0.4; accepted by Prometheus 2
 /// and 3 (the latter needs an explicit version in the header).
@@ -176,18 +177,18 @@ pub fn start(cfg: ExporterConfig) -> Result<Option<ExporterStatus>, MetricsError
     let fd = listener.as_ref().map_or(-1, |l| l.as_raw_fd());
     LISTENER_FD.store(fd, Ordering::SeqCst);
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = thread::Builder::new()
+    let builder = thread::Builder::new()
         .name("airamp-metrics".into())
-        .stack_size(256 * 1024)
-        .spawn({
-            let stop = stop.clone();
-            let textfile = cfg.textfile;
-            move || run(listener, textfile, &stop)
-        })
-        .map_err(|e| {
-            let _ = LISTENER_FD.compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst);
-            MetricsError::Spawn(e)
-        })?;
+        .stack_size(256 * 1024);
+    let thread = spawn_running(builder, {
+        let stop = stop.clone();
+        let textfile = cfg.textfile;
+        move || run(listener, textfile, &stop)
+    })
+    .map_err(|e| {
+        let _ = LISTENER_FD.compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst);
+        MetricsError::Spawn(e)
+    })?;
     *slot = Some(Running {
         stop,
         thread,

@@ -3,6 +3,7 @@
 //! Kept out of `abi/` (the C face) so the transport below it can use them.
 
 pub mod poll;
+pub mod thread;
 
 use std::ffi::CStr;
 use std::io::{self, IoSlice};

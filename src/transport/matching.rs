@@ -17,7 +17,7 @@ pub const MAX_RECVS: usize = 8;
 
 /// One value per slot of a grouped receive, held inline: posting and
 /// completing receives allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct PerSlot<T: Copy> {
     len: usize,
     items: [T; MAX_RECVS],
@@ -65,6 +65,14 @@ impl<T: Copy> DerefMut for PerSlot<T> {
         &mut self.items[..self.len]
     }
 }
+
+impl<T: Copy + PartialEq> PartialEq for PerSlot<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
+
+impl<T: Copy + Eq> Eq for PerSlot<T> {}
 
 impl<T: Copy + std::fmt::Debug> std::fmt::Debug for PerSlot<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,8 +157,8 @@ struct Active {
     received: u64,
 }
 
-/// Its queues keep their capacity: once the most receives a connection has
-/// in flight have been posted, posting and matching allocate nothing.
+/// Its lists are made with room for a connection's receives in flight
+/// ([`RecvMatcher::with_room`]), so posting and matching allocate nothing.
 #[derive(Default)]
 pub struct RecvMatcher {
     posted: VecDeque<Posted>,
@@ -161,6 +169,16 @@ pub struct RecvMatcher {
 impl RecvMatcher {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Room for `receives` posted receives and a message in every slot of
+    /// each.
+    pub fn with_room(receives: usize) -> Self {
+        RecvMatcher {
+            posted: VecDeque::with_capacity(receives),
+            active: Vec::with_capacity(receives * MAX_RECVS),
+            next_seq: 0,
+        }
     }
 
     /// Posts one (possibly grouped) receive: `(tag, capacity)` per slot,

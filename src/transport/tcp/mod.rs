@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{NetError, NetResult, PeerFailure};
+use crate::sys::thread::spawn_running;
 
 pub use connect::Connecting;
 pub use listen::Listener;
@@ -99,6 +100,8 @@ pub const MAX_REQUESTS: usize = 32;
 /// Starts one thread per stream running `work(shared, stream)`. A panic in
 /// one is handed to `on_panic` (which fails the connection) rather than
 /// leaving NCCL polling requests nobody will finish.
+///
+/// Returns once every thread runs ([`spawn_running`]).
 fn spawn_stream_threads<S: Send + Sync + 'static>(
     shared: &Arc<S>,
     streams: usize,
@@ -109,16 +112,16 @@ fn spawn_stream_threads<S: Send + Sync + 'static>(
     (0..streams)
         .map(|i| {
             let shared = Arc::clone(shared);
-            std::thread::Builder::new()
+            let builder = std::thread::Builder::new()
                 .name(format!("airamp-{role}{i}"))
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    let watch = Arc::clone(&shared);
-                    if catch_unwind(AssertUnwindSafe(|| work(shared, i))).is_err() {
-                        on_panic(&watch);
-                    }
-                })
-                .map_err(|e| NetError::io("spawn stream thread", e))
+                .stack_size(256 << 10);
+            spawn_running(builder, move || {
+                let watch = Arc::clone(&shared);
+                if catch_unwind(AssertUnwindSafe(|| work(shared, i))).is_err() {
+                    on_panic(&watch);
+                }
+            })
+            .map_err(|e| NetError::io("spawn stream thread", e))
         })
         .collect()
 }

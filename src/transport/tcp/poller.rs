@@ -26,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::metrics::{self, TransportKind};
+use crate::sys::thread::spawn_running;
 
 /// How long the poller spins after the last small message before it sleeps.
 const LINGER: Duration = Duration::from_millis(1);
@@ -115,18 +116,16 @@ fn instance(role: Role) -> &'static Poller {
         // The thread waits for this initialisation to finish. Should it
         // ever panic, it stops covering and the callers move their
         // messages themselves again.
-        let spawned = std::thread::Builder::new()
+        let builder = std::thread::Builder::new()
             .name(name.into())
-            .stack_size(256 << 10)
-            .spawn(move || {
-                let p = instance(role);
-                if catch_unwind(AssertUnwindSafe(|| run(p))).is_err() {
-                    p.spinning.store(false, Ordering::SeqCst);
-                    crate::warn!(
-                        "tcp: {name} thread failed; NCCL's proxy thread moves small messages"
-                    );
-                }
-            });
+            .stack_size(256 << 10);
+        let spawned = spawn_running(builder, move || {
+            let p = instance(role);
+            if catch_unwind(AssertUnwindSafe(|| run(p))).is_err() {
+                p.spinning.store(false, Ordering::SeqCst);
+                crate::warn!("tcp: {name} thread failed; NCCL's proxy thread moves small messages");
+            }
+        });
         if let Err(e) = spawned {
             crate::warn!("tcp: no {name} thread ({e}); NCCL's proxy thread moves small messages");
         }

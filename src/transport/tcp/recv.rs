@@ -774,7 +774,11 @@ impl RecvComm {
             caller_assists: AtomicBool::new(true),
             poller: Poller::for_receives(s.poller),
             caller_visits: AtomicU64::new(0),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                matcher: RecvMatcher::with_room(MAX_REQUESTS),
+                ops: HashMap::with_capacity(MAX_REQUESTS),
+                ..State::default()
+            }),
             post_wake: Condvar::new(),
             post_sleepers: Sleepers::default(),
             idle_wake: socks.iter().map(|_| Condvar::new()).collect(),

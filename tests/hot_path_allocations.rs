@@ -14,11 +14,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::ffi::{c_int, c_void};
 use std::net::{IpAddr, Ipv4Addr};
+use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use airamp::abi::bindings::{ncclNet_v10_t, ncclResult_t};
 use airamp::codec::WireFormat;
 use airamp::collnet::calibrate::probe::{Setup, PROBE_VALUES};
 use airamp::collnet::device::Place;
@@ -28,7 +31,9 @@ use airamp::error::NetResult;
 use airamp::gpu::{self, GpuContext, PrimaryContext};
 use airamp::sys::RawBuf;
 use airamp::transport::iface::NetDevice;
-use airamp::transport::tcp::{Connecting, Listener, RecvComm, SendComm, TcpSettings};
+use airamp::transport::tcp::{
+    Connecting, Listener, RecvComm, RecvRequest, SendComm, SendRequest, TcpSettings,
+};
 
 struct Counting;
 
@@ -37,6 +42,8 @@ static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static TRACING: AtomicBool = AtomicBool::new(false);
 /// Where the traced allocations were made, and how many at each place.
 static SITES: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// Sites being recorded now (a backtrace takes milliseconds to resolve).
+static RECORDING_NOW: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// This thread is recording a site: its own allocations are not counted.
@@ -49,8 +56,10 @@ fn counted() {
     if RECORDING.with(Cell::get) {
         return;
     }
-    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    if TRACING.load(Ordering::Relaxed) {
+    // SeqCst: an allocation counted in a window is traced in it.
+    ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+    if TRACING.load(Ordering::SeqCst) {
+        RECORDING_NOW.fetch_add(1, Ordering::SeqCst);
         RECORDING.with(|r| r.set(true));
         let trace = Backtrace::force_capture().to_string();
         let site: Vec<&str> = trace
@@ -66,6 +75,7 @@ fn counted() {
         };
         *SITES.lock().unwrap().entry(site).or_default() += 1;
         RECORDING.with(|r| r.set(false));
+        RECORDING_NOW.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -103,16 +113,20 @@ struct Window {
 impl Window {
     fn open() -> Window {
         let trace = std::env::var_os("AIRAMP_TRACE_ALLOCATIONS").is_some_and(|v| v == "1");
-        TRACING.store(trace, Ordering::Relaxed);
+        TRACING.store(trace, Ordering::SeqCst);
         Window {
-            start: ALLOCATIONS.load(Ordering::Relaxed),
+            start: ALLOCATIONS.load(Ordering::SeqCst),
         }
     }
 
     /// The allocations counted since `open`; prints their sites if traced.
     fn close(self, what: &str) -> u64 {
-        let counted = ALLOCATIONS.load(Ordering::Relaxed) - self.start;
-        TRACING.store(false, Ordering::Relaxed);
+        let counted = ALLOCATIONS.load(Ordering::SeqCst) - self.start;
+        TRACING.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while RECORDING_NOW.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         let sites = std::mem::take(&mut *SITES.lock().unwrap());
         for (site, n) in sites {
             println!("{what}: {n} allocation(s) at\n  {site}");
@@ -163,14 +177,77 @@ fn connected(settings: &TcpSettings) -> (SendComm, RecvComm) {
     (send.expect("send comm"), recv.expect("receive comm"))
 }
 
-/// `messages` messages of `src.len()` bytes, each received before the next
-/// is sent (as NCCL's small steps go).
-fn send_each(send: &SendComm, recv: &RecvComm, src: &mut [u8], dst: &mut [u8], messages: usize) {
-    for _ in 0..messages {
-        let r = wait("irecv", || recv.irecv(&[(raw(dst), 7)]));
-        let s = wait("isend", || send.isend(raw(src), 7));
-        wait("send", || s.test());
-        wait("receive", || Ok(r.test()?.map(|_| ())));
+/// Messages of `size` bytes, `in_flight` at a time (each in its own part
+/// of `src` and `dst`), `rounds` times; `requests` is the caller's list,
+/// empty, with room for them (so the test itself allocates nothing).
+struct Traffic<'a> {
+    send: &'a SendComm,
+    recv: &'a RecvComm,
+    size: usize,
+    in_flight: usize,
+}
+
+impl Traffic<'_> {
+    fn run(
+        &self,
+        src: &mut [u8],
+        dst: &mut [u8],
+        rounds: usize,
+        requests: &mut Vec<(RecvRequest, SendRequest)>,
+    ) {
+        for _ in 0..rounds {
+            for (s, d) in src
+                .chunks_mut(self.size)
+                .zip(dst.chunks_mut(self.size))
+                .take(self.in_flight)
+            {
+                let r = wait("irecv", || self.recv.irecv(&[(raw(d), 7)]));
+                let s = wait("isend", || self.send.isend(raw(s), 7));
+                requests.push((r, s));
+            }
+            for (r, s) in requests.drain(..) {
+                wait("send", || s.test());
+                wait("receive", || Ok(r.test()?.map(|_| ())));
+            }
+        }
+    }
+}
+
+/// A barrier that fails the test after 60 s instead of hanging when a
+/// member thread died before reaching it.
+struct Gate {
+    parties: usize,
+    /// Arrived so far, and how many times the gate opened.
+    state: Mutex<(usize, u64)>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn new(parties: usize) -> Gate {
+        Gate {
+            parties,
+            state: Mutex::new((0, 0)),
+            opened: Condvar::new(),
+        }
+    }
+
+    fn wait(&self) {
+        let mut state = self.state.lock().unwrap();
+        let round = state.1;
+        state.0 += 1;
+        if state.0 == self.parties {
+            *state = (0, round + 1);
+            self.opened.notify_all();
+            return;
+        }
+        let (_state, waited) = self
+            .opened
+            .wait_timeout_while(state, Duration::from_secs(60), |s| s.1 == round)
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "a member did not reach the gate in 60 s"
+        );
     }
 }
 
@@ -194,18 +271,23 @@ fn all_reduce_each(group: &mut Group, input: &Place, output: &Place, count: usiz
     }
 }
 
-/// Two members over TCP on loopback, two workers each, as the plugin runs
+/// `n` members over TCP on loopback, two workers each, as the plugin runs
 /// them by default (no help from the proxy thread), run `warm` allreduces
 /// of 2 MiB (two segments) in `memory`, then `counted` more; returns the
 /// allocations of those.
-fn steady_allreduces(memory: Memory, settings: &TcpSettings, warm: usize, counted: usize) -> u64 {
-    let n = 2;
+fn steady_allreduces(
+    memory: Memory,
+    n: usize,
+    settings: &TcpSettings,
+    warm: usize,
+    counted: usize,
+) -> u64 {
     let bound: Vec<_> = (0..n)
         .map(|_| Listener::bind(&lo(), settings).expect("bind"))
         .collect();
     let handles: Vec<_> = bound.iter().map(|(_, h)| h.clone()).collect();
     // Each member waits at: warm, start counting, stop counting, close.
-    let gate = Arc::new(Barrier::new(n + 1));
+    let gate = Arc::new(Gate::new(n + 1));
     let members: Vec<_> = bound
         .into_iter()
         .enumerate()
@@ -279,42 +361,158 @@ fn steady_allreduces(memory: Memory, settings: &TcpSettings, warm: usize, counte
     counted
 }
 
+extern "C" {
+    /// The net plugin's v10 vtable, as NCCL finds it in the library.
+    static ncclNetPlugin_v10: ncclNet_v10_t;
+}
+
+/// Fails the test unless NCCL's call succeeded.
+fn ok(what: &str, r: ncclResult_t) {
+    assert_eq!(r, ncclResult_t::ncclSuccess, "{what} failed");
+}
+
+/// 8-byte messages through the C ABI, as NCCL makes them: `rounds` times a
+/// receive, a send and `test` on both until done. Returns the allocations
+/// of the last `counted` rounds.
+fn abi_messages(rounds: usize, counted: usize) -> u64 {
+    // SAFETY: the vtable is a static of this library, complete at link
+    // time; each call below follows NCCL's net plugin contract (pointers
+    // valid for the call, buffers until their request is done, requests
+    // tested until done, comms closed once).
+    unsafe {
+        let net = &ncclNetPlugin_v10;
+        ok("init", net.init.unwrap()(None, None));
+        let mut handle = [0u8; 128];
+        let (mut listen, mut send, mut recv): (*mut c_void, *mut c_void, *mut c_void) =
+            (null_mut(), null_mut(), null_mut());
+        ok(
+            "listen",
+            net.listen.unwrap()(0, handle.as_mut_ptr().cast(), &mut listen),
+        );
+        wait("connect and accept", || {
+            if send.is_null() {
+                ok(
+                    "connect",
+                    net.connect.unwrap()(
+                        0,
+                        null_mut(),
+                        handle.as_mut_ptr().cast(),
+                        &mut send,
+                        null_mut(),
+                    ),
+                );
+            }
+            if recv.is_null() {
+                ok("accept", net.accept.unwrap()(listen, &mut recv, null_mut()));
+            }
+            Ok((!send.is_null() && !recv.is_null()).then_some(()))
+        });
+        let (mut src, mut dst) = ([5u8; 8], [0u8; 8]);
+        let poll = |request: *mut c_void| {
+            let (mut done, mut size) = (0 as c_int, 0 as c_int);
+            wait("test", || {
+                ok("test", net.test.unwrap()(request, &mut done, &mut size));
+                Ok((done != 0).then_some(()))
+            });
+        };
+        let mut window = None;
+        for round in 0..rounds {
+            if round + counted == rounds {
+                window = Some(Window::open());
+            }
+            let (mut receive, mut sending) = (null_mut(), null_mut());
+            let mut data = [dst.as_mut_ptr().cast::<c_void>()];
+            let (mut sizes, mut tags) = ([8usize], [7 as c_int]);
+            let mut mhandles = [null_mut()];
+            ok(
+                "irecv",
+                net.irecv.unwrap()(
+                    recv,
+                    1,
+                    data.as_mut_ptr(),
+                    sizes.as_mut_ptr(),
+                    tags.as_mut_ptr(),
+                    mhandles.as_mut_ptr(),
+                    null_mut(),
+                    &mut receive,
+                ),
+            );
+            let data = src.as_mut_ptr().cast();
+            ok(
+                "isend",
+                net.isend.unwrap()(send, data, 8, 7, null_mut(), null_mut(), &mut sending),
+            );
+            assert!(
+                !receive.is_null() && !sending.is_null(),
+                "a request pool is full"
+            );
+            poll(sending);
+            poll(receive);
+        }
+        let counted = window.expect("opened").close("C ABI messages");
+        ok("closeSend", net.closeSend.unwrap()(send));
+        ok("closeRecv", net.closeRecv.unwrap()(recv));
+        ok("closeListen", net.closeListen.unwrap()(listen));
+        counted
+    }
+}
+
 #[test]
 fn steady_traffic_allocates_nothing() {
+    let counted = abi_messages(250, 200);
+    println!("C ABI, 8 B messages: {counted} allocations in 200");
+    assert_eq!(counted, 0, "NCCL's calls allocated");
+
     let settings = TcpSettings {
         streams: 4,
         ..TcpSettings::default()
     };
     let (send, recv) = connected(&settings);
-    // 8 bytes move on the caller's thread, 1 MiB on the stream threads.
-    // Both are warmed up first: the stream threads have started (a new
-    // thread allocates as it starts) and the queues have grown.
-    let mut buffers: Vec<_> = [8, 1 << 20]
+    // 8 bytes one at a time move on the caller's thread, 1 MiB eight at a
+    // time on the stream threads. Both are warmed up first: the stream
+    // threads have started (a new thread allocates as it starts) and the
+    // queues have grown.
+    let mut requests = Vec::with_capacity(8);
+    let mut traffic: Vec<_> = [(8, 1), (1 << 20, 8)]
         .into_iter()
-        .map(|size| (vec![3u8; size], vec![0u8; size]))
+        .map(|(size, in_flight)| {
+            let t = Traffic {
+                send: &send,
+                recv: &recv,
+                size,
+                in_flight,
+            };
+            (t, vec![3u8; size * in_flight], vec![0u8; size * in_flight])
+        })
         .collect();
-    for (src, dst) in &mut buffers {
-        send_each(&send, &recv, src, dst, 50);
+    for (t, src, dst) in &mut traffic {
+        t.run(src, dst, 50, &mut requests);
     }
-    for (src, dst) in &mut buffers {
+    for (t, src, dst) in &mut traffic {
         let window = Window::open();
-        send_each(&send, &recv, src, dst, 200);
+        t.run(src, dst, 200 / t.in_flight, &mut requests);
         let counted = window.close("messages");
-        let size = src.len();
-        println!("transport, {size} B messages: {counted} allocations in 200");
+        let size = t.size;
+        println!(
+            "transport, {size} B messages, {} in flight: {counted} allocations in 200",
+            t.in_flight
+        );
         assert_eq!(counted, 0, "the transport allocated for {size} B messages");
     }
+    drop(traffic);
     drop((send, recv));
 
-    let counted = steady_allreduces(Memory::Host, &settings, 20, 50);
-    println!("collective network, exact host path: {counted} allocations in 2 x 50 allreduces");
+    let counted = steady_allreduces(Memory::Host, 3, &settings, 20, 50);
+    println!("collective network, exact host path, 3 members: {counted} allocations in 3 x 50 allreduces");
     assert_eq!(counted, 0, "the collective network's host path allocated");
 
     if !gpu::available() {
         println!("collective network, GPU path: not counted (no CUDA driver here)");
         return;
     }
-    let counted = steady_allreduces(Memory::Gpu, &settings, 20, 50);
-    println!("collective network, FP8 GPU path: {counted} allocations in 2 x 50 allreduces");
+    let counted = steady_allreduces(Memory::Gpu, 2, &settings, 20, 50);
+    println!(
+        "collective network, FP8 GPU path, 2 members: {counted} allocations in 2 x 50 allreduces"
+    );
     assert_eq!(counted, 0, "the collective network's GPU path allocated");
 }

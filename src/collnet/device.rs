@@ -17,7 +17,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::error::NetResult;
 use crate::gpu::{self, DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
@@ -226,9 +226,13 @@ impl Drop for PinnedSlot {
             .fetch_sub(1, Ordering::AcqRel)
             == 1
         {
-            if let Ok(mut free) = self.arena.free.lock() {
-                free.push(self.offset);
-            }
+            let mut free = self
+                .arena
+                .free
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            debug_assert!(free.len() < self.arena.holders.len(), "a slot freed twice");
+            free.push(self.offset);
         }
     }
 }

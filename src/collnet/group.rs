@@ -268,7 +268,8 @@ struct StepLists {
     early_sends: Vec<Send>,
     early: Vec<(usize, Lane, Payload)>,
     effects: Vec<Effects>,
-    /// Finished host steps, for the next calls' ([`Step::renew_all_reduce`]).
+    /// Finished allreduce steps, renewed for later calls' segments
+    /// ([`Step::renew_all_reduce`]).
     #[allow(clippy::vec_box)] // the boxes are what is reused (`Pending::Cpu`)
     steps: Vec<Box<Step>>,
     /// The steps of a call being filed ([`Group::add_op`]).
@@ -1263,6 +1264,7 @@ impl Group {
                         .as_ref()
                         .expect("GPU steps need the group's device");
                     let expects = &mut self.lists.gpu_expects;
+                    expects.clear();
                     let mut step = GpuStep::renew(
                         self.lists.gpu_steps.pop(),
                         seg.spec,
@@ -1583,7 +1585,7 @@ impl Group {
                         metrics::collnet().fp8_error_sample(e);
                     }
                     if self.lists.steps.len() < WINDOW {
-                        self.lists.steps.push(step);
+                        self.lists.steps.extend(step.into_spare());
                     }
                 }
                 Exec::Gpu(step) if self.lists.gpu_steps.len() < WINDOW => {

@@ -213,6 +213,20 @@ impl Step {
         Ok(spare)
     }
 
+    /// What of a finished step is worth keeping for
+    /// [`Step::renew_all_reduce`]: an allreduce segment's box and its exact
+    /// lists, without the compressed path's member (its accumulators and
+    /// codec state would sit idle). Other steps are not kept.
+    pub fn into_spare(mut self: Box<Step>) -> Option<Box<Step>> {
+        match &mut *self {
+            Step::AllReduce(s) => {
+                s.member = None;
+                Some(self)
+            }
+            Step::AllGather(_) | Step::ReduceScatter(_) => None,
+        }
+    }
+
     fn all_reduce_in(
         spare: Option<Box<InPlace>>,
         spec: Spec,

@@ -164,7 +164,7 @@ impl<T> Recycled<T> {
         // (this type's `raw`) and is live.
         let mut boxed = unsafe { Box::from_raw(p.cast::<Tagged<MaybeUninit<T>>>()) };
         boxed.kind = 0;
-        // SAFETY: `into_raw` wrote the value and nothing has moved it out:
+        // SAFETY: `raw` wrote the value and nothing has moved it out:
         // the tag, cleared only here, was still set.
         let value = unsafe { boxed.value.assume_init_read() };
         let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
                 for (i, s) in slots.iter().enumerate() {
                     caps.insert((next_req, i), s.1);
                 }
-                m.post(next_req, &slots);
+                m.post(next_req, slots.iter().copied());
                 next_req += 1;
             }
             1 => {

@@ -1,8 +1,10 @@
 //! Heap allocations on the hot path (PoLA, F9: once NCCL's call pattern is
 //! steady, the data path allocates nothing), counted over every thread by
-//! a counting global allocator. This binary holds one test, so every
-//! allocation it counts is the transport's or the collective network's:
-//! NCCL's proxy thread, the stream threads and the workers.
+//! a counting global allocator. This binary runs without libtest's harness
+//! (whose timer thread allocates, to say a test runs long): its parts run
+//! in `main`, one after another, so every allocation it counts is the
+//! transport's or the collective network's: NCCL's proxy thread, the
+//! stream threads and the workers.
 //!
 //! The GPU path is counted where a CUDA driver loads (the GPU host: build
 //! this test here, run its binary there); elsewhere it says it skipped it.
@@ -256,6 +258,8 @@ impl Gate {
 enum Memory {
     /// Host buffers: the exact host path.
     Host,
+    /// Host buffers with FP8 agreed: the host path's codec on the workers.
+    HostFp8,
     /// Device buffers with FP8 agreed: the GPU kernels.
     Gpu,
 }
@@ -302,6 +306,7 @@ fn steady_allreduces(
                     probe_values: PROBE_VALUES,
                 };
                 let on_gpu = matches!(memory, Memory::Gpu);
+                let wire = (!matches!(memory, Memory::Host)).then_some(WireFormat::E4M3);
                 // NCCL's proxy thread has the application's context current.
                 let _primary =
                     on_gpu.then(|| PrimaryContext::bind(0).expect("device 0's primary context"));
@@ -310,7 +315,7 @@ fn steady_allreduces(
                     &handles,
                     rank,
                     &settings,
-                    on_gpu.then_some(WireFormat::E4M3),
+                    wire,
                     Duration::from_secs(20),
                     2,
                     false,
@@ -323,7 +328,7 @@ fn steady_allreduces(
                 let (mut host_in, mut host_out) = (vec![1u8; bytes], vec![0u8; bytes]);
                 let mut device = Vec::new();
                 let (input, output) = match memory {
-                    Memory::Host => (
+                    Memory::Host | Memory::HostFp8 => (
                         Place::Host(raw(&mut host_in)),
                         Place::Host(raw(&mut host_out)),
                     ),
@@ -457,8 +462,7 @@ fn abi_messages(rounds: usize, counted: usize) -> u64 {
     }
 }
 
-#[test]
-fn steady_traffic_allocates_nothing() {
+fn main() {
     let counted = abi_messages(250, 200);
     println!("C ABI, 8 B messages: {counted} allocations in 200");
     assert_eq!(counted, 0, "NCCL's calls allocated");
@@ -505,6 +509,15 @@ fn steady_traffic_allocates_nothing() {
     let counted = steady_allreduces(Memory::Host, 3, &settings, 20, 50);
     println!("collective network, exact host path, 3 members: {counted} allocations in 3 x 50 allreduces");
     assert_eq!(counted, 0, "the collective network's host path allocated");
+
+    let counted = steady_allreduces(Memory::HostFp8, 3, &settings, 20, 50);
+    println!(
+        "collective network, FP8 host path, 3 members: {counted} allocations in 3 x 50 allreduces"
+    );
+    assert_eq!(
+        counted, 0,
+        "the collective network's FP8 host path allocated"
+    );
 
     if !gpu::available() {
         println!("collective network, GPU path: not counted (no CUDA driver here)");

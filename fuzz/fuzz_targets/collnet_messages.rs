@@ -5,7 +5,7 @@
 
 use airamp::codec::WireFormat;
 use airamp::collnet::join::MemberHello;
-use airamp::collnet::steps::{Lane, Step};
+use airamp::collnet::steps::{Effects, Lane, Step};
 use airamp::collnet::{DataType, Path, RedOp, Spec};
 use libfuzzer_sys::fuzz_target;
 
@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let spec = Spec { n, dtype: DataType::Bf16, op: RedOp::Sum, path, count: 100 };
     let Ok(mut step) = Step::all_reduce(spec, 0, 0) else { return };
-    if step.start(&[0u8; 200]).is_err() {
+    let mut fx = Effects::default();
+    if step.start(&[0u8; 200], &mut fx).is_err() {
         return;
     }
     // Chop the rest into messages: [from, lane, len] + payload.
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     while let [from, lane, len, tail @ ..] = msgs {
         let take = usize::from(*len).min(tail.len());
         let lane = if lane & 1 == 0 { Lane::Contrib } else { Lane::Result };
-        let _ = step.on_message(usize::from(*from % 8), lane, tail[..take].to_vec());
+        let _ = step.on_message(usize::from(*from % 8), lane, tail[..take].to_vec(), &mut fx);
         msgs = &tail[take..];
     }
 });

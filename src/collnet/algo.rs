@@ -738,10 +738,29 @@ impl Reducer {
         shard: usize,
         len: usize,
     ) -> Reducer {
+        Reducer::renew(None, dtype, op, codec, n, shard, len)
+    }
+
+    /// [`Reducer::new`] in the memory of a spent reducer (its lists).
+    pub fn renew(
+        spare: Option<Reducer>,
+        dtype: DataType,
+        op: RedOp,
+        codec: Option<Codec>,
+        n: usize,
+        shard: usize,
+        len: usize,
+    ) -> Reducer {
         let payload_len = match codec {
             None => len * dtype.size(),
             Some(c) => encoded_len(c.format(), len),
         };
+        let (mut received, mut pending) =
+            spare.map_or_else(Default::default, |r| (r.received, r.pending));
+        received.clear();
+        received.resize(n, false);
+        pending.clear();
+        pending.resize_with(n, || None);
         Reducer {
             dtype,
             op,
@@ -749,8 +768,8 @@ impl Reducer {
             shard,
             len,
             payload_len,
-            received: vec![false; n],
-            pending: vec![None; n],
+            received,
+            pending,
             next_fold: 0,
             acc: Acc::Empty,
             sampled_error: None,
@@ -955,14 +974,17 @@ fn sample_error(codec: &Codec, acc: &[f32]) -> Option<f64> {
     if n == 0 {
         return None;
     }
-    let mut block = vec![0u8; encoded_len(codec.format(), n)];
-    codec.encode_wire(Src::F32(&acc[..n]), &mut block).ok()?;
+    // A block's wire bytes: at most a 2-byte scale and a byte per value.
+    let mut block = [0u8; 2 + crate::codec::BLOCK];
+    let block = &mut block[..encoded_len(codec.format(), n)];
+    codec.encode_wire(Src::F32(&acc[..n]), block).ok()?;
     // Blocks are independent: the first block encodes alone exactly as it
     // did inside the shard.
-    let mut back = vec![0f32; n];
-    codec.decode_into_wire(&block, Dst::F32(&mut back)).ok()?;
+    let mut back = [0f32; crate::codec::BLOCK];
+    let back = &mut back[..n];
+    codec.decode_into_wire(block, Dst::F32(back)).ok()?;
     let (mut num, mut den) = (0f64, 0f64);
-    for (a, b) in acc[..n].iter().zip(&back) {
+    for (a, b) in acc[..n].iter().zip(back.iter()) {
         num += (f64::from(*a) - f64::from(*b)).powi(2);
         den += f64::from(*a).powi(2);
     }
@@ -1208,11 +1230,7 @@ impl Member {
         rank: usize,
         input: &[u8],
     ) -> Result<(Member, Vec<Outgoing>), CollError> {
-        let codec = match spec.path {
-            Path::Exact => None,
-            Path::Compressed(f) => Some(Codec::new(f)),
-        };
-        Member::with_codec(spec, rank, input, codec)
+        Member::with_codec(spec, rank, input, None)
     }
 
     /// As [`Member::new`] with an explicit codec (tests pin the backend).
@@ -1222,42 +1240,37 @@ impl Member {
         input: &[u8],
         codec: Option<Codec>,
     ) -> Result<(Member, Vec<Outgoing>), CollError> {
-        Member::build(spec, rank, input, codec, false)
+        let mut m = Member::prepare(None, spec, rank, codec, false)?;
+        let mut out = Vec::new();
+        m.start(input, &mut out)?;
+        Ok((m, out))
     }
 
-    /// As [`Member::new`], for a driver that moves bytes straight between
-    /// the caller's buffers: on the exact path the contributions are not
-    /// copied (the driver sends the other members' shards of its input as
-    /// they are), and final shards are not assembled into
-    /// [`Member::output`] but handed out by [`Member::take_ready`].
-    pub fn new_lending(
+    /// A member, not started yet, for a driver that moves bytes straight
+    /// between the caller's buffers: on the exact path the contributions
+    /// are not copied (the driver sends the other members' shards of its
+    /// input as they are), and final shards are not assembled into
+    /// [`Member::output`] but handed out by [`Member::drain_ready`]. It
+    /// reuses the lists of `spare`, a finished member, so a steady
+    /// pattern's segments allocate nothing.
+    pub fn renew_lending(
+        spare: Option<Member>,
         spec: Spec,
         rank: usize,
-        input: &[u8],
-    ) -> Result<(Member, Vec<Outgoing>), CollError> {
-        let codec = match spec.path {
-            Path::Exact => None,
-            Path::Compressed(f) => Some(Codec::new(f)),
-        };
-        Member::build(spec, rank, input, codec, true)
+    ) -> Result<Member, CollError> {
+        Member::prepare(spare, spec, rank, None, true)
     }
 
-    fn build(
+    fn prepare(
+        spare: Option<Member>,
         spec: Spec,
         rank: usize,
-        input: &[u8],
         codec: Option<Codec>,
         lend: bool,
-    ) -> Result<(Member, Vec<Outgoing>), CollError> {
+    ) -> Result<Member, CollError> {
         spec.validate()?;
         if rank >= spec.n {
             return Err(CollError::BadRank { rank, n: spec.n });
-        }
-        if input.len() != spec.input_bytes() {
-            return Err(CollError::InputLength {
-                expected: spec.input_bytes(),
-                actual: input.len(),
-            });
         }
         let codec = match (spec.path, codec) {
             (Path::Exact, _) => None,
@@ -1265,15 +1278,25 @@ impl Member {
             (Path::Compressed(f), _) => Some(Codec::new(f)),
         };
         let n = spec.n;
-        let size = spec.dtype.size();
         let own = spec.shard(rank);
-        let mut m = Member {
+        let (reducer, mut have, mut ready) = spare.map_or_else(Default::default, |m| {
+            if let Some(output) = (!m.output.is_empty()).then_some(m.output) {
+                pool::give(output);
+            }
+            (m.reducer, m.have, m.ready)
+        });
+        have.clear();
+        have.resize(n, false);
+        for (_, bytes) in ready.drain(..) {
+            pool::give_shared(bytes);
+        }
+        Ok(Member {
             spec,
             rank,
             codec,
             reducer: (!own.is_empty())
-                .then(|| Reducer::new(spec.dtype, spec.op, codec, n, rank, own.len())),
-            have: vec![false; n],
+                .then(|| Reducer::renew(reducer, spec.dtype, spec.op, codec, n, rank, own.len())),
+            have,
             remaining: (0..n).filter(|&s| !spec.shard(s).is_empty()).count(),
             output: if lend {
                 Vec::new()
@@ -1281,39 +1304,52 @@ impl Member {
                 pool::take(spec.input_bytes())
             },
             lending: lend,
-            ready: Vec::new(),
-        };
-        let mut out = Vec::new();
+            ready,
+        })
+    }
+
+    /// Reads `input` (`spec.count` native-endian elements): appends the
+    /// contributions to send to `out` and applies its own locally (for
+    /// `n == 1` the call is then done).
+    pub fn start(&mut self, input: &[u8], out: &mut Vec<Outgoing>) -> Result<(), CollError> {
+        let spec = self.spec;
+        if input.len() != spec.input_bytes() {
+            return Err(CollError::InputLength {
+                expected: spec.input_bytes(),
+                actual: input.len(),
+            });
+        }
+        let size = spec.dtype.size();
         let mut mine = None;
-        for s in 0..n {
+        for s in 0..spec.n {
             let r = spec.shard(s);
             if r.is_empty() {
                 continue;
             }
             let raw = &input[r.start * size..r.end * size];
-            if s == rank {
+            if s == self.rank {
                 // Never on the wire: kept exact (see Reducer::accept_native).
                 mine = Some(pool::copy_of(raw));
                 continue;
             }
-            let bytes = match &m.codec {
-                None if lend => continue,
+            let bytes = match &self.codec {
+                None if self.lending => continue,
                 None => pool::copy_of(raw),
                 Some(c) => fp8_encode(c, spec.dtype, raw)?,
             };
             out.push(Outgoing {
                 to: s,
                 msg: Msg::Contribution {
-                    from: rank,
+                    from: self.rank,
                     shard: s,
                     bytes,
                 },
             });
         }
         if let Some(bytes) = mine {
-            out.extend(m.accept_contribution(rank, bytes, true)?);
+            self.accept_contribution(self.rank, bytes, true, out)?;
         }
-        Ok((m, out))
+        Ok(())
     }
 
     pub fn rank(&self) -> usize {
@@ -1353,12 +1389,19 @@ impl Member {
 
     /// Final shards not yet handed out (lending members only): `(byte
     /// offset in the segment, bytes)`.
-    pub fn take_ready(&mut self) -> Vec<(usize, Shared)> {
-        std::mem::take(&mut self.ready)
+    pub fn drain_ready(&mut self) -> std::vec::Drain<'_, (usize, Shared)> {
+        self.ready.drain(..)
     }
 
     /// Handles one message from the network. On error nothing changed.
     pub fn on_message(&mut self, msg: Msg) -> Result<Vec<Outgoing>, CollError> {
+        let mut out = Vec::new();
+        self.on_message_into(msg, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Member::on_message`], appending the messages to send to `out`.
+    pub fn on_message_into(&mut self, msg: Msg, out: &mut Vec<Outgoing>) -> Result<(), CollError> {
         match msg {
             Msg::Contribution { from, shard, bytes } => {
                 self.check_shard(shard)?;
@@ -1368,7 +1411,7 @@ impl Member {
                 if from >= self.spec.n {
                     return Err(CollError::UnknownMember(from));
                 }
-                self.accept_contribution(from, bytes, false)
+                self.accept_contribution(from, bytes, false, out)
             }
             Msg::Reduced { shard, bytes } => {
                 self.check_shard(shard)?;
@@ -1379,8 +1422,7 @@ impl Member {
                     return Err(CollError::DuplicateReduced { shard });
                 }
                 self.check_len(shard, bytes.len())?;
-                self.apply_reduced(shard, bytes)?;
-                Ok(Vec::new())
+                self.apply_reduced(shard, bytes)
             }
         }
     }
@@ -1425,13 +1467,15 @@ impl Member {
     }
 
     /// Folds a contribution to the owned shard; once all are in, applies the
-    /// reduced bytes locally exactly as receivers will, and broadcasts them.
+    /// reduced bytes locally exactly as receivers will, and appends their
+    /// broadcast to `out`.
     fn accept_contribution(
         &mut self,
         from: usize,
         bytes: Vec<u8>,
         native: bool,
-    ) -> Result<Vec<Outgoing>, CollError> {
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), CollError> {
         let reducer = self
             .reducer
             .as_mut()
@@ -1442,23 +1486,28 @@ impl Member {
             reducer.accept(from, bytes)?
         };
         let Some(bytes) = accepted else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        let bytes: Shared = Arc::new(bytes);
+        let bytes = pool::share(bytes);
         self.apply_reduced(self.rank, Arc::clone(&bytes))?;
         let shard = self.rank;
-        Ok((0..self.spec.n)
-            .filter(|&to| to != shard)
-            .map(|to| Outgoing {
-                to,
-                msg: Msg::Reduced {
-                    shard,
-                    bytes: Arc::clone(&bytes),
-                },
-            })
-            .collect())
+        out.extend(
+            (0..self.spec.n)
+                .filter(|&to| to != shard)
+                .map(|to| Outgoing {
+                    to,
+                    msg: Msg::Reduced {
+                        shard,
+                        bytes: Arc::clone(&bytes),
+                    },
+                }),
+        );
+        pool::give_shared(bytes);
+        Ok(())
     }
 
+    /// Shard `shard`'s final bytes: into the output, or handed out; FP8
+    /// wire bytes are decoded first and then let go.
     fn apply_reduced(&mut self, shard: usize, bytes: Shared) -> Result<(), CollError> {
         let size = self.spec.dtype.size();
         let r = self.spec.shard(shard);
@@ -1470,7 +1519,8 @@ impl Member {
             (Some(c), true) => {
                 let mut out = pool::take(range.len());
                 fp8_decode(c, self.spec.dtype, &bytes, &mut out)?;
-                self.ready.push((range.start, Arc::new(out)));
+                self.ready.push((range.start, pool::share(out)));
+                pool::give_shared(bytes);
             }
         }
         self.have[shard] = true;

@@ -159,7 +159,7 @@ impl Buffers {
             return Ok(Payload::Borrowed(raw));
         }
         let bytes = self.with_bytes(range, pool::copy_of)?;
-        Ok(Payload::Heap(std::sync::Arc::new(bytes)))
+        Ok(Payload::Heap(pool::share(bytes)))
     }
 
     /// A step's message as the transport takes it: bytes the step made, or

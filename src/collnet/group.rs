@@ -753,6 +753,9 @@ impl Group {
                 })
             })
             .collect();
+        // A step in flight holds at most about 2n shared buffers (its
+        // encoded contributions, its reduced shard, its decoded shards).
+        pool::reserve_shells(2 * WINDOW * 2 * params.n);
         Ok(Group {
             workers: Workers::start(workers, params.rank, WINDOW)?,
             device: None,

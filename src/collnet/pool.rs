@@ -5,7 +5,10 @@
 //! iteration). Fresh large allocations cost page faults and zeroing on
 //! every call, so buffers go back to a pool keyed by power-of-two capacity
 //! once done, and after warm-up the hot path allocates nothing. Lookups
-//! and the bytes held are metrics (`airamp_collnet_pool_*`).
+//! and the bytes held are metrics (`airamp_collnet_pool_*`). Shared bytes
+//! ([`Shared`]) come apart when their last user gives them back: the bytes
+//! go to the pool and the empty `Arc` to a list of shells, since an `Arc`
+//! costs an allocation of its own.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -37,6 +40,10 @@ static WIDE: Mutex<Pool<f32>> = Mutex::new(Pool {
 });
 /// Bytes held by both pools.
 static HELD: AtomicUsize = AtomicUsize::new(0);
+/// Empty [`Shared`]s, each owned by this list alone, for [`share`].
+static SHELLS: Mutex<Vec<Shared>> = Mutex::new(Vec::new());
+/// Most shells kept: more than a window of steps ever has in flight.
+const MAX_SHELLS: usize = 4096;
 
 fn class_of(len: usize) -> usize {
     len.max(64).next_power_of_two()
@@ -101,10 +108,45 @@ pub fn give_wide(v: Vec<f32>) {
     give_to(&WIDE, v);
 }
 
-/// Returns shared bytes once their last user lets go.
-pub fn give_shared(bytes: Shared) {
-    if let Ok(v) = Arc::try_unwrap(bytes) {
-        give(v);
+/// `v` as shared bytes, in a recycled `Arc` where one is spare.
+pub fn share(v: Vec<u8>) -> Shared {
+    let shell = SHELLS.lock().ok().and_then(|mut shells| shells.pop());
+    match shell {
+        Some(mut shell) => match Arc::get_mut(&mut shell) {
+            Some(bytes) => {
+                *bytes = v;
+                shell
+            }
+            None => Arc::new(v),
+        },
+        None => Arc::new(v),
+    }
+}
+
+/// Makes sure `count` spare shells exist (at most [`MAX_SHELLS`]), so that
+/// a window of steps in flight never waits on an allocation for one.
+pub fn reserve_shells(count: usize) {
+    if let Ok(mut shells) = SHELLS.lock() {
+        let count = count.min(MAX_SHELLS);
+        let missing = count.saturating_sub(shells.len());
+        shells.reserve(missing);
+        while shells.len() < count {
+            shells.push(Arc::new(Vec::new()));
+        }
+    }
+}
+
+/// Lets go of shared bytes; the last user's call returns the bytes and the
+/// `Arc` for reuse (a user that drops its clone instead only costs that).
+pub fn give_shared(mut bytes: Shared) {
+    let Some(v) = Arc::get_mut(&mut bytes) else {
+        return;
+    };
+    give(std::mem::take(v));
+    if let Ok(mut shells) = SHELLS.lock() {
+        if shells.len() < MAX_SHELLS {
+            shells.push(bytes);
+        }
     }
 }
 
@@ -133,6 +175,20 @@ mod tests {
         let _ = p;
         give(w);
         give(Vec::with_capacity(1000)); // not a pool buffer: ignored
+    }
+
+    #[test]
+    fn shared_bytes_come_apart_only_when_the_last_user_gives_them() {
+        let bytes = share(take(300));
+        let clone = Arc::clone(&bytes);
+        give_shared(bytes);
+        // Still held: the clone's bytes are untouched.
+        assert_eq!(clone.len(), 300);
+        give_shared(clone);
+        // A shell comes back empty and is filled anew.
+        let again = share(vec![7u8; 5]);
+        assert_eq!(*again, vec![7u8; 5]);
+        give_shared(again);
     }
 
     #[test]

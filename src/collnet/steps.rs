@@ -129,6 +129,9 @@ pub struct AllReduceStep {
     /// Its contributions went out before it started
     /// ([`Step::take_early_contributions`]).
     sent_early: bool,
+    /// The member's messages on their way to [`Effects::sends`] (a list
+    /// kept for the next segment).
+    outgoing: Vec<Outgoing>,
 }
 
 /// An exact allreduce segment as the host reduces it with the least memory
@@ -173,62 +176,69 @@ pub enum Step {
     ReduceScatter(ReduceScatterStep),
 }
 
-fn map_outgoing(out: Vec<Outgoing>) -> Vec<Send> {
-    out.into_iter()
-        .map(|o| match o.msg {
-            Msg::Contribution { bytes, .. } => Send {
-                to: o.to,
-                lane: Lane::Contrib,
-                bytes: SendBytes::Owned(Arc::new(bytes)),
-            },
-            Msg::Reduced { bytes, .. } => Send {
-                to: o.to,
-                lane: Lane::Result,
-                bytes: SendBytes::Owned(bytes),
-            },
-        })
-        .collect()
+/// Moves a member's messages onto their lanes.
+fn map_outgoing(out: &mut Vec<Outgoing>, sends: &mut Vec<Send>) {
+    sends.extend(out.drain(..).map(|o| match o.msg {
+        Msg::Contribution { bytes, .. } => Send {
+            to: o.to,
+            lane: Lane::Contrib,
+            bytes: SendBytes::Owned(pool::share(bytes)),
+        },
+        Msg::Reduced { bytes, .. } => Send {
+            to: o.to,
+            lane: Lane::Result,
+            bytes: SendBytes::Owned(bytes),
+        },
+    }));
+}
+
+/// What a finished allreduce segment leaves for the next one's memory.
+#[derive(Default)]
+struct AllReduceSpare {
+    in_place: Option<Box<InPlace>>,
+    member: Option<Member>,
+    outgoing: Vec<Outgoing>,
 }
 
 impl Step {
     /// A segment of an allreduce; `offset` is in bytes.
     pub fn all_reduce(spec: Spec, rank: usize, offset: usize) -> Result<Step, CollError> {
-        Self::all_reduce_in(None, spec, rank, offset)
+        Self::all_reduce_in(AllReduceSpare::default(), spec, rank, offset)
     }
 
-    /// [`Step::all_reduce`] in the memory of a finished step: its box and,
-    /// for an exact segment, its lists. Calls of a steady pattern allocate
-    /// no steps.
+    /// [`Step::all_reduce`] in the memory of a finished step: its box and
+    /// its lists (an exact segment's reduction, a compressed one's member).
+    /// Calls of a steady pattern allocate no steps.
     pub fn renew_all_reduce(
         mut spare: Box<Step>,
         spec: Spec,
         rank: usize,
         offset: usize,
     ) -> Result<Box<Step>, CollError> {
-        let in_place = match &mut *spare {
-            Step::AllReduce(s) => s.in_place.take(),
-            _ => None,
+        let kept = match &mut *spare {
+            Step::AllReduce(s) => AllReduceSpare {
+                in_place: s.in_place.take(),
+                member: s.member.take(),
+                outgoing: std::mem::take(&mut s.outgoing),
+            },
+            _ => AllReduceSpare::default(),
         };
-        *spare = Self::all_reduce_in(in_place, spec, rank, offset)?;
+        *spare = Self::all_reduce_in(kept, spec, rank, offset)?;
         Ok(spare)
     }
 
     /// What of a finished step is worth keeping for
-    /// [`Step::renew_all_reduce`]: an allreduce segment's box and its exact
-    /// lists, without the compressed path's member (its accumulators and
-    /// codec state would sit idle). Other steps are not kept.
-    pub fn into_spare(mut self: Box<Step>) -> Option<Box<Step>> {
-        match &mut *self {
-            Step::AllReduce(s) => {
-                s.member = None;
-                Some(self)
-            }
+    /// [`Step::renew_all_reduce`]: an allreduce segment, whose box and lists
+    /// the next segment reuses. Other steps are not kept.
+    pub fn into_spare(self: Box<Step>) -> Option<Box<Step>> {
+        match &*self {
+            Step::AllReduce(_) => Some(self),
             Step::AllGather(_) | Step::ReduceScatter(_) => None,
         }
     }
 
     fn all_reduce_in(
-        spare: Option<Box<InPlace>>,
+        spare: AllReduceSpare,
         spec: Spec,
         rank: usize,
         offset: usize,
@@ -237,6 +247,12 @@ impl Step {
         if rank >= spec.n {
             return Err(CollError::BadRank { rank, n: spec.n });
         }
+        let AllReduceSpare {
+            in_place,
+            member,
+            mut outgoing,
+        } = spare;
+        outgoing.clear();
         let mut step = AllReduceStep {
             spec,
             rank,
@@ -244,10 +260,13 @@ impl Step {
             member: None,
             in_place: None,
             sent_early: false,
+            outgoing,
         };
-        if spec.n >= 2 && spec.path == Path::Exact {
+        if spec.n < 2 || spec.path != Path::Exact {
+            step.member = Some(Member::renew_lending(member, spec, rank)?);
+        } else {
             let own = step.shard_bytes(rank).len();
-            let mut p = spare.unwrap_or_default();
+            let mut p = in_place.unwrap_or_default();
             let reducer = p.reducer.take().or(p.spent.take());
             if own > 0 {
                 p.reducer = Some(InPlaceReducer::renew(
@@ -414,9 +433,9 @@ impl Step {
         }
     }
 
-    /// Starts the step on the bytes of [`Step::input_range`].
-    pub fn start(&mut self, input: &[u8]) -> Result<Effects, CollError> {
-        let mut fx = Effects::default();
+    /// Starts the step on the bytes of [`Step::input_range`]; what that
+    /// produced is appended to `fx`.
+    pub fn start(&mut self, input: &[u8], fx: &mut Effects) -> Result<(), CollError> {
         match self {
             Step::AllReduce(s) if s.in_place.is_some() => {
                 if input.len() != s.spec.input_bytes() {
@@ -430,13 +449,13 @@ impl Step {
                 }
             }
             Step::AllReduce(s) => {
-                let (member, out) = Member::new_lending(s.spec, s.rank, input)?;
-                s.member = Some(member);
+                let member = s.member.as_mut().ok_or(CollError::UnknownShard(s.rank))?;
+                member.start(input, &mut s.outgoing)?;
                 if s.spec.path == Path::Exact && !s.sent_early {
                     s.exact_contributions(&mut fx.sends);
                 }
-                fx.sends.extend(map_outgoing(out));
-                s.collect_output(&mut fx);
+                map_outgoing(&mut s.outgoing, &mut fx.sends);
+                s.collect_output(fx);
             }
             Step::AllGather(s) => {
                 let own = &s.pieces[s.rank];
@@ -447,7 +466,7 @@ impl Step {
                     });
                 }
                 if !own.is_empty() {
-                    let bytes: Shared = Arc::new(pool::copy_of(input));
+                    let bytes: Shared = pool::share(pool::copy_of(input));
                     for to in (0..s.pieces.len()).filter(|&to| to != s.rank) {
                         fx.sends.push(Send {
                             to,
@@ -474,21 +493,22 @@ impl Step {
                 let own = s.pieces[s.rank].clone();
                 if !own.is_empty() {
                     let mine = pool::copy_of(&input[own]);
-                    s.fold(s.rank, mine, &mut fx)?;
+                    s.fold(s.rank, mine, fx)?;
                 }
             }
         }
-        Ok(fx)
+        Ok(())
     }
 
-    /// Handles the message this step expected from `from` on `lane`.
+    /// Handles the message this step expected from `from` on `lane`; what
+    /// that produced is appended to `fx`.
     pub fn on_message(
         &mut self,
         from: usize,
         lane: Lane,
         bytes: Vec<u8>,
-    ) -> Result<Effects, CollError> {
-        let mut fx = Effects::default();
+        fx: &mut Effects,
+    ) -> Result<(), CollError> {
         match self {
             Step::AllReduce(s) if s.in_place.is_some() => {
                 // Contributions are folded in `on_contribution`; a reduced
@@ -496,7 +516,7 @@ impl Step {
                 let range = s.other_result(from, lane, bytes.len())?;
                 fx.writes.push(Write {
                     offset: range.start,
-                    bytes: Arc::new(bytes),
+                    bytes: pool::share(bytes),
                 });
             }
             Step::AllReduce(s) => {
@@ -509,27 +529,28 @@ impl Step {
                     },
                     Lane::Result => Msg::Reduced {
                         shard: from,
-                        bytes: Arc::new(bytes),
+                        bytes: pool::share(bytes),
                     },
                 };
-                fx.sends = map_outgoing(member.on_message(msg)?);
-                s.collect_output(&mut fx);
+                member.on_message_into(msg, &mut s.outgoing)?;
+                map_outgoing(&mut s.outgoing, &mut fx.sends);
+                s.collect_output(fx);
             }
             Step::AllGather(s) => {
                 let offset = s.piece_of(from, lane, bytes.len())?.start;
                 fx.writes.push(Write {
                     offset,
-                    bytes: Arc::new(bytes),
+                    bytes: pool::share(bytes),
                 });
             }
             Step::ReduceScatter(s) => {
                 if lane != Lane::Contrib {
                     return Err(CollError::UnknownMember(from));
                 }
-                s.fold(from, bytes, &mut fx)?;
+                s.fold(from, bytes, fx)?;
             }
         }
-        Ok(fx)
+        Ok(())
     }
 
     /// Whether a message on `lane` is handled with the step's input and
@@ -721,9 +742,10 @@ impl AllReduceStep {
     /// Writes each shard into the caller's output as soon as it is final.
     fn collect_output(&mut self, fx: &mut Effects) {
         if let Some(m) = &mut self.member {
+            let at = self.offset;
             fx.writes
-                .extend(m.take_ready().into_iter().map(|(offset, bytes)| Write {
-                    offset: self.offset + offset,
+                .extend(m.drain_ready().map(|(offset, bytes)| Write {
+                    offset: at + offset,
                     bytes,
                 }));
         }
@@ -773,7 +795,7 @@ impl ReduceScatterStep {
         if let Some(out) = reducer.accept(from, bytes)? {
             fx.writes.push(Write {
                 offset: 0,
-                bytes: Arc::new(out),
+                bytes: pool::share(out),
             });
         }
         Ok(())

@@ -700,7 +700,7 @@ proptest! {
 /// received in place.
 #[test]
 fn exact_contributions_go_out_before_the_start() {
-    use super::steps::{Lane, SendBytes, Step};
+    use super::steps::{Effects, Lane, SendBytes, Step};
     let (n, rank, count) = (3, 1, 3 * crate::codec::BLOCK);
     let input = vec![0u8; count * 2];
     let spec = |path| Spec {
@@ -734,7 +734,8 @@ fn exact_contributions_go_out_before_the_start() {
             (2, Lane::Contrib, 4096 + 2 * shard..4096 + 3 * shard),
         ]
     );
-    let started = exact.start(&input).expect("start");
+    let mut started = Effects::default();
+    exact.start(&input, &mut started).expect("start");
     assert!(started.sends.iter().all(|s| s.lane != Lane::Contrib));
     let mut expects = Vec::new();
     exact.expects(&mut expects);
@@ -745,7 +746,8 @@ fn exact_contributions_go_out_before_the_start() {
     let mut compressed =
         Step::all_reduce(spec(Path::Compressed(WireFormat::E4M3)), rank, 0).expect("step");
     assert!(!compressed.take_early_contributions(&mut early));
-    let started = compressed.start(&input).expect("start");
+    let mut started = Effects::default();
+    compressed.start(&input, &mut started).expect("start");
     assert_eq!(
         started
             .sends
@@ -768,12 +770,13 @@ fn fold_own_shard(
     rank: usize,
     order: &[usize],
 ) -> (Vec<u8>, usize) {
-    use super::steps::Lane;
+    use super::steps::{Effects, Lane};
     let shard = step.fold_range();
     let mine = &inputs[rank][shard.clone()];
     let mut out = vec![0u8; shard.len()];
     let mut sends = Vec::new();
-    step.start(&inputs[rank]).expect("start");
+    step.start(&inputs[rank], &mut Effects::default())
+        .expect("start");
     for &m in order {
         let theirs = inputs[m][shard.clone()].to_vec();
         let own = if step.reads_own_input(m, Lane::Contrib) {
@@ -832,7 +835,7 @@ fn a_renewed_step_reduces_as_a_new_one() {
 /// count in once each, and what does not belong is refused by kind.
 #[test]
 fn an_exact_segment_folds_in_place_and_refuses_what_does_not_belong() {
-    use super::steps::{Lane, SendBytes, Step};
+    use super::steps::{Effects, Lane, SendBytes, Step};
     use CollError::*;
     let (n, rank, count) = (3, 1, 3 * crate::codec::BLOCK);
     let shard = crate::codec::BLOCK * 2;
@@ -847,7 +850,8 @@ fn an_exact_segment_folds_in_place_and_refuses_what_does_not_belong() {
     let mut step = Step::all_reduce(spec, rank, 0).expect("step");
     assert!(step.folds_in_place(Lane::Contrib) && !step.folds_in_place(Lane::Result));
     assert_eq!(step.fold_range(), shard..2 * shard);
-    step.start(&inputs[rank]).expect("start");
+    step.start(&inputs[rank], &mut Effects::default())
+        .expect("start");
     let mine = &inputs[rank][shard..2 * shard];
     let mut out = vec![0u8; shard];
     let theirs = |m: usize| inputs[m][shard..2 * shard].to_vec();

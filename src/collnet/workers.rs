@@ -63,7 +63,7 @@ pub struct Job {
     /// Empty; filled with the messages the step produces (a recycled
     /// vector, see [`Done::events`]).
     pub sends: Vec<Outbound>,
-    /// Empty; what the step's folds produce passes through it (recycled).
+    /// Empty; what the step's events produce passes through it (recycled).
     pub effects: Effects,
 }
 
@@ -115,13 +115,13 @@ fn run(job: Job) -> Done {
     let mut ran = [(Duration::ZERO, 0); 3];
     let mut handle = |step: &mut Step, event: Event| -> NetResult<()> {
         let (kind, began) = (event.kind(), Instant::now());
-        let fx: Effects = match event {
+        let fx = &mut effects;
+        match event {
             Event::Start => input
-                .with_bytes(step.input_range(), |bytes| step.start(bytes))?
+                .with_bytes(step.input_range(), |bytes| step.start(bytes, fx))?
                 .map_err(|e| step_error(rank, e))?,
             Event::Message { from, lane, bytes } if step.folds_in_place(lane) => {
                 let shard = step.fold_range();
-                let mut fx = std::mem::take(&mut effects);
                 let to = &mut fx.sends;
                 let folded = if !step.reads_own_input(from, lane) {
                     // It waits for its turn, or meets only others' bytes.
@@ -144,13 +144,11 @@ fn run(job: Job) -> Done {
                     })??
                 };
                 folded.map_err(|e| step_error(rank, e))?;
-                fx
             }
             Event::Message { from, lane, bytes } => step
-                .on_message(from, lane, bytes)
+                .on_message(from, lane, bytes, fx)
                 .map_err(|e| step_error(rank, e))?,
-        };
-        let mut fx = fx;
+        }
         for w in fx.writes.drain(..) {
             output.write(w.offset, &w.bytes)?;
             pool::give_shared(w.bytes);
@@ -158,13 +156,6 @@ fn run(job: Job) -> Done {
         for Send { to, lane, bytes } in fx.sends.drain(..) {
             let bytes = Buffers::payload(&input, &output, bytes)?;
             sends.push(Outbound { to, lane, bytes });
-        }
-        // The larger list of each kind is kept for the next fold.
-        if fx.sends.capacity() > effects.sends.capacity() {
-            std::mem::swap(&mut fx.sends, &mut effects.sends);
-        }
-        if fx.writes.capacity() > effects.writes.capacity() {
-            std::mem::swap(&mut fx.writes, &mut effects.writes);
         }
         ran[kind] = (ran[kind].0 + began.elapsed(), ran[kind].1 + 1);
         Ok(())
@@ -176,6 +167,9 @@ fn run(job: Job) -> Done {
             break;
         }
     }
+    // An event that failed may have left messages and writes behind.
+    effects.sends.clear();
+    effects.writes.clear();
     Done {
         seq,
         queued: began.saturating_duration_since(submitted),

@@ -262,6 +262,10 @@ enum Memory {
     HostFp8,
     /// Device buffers with FP8 agreed: the GPU kernels.
     Gpu,
+    /// Host buffers, each call an allgather window into two parts and a
+    /// reduce-scatter window from two parts (NCCL's `iallgather` and
+    /// `ireducescatter`), instead of an allreduce.
+    Windows,
 }
 
 /// Member `group`'s allreduces of `count` bf16 values, one at a time.
@@ -272,6 +276,42 @@ fn all_reduce_each(group: &mut Group, input: &Place, output: &Place, count: usiz
             .all_reduce(input, output, count, DataType::Bf16, RedOp::Sum)
             .expect("allreduce");
         wait("allreduce", || group.test(op));
+    }
+}
+
+/// Member `group`'s windows, one at a time: an allgather of each member's
+/// `piece` bytes (this member's from the front of `host_in`) into
+/// `host_out`, given as two parts, then a reduce-scatter of `host_in` as
+/// two parts (bf16) into the front of `host_out`. The part lists come from
+/// the group, as the C ABI gets them.
+fn windows_each(
+    group: &mut Group,
+    host_in: &mut [u8],
+    host_out: &mut [u8],
+    piece: usize,
+    calls: usize,
+) {
+    let n = group.params().n;
+    let window = n * piece;
+    let rank = group.params().rank;
+    for _ in 0..calls {
+        let (front, back) = host_out[..window].split_at_mut(window / 2 + 2);
+        let mut parts = group.place_list();
+        parts.extend([Place::Host(raw(front)), Place::Host(raw(back))]);
+        let mine = Place::Host(raw(&mut host_in[..piece]));
+        let op = group
+            .all_gather(mine, parts, piece, 0, window)
+            .expect("allgather");
+        wait("allgather", || group.test(op));
+
+        let (front, back) = host_in[..window].split_at_mut(rank * piece + 6);
+        let mut parts = group.place_list();
+        parts.extend([Place::Host(raw(front)), Place::Host(raw(back))]);
+        let out = Place::Host(raw(&mut host_out[..piece]));
+        let op = group
+            .reduce_scatter(parts, out, piece, 0, window, DataType::Bf16, RedOp::Sum)
+            .expect("reduce-scatter");
+        wait("reduce-scatter", || group.test(op));
     }
 }
 
@@ -326,8 +366,21 @@ fn steady_allreduces(
                 let count = 1 << 20;
                 let bytes = 2 * count;
                 let (mut host_in, mut host_out) = (vec![1u8; bytes], vec![0u8; bytes]);
+                if let Memory::Windows = memory {
+                    // 3 x 512 KiB windows of 1.5 MiB, within the buffers.
+                    let piece = bytes / 4;
+                    windows_each(&mut group, &mut host_in, &mut host_out, piece, warm);
+                    gate.wait();
+                    gate.wait();
+                    windows_each(&mut group, &mut host_in, &mut host_out, piece, counted);
+                    gate.wait();
+                    gate.wait();
+                    drop(group);
+                    return;
+                }
                 let mut device = Vec::new();
                 let (input, output) = match memory {
+                    Memory::Windows => unreachable!("windows returned above"),
                     Memory::Host | Memory::HostFp8 => (
                         Place::Host(raw(&mut host_in)),
                         Place::Host(raw(&mut host_out)),
@@ -518,6 +571,10 @@ fn main() {
         counted, 0,
         "the collective network's FP8 host path allocated"
     );
+
+    let counted = steady_allreduces(Memory::Windows, 3, &settings, 20, 50);
+    println!("collective network, allgather and reduce-scatter windows, 3 members: {counted} allocations in 3 x 50 of each");
+    assert_eq!(counted, 0, "the collective network's windows allocated");
 
     if !gpu::available() {
         println!("collective network, GPU path: not counted (no CUDA driver here)");

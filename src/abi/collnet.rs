@@ -188,10 +188,12 @@ unsafe fn place(g: &Group, ptr: *mut c_void, len: usize) -> NetResult<Place> {
     Ok(Place::Host(unsafe { RawBuf::new(ptr.cast(), len) }))
 }
 
+/// `parts` as places, in the group's list for them ([`Group::place_list`]).
+///
 /// # Safety
 /// Each part must be valid until the request completes.
-unsafe fn sge_places(g: &Group, parts: &[Sge], what: &str) -> NetResult<Vec<Place>> {
-    let mut places = Vec::with_capacity(parts.len());
+unsafe fn sge_places(g: &mut Group, parts: &[Sge], what: &str) -> NetResult<Vec<Place>> {
+    let mut places = g.place_list();
     for p in parts {
         if p.address.is_null() && p.size > 0 {
             return Err(NetError::InvalidArgument(format!("{what} part is NULL")));
@@ -239,7 +241,7 @@ pub unsafe fn iallgather(
     let group = group_of(coll_comm)?;
     let mut g = lock(group);
     // SAFETY: NCCL keeps the parts valid until the request completes.
-    let output = unsafe { sge_places(&g, parts, "iallgather receive") }?;
+    let output = unsafe { sge_places(&mut g, parts, "iallgather receive") }?;
     // SAFETY: NCCL passes this member's data for its piece of the window.
     let input = unsafe {
         own_piece(
@@ -279,7 +281,7 @@ pub unsafe fn ireducescatter(
     };
     let mut g = lock(group);
     // SAFETY: NCCL keeps the parts valid until the request completes.
-    let input = unsafe { sge_places(&g, parts, "ireducescatter send") }?;
+    let input = unsafe { sge_places(&mut g, parts, "ireducescatter send") }?;
     // SAFETY: NCCL passes room for this member's piece of the window.
     let output = unsafe {
         own_piece(

@@ -13,7 +13,9 @@ use crate::sys::RawBuf;
 
 /// A call's input or output. Every job of a call holds a copy: none (a
 /// call the GPU kernels run) or one buffer (each allreduce) is held inline,
-/// so making and copying them allocates nothing.
+/// and a list of parts (allgather and reduce-scatter windows) is shared and
+/// reused from call to call ([`Buffers::recycle`]), so making and copying
+/// them allocates nothing once warm.
 #[derive(Clone)]
 pub struct Buffers(Parts);
 
@@ -21,17 +23,42 @@ pub struct Buffers(Parts);
 enum Parts {
     None,
     One([RawBuf; 1]),
-    Many(Arc<[RawBuf]>),
+    Many(Arc<Vec<RawBuf>>),
 }
 
+/// Part lists of finished calls, for [`Buffers::new`] to fill again.
+pub type SpareParts = Vec<Arc<Vec<RawBuf>>>;
+
 impl Buffers {
-    pub fn new(parts: impl ExactSizeIterator<Item = RawBuf>) -> Buffers {
+    /// The concatenation of `parts`; a list of several reuses one of
+    /// `spare` where it can.
+    pub fn new(parts: impl ExactSizeIterator<Item = RawBuf>, spare: &mut SpareParts) -> Buffers {
         let mut parts = parts.peekable();
         Buffers(match (parts.len(), parts.peek()) {
             (0, _) => Parts::None,
             (1, Some(&one)) => Parts::One([one]),
-            _ => Parts::Many(parts.collect()),
+            _ => {
+                let mut list = spare.pop().unwrap_or_default();
+                match Arc::get_mut(&mut list) {
+                    Some(v) => {
+                        v.clear();
+                        v.extend(parts);
+                    }
+                    None => list = Arc::new(parts.collect()),
+                }
+                Parts::Many(list)
+            }
         })
+    }
+
+    /// Keeps a finished call's list of parts for a later call, unless a
+    /// job still holds a copy (or `spare` has `most` already).
+    pub fn recycle(self, spare: &mut SpareParts, most: usize) {
+        if let Parts::Many(mut list) = self.0 {
+            if Arc::get_mut(&mut list).is_some() && spare.len() < most {
+                spare.push(list);
+            }
+        }
     }
 
     fn parts(&self) -> &[RawBuf] {
@@ -203,16 +230,43 @@ mod tests {
         let (mut a, mut b) = (vec![1u8; 4], vec![2u8; 4]);
         // SAFETY: both vectors outlive `out` and are read only after its
         // last use.
-        let out = Buffers::new(unsafe {
+        let parts = unsafe {
             [
                 RawBuf::new(a.as_mut_ptr(), a.len()),
                 RawBuf::new(b.as_mut_ptr(), b.len()),
             ]
-            .into_iter()
-        });
+        };
+        let mut spare = SpareParts::new();
+        let out = Buffers::new(parts.into_iter(), &mut spare);
         out.with_bytes_mut(2..6, |_| ()).unwrap();
         out.with_bytes_mut(3..5, |bytes| bytes.fill(9)).unwrap();
         drop(out);
         assert_eq!((a, b), (vec![1, 1, 1, 9], vec![9, 2, 2, 2]));
+    }
+
+    /// A call's list of parts is kept only once no copy holds it, and the
+    /// next call of several parts fills the same list.
+    #[test]
+    #[allow(unsafe_code)]
+    fn part_lists_are_reused_once_no_job_holds_them() {
+        let mut bytes = vec![0u8; 8];
+        let at = bytes.as_mut_ptr();
+        // SAFETY: never read or written through; `bytes` outlives them.
+        let parts = unsafe { [RawBuf::new(at, 4), RawBuf::new(at.wrapping_add(4), 4)] };
+        let mut spare = SpareParts::new();
+        let call = Buffers::new(parts.into_iter(), &mut spare);
+        let job = call.clone();
+        call.recycle(&mut spare, 4);
+        assert!(spare.is_empty(), "a job still holds the list");
+        job.recycle(&mut spare, 4);
+        assert_eq!(spare.len(), 1);
+        let list = Arc::as_ptr(&spare[0]);
+        let next = Buffers::new(parts.into_iter().rev(), &mut spare);
+        assert!(spare.is_empty());
+        assert!(matches!(&next.0, Parts::Many(l) if Arc::as_ptr(l) == list));
+        assert_eq!(next.len(), 8);
+        // One part is held inline: nothing to keep.
+        Buffers::new(parts[..1].iter().copied(), &mut spare).recycle(&mut spare, 4);
+        assert!(spare.is_empty());
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::algo::{choose_path, CollError, DataType, Path, RedOp, Spec};
-use super::buffers::Buffers;
+use super::buffers::{Buffers, SpareParts};
 use super::calibrate::probe::{self, Calibrated};
 use super::device::{DeviceMemory, DeviceRange, Place};
 use super::gpu_step::{GpuExpect, GpuSend, GpuStep};
@@ -31,7 +31,7 @@ use super::plan::Plan;
 use super::pola::{Pattern, Seen, Summary};
 use super::pool::{self, Shared};
 use super::recycle::Recycler;
-use super::steps::{Effects, Expect, Lane, Send, Step};
+use super::steps::{Effects, Expect, Lane, Send, Step, StepKind};
 use super::workers::{Done, Event, Job, Outbound, Workers};
 use crate::codec::WireFormat;
 use crate::error::{NetError, NetResult, PeerFailure};
@@ -268,10 +268,15 @@ struct StepLists {
     early_sends: Vec<Send>,
     early: Vec<(usize, Lane, Payload)>,
     effects: Vec<Effects>,
-    /// Finished allreduce steps, renewed for later calls' segments
-    /// ([`Step::renew_all_reduce`]).
+    /// Finished steps by [`StepKind`], renewed for later steps of their
+    /// kind ([`Step::renew_all_reduce`] and the like).
     #[allow(clippy::vec_box)] // the boxes are what is reused (`Pending::Cpu`)
-    steps: Vec<Box<Step>>,
+    steps: [Vec<Box<Step>>; 3],
+    /// Finished calls' lists of buffer parts ([`Buffers::recycle`]).
+    part_lists: SpareParts,
+    /// A window's list of NCCL's buffer parts, lent to the C ABI
+    /// ([`Group::place_list`]).
+    places: Vec<Place>,
     /// The steps of a call being filed ([`Group::add_op`]).
     pending: Vec<Pending>,
     /// The same for GPU steps ([`GpuStep::renew`], [`GpuStep::poll`]).
@@ -297,7 +302,9 @@ impl StepLists {
             early_sends: Vec::new(),
             early: Vec::new(),
             effects: Vec::new(),
-            steps: Vec::new(),
+            steps: Default::default(),
+            part_lists: SpareParts::new(),
+            places: Vec::new(),
             pending: Vec::new(),
             gpu_steps: Vec::new(),
             gpu_expects: Vec::new(),
@@ -865,8 +872,14 @@ impl Group {
         self.ops.insert(
             id,
             OpState {
-                input: Buffers::new(input.iter().map(Place::host_view)),
-                output: Buffers::new(output.iter().map(Place::host_view)),
+                input: Buffers::new(
+                    input.iter().map(Place::host_view),
+                    &mut self.lists.part_lists,
+                ),
+                output: Buffers::new(
+                    output.iter().map(Place::host_view),
+                    &mut self.lists.part_lists,
+                ),
                 staging_in,
                 staging_out,
                 out_fences: Vec::new(),
@@ -974,7 +987,7 @@ impl Group {
         }
         let rank = self.params.rank;
         for (offset, spec) in specs {
-            let step = match self.lists.steps.pop() {
+            let step = match self.lists.steps[StepKind::AllReduce as usize].pop() {
                 Some(spare) => Step::renew_all_reduce(spare, spec, rank, offset),
                 None => Step::all_reduce(spec, rank, offset).map(Box::new),
             };
@@ -983,11 +996,20 @@ impl Group {
         self.add_op(&[input], &[output], bytes, steps, kind)
     }
 
+    /// An empty list for a window's buffer parts (the C ABI fills it for
+    /// [`Group::all_gather`] or [`Group::reduce_scatter`], which keep it
+    /// for the next window).
+    pub fn place_list(&mut self) -> Vec<Place> {
+        let mut places = std::mem::take(&mut self.lists.places);
+        places.clear();
+        places
+    }
+
     /// Starts NCCL's windowed allgather (exact).
     pub fn all_gather(
         &mut self,
         input: Place,
-        output: Vec<Place>,
+        mut output: Vec<Place>,
         bytes_per_rank: usize,
         window_offset: usize,
         window_bytes: usize,
@@ -999,37 +1021,33 @@ impl Group {
                 "iallgather window of {window_bytes} bytes into {room} bytes"
             )));
         }
-        let step = Step::all_gather(
-            self.params.n,
-            self.params.rank,
-            bytes_per_rank,
-            window_offset,
-            window_bytes,
-        )
-        .map_err(|e| collnet_error(self.params.rank, e))?;
-        let steps = if window_bytes == 0 {
-            vec![]
-        } else {
-            vec![Pending::Cpu(Box::new(step))]
+        let (n, rank) = (self.params.n, self.params.rank);
+        let window = (bytes_per_rank, window_offset, window_bytes);
+        let step = match self.lists.steps[StepKind::AllGather as usize].pop() {
+            Some(spare) => Step::renew_all_gather(spare, n, rank, window.0, window.1, window.2),
+            None => Step::all_gather(n, rank, window.0, window.1, window.2).map(Box::new),
+        }
+        .map_err(|e| collnet_error(rank, e))?;
+        let mut steps = std::mem::take(&mut self.lists.pending);
+        if window_bytes > 0 {
+            steps.push(Pending::Cpu(step));
+        }
+        let kind = OpKind {
+            collective: Collective::AllGather,
+            dtype: DataType::U8,
+            path: Path::Exact,
         };
-        self.add_op(
-            &[input],
-            &output,
-            window_bytes,
-            steps,
-            OpKind {
-                collective: Collective::AllGather,
-                dtype: DataType::U8,
-                path: Path::Exact,
-            },
-        )
+        let id = self.add_op(&[input], &output, window_bytes, steps, kind);
+        output.clear();
+        self.lists.places = output;
+        id
     }
 
     /// Starts NCCL's windowed reduce-scatter (exact).
     #[allow(clippy::too_many_arguments)]
     pub fn reduce_scatter(
         &mut self,
-        input: Vec<Place>,
+        mut input: Vec<Place>,
         output: Place,
         bytes_per_rank: usize,
         window_offset: usize,
@@ -1044,33 +1062,31 @@ impl Group {
                 "ireducescatter window of {window_bytes} bytes from {have} bytes"
             )));
         }
-        let step = Step::reduce_scatter(
-            self.params.n,
-            self.params.rank,
-            dtype,
-            op,
-            bytes_per_rank,
-            window_offset,
-            window_bytes,
-        )
-        .map_err(|e| collnet_error(self.params.rank, e))?;
-        let steps = if window_bytes == 0 {
-            vec![]
-        } else {
-            vec![Pending::Cpu(Box::new(step))]
-        };
+        let (n, rank) = (self.params.n, self.params.rank);
+        let window = (bytes_per_rank, window_offset, window_bytes);
+        let step = match self.lists.steps[StepKind::ReduceScatter as usize].pop() {
+            Some(spare) => {
+                Step::renew_reduce_scatter(spare, n, rank, dtype, op, window.0, window.1, window.2)
+            }
+            None => {
+                Step::reduce_scatter(n, rank, dtype, op, window.0, window.1, window.2).map(Box::new)
+            }
+        }
+        .map_err(|e| collnet_error(rank, e))?;
+        let mut steps = std::mem::take(&mut self.lists.pending);
+        if window_bytes > 0 {
+            steps.push(Pending::Cpu(step));
+        }
         let piece = output.len();
-        self.add_op(
-            &input,
-            &[output],
-            piece,
-            steps,
-            OpKind {
-                collective: Collective::ReduceScatter,
-                dtype,
-                path: Path::Exact,
-            },
-        )
+        let kind = OpKind {
+            collective: Collective::ReduceScatter,
+            dtype,
+            path: Path::Exact,
+        };
+        let id = self.add_op(&input, &[output], piece, steps, kind);
+        input.clear();
+        self.lists.places = input;
+        id
     }
 
     /// Drives the group; `Some(bytes)` once call `op` is complete (it is
@@ -1090,6 +1106,9 @@ impl Group {
         self.activity.depth.change(self.ops.len());
         let state = self.ops.remove(&op).expect("present");
         self.activity.record(state.bytes, state.started.elapsed());
+        for buffers in [state.input, state.output] {
+            buffers.recycle(&mut self.lists.part_lists, 2 * WINDOW);
+        }
         metrics::collnet().op_done(
             state.kind.dtype,
             state.kind.path,
@@ -1587,8 +1606,9 @@ impl Group {
                     if let Some(e) = step.sampled_error() {
                         metrics::collnet().fp8_error_sample(e);
                     }
-                    if self.lists.steps.len() < WINDOW {
-                        self.lists.steps.extend(step.into_spare());
+                    let spare = &mut self.lists.steps[step.kind() as usize];
+                    if spare.len() < WINDOW {
+                        spare.push(step);
                     }
                 }
                 Exec::Gpu(step) if self.lists.gpu_steps.len() < WINDOW => {

@@ -15,7 +15,7 @@
 //!
 //! Steps: [`Step::AllReduce`] wraps one [`Member`] segment;
 //! [`Step::AllGather`] and [`Step::ReduceScatter`] implement NCCL's windowed
-//! `iallgather`/`ireducescatter` (exact only), see [`window_pieces`].
+//! `iallgather`/`ireducescatter` (exact only), see [`window_piece`].
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -104,16 +104,16 @@ pub fn window_piece(
     start - window_offset..end - window_offset
 }
 
-/// Every member's piece of the window.
-pub fn window_pieces(
+/// Every member's piece of the window, into `out` (emptied first).
+pub fn window_pieces_into(
     n: usize,
     bytes_per_rank: usize,
     window_offset: usize,
     window_bytes: usize,
-) -> Vec<Range<usize>> {
-    (0..n)
-        .map(|r| window_piece(r, bytes_per_rank, window_offset, window_bytes))
-        .collect()
+    out: &mut Vec<Range<usize>>,
+) {
+    out.clear();
+    out.extend((0..n).map(|r| window_piece(r, bytes_per_rank, window_offset, window_bytes)));
 }
 
 /// One allreduce segment: `count` elements starting at byte `offset` of the
@@ -176,6 +176,14 @@ pub enum Step {
     ReduceScatter(ReduceScatterStep),
 }
 
+/// [`Step`]'s variants, as an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    AllReduce = 0,
+    AllGather = 1,
+    ReduceScatter = 2,
+}
+
 /// Moves a member's messages onto their lanes.
 fn map_outgoing(out: &mut Vec<Outgoing>, sends: &mut Vec<Send>) {
     sends.extend(out.drain(..).map(|o| match o.msg {
@@ -227,13 +235,13 @@ impl Step {
         Ok(spare)
     }
 
-    /// What of a finished step is worth keeping for
-    /// [`Step::renew_all_reduce`]: an allreduce segment, whose box and lists
-    /// the next segment reuses. Other steps are not kept.
-    pub fn into_spare(self: Box<Step>) -> Option<Box<Step>> {
-        match &*self {
-            Step::AllReduce(_) => Some(self),
-            Step::AllGather(_) | Step::ReduceScatter(_) => None,
+    /// Which collective this step is part of: a finished step is kept for
+    /// a later step of the same kind, which reuses its lists.
+    pub fn kind(&self) -> StepKind {
+        match self {
+            Step::AllReduce(_) => StepKind::AllReduce,
+            Step::AllGather(_) => StepKind::AllGather,
+            Step::ReduceScatter(_) => StepKind::ReduceScatter,
         }
     }
 
@@ -290,13 +298,41 @@ impl Step {
         window_offset: usize,
         window_bytes: usize,
     ) -> Result<Step, CollError> {
+        let pieces = Vec::with_capacity(n);
+        Self::all_gather_in(pieces, n, rank, bytes_per_rank, window_offset, window_bytes)
+    }
+
+    /// [`Step::all_gather`] in the memory of a finished step (its box, and
+    /// an allgather's piece list).
+    pub fn renew_all_gather(
+        mut spare: Box<Step>,
+        n: usize,
+        rank: usize,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+    ) -> Result<Box<Step>, CollError> {
+        let pieces = match &mut *spare {
+            Step::AllGather(s) => std::mem::take(&mut s.pieces),
+            _ => Vec::new(),
+        };
+        *spare = Self::all_gather_in(pieces, n, rank, bytes_per_rank, window_offset, window_bytes)?;
+        Ok(spare)
+    }
+
+    fn all_gather_in(
+        mut pieces: Vec<Range<usize>>,
+        n: usize,
+        rank: usize,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+    ) -> Result<Step, CollError> {
         if rank >= n {
             return Err(CollError::BadRank { rank, n });
         }
-        Ok(Step::AllGather(AllGatherStep {
-            rank,
-            pieces: window_pieces(n, bytes_per_rank, window_offset, window_bytes),
-        }))
+        window_pieces_into(n, bytes_per_rank, window_offset, window_bytes, &mut pieces);
+        Ok(Step::AllGather(AllGatherStep { rank, pieces }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -309,10 +345,46 @@ impl Step {
         window_offset: usize,
         window_bytes: usize,
     ) -> Result<Step, CollError> {
+        let window = (bytes_per_rank, window_offset, window_bytes);
+        Self::reduce_scatter_in(None, Vec::with_capacity(n), n, rank, dtype, op, window)
+    }
+
+    /// [`Step::reduce_scatter`] in the memory of a finished step (its box,
+    /// and a reduce-scatter's piece list and reducer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn renew_reduce_scatter(
+        mut spare: Box<Step>,
+        n: usize,
+        rank: usize,
+        dtype: DataType,
+        op: RedOp,
+        bytes_per_rank: usize,
+        window_offset: usize,
+        window_bytes: usize,
+    ) -> Result<Box<Step>, CollError> {
+        let (reducer, pieces) = match &mut *spare {
+            Step::ReduceScatter(s) => (s.reducer.take(), std::mem::take(&mut s.pieces)),
+            _ => (None, Vec::new()),
+        };
+        let window = (bytes_per_rank, window_offset, window_bytes);
+        *spare = Self::reduce_scatter_in(reducer, pieces, n, rank, dtype, op, window)?;
+        Ok(spare)
+    }
+
+    /// `window`: bytes per rank, window offset, window bytes.
+    fn reduce_scatter_in(
+        spare: Option<Reducer>,
+        mut pieces: Vec<Range<usize>>,
+        n: usize,
+        rank: usize,
+        dtype: DataType,
+        op: RedOp,
+        (bytes_per_rank, window_offset, window_bytes): (usize, usize, usize),
+    ) -> Result<Step, CollError> {
         if rank >= n {
             return Err(CollError::BadRank { rank, n });
         }
-        let pieces = window_pieces(n, bytes_per_rank, window_offset, window_bytes);
+        window_pieces_into(n, bytes_per_rank, window_offset, window_bytes, &mut pieces);
         let size = dtype.size();
         if pieces
             .iter()
@@ -323,9 +395,8 @@ impl Step {
                 actual: window_offset % size + window_bytes % size + bytes_per_rank % size,
             });
         }
-        let own = &pieces[rank];
-        let reducer =
-            (!own.is_empty()).then(|| Reducer::new(dtype, op, None, n, rank, own.len() / size));
+        let own = pieces[rank].len() / size;
+        let reducer = (own > 0).then(|| Reducer::renew(spare, dtype, op, None, n, rank, own));
         Ok(Step::ReduceScatter(ReduceScatterStep {
             rank,
             window_bytes,

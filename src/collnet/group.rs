@@ -44,6 +44,10 @@ use crate::transport::wire::ListenHandle;
 const STUCK_REPORT: Duration = Duration::from_secs(10);
 /// Steps in flight at once (bounded by the transport's request pool).
 const WINDOW: usize = 16;
+/// Messages a lane to one peer holds at once, queued or in flight: one
+/// per step in the window, twice over for the steps retiring. Reserved at
+/// join, so that a busier moment than any before allocates nothing.
+const LANE_DEPTH: usize = 2 * WINDOW;
 /// Fences reserved for staged calls on GPU buffers (their copies in and
 /// out), beyond those of the kernel steps.
 const STAGED_FENCES: usize = 32;
@@ -287,7 +291,8 @@ struct StepLists {
 }
 
 impl StepLists {
-    fn new() -> StepLists {
+    /// Lists for a group of `n` members.
+    fn new(n: usize) -> StepLists {
         // Every step in the window holds one of each (two queues); as
         // many again may be on their way back from the workers.
         let most = 2 * WINDOW;
@@ -296,7 +301,9 @@ impl StepLists {
             sends: Recycler::new(most),
             in_place: Recycler::new(most),
             queued: Recycler::new(2 * most),
-            released: Vec::new(),
+            // Each step in the window queues at most a message per peer
+            // and lane.
+            released: Vec::with_capacity(WINDOW * 2 * n),
             receives: Vec::new(),
             expects: Vec::new(),
             early_sends: Vec::new(),
@@ -745,13 +752,13 @@ impl Group {
                     let [rx0, rx1] = l.rx;
                     let tx = |link| Tx {
                         link,
-                        queue: VecDeque::new(),
-                        inflight: VecDeque::new(),
+                        queue: VecDeque::with_capacity(LANE_DEPTH),
+                        inflight: VecDeque::with_capacity(LANE_DEPTH),
                     };
                     let rx = |link| Rx {
                         link,
-                        queue: VecDeque::new(),
-                        inflight: VecDeque::new(),
+                        queue: VecDeque::with_capacity(LANE_DEPTH),
+                        inflight: VecDeque::with_capacity(LANE_DEPTH),
                     };
                     Peer {
                         tx: [tx(tx0), tx(tx1)],
@@ -763,6 +770,7 @@ impl Group {
         // A step in flight holds at most about 2n shared buffers (its
         // encoded contributions, its reduced shard, its decoded shards).
         pool::reserve_shells(2 * WINDOW * 2 * params.n);
+        let lists = StepLists::new(params.n);
         Ok(Group {
             workers: Workers::start(workers, params.rank, WINDOW)?,
             device: None,
@@ -777,7 +785,7 @@ impl Group {
             activity: Activity::default(),
             pattern: Pattern::new(),
             inline_step_bytes: Some(INLINE_STEP_BYTES),
-            lists: StepLists::new(),
+            lists,
         })
     }
 

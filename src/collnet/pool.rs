@@ -75,7 +75,11 @@ fn give_to<T>(pool: &Mutex<Pool<T>>, v: Vec<T>) {
     let bytes = class * size_of::<T>();
     // Keep the initialized length so the next `take` need not fill it.
     if let Ok(mut p) = pool.lock() {
-        let list = p.classes.entry(class).or_default();
+        // The whole list at once: growing it would allocate on later gives.
+        let list = p
+            .classes
+            .entry(class)
+            .or_insert_with(|| Vec::with_capacity(PER_CLASS));
         let held = HELD.load(Relaxed);
         if list.len() < PER_CLASS && held + bytes <= MAX_HELD {
             list.push(v);

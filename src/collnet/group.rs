@@ -275,7 +275,7 @@ struct StepLists {
     /// Finished steps by [`StepKind`], renewed for later steps of their
     /// kind ([`Step::renew_all_reduce`] and the like).
     #[allow(clippy::vec_box)] // the boxes are what is reused (`Pending::Cpu`)
-    steps: [Vec<Box<Step>>; 3],
+    steps: [Vec<Box<Step>>; StepKind::COUNT],
     /// Finished calls' lists of buffer parts ([`Buffers::recycle`]).
     part_lists: SpareParts,
     /// A window's list of NCCL's buffer parts, lent to the C ABI
@@ -768,8 +768,9 @@ impl Group {
             })
             .collect();
         // A step in flight holds at most about 2n shared buffers (its
-        // encoded contributions, its reduced shard, its decoded shards).
-        pool::reserve_shells(2 * WINDOW * 2 * params.n);
+        // encoded contributions, its reduced shard, its decoded shards),
+        // and as many steps again may be retiring.
+        pool::add_shells(2 * WINDOW * 2 * params.n);
         let lists = StepLists::new(params.n);
         Ok(Group {
             workers: Workers::start(workers, params.rank, WINDOW)?,
@@ -995,7 +996,7 @@ impl Group {
         }
         let rank = self.params.rank;
         for (offset, spec) in specs {
-            let step = match self.lists.steps[StepKind::AllReduce as usize].pop() {
+            let step = match self.lists.steps[StepKind::all_reduce(&spec) as usize].pop() {
                 Some(spare) => Step::renew_all_reduce(spare, spec, rank, offset),
                 None => Step::all_reduce(spec, rank, offset).map(Box::new),
             };
@@ -1039,6 +1040,9 @@ impl Group {
         let mut steps = std::mem::take(&mut self.lists.pending);
         if window_bytes > 0 {
             steps.push(Pending::Cpu(step));
+        } else {
+            // An empty window has nothing to run: the step stays spare.
+            self.lists.steps[StepKind::AllGather as usize].push(step);
         }
         let kind = OpKind {
             collective: Collective::AllGather,
@@ -1084,6 +1088,9 @@ impl Group {
         let mut steps = std::mem::take(&mut self.lists.pending);
         if window_bytes > 0 {
             steps.push(Pending::Cpu(step));
+        } else {
+            // An empty window has nothing to run: the step stays spare.
+            self.lists.steps[StepKind::ReduceScatter as usize].push(step);
         }
         let piece = output.len();
         let kind = OpKind {

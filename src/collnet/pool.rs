@@ -42,8 +42,11 @@ static WIDE: Mutex<Pool<f32>> = Mutex::new(Pool {
 static HELD: AtomicUsize = AtomicUsize::new(0);
 /// Empty [`Shared`]s, each owned by this list alone, for [`share`].
 static SHELLS: Mutex<Vec<Shared>> = Mutex::new(Vec::new());
-/// Most shells kept: more than a window of steps ever has in flight.
-const MAX_SHELLS: usize = 4096;
+/// Most shells kept (about 40 bytes each): every group of the process
+/// adds its window's worth at join ([`add_shells`]), up to this many.
+/// Beyond it (groups of hundreds of members, or dozens of groups) a
+/// busier moment than any before allocates the shells it adds.
+const MAX_SHELLS: usize = 1 << 14;
 
 fn class_of(len: usize) -> usize {
     len.max(64).next_power_of_two()
@@ -127,16 +130,14 @@ pub fn share(v: Vec<u8>) -> Shared {
     }
 }
 
-/// Makes sure `count` spare shells exist (at most [`MAX_SHELLS`]), so that
-/// a window of steps in flight never waits on an allocation for one.
-pub fn reserve_shells(count: usize) {
+/// Adds `count` spare shells to the process's (at most [`MAX_SHELLS`] in
+/// all): a group adds what a window of its steps may hold, so that no
+/// moment of its traffic waits on an allocation for one.
+pub fn add_shells(count: usize) {
     if let Ok(mut shells) = SHELLS.lock() {
-        let count = count.min(MAX_SHELLS);
-        let missing = count.saturating_sub(shells.len());
-        shells.reserve(missing);
-        while shells.len() < count {
-            shells.push(Arc::new(Vec::new()));
-        }
+        let count = count.min(MAX_SHELLS.saturating_sub(shells.len()));
+        shells.reserve(count);
+        shells.extend((0..count).map(|_| Arc::new(Vec::new())));
     }
 }
 

@@ -176,12 +176,29 @@ pub enum Step {
     ReduceScatter(ReduceScatterStep),
 }
 
-/// [`Step`]'s variants, as an index.
+/// What a step holds, as an index: a finished step is kept for a later
+/// step of the same kind, which reuses its lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepKind {
-    AllReduce = 0,
-    AllGather = 1,
-    ReduceScatter = 2,
+    /// An exact allreduce segment of two or more members ([`InPlace`]).
+    AllReduceInPlace = 0,
+    /// Any other allreduce segment: compressed, or one member ([`Member`]).
+    AllReduceMember = 1,
+    AllGather = 2,
+    ReduceScatter = 3,
+}
+
+impl StepKind {
+    pub const COUNT: usize = 4;
+
+    /// The kind of an allreduce segment of `spec`.
+    pub fn all_reduce(spec: &Spec) -> StepKind {
+        if spec.n >= 2 && spec.path == Path::Exact {
+            StepKind::AllReduceInPlace
+        } else {
+            StepKind::AllReduceMember
+        }
+    }
 }
 
 /// Moves a member's messages onto their lanes.
@@ -235,11 +252,10 @@ impl Step {
         Ok(spare)
     }
 
-    /// Which collective this step is part of: a finished step is kept for
-    /// a later step of the same kind, which reuses its lists.
+    /// What this step holds ([`StepKind`]).
     pub fn kind(&self) -> StepKind {
         match self {
-            Step::AllReduce(_) => StepKind::AllReduce,
+            Step::AllReduce(s) => StepKind::all_reduce(&s.spec),
             Step::AllGather(_) => StepKind::AllGather,
             Step::ReduceScatter(_) => StepKind::ReduceScatter,
         }
@@ -270,7 +286,7 @@ impl Step {
             sent_early: false,
             outgoing,
         };
-        if spec.n < 2 || spec.path != Path::Exact {
+        if StepKind::all_reduce(&spec) == StepKind::AllReduceMember {
             step.member = Some(Member::renew_lending(member, spec, rank)?);
         } else {
             let own = step.shard_bytes(rank).len();
@@ -520,7 +536,10 @@ impl Step {
                 }
             }
             Step::AllReduce(s) => {
-                let member = s.member.as_mut().ok_or(CollError::UnknownShard(s.rank))?;
+                let member = s
+                    .member
+                    .as_mut()
+                    .expect("a segment not folded in place has a member");
                 member.start(input, &mut s.outgoing)?;
                 if s.spec.path == Path::Exact && !s.sent_early {
                     s.exact_contributions(&mut fx.sends);

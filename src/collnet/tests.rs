@@ -829,6 +829,137 @@ fn a_renewed_step_reduces_as_a_new_one() {
     }
 }
 
+/// Runs one step per member to completion, in one process: starts each on
+/// its input, then delivers their messages in an order drawn from `seed`
+/// and applies their writes. For steps that do not fold in place
+/// (compressed allreduce segments, allgather and reduce-scatter windows).
+/// Returns every member's output of `out_len` bytes.
+fn drive_steps(
+    steps: &mut [Box<super::steps::Step>],
+    inputs: &[Vec<u8>],
+    out_len: usize,
+    seed: u64,
+) -> Vec<Vec<u8>> {
+    use super::steps::{Effects, Lane, SendBytes};
+    let n = steps.len();
+    let mut outputs = vec![vec![0u8; out_len]; n];
+    let mut wire: Vec<(usize, usize, Lane, Vec<u8>)> = Vec::new();
+    let mut fx = Effects::default();
+    let apply = |rank: usize,
+                 fx: &mut Effects,
+                 outputs: &mut [Vec<u8>],
+                 wire: &mut Vec<(usize, usize, Lane, Vec<u8>)>| {
+        for w in fx.writes.drain(..) {
+            outputs[rank][w.offset..w.offset + w.bytes.len()].copy_from_slice(&w.bytes);
+        }
+        for s in fx.sends.drain(..) {
+            let bytes = match s.bytes {
+                SendBytes::Owned(b) => b.to_vec(),
+                SendBytes::Input(r) => inputs[rank][r].to_vec(),
+                SendBytes::Output(r) => outputs[rank][r].to_vec(),
+            };
+            wire.push((rank, s.to, s.lane, bytes));
+        }
+    };
+    for (rank, step) in steps.iter_mut().enumerate() {
+        let range = step.input_range();
+        step.start(&inputs[rank][range], &mut fx).expect("start");
+        apply(rank, &mut fx, &mut outputs, &mut wire);
+    }
+    let mut rng = SplitMix::new(seed);
+    while !wire.is_empty() {
+        let (from, to, lane, bytes) = wire.swap_remove(rng.below(wire.len()));
+        steps[to]
+            .on_message(from, lane, bytes, &mut fx)
+            .expect("message");
+        apply(to, &mut fx, &mut outputs, &mut wire);
+    }
+    assert!(steps.iter().all(|s| s.is_done()), "every step done");
+    outputs
+}
+
+/// Steps renewed from finished ones, of every kind that does not fold in
+/// place, give what new steps give, through changes of member count, size,
+/// window and dtype: nothing of the call before carries over.
+#[test]
+fn renewed_steps_of_every_kind_give_a_new_ones_bytes() {
+    use super::steps::{Step, StepKind};
+    /// A step of `rank`, renewed from a spare when there is one.
+    type Maker = Box<dyn Fn(Option<Box<Step>>, usize) -> Box<Step>>;
+    let block = crate::codec::BLOCK;
+    let all_reduce = |n, count| -> Maker {
+        let spec = Spec {
+            n,
+            dtype: DataType::Bf16,
+            op: RedOp::Sum,
+            path: Path::Compressed(WireFormat::E4M3),
+            count,
+        };
+        Box::new(move |spare, rank| match spare {
+            Some(s) => Step::renew_all_reduce(s, spec, rank, 0).expect("renewed"),
+            None => Box::new(Step::all_reduce(spec, rank, 0).expect("step")),
+        })
+    };
+    let all_gather = |n, per_rank, offset, bytes| -> Maker {
+        Box::new(move |spare, rank| match spare {
+            Some(s) => {
+                Step::renew_all_gather(s, n, rank, per_rank, offset, bytes).expect("renewed")
+            }
+            None => Box::new(Step::all_gather(n, rank, per_rank, offset, bytes).expect("step")),
+        })
+    };
+    let reduce_scatter = |n, dtype, op, per_rank, offset, bytes| -> Maker {
+        Box::new(move |spare, rank| match spare {
+            Some(s) => Step::renew_reduce_scatter(s, n, rank, dtype, op, per_rank, offset, bytes)
+                .expect("renewed"),
+            None => Box::new(
+                Step::reduce_scatter(n, rank, dtype, op, per_rank, offset, bytes).expect("step"),
+            ),
+        })
+    };
+    // (members, maker, input bytes per member, output bytes)
+    let cases: Vec<(usize, Maker, usize, usize)> = vec![
+        (3, all_reduce(3, 3 * block), 6 * block, 6 * block),
+        (2, all_reduce(2, 5 * block), 10 * block, 10 * block),
+        (4, all_reduce(4, 9 * block), 18 * block, 18 * block),
+        (3, all_gather(3, 40, 0, 120), 40, 120),
+        (4, all_gather(4, 40, 30, 70), 40, 70),
+        (2, all_gather(2, 24, 0, 48), 24, 48),
+        (
+            3,
+            reduce_scatter(3, DataType::F32, RedOp::Sum, 16, 0, 48),
+            48,
+            16,
+        ),
+        (
+            4,
+            reduce_scatter(4, DataType::Bf16, RedOp::Max, 8, 8, 24),
+            24,
+            8,
+        ),
+        (
+            2,
+            reduce_scatter(2, DataType::F32, RedOp::Sum, 32, 0, 64),
+            64,
+            32,
+        ),
+    ];
+    let mut spares: Vec<Vec<Box<Step>>> = (0..StepKind::COUNT).map(|_| Vec::new()).collect();
+    for (i, (n, make, in_len, out_len)) in cases.iter().enumerate() {
+        let inputs = random_inputs(DataType::Bf16, *n, in_len / 2, i as u64 + 1);
+        let mut fresh: Vec<_> = (0..*n).map(|r| make(None, r)).collect();
+        let want = drive_steps(&mut fresh, &inputs, *out_len, 7);
+        let kind = fresh[0].kind() as usize;
+        let mut renewed: Vec<_> = (0..*n).map(|r| make(spares[kind].pop(), r)).collect();
+        assert_eq!(
+            drive_steps(&mut renewed, &inputs, *out_len, 11),
+            want,
+            "case {i}"
+        );
+        spares[kind].extend(renewed);
+    }
+}
+
 /// An exact segment of three members, driven as the worker does: its
 /// contributions fold in place, the owner's input is asked for once, the
 /// reduced shard goes from the output to both others, the others' results

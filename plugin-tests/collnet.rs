@@ -454,7 +454,12 @@ pub fn child_exact(rank: usize, n: usize, version: u32) -> TestResult {
     for &(wo, wb) in &windows {
         let mut rng = SplitMix::new(rank as u64 + 99);
         let mine: Vec<u8> = (0..bpr).map(|_| rng.next_u64() as u8).collect();
-        let piece = airamp::collnet::steps::window_piece(rank, bpr, wo, wb);
+        let window = airamp::collnet::steps::Window {
+            bytes_per_rank: bpr,
+            offset: wo,
+            bytes: wb,
+        };
+        let piece = window.piece(rank);
         // NCCL points sendData at this member's bytes for its piece.
         let slot_off = (wo + piece.start).saturating_sub(rank * bpr);
         let send = &mine[slot_off.min(bpr)..];

@@ -33,6 +33,7 @@ use airamp::codec::WireFormat;
 use airamp::collnet::calibrate::probe::{Setup, PROBE_VALUES};
 use airamp::collnet::device::Place;
 use airamp::collnet::group::Group;
+use airamp::collnet::steps;
 use airamp::collnet::{DataType, RedOp};
 use airamp::error::NetResult;
 use airamp::gpu::{self, GpuContext, PrimaryContext};
@@ -298,15 +299,18 @@ fn windows_each(
 ) {
     let n = group.params().n;
     let window = n * piece;
+    let whole = steps::Window {
+        bytes_per_rank: piece,
+        offset: 0,
+        bytes: window,
+    };
     let rank = group.params().rank;
     for _ in 0..calls {
         let (front, back) = host_out[..window].split_at_mut(window / 2 + 2);
         let mut parts = group.place_list();
         parts.extend([Place::Host(raw(front)), Place::Host(raw(back))]);
         let mine = Place::Host(raw(&mut host_in[..piece]));
-        let op = group
-            .all_gather(mine, parts, piece, 0, window)
-            .expect("allgather");
+        let op = group.all_gather(mine, parts, whole).expect("allgather");
         wait("allgather", || group.test(op));
 
         let (front, back) = host_in[..window].split_at_mut(rank * piece + 6);
@@ -314,7 +318,7 @@ fn windows_each(
         parts.extend([Place::Host(raw(front)), Place::Host(raw(back))]);
         let out = Place::Host(raw(&mut host_out[..piece]));
         let op = group
-            .reduce_scatter(parts, out, piece, 0, window, DataType::Bf16, RedOp::Sum)
+            .reduce_scatter(parts, out, whole, DataType::Bf16, RedOp::Sum)
             .expect("reduce-scatter");
         wait("reduce-scatter", || group.test(op));
     }

@@ -16,6 +16,7 @@ use super::write_out;
 use crate::collnet::comm::{lock, CollComm, SharedGroup};
 use crate::collnet::device::{self, Place};
 use crate::collnet::group::Group;
+use crate::collnet::steps::Window;
 use crate::collnet::{DataType, RedOp};
 use crate::error::{NetError, NetResult};
 use crate::gpu;
@@ -204,21 +205,12 @@ unsafe fn sge_places(g: &mut Group, parts: &[Sge], what: &str) -> NetResult<Vec<
     Ok(places)
 }
 
-/// This member's piece of a window (`window_piece`) as a buffer at `ptr`.
+/// This member's piece of a window ([`Window::piece`]) as a buffer at `ptr`.
 ///
 /// # Safety
 /// `ptr` must be valid for the piece's length until the request completes.
-unsafe fn own_piece(
-    g: &Group,
-    ptr: *mut c_void,
-    bytes_per_rank: usize,
-    window_offset: usize,
-    window_bytes: usize,
-    what: &str,
-) -> NetResult<Place> {
-    let rank = g.params().rank;
-    let piece =
-        crate::collnet::steps::window_piece(rank, bytes_per_rank, window_offset, window_bytes);
+unsafe fn own_piece(g: &Group, ptr: *mut c_void, window: Window, what: &str) -> NetResult<Place> {
+    let piece = window.piece(g.params().rank);
     if ptr.is_null() && !piece.is_empty() {
         return Err(NetError::InvalidArgument(format!("{what} buffer is NULL")));
     }
@@ -239,21 +231,17 @@ pub unsafe fn iallgather(
     request: *mut *mut c_void,
 ) -> NetResult<()> {
     let group = group_of(coll_comm)?;
+    let window = Window {
+        bytes_per_rank,
+        offset: window_offset,
+        bytes: window_bytes,
+    };
     let mut g = lock(group);
     // SAFETY: NCCL keeps the parts valid until the request completes.
     let output = unsafe { sge_places(&mut g, parts, "iallgather receive") }?;
     // SAFETY: NCCL passes this member's data for its piece of the window.
-    let input = unsafe {
-        own_piece(
-            &g,
-            send,
-            bytes_per_rank,
-            window_offset,
-            window_bytes,
-            "iallgather send",
-        )
-    }?;
-    let id = g.all_gather(input, output, bytes_per_rank, window_offset, window_bytes)?;
+    let input = unsafe { own_piece(&g, send, window, "iallgather send") }?;
+    let id = g.all_gather(input, output, window)?;
     drop(g);
     finish_post(group, id, request)
 }
@@ -279,29 +267,17 @@ pub unsafe fn ireducescatter(
             "ireducescatter of datatype {dtype} with op {op}, which reduceSupport declined"
         )));
     };
+    let window = Window {
+        bytes_per_rank,
+        offset: window_offset,
+        bytes: window_bytes,
+    };
     let mut g = lock(group);
     // SAFETY: NCCL keeps the parts valid until the request completes.
     let input = unsafe { sge_places(&mut g, parts, "ireducescatter send") }?;
     // SAFETY: NCCL passes room for this member's piece of the window.
-    let output = unsafe {
-        own_piece(
-            &g,
-            recv,
-            bytes_per_rank,
-            window_offset,
-            window_bytes,
-            "ireducescatter receive",
-        )
-    }?;
-    let id = g.reduce_scatter(
-        input,
-        output,
-        bytes_per_rank,
-        window_offset,
-        window_bytes,
-        dt,
-        rop,
-    )?;
+    let output = unsafe { own_piece(&g, recv, window, "ireducescatter receive") }?;
+    let id = g.reduce_scatter(input, output, window, dt, rop)?;
     drop(g);
     finish_post(group, id, request)
 }

@@ -31,7 +31,7 @@ use super::plan::Plan;
 use super::pola::{Pattern, Seen, Summary};
 use super::pool::{self, Shared};
 use super::recycle::Recycler;
-use super::steps::{Effects, Expect, Lane, Send, Step, StepKind};
+use super::steps::{Effects, Expect, Lane, Send, Step, StepKind, Window};
 use super::workers::{Done, Event, Job, Outbound, Workers};
 use crate::codec::WireFormat;
 use crate::error::{NetError, NetResult, PeerFailure};
@@ -1019,26 +1019,24 @@ impl Group {
         &mut self,
         input: Place,
         mut output: Vec<Place>,
-        bytes_per_rank: usize,
-        window_offset: usize,
-        window_bytes: usize,
+        window: Window,
     ) -> NetResult<u64> {
         self.check()?;
         let room: usize = output.iter().map(Place::len).sum();
-        if room < window_bytes {
+        if room < window.bytes {
             return Err(NetError::InvalidArgument(format!(
-                "iallgather window of {window_bytes} bytes into {room} bytes"
+                "iallgather window of {} bytes into {room} bytes",
+                window.bytes
             )));
         }
         let (n, rank) = (self.params.n, self.params.rank);
-        let window = (bytes_per_rank, window_offset, window_bytes);
         let step = match self.lists.steps[StepKind::AllGather as usize].pop() {
-            Some(spare) => Step::renew_all_gather(spare, n, rank, window.0, window.1, window.2),
-            None => Step::all_gather(n, rank, window.0, window.1, window.2).map(Box::new),
+            Some(spare) => Step::renew_all_gather(spare, n, rank, window),
+            None => Step::all_gather(n, rank, window).map(Box::new),
         }
         .map_err(|e| collnet_error(rank, e))?;
         let mut steps = std::mem::take(&mut self.lists.pending);
-        if window_bytes > 0 {
+        if window.bytes > 0 {
             steps.push(Pending::Cpu(step));
         } else {
             // An empty window has nothing to run: the step stays spare.
@@ -1049,44 +1047,37 @@ impl Group {
             dtype: DataType::U8,
             path: Path::Exact,
         };
-        let id = self.add_op(&[input], &output, window_bytes, steps, kind);
+        let id = self.add_op(&[input], &output, window.bytes, steps, kind);
         output.clear();
         self.lists.places = output;
         id
     }
 
     /// Starts NCCL's windowed reduce-scatter (exact).
-    #[allow(clippy::too_many_arguments)]
     pub fn reduce_scatter(
         &mut self,
         mut input: Vec<Place>,
         output: Place,
-        bytes_per_rank: usize,
-        window_offset: usize,
-        window_bytes: usize,
+        window: Window,
         dtype: DataType,
         op: RedOp,
     ) -> NetResult<u64> {
         self.check()?;
         let have: usize = input.iter().map(Place::len).sum();
-        if have < window_bytes {
+        if have < window.bytes {
             return Err(NetError::InvalidArgument(format!(
-                "ireducescatter window of {window_bytes} bytes from {have} bytes"
+                "ireducescatter window of {} bytes from {have} bytes",
+                window.bytes
             )));
         }
         let (n, rank) = (self.params.n, self.params.rank);
-        let window = (bytes_per_rank, window_offset, window_bytes);
         let step = match self.lists.steps[StepKind::ReduceScatter as usize].pop() {
-            Some(spare) => {
-                Step::renew_reduce_scatter(spare, n, rank, dtype, op, window.0, window.1, window.2)
-            }
-            None => {
-                Step::reduce_scatter(n, rank, dtype, op, window.0, window.1, window.2).map(Box::new)
-            }
+            Some(spare) => Step::renew_reduce_scatter(spare, n, rank, dtype, op, window),
+            None => Step::reduce_scatter(n, rank, dtype, op, window).map(Box::new),
         }
         .map_err(|e| collnet_error(rank, e))?;
         let mut steps = std::mem::take(&mut self.lists.pending);
-        if window_bytes > 0 {
+        if window.bytes > 0 {
             steps.push(Pending::Cpu(step));
         } else {
             // An empty window has nothing to run: the step stays spare.

@@ -15,7 +15,7 @@
 //!
 //! Steps: [`Step::AllReduce`] wraps one [`Member`] segment;
 //! [`Step::AllGather`] and [`Step::ReduceScatter`] implement NCCL's windowed
-//! `iallgather`/`ireducescatter` (exact only), see [`window_piece`].
+//! `iallgather`/`ireducescatter` (exact only), see [`Window`].
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -84,36 +84,36 @@ pub struct Effects {
     pub writes: Vec<Write>,
 }
 
-/// The part of a `windowBytes` window at `windowOffset` of the logical
-/// `n * bytes_per_rank` buffer that belongs to member `r`, relative to the
-/// window start. Empty when member `r`'s slot does not meet the window.
-pub fn window_piece(
-    r: usize,
-    bytes_per_rank: usize,
-    window_offset: usize,
-    window_bytes: usize,
-) -> Range<usize> {
-    let slot_start = r.saturating_mul(bytes_per_rank);
-    let slot_end = slot_start.saturating_add(bytes_per_rank);
-    let win_end = window_offset.saturating_add(window_bytes);
-    let start = slot_start.max(window_offset);
-    let end = slot_end.min(win_end);
-    if start >= end {
-        return 0..0;
-    }
-    start - window_offset..end - window_offset
+/// NCCL's window of an `iallgather` or `ireducescatter`: `bytes` bytes at
+/// `offset` of the logical buffer of `n * bytes_per_rank` bytes, member
+/// `r`'s slot being `r * bytes_per_rank..(r + 1) * bytes_per_rank`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub bytes_per_rank: usize,
+    pub offset: usize,
+    pub bytes: usize,
 }
 
-/// Every member's piece of the window, into `out` (emptied first).
-pub fn window_pieces_into(
-    n: usize,
-    bytes_per_rank: usize,
-    window_offset: usize,
-    window_bytes: usize,
-    out: &mut Vec<Range<usize>>,
-) {
-    out.clear();
-    out.extend((0..n).map(|r| window_piece(r, bytes_per_rank, window_offset, window_bytes)));
+impl Window {
+    /// The part of the window that belongs to member `r`, relative to the
+    /// window's start. Empty when member `r`'s slot does not meet it.
+    pub fn piece(&self, r: usize) -> Range<usize> {
+        let slot_start = r.saturating_mul(self.bytes_per_rank);
+        let slot_end = slot_start.saturating_add(self.bytes_per_rank);
+        let end_of_window = self.offset.saturating_add(self.bytes);
+        let start = slot_start.max(self.offset);
+        let end = slot_end.min(end_of_window);
+        if start >= end {
+            return 0..0;
+        }
+        start - self.offset..end - self.offset
+    }
+
+    /// Every one of `n` members' pieces, into `out` (emptied first).
+    fn pieces_into(&self, n: usize, out: &mut Vec<Range<usize>>) {
+        out.clear();
+        out.extend((0..n).map(|r| self.piece(r)));
+    }
 }
 
 /// One allreduce segment: `count` elements starting at byte `offset` of the
@@ -307,15 +307,8 @@ impl Step {
         Ok(Step::AllReduce(step))
     }
 
-    pub fn all_gather(
-        n: usize,
-        rank: usize,
-        bytes_per_rank: usize,
-        window_offset: usize,
-        window_bytes: usize,
-    ) -> Result<Step, CollError> {
-        let pieces = Vec::with_capacity(n);
-        Self::all_gather_in(pieces, n, rank, bytes_per_rank, window_offset, window_bytes)
+    pub fn all_gather(n: usize, rank: usize, window: Window) -> Result<Step, CollError> {
+        Self::all_gather_in(Vec::with_capacity(n), n, rank, window)
     }
 
     /// [`Step::all_gather`] in the memory of a finished step (its box, and
@@ -324,15 +317,13 @@ impl Step {
         mut spare: Box<Step>,
         n: usize,
         rank: usize,
-        bytes_per_rank: usize,
-        window_offset: usize,
-        window_bytes: usize,
+        window: Window,
     ) -> Result<Box<Step>, CollError> {
         let pieces = match &mut *spare {
             Step::AllGather(s) => std::mem::take(&mut s.pieces),
             _ => Vec::new(),
         };
-        *spare = Self::all_gather_in(pieces, n, rank, bytes_per_rank, window_offset, window_bytes)?;
+        *spare = Self::all_gather_in(pieces, n, rank, window)?;
         Ok(spare)
     }
 
@@ -340,54 +331,43 @@ impl Step {
         mut pieces: Vec<Range<usize>>,
         n: usize,
         rank: usize,
-        bytes_per_rank: usize,
-        window_offset: usize,
-        window_bytes: usize,
+        window: Window,
     ) -> Result<Step, CollError> {
         if rank >= n {
             return Err(CollError::BadRank { rank, n });
         }
-        window_pieces_into(n, bytes_per_rank, window_offset, window_bytes, &mut pieces);
+        window.pieces_into(n, &mut pieces);
         Ok(Step::AllGather(AllGatherStep { rank, pieces }))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn reduce_scatter(
         n: usize,
         rank: usize,
         dtype: DataType,
         op: RedOp,
-        bytes_per_rank: usize,
-        window_offset: usize,
-        window_bytes: usize,
+        window: Window,
     ) -> Result<Step, CollError> {
-        let window = (bytes_per_rank, window_offset, window_bytes);
         Self::reduce_scatter_in(None, Vec::with_capacity(n), n, rank, dtype, op, window)
     }
 
     /// [`Step::reduce_scatter`] in the memory of a finished step (its box,
     /// and a reduce-scatter's piece list and reducer).
-    #[allow(clippy::too_many_arguments)]
     pub fn renew_reduce_scatter(
         mut spare: Box<Step>,
         n: usize,
         rank: usize,
         dtype: DataType,
         op: RedOp,
-        bytes_per_rank: usize,
-        window_offset: usize,
-        window_bytes: usize,
+        window: Window,
     ) -> Result<Box<Step>, CollError> {
         let (reducer, pieces) = match &mut *spare {
             Step::ReduceScatter(s) => (s.reducer.take(), std::mem::take(&mut s.pieces)),
             _ => (None, Vec::new()),
         };
-        let window = (bytes_per_rank, window_offset, window_bytes);
         *spare = Self::reduce_scatter_in(reducer, pieces, n, rank, dtype, op, window)?;
         Ok(spare)
     }
 
-    /// `window`: bytes per rank, window offset, window bytes.
     fn reduce_scatter_in(
         spare: Option<Reducer>,
         mut pieces: Vec<Range<usize>>,
@@ -395,12 +375,12 @@ impl Step {
         rank: usize,
         dtype: DataType,
         op: RedOp,
-        (bytes_per_rank, window_offset, window_bytes): (usize, usize, usize),
+        window: Window,
     ) -> Result<Step, CollError> {
         if rank >= n {
             return Err(CollError::BadRank { rank, n });
         }
-        window_pieces_into(n, bytes_per_rank, window_offset, window_bytes, &mut pieces);
+        window.pieces_into(n, &mut pieces);
         let size = dtype.size();
         if pieces
             .iter()
@@ -408,14 +388,14 @@ impl Step {
         {
             return Err(CollError::InputLength {
                 expected: size,
-                actual: window_offset % size + window_bytes % size + bytes_per_rank % size,
+                actual: window.offset % size + window.bytes % size + window.bytes_per_rank % size,
             });
         }
         let own = pieces[rank].len() / size;
         let reducer = (own > 0).then(|| Reducer::renew(spare, dtype, op, None, n, rank, own));
         Ok(Step::ReduceScatter(ReduceScatterStep {
             rank,
-            window_bytes,
+            window_bytes: window.bytes,
             pieces,
             reducer,
             sent_early: false,

@@ -883,7 +883,7 @@ fn drive_steps(
 /// window and dtype: nothing of the call before carries over.
 #[test]
 fn renewed_steps_of_every_kind_give_a_new_ones_bytes() {
-    use super::steps::{Step, StepKind};
+    use super::steps::{Step, StepKind, Window};
     /// A step of `rank`, renewed from a spare when there is one.
     type Maker = Box<dyn Fn(Option<Box<Step>>, usize) -> Box<Step>>;
     let block = crate::codec::BLOCK;
@@ -900,21 +900,21 @@ fn renewed_steps_of_every_kind_give_a_new_ones_bytes() {
             None => Box::new(Step::all_reduce(spec, rank, 0).expect("step")),
         })
     };
-    let all_gather = |n, per_rank, offset, bytes| -> Maker {
+    let window = |bytes_per_rank, offset, bytes| Window {
+        bytes_per_rank,
+        offset,
+        bytes,
+    };
+    let all_gather = |n, window: Window| -> Maker {
         Box::new(move |spare, rank| match spare {
-            Some(s) => {
-                Step::renew_all_gather(s, n, rank, per_rank, offset, bytes).expect("renewed")
-            }
-            None => Box::new(Step::all_gather(n, rank, per_rank, offset, bytes).expect("step")),
+            Some(s) => Step::renew_all_gather(s, n, rank, window).expect("renewed"),
+            None => Box::new(Step::all_gather(n, rank, window).expect("step")),
         })
     };
-    let reduce_scatter = |n, dtype, op, per_rank, offset, bytes| -> Maker {
+    let reduce_scatter = |n, dtype, op, window: Window| -> Maker {
         Box::new(move |spare, rank| match spare {
-            Some(s) => Step::renew_reduce_scatter(s, n, rank, dtype, op, per_rank, offset, bytes)
-                .expect("renewed"),
-            None => Box::new(
-                Step::reduce_scatter(n, rank, dtype, op, per_rank, offset, bytes).expect("step"),
-            ),
+            Some(s) => Step::renew_reduce_scatter(s, n, rank, dtype, op, window).expect("renewed"),
+            None => Box::new(Step::reduce_scatter(n, rank, dtype, op, window).expect("step")),
         })
     };
     // (members, maker, input bytes per member, output bytes)
@@ -922,24 +922,24 @@ fn renewed_steps_of_every_kind_give_a_new_ones_bytes() {
         (3, all_reduce(3, 3 * block), 6 * block, 6 * block),
         (2, all_reduce(2, 5 * block), 10 * block, 10 * block),
         (4, all_reduce(4, 9 * block), 18 * block, 18 * block),
-        (3, all_gather(3, 40, 0, 120), 40, 120),
-        (4, all_gather(4, 40, 30, 70), 40, 70),
-        (2, all_gather(2, 24, 0, 48), 24, 48),
+        (3, all_gather(3, window(40, 0, 120)), 40, 120),
+        (4, all_gather(4, window(40, 30, 70)), 40, 70),
+        (2, all_gather(2, window(24, 0, 48)), 24, 48),
         (
             3,
-            reduce_scatter(3, DataType::F32, RedOp::Sum, 16, 0, 48),
+            reduce_scatter(3, DataType::F32, RedOp::Sum, window(16, 0, 48)),
             48,
             16,
         ),
         (
             4,
-            reduce_scatter(4, DataType::Bf16, RedOp::Max, 8, 8, 24),
+            reduce_scatter(4, DataType::Bf16, RedOp::Max, window(8, 8, 24)),
             24,
             8,
         ),
         (
             2,
-            reduce_scatter(2, DataType::F32, RedOp::Sum, 32, 0, 64),
+            reduce_scatter(2, DataType::F32, RedOp::Sum, window(32, 0, 64)),
             64,
             32,
         ),

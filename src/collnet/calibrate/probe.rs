@@ -37,7 +37,7 @@ use crate::collnet::group::Group;
 use crate::collnet::lend::{Payload, RecvBuf};
 use crate::collnet::link::PeerLinks;
 use crate::collnet::pool::Shared;
-use crate::collnet::steps::Lane;
+use crate::collnet::steps::{Lane, Window};
 use crate::collnet::{DataType, RedOp};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::sys::RawBuf;
@@ -485,7 +485,12 @@ fn all_gather(
     bufs.output.resize(n * mine.len(), 0);
     let input = Buffers::place(&mut bufs.input);
     let output = Buffers::place(&mut bufs.output);
-    let op = group.all_gather(input, vec![output], mine.len(), 0, n * mine.len())?;
+    let window = Window {
+        bytes_per_rank: mine.len(),
+        offset: 0,
+        bytes: n * mine.len(),
+    };
+    let op = group.all_gather(input, vec![output], window)?;
     complete(group, op, deadline, what)?;
     Ok(bufs.output.chunks(mine.len()).map(<[u8]>::to_vec).collect())
 }

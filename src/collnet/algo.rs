@@ -1280,9 +1280,8 @@ impl Member {
         let n = spec.n;
         let own = spec.shard(rank);
         let (reducer, mut have, mut ready) = spare.map_or_else(Default::default, |m| {
-            if let Some(output) = (!m.output.is_empty()).then_some(m.output) {
-                pool::give(output);
-            }
+            // A lending member's output is empty: the pool ignores it.
+            pool::give(m.output);
             (m.reducer, m.have, m.ready)
         });
         have.clear();

@@ -1006,12 +1006,10 @@ impl Group {
     }
 
     /// An empty list for a window's buffer parts (the C ABI fills it for
-    /// [`Group::all_gather`] or [`Group::reduce_scatter`], which keep it
-    /// for the next window).
+    /// [`Group::all_gather`] or [`Group::reduce_scatter`], which empty it
+    /// and keep it for the next window).
     pub fn place_list(&mut self) -> Vec<Place> {
-        let mut places = std::mem::take(&mut self.lists.places);
-        places.clear();
-        places
+        std::mem::take(&mut self.lists.places)
     }
 
     /// Starts NCCL's windowed allgather (exact).

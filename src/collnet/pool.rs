@@ -117,17 +117,13 @@ pub fn give_wide(v: Vec<f32>) {
 
 /// `v` as shared bytes, in a recycled `Arc` where one is spare.
 pub fn share(v: Vec<u8>) -> Shared {
-    let shell = SHELLS.lock().ok().and_then(|mut shells| shells.pop());
-    match shell {
-        Some(mut shell) => match Arc::get_mut(&mut shell) {
-            Some(bytes) => {
-                *bytes = v;
-                shell
-            }
-            None => Arc::new(v),
-        },
-        None => Arc::new(v),
+    if let Some(mut shell) = SHELLS.lock().ok().and_then(|mut shells| shells.pop()) {
+        if let Some(bytes) = Arc::get_mut(&mut shell) {
+            *bytes = v;
+            return shell;
+        }
     }
+    Arc::new(v)
 }
 
 /// Adds `count` spare shells to the process's (at most [`MAX_SHELLS`] in

@@ -50,6 +50,7 @@ def run(rank, world, args):
     results = []
     sizes = [int(x) for x in args.size_list.split(",")] if args.size_list else sizes_from(args.sizes)
     iters_for = dict(zip(sizes, (int(x) for x in args.iters_list.split(",")))) if args.iters_list else {}
+    warmup_for = dict(zip(sizes, (int(x) for x in args.warmup_list.split(",")))) if args.warmup_list else {}
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
         elem = torch.tensor([], dtype=dtype).element_size()
@@ -61,7 +62,7 @@ def run(rank, world, args):
             expect = base * world + sum(range(world))
             iters = iters_for.get(nbytes) or (args.iters if n * elem >= (16 << 20) else args.iters * 4)
             ok = True
-            for _ in range(args.warmup):
+            for _ in range(warmup_for.get(nbytes, args.warmup)):
                 x = base + rank
                 dist.all_reduce(x)
                 ok &= bool(torch.equal(x, expect))
@@ -103,6 +104,7 @@ def main():
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup-list", help="untimed iterations for each --size-list entry (instead of --warmup)")
     p.add_argument("--port", type=int, default=29533)
     p.add_argument("--device-of-rank", choices=("shared", "local", "cpu"), default="shared",
                    help="shared: all ranks on GPU 0 (CUDA MPS); local: rank i on GPU i mod device count; "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 8-byte allreduce time, airamp against NCCL Socket in alternating pairs, at
 # steady state: each process warms up with 200 calls, then times 3000 (the
-# sweep times 8 B first in its process, after 5). 2 ranks on one GPU, as
+# sweep times 1000 after 200). 2 ranks on one GPU, as
 # sweep.sh runs them (start MPS first: nvidia-cuda-mps-control -d).
 #
 #   examples/pytorch/latency_pairs.sh /abs/libnccl-net-airamp.so OUT_DIR [name=ENV,ENV ...]

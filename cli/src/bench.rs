@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use airamp::abi::client::{handle_from_hex, handle_to_hex, post, Library, Net, NetVersion};
 
 use crate::peer::{self, from_parent, to_parent};
+use crate::raw_tcp::{self, Layout};
 use crate::{progress, Opts};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -256,10 +257,15 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
 }
 
 /// Round trips of one message (8 bytes unless `--size`) through the C ABI,
-/// one connection each way.
+/// one connection each way, against plain TCP in the same run
+/// ([`raw_tcp`]): before and after airamp, one connection per direction
+/// (the same layout) and one connection both ways (the floor a shared
+/// connection could reach).
 pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     let iters = o.num("iters", 5000)?;
     let size = o.bytes("size", 8)? as usize;
+    let raw = |layout| raw_tcp::round_trips(layout, size, 100, iters, TIMEOUT);
+    let before = [raw(Layout::PerDirection)?, raw(Layout::Shared)?];
     let lib = open(o)?;
     let net = init(&lib)?;
     let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
@@ -317,24 +323,41 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     pb.finish_and_clear();
     echo.finish()?;
     rtts.sort();
-    let pct = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
+    let after = [raw(Layout::Shared)?, raw(Layout::PerDirection)?];
+    let us = |times: &[Duration], q: f64| {
+        times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
+    };
+    let airamp = us(&rtts, 0.5);
+    // p50 of each raw layout, before and after airamp's run.
+    let per_direction = [us(&before[0], 0.5), us(&after[1], 0.5)];
+    let shared = [us(&before[1], 0.5), us(&after[0], 0.5)];
+    let mean = |pair: [f64; 2]| (pair[0] + pair[1]) / 2.0;
+    let ratio = airamp / mean(per_direction);
     if o.flag("json") {
-        let us = |q: f64| pct(q).as_secs_f64() * 1e6;
         let v = serde_json::json!({
             "bench": "latency",
             "message_bytes": size,
             "iterations": iters,
-            "round_trip_us": {"p50": us(0.5), "p90": us(0.9), "p99": us(0.99)},
+            "round_trip_us": {"p50": airamp, "p90": us(&rtts, 0.9), "p99": us(&rtts, 0.99)},
+            "raw_tcp_p50_us": {
+                "connection_per_direction": per_direction,
+                "one_connection": shared,
+            },
+            "airamp_over_raw_tcp": ratio,
         });
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "airamp bench latency: {size}-byte round trip through the C ABI over {iters} iterations: p50 {:.1?}  p90 {:.1?}  p99 {:.1?}",
-        pct(0.5),
-        pct(0.9),
-        pct(0.99)
+        "airamp bench latency: {size}-byte round trip through the C ABI over {iters} iterations: p50 {airamp:.1}µs  p90 {:.1}µs  p99 {:.1}µs",
+        us(&rtts, 0.9),
+        us(&rtts, 0.99)
     );
+    println!(
+        "  raw TCP in the same run, p50 before / after: a connection per direction (NCCL's layout) {:.1} / {:.1}µs, one connection both ways {:.1} / {:.1}µs",
+        per_direction[0], per_direction[1], shared[0], shared[1]
+    );
+    println!("  airamp / raw TCP with a connection per direction: {ratio:.2}x");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,7 +6,7 @@
 //! airamp doctor [--peer HOST:PORT] [--json]
 //!                              is airamp in use here? the plugin, NCCL_*, config, port, each with its fix
 //! airamp bench net [OPTS]      plugin throughput through the C ABI next to iperf3
-//! airamp bench latency [OPTS]  8-byte round trip of one message (8 bytes by default) through the C ABI
+//! airamp bench latency [OPTS]  round trip of one message (8 bytes by default) through the C ABI, next to plain TCP
 //! airamp bench codec [N]       codec speed (E4M3, E5M2, INT8) on this core next to memcpy
 //! airamp bench collnet [OPTS]  allreduce through the collective network: exact vs compressed, tuner pick
 //! airamp bench idle            CPU used while a connection sits idle
@@ -34,6 +34,7 @@ mod gpu;
 mod peer;
 mod plot;
 mod progress;
+mod raw_tcp;
 mod rendezvous;
 mod tuner;
 mod wake;
@@ -162,7 +163,7 @@ enum BenchCmd {
         #[command(flatten)]
         out: JsonArg,
     },
-    /// Round trip of one message (8 bytes by default) through the C ABI.
+    /// Round trip of one message (8 bytes by default) through the C ABI, next to plain TCP.
     Latency {
         #[command(flatten)]
         plugin: PluginArg,

@@ -94,11 +94,21 @@ fn bench_net_piped_has_no_escape_codes() {
 fn bench_latency_piped_has_no_escape_codes() {
     let so = plugin();
     let out = piped(&["bench", "latency", "--iters", "200", "--plugin", &so]);
-    assert_eq!(out.lines().count(), 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
     assert!(
-        out.starts_with(
+        lines[0].starts_with(
             "airamp bench latency: 8-byte round trip through the C ABI over 200 iterations: p50 "
         ),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("  raw TCP in the same run, p50 before / after: "),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("  airamp / raw TCP with a connection per direction: ")
+            && lines[2].ends_with('x'),
         "{out}"
     );
 }

@@ -75,6 +75,15 @@ fn latency_json() {
     let v = json(&["bench", "latency", "--iters", "100", "--json"]);
     let (p50, p99) = (&v["round_trip_us"]["p50"], &v["round_trip_us"]["p99"]);
     assert!(positive(p50) && p50.as_f64() <= p99.as_f64(), "{v}");
+    // The raw TCP reference, before and after, in both layouts.
+    for layout in ["connection_per_direction", "one_connection"] {
+        let runs = v["raw_tcp_p50_us"][layout].as_array().expect("two runs");
+        assert!(
+            runs.len() == 2 && runs.iter().all(positive),
+            "{layout}: {v}"
+        );
+    }
+    assert!(positive(&v["airamp_over_raw_tcp"]), "{v}");
 }
 
 #[test]

@@ -25,6 +25,7 @@ use super::nvrtc;
 use super::queue::GpuQueue;
 use super::{Elem, KernelOptions};
 use crate::codec::WireFormat;
+use crate::metrics;
 
 /// Threads per CTA of every kernel (`THREADS` in cuda/codec.cu).
 pub(crate) const THREADS: u32 = 256;
@@ -278,7 +279,15 @@ fn own_context(device: i32) -> Result<usize, GpuError> {
     if let Some(&c) = own.get(&device) {
         return Ok(c);
     }
-    let c = driver::create_context(device)?;
+    let (c, took) = driver::create_context(device)?;
+    if let Some(bytes) = took {
+        crate::info!(
+            crate::log::SUBSYS_INIT,
+            "gpu: airamp's own context on device {device} took {} MiB of device memory (free memory before and after; an estimate)",
+            bytes >> 20
+        );
+        metrics::collnet().gpu_context(bytes as u64);
+    }
     own.insert(device, c);
     Ok(c)
 }

@@ -52,6 +52,7 @@ const SYMBOLS: &[&str] = &[
     "cuMemFreeHost",
     "cuMemAlloc_v2",
     "cuMemFree_v2",
+    "cuMemGetInfo_v2",
     "cuLaunchKernel",
     "cuGetErrorName",
 ];
@@ -143,11 +144,28 @@ pub fn set_current_context(ctx: Option<usize>) -> Result<(), GpuError> {
     check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(c) })
 }
 
-/// A new context on device `ordinal`, for airamp alone. `cuCtxCreate`
-/// pushes it on this thread's stack; it is popped again here, so the
-/// caller's current context is unchanged. Never destroyed: it lives as
-/// long as the process, like the modules loaded into it.
-pub fn create_context(ordinal: i32) -> Result<usize, GpuError> {
+/// Free memory of the current context's device, in bytes.
+fn free_device_memory() -> Result<usize, GpuError> {
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: writes two sizes; a context is current (the caller's).
+    check("cuMemGetInfo_v2", unsafe {
+        sys::cuMemGetInfo_v2(&mut free, &mut total)
+    })?;
+    Ok(free)
+}
+
+/// A new context on device `ordinal`, for airamp alone, and the device
+/// memory it took, when the driver could tell: the device's free memory
+/// before it minus after its limits are set, which is where a context's
+/// memory is settled (its first launch reserves nothing more, measured on
+/// the H200). Memory the application allocates at that moment counts too,
+/// so it is an estimate.
+/// `cuCtxCreate` pushes the context on this thread's stack; it is popped
+/// again here, so the caller's current context is unchanged. Never
+/// destroyed: it lives as long as the process, like the modules loaded
+/// into it.
+pub fn create_context(ordinal: i32) -> Result<(usize, Option<usize>), GpuError> {
+    let free_before = free_device_memory().ok();
     let mut dev = 0;
     // SAFETY: writes one int.
     check("cuDeviceGet", unsafe {
@@ -180,12 +198,15 @@ pub fn create_context(ordinal: i32) -> Result<usize, GpuError> {
             crate::warn!("gpu: could not set {limit:?} of airamp's context to {value}: {e}");
         }
     }
+    let took = free_before
+        .zip(free_device_memory().ok())
+        .map(|(before, after)| before.saturating_sub(after));
     let mut popped: sys::CUcontext = ptr::null_mut();
     // SAFETY: pops the context cuCtxCreate just pushed; writes one handle.
     check("cuCtxPopCurrent_v2", unsafe {
         sys::cuCtxPopCurrent_v2(&mut popped)
     })?;
-    Ok(c as usize)
+    Ok((c as usize, took))
 }
 
 /// The device of the current context.

@@ -54,6 +54,7 @@ pub struct CollnetMetrics {
     /// Calls on GPU buffers: run by kernels, or staged through mirrors.
     gpu_calls: [AtomicU64; 2],
     gpu_pinned: AtomicU64,
+    gpu_context: AtomicU64,
     /// Calls against their group's call pattern: learning, hit, miss.
     pola_calls: [AtomicU64; 3],
     pola_locks: AtomicU64,
@@ -72,6 +73,7 @@ static COLLNET: CollnetMetrics = CollnetMetrics {
     pool_held: AtomicU64::new(0),
     gpu_calls: [const { AtomicU64::new(0) }; 2],
     gpu_pinned: AtomicU64::new(0),
+    gpu_context: AtomicU64::new(0),
     pola_calls: [const { AtomicU64::new(0) }; 3],
     pola_locks: AtomicU64::new(0),
     pola_locked_groups: AtomicU64::new(0),
@@ -165,6 +167,12 @@ impl CollnetMetrics {
         } else {
             self.gpu_pinned.fetch_sub(delta.unsigned_abs(), Relaxed);
         }
+    }
+
+    /// airamp's own CUDA context on a device took `bytes` of its memory
+    /// (one per device and process, never freed).
+    pub fn gpu_context(&self, bytes: u64) {
+        self.gpu_context.fetch_add(bytes, Relaxed);
     }
 }
 
@@ -279,6 +287,17 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_gpu_pinned_bytes {}",
         m.gpu_pinned.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_gpu_context_bytes",
+        "gauge",
+        "Device memory taken by airamp's own CUDA context (one per GPU and process, for the GPU path's kernels and staged copies), from the device's free memory before and after it was made: an estimate. It is the GPU path's whole device-memory cost.",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_gpu_context_bytes {}",
+        m.gpu_context.load(Relaxed)
     );
     header(
         out,

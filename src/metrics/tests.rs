@@ -315,7 +315,7 @@ fn buckets_match_spec() {
     assert!(LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
 }
 
-const FAMILIES: [&str; 33] = [
+const FAMILIES: [&str; 34] = [
     "airamp_status",
     "airamp_info",
     "airamp_bytes_sent_total",
@@ -341,6 +341,7 @@ const FAMILIES: [&str; 33] = [
     "airamp_collnet_pool_bytes",
     "airamp_collnet_gpu_calls_total",
     "airamp_collnet_gpu_pinned_bytes",
+    "airamp_collnet_gpu_context_bytes",
     "airamp_collnet_pola_calls_total",
     "airamp_collnet_pola_locks_total",
     "airamp_collnet_pola_locked_groups",
@@ -601,4 +602,21 @@ fn concurrent_recording_is_exact() {
     let snap = m.message_size.0.snapshot();
     assert_eq!(snap.cumulative[SIZE_BUCKETS - 1], 40_000);
     assert_eq!(snap.sum, 4 * (0..10_000u64).sum::<u64>());
+}
+
+/// Each context airamp makes adds what it took to the gauge.
+#[test]
+fn gpu_context_bytes_add_up() {
+    let value = || -> u64 {
+        render()
+            .lines()
+            .find_map(|l| l.strip_prefix("airamp_collnet_gpu_context_bytes "))
+            .expect("the gauge is rendered")
+            .parse()
+            .expect("a number")
+    };
+    let before = value();
+    crate::metrics::collnet().gpu_context(276 << 20);
+    crate::metrics::collnet().gpu_context(269 << 20);
+    assert_eq!(value() - before, (276 + 269) << 20);
 }

@@ -28,6 +28,15 @@ from bench_devices import backend_version, host_id, pick_device, sync
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_list(spec):
+    """CPU numbers of a taskset-style list: "0-3,8"."""
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def sizes_from(spec):
     lo, hi = (int(x) for x in spec.split(":"))
     s, out = lo, []
@@ -38,6 +47,9 @@ def sizes_from(spec):
 
 
 def run(rank, world, args):
+    if args.cpus_of_rank:
+        # Before NCCL starts its threads, so they inherit the set.
+        os.sched_setaffinity(0, cpu_list(args.cpus_of_rank.split(";")[rank]))
     # Separate "hosts": NCCL must use the network, not shared memory or P2P.
     os.environ["NCCL_HOSTID"] = host_id(rank, world, args.nodes)
     os.environ.setdefault("LOCAL_RANK", str(rank))
@@ -111,8 +123,13 @@ def main():
                         "cpu: gloo on the CPU (tests this script without a GPU; no NCCL, no airamp)")
     p.add_argument("--nodes", type=int, default=0,
                    help="NCCL_HOSTID per node: ranks rank*NODES//world share one (default: one per rank)")
+    p.add_argument("--cpus-of-rank",
+                   help="CPUs of each rank, ';' between ranks, taskset-style lists (e.g. '0-3;4-7'): "
+                        "every thread of rank i, NCCL's and the plugin's included, runs on its list")
     p.add_argument("--out")
     args = p.parse_args()
+    if args.cpus_of_rank and len(args.cpus_of_rank.split(";")) != args.world:
+        p.error("--cpus-of-rank needs one list per rank")
     if args.nodes and not 1 <= args.nodes <= args.world:
         p.error("--nodes must be between 1 and --world")
     mp.spawn(run, args=(args.world, args), nprocs=args.world, join=True)

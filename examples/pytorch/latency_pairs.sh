@@ -8,6 +8,9 @@
 #
 # Each extra `name=ENV,ENV` is airamp with those variables, e.g.
 # `streams1=AIRAMP_NSTREAMS=1`. ROUNDS (default 6) rounds, ABBA order.
+# CPUS pins every configuration's ranks alike (allreduce_bench.py
+# --cpus-of-rank, e.g. CPUS='0-3;4-7'), so that a run's time does not
+# depend on where the scheduler put its threads.
 # Prints each run's µs per call, then per configuration the median and the
 # median of its ratios to the same round's Socket.
 set -euo pipefail
@@ -15,6 +18,7 @@ plugin=${1:?usage: latency_pairs.sh PLUGIN_SO OUT_DIR [name=ENV,ENV ...]}
 out=${2:?usage: latency_pairs.sh PLUGIN_SO OUT_DIR [name=ENV,ENV ...]}
 shift 2
 here=$(dirname "$0"); rounds=${ROUNDS:-6}
+pin=(); [ -n "${CPUS:-}" ] && pin=(--cpus-of-rank "$CPUS")
 mkdir -p "$out"
 common=(NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 AIRAMP_METRICS=0 AIRAMP_SOCKET_IFNAME=lo)
 names=(airamp socket); envs=("NCCL_NET_PLUGIN=$plugin NCCL_NET=airamp" "NCCL_NET=Socket")
@@ -31,7 +35,7 @@ for round in $(seq 1 "$rounds"); do
         port=$((port + 1)); log="$out/${names[$i]}.r$round.log"
         # shellcheck disable=SC2086  # the config's variables are words
         timeout 120 env "${common[@]}" ${envs[$i]//,/ } python3 "$here/allreduce_bench.py" --world 2 \
-            --port $port --dtypes float32 --warmup 200 --size-list 8 --iters-list 3000 >"$log" 2>&1 || true
+            --port $port --dtypes float32 --warmup 200 --size-list 8 --iters-list 3000 "${pin[@]}" >"$log" 2>&1 || true
         us=$(grep -h ' us ' "$log" | awk '{print $4}' | head -1)
         echo "${names[$i]} $round ${us:-failed}" | tee -a "$out/times.txt"
     done

@@ -19,14 +19,17 @@ mod socket;
 mod spares;
 mod timeline;
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use socket2::Socket;
+
 use crate::error::{NetError, NetResult, PeerFailure};
+use crate::metrics::{self, TransportKind};
 use crate::sys::thread::spawn_running;
 
 pub use connect::Connecting;
@@ -124,6 +127,25 @@ fn spawn_stream_threads<S: Send + Sync + 'static>(
             .map_err(|e| NetError::io("spawn stream thread", e))
         })
         .collect()
+}
+
+/// The end of closing either side of a connection, once its comm is marked
+/// closing and its threads are woken: shuts the sockets down (data already
+/// queued in the kernel is still delivered before FIN), waits for each
+/// stream's lock once, so that no poller or stream thread touches NCCL's
+/// buffers after close returns (later ones find the sockets shut down),
+/// and joins the stream threads.
+fn shut_down<S>(socks: &[Arc<Socket>], streams: &[Mutex<S>], workers: &mut Vec<JoinHandle<()>>) {
+    for s in socks {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    for stream in streams {
+        drop(stream.lock());
+    }
+    for w in workers.drain(..) {
+        let _ = w.join();
+    }
+    metrics::transport(TransportKind::Tcp).connection_closed();
 }
 
 /// A monotonic millisecond clock that fits in an atomic.

@@ -34,7 +34,7 @@ use super::timeline::{RequestClock, Timeline};
 use super::{
     now_ms,
     poller::{is_polled, Polled, Poller},
-    spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_RECVS, MAX_REQUESTS,
+    shut_down, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_RECVS, MAX_REQUESTS,
 };
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
@@ -970,19 +970,6 @@ impl Drop for RecvComm {
             poller.left();
         }
         self.shared.wake_all();
-        for s in &self.shared.socks {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        // A poller or a stream thread may be moving bytes of this comm
-        // right now: wait for each stream's lock once, so none touches
-        // NCCL's buffers after close returns (later ones find the sockets
-        // shut down).
-        for stream in &self.shared.streams {
-            drop(stream.lock());
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        metrics::transport(TransportKind::Tcp).connection_closed();
+        shut_down(&self.shared.socks, &self.shared.streams, &mut self.workers);
     }
 }

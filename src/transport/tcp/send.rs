@@ -24,7 +24,9 @@ use socket2::Socket;
 use super::poller::{is_polled, Polled, Poller};
 use super::spares::Spares;
 use super::timeline::{RequestClock, Timeline};
-use super::{now_ms, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_REQUESTS};
+use super::{
+    now_ms, shut_down, spawn_stream_threads, until, Pumper, Sleepers, TcpSettings, MAX_REQUESTS,
+};
 use crate::error::{NetError, NetResult, PeerFailure};
 use crate::metrics::{self, ConnError, TransportKind};
 use crate::sys::{self, RawBuf};
@@ -710,20 +712,6 @@ impl Drop for SendComm {
             poller.left();
         }
         self.shared.wake_all();
-        for s in &self.shared.socks {
-            // Data already queued in the kernel is still delivered before FIN.
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        // A poller or a stream thread may be moving bytes of this comm
-        // right now: wait for each stream's lock once, so none touches
-        // NCCL's buffers after close returns (later ones find the sockets
-        // shut down).
-        for stream in &self.shared.streams {
-            drop(stream.lock());
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-        metrics::transport(TransportKind::Tcp).connection_closed();
+        shut_down(&self.shared.socks, &self.shared.streams, &mut self.workers);
     }
 }

@@ -318,6 +318,9 @@ pub struct GpuConfig {
     /// Let the collective network take NCCL's GPU buffers and run FP8 and
     /// exact sums as kernels in airamp's own CUDA context.
     pub collnet: bool,
+    /// Most pinned host memory the mirrors of registered GPU buffers may
+    /// hold in this process (bytes).
+    pub mirror_budget: usize,
 }
 
 /// `[tuner]`.
@@ -410,6 +413,7 @@ impl Default for Config {
             gpu: GpuConfig {
                 ghost_kernels: false,
                 collnet: false,
+                mirror_budget: 8 << 30,
             },
             tuner: TunerConfig {
                 enabled: true,
@@ -919,6 +923,19 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         show: |c| c.gpu.collnet.to_string(),
+    },
+    KeySpec {
+        name: "gpu.mirror_budget",
+        env: "AIRAMP_GPU_MIRROR_BUDGET",
+        default: "8G",
+        accepted: "bytes: 0..=1099511627776 (1 TiB); plain integer or suffix K, KiB, M, MiB, G, GiB",
+        doc: "Most pinned host memory this process's mirrors of registered GPU buffers may hold. TCP cannot read GPU memory, so every GPU buffer NCCL registers with airamp (its own buffers at connect; the application's, when it registers them, e.g. PyTorch's TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1, which registers whole allocator segments) gets a page-locked host mirror of its size. A registration that would pass the budget is refused with one warning (repeats of it are logged at INFO): NCCL then moves that user buffer through its own buffers, slower but with the same result; a refused registration of NCCL's own buffers fails the communicator at connect, naming this key. The budget counts mirrors only; the collective network's fixed staging slots (20-40 MiB per group) are not in it (docs/gpu.md).",
+        example: "\"8G\"",
+        apply: |c, r| {
+            c.gpu.mirror_budget = want_bytes(r, |n| n <= 1 << 40)?;
+            Ok(())
+        },
+        show: |c| format_bytes(c.gpu.mirror_budget as u64),
     },
     KeySpec {
         name: "gpu.ghost_kernels",

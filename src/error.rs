@@ -87,6 +87,17 @@ impl NetError {
         }
     }
 
+    /// Whether this error repeats one already logged as a warning, so the
+    /// ABI edge logs it at INFO: NCCL asks again to register an application
+    /// buffer at every collective that uses it, and a refused one would
+    /// otherwise warn each time.
+    pub fn is_repeat(&self) -> bool {
+        matches!(
+            self,
+            NetError::Gpu(GpuError::OverMirrorBudget { repeat: true, .. })
+        )
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             NetError::InvalidArgument(_) => ErrorClass::InvalidArgument,
@@ -187,5 +198,29 @@ mod tests {
         );
         let bad = NetError::from(GpuError::InvalidArgument("src is a null address".into()));
         assert_eq!(bad.class(), ErrorClass::Internal);
+    }
+
+    /// A refused mirror is a system error that names the budget; only its
+    /// repeats are logged quietly.
+    #[test]
+    fn a_refused_mirror_names_the_budget_and_only_repeats_are_quiet() {
+        let refusal = |repeat| {
+            NetError::from(GpuError::OverMirrorBudget {
+                wanted: 1 << 30,
+                held: (7 << 30) + (512 << 20),
+                budget: 8 << 30,
+                repeat,
+            })
+        };
+        let first = refusal(false);
+        assert_eq!(first.class(), ErrorClass::System);
+        assert!(!first.is_repeat());
+        let text = first.to_string();
+        assert!(text.contains("of 1024 MiB"), "{text}");
+        assert!(text.contains("to 8704 MiB"), "{text}");
+        assert!(text.contains("(8192 MiB"), "{text}");
+        assert!(text.contains("AIRAMP_GPU_MIRROR_BUDGET"), "{text}");
+        assert!(refusal(true).is_repeat());
+        assert!(refusal(true).to_string().contains("refused again"));
     }
 }

@@ -59,12 +59,17 @@ fn result_code(e: &NetError) -> ncclResult_t {
 }
 
 /// Runs one exported call: no panic crosses into C, every error is logged
-/// with the call that failed and returned as NCCL's code.
+/// with the call that failed (a repeat at INFO, see
+/// [`NetError::is_repeat`]) and returned as NCCL's code.
 pub(crate) fn guard(call: &'static str, f: impl FnOnce() -> NetResult<()>) -> ncclResult_t {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => ncclResult_t::ncclSuccess,
         Ok(Err(e)) => {
-            warn!("{call}: {e}");
+            if e.is_repeat() {
+                crate::info!(crate::log::SUBSYS_NET, "{call}: {e}");
+            } else {
+                warn!("{call}: {e}");
+            }
             result_code(&e)
         }
         Err(panic) => {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::error::NetResult;
-use crate::gpu::{self, DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
+use crate::gpu::{self, DevAddr, Fence, GpuContext, GpuQueue, Mirror, PinnedBuf};
 use crate::sys::RawBuf;
 use crate::{config, metrics};
 
@@ -75,7 +75,7 @@ fn warn_without_mps() {
 pub struct DeviceRegion {
     base: usize,
     len: usize,
-    mirror: PinnedBuf,
+    mirror: Mirror,
     /// The mirror's device-visible address.
     mirror_addr: DevAddr,
 }
@@ -339,7 +339,7 @@ impl DeviceMemory {
             *refs += 1;
             return Ok(ptr);
         }
-        let mirror = self.ctx.alloc_pinned(len)?;
+        let mirror = Mirror::new(&self.ctx, ptr, len, config::global().gpu.mirror_budget)?;
         let mirror_addr = mirror.device_addr(0)?;
         metrics::collnet().gpu_pinned(len as i64);
         let region = Arc::new(DeviceRegion {

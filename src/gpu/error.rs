@@ -25,6 +25,15 @@ pub enum GpuError {
     Compile { arch: String, log: String },
     /// A caller bug: bad length, member count, null address.
     InvalidArgument(String),
+    /// A mirror of `wanted` bytes would take the process's mirrors past
+    /// `gpu.mirror_budget` (`budget`; `held` now). `repeat`: this range was
+    /// refused before.
+    OverMirrorBudget {
+        wanted: usize,
+        held: usize,
+        budget: usize,
+        repeat: bool,
+    },
 }
 
 impl fmt::Display for GpuError {
@@ -42,6 +51,19 @@ impl fmt::Display for GpuError {
                 write!(f, "gpu: NVRTC compile for {arch} failed: {}", log.trim())
             }
             GpuError::InvalidArgument(what) => write!(f, "gpu: invalid argument: {what}"),
+            GpuError::OverMirrorBudget {
+                wanted,
+                held,
+                budget,
+                repeat,
+            } => write!(
+                f,
+                "gpu: registration refused{}: its pinned host mirror of {} MiB would take mirrors to {} MiB, past gpu.mirror_budget ({} MiB; AIRAMP_GPU_MIRROR_BUDGET). NCCL moves an application buffer through its own buffers instead; for NCCL's own buffers, raise the budget",
+                if *repeat { " again" } else { "" },
+                wanted >> 20,
+                (held + wanted) >> 20,
+                budget >> 20
+            ),
         }
     }
 }

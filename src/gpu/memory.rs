@@ -1,12 +1,16 @@
 //! Memory the GPU layer allocates: pinned mapped host staging and device
 //! buffers. Both are freed on drop (close time, never the data path).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::context::GpuContext;
 use super::driver;
 use super::error::GpuError;
 use super::DevAddr;
+use crate::metrics;
 
 /// Page-locked host memory, mapped into the device's address space
 /// (`cuMemHostAlloc(PORTABLE | DEVICEMAP)`). Kernels read and write it
@@ -139,5 +143,182 @@ impl Drop for DeviceBuf {
     fn drop(&mut self) {
         let _bound = self.ctx.bind();
         driver::mem_free(self.addr);
+    }
+}
+
+/// Pinned host memory held as mirrors, against a limit: a mirror reserves
+/// its size before it is allocated and gives it back when it is freed, so
+/// concurrent registrations never pass the limit together.
+#[derive(Debug, Default)]
+pub(crate) struct MirrorBudget {
+    held: AtomicUsize,
+    /// Ranges refused so far (address, length): NCCL asks again for a user
+    /// buffer at every collective that uses it, and only the first refusal
+    /// of each is worth a warning.
+    refused: Mutex<HashSet<(usize, usize)>>,
+}
+
+impl MirrorBudget {
+    /// Reserves `len` bytes for the mirror of `range` if the total stays
+    /// within `limit`.
+    pub(crate) fn reserve(
+        &self,
+        range: (usize, usize),
+        limit: usize,
+    ) -> Result<MirrorReservation<'_>, GpuError> {
+        let len = range.1;
+        let reserved = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(len).filter(|&total| total <= limit)
+            });
+        match reserved {
+            Ok(_) => Ok(MirrorReservation { budget: self, len }),
+            Err(held) => {
+                let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+                Err(GpuError::OverMirrorBudget {
+                    wanted: len,
+                    held,
+                    budget: limit,
+                    repeat: !refused.insert(range),
+                })
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// Bytes reserved in a [`MirrorBudget`], given back on drop.
+#[derive(Debug)]
+pub(crate) struct MirrorReservation<'a> {
+    budget: &'a MirrorBudget,
+    len: usize,
+}
+
+impl Drop for MirrorReservation<'_> {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.len, Ordering::AcqRel);
+    }
+}
+
+/// The process's mirrors of registered GPU buffers (`gpu.mirror_budget`).
+pub(crate) static MIRRORS: std::sync::LazyLock<MirrorBudget> =
+    std::sync::LazyLock::new(MirrorBudget::default);
+
+/// A pinned host mirror of a registered GPU buffer, counted in the
+/// process's mirror budget until it is freed.
+#[derive(Debug)]
+pub struct Mirror {
+    buf: PinnedBuf,
+    _reserved: MirrorReservation<'static>,
+}
+
+impl Mirror {
+    pub(crate) fn new(
+        ctx: &Arc<GpuContext>,
+        base: usize,
+        len: usize,
+        budget: usize,
+    ) -> Result<Mirror, GpuError> {
+        let reserved = MIRRORS.reserve((base, len), budget).inspect_err(|_| {
+            metrics::collnet().gpu_mirror_refused();
+        })?;
+        let buf = ctx.alloc_pinned(len)?;
+        metrics::collnet().gpu_mirrors(len as i64);
+        Ok(Mirror {
+            buf,
+            _reserved: reserved,
+        })
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        metrics::collnet().gpu_mirrors(-(self.buf.len() as i64));
+    }
+}
+
+impl Deref for Mirror {
+    type Target = PinnedBuf;
+
+    fn deref(&self) -> &PinnedBuf {
+        &self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stay_within_the_limit_and_come_back_on_drop() {
+        let budget = MirrorBudget::default();
+        let a = budget.reserve((0x1000, 600), 1000).expect("fits");
+        let refused = budget.reserve((0x9000, 500), 1000).unwrap_err();
+        assert_eq!(
+            refused,
+            GpuError::OverMirrorBudget {
+                wanted: 500,
+                held: 600,
+                budget: 1000,
+                repeat: false
+            }
+        );
+        // The same range again is a repeat; another range is not.
+        assert!(matches!(
+            budget.reserve((0x9000, 500), 1000),
+            Err(GpuError::OverMirrorBudget { repeat: true, .. })
+        ));
+        assert!(matches!(
+            budget.reserve((0xa000, 500), 1000),
+            Err(GpuError::OverMirrorBudget { repeat: false, .. })
+        ));
+        let b = budget
+            .reserve((0xb000, 400), 1000)
+            .expect("exactly at the limit");
+        assert_eq!(budget.held(), 1000);
+        drop(a);
+        assert_eq!(budget.held(), 400);
+        let c = budget
+            .reserve((0x9000, 500), 1000)
+            .expect("fits once a mirror is freed");
+        drop((b, c));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_zero_budget_refuses_every_mirror_and_sizes_never_overflow() {
+        let budget = MirrorBudget::default();
+        assert!(budget.reserve((1, 1), 0).is_err());
+        let _full = budget
+            .reserve((2, usize::MAX - 1), usize::MAX)
+            .expect("fits");
+        assert!(budget.reserve((3, 2), usize::MAX).is_err());
+    }
+
+    #[test]
+    fn concurrent_reservations_never_pass_the_limit() {
+        let budget = MirrorBudget::default();
+        let granted = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (budget, granted) = (&budget, &granted);
+                s.spawn(move || {
+                    for i in 0..1000 {
+                        if let Ok(r) = budget.reserve((t * 10_000 + i, 300), 1000) {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                            assert!(budget.held() <= 1000);
+                            drop(r);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(granted.load(Ordering::Relaxed) > 0);
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -59,7 +59,7 @@ use std::sync::OnceLock;
 
 pub use context::GpuContext;
 pub use error::GpuError;
-pub use memory::{DeviceBuf, PinnedBuf};
+pub use memory::{DeviceBuf, Mirror, PinnedBuf};
 pub use queue::{Fence, Fold, GpuQueue, TimingMark, MAX_MEMBERS};
 
 /// A device-visible address (device memory, or mapped pinned host memory:

@@ -55,6 +55,10 @@ pub struct CollnetMetrics {
     gpu_calls: [AtomicU64; 2],
     gpu_pinned: AtomicU64,
     gpu_context: AtomicU64,
+    /// Pinned mirrors of registered GPU buffers, TCP's and the collective
+    /// network's, and the registrations `gpu.mirror_budget` refused.
+    gpu_mirrors: AtomicU64,
+    gpu_mirror_refusals: AtomicU64,
     /// Calls against their group's call pattern: learning, hit, miss.
     pola_calls: [AtomicU64; 3],
     pola_locks: AtomicU64,
@@ -74,6 +78,8 @@ static COLLNET: CollnetMetrics = CollnetMetrics {
     gpu_calls: [const { AtomicU64::new(0) }; 2],
     gpu_pinned: AtomicU64::new(0),
     gpu_context: AtomicU64::new(0),
+    gpu_mirrors: AtomicU64::new(0),
+    gpu_mirror_refusals: AtomicU64::new(0),
     pola_calls: [const { AtomicU64::new(0) }; 3],
     pola_locks: AtomicU64::new(0),
     pola_locked_groups: AtomicU64::new(0),
@@ -167,6 +173,21 @@ impl CollnetMetrics {
         } else {
             self.gpu_pinned.fetch_sub(delta.unsigned_abs(), Relaxed);
         }
+    }
+
+    /// A pinned mirror of a registered GPU buffer was allocated
+    /// (`delta > 0`) or freed.
+    pub fn gpu_mirrors(&self, delta: i64) {
+        if delta >= 0 {
+            self.gpu_mirrors.fetch_add(delta as u64, Relaxed);
+        } else {
+            self.gpu_mirrors.fetch_sub(delta.unsigned_abs(), Relaxed);
+        }
+    }
+
+    /// `gpu.mirror_budget` refused a registration.
+    pub fn gpu_mirror_refused(&self) {
+        self.gpu_mirror_refusals.fetch_add(1, Relaxed);
     }
 
     /// airamp's own CUDA context on a device took `bytes` of its memory
@@ -298,6 +319,28 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_gpu_context_bytes {}",
         m.gpu_context.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_gpu_mirror_bytes",
+        "gauge",
+        "Pinned host memory held by the mirrors of registered GPU buffers, the TCP path's and the collective network's; at most gpu.mirror_budget.",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_gpu_mirror_bytes {}",
+        m.gpu_mirrors.load(Relaxed)
+    );
+    header(
+        out,
+        "airamp_collnet_gpu_mirror_refusals_total",
+        "counter",
+        "GPU buffer registrations refused because their mirror would pass gpu.mirror_budget (NCCL asks again at every collective on a refused application buffer, and moves it through its own buffers).",
+    );
+    let _ = writeln!(
+        out,
+        "airamp_collnet_gpu_mirror_refusals_total {}",
+        m.gpu_mirror_refusals.load(Relaxed)
     );
     header(
         out,

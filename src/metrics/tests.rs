@@ -315,7 +315,7 @@ fn buckets_match_spec() {
     assert!(LATENCY_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
 }
 
-const FAMILIES: [&str; 34] = [
+const FAMILIES: [&str; 36] = [
     "airamp_status",
     "airamp_info",
     "airamp_bytes_sent_total",
@@ -342,6 +342,8 @@ const FAMILIES: [&str; 34] = [
     "airamp_collnet_gpu_calls_total",
     "airamp_collnet_gpu_pinned_bytes",
     "airamp_collnet_gpu_context_bytes",
+    "airamp_collnet_gpu_mirror_bytes",
+    "airamp_collnet_gpu_mirror_refusals_total",
     "airamp_collnet_pola_calls_total",
     "airamp_collnet_pola_locks_total",
     "airamp_collnet_pola_locked_groups",
@@ -619,4 +621,27 @@ fn gpu_context_bytes_add_up() {
     crate::metrics::collnet().gpu_context(276 << 20);
     crate::metrics::collnet().gpu_context(269 << 20);
     assert_eq!(value() - before, (276 + 269) << 20);
+}
+
+/// Mirrors add to the gauge and leave it when freed; refusals count.
+#[test]
+fn gpu_mirror_bytes_and_refusals_follow_their_events() {
+    let value = |family: &str| -> u64 {
+        render()
+            .lines()
+            .find_map(|l| l.strip_prefix(family)?.strip_prefix(' '))
+            .expect("the family is rendered")
+            .parse()
+            .expect("a number")
+    };
+    let (bytes, refusals) = (
+        "airamp_collnet_gpu_mirror_bytes",
+        "airamp_collnet_gpu_mirror_refusals_total",
+    );
+    let refused_before = value(refusals);
+    crate::metrics::collnet().gpu_mirrors(64 << 20);
+    assert!(value(bytes) >= 64 << 20);
+    crate::metrics::collnet().gpu_mirror_refused();
+    crate::metrics::collnet().gpu_mirrors(-(64 << 20));
+    assert!(value(refusals) > refused_before);
 }

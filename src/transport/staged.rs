@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::config;
 use crate::error::{NetError, NetResult};
-use crate::gpu::{DevAddr, Fence, GpuContext, GpuQueue, PinnedBuf};
+use crate::gpu::{DevAddr, Fence, GpuContext, GpuQueue, Mirror};
 use crate::sys::RawBuf;
 use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 
@@ -37,7 +38,7 @@ use crate::transport::tcp::{RecvComm, RecvRequest, SendComm, SendRequest};
 pub struct DeviceRegion {
     base: usize,
     len: usize,
-    mirror: PinnedBuf,
+    mirror: Mirror,
     mirror_addr: DevAddr,
     queue: GpuQueue,
 }
@@ -82,7 +83,7 @@ pub fn register(ptr: usize, len: usize) -> NetResult<Arc<DeviceRegion>> {
         return Ok(Arc::clone(r));
     }
     let ctx = GpuContext::current()?;
-    let mirror = ctx.alloc_pinned(len)?;
+    let mirror = Mirror::new(&ctx, ptr, len, config::global().gpu.mirror_budget)?;
     let mirror_addr = mirror.device_addr(0)?;
     let region = Arc::new(DeviceRegion {
         base: ptr,

@@ -65,23 +65,36 @@ impl DeviceRegion {
     }
 }
 
-/// Registered regions. NCCL may register the same buffer for several
-/// connections: they share one region (and mirror) until the last
-/// registration is dropped.
-static REGIONS: RwLock<Vec<Arc<DeviceRegion>>> = RwLock::new(Vec::new());
+/// Registered regions and how many registrations each has. NCCL may
+/// register the same buffer for several connections: they share one
+/// region (and mirror) until the last registration is dropped.
+static REGIONS: RwLock<Vec<(Arc<DeviceRegion>, usize)>> = RwLock::new(Vec::new());
+
+/// One more registration of `ptr..ptr+len`, if that range is registered.
+fn share(
+    all: &mut [(Arc<DeviceRegion>, usize)],
+    ptr: usize,
+    len: usize,
+) -> Option<Arc<DeviceRegion>> {
+    let (region, refs) = all
+        .iter_mut()
+        .find(|(r, _)| r.base == ptr && r.len == len)?;
+    *refs += 1;
+    Some(Arc::clone(region))
+}
 
 /// Registers NCCL's device buffer `ptr..ptr+len` (regMr, on NCCL's setup
 /// thread with its device current): allocates the mirror and the stream,
 /// or shares those of an earlier registration of the same range.
 pub fn register(ptr: usize, len: usize) -> NetResult<Arc<DeviceRegion>> {
-    if let Some(r) = REGIONS
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|r| r.base == ptr && r.len == len)
-    {
-        return Ok(Arc::clone(r));
+    if let Some(r) = share(
+        &mut REGIONS.write().unwrap_or_else(|p| p.into_inner()),
+        ptr,
+        len,
+    ) {
+        return Ok(r);
     }
+    // Allocated without the lock: `find` takes it on the data path.
     let ctx = GpuContext::current()?;
     let mirror = Mirror::new(&ctx, ptr, len, config::global().gpu.mirror_budget)?;
     let mirror_addr = mirror.device_addr(0)?;
@@ -92,20 +105,30 @@ pub fn register(ptr: usize, len: usize) -> NetResult<Arc<DeviceRegion>> {
         mirror_addr,
         queue: ctx.queue()?,
     });
-    REGIONS
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Arc::clone(&region));
+    let mut all = REGIONS.write().unwrap_or_else(|p| p.into_inner());
+    // A registration of the same range on another thread may have won the
+    // race: share its region, and free ours once the lock is released.
+    if let Some(r) = share(&mut all, ptr, len) {
+        drop(all);
+        return Ok(r);
+    }
+    all.push((Arc::clone(&region), 1));
     Ok(region)
 }
 
-/// Drops one registration; the last (only the registry and the caller
-/// still hold the region) forgets it. Requests still using it keep it
-/// alive.
+/// Drops one registration; the last forgets the region. Requests still
+/// using it keep it (and its mirror) alive until they finish.
 pub fn deregister(region: &Arc<DeviceRegion>) {
     let mut all = REGIONS.write().unwrap_or_else(|p| p.into_inner());
-    if Arc::strong_count(region) <= 2 {
-        all.retain(|r| !Arc::ptr_eq(r, region));
+    let Some(i) = all.iter().position(|(r, _)| Arc::ptr_eq(r, region)) else {
+        return;
+    };
+    all[i].1 -= 1;
+    if all[i].1 == 0 {
+        let forgotten = all.swap_remove(i);
+        // Its mirror may be freed here: not under the lock.
+        drop(all);
+        drop(forgotten);
     }
 }
 
@@ -115,8 +138,8 @@ pub fn find(ptr: usize, len: usize) -> Option<Arc<DeviceRegion>> {
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .find(|r| r.contains(ptr, len))
-        .cloned()
+        .find(|(r, _)| r.contains(ptr, len))
+        .map(|(r, _)| Arc::clone(r))
 }
 
 /// A send not yet handed to TCP: a staged one waiting for its copy, or a

@@ -928,11 +928,11 @@ pub static KEYS: &[KeySpec] = &[
         name: "gpu.mirror_budget",
         env: "AIRAMP_GPU_MIRROR_BUDGET",
         default: "8G",
-        accepted: "bytes: 0..=1099511627776 (1 TiB); plain integer or suffix K, KiB, M, MiB, G, GiB",
-        doc: "Most pinned host memory this process's mirrors of registered GPU buffers may hold. TCP cannot read GPU memory, so every GPU buffer NCCL registers with airamp (its own buffers at connect; the application's, when it registers them, e.g. PyTorch's TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1, which registers whole allocator segments) gets a page-locked host mirror of its size. A registration that would pass the budget is refused with one warning (repeats of it are logged at INFO): NCCL then moves that user buffer through its own buffers, slower but with the same result; a refused registration of NCCL's own buffers fails the communicator at connect, naming this key. The budget counts mirrors only; the collective network's fixed staging slots (20-40 MiB per group) are not in it (docs/gpu.md).",
+        accepted: "bytes: 67108864 (64 MiB)..=1099511627776 (1 TiB); plain integer or suffix K, KiB, M, MiB, G, GiB",
+        doc: "Most pinned host memory this process's mirrors of registered GPU buffers may hold. TCP cannot read GPU memory, so every GPU buffer NCCL registers with airamp (its own buffers at connect; the application's, when it registers them, e.g. PyTorch's TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK=1, which registers whole allocator segments) gets a page-locked host mirror of its size. A registration that would pass the budget is refused with one warning (repeats of it are logged at INFO): NCCL then moves that user buffer through its own buffers, slower but with the same result; a refused registration of NCCL's own buffers (about 50 MiB for two ranks on one H200) fails the communicator at connect, naming this key. A user buffer NCCL registers with both the TCP path and the collective network counts twice. Ranks may refuse differently (the budget counts each process's own registrations): NCCL then cuts that reduction differently on each, which gives the same bytes where the cuts fall on airamp's 1 MiB segments and otherwise fails the collective with a protocol error, never a hang (tested). The budget counts mirrors only; the collective network's fixed staging slots (20-40 MiB per group) are not in it (docs/gpu.md).",
         example: "\"8G\"",
         apply: |c, r| {
-            c.gpu.mirror_budget = want_bytes(r, |n| n <= 1 << 40)?;
+            c.gpu.mirror_budget = want_bytes(r, |n| (64 << 20..=1 << 40).contains(&n))?;
             Ok(())
         },
         show: |c| format_bytes(c.gpu.mirror_budget as u64),

@@ -216,9 +216,16 @@ mod tests {
         assert_eq!(first.class(), ErrorClass::System);
         assert!(!first.is_repeat());
         let text = first.to_string();
-        assert!(text.contains("of 1024 MiB"), "{text}");
-        assert!(text.contains("to 8704 MiB"), "{text}");
-        assert!(text.contains("(8192 MiB"), "{text}");
+        assert!(text.contains("of 1024.0 MiB"), "{text}");
+        assert!(text.contains("to 8704.0 MiB"), "{text}");
+        assert!(text.contains("(8192.0 MiB"), "{text}");
+        let overflowing = NetError::from(GpuError::OverMirrorBudget {
+            wanted: usize::MAX,
+            held: 1 << 20,
+            budget: 8 << 30,
+            repeat: false,
+        });
+        assert!(overflowing.to_string().contains("MiB"));
         assert!(text.contains("AIRAMP_GPU_MIRROR_BUDGET"), "{text}");
         assert!(refusal(true).is_repeat());
         assert!(refusal(true).to_string().contains("refused again"));

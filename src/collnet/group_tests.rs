@@ -333,3 +333,81 @@ fn a_broken_link_fails_its_member_and_closing_that_member_fails_the_rest() {
         }
     }
 }
+
+/// How the same reduction cut into different calls on two members ended.
+#[derive(Debug, PartialEq)]
+enum Cut {
+    /// Every call completed, both members with the same output bytes.
+    Agreed,
+    /// A member's call failed, naming the cause.
+    Failed,
+}
+
+/// Member 0 reduces `count` bf16 values in one call, member 1 in two calls
+/// split at `split` (NCCL does this when one rank registered a user
+/// buffer and the other could not: one call per tensor on the first,
+/// NCCL's chunks on the second). Fails the test if nothing ends in 20 s.
+fn cut_differently(fp8: Option<WireFormat>, count: usize, split: usize) -> Cut {
+    // The buffers are declared first so that they outlive the groups:
+    // a failed member's other calls may still be in flight when this
+    // returns.
+    let mut inputs = bf16_inputs(2, 1, count, 13);
+    let mut outputs = vec![vec![0u8; count * 2]; 2];
+    let (mut groups, _) = joined(2, fp8, 1, 13);
+    let whole = {
+        let (input, output) = (raw(&mut inputs[0][0]), raw(&mut outputs[0]));
+        groups[0].all_reduce(input, output, count, DataType::Bf16, RedOp::Sum)
+    };
+    let mut pending = vec![];
+    match whole {
+        Ok(id) => pending.push((0, id)),
+        Err(_) => return Cut::Failed,
+    }
+    for (from, to) in [(0, split), (split, count)] {
+        let input = raw(&mut inputs[1][0][from * 2..to * 2]);
+        let output = raw(&mut outputs[1][from * 2..to * 2]);
+        match groups[1].all_reduce(input, output, to - from, DataType::Bf16, RedOp::Sum) {
+            Ok(id) => pending.push((1, id)),
+            Err(_) => return Cut::Failed,
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{fp8:?}, {count} split at {split}: {} calls still pending after 20 s",
+            pending.len()
+        );
+        let mut still = Vec::new();
+        for (m, id) in pending {
+            match groups[m].test(id) {
+                Ok(None) => still.push((m, id)),
+                Ok(Some(_)) => {}
+                Err(_) => return Cut::Failed,
+            }
+        }
+        pending = still;
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "{fp8:?}, {count} split at {split}: outputs differ"
+    );
+    Cut::Agreed
+}
+
+/// Calls cut at segment boundaries carry the same messages, so the members
+/// agree bit for bit; any other cut sends a message of another size than
+/// the peer posted, and the members fail instead of hanging or returning
+/// different sums. (A `gpu.mirror_budget` refusal on one rank only is one
+/// way NCCL cuts a reduction differently on two ranks.)
+#[test]
+fn members_that_cut_a_reduction_into_different_calls_agree_or_fail() {
+    let seg = SEGMENT_BYTES / DataType::Bf16.size();
+    for fp8 in [None, Some(WireFormat::E4M3)] {
+        assert_eq!(cut_differently(fp8, 2 * seg, seg), Cut::Agreed);
+        assert_eq!(cut_differently(fp8, 3 * seg, seg + seg / 2), Cut::Failed);
+        assert_eq!(cut_differently(fp8, 5 * seg / 2, seg / 2), Cut::Failed);
+        assert_eq!(cut_differently(fp8, 4096, 1000), Cut::Failed);
+    }
+}

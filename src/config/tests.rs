@@ -92,7 +92,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     ("compression.format", "e3m4", "\"fp8\""),
     ("gpu.ghost_kernels", "2", "[true]"),
     ("gpu.collnet", "maybe", "3"),
-    ("gpu.mirror_budget", "1025G", "-1"),
+    ("gpu.mirror_budget", "1025G", "0"),
     ("collnet.workers", "-1", "65"),
     ("collnet.proxy_assist", "sometimes", "2"),
     ("tuner.enabled", "", "{ a = 1 }"),

@@ -58,14 +58,19 @@ impl fmt::Display for GpuError {
                 repeat,
             } => write!(
                 f,
-                "gpu: registration refused{}: its pinned host mirror of {} MiB would take mirrors to {} MiB, past gpu.mirror_budget ({} MiB; AIRAMP_GPU_MIRROR_BUDGET). NCCL moves an application buffer through its own buffers instead; for NCCL's own buffers, raise the budget",
+                "gpu: registration refused{}: its pinned host mirror of {} would take mirrors to {}, past gpu.mirror_budget ({}; AIRAMP_GPU_MIRROR_BUDGET). NCCL moves an application buffer through its own buffers instead; for NCCL's own buffers, raise the budget",
                 if *repeat { " again" } else { "" },
-                wanted >> 20,
-                (held + wanted) >> 20,
-                budget >> 20
+                mib(*wanted),
+                mib(held.saturating_add(*wanted)),
+                mib(*budget)
             ),
         }
     }
 }
 
 impl std::error::Error for GpuError {}
+
+/// `bytes` in MiB, to a tenth.
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}

@@ -152,11 +152,16 @@ impl Drop for DeviceBuf {
 #[derive(Debug, Default)]
 pub(crate) struct MirrorBudget {
     held: AtomicUsize,
-    /// Ranges refused so far (address, length): NCCL asks again for a user
-    /// buffer at every collective that uses it, and only the first refusal
-    /// of each is worth a warning.
+    /// Ranges refused since they last fitted (address, length): NCCL asks
+    /// again for a user buffer at every collective that uses it, and only
+    /// the first refusal of each is worth a warning. At most
+    /// [`MAX_REFUSED`] are remembered.
     refused: Mutex<HashSet<(usize, usize)>>,
 }
+
+/// Refused ranges remembered; past that the memory starts over (and the
+/// next refusal of each warns again).
+const MAX_REFUSED: usize = 4096;
 
 impl MirrorBudget {
     /// Reserves `len` bytes for the mirror of `range` if the total stays
@@ -172,10 +177,16 @@ impl MirrorBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 held.checked_add(len).filter(|&total| total <= limit)
             });
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         match reserved {
-            Ok(_) => Ok(MirrorReservation { budget: self, len }),
+            Ok(_) => {
+                refused.remove(&range);
+                Ok(MirrorReservation { budget: self, len })
+            }
             Err(held) => {
-                let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+                if refused.len() >= MAX_REFUSED {
+                    refused.clear();
+                }
                 Err(GpuError::OverMirrorBudget {
                     wanted: len,
                     held,
@@ -286,6 +297,11 @@ mod tests {
         let c = budget
             .reserve((0x9000, 500), 1000)
             .expect("fits once a mirror is freed");
+        // Once it fitted, a later refusal of that range warns again.
+        assert!(matches!(
+            budget.reserve((0x9000, 500), 1000),
+            Err(GpuError::OverMirrorBudget { repeat: false, .. })
+        ));
         drop((b, c));
         assert_eq!(budget.held(), 0);
     }

@@ -302,7 +302,7 @@ pub(crate) fn render(out: &mut String) {
         out,
         "airamp_collnet_gpu_pinned_bytes",
         "gauge",
-        "Pinned host memory held for NCCL's GPU buffers (mirrors and staging slots); the GPU path allocates no device memory beyond its CUDA context.",
+        "Pinned host memory the collective network holds for NCCL's GPU buffers (its mirrors and staging slots; its mirrors are in airamp_collnet_gpu_mirror_bytes too); the GPU path allocates no device memory beyond its CUDA context.",
     );
     let _ = writeln!(
         out,

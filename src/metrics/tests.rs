@@ -638,10 +638,11 @@ fn gpu_mirror_bytes_and_refusals_follow_their_events() {
         "airamp_collnet_gpu_mirror_bytes",
         "airamp_collnet_gpu_mirror_refusals_total",
     );
-    let refused_before = value(refusals);
+    let (bytes_before, refused_before) = (value(bytes), value(refusals));
     crate::metrics::collnet().gpu_mirrors(64 << 20);
-    assert!(value(bytes) >= 64 << 20);
+    assert_eq!(value(bytes), bytes_before + (64 << 20));
     crate::metrics::collnet().gpu_mirror_refused();
     crate::metrics::collnet().gpu_mirrors(-(64 << 20));
-    assert!(value(refusals) > refused_before);
+    assert_eq!(value(bytes), bytes_before);
+    assert_eq!(value(refusals), refused_before + 1);
 }

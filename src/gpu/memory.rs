@@ -217,8 +217,7 @@ impl Drop for MirrorReservation<'_> {
 }
 
 /// The process's mirrors of registered GPU buffers (`gpu.mirror_budget`).
-pub(crate) static MIRRORS: std::sync::LazyLock<MirrorBudget> =
-    std::sync::LazyLock::new(MirrorBudget::default);
+static MIRRORS: std::sync::LazyLock<MirrorBudget> = std::sync::LazyLock::new(MirrorBudget::default);
 
 /// A pinned host mirror of a registered GPU buffer, counted in the
 /// process's mirror budget until it is freed.

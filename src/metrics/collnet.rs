@@ -168,21 +168,13 @@ impl CollnetMetrics {
     /// Pinned host memory for GPU buffers (mirrors, staging slots) was
     /// allocated (`delta > 0`) or freed.
     pub fn gpu_pinned(&self, delta: i64) {
-        if delta >= 0 {
-            self.gpu_pinned.fetch_add(delta as u64, Relaxed);
-        } else {
-            self.gpu_pinned.fetch_sub(delta.unsigned_abs(), Relaxed);
-        }
+        add_signed(&self.gpu_pinned, delta);
     }
 
     /// A pinned mirror of a registered GPU buffer was allocated
     /// (`delta > 0`) or freed.
     pub fn gpu_mirrors(&self, delta: i64) {
-        if delta >= 0 {
-            self.gpu_mirrors.fetch_add(delta as u64, Relaxed);
-        } else {
-            self.gpu_mirrors.fetch_sub(delta.unsigned_abs(), Relaxed);
-        }
+        add_signed(&self.gpu_mirrors, delta);
     }
 
     /// `gpu.mirror_budget` refused a registration.
@@ -194,6 +186,15 @@ impl CollnetMetrics {
     /// (one per device and process, never freed).
     pub fn gpu_context(&self, bytes: u64) {
         self.gpu_context.fetch_add(bytes, Relaxed);
+    }
+}
+
+/// Adds `delta` (negative: subtracts) to a gauge.
+fn add_signed(gauge: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        gauge.fetch_add(delta as u64, Relaxed);
+    } else {
+        gauge.fetch_sub(delta.unsigned_abs(), Relaxed);
     }
 }
 

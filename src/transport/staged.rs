@@ -125,10 +125,8 @@ pub fn deregister(region: &Arc<DeviceRegion>) {
     };
     all[i].1 -= 1;
     if all[i].1 == 0 {
-        let forgotten = all.swap_remove(i);
-        // Its mirror may be freed here: not under the lock.
-        drop(all);
-        drop(forgotten);
+        // The caller still holds the region: its mirror is not freed here.
+        all.swap_remove(i);
     }
 }
 

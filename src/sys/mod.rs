@@ -257,9 +257,39 @@ impl RawBuf {
 
 /// A non-blocking read into initialized memory; `Ok(0)` means EOF.
 pub fn try_recv_into(sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    recv_flags(sock, buf, libc::MSG_DONTWAIT)
+}
+
+/// A non-blocking copy of the front of the receive queue that leaves it
+/// queued (`MSG_PEEK`); `Ok(0)` means EOF.
+pub fn try_peek_into(sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    recv_flags(sock, buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+/// Drops up to `len` bytes (at most 4 KiB a call) from the front of a TCP
+/// socket's receive queue without copying them (`MSG_TRUNC`, tcp(7)).
+pub fn try_discard(sock: &Socket, len: usize) -> io::Result<usize> {
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let len = len.min(scratch.len());
+    sock.recv_with_flags(&mut scratch[..len], libc::MSG_TRUNC | libc::MSG_DONTWAIT)
+}
+
+/// The bytes waiting in a socket's receive queue (`FIONREAD`), for tests
+/// that look at what the kernel holds.
+#[cfg(test)]
+pub fn queued_bytes(fd: &impl std::os::fd::AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer we pass.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn recv_flags(sock: &Socket, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: initialized bytes are valid MaybeUninit<u8>; recv only writes.
     let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-    sock.recv_with_flags(uninit, libc::MSG_DONTWAIT)
+    sock.recv_with_flags(uninit, flags)
 }
 
 /// CPUs online on this host, whatever this process may run on; 1 if the

@@ -17,6 +17,7 @@ mod recv;
 mod send;
 mod socket;
 mod spares;
+mod stage;
 mod timeline;
 
 use std::net::{Shutdown, SocketAddr};

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use super::spares::Spares;
+use super::stage::{Stage, PEEK_BYTES, STAGE_BYTES};
 use super::timeline::{RequestClock, Timeline};
 use super::{
     now_ms,
@@ -46,10 +47,6 @@ use crate::transport::wire::{
     Frame, FrameHeader, FRAME_HEADER_BYTES, MAX_STREAMS, REVERSE_HEARTBEAT,
 };
 use crate::warn;
-
-/// Bytes read ahead of the current frame on each stream: room for a small
-/// message and the next header in one `recv`.
-const STAGE_BYTES: usize = 8192;
 
 /// How long received bytes may wait for a caller that tests no receive of
 /// this comm while receives are posted (it may be waiting on its own sends,
@@ -95,53 +92,6 @@ enum Phase {
     Closed,
 }
 
-/// Bytes read from the socket and not consumed yet.
-struct Stage {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-}
-
-impl Stage {
-    fn new() -> Self {
-        Stage {
-            buf: vec![0; STAGE_BYTES].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Reads what the socket has into the free space. Returns how many
-    /// bytes came and whether they filled the space (so more may wait).
-    fn fill(&mut self, sock: &Socket) -> io::Result<(usize, bool)> {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        let space = self.buf.len() - self.end;
-        let n = sys::try_recv_into(sock, &mut self.buf[self.end..])?;
-        self.end += n;
-        Ok((n, n == space))
-    }
-}
-
 struct Stream {
     sock: Arc<Socket>,
     phase: Phase,
@@ -150,6 +100,9 @@ struct Stream {
     /// The last message seen on this stream was larger than
     /// `inline_bytes`: the stream's thread reads it, waiting on the socket.
     bulk: bool,
+    /// The last message completed on this stream fit in [`PEEK_BYTES`]: the
+    /// caller peeks the next one (`Stage::fill`).
+    peeks: bool,
 }
 
 /// Why a stream stopped making progress.
@@ -364,7 +317,12 @@ impl Shared {
             stage,
             clock,
             bulk,
+            peeks,
         } = st;
+        // The caller peeks small messages (`Stage::fill`): a header when the
+        // last message was small, a payload when its own message is.
+        let caller = who == Pumper::Caller;
+        let small = |total: u64| total + FRAME_HEADER_BYTES as u64 <= PEEK_BYTES as u64;
         // A read that came back short emptied the socket: another one in
         // this call would only return EAGAIN, so it is not made.
         let mut drained = false;
@@ -379,7 +337,7 @@ impl Shared {
                         if drained {
                             return Ok(Blocked::NoData);
                         }
-                        match stage.fill(sock) {
+                        match stage.fill(sock, caller && *peeks) {
                             Ok((0, _)) if stage.len() == 0 => {
                                 *phase = Phase::Closed;
                                 self.stream_closed();
@@ -466,10 +424,13 @@ impl Shared {
                         }
                         let want = len - *got;
                         let read = if want >= STAGE_BYTES {
-                            buf.try_recv(at.offset + *got as u64, want, sock)
-                                .map(|n| (n, n == want, true))
+                            stage.settle(sock).and_then(|()| {
+                                buf.try_recv(at.offset + *got as u64, want, sock)
+                                    .map(|n| (n, n == want, true))
+                            })
                         } else {
-                            stage.fill(sock).map(|(n, filled)| (n, filled, false))
+                            let peek = caller && small(header.total);
+                            stage.fill(sock, peek).map(|(n, filled)| (n, filled, false))
                         };
                         match read {
                             Ok((0, ..)) => {
@@ -504,6 +465,7 @@ impl Shared {
                     }
                     drop(state);
                     *phase = Phase::Header;
+                    *peeks = small(total);
                     // A small message came in: the poller (if any) is worth
                     // waking, or keeping awake.
                     if is_polled(total, *bulk) {
@@ -527,11 +489,7 @@ impl Shared {
                 // A process stopped past the timeout wakes here before it
                 // reads: if the peer closed or reset meanwhile, say that,
                 // and if bytes are waiting, the peer is not silent at all.
-                let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
-                match st
-                    .sock
-                    .recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-                {
+                match st.stage.probe(&st.sock) {
                     Ok(0) => return Err(Fault::Io(io::ErrorKind::UnexpectedEof.into())),
                     // Bytes arrived: the peer spoke; the next pump reads them.
                     Ok(_) => st.clock.heard(now),
@@ -793,6 +751,7 @@ impl RecvComm {
                         stage: Stage::new(),
                         clock: StreamClock::new(now),
                         bulk: false,
+                        peeks: true,
                     })
                 })
                 .collect(),

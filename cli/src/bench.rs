@@ -259,13 +259,17 @@ pub fn net(o: &Opts) -> Result<ExitCode, String> {
 /// Round trips of one message (8 bytes unless `--size`) through the C ABI,
 /// one connection each way, against plain TCP in the same run
 /// ([`raw_tcp`]): before and after airamp, one connection per direction
-/// (the same layout) and one connection both ways (the floor a shared
-/// connection could reach).
+/// (the same layout), the same with peeked receives (airamp's way with
+/// small messages), and one connection both ways.
 pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     let iters = o.num("iters", 5000)?;
     let size = o.bytes("size", 8)? as usize;
     let raw = |layout| raw_tcp::round_trips(layout, size, 100, iters, TIMEOUT);
-    let before = [raw(Layout::PerDirection)?, raw(Layout::Shared)?];
+    let before = [
+        raw(Layout::PerDirection)?,
+        raw(Layout::PerDirectionPeeked)?,
+        raw(Layout::Shared)?,
+    ];
     let lib = open(o)?;
     let net = init(&lib)?;
     let (handle, listen) = net.listen(0).map_err(|e| format!("listen: {e:?}"))?;
@@ -323,16 +327,22 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
     pb.finish_and_clear();
     echo.finish()?;
     rtts.sort();
-    let after = [raw(Layout::Shared)?, raw(Layout::PerDirection)?];
+    let after = [
+        raw(Layout::Shared)?,
+        raw(Layout::PerDirectionPeeked)?,
+        raw(Layout::PerDirection)?,
+    ];
     let us = |times: &[Duration], q: f64| {
         times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
     };
     let airamp = us(&rtts, 0.5);
     // p50 of each raw layout, before and after airamp's run.
-    let per_direction = [us(&before[0], 0.5), us(&after[1], 0.5)];
-    let shared = [us(&before[1], 0.5), us(&after[0], 0.5)];
+    let per_direction = [us(&before[0], 0.5), us(&after[2], 0.5)];
+    let peeked = [us(&before[1], 0.5), us(&after[1], 0.5)];
+    let shared = [us(&before[2], 0.5), us(&after[0], 0.5)];
     let mean = |pair: [f64; 2]| (pair[0] + pair[1]) / 2.0;
     let ratio = airamp / mean(per_direction);
+    let ratio_peeked = airamp / mean(peeked);
     if o.flag("json") {
         let v = serde_json::json!({
             "bench": "latency",
@@ -341,9 +351,11 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
             "round_trip_us": {"p50": airamp, "p90": us(&rtts, 0.9), "p99": us(&rtts, 0.99)},
             "raw_tcp_p50_us": {
                 "connection_per_direction": per_direction,
+                "connection_per_direction_peeked": peeked,
                 "one_connection": shared,
             },
             "airamp_over_raw_tcp": ratio,
+            "airamp_over_raw_tcp_peeked": ratio_peeked,
         });
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
@@ -354,10 +366,10 @@ pub fn latency(o: &Opts) -> Result<ExitCode, String> {
         us(&rtts, 0.99)
     );
     println!(
-        "  raw TCP in the same run, p50 before / after: a connection per direction (NCCL's layout) {:.1} / {:.1}µs, one connection both ways {:.1} / {:.1}µs",
-        per_direction[0], per_direction[1], shared[0], shared[1]
+        "  raw TCP in the same run, p50 before / after: a connection per direction (NCCL's layout) {:.1} / {:.1}µs, the same with peeked receives {:.1} / {:.1}µs, one connection both ways {:.1} / {:.1}µs",
+        per_direction[0], per_direction[1], peeked[0], peeked[1], shared[0], shared[1]
     );
-    println!("  airamp / raw TCP with a connection per direction: {ratio:.2}x");
+    println!("  airamp / raw TCP with a connection per direction: {ratio:.2}x (with peeked receives: {ratio_peeked:.2}x)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,10 +2,12 @@
 //! loopback, polled the way the bench polls the plugin (a non-blocking read,
 //! a yield between tries), so the ratio shows what airamp adds to TCP.
 //!
-//! Two layouts: one connection per direction, as NCCL's send and receive
-//! comms are (airamp's and Socket's alike), and one connection both ways,
-//! where each reply carries the acknowledgement of the request instead of a
-//! bare ACK of its own: the floor a shared connection could reach.
+//! Three layouts: one connection per direction, as NCCL's send and receive
+//! comms are (airamp's and Socket's alike); the same with each message
+//! peeked and dropped from the socket only at the next read, as airamp
+//! receives small messages, so the receive that delivers it sends no ACK;
+//! and one connection both ways, where each reply carries the
+//! acknowledgement of the request instead of a bare ACK of its own.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -17,6 +19,9 @@ use std::time::{Duration, Instant};
 pub enum Layout {
     /// One connection each way (NCCL's send and receive comms).
     PerDirection,
+    /// One connection each way, every message peeked and dropped at the
+    /// next read.
+    PerDirectionPeeked,
     /// One connection carrying both the request and the reply.
     Shared,
 }
@@ -35,7 +40,9 @@ fn ends(layout: Layout) -> io::Result<Ends> {
     let (there, back) = connected_pair(&listener)?;
     let ((a_send, b_recv), (b_send, a_recv)) = match layout {
         Layout::Shared => ((there.try_clone()?, back.try_clone()?), (back, there)),
-        Layout::PerDirection => ((there, back), connected_pair(&listener)?),
+        Layout::PerDirection | Layout::PerDirectionPeeked => {
+            ((there, back), connected_pair(&listener)?)
+        }
     };
     for s in [&a_send, &a_recv, &b_send, &b_recv] {
         s.set_nodelay(true)?;
@@ -72,9 +79,40 @@ fn send_all(s: &mut TcpStream, buf: &[u8], deadline: Instant) -> io::Result<()> 
     spin(buf.len(), deadline, |at| s.write(&buf[at..]))
 }
 
-fn recv_all(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    let len = buf.len();
-    spin(len, deadline, |at| s.read(&mut buf[at..]))
+/// Messages up to this size are peeked in the peeked layout (as airamp
+/// does): a larger one might not fit in the socket's queue all at once.
+const PEEK_BYTES: usize = 4096;
+
+/// A receiving end: with `peek`, the last small message's bytes stay queued
+/// until the next receive drops them.
+struct Receiver {
+    sock: TcpStream,
+    peek: bool,
+    owed: usize,
+}
+
+impl Receiver {
+    fn recv_all(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+        let len = buf.len();
+        let mut sink = std::mem::take(&mut self.owed);
+        while sink > 0 {
+            let mut scratch = [0u8; PEEK_BYTES];
+            let n = scratch.len().min(sink);
+            spin(n, deadline, |at| self.sock.read(&mut scratch[at..n]))?;
+            sink -= n;
+        }
+        if !self.peek || len > PEEK_BYTES {
+            return spin(len, deadline, |at| self.sock.read(&mut buf[at..]));
+        }
+        // A peek always starts at the front: wait until all of it is there.
+        spin(len, deadline, |_| match self.sock.peek(buf)? {
+            0 => Ok(0),
+            n if n < len => Err(ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        })?;
+        self.owed = len;
+        Ok(())
+    }
 }
 
 /// Times `iters` round trips of `size`-byte messages after `warmup`
@@ -88,12 +126,19 @@ pub fn round_trips(
     timeout: Duration,
 ) -> Result<Vec<Duration>, String> {
     let deadline = Instant::now() + timeout;
-    let ((mut send, mut recv), (mut echo_send, mut echo_recv)) =
+    let ((mut send, recv), (mut echo_send, echo_recv)) =
         ends(layout).map_err(|e| format!("raw TCP setup: {e}"))?;
+    let peek = layout == Layout::PerDirectionPeeked;
+    let receiver = |sock| Receiver {
+        sock,
+        peek,
+        owed: 0,
+    };
+    let (mut recv, mut echo_recv) = (receiver(recv), receiver(echo_recv));
     let echo = thread::spawn(move || -> io::Result<()> {
         let mut buf = vec![0u8; size];
         for _ in 0..warmup + iters {
-            recv_all(&mut echo_recv, &mut buf, deadline)?;
+            echo_recv.recv_all(&mut buf, deadline)?;
             send_all(&mut echo_send, &buf, deadline)?;
         }
         Ok(())
@@ -105,7 +150,7 @@ pub fn round_trips(
         for i in 0..warmup + iters {
             let start = Instant::now();
             send_all(&mut send, &out, deadline)?;
-            recv_all(&mut recv, &mut back, deadline)?;
+            recv.recv_all(&mut back, deadline)?;
             if i >= warmup {
                 times.push(start.elapsed());
             }
@@ -114,7 +159,7 @@ pub fn round_trips(
     };
     let ours = run();
     // A failed side leaves the other waiting for its deadline at most.
-    drop((send, recv));
+    drop((send, recv.sock));
     let theirs = echo.join().map_err(|_| "raw TCP echo thread panicked")?;
     ours.and(theirs)
         .map_err(|e| format!("raw TCP ({layout:?}): {e}"))?;
@@ -126,11 +171,15 @@ pub fn round_trips(
 mod tests {
     use super::*;
 
-    /// Both layouts deliver every reply (the echo returns the request's
+    /// Every layout delivers every reply (the echo returns the request's
     /// bytes, so a lost or short message would time out or fail).
     #[test]
-    fn both_layouts_complete_their_round_trips() {
-        for layout in [Layout::PerDirection, Layout::Shared] {
+    fn every_layout_completes_its_round_trips() {
+        for layout in [
+            Layout::PerDirection,
+            Layout::PerDirectionPeeked,
+            Layout::Shared,
+        ] {
             for size in [8, 300_000] {
                 let times = round_trips(layout, size, 5, 50, Duration::from_secs(30))
                     .unwrap_or_else(|e| panic!("{layout:?} {size}: {e}"));

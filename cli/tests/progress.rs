@@ -108,7 +108,7 @@ fn bench_latency_piped_has_no_escape_codes() {
     );
     assert!(
         lines[2].starts_with("  airamp / raw TCP with a connection per direction: ")
-            && lines[2].ends_with('x'),
+            && lines[2].ends_with("x)"),
         "{out}"
     );
 }

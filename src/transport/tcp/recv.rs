@@ -6,8 +6,9 @@
 //! `try_lock`s) or by the stream's own thread.
 //!
 //! Reads go through a small staging buffer per stream, so a small message
-//! (header and payload) costs one `recv`; a payload larger than that buffer
-//! is read straight into NCCL's buffer. The proxy thread moves messages up
+//! (header and payload) costs one read: a peek, whose bytes the stream's
+//! next read drops from the socket (`stage`). A payload larger than that
+//! buffer is read straight into NCCL's buffer. The proxy thread moves messages up
 //! to `inline_bytes` itself and never wakes a stream thread for them. For a
 //! larger message it hands the stream to its thread, which then reads that
 //! stream (asleep in poll(2) between reads) until a small message comes
@@ -929,6 +930,13 @@ impl Drop for RecvComm {
             poller.left();
         }
         self.shared.wake_all();
+        // A socket closed with unread bytes resets the connection: drop the
+        // last peeked message, so that the peer sees a clean close.
+        for stream in &self.shared.streams {
+            let mut st = stream.lock().unwrap_or_else(|e| e.into_inner());
+            let Stream { sock, stage, .. } = &mut *st;
+            let _ = stage.settle(sock);
+        }
         shut_down(&self.shared.socks, &self.shared.streams, &mut self.workers);
     }
 }

@@ -514,6 +514,37 @@ fn messages_arrive_intact_wherever_their_peeked_bytes_are_dropped() {
     drop(raw);
 }
 
+/// A receive comm closed right after a small message drops the bytes it
+/// peeked first: a socket closed with unread bytes would reset the
+/// connection, and the peer's next write would fail as a reset instead of
+/// finding a closed peer.
+#[test]
+fn closing_after_a_small_message_is_a_clean_close() {
+    use std::io::{Read, Write};
+    let (mut raw, recv) = raw_sender(&settings(1));
+    let mut dst = vec![0u8; 8];
+    raw.write_all(&frame(0, &pattern(8, 5))).unwrap();
+    let r = recv.irecv(&[(buf(&mut dst), 0)]).unwrap().unwrap();
+    wait(|| r.test().map(|o| o.map(<[u64]>::to_vec))).unwrap();
+    drop(r);
+    drop(recv);
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut sink = [0u8; 64];
+    // Heartbeat bytes may come first; then the end.
+    loop {
+        match raw.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the close came as {e} ({:?})", e.kind()),
+        }
+    }
+    // After a reset, a write fails at once (EPIPE); after a close it is
+    // accepted.
+    if let Err(e) = raw.write(b"x") {
+        panic!("the connection was reset: {e}");
+    }
+}
+
 /// A sender that goes silent right after a small message is still failed
 /// after the timeout, with no receive posted, so the caller never reads the
 /// socket again: the stream's thread, which reads (never peeks) before it

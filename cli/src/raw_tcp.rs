@@ -143,16 +143,24 @@ pub fn round_trips(
         }
         Ok(())
     });
-    let out = vec![42u8; size];
+    let mut out = vec![42u8; size];
     let mut back = vec![0u8; size];
     let mut times = Vec::with_capacity(iters);
     let mut run = || -> io::Result<()> {
         for i in 0..warmup + iters {
+            // Each request differs from the last, so a reply read twice
+            // (or not at all) shows.
+            if let Some(first) = out.first_mut() {
+                *first = i as u8;
+            }
             let start = Instant::now();
             send_all(&mut send, &out, deadline)?;
             recv.recv_all(&mut back, deadline)?;
             if i >= warmup {
                 times.push(start.elapsed());
+            }
+            if back != out {
+                return Err(io::Error::new(ErrorKind::InvalidData, "a reply differs"));
             }
         }
         Ok(())
@@ -171,8 +179,9 @@ pub fn round_trips(
 mod tests {
     use super::*;
 
-    /// Every layout delivers every reply (the echo returns the request's
-    /// bytes, so a lost or short message would time out or fail).
+    /// Every layout delivers every reply intact and once (the echo returns
+    /// the request's bytes, and each request differs from the last, so a
+    /// lost, short or repeated message would time out or fail).
     #[test]
     fn every_layout_completes_its_round_trips() {
         for layout in [

@@ -8,16 +8,16 @@
 //! Reads go through a small staging buffer per stream, so a small message
 //! (header and payload) costs one read: a peek, whose bytes the stream's
 //! next read drops from the socket (`stage`). A payload larger than that
-//! buffer is read straight into NCCL's buffer. The proxy thread moves messages up
-//! to `inline_bytes` itself and never wakes a stream thread for them. For a
-//! larger message it hands the stream to its thread, which then reads that
-//! stream (asleep in poll(2) between reads) until a small message comes
-//! along again. While receives are posted, a stream thread also reads for a
-//! caller that has tested none of them for `CALLER_ABSENT_MS` (it may be
-//! waiting on sends that need this side to read). Every stream thread also
-//! wakes at its liveness deadlines: it sends the peer a heartbeat byte, and
-//! fails the connection if the peer has been silent past the timeout while
-//! the stream was listening.
+//! buffer is read straight into NCCL's buffer. The proxy thread moves
+//! messages up to `inline_bytes` itself and never wakes a stream thread for
+//! them. For a larger message it hands the stream to its thread, which then
+//! reads that stream (asleep in poll(2) between reads) until a small message
+//! comes along again. While receives are posted, a stream thread also reads
+//! for a caller that has tested none of them for `CALLER_ABSENT_MS` (it may
+//! be waiting on sends that need this side to read). Every stream thread
+//! also wakes at its liveness deadlines: it sends the peer a heartbeat byte,
+//! and fails the connection if the peer has been silent past the timeout
+//! while the stream was listening.
 
 use std::collections::HashMap;
 use std::io;

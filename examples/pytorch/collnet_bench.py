@@ -88,7 +88,9 @@ def run(rank, world, args):
         x = inputs_of(rank, n, dtype)
         ref = sum(inputs_of(r, n, dtype).double() for r in range(world))
         buf = torch.empty_like(x)
-        iters = max(3, min(args.iters, (256 << 20) // max(nbytes, 1)))
+        # Time about --timed-bytes per size (at least 3 calls, at most --iters):
+        # a handful of calls at the large sizes is at the mercy of one slow call.
+        iters = max(3, min(args.iters, args.timed_bytes // max(nbytes, 1)))
         for _ in range(args.warmup):
             buf.copy_(x)
             dist.all_reduce(buf)
@@ -144,6 +146,8 @@ def main():
     p.add_argument("--sizes", default="4096:268435456", help="min:max bytes, x4 steps")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--timed-bytes", type=int, default=256 << 20,
+                   help="bytes reduced in each size's timed loop (calls capped by --iters)")
     p.add_argument("--port", type=int, default=29544)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--device-of-rank", choices=("shared", "local", "cpu"), default="shared",

@@ -25,6 +25,8 @@
 # Env: SIZES (min:max bytes, x4 steps; default 4 MiB..256 MiB), MODES,
 #      DTYPE (bfloat16, the default; float16; float32),
 #      ABBA (1: run the modes again in reverse order, the default; 0: once),
+#      TIMED_BYTES (bytes each size's timed loop reduces, default 2 GiB: 8
+#      calls at 256 MiB, 32 at 64 MiB, at most 200),
 #      RUN_TIMEOUT (seconds per mode run, default 180; a run still going then
 #      has its threads' stacks written to NAME.stacks before it is killed).
 # Summary (gpu_path_summarize.py, OUTDIR/summary.md): each mode's best pass,
@@ -66,7 +68,8 @@ run() {
     while [ -e "$out/$name.json" ] || [ -e "$out/$name.log" ]; do name=$base-$k; k=$((k + 1)); done
     echo "== $name"
     setsid "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
-        --sizes "${SIZES:-4194304:268435456}" --dtype "${DTYPE:-bfloat16}" --out "$out/$name.json" >"$out/$name.log" 2>&1 &
+        --sizes "${SIZES:-4194304:268435456}" --dtype "${DTYPE:-bfloat16}" \
+        --timed-bytes "${TIMED_BYTES:-2147483648}" --iters 200 --out "$out/$name.json" >"$out/$name.log" 2>&1 &
     local pid=$! waited=0
     while kill -0 $pid 2>/dev/null && [ $waited -lt "${RUN_TIMEOUT:-180}" ]; do sleep 1; waited=$((waited + 1)); done
     if kill -0 $pid 2>/dev/null; then

@@ -931,11 +931,18 @@ impl Drop for RecvComm {
         }
         self.shared.wake_all();
         // A socket closed with unread bytes resets the connection: drop the
-        // last peeked message, so that the peer sees a clean close.
-        for stream in &self.shared.streams {
+        // last peeked message, so that the peer sees a clean close. Where
+        // that fails the connection is broken already and the peer has its
+        // error; the close goes on.
+        for (index, stream) in self.shared.streams.iter().enumerate() {
             let mut st = stream.lock().unwrap_or_else(|e| e.into_inner());
             let Stream { sock, stage, .. } = &mut *st;
-            let _ = stage.settle(sock);
+            if let Err(e) = stage.settle(sock) {
+                crate::trace!(
+                    "tcp: receive from {}: stream {index}: a peeked message not dropped at close: {e}",
+                    self.shared.peer
+                );
+            }
         }
         shut_down(&self.shared.socks, &self.shared.streams, &mut self.workers);
     }

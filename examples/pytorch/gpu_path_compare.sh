@@ -32,6 +32,8 @@
 # Summary (gpu_path_summarize.py, OUTDIR/summary.md): each mode's best pass,
 # and with ABBA each pass against its own Ring, flagging a size where a
 # mode's passes differ by more than 15% (the host slowed down for a while).
+# Over several runs (unshaped and RATE): gpu_path_bars.py --unshaped OUT ...
+# --shaped OUT25 ... prints issue 9's bars without the flagged cells.
 set -uo pipefail
 plugin=$(realpath "$1"); out=${2:-.}; rate=${3:-}; here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"

@@ -10,6 +10,8 @@ import os
 import re
 import sys
 
+from gpu_path_passes import SPREAD, load_passes, spreads
+
 out = sys.argv[1]
 modes = ["ring", "cn_exact_gpu", "cn_fp8_gpu", "cn_exact_host", "cn_fp8_host", "ring_ub", "cn_exact_gpu_ub", "cn_fp8_gpu_ub",
          "cn_int8_gpu", "cn_int8_host", "cn_int8_gpu_ub", "cn_exact_host_pa", "cn_fp8_host_pa"]
@@ -84,12 +86,7 @@ if any(m in data for m in ("cn_exact_host_pa", "cn_fp8_host_pa")):
 # Per pass: each mode against the Ring of its own pass. The best-of-passes
 # table above can pair one mode's fast pass with Ring's slow one (or the
 # other way round) when the host has a slow spell during the call.
-per_pass = {}
-for m in modes:
-    for k in range(1, 10):
-        p = os.path.join(out, m + (".json" if k == 1 else f"-{k}.json"))
-        if os.path.exists(p):
-            per_pass.setdefault(k, {})[m] = {r["bytes"]: r["busbw_GBps"] for r in json.load(open(p))["results"]}
+per_pass = load_passes(out, modes)
 shown = [m for m in modes[1:] if any(m in runs for runs in per_pass.values())]
 if len(per_pass) > 1 and all("ring" in runs for runs in per_pass.values()) and shown:
     print("\nPer pass, against the same pass's Ring\n")
@@ -101,13 +98,10 @@ if len(per_pass) > 1 and all("ring" in runs for runs in per_pass.values()) and s
             print(f"| {s >> 20} MiB | {k} | {f(ring)} | "
                   + " | ".join(ratio(runs.get(m, {}).get(s), ring) for m in shown) + " |")
     for s in sizes:
-        spreads = []
-        for m in ["ring"] + shown:
-            bws = [runs[m][s] for runs in per_pass.values() if runs.get(m, {}).get(s)]
-            if len(bws) > 1 and max(bws) / min(bws) - 1 > 0.15:
-                spreads.append(f"{m} {100 * (max(bws) / min(bws) - 1):.0f}%")
-        if spreads:
-            print(f"\nAt {s >> 20} MiB a mode's passes differ by more than 15% ({', '.join(spreads)}): the host "
+        wide = [f"{m} {100 * spreads(per_pass, m, s):.0f}%" for m in ["ring"] + shown
+                if (spreads(per_pass, m, s) or 0) > SPREAD]
+        if wide:
+            print(f"\nAt {s >> 20} MiB a mode's passes differ by more than {100 * SPREAD:.0f}% ({', '.join(wide)}): the host "
                   "was slower during part of the call; compare modes within a pass, not by the best-of-passes table.")
 print("\nCorrectness\n")
 print("| size | FP8 GPU err | FP8 host err | every mode identical on all ranks | exact GPU == ring | exact host == ring | FP8 GPU == FP8 host |")

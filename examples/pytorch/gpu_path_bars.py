@@ -25,8 +25,8 @@ CHECKS = [
 
 
 def cells(outs, candidates):
-    """{size: ([kept ratios], left out)} over every pass of every folder."""
-    by_size = {}
+    """{size: ([kept ratios], number left out)} over every pass of every folder."""
+    kept, left_out = {}, {}
     for out in outs:
         passes = load_passes(out, ["ring"] + candidates)
         mode = next((m for m in candidates if any(m in runs for runs in passes.values())), None)
@@ -34,13 +34,14 @@ def cells(outs, candidates):
             continue
         for runs in passes.values():
             ring, bw = runs.get("ring", {}), runs.get(mode, {})
-            for size in sorted(set(ring) & set(bw)):
-                kept, left = by_size.setdefault(size, ([], [0]))
+            for size in set(ring) & set(bw):
+                kept.setdefault(size, [])
+                left_out.setdefault(size, 0)
                 if slow_spell(passes, mode, size):
-                    left[0] += 1
+                    left_out[size] += 1
                 else:
-                    kept.append(bw[size] / ring[size])
-    return {s: (kept, left[0]) for s, (kept, left) in by_size.items()}
+                    kept[size].append(bw[size] / ring[size])
+    return {size: (kept[size], left_out[size]) for size in kept}
 
 
 def main():

@@ -153,8 +153,9 @@ mod tests {
         let msgs: Vec<Vec<u8>> = (1..=6u8).map(|i| vec![i; 10 * i as usize]).collect();
         for (i, m) in msgs.iter().enumerate() {
             arrive(&mut w, &sock, &mut stage, m);
-            // Loopback delivers these small writes whole; were one split,
-            // its first part would be dropped by the peek of the second.
+            // What the last peek staged is all that stays queued: were a
+            // write split in two, the peek of its second part would have
+            // dropped the first from the queue (it stays staged).
             assert!(stage.peeked > 0, "after message {i}");
             assert_eq!(queued(&sock), stage.peeked, "after message {i}");
         }

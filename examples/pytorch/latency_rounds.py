@@ -7,8 +7,9 @@ Pools the rounds of every file (each file's process pairs stay apart) and
 prints, per process pair and over all of them, each network's median us per
 call and the median of the per-round ratios of the first network to the
 second. A round's two blocks ran one after the other in the same processes.
-With three process pairs or more it adds a 95 % interval of that pooled
-median, resampling whole process pairs (a pair's rounds share its pace).
+With six process pairs or more it adds a 95 % interval of that pooled
+median, resampling whole process pairs (a pair's rounds share its pace);
+with fewer, the range of the pairs' medians is all there is.
 """
 import json
 import random
@@ -17,6 +18,9 @@ import sys
 
 # Draws of the process pairs for the interval of the pooled median.
 DRAWS = 2000
+# Fewer pairs than this draw one pair for all often enough (1 in 27 for
+# three) that the "interval" is just the range of the pairs' medians.
+INTERVAL_PAIRS = 6
 
 
 def load(paths):
@@ -63,7 +67,7 @@ def report(nets, rows):
     lines.append(f"all {len(ratios)} rounds of {len(per_process)} process pairs: {text}, "
                  f"{sum(r <= 1.0 for r in ratios)} of {len(ratios)} at or under 1.0; "
                  f"process pairs' medians {min(per_process):.3f}-{max(per_process):.3f}")
-    if len(per_process) >= 3:
+    if len(per_process) >= INTERVAL_PAIRS:
         lo, hi = interval(rows)
         lines.append(f"95% interval of that median, process pairs resampled {DRAWS} times: {lo:.3f}-{hi:.3f}")
     return lines

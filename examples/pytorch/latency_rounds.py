@@ -34,6 +34,14 @@ def load(paths):
     return rows
 
 
+def by_process(rows):
+    """Each process pair's blocks, in the pairs' order."""
+    pairs = {}
+    for r in rows:
+        pairs.setdefault(r["process"], []).append(r)
+    return dict(sorted(pairs.items()))
+
+
 def round_ratios(rows):
     """Network 0's time over network 1's, one per round that has both."""
     by_round = {}
@@ -58,8 +66,8 @@ def report(nets, rows):
         raise SystemExit("WRONG: an allreduce returned a wrong sum")
     lines, per_process = [], []
     pooled = len({path for path, _ in (r["process"] for r in rows)}) > 1
-    for process in sorted({r["process"] for r in rows}):
-        text, ratios = describe(nets, [r for r in rows if r["process"] == process])
+    for process, blocks in by_process(rows).items():
+        text, ratios = describe(nets, blocks)
         per_process.append(statistics.median(ratios))
         name = f"{process[0]} process {process[1]}" if pooled else f"process {process[1]}"
         lines.append(f"{name}: {text} (rounds {' '.join(f'{x:.2f}' for x in ratios)})")
@@ -75,10 +83,7 @@ def report(nets, rows):
 
 def interval(rows):
     """2.5th and 97.5th percentile of the pooled median over resampled process pairs."""
-    by_process = {}
-    for r in rows:
-        by_process.setdefault(r["process"], []).append(r)
-    ratios = {p: round_ratios(rs) for p, rs in sorted(by_process.items())}
+    ratios = {p: round_ratios(blocks) for p, blocks in by_process(rows).items()}
     pairs, draw = list(ratios), random.Random(1)
     medians = sorted(statistics.median([x for p in draw.choices(pairs, k=len(pairs)) for x in ratios[p]])
                      for _ in range(DRAWS))

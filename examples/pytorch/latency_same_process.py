@@ -121,7 +121,7 @@ def main():
     if len(nets) != 2:
         p.error("--nets takes two networks")
     if os.environ.pop("NCCL_NET", None) is not None:
-        print("NCCL_NET unset here: it would choose the network of both communicators")
+        print("NCCL_NET removed here, so that only each communicator's net_name chooses")
     if args.out:
         open(args.out, "w").close()
         out = args.out

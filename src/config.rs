@@ -321,6 +321,9 @@ pub struct GpuConfig {
     /// Most pinned host memory the mirrors of registered GPU buffers may
     /// hold in this process (bytes).
     pub mirror_budget: usize,
+    /// SMs airamp's own CUDA context is limited to where the driver can
+    /// limit it (under MPS); 0: every SM. Its device memory grows with it.
+    pub sms: u32,
 }
 
 /// `[tuner]`.
@@ -414,6 +417,7 @@ impl Default for Config {
                 ghost_kernels: false,
                 collnet: false,
                 mirror_budget: 8 << 30,
+                sms: 16,
             },
             tuner: TunerConfig {
                 enabled: true,
@@ -916,7 +920,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_GPU_COLLNET",
         default: "false",
         accepted: "boolean: true, false, 1, 0, yes, no, on, off",
-        doc: "Offer NCCL GPU buffers to the collective network (NCCL_PTR_CUDA) and run compressed allreduce (FP8, INT8) and exact float sums as CUDA kernels, when a CUDA driver and NVRTC load. The kernels run in a CUDA context of airamp's own, so no call on NCCL's threads can wait for the application (docs/gpu.md). Off by default: that context costs about 270 MiB of GPU memory per process, NCCL uses GPU buffers only where its GPUDirect check passes (NCCL_NET_GDR_LEVEL), and it needs MPS to be fast: without MPS the GPU takes turns between that context and the application's, and the path ran at 0.34-0.49x Ring on loopback against 1.6-1.8x with MPS (docs/results/multigpu-h200x2.md; a warning is logged). false keeps the collective network on host buffers.",
+        doc: "Offer NCCL GPU buffers to the collective network (NCCL_PTR_CUDA) and run compressed allreduce (FP8, INT8) and exact float sums as CUDA kernels, when a CUDA driver and NVRTC load. The kernels run in a CUDA context of airamp's own, so no call on NCCL's threads can wait for the application (docs/gpu.md). Off by default: that context costs GPU memory, about 63 MiB per process under MPS with gpu.sms = 16 and about 270 MiB without MPS, NCCL uses GPU buffers only where its GPUDirect check passes (NCCL_NET_GDR_LEVEL), and it needs MPS to be fast: without MPS the GPU takes turns between that context and the application's, and the path ran at 0.34-0.49x Ring on loopback against 1.6-1.8x with MPS (docs/results/multigpu-h200x2.md; a warning is logged). false keeps the collective network on host buffers.",
         example: "false",
         apply: |c, r| {
             c.gpu.collnet = want_bool(r)?;
@@ -936,6 +940,19 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
         show: |c| format_bytes(c.gpu.mirror_budget as u64),
+    },
+    KeySpec {
+        name: "gpu.sms",
+        env: "AIRAMP_GPU_SMS",
+        default: "16",
+        accepted: "integer 0..=1024",
+        doc: "Streaming multiprocessors that airamp's own CUDA context (gpu.collnet) may run on, where the driver can limit a context's SMs: under MPS (execution affinity; the driver rounds up to its granularity, 8 on an H200). The context's device memory grows with its SMs: on an H200 under MPS 49 MiB at 8, 63 at 16, 91 at 32, 269 on all 132. Its kernels only encode, fold and copy what the network carries: with 16 SMs FP8 allreduce ran as fast as on all 132 under NCCL on an H200, with 8 about 11 % slower (docs/results/gpu-path-h200.md). 0: every SM. Without MPS the driver cannot limit a context and the context costs about 270 MiB (logged at INFO).",
+        example: "16",
+        apply: |c, r| {
+            c.gpu.sms = want_int(r, 0, 1024)? as u32;
+            Ok(())
+        },
+        show: |c| c.gpu.sms.to_string(),
     },
     KeySpec {
         name: "gpu.ghost_kernels",

@@ -708,11 +708,18 @@ fn check_compression(
     if !cfg.gpu.collnet {
         return;
     }
+    let context = match (host.mps_daemon, cfg.gpu.sms) {
+        (true, 0) => "on every SM (gpu.sms = 0): about 270 MiB of GPU memory per process on an H200".to_string(),
+        (true, sms) => format!(
+            "limited to {sms} SMs (gpu.sms, under MPS): on an H200 about 63 MiB of GPU memory per process at 16 SMs, 49 at 8, 91 at 32"
+        ),
+        (false, _) => "on every SM (no MPS to limit it): about 270 MiB of GPU memory per process on an H200".to_string(),
+    };
     out.push(finding(
         "gpu.collnet",
         Status::Ok,
         format!(
-            "gpu.collnet on ({}): kernels in airamp's own CUDA context, about 270 MiB of GPU memory per process (docs/results/gpu-path-h200.md)",
+            "gpu.collnet on ({}): kernels in airamp's own CUDA context, {context} (docs/gpu.md)",
             source("gpu.collnet")
         ),
         None,

@@ -42,7 +42,7 @@ pub fn offers_gpu_buffers() -> bool {
             None => {
                 crate::info!(
                     crate::log::SUBSYS_INIT,
-                    "collnet: offering NCCL GPU buffers (gpu.collnet): compressed allreduce (FP8, INT8) and exact float sums run as CUDA kernels in a CUDA context of airamp's own (about 270 MiB of GPU memory per process; docs/gpu.md)"
+                    "collnet: offering NCCL GPU buffers (gpu.collnet): compressed allreduce (FP8, INT8) and exact float sums run as CUDA kernels in a CUDA context of airamp's own (GPU memory per process: about 63 MiB under MPS with gpu.sms = 16, about 270 MiB without MPS; docs/gpu.md)"
                 );
                 warn_without_mps();
                 true

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 
-use super::driver;
+use super::driver::{self, NewContext};
 use super::error::GpuError;
 use super::memory::{DeviceBuf, PinnedBuf};
 use super::nvrtc;
@@ -118,12 +118,19 @@ impl GpuContext {
         if let Some(c) = registry.get(&(device, options)) {
             return Ok(c.clone());
         }
-        let c = Arc::new(GpuContext::load(own_context(device)?, device, options)?);
+        let own = own_context(device)?;
+        let c = Arc::new(GpuContext::load(own.handle, own.sms, device, options)?);
         registry.insert((device, options), c.clone());
         Ok(c)
     }
 
-    fn load(ctx: usize, device: i32, options: KernelOptions) -> Result<GpuContext, GpuError> {
+    /// Loads the kernels into `ctx`, which runs on `sms` SMs where limited.
+    fn load(
+        ctx: usize,
+        sms: Option<u32>,
+        device: i32,
+        options: KernelOptions,
+    ) -> Result<GpuContext, GpuError> {
         let _bound = bind_context(ctx)?;
         let major =
             driver::device_attribute(device, Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?
@@ -131,11 +138,14 @@ impl GpuContext {
         let minor =
             driver::device_attribute(device, Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?
                 as u32;
-        let sm_count = driver::device_attribute(
-            device,
-            Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )?
-        .max(1) as u32;
+        let sm_count = match sms {
+            Some(n) => n,
+            None => {
+                driver::device_attribute(device, Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+                    as u32
+            }
+        }
+        .max(1);
         let name = driver::device_name(device)?;
         let image = nvrtc::compile_for_device(major, minor, options)?;
         let module = driver::module_load(image.bytes())?;
@@ -199,6 +209,7 @@ impl GpuContext {
         self.capability
     }
 
+    /// The SMs the kernels run on: the device's, or the context's limit.
     pub fn sm_count(&self) -> u32 {
         self.sm_count
     }
@@ -268,10 +279,11 @@ fn kernel_name(op: Op, fmt: WireFormat, elem: Elem) -> String {
     format!("airamp_{}_{}_{}", op.name(), fmt.name(), elem.name())
 }
 
-/// airamp's context on `device`: one per device and process, created on
-/// first use.
-fn own_context(device: i32) -> Result<usize, GpuError> {
-    static OWN: OnceLock<Mutex<HashMap<i32, usize>>> = OnceLock::new();
+/// airamp's context on `device`, with the SMs it is limited to: one per
+/// device and process, created on first use with `gpu.sms` from the
+/// configuration.
+fn own_context(device: i32) -> Result<NewContext, GpuError> {
+    static OWN: OnceLock<Mutex<HashMap<i32, NewContext>>> = OnceLock::new();
     let mut own = OWN
         .get_or_init(Default::default)
         .lock()
@@ -279,17 +291,31 @@ fn own_context(device: i32) -> Result<usize, GpuError> {
     if let Some(&c) = own.get(&device) {
         return Ok(c);
     }
-    let (c, took) = driver::create_context(device)?;
-    if let Some(bytes) = took {
-        crate::info!(
+    let asked = Some(crate::config::global().gpu.sms).filter(|&n| n > 0);
+    let made = driver::create_context(device, asked)?;
+    let sms = match (asked, made.sms) {
+        (_, Some(n)) => format!("limited to {n} SMs"),
+        (Some(n), None) => format!(
+            "on every SM: gpu.sms = {n} needs MPS (SM-count execution affinity), which this device does not offer"
+        ),
+        (None, None) => "on every SM (gpu.sms = 0)".to_string(),
+    };
+    match made.took {
+        Some(bytes) => {
+            crate::info!(
+                crate::log::SUBSYS_INIT,
+                "gpu: airamp's own context on device {device}, {sms}, took {} MiB of device memory (free memory before and after; an estimate)",
+                bytes >> 20
+            );
+            metrics::collnet().gpu_context(bytes as u64);
+        }
+        None => crate::info!(
             crate::log::SUBSYS_INIT,
-            "gpu: airamp's own context on device {device} took {} MiB of device memory (free memory before and after; an estimate)",
-            bytes >> 20
-        );
-        metrics::collnet().gpu_context(bytes as u64);
+            "gpu: airamp's own context on device {device}, {sms}"
+        ),
     }
-    own.insert(device, c);
-    Ok(c)
+    own.insert(device, made);
+    Ok(made)
 }
 
 /// A context made current on this thread; the previous one (or none) is

@@ -30,6 +30,8 @@ const SYMBOLS: &[&str] = &[
     "cuDevicePrimaryCtxRetain",
     "cuDevicePrimaryCtxRelease_v2",
     "cuCtxCreate_v4",
+    "cuDeviceGetExecAffinitySupport",
+    "cuCtxGetExecAffinity",
     "cuCtxPopCurrent_v2",
     "cuCtxSetLimit",
     "cuCtxGetCurrent",
@@ -154,31 +156,50 @@ fn free_device_memory() -> Result<usize, GpuError> {
     Ok(free)
 }
 
-/// A new context on device `ordinal`, for airamp alone, and the device
-/// memory it took, when the driver could tell: the device's free memory
-/// before it minus after its limits are set, which is where a context's
-/// memory is settled (its first launch reserves nothing more, measured on
-/// the H200). Memory the application allocates at that moment counts too,
-/// so it is an estimate.
+/// A context [`create_context`] made.
+#[derive(Clone, Copy, Debug)]
+pub struct NewContext {
+    pub handle: usize,
+    /// The device memory it took, when the driver could tell: the device's
+    /// free memory before it minus after its limits are set, which is where
+    /// a context's memory is settled (its first launch reserves nothing
+    /// more, measured on the H200). Memory the application allocates at
+    /// that moment counts too, so it is an estimate.
+    pub took: Option<usize>,
+    /// The SMs the driver granted it, where it was limited.
+    pub sms: Option<u32>,
+}
+
+/// A new context on device `ordinal`, for airamp alone, limited to `sms`
+/// SMs where that is asked (`Some`) and the driver supports SM-count
+/// execution affinity (under MPS); the driver rounds the count up to its
+/// granularity (8 on an H200).
 /// `cuCtxCreate` pushes the context on this thread's stack; it is popped
 /// again here, so the caller's current context is unchanged. Never
 /// destroyed: it lives as long as the process, like the modules loaded
 /// into it.
-pub fn create_context(ordinal: i32) -> Result<(usize, Option<usize>), GpuError> {
+pub fn create_context(ordinal: i32, sms: Option<u32>) -> Result<NewContext, GpuError> {
     let free_before = free_device_memory().ok();
     let mut dev = 0;
     // SAFETY: writes one int.
     check("cuDeviceGet", unsafe {
         sys::cuDeviceGet(&mut dev, ordinal)
     })?;
-    let mut c: sys::CUcontext = ptr::null_mut();
+    let limit = sms.filter(|_| sm_affinity_supported(dev));
+    let mut affinity = sm_count_affinity(limit.unwrap_or(0));
     let mut params = sys::CUctxCreateParams {
-        execAffinityParams: ptr::null_mut(),
-        numExecAffinityParams: 0,
+        execAffinityParams: if limit.is_some() {
+            &mut affinity
+        } else {
+            ptr::null_mut()
+        },
+        numExecAffinityParams: i32::from(limit.is_some()),
         cigParams: ptr::null_mut(),
     };
-    // SAFETY: writes one handle; `params` asks for nothing special (no
-    // execution affinity, no CIG), flags 0 is CU_CTX_SCHED_AUTO.
+    let mut c: sys::CUcontext = ptr::null_mut();
+    // SAFETY: writes one handle; `params` points at `affinity`, which
+    // outlives the call, or asks for nothing (no CIG either); flags 0 is
+    // CU_CTX_SCHED_AUTO.
     check("cuCtxCreate_v4", unsafe {
         sys::cuCtxCreate_v4(&mut c, &mut params, 0, dev)
     })?;
@@ -198,6 +219,7 @@ pub fn create_context(ordinal: i32) -> Result<(usize, Option<usize>), GpuError> 
             crate::warn!("gpu: could not set {limit:?} of airamp's context to {value}: {e}");
         }
     }
+    let granted = limit.and_then(|_| granted_sms().ok());
     let took = free_before
         .zip(free_device_memory().ok())
         .map(|(before, after)| before.saturating_sub(after));
@@ -206,7 +228,48 @@ pub fn create_context(ordinal: i32) -> Result<(usize, Option<usize>), GpuError> 
     check("cuCtxPopCurrent_v2", unsafe {
         sys::cuCtxPopCurrent_v2(&mut popped)
     })?;
-    Ok((c as usize, took))
+    Ok(NewContext {
+        handle: c as usize,
+        took,
+        sms: granted,
+    })
+}
+
+/// Whether a context on `dev` can be limited to a number of SMs: under MPS.
+fn sm_affinity_supported(dev: sys::CUdevice) -> bool {
+    let mut supported = 0;
+    // SAFETY: writes one int.
+    let asked = check("cuDeviceGetExecAffinitySupport", unsafe {
+        sys::cuDeviceGetExecAffinitySupport(
+            &mut supported,
+            sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+            dev,
+        )
+    });
+    asked.is_ok() && supported != 0
+}
+
+fn sm_count_affinity(sms: u32) -> sys::CUexecAffinityParam {
+    sys::CUexecAffinityParam {
+        type_: sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+        param: sys::CUexecAffinityParam_st__bindgen_ty_1 {
+            smCount: sys::CUexecAffinitySmCount { val: sms },
+        },
+    }
+}
+
+/// The SM count the current context may run on.
+fn granted_sms() -> Result<u32, GpuError> {
+    let mut got = sm_count_affinity(0);
+    // SAFETY: writes one CUexecAffinityParam of the current context.
+    check("cuCtxGetExecAffinity", unsafe {
+        sys::cuCtxGetExecAffinity(
+            &mut got,
+            sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+        )
+    })?;
+    // SAFETY: the SM-count member is the one the driver fills for this type.
+    Ok(unsafe { got.param.smCount.val })
 }
 
 /// The device of the current context.

@@ -535,7 +535,11 @@ fn gpu_collnet_on_a_virtual_nic_without_gdr_level() {
     let g = of(&f, "gpu.collnet");
     assert_eq!(g.len(), 2, "{}", render_text(&f));
     assert_eq!(g[0].status, Status::Ok);
-    assert!(g[0].message.contains("270 MiB") && g[0].message.contains("gpu-path-h200.md"));
+    assert!(
+        g[0].message.contains("limited to 16 SMs") && g[0].message.contains("63 MiB"),
+        "{}",
+        g[0].message
+    );
     assert_eq!(g[1].status, Status::Warn);
     assert!(g[1].message.contains("eth0"), "{}", g[1].message);
     assert_eq!(g[1].fix.as_deref(), Some("export NCCL_NET_GDR_LEVEL=PHB"));
@@ -563,6 +567,16 @@ fn gpu_collnet_without_an_mps_daemon() {
     assert!(g[1].message.contains("MPS"), "{}", g[1].message);
     assert_eq!(g[1].fix.as_deref(), Some("nvidia-cuda-mps-control -d"));
     assert_eq!(code, 0);
+    // Without MPS the context cannot be limited: its full cost is named.
+    assert!(g[0].message.contains("every SM") && g[0].message.contains("270 MiB"));
+
+    // With MPS and gpu.sms = 0, the same cost.
+    fx.mps_daemon = true;
+    fx.set("AIRAMP_GPU_SMS", "0");
+    let (f, _) = fx.run();
+    let g = of(&f, "gpu.collnet");
+    assert!(g[0].message.contains("gpu.sms = 0") && g[0].message.contains("270 MiB"));
+    fx.unset("AIRAMP_GPU_SMS");
 
     // gpu.collnet off: MPS does not matter.
     fx.unset("AIRAMP_GPU_COLLNET");

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
 
-use super::driver::{self, NewContext};
+use super::driver::{self, NewContext, SmLimit};
 use super::error::GpuError;
 use super::memory::{DeviceBuf, PinnedBuf};
 use super::nvrtc;
@@ -119,12 +119,18 @@ impl GpuContext {
             return Ok(c.clone());
         }
         let own = own_context(device)?;
-        let c = Arc::new(GpuContext::load(own.handle, own.sms, device, options)?);
+        let sms = match own.sms {
+            SmLimit::Granted(n) => Some(n),
+            _ => None,
+        };
+        let c = Arc::new(GpuContext::load(own.handle, sms, device, options)?);
         registry.insert((device, options), c.clone());
         Ok(c)
     }
 
-    /// Loads the kernels into `ctx`, which runs on `sms` SMs where limited.
+    /// Loads the kernels into `ctx`, which runs on `sms` SMs where limited
+    /// (otherwise on the device's count, which under MPS is what the
+    /// client's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE leaves it).
     fn load(
         ctx: usize,
         sms: Option<u32>,
@@ -291,14 +297,17 @@ fn own_context(device: i32) -> Result<NewContext, GpuError> {
     if let Some(&c) = own.get(&device) {
         return Ok(c);
     }
-    let asked = Some(crate::config::global().gpu.sms).filter(|&n| n > 0);
-    let made = driver::create_context(device, asked)?;
-    let sms = match (asked, made.sms) {
-        (_, Some(n)) => format!("limited to {n} SMs"),
-        (Some(n), None) => format!(
-            "on every SM: gpu.sms = {n} needs MPS (SM-count execution affinity), which this device does not offer"
+    let asked = crate::config::global().gpu.sms;
+    let made = driver::create_context(device, (asked > 0).then_some(asked))?;
+    let sms = match made.sms {
+        SmLimit::Granted(n) => format!("limited to {n} SMs"),
+        SmLimit::Unsupported => format!(
+            "on every SM: gpu.sms = {asked} needs MPS (SM-count execution affinity), which this device does not offer"
         ),
-        (None, None) => "on every SM (gpu.sms = 0)".to_string(),
+        SmLimit::Refused => {
+            format!("on every SM this process has: the driver refused gpu.sms = {asked}")
+        }
+        SmLimit::NotAsked => "on every SM (gpu.sms = 0)".to_string(),
     };
     match made.took {
         Some(bytes) => {

@@ -166,8 +166,22 @@ pub struct NewContext {
     /// more, measured on the H200). Memory the application allocates at
     /// that moment counts too, so it is an estimate.
     pub took: Option<usize>,
-    /// The SMs the driver granted it, where it was limited.
-    pub sms: Option<u32>,
+    pub sms: SmLimit,
+}
+
+/// Whether a new context was limited to a number of SMs, and why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmLimit {
+    /// No limit was asked for: every SM.
+    NotAsked,
+    /// The driver cannot limit a context on this device (no MPS): every SM.
+    Unsupported,
+    /// The driver refused the count asked for (an MPS client limited to
+    /// fewer SMs): every SM it gives the process.
+    Refused,
+    /// Limited to this many SMs (the driver's count, rounded up from the
+    /// one asked for).
+    Granted(u32),
 }
 
 /// A new context on device `ordinal`, for airamp alone, limited to `sms`
@@ -185,24 +199,24 @@ pub fn create_context(ordinal: i32, sms: Option<u32>) -> Result<NewContext, GpuE
     check("cuDeviceGet", unsafe {
         sys::cuDeviceGet(&mut dev, ordinal)
     })?;
-    let limit = sms.filter(|_| sm_affinity_supported(dev));
-    let mut affinity = sm_count_affinity(limit.unwrap_or(0));
-    let mut params = sys::CUctxCreateParams {
-        execAffinityParams: if limit.is_some() {
-            &mut affinity
-        } else {
-            ptr::null_mut()
-        },
-        numExecAffinityParams: i32::from(limit.is_some()),
-        cigParams: ptr::null_mut(),
+    let (mut sm_limit, mut outcome) = match sms {
+        None => (None, SmLimit::NotAsked),
+        Some(_) if !sm_affinity_supported(dev) => (None, SmLimit::Unsupported),
+        Some(n) => (Some(n), SmLimit::Granted(n)),
     };
-    let mut c: sys::CUcontext = ptr::null_mut();
-    // SAFETY: writes one handle; `params` points at `affinity`, which
-    // outlives the call, or asks for nothing (no CIG either); flags 0 is
-    // CU_CTX_SCHED_AUTO.
-    check("cuCtxCreate_v4", unsafe {
-        sys::cuCtxCreate_v4(&mut c, &mut params, 0, dev)
-    })?;
+    let c = match (new_context(dev, sm_limit), sm_limit) {
+        // A limit the driver refuses (e.g. more SMs than an MPS client's
+        // CUDA_MPS_ACTIVE_THREAD_PERCENTAGE leaves it) must not cost the
+        // GPU path: a context on every SM instead.
+        (Err(e), Some(n)) => {
+            crate::warn!(
+                "gpu: the driver refused airamp's context on {n} SMs (gpu.sms) of device {ordinal} ({e}); it runs on every SM"
+            );
+            (sm_limit, outcome) = (None, SmLimit::Refused);
+            new_context(dev, None)?
+        }
+        (made, _) => made?,
+    };
     // A context reserves local memory for every thread the device can hold
     // at its stack limit (1 KiB by default: hundreds of MiB on an H200),
     // plus a printf FIFO and a device heap. The kernels need at most 40
@@ -219,7 +233,11 @@ pub fn create_context(ordinal: i32, sms: Option<u32>) -> Result<NewContext, GpuE
             crate::warn!("gpu: could not set {limit:?} of airamp's context to {value}: {e}");
         }
     }
-    let granted = limit.and_then(|_| granted_sms().ok());
+    if sm_limit.is_some() {
+        if let Ok(n) = granted_sms() {
+            outcome = SmLimit::Granted(n);
+        }
+    }
     let took = free_before
         .zip(free_device_memory().ok())
         .map(|(before, after)| before.saturating_sub(after));
@@ -231,8 +249,31 @@ pub fn create_context(ordinal: i32, sms: Option<u32>) -> Result<NewContext, GpuE
     Ok(NewContext {
         handle: c as usize,
         took,
-        sms: granted,
+        sms: outcome,
     })
+}
+
+/// `cuCtxCreate` on `dev`, limited to `sms` SMs when asked; the context is
+/// pushed on this thread's stack.
+fn new_context(dev: sys::CUdevice, sms: Option<u32>) -> Result<sys::CUcontext, GpuError> {
+    let mut affinity = sm_count_affinity(sms.unwrap_or(0));
+    let mut params = sys::CUctxCreateParams {
+        execAffinityParams: if sms.is_some() {
+            &mut affinity
+        } else {
+            ptr::null_mut()
+        },
+        numExecAffinityParams: i32::from(sms.is_some()),
+        cigParams: ptr::null_mut(),
+    };
+    let mut c: sys::CUcontext = ptr::null_mut();
+    // SAFETY: writes one handle; `params` points at `affinity`, which
+    // outlives the call, or asks for nothing (no CIG either); flags 0 is
+    // CU_CTX_SCHED_AUTO.
+    check("cuCtxCreate_v4", unsafe {
+        sys::cuCtxCreate_v4(&mut c, &mut params, 0, dev)
+    })?;
+    Ok(c)
 }
 
 /// Whether a context on `dev` can be limited to a number of SMs: under MPS.

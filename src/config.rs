@@ -946,7 +946,7 @@ pub static KEYS: &[KeySpec] = &[
         env: "AIRAMP_GPU_SMS",
         default: "16",
         accepted: "integer 0..=1024",
-        doc: "Streaming multiprocessors that airamp's own CUDA context (gpu.collnet) may run on, where the driver can limit a context's SMs: under MPS (execution affinity; the driver rounds up to its granularity, 8 on an H200). The context's device memory grows with its SMs: on an H200 under MPS 49 MiB at 8, 63 at 16, 91 at 32, 269 on all 132. Its kernels only encode, fold and copy what the network carries: with 16 SMs FP8 allreduce ran as fast as on all 132 under NCCL on an H200, with 8 about 11 % slower (docs/results/gpu-path-h200.md). 0: every SM. Without MPS the driver cannot limit a context and the context costs about 270 MiB (logged at INFO).",
+        doc: "Streaming multiprocessors that airamp's own CUDA context (gpu.collnet) may run on, where the driver can limit a context's SMs: under MPS (execution affinity; the driver rounds up to its granularity, 8 on an H200). The context's device memory grows with its SMs: on an H200 under MPS 49 MiB at 8, 63 at 16, 91 at 32, 269 on all 132. Its kernels only encode, fold and copy what the network carries: with 16 SMs FP8 allreduce ran as fast as on all 132 under NCCL on an H200, with 8 about 11 % slower (docs/results/gpu-path-h200.md). 0: every SM. Without MPS the driver cannot limit a context and the context costs about 270 MiB (logged at INFO); an MPS client that CUDA_MPS_ACTIVE_THREAD_PERCENTAGE holds to fewer SMs is refused the limit, and airamp warns and runs on that client's SMs.",
         example: "16",
         apply: |c, r| {
             c.gpu.sms = want_int(r, 0, 1024)? as u32;

@@ -199,7 +199,7 @@ pub fn create_context(ordinal: i32, sms: Option<u32>) -> Result<NewContext, GpuE
     check("cuDeviceGet", unsafe {
         sys::cuDeviceGet(&mut dev, ordinal)
     })?;
-    let (mut sm_limit, mut outcome) = match sms {
+    let (sm_limit, mut outcome) = match sms {
         None => (None, SmLimit::NotAsked),
         Some(_) if !sm_affinity_supported(dev) => (None, SmLimit::Unsupported),
         Some(n) => (Some(n), SmLimit::Granted(n)),
@@ -212,7 +212,7 @@ pub fn create_context(ordinal: i32, sms: Option<u32>) -> Result<NewContext, GpuE
             crate::warn!(
                 "gpu: the driver refused airamp's context on {n} SMs (gpu.sms) of device {ordinal} ({e}); it runs on every SM"
             );
-            (sm_limit, outcome) = (None, SmLimit::Refused);
+            outcome = SmLimit::Refused;
             new_context(dev, None)?
         }
         (made, _) => made?,
@@ -233,7 +233,7 @@ pub fn create_context(ordinal: i32, sms: Option<u32>) -> Result<NewContext, GpuE
             crate::warn!("gpu: could not set {limit:?} of airamp's context to {value}: {e}");
         }
     }
-    if sm_limit.is_some() {
+    if matches!(outcome, SmLimit::Granted(_)) {
         if let Ok(n) = granted_sms() {
             outcome = SmLimit::Granted(n);
         }

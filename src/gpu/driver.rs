@@ -290,6 +290,8 @@ fn sm_affinity_supported(dev: sys::CUdevice) -> bool {
     asked.is_ok() && supported != 0
 }
 
+/// An SM-count execution affinity of `sms`: what `cuCtxCreate` is asked
+/// for, and a valid value for `cuCtxGetExecAffinity` to overwrite.
 fn sm_count_affinity(sms: u32) -> sys::CUexecAffinityParam {
     sys::CUexecAffinityParam {
         type_: sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,

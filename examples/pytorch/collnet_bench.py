@@ -97,12 +97,14 @@ def run(rank, world, args):
         sync()
         dist.barrier()
         cpu0 = cpu_seconds()
+        timed_from = time.time()
         start = time.perf_counter()
         for _ in range(iters):
             buf.copy_(x)
             dist.all_reduce(buf)
         sync()
         secs = (time.perf_counter() - start) / iters
+        timed_to = time.time()
         # CPU time of this process (all its threads) per GB reduced.
         cpu_per_gb = (cpu_seconds() - cpu0) / (nbytes * iters / 1e9)
         # Accuracy and agreement on one more call.
@@ -118,7 +120,9 @@ def run(rank, world, args):
         digest = int((buf.view(BITS[dtype]).to(torch.int64) * w).sum().item())
         busbw = nbytes * 2 * (world - 1) / world / secs / 1e9
         row = {"bytes": nbytes, "time_us": secs * 1e6, "busbw_GBps": busbw, "rel_err": err,
-               "identical": identical, "digest": digest, "cpu_s_per_GB": cpu_per_gb}
+               "identical": identical, "digest": digest, "cpu_s_per_GB": cpu_per_gb,
+               # Wall-clock span of the timed loop, for thread_cpu.py.
+               "timed_epoch": [timed_from, timed_to]}
         results.append(row)
         if rank == 0:
             print(f"{nbytes:>11} B {secs * 1e6:10.1f} us busbw {busbw:8.3f} GB/s err {err:.5f} "

@@ -28,7 +28,10 @@
 #      TIMED_BYTES (bytes each size's timed loop reduces, default 2 GiB: 8
 #      calls at 256 MiB, 32 at 64 MiB, at most 200),
 #      RUN_TIMEOUT (seconds per mode run, default 180; a run still going then
-#      has its threads' stacks written to NAME.stacks before it is killed).
+#      has its threads' stacks written to NAME.stacks before it is killed),
+#      THREAD_CPU (1: sample every thread's CPU time during the run and
+#      write NAME.threads.md, cores busy per kind of thread in each size's
+#      timed loop, by thread_cpu.py).
 # Summary (gpu_path_summarize.py, OUTDIR/summary.md): each mode's best pass,
 # and with ABBA each pass against its own Ring, flagging a size where a
 # mode's passes differ by more than 15% (the host slowed down for a while).
@@ -72,7 +75,11 @@ run() {
     setsid "${prefix[@]}" env "${common[@]}" "$@" python3 "$here/collnet_bench.py" \
         --sizes "${SIZES:-4194304:268435456}" --dtype "${DTYPE:-bfloat16}" \
         --timed-bytes "${TIMED_BYTES:-2147483648}" --iters 200 --out "$out/$name.json" >"$out/$name.log" 2>&1 &
-    local pid=$! waited=0
+    local pid=$! waited=0 sampler=
+    if [ "${THREAD_CPU:-0}" = 1 ]; then
+        python3 "$here/thread_cpu.py" sample "$out/$name.threads.csv" $pid &
+        sampler=$!
+    fi
     while kill -0 $pid 2>/dev/null && [ $waited -lt "${RUN_TIMEOUT:-180}" ]; do sleep 1; waited=$((waited + 1)); done
     if kill -0 $pid 2>/dev/null; then
         echo "timed out after ${waited}s; stacks in $name.stacks"
@@ -85,6 +92,12 @@ run() {
         fi
     fi
     wait $pid; echo "exit $?"
+    if [ -n "$sampler" ]; then
+        kill $sampler
+        python3 "$here/thread_cpu.py" summarize "$out/$name.threads.csv" "$out/$name.json" \
+            >"$out/$name.threads.md" && rm "$out/$name.threads.csv"
+        cat "$out/$name.threads.md"
+    fi
     grep -hoE "via COLLNET/[^ ]+|registered GPU buffer|COLLNET (reuse )?register userbuff|NET/airamp collnet: member [0-9]+ of [0-9]+ (joined[^;]*; allreduce [A-Za-z0-9 ]+|closing after .*)|AllReduce: [0-9]+ Bytes -> Algo [A-Z_]+ proto [A-Z0-9]+" \
         "$out/$name.log" | sort | uniq -c | sort -k2 | head -16
     grep -E " busbw " "$out/$name.log" | tail -4

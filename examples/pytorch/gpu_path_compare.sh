@@ -52,6 +52,9 @@ if [ -n "$rate" ]; then
 fi
 common=(NCCL_NET_PLUGIN="$plugin" NCCL_NET=airamp NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
         NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,TUNING,REG AIRAMP_SOCKET_IFNAME=lo AIRAMP_METRICS=0)
+# NCCL names its threads only when asked; thread_cpu.py then tells its
+# proxy thread from Python's.
+[ "${THREAD_CPU:-0}" = 1 ] && common+=(NCCL_SET_THREAD_NAME=1)
 collnet=(NCCL_COLLNET_ENABLE=1 NCCL_ALGO="allreduce:collnetchain")
 # Where a hung run stands: every thread of every process of the run.
 dump_stacks() {

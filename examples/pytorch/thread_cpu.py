@@ -9,7 +9,8 @@
 `summarize` takes each size's timed loop from collnet_bench.py's JSON
 (`timed_epoch`) and prints, per process, how many cores each kind of thread
 kept busy in it (a kind is a thread name with its digits dropped:
-`airamp-tx#`, `airamp-cn#-w#`, NCCL's proxy, Python's main thread), and
+`airamp-tx#`, `airamp-cn#-w#`, NCCL's threads when `NCCL_SET_THREAD_NAME=1`
+names them, else they count under the process's name with Python's), and
 the CPU time per GB that the loop reduced. The sampler reads /proc, so it
 costs a few percent of one core itself."""
 import collections
@@ -88,13 +89,13 @@ def summarize(csv_path, json_path):
               f"{row['cpu_s_per_GB']:.2f} CPU s/GB (rank 0)\n")
         print("| process | thread kind | cores busy | CPU s/GB |")
         print("|---|---|---|---|")
+        if end - start < 1.0:
+            print("| | (timed loop under 1 s: too short to sample) | | |\n")
+            continue
         for pid, samples in sorted(by_pid.items()):
             cores, span = busy_cores(samples, start, end)
-            if span < 1.0:
-                print(f"| {pid} | (timed loop under 1 s: too short to sample) | | |")
-                continue
-            if sum(cores.values()) < 0.01:
-                continue  # the launcher, idle while the ranks run
+            if span < 0.5 * (end - start) or sum(cores.values()) < 0.01:
+                continue  # not alive through the loop, or idle (the launcher)
             print(f"| {pid} | all | {sum(cores.values()):.2f} | "
                   f"{sum(cores.values()) / row['busbw_GBps']:.3f} |")
             for kind, c in sorted(cores.items(), key=lambda kv: -kv[1]):

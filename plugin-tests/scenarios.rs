@@ -1332,7 +1332,7 @@ fn metrics_scrapes_survive_slow_clients() -> TestResult {
         scope.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
                 for conn in slow.iter_mut() {
-                    if conn.as_mut().map_or(true, dropped_by_server) {
+                    if conn.as_mut().is_none_or(dropped_by_server) {
                         *conn = open_slow(addr);
                         if conn.is_some() {
                             reopened.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@ apt_install() {
 
 ensure_build_deps() {
     if ! command -v cargo >/dev/null; then
-        echo "cargo not found: install Rust >= 1.80 with rustup (https://rustup.rs), then re-run" >&2
+        echo "cargo not found: install Rust >= 1.89 (AVX-512 intrinsics) with rustup (https://rustup.rs), then re-run" >&2
         exit 1
     fi
     # libclang for bindgen over nccl-headers/, a C compiler for the test logger.

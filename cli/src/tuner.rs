@@ -127,7 +127,7 @@ pub(crate) fn fetch_metrics(src: &str) -> Result<String, String> {
     let (head, text) = body
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{src}: not an HTTP response"))?;
-    if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split(' ').nth(1).is_none_or(|c| c != "200") {
         return Err(format!("{src}: {}", head.lines().next().unwrap_or("")));
     }
     Ok(text.to_string())

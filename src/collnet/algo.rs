@@ -1367,7 +1367,7 @@ impl Member {
     /// The owned shard is reduced and its bytes were handed out (or it is
     /// empty): this member sends nothing more.
     pub fn sent_everything(&self) -> bool {
-        self.reducer.as_ref().map_or(true, Reducer::is_done)
+        self.reducer.as_ref().is_none_or(Reducer::is_done)
     }
 
     /// The sampled FP8 error of the owned shard's reduction, once reduced.

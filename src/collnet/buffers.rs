@@ -79,7 +79,7 @@ impl Buffers {
         len: usize,
         mut f: impl FnMut(&RawBuf, usize, std::ops::Range<usize>) -> std::io::Result<()>,
     ) -> NetResult<()> {
-        if offset.checked_add(len).map_or(true, |end| end > self.len()) {
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
             return Err(NetError::InvalidArgument(format!(
                 "collnet buffer range {offset}+{len} exceeds {} bytes",
                 self.len()

@@ -307,7 +307,7 @@ pub mod mem {
         }
 
         fn poll_received(&mut self) -> NetResult<Option<RecvBuf>> {
-            if self.posted.is_empty() || self.rng.next_u64() % 3 == 0 {
+            if self.posted.is_empty() || self.rng.next_u64().is_multiple_of(3) {
                 return Ok(None);
             }
             let mut p = self.pipe.lock().expect("pipe lock");

@@ -146,8 +146,8 @@ mod tests {
                 prop_assert_eq!(r.start, next, "gap or overlap at shard {}", s);
                 prop_assert!(r.start <= r.end);
                 // Block aligned except at the end of the call.
-                prop_assert!(r.start % BLOCK == 0 || r.start == count);
-                prop_assert!(r.end % BLOCK == 0 || r.end == count);
+                prop_assert!(r.start.is_multiple_of(BLOCK) || r.start == count);
+                prop_assert!(r.end.is_multiple_of(BLOCK) || r.end == count);
                 // Balanced to within one block.
                 let blocks = count.div_ceil(BLOCK);
                 prop_assert!(r.len() <= (blocks / n + 1) * BLOCK);
@@ -169,7 +169,7 @@ mod tests {
             for i in 0..p.num_segments() {
                 let sr = p.segment(i);
                 prop_assert!(!sr.is_empty());
-                prop_assert!(sr.start % p.segment_elems() == 0);
+                prop_assert!(sr.start.is_multiple_of(p.segment_elems()));
                 for s in 0..n {
                     let r = p.shard(i, s);
                     prop_assert!(r.start >= sr.start && r.end <= sr.end);

@@ -156,7 +156,7 @@ impl<K: Eq + Hash + Clone> Pattern<K> {
             );
             if self.history[len - c.period] == *call {
                 c.run += 1;
-                if c.run >= (REPEATS - 1) * c.period && !qualified.is_some_and(|p| p <= c.period) {
+                if c.run >= (REPEATS - 1) * c.period && qualified.is_none_or(|p| p > c.period) {
                     qualified = Some(c.period);
                 }
             } else {

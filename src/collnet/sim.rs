@@ -114,7 +114,7 @@ pub fn run(call: &Call, inputs: &[Vec<u8>], seed: u64) -> Result<Vec<Vec<u8>>, C
     let codec = |rank: usize| match call.path {
         Path::Exact => None,
         Path::Compressed(f) => {
-            let b = if rank % 2 == 0 {
+            let b = if rank.is_multiple_of(2) {
                 Backend::Scalar
             } else {
                 Backend::detect()

@@ -725,7 +725,7 @@ impl Step {
             Step::AllReduce(s) => s.member.as_ref().is_some_and(Member::is_done),
             // Done once every expected piece arrived: the driver counts them.
             Step::AllGather(_) => true,
-            Step::ReduceScatter(s) => s.reducer.as_ref().map_or(true, Reducer::is_done),
+            Step::ReduceScatter(s) => s.reducer.as_ref().is_none_or(Reducer::is_done),
         }
     }
 

@@ -237,7 +237,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 pub fn format_bytes(n: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
     for (m, u) in UNITS {
-        if n != 0 && n % m == 0 {
+        if n != 0 && n.is_multiple_of(m) {
             return format!("{}{u}", n / m);
         }
     }

@@ -134,7 +134,7 @@ impl Default for KernelOptions {
 impl KernelOptions {
     fn validate(&self) -> Result<(), GpuError> {
         let step = if self.vector { 8 } else { 2 };
-        if self.tile_blocks % step == 0 && (2..=32).contains(&self.tile_blocks) {
+        if self.tile_blocks.is_multiple_of(step) && (2..=32).contains(&self.tile_blocks) {
             Ok(())
         } else {
             Err(GpuError::InvalidArgument(format!(

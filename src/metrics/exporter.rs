@@ -309,7 +309,7 @@ impl Server {
             .iter()
             .map(Client::deadline)
             .fold(wake, Instant::min);
-        let listening = self.accept_paused_until.map_or(true, |until| now >= until);
+        let listening = self.accept_paused_until.is_none_or(|until| now >= until);
         if listening {
             self.accept_paused_until = None;
         }

@@ -687,7 +687,7 @@ impl Tuner {
         let ring_or_tree = matches!(pick, Some((ALGO_RING | ALGO_TREE, _)));
         let every_hop_is_the_net = self.nodes >= 2
             && self.ranks == self.nodes
-            && self.max_ranks_per_nvlink_domain.map_or(true, |r| r <= 1);
+            && self.max_ranks_per_nvlink_domain.is_none_or(|r| r <= 1);
         (ring_or_tree
             && every_hop_is_the_net
             && call.func == FUNC_ALLREDUCE

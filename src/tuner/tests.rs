@@ -408,7 +408,7 @@ proptest! {
         let expected = call.func == FUNC_ALLREDUCE
             && nodes >= 2
             && ranks_per_node == 1
-            && nvlink.map_or(true, |r| r <= 1)
+            && nvlink.is_none_or(|r| r <= 1)
             && policy.single_channel_bytes > 0
             && call.bytes <= policy.single_channel_bytes
             && matches!(pick, Some((ALGO_RING | ALGO_TREE, _)));

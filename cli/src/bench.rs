@@ -431,6 +431,7 @@ pub fn codec(values: Option<usize>, json: bool) -> Result<ExitCode, String> {
             "bench": "codec",
             "values": b.n_values,
             "memcpy_gbytes_per_s": b.memcpy_gbytes_per_s,
+            "exact_fold_gbytes_per_s": b.exact_fold_gbytes_per_s,
             "rows": rows,
         });
         println!("{v}");

@@ -7,7 +7,7 @@ use std::fmt;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use super::{encoded_len, Backend, Codec, Src, WireFormat};
+use super::{encoded_len, half_sum_pair_into, Backend, Codec, HalfType, Src, WireFormat};
 
 /// One measured operation.
 #[derive(Clone, Debug)]
@@ -28,6 +28,9 @@ pub struct BenchRow {
 pub struct CodecBench {
     pub n_values: usize,
     pub rows: Vec<BenchRow>,
+    /// The host path's exact sum of two members' bf16 values into a third
+    /// buffer (two reads, one write), GB/s; `None` without a SIMD fold.
+    pub exact_fold_gbytes_per_s: Option<f64>,
     /// memcpy of `4 * n_values` bytes, counted as read + write, GB/s.
     pub memcpy_gbytes_per_s: f64,
 }
@@ -101,6 +104,23 @@ pub fn bench(n_values: usize, formats: &[WireFormat]) -> CodecBench {
         }
     }
 
+    let earlier: Vec<u8> = bf16s.iter().flat_map(|h| h.to_ne_bytes()).collect();
+    let later: Vec<u8> = bf16s.iter().rev().flat_map(|h| h.to_ne_bytes()).collect();
+    let mut sum = vec![0u8; 2 * n];
+    let exact_fold_gbytes_per_s =
+        (half_sum_pair_into(HalfType::Bf16, &earlier, &later, &mut sum) > 0).then(|| {
+            let t = time(|| {
+                half_sum_pair_into(
+                    HalfType::Bf16,
+                    black_box(&earlier),
+                    black_box(&later),
+                    &mut sum,
+                );
+                black_box(&sum);
+            });
+            6.0 * n as f64 / t / 1e9
+        });
+
     let mut dst = vec![0f32; n];
     let t = time(|| {
         dst.copy_from_slice(black_box(&f32s));
@@ -110,6 +130,7 @@ pub fn bench(n_values: usize, formats: &[WireFormat]) -> CodecBench {
     CodecBench {
         n_values: n,
         rows,
+        exact_fold_gbytes_per_s,
         memcpy_gbytes_per_s,
     }
 }
@@ -141,6 +162,17 @@ impl fmt::Display for CodecBench {
                 r.gbytes_per_s / self.memcpy_gbytes_per_s
             )?;
         }
+        if let Some(gbytes) = self.exact_fold_gbytes_per_s {
+            writeln!(
+                f,
+                "{:<22} {:<7} {:>9.3} {:>8.2} {:>9.2}x",
+                "exact sum bf16 pair",
+                "best",
+                gbytes / 6.0,
+                gbytes,
+                gbytes / self.memcpy_gbytes_per_s
+            )?;
+        }
         write!(
             f,
             "{:<22} {:<7} {:>9.3} {:>8.2} {:>9.2}x",
@@ -165,5 +197,9 @@ mod tests {
             text.contains("memcpy") && text.contains("encode bf16->int8"),
             "{text}"
         );
+        if super::Backend::detect() != super::Backend::Scalar {
+            assert!(b.exact_fold_gbytes_per_s.is_some_and(|g| g > 0.0));
+            assert!(text.contains("exact sum bf16 pair"), "{text}");
+        }
     }
 }

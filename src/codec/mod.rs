@@ -43,6 +43,9 @@
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // AVX2/F16C intrinsics behind runtime feature detection
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // AVX-512F intrinsics behind runtime feature detection
+mod avx512;
 #[cfg(feature = "tools")] // `airamp bench codec` and `airamp calibrate`
 pub mod bench;
 mod format;
@@ -85,7 +88,19 @@ pub fn half_sum_pair(half: HalfType, a: &[u8], b: &mut [u8]) -> usize {
 /// input.
 pub fn half_sum_pair_into(half: HalfType, earlier: &[u8], later: &[u8], out: &mut [u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
-    return avx2::half_sum_pair_into(half, earlier, later, out);
+    {
+        // The host path's pair fold: AVX-512 where it can, AVX2 for the rest.
+        let wide = match half {
+            HalfType::Bf16 => avx512::bf16_sum_pair_into(earlier, later, out),
+            HalfType::F16 => 0,
+        };
+        let (e, l, o) = (
+            &earlier[2 * wide..],
+            &later[2 * wide..],
+            &mut out[2 * wide..],
+        );
+        wide + avx2::half_sum_pair_into(half, e, l, o)
+    }
     #[cfg(not(target_arch = "x86_64"))]
     return 0;
 }

@@ -689,6 +689,43 @@ fn x86_add(x: f32, a: f32) -> f32 {
     }
 }
 
+/// The pair fold into a third buffer with both inputs varying from value
+/// to value (every bf16 pattern in both, NaNs and subnormals included):
+/// the AVX-512 kernel's even and odd halves of a dword, the AVX2 kernel
+/// after it and the whole-8 boundary all equal the scalar fold bit for bit.
+#[test]
+fn bf16_pair_sums_into_match_the_scalar_fold_with_both_inputs_varying() {
+    // 4,096 + 40 values: AVX-512 takes 4,128 of them (whole 32s), AVX2 one
+    // more 8, and 0 are left to the caller's scalar tail.
+    let count = 4096 + 40;
+    let mut state = 0x2545_F491_4F6C_DD1D_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u16
+    };
+    for _ in 0..64 {
+        let earlier: Vec<u16> = (0..count).map(|_| next()).collect();
+        let later: Vec<u16> = (0..count).map(|_| next()).collect();
+        let bytes = |v: &[u16]| -> Vec<u8> { v.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+        let mut out = vec![0u8; 2 * count];
+        let n = half_sum_pair_into(HalfType::Bf16, &bytes(&earlier), &bytes(&later), &mut out);
+        if Backend::Avx2.is_available() {
+            assert_eq!(n, count / 8 * 8, "every whole 8 done");
+        }
+        for (i, got) in out.chunks_exact(2).take(n).enumerate() {
+            let want = f32_to_bf16(x86_add(bf16_to_f32(later[i]), bf16_to_f32(earlier[i])));
+            let got = u16::from_ne_bytes([got[0], got[1]]);
+            assert_eq!(
+                got, want,
+                "value {i}: {:#06x} + {:#06x}",
+                later[i], earlier[i]
+            );
+        }
+    }
+}
+
 /// Every f16 and bf16 pattern as `b` against `a` values of every class
 /// (zeros, subnormals, normals, the largest finite, ±Inf, quiet and
 /// signalling NaNs of both signs): the SIMD fold equals the scalar
